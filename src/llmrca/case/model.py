@@ -1,0 +1,137 @@
+"""The case: one fault injection (or one normal period) with everything observed around it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmrca.case.schema import TIME, empty_logs, empty_traces
+from llmrca.case.topology import Topology
+
+NORMAL = "normal"
+
+
+@dataclass
+class Observation:
+    """What an RCA method may see: telemetry, the injection time and the topology. No ground truth.
+
+    ``metrics`` is wide: a float64 ``time`` column (unix s) and one float column per series named
+    ``<service>_<metric>``. ``traces`` and ``logs`` follow ``llmrca.case.schema``; either may be empty.
+    """
+
+    metrics: pd.DataFrame
+    traces: pd.DataFrame = field(default_factory=empty_traces)
+    logs: pd.DataFrame = field(default_factory=empty_logs)
+    inject_time: float | None = None
+    topology: Topology = field(default_factory=Topology)
+    interval: float | None = None  # sampling interval of `metrics`, seconds
+
+    def __post_init__(self) -> None:
+        if self.traces is None:
+            self.traces = empty_traces()
+        if self.logs is None:
+            self.logs = empty_logs()
+        if self.interval is None and self.metrics is not None and TIME in self.metrics and len(self.metrics) > 1:
+            t = pd.to_numeric(self.metrics[TIME], errors="coerce").to_numpy(dtype=float)
+            d = np.diff(t)
+            d = d[np.isfinite(d) & (d > 0)]
+            if len(d):
+                self.interval = float(np.median(d))
+
+    @property
+    def metric_columns(self) -> list[str]:
+        return [c for c in self.metrics.columns if c != TIME]
+
+    @property
+    def services(self) -> list[str]:
+        """Services seen in the metrics, traces and topology, in first-seen order."""
+        seen: dict[str, None] = {}
+        for c in self.metric_columns:
+            seen.setdefault(c.split("_", 1)[0], None)
+        if len(self.traces):
+            for s in self.traces["service"].dropna().unique():
+                seen.setdefault(str(s), None)
+        for s in self.topology.services:
+            seen.setdefault(s, None)
+        return list(seen)
+
+    def has(self, source: str) -> bool:
+        frame = {"metrics": self.metrics, "traces": self.traces, "logs": self.logs}[source]
+        return frame is not None and len(frame) > 0 and (source != "metrics" or bool(self.metric_columns))
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What was really done. Lives only in ``case.json``; methods never receive it."""
+
+    service: str | None  # None for a normal (fault-free) case
+    fault_type: str = NORMAL
+    indicator: str | None = None  # e.g. "ray-replicas-1_ctn_cpu" when one series should move first
+    start: float | None = None  # unix s
+    end: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_normal(self) -> bool:
+        return self.service is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.fault_type,
+            "service": self.service,
+            "indicator": self.indicator,
+            "start": self.start,
+            "end": self.end,
+            "params": dict(self.params),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "GroundTruth":
+        d = d or {}
+        return cls(
+            service=d.get("service"),
+            fault_type=d.get("type") or NORMAL,
+            indicator=d.get("indicator"),
+            start=_opt_float(d.get("start")),
+            end=_opt_float(d.get("end")),
+            params=dict(d.get("params") or {}),
+        )
+
+
+@dataclass
+class Case:
+    id: str
+    observation: Observation
+    truth: GroundTruth
+    system: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inject_time(self) -> float | None:
+        return self.observation.inject_time
+
+    def problems(self) -> list["Problem"]:  # noqa: F821
+        from llmrca.case.validation import validate_case
+
+        return validate_case(self)
+
+    def validate(self) -> "Case":
+        """Raise ``CaseError`` listing every error-level problem; returns self so calls chain."""
+        from llmrca.case.validation import check_case
+
+        check_case(self)
+        return self
+
+    def with_observation(self, **changes: Any) -> "Case":
+        return replace(self, observation=replace(self.observation, **changes))
+
+
+def _opt_float(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return None if math.isnan(f) else f

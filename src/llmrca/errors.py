@@ -1,0 +1,37 @@
+"""Exceptions with messages meant for people: each names the file, field or name at fault."""
+
+from __future__ import annotations
+
+
+class LlmrcaError(Exception):
+    """Base class for every error llmrca raises on purpose."""
+
+
+class CaseError(LlmrcaError):
+    """A case (or a file of one) breaks the case contract; carries every problem found."""
+
+    def __init__(self, problems: list["Problem"] | list[str], where: str | None = None):  # noqa: F821
+        self.problems = list(problems)
+        self.where = where
+        lines = [str(p) for p in self.problems]
+        head = f"{where}: " if where else ""
+        if len(lines) == 1:
+            msg = head + lines[0]
+        else:
+            msg = head + f"{len(lines)} problems: " + "; ".join(lines)
+        super().__init__(msg)
+
+
+class FormatError(LlmrcaError):
+    """A file on disk cannot be read as the format it claims to be."""
+
+
+class UnknownNameError(LlmrcaError, KeyError):
+    """A method, fault, suite or format name that no registry knows."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MethodError(LlmrcaError):
+    """An RCA method cannot run on the observation it was given."""
