@@ -58,6 +58,26 @@ def find_cases(path: str | Path) -> list[Path]:
     return found
 
 
+def validate_path(path: str | Path) -> Iterator[tuple[Path, list]]:
+    """(case folder, problems) for every case at or below ``path``; unreadable folders become problems too."""
+    from llmrca.case.validation import Problem
+    from llmrca.errors import CaseError
+
+    dirs = find_cases(path)
+    if not dirs:
+        raise FormatError(f"{path}: holds no case folder")
+    for d in dirs:
+        try:
+            case = load_case(d, root=path, validate=False)
+        except CaseError as e:
+            yield d, [p if isinstance(p, Problem) else Problem("error", "case", str(p)) for p in e.problems]
+            continue
+        except FormatError as e:
+            yield d, [Problem("error", "files", str(e))]
+            continue
+        yield d, case.problems()
+
+
 def load_suite(path: str | Path, *, validate: bool = True) -> Iterator[Case]:
     """Yield the cases below ``path`` one at a time (lazily), in sorted folder order."""
     root = Path(path)

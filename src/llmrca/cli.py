@@ -1,0 +1,207 @@
+"""The `llmrca` command: a thin layer, each command one library call. Errors are one line; --debug shows the trace."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmrca.errors import LlmrcaError
+
+app = typer.Typer(
+    name="llmrca",
+    help="Test root cause analysis methods on LLM inference deployments.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+# Errors a user can cause and fix; anything else is a bug and keeps its traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (LlmrcaError, FileNotFoundError, FileExistsError,
+                                                 NotADirectoryError, PermissionError)
+
+
+def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _USER_ERRORS as e:
+            if _state["debug"]:
+                raise
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@app.command("methods")
+@_handled
+def methods_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the RCA methods.  Example: llmrca methods --json"""
+    from llmrca.methods import entries
+
+    rows = [{"name": e.name, "family": e.family, "needs": sorted(e.needs)} for e in entries()]
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table("name", "family", "needs", "what it does")
+    for e in entries():
+        t.add_row(e.name, e.family, ",".join(sorted(e.needs)), e.summary)
+    out.print(t)
+
+
+@app.command("rank")
+@_handled
+def rank_cmd(
+    case: Annotated[Path, typer.Argument(help="A case folder (native or RCAEval layout).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Method name (see `llmrca methods`).")],
+    top: Annotated[int, typer.Option("--top", "-k", help="How many candidates to show.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for the method.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full ranking as JSON.")] = False,
+) -> None:
+    """Rank root-cause candidates of one case with one method.  Example: llmrca rank cases/c1 -m baro"""
+    from llmrca.evaluate.single import rank_case
+
+    ranking, seconds = rank_case(case, method, seed=seed)
+    if as_json:
+        _print_json({"method": method, "runtime_s": seconds, "services": ranking.services(),
+                     "candidates": [{"name": c, "score": s} for c, s in zip(ranking.candidates, ranking.scores)]})
+        return
+    t = Table("#", "candidate", "service", "score", title=f"{method} on {case} ({seconds:.3f} s)")
+    for i, (c, s) in enumerate(zip(ranking.candidates[:top], ranking.scores[:top]), 1):
+        t.add_row(str(i), c, c.split("_", 1)[0], f"{s:.4g}")
+    out.print(t)
+    out.print("services: " + ", ".join(ranking.services()[:top]), highlight=False)
+
+
+@app.command("evaluate")
+@_handled
+def evaluate_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Suite folders and/or case folders.")],
+    methods: Annotated[str, typer.Option("--methods", "-m", help="'all', a family, or a comma list.")] = "all",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 1,
+    timeout: Annotated[float, typer.Option(help="Per (method, case) time limit, seconds.")] = 600.0,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Result folder (resumed if it exists).")] = Path(
+        "results"),
+    seed: Annotated[int, typer.Option(help="Seed passed to every method.")] = 0,
+    view: Annotated[str, typer.Option(help="Metric view for simulated cases: all, study or full.")] = "all",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run methods over cases; results go to OUT/results.parquet and a killed run resumes.
+
+    Example: llmrca evaluate suites/paper -m baro,nsigma,dummy -j 2 -o results/paper
+    """
+    from llmrca.evaluate import evaluate
+    from llmrca.io import find_cases
+    from llmrca.methods import resolve
+    from llmrca.report import print_table, summarize
+
+    names = resolve(methods)
+    cases = [c for p in paths for c in find_cases(p)]
+    if not cases:
+        raise LlmrcaError("no case folders found under " + ", ".join(map(str, paths)))
+    results = evaluate(cases, names, out_dir, jobs=jobs, timeout=timeout, seed=seed, progress=progress,
+                       view=view)
+    print_table(summarize(results), out)
+    out.print(f"results: {out_dir / 'results.parquet'}", highlight=False)
+
+
+@app.command("report")
+@_handled
+def report_cmd(
+    result_dir: Annotated[Path, typer.Argument(help="A folder written by `llmrca evaluate`.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, md or json.")] = "table",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+) -> None:
+    """Accuracy (AC@1, AC@3, Avg@5) and time per method and fault type.  Example: llmrca report results -f md"""
+    from llmrca.evaluate import load_results
+    from llmrca.report import print_table, summarize, to_json, to_markdown
+
+    summary = summarize(load_results(result_dir))
+    if fmt == "table":
+        print_table(summary, out)
+        return
+    if fmt == "md":
+        text = to_markdown(summary)
+    elif fmt == "json":
+        text = json.dumps(to_json(summary), indent=2) + "\n"
+    else:
+        raise LlmrcaError(f"unknown --format {fmt!r}; use table, md or json")
+    if output:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("export")
+@_handled
+def export_cmd(
+    case: Annotated[Path, typer.Argument(help="A case folder.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Destination folder.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="rcaeval or native.")] = "rcaeval",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing case folder.")] = False,
+) -> None:
+    """Write a case in another layout.  Example: llmrca export cases/c1 --format rcaeval --out re-out"""
+    from llmrca.io import load_case, save_case
+
+    c = load_case(case)
+    if fmt == "rcaeval":
+        from llmrca.io.rcaeval import write_case
+
+        written = write_case(c, out_dir, overwrite=overwrite)
+    elif fmt == "native":
+        written = save_case(c, out_dir, overwrite=overwrite)
+    else:
+        raise LlmrcaError(f"unknown --format {fmt!r}; use rcaeval or native")
+    out.print(f"wrote {written}", highlight=False)
+
+
+@app.command("validate")
+@_handled
+def validate_cmd(path: Annotated[Path, typer.Argument(help="A case folder or a suite folder.")]) -> None:
+    """Check a case or suite against the case contract and print every problem.  Example: llmrca validate suites/x"""
+    from llmrca.io import validate_path
+
+    n_cases, n_bad, lines = 0, 0, []
+    for case_dir, problems in validate_path(path):
+        n_cases += 1
+        errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
+        n_bad += bool(errors)
+        for p in problems:
+            lines.append(f"{case_dir}: {p}")
+    for line in lines:
+        out.print(line, highlight=False, soft_wrap=True)
+    out.print(f"{n_cases} case(s) checked, {n_bad} with errors", highlight=False)
+    if n_bad:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
