@@ -1,0 +1,243 @@
+"""Accuracy tables of evaluation results: per method × fault type and overall, as the reference study has.
+
+Conventions:
+- Only fault cases are scored: rows of normal cases (no root cause) are left out of every table.
+- A failed task (``error: …`` or ``timeout``) counts as a miss in AC@k/Avg@k and once in ``errors``;
+  ``time_s`` is the mean runtime over the ``ok`` rows only.
+- ``n`` counts scored rows: cases, or (case, seed) pairs where a store holds several seeds.
+- Rows whose case was never loaded (no fault type known) are grouped under the fault type ``unknown``.
+- The ``chance`` row is the expected score of a uniformly random ranking of each case's candidate services
+  (per case min(k, n)/n), over the distinct cases of the results; it has no time and no errors.
+- Fine-grained level (``level="fine"``): the rank of the true indicator, over cases whose indicator is known,
+  for the methods that rank indicators; no chance row there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from llmrca.evaluate.scores import ac_at_k, avg_at_k, chance_ac_at_k, chance_avg_at_k
+from llmrca.evaluate.store import load_results
+
+ALL = "all"
+CHANCE = "chance"
+UNKNOWN = "unknown"
+FAULT_ORDER = ("cpu", "memory", "network", "gpu")  # the reference study's four, first
+FAMILY_ORDER = ("metric", "trace", "multi-source")
+SUMMARY_COLUMNS = ["method", "family", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", "errors"]
+JSON_KEYS = ("method", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", "errors")
+METRICS = {"ac1": "AC@1", "ac3": "AC@3", "avg5": "Avg@5"}
+
+
+def _fault_order(faults: Iterable[str]) -> list[str]:
+    present = set(faults) - {ALL}
+    head = [f for f in FAULT_ORDER if f in present]
+    tail = sorted(present - set(FAULT_ORDER) - {UNKNOWN})
+    return head + tail + ([UNKNOWN] if UNKNOWN in present else [])
+
+
+def _summary_row(method: str, family: str, fault: str, rows: pd.DataFrame, rank_col: str) -> dict[str, Any]:
+    ok = rows["status"] == "ok"
+    ranks = [None if (not good or pd.isna(r)) else int(r) for r, good in zip(rows[rank_col], ok, strict=True)]
+    times = rows.loc[ok, "runtime_s"].astype(float)
+    return {
+        "method": method, "family": family, "fault_type": fault,
+        "ac1": ac_at_k(ranks, 1), "ac3": ac_at_k(ranks, 3), "avg5": avg_at_k(ranks, 5),
+        "time_s": float(times.mean()) if len(times) else float("nan"),
+        "n": len(rows), "errors": int((~ok).sum()),
+    }
+
+
+def _chance_row(fault: str, cases: pd.DataFrame) -> dict[str, Any]:
+    n = cases["n_candidates"].tolist()
+    return {
+        "method": CHANCE, "family": "baseline", "fault_type": fault,
+        "ac1": chance_ac_at_k(n, 1), "ac3": chance_ac_at_k(n, 3), "avg5": chance_avg_at_k(n, 5),
+        "time_s": float("nan"), "n": len(cases), "errors": 0,
+    }
+
+
+def summarize(
+    results: pd.DataFrame | str | Path,
+    *,
+    level: Literal["service", "fine"] = "service",
+    chance: bool = True,
+) -> pd.DataFrame:
+    """One row per method × fault type plus one ``all`` row per method (and the chance baseline).
+
+    ``results``: a results frame (``llmrca.evaluate.evaluate``'s return value) or a results folder/file.
+    Columns: method, family, fault_type, ac1, ac3, avg5, time_s, n, errors.
+    """
+    if level not in ("service", "fine"):
+        raise ValueError(f"level must be 'service' or 'fine', got {level!r}")
+    df = results if isinstance(results, pd.DataFrame) else load_results(results)
+    if df.empty:
+        return pd.DataFrame({c: [] for c in SUMMARY_COLUMNS})
+    df = df.copy()
+    df["fault_type"] = df["fault_type"].astype(object).where(df["fault_type"].notna(), UNKNOWN)
+    df = df[df["root_cause"].notna() | (df["fault_type"] == UNKNOWN)]  # normal cases are not scored
+    rank_col = "rank"
+    if level == "fine":
+        rank_col = "rank_fine"
+        fine = df.loc[df["fine_level"].fillna(False).astype(bool), "method"].unique()
+        df = df[df["method"].isin(fine) & df["indicator"].notna()]
+    if df.empty:
+        return pd.DataFrame({c: [] for c in SUMMARY_COLUMNS})
+    faults = _fault_order(df["fault_type"].unique())
+    families = df.groupby("method", sort=False)["family"].first()
+    methods = sorted(families.index, key=lambda m: _family_rank(families[m]))
+    out: list[dict[str, Any]] = []
+    for m in methods:
+        rows = df[df["method"] == m]
+        fam = str(families[m])
+        for f in faults:
+            part = rows[rows["fault_type"] == f]
+            if len(part):
+                out.append(_summary_row(m, fam, f, part, rank_col))
+        out.append(_summary_row(m, fam, ALL, rows, rank_col))
+    if chance and level == "service":
+        cases = df[df["n_candidates"].notna()].drop_duplicates("case_id")
+        for f in faults:
+            part = cases[cases["fault_type"] == f]
+            if len(part):
+                out.append(_chance_row(f, part))
+        if len(cases):
+            out.append(_chance_row(ALL, cases))
+    summary = pd.DataFrame(out, columns=SUMMARY_COLUMNS)
+    return summary.astype({"n": "int64", "errors": "int64"})
+
+
+def _family_rank(family: object) -> int:
+    return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+
+
+def _num(v: Any) -> float | None:
+    f = float(v)
+    return None if math.isnan(f) else f
+
+
+def to_json(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """Records with exactly the keys method, fault_type, ac1, ac3, avg5, time_s, n, errors; NaN as None."""
+    return [
+        {
+            "method": str(r["method"]), "fault_type": str(r["fault_type"]),
+            "ac1": _num(r["ac1"]), "ac3": _num(r["ac3"]), "avg5": _num(r["avg5"]),
+            "time_s": _num(r["time_s"]),
+            "n": int(r["n"]), "errors": int(r["errors"]),
+        }
+        for _, r in summary.iterrows()
+    ]
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{float(v):.{digits}f}"
+
+
+def _fmt_time(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    v = float(v)
+    return f"{v:.0f}" if v >= 100 else (f"{v:.2f}" if v >= 1 else f"{v:.2g}")
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> str:
+    marks = {"l": ":--", "r": "--:"}
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _best(values: list[float]) -> float | None:
+    finite = [v for v in values if not math.isnan(v)]
+    return max(finite) if finite else None
+
+
+def to_markdown(summary: pd.DataFrame, *, layout: Literal["per-metric", "wide"] = "per-metric") -> str:
+    """Markdown tables with methods as rows and fault types as columns, best value per column in bold.
+
+    ``per-metric``: one table per metric (AC@1, AC@3, Avg@5) plus one of time per case, cases and errors.
+    ``wide``: one table, the fault types as column groups of AC@1 / AC@3 / Avg@5 (as the study lays it out).
+    """
+    if summary.empty:
+        return "_no results_\n"
+    faults = _fault_order(summary["fault_type"].unique()) + [ALL]
+    methods = list(dict.fromkeys(summary["method"]))
+    cell = {(r["method"], r["fault_type"]): r for _, r in summary.iterrows()}
+    family = dict(zip(summary["method"], summary["family"], strict=False))
+
+    def value(m: str, f: str, key: str) -> float:
+        r = cell.get((m, f))
+        return float(r[key]) if r is not None else float("nan")
+
+    def best_of(f: str, key: str) -> float | None:
+        return _best([value(m, f, key) for m in methods if m != CHANCE])
+
+    def shown(m: str, f: str, key: str) -> str:
+        v = value(m, f, key)
+        text = _fmt(v)
+        return f"**{text}**" if m != CHANCE and not math.isnan(v) and v == best_of(f, key) else text
+
+    parts: list[str] = []
+    if layout == "wide":
+        header = ["Method", "Family"] + [f"{f} {label}" for f in faults for label in METRICS.values()]
+        header += ["Time/case (s)", "Cases", "Errors"]
+        rows = []
+        for m in methods:
+            rows.append([m, str(family[m])] + [shown(m, f, k) for f in faults for k in METRICS]
+                        + _time_cells(cell.get((m, ALL))))
+        parts.append(_md_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2)))
+    elif layout == "per-metric":
+        for key, label in METRICS.items():
+            rows = [[m, str(family[m])] + [shown(m, f, key) for f in faults] for m in methods]
+            parts.append(f"### {label}\n\n" + _md_table(["Method", "Family"] + faults, rows,
+                                                          ["l", "l"] + ["r"] * len(faults)))
+        rows = [[m, str(family[m])] + _time_cells(cell.get((m, ALL))) for m in methods if m != CHANCE]
+        parts.append("### Time per case and failures\n\n" + _md_table(
+            ["Method", "Family", "Time/case (s)", "Cases", "Errors"], rows, ["l", "l", "r", "r", "r"]))
+    else:
+        raise ValueError(f"layout must be 'per-metric' or 'wide', got {layout!r}")
+    note = ("Errors and timeouts count as misses; time is the mean over successful runs; "
+            "chance = a uniformly random ranking of each case's services.")
+    return "\n\n".join(parts) + "\n\n" + note + "\n"
+
+
+def _time_cells(r: Any) -> list[str]:
+    if r is None:
+        return ["–", "–", "–"]
+    return [_fmt_time(r["time_s"]), str(int(r["n"])), str(int(r["errors"]))]
+
+
+def print_table(summary: pd.DataFrame, console: Any = None, *, title: str = "RCA accuracy") -> None:
+    """The summary as a rich table (one block of rows per method) on ``console`` (default: stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title, title_justify="left")
+    table.add_column("Method", style="bold")
+    table.add_column("Fault")
+    for label in METRICS.values():
+        table.add_column(label, justify="right")
+    table.add_column("Time/case (s)", justify="right")
+    table.add_column("Cases", justify="right")
+    table.add_column("Errors", justify="right")
+    methods = list(dict.fromkeys(summary["method"]))
+    for i, m in enumerate(methods):
+        rows = summary[summary["method"] == m]
+        for j, (_, r) in enumerate(rows.iterrows()):
+            errors = int(r["errors"])
+            table.add_row(
+                m if j == 0 else "", str(r["fault_type"]), _fmt(r["ac1"]), _fmt(r["ac3"]), _fmt(r["avg5"]),
+                _fmt_time(r["time_s"]), str(int(r["n"])), f"[red]{errors}[/red]" if errors else "0",
+                style="dim" if m == CHANCE else ("bold" if r["fault_type"] == ALL else None),
+                end_section=(j == len(rows) - 1 and i < len(methods) - 1),
+            )
+    console.print(table)
+
