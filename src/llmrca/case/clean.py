@@ -13,15 +13,26 @@ def fill_gaps(metrics: pd.DataFrame) -> pd.DataFrame:
 
     All-NaN columns are left as they are (validation rejects them). Returns a float64 copy.
     """
-    out = metrics.copy()
-    cols = [c for c in out.columns if c != TIME]
-    values = out[cols].to_numpy(dtype=float, copy=True)
-    if not np.isnan(values).any():
-        out[cols] = values
-        return out
-    filled = pd.DataFrame(values, columns=cols).interpolate(method="linear", limit_direction="both", axis=0)
-    out[cols] = filled.to_numpy()
+    cols = [c for c in metrics.columns if c != TIME]
+    values = fill_gaps_array(metrics[cols].to_numpy(dtype=float, copy=True))
+    out = pd.DataFrame(values, columns=cols, index=metrics.index)
+    if TIME in metrics.columns:
+        out.insert(list(metrics.columns).index(TIME), TIME, metrics[TIME].to_numpy(dtype=float))
     return out
+
+
+def fill_gaps_array(values: np.ndarray) -> np.ndarray:
+    """``fill_gaps`` on a (rows, columns) float array, in place; only columns with NaNs are touched."""
+    nan = np.isnan(values)
+    if not nan.any():
+        return values
+    rows = np.arange(values.shape[0])
+    for j in np.flatnonzero(nan.any(axis=0)):
+        ok = ~nan[:, j]
+        if ok.any():
+            # np.interp holds the edge values constant outside the known range: nearest-value edges.
+            values[:, j] = np.interp(rows, rows[ok], values[ok, j])
+    return values
 
 
 def constant_columns(metrics: pd.DataFrame) -> list[str]:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmrca.case import TIME, Observation, fill_gaps
+from llmrca.case import TIME, Observation
+from llmrca.case.clean import fill_gaps_array
 from llmrca.errors import MethodError
 
 DEFAULT_WINDOW = 60  # samples each side of inject_time, as in the reference study's runner
@@ -45,13 +46,13 @@ def metric_window(
         raise MethodError("no inject_time: this method needs the injection time")
     if obs.metrics is None or not obs.metric_columns:
         raise MethodError("no metric columns to rank")
-    m = fill_gaps(obs.metrics)
-    t = m[TIME].to_numpy(dtype=float)
+    t = obs.metrics[TIME].to_numpy(dtype=float)
     split = int(np.searchsorted(t, it, side="left"))
     lo = 0 if window is None else max(0, split - window)
     hi = len(t) if window is None else min(len(t), split + window)
     cols = obs.metric_columns
-    values = m[cols].to_numpy(dtype=float)[lo:hi]
+    # Gaps are filled within the window only, so what a method sees does not depend on far-away rows.
+    values = fill_gaps_array(obs.metrics[cols].to_numpy(dtype=float, copy=True)[lo:hi])
     w = MetricWindow(cols, t[lo:hi], values, split - lo)
     if w.split < min_pre:
         raise MethodError(f"only {w.split} sample(s) before inject_time={it:g}; need at least {min_pre}")

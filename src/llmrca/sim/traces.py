@@ -1,0 +1,382 @@
+"""Spans of the simulated serving path: one trace per request, in the shape OpenTelemetry exporters give it.
+
+Chain per request (TELEMETRY.md): the gateway's SERVER span (nginx-otel) → the Serve HTTP proxy's SERVER span →
+the proxy's CLIENT span ``process_request`` towards the chosen replica → the engine's ``llm_request`` SERVER span
+with vLLM's ``gen_ai.*`` attributes. Each span covers the stage timestamps of the request record, so a delay on the
+wire towards a replica lengthens ``process_request`` and everything above it, never ``llm_request``.
+
+Failed requests keep the spans of the stages they reached. How the layers see a failure follows the real software:
+a gateway timeout (504) is a client disconnect for the Serve proxy (status 499, as Ray Serve logs it) and a
+cancelled call without a status for ``process_request``; a 502 means the proxy answered nothing; other 5xx pass
+up unchanged. A callee's span of a failed request is cut at its caller's end (the caller hung up).
+
+Everything is built column-wise with numpy; ids come from a generator seeded by the record's seed, so the same
+record gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmrca.case.schema import TRACE_COLUMNS
+from llmrca.case.topology import Topology
+from llmrca.errors import CaseError
+
+ROUTE = "/v1/chat/completions"
+GATEWAY_OPERATION = f"POST {ROUTE}"
+PROXY_OPERATION = "proxy_http_request"  # Ray Serve's own name for the proxy's request span
+CLIENT_OPERATION = "process_request"
+ENGINE_OPERATION = "llm_request"
+SERVE_APP = "default"
+SERVE_DEPLOYMENT = "VLLMDeployment"
+USER_AGENT = "python-requests/2.32.3"  # Locust's HttpUser session is a requests.Session
+REPLICA_PORT = 8000
+
+REQUEST_COLUMNS = (
+    "request_id", "trace_id", "replica", "prompt_tokens", "output_tokens", "max_tokens",
+    "t_gateway_start", "t_proxy_start", "t_send", "t_engine_arrival", "t_scheduled", "t_first_token",
+    "t_engine_end", "t_proxy_end", "t_gateway_end", "prefill_s", "decode_s", "queue_s",
+    "num_preemptions", "status", "http_status", "error",
+)
+# Added by the sim core after the first contract; used where present.
+OPTIONAL_COLUMNS = ("t_ready", "t_proxy_server_end", "finished_reason")
+
+# Independent random streams per use, so adding one never shifts another's ids.
+_STREAM_SPAN_IDS = 0x5A11
+_STREAM_REQUEST_IDS = 0x1D5
+_STREAM_BYTES = 0xB17E
+_STREAM_ADDRESSES = 0xADD2
+
+_TOL = 1e-6  # seconds of slack when checking the record's stage order
+
+
+@dataclass(frozen=True)
+class ServingPath:
+    """Service names along a request's path."""
+
+    gateway: str
+    proxy: str
+
+
+@dataclass(frozen=True)
+class RequestIdentities:
+    """Per-request names the real software would print, shared by spans and log lines.
+
+    ``vllm_ids``: the engine's request id (``chatcmpl-`` + 32 hex, as vLLM's OpenAI server makes it).
+    ``serve_ids``: Ray Serve's request id (a UUID4 text). ``response_bytes``: body bytes nginx sent back.
+    ``addresses``: pod IP per service (and ``"client"`` for the load generator).
+    """
+
+    vllm_ids: list[str]
+    serve_ids: list[str]
+    response_bytes: np.ndarray
+    addresses: dict[str, str]
+
+
+def serving_path(record: Any) -> ServingPath:
+    """The gateway and the Serve proxy's service: the record's ``gateway``/``proxy`` where it names them, else the
+    topology's entry and the one service the entry calls."""
+    topology: Topology = record.topology
+    gateway = getattr(record, "gateway", None) or topology.entry_service()
+    if not gateway:
+        raise CaseError(["topology.entry: the simulated topology names no entry service"], where="sim record")
+    proxy = getattr(record, "proxy", None)
+    if not proxy:
+        callees = sorted(set(topology.callees(gateway)))
+        if len(callees) != 1:
+            raise CaseError(
+                [f"topology.edges: the gateway {gateway!r} must call exactly one proxy service, calls {callees}"],
+                where="sim record",
+            )
+        proxy = callees[0]
+    return ServingPath(gateway=str(gateway), proxy=str(proxy))
+
+
+def model_name(record: Any) -> str:
+    """The served model's name: ``record.model_name``, else ``config["model"]`` (text, or a dict with ``name``)."""
+    m = getattr(record, "model_name", "") or (record.config or {}).get("model")
+    if isinstance(m, dict):
+        m = m.get("name") or m.get("hf_name") or m.get("id")
+    if not m:
+        raise CaseError(["config.model: the simulation config names no model"], where="sim record")
+    return str(m)
+
+
+def check_requests(requests: pd.DataFrame) -> None:
+    """Raise ``CaseError`` naming missing columns or a request whose stages run backwards.
+
+    Starts must be ordered for every request; ends only for successful ones (a failed request's callee may
+    outlive its caller's hang-up, and is cut at the caller's end).
+    """
+    missing = [c for c in REQUEST_COLUMNS if c not in requests.columns]
+    if missing:
+        raise CaseError([f"missing column(s) {', '.join(missing)}"], where="sim record requests")
+    if not len(requests):
+        return
+    cols = [c for c in (*REQUEST_COLUMNS, *OPTIONAL_COLUMNS) if c.startswith("t_") and c in requests.columns]
+    t = {c: requests[c].to_numpy(dtype=float) for c in cols}
+    if not np.isfinite(t["t_gateway_start"]).all() or not np.isfinite(t["t_gateway_end"]).all():
+        raise CaseError(["t_gateway_start/t_gateway_end: every request needs both"], where="sim record requests")
+    ok = requests["status"].to_numpy() == "OK"
+    starts = [c for c in ("t_gateway_start", "t_proxy_start", "t_send", "t_engine_arrival", "t_ready") if c in t]
+    ends = [c for c in ("t_engine_arrival", "t_engine_end", "t_proxy_end", "t_proxy_server_end", "t_gateway_end")
+            if c in t]
+    pairs = [(a, b, None) for a, b in itertools.pairwise(starts)] + [(a, b, ok) for a, b in itertools.pairwise(ends)]
+    pairs += [("t_proxy_start", "t_proxy_end", None), ("t_gateway_start", "t_gateway_end", None)]
+    ids = requests["request_id"].to_numpy()
+    for a, b, only in pairs:
+        bad = np.isfinite(t[a]) & np.isfinite(t[b]) & (t[b] < t[a] - _TOL)
+        if only is not None:
+            bad &= only
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise CaseError(
+                [f"request {ids[i]}: {b} ({t[b][i]:.6f}) is before {a} ({t[a][i]:.6f}); {int(bad.sum())} such"],
+                where="sim record requests",
+            )
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Per-request intervals (unix s) of the four spans, nested: a failed request's callee is cut at its caller's
+    end. ``has_*``: the stage was reached (the proxy, the proxy's call, the engine's span)."""
+
+    gateway: tuple[np.ndarray, np.ndarray]
+    proxy: tuple[np.ndarray, np.ndarray]
+    client: tuple[np.ndarray, np.ndarray]
+    engine: tuple[np.ndarray, np.ndarray]
+    has_proxy: np.ndarray
+    has_client: np.ndarray
+    has_engine: np.ndarray
+    failed: np.ndarray
+
+
+def stages(requests: pd.DataFrame) -> Stages:
+    """The span intervals of every request (see ``Stages``); call ``check_requests`` first."""
+    col = {c: requests[c].to_numpy(dtype=float) for c in requests.columns if str(c).startswith("t_")}
+    nan = np.full(len(requests), np.nan)
+    failed = requests["status"].to_numpy() != "OK"
+    g0, g1 = col["t_gateway_start"], col["t_gateway_end"]
+    p0, c0, e0 = col["t_proxy_start"], col["t_send"], col["t_engine_arrival"]
+    c1, e1 = col["t_proxy_end"], col["t_engine_end"]
+    # The proxy's SERVER span lasts until it has forwarded the last chunk (after its CLIENT call returned).
+    p1 = col.get("t_proxy_server_end", nan)
+    p1 = np.where(np.isfinite(p1), p1, c1)
+    has_p = np.isfinite(p0)
+    has_c = has_p & np.isfinite(c0)
+    has_e = has_c & np.isfinite(e0) & np.isfinite(e1)  # vLLM emits its span only for requests it ended
+    p1 = np.where(np.isfinite(p1), p1, g1)
+    c1 = np.where(np.isfinite(c1), c1, p1)
+
+    def nest(start: np.ndarray, end: np.ndarray, ps: np.ndarray, pe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore"):
+            s = np.where(failed, np.clip(start, ps, pe), start)
+            e = np.where(failed, np.clip(end, s, pe), end)
+        return s, e
+
+    p0, p1 = nest(p0, p1, g0, g1)
+    c0, c1 = nest(c0, c1, p0, p1)
+    e0, e1 = nest(e0, e1, c0, c1)
+    return Stages((g0, g1), (p0, p1), (c0, c1), (e0, e1), has_p, has_c, has_e, failed)
+
+
+def hex_ids(rng: np.random.Generator, n: int, nbytes: int) -> list[str]:
+    """``n`` random lower-case hex strings of ``2 * nbytes`` characters, in one draw."""
+    return _split(rng.bytes(n * nbytes).hex(), 2 * nbytes)
+
+
+def _split(text: str, width: int) -> list[str]:
+    return [text[i : i + width] for i in range(0, len(text), width)]
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stream]))
+
+
+def _uuid4_texts(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` random UUID4s as ``str(uuid.uuid4())`` prints them (version nibble 4, RFC 4122 variant)."""
+    raw = np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    return [f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}" for x in _split(raw.tobytes().hex(), 32)]
+
+
+def _pod_addresses(services: list[str], seed: int) -> dict[str, str]:
+    """Stable, distinct pod IPs in k3s's default pod CIDR (10.42.0.0/16)."""
+    rng = _rng(seed, _STREAM_ADDRESSES)
+    n = len(services) + 1
+    picks = rng.choice(np.arange(2, 250 * 4), size=n, replace=False)
+    names = list(services) + ["client"]
+    return {s: f"10.42.{int(p) // 250}.{int(p) % 250 + 2}" for s, p in zip(names, picks)}
+
+
+def request_identities(record: Any) -> RequestIdentities:
+    """Request ids, response sizes and addresses of a record; deterministic in ``record.seed``."""
+    req = record.requests
+    n = len(req)
+    rng = _rng(record.seed, _STREAM_REQUEST_IDS)
+    vllm_ids = ["chatcmpl-" + h for h in hex_ids(rng, n, 16)]
+    serve_ids = _uuid4_texts(rng, n)
+    out_tok = req["output_tokens"].to_numpy(dtype=np.int64)
+    status = req["http_status"].to_numpy(dtype=np.int64)
+    # A streamed chat completion is one SSE chunk per token plus role and stop chunks and "data: [DONE]";
+    # each chunk repeats the id, model and envelope, and carries the token's text (~4 characters).
+    model = model_name(record)
+    envelope = len(
+        f'data: {{"id":"{vllm_ids[0] if n else "chatcmpl-"}","object":"chat.completion.chunk",'
+        f'"created":1700000000,"model":"{model}","choices":[{{"index":0,"delta":{{"content":""}},'
+        f'"logprobs":null,"finish_reason":null}}]}}\n\n'
+    ) + 7  # chunked transfer framing: size line and CRLFs
+    brng = _rng(record.seed, _STREAM_BYTES)
+    text = brng.poisson(4.2 * np.maximum(out_tok, 0)) if n else np.zeros(0, dtype=np.int64)
+    body = np.where(out_tok > 0, (out_tok + 2) * envelope + text + 14 + 5, 0).astype(np.int64)
+    # Before the first byte of a stream, an error is nginx's own error page (or the upstream's JSON error).
+    page = {502: _nginx_error_page_len(502), 504: _nginx_error_page_len(504)}
+    for code, size in page.items():
+        body = np.where((out_tok <= 0) & (status == code), size, body)
+    body = np.where((out_tok <= 0) & (status >= 400) & ~np.isin(status, list(page)), 145, body)
+    services = list(record.topology.services) or sorted(set(req["replica"].unique().tolist()))
+    return RequestIdentities(vllm_ids, serve_ids, body, _pod_addresses(services, record.seed))
+
+
+def _nginx_error_page_len(code: int) -> int:
+    reason = {502: "Bad Gateway", 504: "Gateway Time-out"}[code]
+    page = (
+        f"<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
+    return len(page)
+
+
+def _seconds(values: np.ndarray) -> list[str]:
+    out = [f"{v:.6f}" for v in values.tolist()]
+    for i in np.flatnonzero(np.isnan(values)).tolist():
+        out[i] = "null"
+    return out
+
+
+def _status_field(http: np.ndarray) -> list[str]:
+    return ["" if math.isnan(v) else f',"http.status_code":{int(v)}' for v in http.tolist()]
+
+
+def spans_from_record(record: Any) -> pd.DataFrame:
+    """One row per span of every request in ``record`` (``llmrca.case.schema.TRACE_COLUMNS``)."""
+    req = record.requests
+    check_requests(req)
+    n = len(req)
+    if n == 0:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TRACE_COLUMNS.items()})
+    path = serving_path(record)
+    ident = request_identities(record)
+    model = model_name(record)
+
+    col = {c: req[c].to_numpy(dtype=float) for c in REQUEST_COLUMNS if c.startswith("t_") or c.endswith("_s")}
+    st = stages(req)
+    failed = st.failed
+    http = req["http_status"].to_numpy(dtype=float)
+    replica = req["replica"].to_numpy(dtype=object)
+    (g0, g1), (p0, p1), (c0, c1), (e0, e1) = st.gateway, st.proxy, st.client, st.engine
+    has_p, has_c, has_e = st.has_proxy, st.has_client, st.has_engine
+
+    # HTTP status per layer (see module docstring).
+    timeout = http == 504
+    bad_gw = http == 502
+    http_p = np.where(timeout, 499.0, np.where(bad_gw, np.nan, http))
+    http_c = np.where(timeout | bad_gw, np.nan, http)
+
+    addr = ident.addresses
+    client = addr.get("client", "10.42.0.2")
+    status_g = _status_field(http)
+    status_p = _status_field(http_p)
+    status_c = _status_field(http_c)
+    attrs_g = [
+        f'{{"span.kind":"SERVER","http.method":"POST","http.target":"{ROUTE}","http.scheme":"http",'
+        f'"http.flavor":"1.1","http.user_agent":"{USER_AGENT}","net.host.name":"{path.gateway}",'
+        f'"net.sock.peer.addr":"{client}"{s}}}'
+        for s in status_g
+    ]
+    attrs_p = [
+        f'{{"span.kind":"SERVER","request_id":"{rid}","deployment":"{SERVE_DEPLOYMENT}","app":"{SERVE_APP}",'
+        f'"request_type":"http","request_method":"POST","request_route_path":"/"{s}}}'
+        for rid, s in zip(ident.serve_ids, status_p)
+    ]
+    attrs_c = [
+        f'{{"span.kind":"CLIENT","vllm.backend_url":"http://{r}:{REPLICA_PORT}","peer.service":"{r}"{s}}}'
+        for r, s in zip(replica.tolist(), status_c)
+    ]
+    model_json = json.dumps(model)
+    queue = _seconds(col["queue_s"])
+    ttft = _seconds(col["t_first_token"] - col["t_engine_arrival"])
+    e2e = _seconds(col["t_engine_end"] - col["t_engine_arrival"])
+    prefill = _seconds(col["prefill_s"])
+    decode = _seconds(col["decode_s"])
+    ints = zip(
+        req["max_tokens"].to_numpy(dtype=np.int64).tolist(),
+        req["prompt_tokens"].to_numpy(dtype=np.int64).tolist(),
+        req["output_tokens"].to_numpy(dtype=np.int64).tolist(),
+    )
+    attrs_e = [
+        f'{{"span.kind":"SERVER","gen_ai.response.model":{model_json},"gen_ai.request.id":"{vid}",'
+        f'"gen_ai.request.temperature":1.0,"gen_ai.request.top_p":1.0,"gen_ai.request.n":1,'
+        f'"gen_ai.request.max_tokens":{mx},"gen_ai.usage.prompt_tokens":{pt},'
+        f'"gen_ai.usage.completion_tokens":{ot},"gen_ai.latency.time_in_queue":{q},'
+        f'"gen_ai.latency.time_to_first_token":{tf},"gen_ai.latency.e2e":{ee},'
+        f'"gen_ai.latency.time_in_model_prefill":{pf},"gen_ai.latency.time_in_model_decode":{dc}}}'
+        for vid, (mx, pt, ot), q, tf, ee, pf, dc in zip(ident.vllm_ids, ints, queue, ttft, e2e, prefill, decode)
+    ]
+
+    # Four candidate spans per request, laid out request-major so a trace's spans stay together.
+    ids = np.empty(4 * n, dtype=object)
+    ids[:] = hex_ids(_rng(record.seed, _STREAM_SPAN_IDS), 4 * n, 8)
+    ids = ids.reshape(n, 4).T
+    present = np.vstack([np.ones(n, bool), has_p, has_c, has_e])
+    parent = np.empty((4, n), dtype=object)
+    parent[0] = None
+    nearest = ids[0].astype(object)
+    for k in (1, 2, 3):
+        parent[k] = nearest
+        nearest = np.where(present[k], ids[k], nearest)
+    starts = np.vstack([g0, p0, c0, e0])
+    ends = np.vstack([g1, p1, c1, e1])
+    services = np.empty((4, n), dtype=object)
+    services[0], services[1], services[2], services[3] = path.gateway, path.proxy, path.proxy, replica
+    ops = np.empty((4, n), dtype=object)
+    ops[0], ops[1], ops[2], ops[3] = GATEWAY_OPERATION, PROXY_OPERATION, CLIENT_OPERATION, ENGINE_OPERATION
+    https = np.vstack([http, http_p, http_c, np.full(n, np.nan)])
+    attrs = np.empty((4, n), dtype=object)
+    attrs[0], attrs[1], attrs[2], attrs[3] = attrs_g, attrs_p, attrs_c, attrs_e
+    status = np.where(np.broadcast_to(failed, (4, n)), "ERROR", "OK").astype(object)
+    trace = np.broadcast_to(req["trace_id"].to_numpy(dtype=object), (4, n))
+
+    keep = present.T.ravel()
+
+    def flat(a: np.ndarray) -> np.ndarray:
+        return a.T.ravel()[keep]
+
+    start_us = np.round(flat(starts) * 1e6).astype(np.int64)
+    end_us = np.round(flat(ends) * 1e6).astype(np.int64)
+    http_flat = flat(https)
+    out = pd.DataFrame(
+        {
+            "trace_id": pd.array(flat(trace), dtype="string"),
+            "span_id": pd.array(flat(ids), dtype="string"),
+            "parent_span_id": pd.array(flat(parent), dtype="string"),
+            "service": pd.array(flat(services), dtype="string"),
+            "operation": pd.array(flat(ops), dtype="string"),
+            "start_time_us": start_us,
+            "duration_us": end_us - start_us,
+            "status": pd.array(flat(status), dtype="string"),
+            "http_status": pd.arrays.IntegerArray(
+                np.where(np.isfinite(http_flat), http_flat, 0).astype(np.int64), ~np.isfinite(http_flat)
+            ),
+            "attributes": pd.array(flat(attrs), dtype="string"),
+        }
+    )
+    return out

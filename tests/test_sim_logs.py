@@ -1,0 +1,188 @@
+import json
+import re
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from sim_record_fixture import START, make_record
+
+from llmrca.case.schema import LOG_COLUMNS, coerce
+from llmrca.case.validation import validate_logs
+from llmrca.errors import CaseError
+from llmrca.sim.logs import logs_from_record
+from llmrca.sim.record import events_frame
+from llmrca.sim.traces import ENGINE_OPERATION, spans_from_record
+
+
+def _regex(template: str) -> re.Pattern:
+    return re.compile(".+?".join(re.escape(part) for part in template.split("<*>")) + r"\Z", re.DOTALL)
+
+
+def _with_events(rec, rows):
+    rec.events = events_frame(rows)
+    return rec
+
+
+def test_frame_follows_the_log_schema_and_is_sorted():
+    logs = logs_from_record(make_record())
+    assert list(logs.columns) == list(LOG_COLUMNS)
+    for c, t in LOG_COLUMNS.items():
+        assert logs[c].dtype == pd.Series(dtype=t).dtype, c
+    coerce(logs, LOG_COLUMNS, where="logs")
+    assert validate_logs(logs) == []
+    assert logs["time"].is_monotonic_increasing
+    assert set(logs["level"]) <= {"INFO", "WARNING", "ERROR"}
+
+
+def test_every_line_fits_its_template_and_templates_mask_variables():
+    logs = logs_from_record(make_record(n=60))
+    for msg, tmpl in zip(logs["message"], logs["template"]):
+        assert _regex(tmpl).match(msg), (msg, tmpl)
+    templates = set(logs["template"])
+    assert not any(re.search(r"chatcmpl-[0-9a-f]{8}|\d{2}:\d{2}:\d{2}|10\.42\.", t) for t in templates)
+    access = logs[logs["message"].str.contains('"POST /v1/chat/completions HTTP/1.1" 200')]
+    assert access["template"].nunique() == 1 and access["message"].nunique() > 10
+    # Far fewer templates than lines: lines of one kind share one template.
+    assert len(templates) < 40 < len(logs)
+
+
+def test_request_lines_name_the_request_as_its_span_does():
+    rec = make_record(n=20, failures=False)
+    logs = logs_from_record(rec)
+    spans = spans_from_record(rec)
+    eng = spans[spans["operation"] == ENGINE_OPERATION]
+    ids = [json.loads(a)["gen_ai.request.id"] for a in eng["attributes"]]
+    for vid, replica in zip(ids, rec.requests["replica"]):
+        mine = logs[logs["message"].str.contains(vid, regex=False)]
+        assert mine["service"].eq(replica).all()
+        kinds = [k for k in ("Received request", "Added request", "Finished request")
+                 if mine["message"].str.contains(k).any()]
+        assert kinds == ["Received request", "Added request", "Finished request"]
+    gw = logs[logs["service"] == "nginx-proxy"]
+    assert len(gw) == 20 and gw["level"].eq("INFO").all()
+    assert (logs["service"] == "ray-head").sum() >= 20  # one Serve proxy access line per request (+ its replica)
+
+
+def test_log_times_carry_a_little_jitter_after_the_event():
+    rec = make_record(n=30, failures=False, events=False)
+    logs = logs_from_record(rec)
+    gw = logs[logs["service"] == "nginx-proxy"]["time"].to_numpy()
+    end = np.sort(rec.requests["t_gateway_end"].to_numpy())
+    lag = np.sort(gw) - end
+    assert (lag > 0).all() and (lag < 0.02).all() and len(set(np.round(lag, 7))) > 1
+    # The printed second is the line's own time (nginx prints $time_local to the second).
+    first = logs[logs["service"] == "nginx-proxy"].iloc[0]
+    printed = re.search(r"\[(\S+) \+0000\]", first["message"]).group(1)
+    assert printed == time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(int(first["time"])))
+
+
+def test_engine_stats_lines_follow_vllm_and_go_quiet_when_idle():
+    rec = _with_events(make_record(n=8, failures=False), [
+        (START + 10.0, "ray-replicas-0", "engine_stats", {"prompt_tps": 512.0, "gen_tps": 255.75, "running": 4,
+                                                          "waiting": 2, "swapped": 0, "kv_usage_perc": 0.4567,
+                                                          "prefix_cache_hit_rate": 0.25}),
+        (START + 20.0, "ray-replicas-0", "engine_stats", {"prompt_tps": 0.0, "gen_tps": 0.0, "running": 0,
+                                                          "waiting": 0, "swapped": 0, "kv_usage_perc": 0.0,
+                                                          "prefix_cache_hit_rate": 0.25}),
+        (START + 30.0, "ray-replicas-0", "engine_stats", {"prompt_tps": 0.0, "gen_tps": 0.0, "running": 0,
+                                                          "waiting": 0, "swapped": 0, "kv_usage_perc": 0.0,
+                                                          "prefix_cache_hit_rate": 0.25}),
+    ])
+    logs = logs_from_record(rec)
+    stats = logs[logs["message"].str.contains("Avg prompt throughput")]
+    assert len(stats) == 2  # the second idle interval is logged at DEBUG only
+    assert stats["message"].iloc[0].endswith(
+        "Avg prompt throughput: 512.0 tokens/s, Avg generation throughput: 255.8 tokens/s, Running: 4 reqs, "
+        "Swapped: 0 reqs, Pending: 2 reqs, GPU KV cache usage: 45.7%, CPU KV cache usage: 0.0%.")
+    assert re.match(r"INFO \d\d-\d\d \d\d:\d\d:\d\d \[metrics\.py:\d+\] ", stats["message"].iloc[0])
+    hits = logs[logs["message"].str.contains("Prefix cache hit rate: GPU: 25.00%, CPU: 0.00%", regex=False)]
+    assert len(hits) == 2 and stats["template"].nunique() == 1
+
+
+def test_preemption_warning_is_rate_limited_like_vllm():
+    rows = [(START + 5 + 0.01 * j, "ray-replicas-1", "preemption", {"request_id": 1, "num_preempted": 1})
+            for j in range(120)]
+    logs = logs_from_record(_with_events(make_record(n=8, failures=False), rows))
+    warn = logs[logs["level"] == "WARNING"]
+    assert len(warn) == 3 and warn["service"].eq("ray-replicas-1").all()
+    assert [int(m.rsplit("=", 1)[1]) for m in warn["message"]] == [1, 51, 101]
+    assert warn["message"].str.contains("is preempted by PreemptionMode.RECOMPUTE mode").all()
+
+
+def test_faults_the_real_system_does_not_log_add_no_lines():
+    rec = make_record(n=16, failures=False, events=False)
+    base = logs_from_record(rec)
+    rows = []
+    for i, (kind, params) in enumerate([("cpu", {"workers": 16}), ("memory", {"size_gb": 8}),
+                                        ("network", {"latency_ms": 1000}), ("gpu", {"power_limit_w": 150})]):
+        rows.append((START + 2 + i, "ray-replicas-0", "fault_start", {"type": kind, "params": params}))
+        rows.append((START + 20 + i, "ray-replicas-0", "fault_end", {"type": kind, "params": params}))
+    faulty = logs_from_record(_with_events(make_record(n=16, failures=False, events=False), rows))
+    assert len(faulty) == len(base)
+    assert list(faulty["template"]) == list(base["template"])
+
+
+def test_failures_log_where_the_real_software_does():
+    logs = logs_from_record(make_record(n=12))
+    gw_err = logs[(logs["service"] == "nginx-proxy") & (logs["level"] == "ERROR")]["message"]
+    assert gw_err.str.contains(r"upstream timed out \(110: Connection timed out\) while reading response header").any()
+    assert gw_err.str.contains(r"connect\(\) failed \(111: Connection refused\) while connecting to upstream").any()
+    head = logs[logs["service"] == "ray-head"]["message"]
+    assert head.str.contains("disconnected, cancelling request.").sum() == 1
+    assert head.str.contains(r"-- POST / 499 ").sum() == 1
+    failed = logs[logs["message"].str.endswith("-- Request failed.")]
+    assert len(failed) == 1 and failed["level"].iloc[0] == "ERROR" and failed["service"].iloc[0] == "ray-replicas-0"
+    assert logs["message"].str.contains("Aborted request chatcmpl-").sum() == 1
+
+
+def test_engine_death_health_check_and_restart():
+    logs = logs_from_record(make_record(n=12))
+    rep = logs[logs["service"] == "ray-replicas-1"]
+    dead = rep[rep["level"] == "ERROR"]["message"].tolist()
+    assert any("Engine background task failed" in m for m in dead)
+    assert any(m.startswith("RuntimeError: CUDA error:") for m in dead)
+    head = logs[logs["service"] == "ray-head"]["message"]
+    failed = head[head.str.contains("failed health check, stopping it.")]
+    started = head[head.str.contains("started successfully on node")]
+    assert len(failed) == 1 and len(started) == 1
+    old = re.search(r"Replica\(id='(\w+)'", failed.iloc[0]).group(1)
+    new = re.search(r"Replica\(id='(\w+)'", started.iloc[0]).group(1)
+    assert old != new
+    xid = logs[logs["message"].str.contains("NVRM: Xid")]
+    assert xid["service"].tolist() == ["node-gpu-2"] and ": 79, " in xid["message"].iloc[0]
+
+
+def test_new_replica_id_after_restart_in_access_lines():
+    rec = _with_events(make_record(n=40, failures=False), [
+        (START + 2.0, "ray-replicas-1", "replica_health", {"ok": False}),
+        (START + 4.0, "ray-replicas-1", "replica_health", {"ok": True, "load_s": 1.5}),
+    ])
+    logs = logs_from_record(rec)
+    acc = logs[(logs["service"] == "ray-replicas-1") & logs["message"].str.contains("default_VLLMDeployment")]
+    tags = acc["message"].str.extract(r"default_VLLMDeployment (\w+) ")[0]
+    before = tags[acc["time"] < START + 4.0 + 5.3]  # requests that arrived before the restart end ~5.3 s later
+    assert tags.nunique() == 2 and before.nunique() == 1
+
+
+def test_oom_kill_is_logged_by_the_node_kernel():
+    logs = logs_from_record(make_record(n=12))
+    node = logs[logs["service"] == "node-gpu-1"]
+    assert len(node) == 2
+    assert node["message"].iloc[1].split("kernel: ")[1].startswith(
+        "Memory cgroup out of memory: Killed process ") and "(memStress)" in node["message"].iloc[1]
+    assert node["level"].tolist() == ["WARNING", "ERROR"]
+
+
+def test_same_seed_same_lines():
+    a = logs_from_record(make_record(seed=5))
+    pd.testing.assert_frame_equal(a, logs_from_record(make_record(seed=5)))
+    b = logs_from_record(make_record(seed=6))
+    assert not a["message"].equals(b["message"])
+
+
+def test_events_need_their_columns():
+    rec = make_record(n=4, failures=False)
+    rec.events = rec.events.drop(columns=["fields"])
+    with pytest.raises(CaseError, match="fields"):
+        logs_from_record(rec)
