@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -122,8 +123,11 @@ def evaluate_cmd(
     cases = [c for p in paths for c in find_cases(p)]
     if not cases:
         raise LlmrcaError("no case folders found under " + ", ".join(map(str, paths)))
+    # Ids of RCAEval cases are their paths below this common folder, so two suites cannot collide.
+    tops = [p.parent.parent if p in cases else p for p in paths]  # a case folder's id keeps <svc>_<fault>/<rep>
+    root = os.path.commonpath([os.path.abspath(t) for t in tops])
     results = evaluate(cases, names, out_dir, jobs=jobs, timeout=timeout, seed=seed, progress=progress,
-                       view=view)
+                       view=view, root=root)
     print_table(summarize(results), out)
     out.print(f"results: {out_dir / 'results.parquet'}", highlight=False)
 

@@ -70,6 +70,7 @@ def evaluate(
     method_params: dict[str, dict[str, Any]] | None = None,
     retry_failed: bool = False,
     root: str | Path | None = None,
+    view: str = "all",
 ) -> pd.DataFrame:
     """Run ``methods`` × ``cases`` into ``out_dir`` and return the grid's rows (one per method and case).
 
@@ -82,6 +83,8 @@ def evaluate(
     None = ``default_memory_limit_mb(jobs)``, 0 = no cap.
     ``method_params``: method name → keyword parameters for its constructor.
     ``retry_failed``: on resume, run again the tasks whose stored status is not ``ok``.
+    ``view``: which metric columns methods see ('all', 'study' or 'full'; see ``llmrca.case.views``). A result
+    folder holds one view: resuming it with another is refused.
     Rows already in ``out_dir`` for the same (method, case_id, seed) are not recomputed.
     """
     names = resolve(list(methods) if not isinstance(methods, str) else methods)
@@ -98,12 +101,17 @@ def evaluate(
     seed = int(seed)
     if memory_limit_mb is None:
         memory_limit_mb = default_memory_limit_mb(jobs)
+    from llmrca.case.views import VIEWS
+
+    if view not in VIEWS:
+        raise UnknownNameError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
     paths = _case_paths(cases)
     entries = {n: entry(n) for n in names}
     out = Path(out_dir)
+    _check_same_view(out, view)
 
     with ResultStore(out) as store:
-        ids = _case_ids(paths, store.case_ids_by_path())
+        ids = _case_ids(paths, store.case_ids_by_path(), root)
         grid: list[Task] = []
         resumed = 0
         for p in paths:
@@ -117,9 +125,9 @@ def evaluate(
                 grid.append(Task(method=n, target=e.target, family=e.family, case_path=p,
                                  case_id=cid or Path(p).name, seed=seed, params=dict(params.get(n, {})),
                                  memory_limit_mb=memory_limit_mb or None,
-                                 root=str(root) if root is not None else None))
+                                 root=str(root) if root is not None else None, view=view))
         settings = {"jobs": jobs, "timeout": timeout, "memory_limit_mb": memory_limit_mb, "seed": seed,
-                    "method_params": params, "retry_failed": retry_failed,
+                    "method_params": params, "retry_failed": retry_failed, "view": view,
                     "root": str(root) if root is not None else None}
         run_info = _run_info(out, names, paths, settings)
         run_info["tasks"] = {"grid": len(paths) * len(names), "resumed": resumed, "to_run": len(grid)}
@@ -160,6 +168,15 @@ def evaluate(
 # --------------------------------------------------------------------------------------------- grid set-up
 
 
+def _check_same_view(out: Path, view: str) -> None:
+    try:
+        old = json.loads((out / RUN_JSON).read_text(encoding="utf-8")).get("params", {}).get("view", "all")
+    except (OSError, ValueError, AttributeError):
+        return
+    if old != view:
+        raise LlmrcaError(f"{out}: holds results for view {old!r}; use another --out for view {view!r}")
+
+
 def _case_paths(cases: Sequence[str | Path]) -> list[str]:
     if isinstance(cases, (str, Path)):
         raise TypeError("cases must be a list of case folders (use llmrca.io.find_cases on a suite folder)")
@@ -172,13 +189,13 @@ def _case_paths(cases: Sequence[str | Path]) -> list[str]:
     return list(out)
 
 
-def _peek_id(path: str) -> str | None:
-    """A native case's id from its case.json alone (named as ``llmrca.io.native`` does); None otherwise."""
-    from llmrca.io import native
+def _peek_id(path: str, root: str | Path | None = None) -> str | None:
+    """A case's id without loading it: native from case.json alone, RCAEval from its path; None otherwise."""
+    from llmrca.io import native, rcaeval
 
     meta_path = Path(path) / native.CASE_JSON
     if not meta_path.is_file():
-        return None
+        return rcaeval.case_id(path, root) if rcaeval.is_rcaeval_dir(Path(path)) else None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -186,9 +203,9 @@ def _peek_id(path: str) -> str | None:
     return str((meta.get("id") if isinstance(meta, dict) else None) or Path(path).name)
 
 
-def _case_ids(paths: list[str], known: dict[str, str]) -> dict[str, str | None]:
+def _case_ids(paths: list[str], known: dict[str, str], root: str | Path | None) -> dict[str, str | None]:
     # case.json first (it may have been regenerated since); stored rows name the cases of other formats
-    ids = {p: _peek_id(p) or known.get(p) for p in paths}
+    ids = {p: _peek_id(p, root) or known.get(p) for p in paths}
     seen: dict[str, str] = {}
     for p, cid in ids.items():
         if cid is None:

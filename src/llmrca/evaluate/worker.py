@@ -54,6 +54,7 @@ class Task:
     params: dict[str, Any] = field(default_factory=dict)
     memory_limit_mb: float | None = None
     root: str | None = None
+    view: str = "all"  # metric view handed to the method (llmrca.case.views)
 
 
 @dataclass
@@ -153,6 +154,10 @@ class Worker:
             self._case_path = task.case_path
             try:
                 self._case = load_case(task.case_path, root=task.root)
+                if task.view != "all":
+                    from llmrca.case.views import select_view
+
+                    self._case = select_view(self._case, task.view, where=task.case_path)
             except Exception as e:  # noqa: BLE001 - kept for the next method on the same case
                 self._case, self._load_trace = e, _trace(e)
         if isinstance(self._case, Exception):

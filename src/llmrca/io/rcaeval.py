@@ -540,6 +540,11 @@ def ns_to_seconds(ns: np.ndarray) -> np.ndarray:
 # ground truth and ids -------------------------------------------------------------------------------------
 
 
+def case_id(case_dir: str | Path, root: str | Path | None = None) -> str:
+    """The id ``read_case`` gives this folder, without reading its files."""
+    return _truth_from_path(Path(case_dir), root)[0]
+
+
 def _truth_from_path(case_dir: Path, root: str | Path | None) -> tuple[str, GroundTruth, str]:
     parent = case_dir.resolve().parent.name
     m = _FAULT_DIR.fullmatch(parent)
