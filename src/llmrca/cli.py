@@ -203,6 +203,57 @@ def validate_cmd(path: Annotated[Path, typer.Argument(help="A case folder or a s
         raise typer.Exit(1)
 
 
+@app.command("faults")
+@_handled
+def faults_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the fault catalogue (one spec per fault type, shared by the simulator and injectors)."""
+    from llmrca.faults import rows
+
+    items = [{"id": i, "layer": layer, "parameters": p, "description": d} for i, layer, p, d in rows()]
+    if as_json:
+        _print_json(items)
+        return
+    t = Table("id", "layer", "parameters (defaults)", "what it does")
+    for r in items:
+        t.add_row(r["id"], r["layer"], r["parameters"], r["description"])
+    out.print(t)
+
+
+@app.command("generate")
+@_handled
+def generate_cmd(
+    suite: Annotated[str, typer.Option("--suite", "-s", help="Suite name: paper or demo.")] = "paper",
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the case folders.")] = Path("cases"),
+    reps: Annotated[int | None, typer.Option(help="Repetitions per (fault, target); default: the suite's.")] = None,
+    seed: Annotated[int, typer.Option(help="Suite seed; every case's seed derives from it.")] = 0,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 1,
+    normal: Annotated[int, typer.Option(help="Also write this many fault-free runs.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing case folders.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Simulate a suite of fault cases.  Example: llmrca generate --suite paper --out suites/paper --reps 10 -j 2"""
+    from llmrca.sim.suites import generate_suite
+
+    paths = generate_suite(suite, out_dir, reps=reps, seed=seed, jobs=jobs, normal=normal, progress=progress,
+                           overwrite=overwrite)
+    out.print(f"wrote {len(paths)} case(s) under {out_dir}", highlight=False)
+
+
+@app.command("demo")
+@_handled
+def demo_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The demo's folder (replaced if it is one).")] = Path(
+        "llmrca-demo"),
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the suite and the methods.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Simulate a small suite, evaluate dummy/nsigma/baro/e-diagnosis, print the table, write report.md."""
+    from llmrca.demo import run_demo
+
+    run_demo(out_dir, jobs=jobs, seed=seed, console=out, progress=progress)
+
+
 def main() -> None:
     app()
 
