@@ -1,0 +1,84 @@
+"""How fast the simulator is: one 360 s case of the `paper` suite (core, traces, logs, writing), and a whole suite.
+
+    python benchmarks/bench_sim.py                 # one case, 10 repetitions each, plus the 160-case suite on 2 cores
+    python benchmarks/bench_sim.py --no-suite      # one case only
+    python benchmarks/bench_sim.py --jobs 4 --suite demo
+
+Goal: one 360 s case with traces and logs in < 0.36 s on one core (>= 1,000x real time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from llmrca.faults import Injection
+from llmrca.io import save_case
+from llmrca.sim.config import SimConfig
+from llmrca.sim.logs import logs_from_record
+from llmrca.sim.run import run, simulate
+from llmrca.sim.suites import generate_suite, plan
+from llmrca.sim.traces import spans_from_record
+
+
+def _time(fn, reps: int) -> tuple[float, float]:
+    """Median wall time and median CPU time of this process (robust to other load on the machine)."""
+    wall, cpu = [], []
+    for i in range(reps):
+        t, c = time.perf_counter(), time.process_time()
+        fn(i)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def one_case(reps: int) -> list[tuple[str, float, float]]:
+    cfg = SimConfig()
+    faults = ["cpu", "memory", "network", "gpu"]
+
+    def inj(i: int) -> Injection:
+        return Injection(faults[i % 4], "ray-replicas-1")
+
+    simulate(cfg, inj(0), seed=0)  # warm imports and caches
+    rows = [("core (engine + metrics)", *_time(lambda i: run(cfg, inj(i), seed=i), reps))]
+    recs = [run(cfg, inj(i), seed=i).record for i in range(reps)]
+    rows.append(("traces (spans_from_record)", *_time(lambda i: spans_from_record(recs[i]), reps)))
+    rows.append(("logs (logs_from_record)", *_time(lambda i: logs_from_record(recs[i]), reps)))
+    rows.append(("case: core + traces + logs", *_time(lambda i: simulate(cfg, inj(i), seed=i), reps)))
+    with tempfile.TemporaryDirectory() as d:
+        cases = [simulate(cfg, inj(i), seed=i) for i in range(reps)]
+        rows.append(("write (save_case)", *_time(lambda i: save_case(cases[i], Path(d) / str(i)), reps)))
+    return rows
+
+
+def suite(name: str, jobs: int) -> tuple[int, float]:
+    n = len(plan(name))
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        generate_suite(name, Path(d) / name, jobs=jobs, progress=False)
+        return n, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--suite", default="paper")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--no-suite", action="store_true")
+    a = ap.parse_args()
+    duration = SimConfig().duration
+    print(f"one {duration:.0f} s case (A100, 7B, 4 replicas, 5 req/s), {a.reps} runs, one core")
+    print(f"{'stage':32s} {'wall s':>8s} {'cpu s':>8s} {'x real time (cpu)':>18s}")
+    for name, wall, cpu in one_case(a.reps):
+        print(f"{name:32s} {wall:8.3f} {cpu:8.3f} {duration / cpu:18.0f}")
+    if not a.no_suite:
+        n, secs = suite(a.suite, a.jobs)
+        print(f"\nsuite {a.suite!r}: {n} cases written with {a.jobs} worker(s) in {secs:.1f} s "
+              f"({secs / n:.3f} s per case)")
+
+
+if __name__ == "__main__":
+    main()

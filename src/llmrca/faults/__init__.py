@@ -1,0 +1,65 @@
+"""The fault catalogue: one declarative spec per fault type (FAULTS.md), shared by the simulator and the live
+testbed. ``get(id)`` and ``specs()`` read it; ``rows()`` is what ``llmrca faults`` lists."""
+
+from __future__ import annotations
+
+from llmrca.errors import UnknownNameError
+from llmrca.faults.catalog import PAPER_FAULTS, STUDY_POWER_FRACTION
+from llmrca.faults.spec import (
+    CAUSES,
+    TARGET_RULES,
+    FaultParamError,
+    FaultSpec,
+    Injection,
+    Param,
+    Perturbation,
+)
+
+_SPECS: dict[str, FaultSpec] = {}
+
+
+def register(spec: FaultSpec) -> None:
+    if spec.targets not in TARGET_RULES:
+        raise UnknownNameError(f"fault {spec.id!r}: unknown targets rule {spec.targets!r}")
+    _SPECS[spec.id] = spec
+
+
+for _s in PAPER_FAULTS:
+    register(_s)
+
+
+def get(fault_id: str) -> FaultSpec:
+    try:
+        return _SPECS[fault_id]
+    except KeyError:
+        raise UnknownNameError(f"unknown fault {fault_id!r}; known: {', '.join(_SPECS)}") from None
+
+
+def specs() -> list[FaultSpec]:
+    return list(_SPECS.values())
+
+
+def ids() -> list[str]:
+    return list(_SPECS)
+
+
+def rows() -> list[tuple[str, str, str, str]]:
+    """(id, layer, parameters with defaults, description) per fault, for ``llmrca faults``."""
+    return [(s.id, s.layer, s.param_text(), s.description) for s in _SPECS.values()]
+
+
+__all__ = [
+    "CAUSES",
+    "STUDY_POWER_FRACTION",
+    "TARGET_RULES",
+    "FaultParamError",
+    "FaultSpec",
+    "Injection",
+    "Param",
+    "Perturbation",
+    "get",
+    "ids",
+    "register",
+    "rows",
+    "specs",
+]

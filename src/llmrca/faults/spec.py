@@ -1,0 +1,164 @@
+"""The shape of a fault: one declarative spec per fault type, shared by the simulator and the live testbed.
+
+A spec says what the fault is (id, layer), whom it may hit (a targets rule over the topology), its parameters with
+the reference defaults, how it is injected live, and what it does to the *causes* in a system model: a list of
+:class:`Perturbation` (CPU stress in a container, a memory hog, a delay on the wire towards a pod, a GPU power
+limit). Symptoms are never part of a spec; they follow from the model's dynamics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmrca.case import Topology
+from llmrca.errors import LlmrcaError, UnknownNameError
+
+# Causes a system model must understand, with the keys of their `values`.
+CAUSES: dict[str, tuple[str, ...]] = {
+    "cpu_stress": ("workers", "load"),  # busy threads in the target container's cgroup; load in percent
+    "memory_hog": ("bytes", "workers"),  # resident bytes allocated in the target container
+    "ingress_delay": ("latency_s", "jitter_s", "correlation"),  # netem delay on packets towards the target pod
+    "power_limit": ("watts", "fraction"),  # GPU power cap: watts, or a fraction of the GPU's default limit
+}
+
+
+class FaultParamError(LlmrcaError, ValueError):
+    """A fault parameter has a bad value (or the target system cannot take it, e.g. a power cap below the GPU's
+    minimum)."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    unit: str = ""
+    help: str = ""
+    kind: type = float  # int or float; values are checked and cast on resolve
+    optional: bool = False  # None allowed
+    minimum: float | None = None
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A change of one cause on one service for [start, end) (seconds on the run's clock)."""
+
+    cause: str
+    service: str
+    start: float
+    end: float
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def active(self, t: float) -> bool:
+        return self.start <= t < self.end
+
+
+Effect = Callable[[Mapping[str, Any], str, float, float], list[Perturbation]]
+Scale = Callable[[Mapping[str, Any], float], dict[str, Any]]
+
+# Targets rules: a name → the services of a topology the fault may hit.
+TARGET_RULES: dict[str, Callable[[Topology], list[str]]] = {
+    "replicas": lambda t: [s for group in t.replicas.values() for s in group] or [s for s in t.services if s in t.gpus],
+    "gpu": lambda t: [s for s in t.services if s in t.gpus],
+    "entry": lambda t: [t.entry_service()] if t.entry_service() else [],
+    "any": lambda t: [s for s in t.services if s not in set(t.hosts.values())],
+}
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    id: str
+    layer: str  # container | network | gpu | process | config | workload
+    targets: str  # a TARGET_RULES name
+    params: tuple[Param, ...]
+    description: str  # the effect, in words
+    live: str  # how it is injected on the loopback testbed
+    kubernetes: str  # how it is injected on Kubernetes
+    indicator: str  # the metric (study view name where one exists) that should move first on the target
+    effect: Effect  # (params, target, start, end) -> perturbations of the system model's causes
+    scale: Scale | None = None  # (params, strength) -> params: strength 1 = the defaults, 0 = no fault
+    onset_lag_s: tuple[float, float] = (0.5, 1.5)  # manifest created -> effect begins (uniform range)
+    end_lag_s: tuple[float, float] = (0.2, 1.0)  # fault's end -> effect removed
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated by ``overrides``; unknown names and bad values raise errors naming the parameter."""
+        known = {p.name: p for p in self.params}
+        out = self.defaults()
+        for k, v in (overrides or {}).items():
+            if k not in known:
+                raise UnknownNameError(f"fault {self.id!r} has no parameter {k!r}; known: {', '.join(known)}")
+            out[k] = v
+        for name, v in out.items():
+            out[name] = _check(self.id, known[name], v)
+        return out
+
+    def target_services(self, topology: Topology) -> list[str]:
+        return TARGET_RULES[self.targets](topology)
+
+    def check_target(self, target: str, topology: Topology) -> None:
+        allowed = self.target_services(topology)
+        if target not in allowed:
+            raise UnknownNameError(
+                f"fault {self.id!r} cannot target {target!r}; its targets ({self.targets}) are: {', '.join(allowed)}"
+            )
+
+    def perturbations(self, target: str, start: float, end: float,
+                      params: Mapping[str, Any] | None = None) -> list[Perturbation]:
+        return self.effect(self.resolve(params), target, start, end)
+
+    def scaled(self, strength: float, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Parameters at ``strength`` times the reference fault (1.0 = the defaults)."""
+        if not (math.isfinite(strength) and strength > 0):
+            raise FaultParamError(f"fault {self.id!r}: strength must be a positive number, is {strength!r}")
+        if self.scale is None:
+            raise FaultParamError(f"fault {self.id!r} has no notion of strength")
+        return self.resolve(self.scale(self.resolve(params), strength))
+
+    def param_text(self) -> str:
+        parts = []
+        for p in self.params:
+            if p.optional and p.default is None:
+                continue
+            parts.append(f"{p.name}={p.default:g}{p.unit}" if isinstance(p.default, float)
+                         else f"{p.name}={p.default}{p.unit}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Injection:
+    """One fault put into one run: which, where, with what, when (seconds after the run's t=0) and how long.
+
+    ``start``/``duration`` default to the run's configuration (the study: 285 s, 60 s).
+    """
+
+    fault: str
+    target: str
+    params: dict[str, Any] = field(default_factory=dict)
+    start: float | None = None
+    duration: float | None = None
+
+
+def _check(fault: str, p: Param, v: Any) -> Any:
+    where = f"fault {fault!r} parameter {p.name!r}"
+    if v is None:
+        if p.optional:
+            return None
+        raise FaultParamError(f"{where}: a value is required")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise FaultParamError(f"{where}: expected a number, got {v!r}")
+    if not math.isfinite(float(v)):
+        raise FaultParamError(f"{where}: must be finite, is {v!r}")
+    if p.kind is int:
+        if float(v) != int(v):
+            raise FaultParamError(f"{where}: expected a whole number, got {v!r}")
+        v = int(v)
+    else:
+        v = float(v)
+    if p.minimum is not None and v < p.minimum:
+        raise FaultParamError(f"{where}: must be at least {p.minimum:g}, is {v:g}")
+    return v

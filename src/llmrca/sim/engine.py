@@ -1,0 +1,454 @@
+"""One vLLM-like replica: waiting queue, continuous batching, chunked prefill, KV cache in blocks, preemption
+with recomputation, on a GPU whose clock a power limit can lower and a CPU share faults can shrink.
+
+The fluid/batch approximation (why this is fast): the engine is simulated as a sequence of *actions*, not of
+decode iterations. A step that admits or prefills requests is simulated on its own (there is about one per
+request). Between such steps the batch is fixed, so every running request gains one token per decode step and
+all decode steps of the stretch take the same time; the stretch up to the next event (the earliest completion,
+the next arrival, the next control tick, or the step at which the KV cache would overflow) is one action of
+``k`` steps. A per-replica counter ``D`` of decode steps done gives every request's token count as
+``D - D_join + generated_at_join`` (the classic virtual-time trick of processor-sharing simulation), so an
+action costs O(log n), whatever its length. Arrivals truncate a planned stretch at the step boundary after them,
+so a new request waits at most one decode step, as in vLLM. Per-step time is the roofline of ``llmrca.sim.gpu``
+plus the CPU-side step work (scheduling, input preparation, sampling), slowed by the container's CPU share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from heapq import heappop, heappush
+
+import numpy as np
+
+from llmrca.sim.environment import Environment
+from llmrca.sim.gpu import GpuState, bandwidth_factor
+from llmrca.sim.hardware import GIB, GpuKind, ModelSpec
+
+INF = math.inf
+NAN = math.nan
+
+# CPU-side work per engine step at a full CPU share (vLLM V1 engine core: schedule, prepare inputs, sample).
+STEP_BASE_S = 1.4e-3
+STEP_PER_SEQ_S = 0.03e-3
+STEP_PER_PREFILL_TOKEN_S = 1.5e-6
+# Extra latency per step when the engine thread has to wait for a CPU slice (times 1 - cpu share).
+WAKE_S = 4.0e-3
+ACTIVATION_RESERVE = 1.5 * GIB  # CUDA context, activations and graphs vLLM keeps out of the KV pool
+
+
+class RequestTable:
+    """Per-request engine results, as Python lists (fast scalar access); `arrays()` at the end."""
+
+    def __init__(self, prompt: np.ndarray, out: np.ndarray, deadline: np.ndarray):
+        n = len(prompt)
+        self.prompt = prompt.tolist()
+        self.out = out.tolist()
+        self.deadline = deadline.tolist()  # engine-side time after which a still-waiting request is abandoned
+        self.t_ready = [NAN] * n
+        self.t_scheduled = [NAN] * n
+        self.t_first = [NAN] * n
+        self.t_end = [NAN] * n
+        self.prefill_s = [0.0] * n
+        self.gen = [0] * n  # tokens generated so far (updated at state changes)
+        self.n_preempt = [0] * n
+        self.failed = [0] * n  # 0 ok, else an HTTP status
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "t_ready": np.array(self.t_ready), "t_scheduled": np.array(self.t_scheduled),
+            "t_first_token": np.array(self.t_first), "t_engine_end": np.array(self.t_end),
+            "prefill_s": np.array(self.prefill_s), "generated": np.array(self.gen, dtype=np.int64),
+            "num_preemptions": np.array(self.n_preempt, dtype=np.int64),
+            "failed": np.array(self.failed, dtype=np.int64),
+        }
+
+
+class TickLog:
+    """What the engine and its GPU looked like at the end of every tick (the metrics' raw material)."""
+
+    FIELDS = ("t", "running", "waiting", "kv_usage", "clock", "power", "temp", "mem_temp", "busy", "mem_share",
+              "comp_share", "steps", "gen_tokens", "prompt_tokens", "active", "engine_cpu", "capped", "energy",
+              "power_violation", "preemptions", "prefix_queries", "prefix_hits", "limit")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None or len(self._arrays["t"]) != len(self.rows):
+            a = np.array(self.rows, dtype=float).reshape(len(self.rows), len(self.FIELDS))
+            self._arrays = {f: a[:, i] for i, f in enumerate(self.FIELDS)}
+        return self._arrays
+
+
+class ReplicaEngine:
+    def __init__(
+        self,
+        name: str,
+        *,
+        gpu: GpuKind,
+        model: ModelSpec,
+        env: Environment,
+        requests: RequestTable,
+        gpu_state: GpuState,
+        t_start: float,
+        tick: float,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        block_size: int,
+        gpu_memory_utilization: float,
+        shared_prefix_tokens: int,
+        bw_speed: float = 1.0,
+        flops_speed: float = 1.0,
+        cpu_speed: float = 1.0,
+        events: list | None = None,
+    ):
+        self.name = name
+        self.gpu = gpu
+        self.env = env
+        self.R = requests
+        self.gs = gpu_state
+        self.tick = tick
+        self.max_seqs = max_num_seqs
+        self.max_tokens_step = max_num_batched_tokens
+        self.prefix = shared_prefix_tokens
+        self.events = events if events is not None else []
+        # Roofline constants
+        self.W = model.weight_bytes
+        self.kvb = model.kv_bytes_per_token
+        self.flop_tok = 2.0 * model.params
+        self.fl = gpu.flops * gpu.mfu * flops_speed
+        self.bw = gpu.hbm_bw * gpu.bw_eff * bw_speed
+        self.cpu_speed = cpu_speed
+        kv_bytes = gpu_memory_utilization * gpu.hbm_bytes - model.weight_bytes - ACTIVATION_RESERVE
+        self.block_size = block_size
+        self.blocks_total = max(1, int(kv_bytes // (model.kv_bytes_per_token * block_size)))
+        self.cap = self.blocks_total * block_size  # tokens
+        self.fb_used_bytes = gpu_memory_utilization * gpu.hbm_bytes + 0.5 * GIB  # vLLM preallocates its pool
+        # State
+        self.t = t_start
+        self.D = 0
+        self.n = 0
+        self.A = 0.0  # sum over running requests of (prompt + generated_at_join - D_join)
+        self.kv_pref = 0  # KV tokens held by requests still in prefill
+        self.incoming: list[tuple[float, int]] = []
+        self.waiting: deque[int] = deque()
+        self.prefilling: list[list[int]] = []  # [rid, prompt tokens left to compute, KV tokens held]
+        self.running: dict[int, float] = {}  # rid -> base (prompt + generated_at_join - D_join), join order
+        self.fin: list[tuple[int, int, int]] = []  # (D at which it finishes, rid, version)
+        self.ver: dict[int, int] = {}
+        self.plan: list | None = None  # [t0, t1, k, s, gpu, mem, comp, cpu]
+        self.done: list[int] = []  # finished or abandoned rids, for the router to collect
+        # Tick state
+        self.next_tick = t_start + tick
+        self.log = TickLog()
+        self._acc = [0.0] * 8  # busy, mem, comp, steps, gen, prompt, active, engine_cpu
+        self._preempt_total = 0
+        self._prefix_q = 0
+        self._prefix_h = 0
+        self._itl: tuple[list, list, list] = ([], [], [])  # time, value, weight
+        self._iter: tuple[list, list, list] = ([], [], [])  # time, tokens per step, steps
+        # The environment's per-tick causes for this pod, as lists (fast scalar reads).
+        if abs(env.tick - tick) > 1e-12:
+            raise ValueError("engine tick and environment tick differ")
+        self._env_t0 = env.t0
+        self._shares = env.cpu_share[name].tolist()
+        self._slows = env.slow[name].tolist()
+        self._limits = env.power_limit[name].tolist()
+        self._set_factors(t_start)
+
+    # -- the router's interface ---------------------------------------------------------------------------
+    def enqueue(self, rid: int, t_ready: float) -> None:
+        self.R.t_ready[rid] = t_ready
+        heappush(self.incoming, (t_ready, rid))
+        p = self.plan
+        if p is not None and t_ready < p[1]:
+            k = max(1, math.ceil((t_ready - p[0]) / p[3]))
+            if k < p[2]:
+                p[2] = k
+                p[1] = p[0] + k * p[3]
+
+    def advance(self, until: float) -> None:
+        """Simulate every action that starts before ``until`` (an action may end after it)."""
+        while True:
+            p = self.plan
+            if p is not None:
+                if p[1] > until:
+                    return
+                self._commit()
+                continue
+            t = self.t
+            if t > until:
+                return
+            if t >= self.next_tick:
+                self._ticks()
+            inc = self.incoming
+            while inc and inc[0][0] <= t:
+                self.waiting.append(heappop(inc)[1])
+            if self.waiting:
+                self._expire(t)
+            if self.prefilling or (self.waiting and self._can_admit()):
+                self._mixed_step()
+            elif self.n:
+                self._plan_decode()
+            else:
+                nxt = self.next_tick
+                if inc and inc[0][0] < nxt:
+                    nxt = inc[0][0]
+                if nxt > until:
+                    return
+                self.t = nxt
+
+    def busy(self) -> bool:
+        return bool(self.plan or self.n or self.prefilling or self.waiting or self.incoming)
+
+    def drain(self, horizon: float) -> None:
+        """Run to ``horizon``, then on until the last request is done."""
+        self.advance(horizon)
+        while self.busy():
+            self.advance(self.t + 60.0)
+
+    def ongoing_tokens(self) -> int:
+        return self.n + len(self.prefilling) + len(self.waiting) + len(self.incoming)
+
+    # -- actions ------------------------------------------------------------------------------------------
+    def _set_factors(self, t: float) -> None:
+        i = int((t - self._env_t0) / self.tick)
+        i = 0 if i < 0 else (len(self._shares) - 1 if i >= len(self._shares) else i)
+        share = self._shares[i]
+        self.share = share
+        self.cpu_factor = self._slows[i] / share / self.cpu_speed
+        self.wake = WAKE_S * (1.0 - share)
+        f = self.gs.f
+        self.inv_f = 1.0 / f
+        self.bw_now = self.bw * bandwidth_factor(f, self.gpu.knee)
+        self.launch = self.gpu.launch_s / f
+
+    def _used(self) -> float:
+        return self.A + self.n * self.D + self.kv_pref
+
+    def _can_admit(self) -> bool:
+        if self.n + len(self.prefilling) >= self.max_seqs:
+            return False
+        rid = self.waiting[0]
+        need = self.R.prompt[rid] + self.R.gen[rid]
+        if need > self.cap and not self.n and not self.prefilling:
+            self.waiting.popleft()  # can never fit: vLLM rejects it
+            self._abandon(rid, self.t, 500)
+            return bool(self.waiting) and self._can_admit()
+        return self._used() + need <= self.cap
+
+    def _expire(self, t: float) -> None:
+        R = self.R
+        w = self.waiting
+        while w and R.deadline[w[0]] <= t:
+            rid = w.popleft()
+            self._abandon(rid, R.deadline[rid], 504)
+
+    def _abandon(self, rid: int, t: float, status: int) -> None:
+        self.R.t_end[rid] = t
+        self.R.failed[rid] = status
+        self.done.append(rid)
+
+    def _mixed_step(self) -> None:
+        R = self.R
+        t = self.t
+        n = self.n
+        budget = self.max_tokens_step - n
+        pre = self.prefilling
+        w = self.waiting
+        while w and len(pre) + n < self.max_seqs and budget - sum(e[1] for e in pre) > 0:
+            rid = w[0]
+            need = R.prompt[rid] + R.gen[rid]
+            if self._used() + need > self.cap:
+                break
+            w.popleft()
+            if R.t_scheduled[rid] != R.t_scheduled[rid]:  # NaN: first time scheduled
+                R.t_scheduled[rid] = t
+            hit = min(self.prefix, need - 1)
+            self._prefix_q += need
+            self._prefix_h += hit
+            pre.append([rid, need - hit, need])
+            self.kv_pref += need
+        tokens = 0
+        in_step: list[int] = []
+        finished: list[list[int]] = []
+        for e in pre:
+            room = budget - tokens
+            if room <= 0:
+                break
+            take = min(room, e[1])
+            e[1] -= take
+            tokens += take
+            in_step.append(e[0])
+            if e[1] == 0:
+                finished.append(e)
+        ctx = self.A + n * self.D + self.kv_pref
+        cpu = (STEP_BASE_S + STEP_PER_SEQ_S * (n + len(in_step)) + STEP_PER_PREFILL_TOKEN_S * tokens) \
+            * self.cpu_factor + self.wake
+        comp = self.flop_tok * (tokens + n) / self.fl * self.inv_f
+        mem = (self.W + ctx * self.kvb) / self.bw_now
+        gpu = (max(mem, comp)) + self.launch
+        dur = cpu + gpu
+        t1 = t + dur
+        a = self._acc
+        a[0] += gpu
+        a[1] += mem
+        a[2] += comp
+        a[3] += 1
+        a[4] += n + len(finished)
+        a[5] += tokens
+        a[6] += dur
+        a[7] += dur * self.share
+        if n:
+            self.D += 1
+            it = self._itl
+            it[0].append(t1)
+            it[1].append(dur)
+            it[2].append(n)
+        ib = self._iter
+        ib[0].append(t1)
+        ib[1].append(tokens + n)
+        ib[2].append(1)
+        for rid in in_step:
+            R.prefill_s[rid] += dur
+        if finished:
+            D = self.D
+            for e in finished:
+                pre.remove(e)
+                rid = e[0]
+                self.kv_pref -= e[2]
+                g = R.gen[rid] + 1
+                R.gen[rid] = g
+                if R.t_first[rid] != R.t_first[rid]:
+                    R.t_first[rid] = t1
+                    R.deadline[rid] = INF
+                base = R.prompt[rid] + g - D
+                self.running[rid] = base
+                self.A += base
+                self.n += 1
+                v = self.ver.get(rid, 0) + 1
+                self.ver[rid] = v
+                heappush(self.fin, (D + R.out[rid] - g, rid, v))
+        self.t = t1
+        self._complete(t1)
+
+    def _plan_decode(self) -> None:
+        n = self.n
+        D = self.D
+        fin = self.fin
+        ver = self.ver
+        while fin[0][2] != ver[fin[0][1]]:
+            heappop(fin)
+        k = fin[0][0] - D
+        ctx = self.A + n * D + self.kv_pref
+        room = self.cap - ctx
+        k_kv = int(room // n)
+        if k_kv < 1:
+            self._preempt()
+            return
+        k = min(k, k_kv)
+        cpu = (STEP_BASE_S + STEP_PER_SEQ_S * n) * self.cpu_factor + self.wake
+        comp = self.flop_tok * n / self.fl * self.inv_f
+        mem = (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw_now
+        gpu = (max(mem, comp)) + self.launch
+        s = cpu + gpu
+        horizon = self.next_tick
+        if self.incoming and self.incoming[0][0] < horizon:
+            horizon = self.incoming[0][0]
+        k_h = math.ceil((horizon - self.t) / s)
+        if k_h < k:
+            k = max(1, k_h)
+        self.plan = [self.t, self.t + k * s, k, s, gpu, mem, comp, cpu]
+
+    def _commit(self) -> None:
+        _t0, t1, k, s, gpu, mem, comp, _cpu = self.plan
+        self.plan = None
+        n = self.n
+        self.D += k
+        self.t = t1
+        a = self._acc
+        a[0] += k * gpu
+        a[1] += k * mem
+        a[2] += k * comp
+        a[3] += k
+        a[4] += k * n
+        a[6] += k * s
+        a[7] += k * s * self.share
+        it = self._itl
+        it[0].append(t1)
+        it[1].append(s)
+        it[2].append(n * k)
+        ib = self._iter
+        ib[0].append(t1)
+        ib[1].append(n)
+        ib[2].append(k)
+        self._complete(t1)
+
+    def _complete(self, t: float) -> None:
+        fin = self.fin
+        D = self.D
+        R = self.R
+        while fin and fin[0][0] <= D:
+            _, rid, v = heappop(fin)
+            if v != self.ver[rid]:
+                continue
+            base = self.running.pop(rid)
+            self.A -= base
+            self.n -= 1
+            R.gen[rid] = R.out[rid]
+            R.t_end[rid] = t
+            self.done.append(rid)
+
+    def _preempt(self) -> None:
+        """KV cache full: the most recently scheduled request gives its blocks back and is recomputed later."""
+        rid, base = self.running.popitem()
+        R = self.R
+        R.gen[rid] = int(base + self.D - R.prompt[rid])
+        self.A -= base
+        self.n -= 1
+        self.ver[rid] += 1
+        R.n_preempt[rid] += 1
+        self._preempt_total += 1
+        self.waiting.appendleft(rid)
+        self.events.append((self.t, self.name, "preemption", {"request_id": int(rid), "num_preempted": 1}))
+
+    # -- control tick --------------------------------------------------------------------------------------
+    def _ticks(self) -> None:
+        tick = self.tick
+        m = int((self.t - self.next_tick) // tick) + 1
+        a = [x / m for x in self._acc]
+        self._acc = [0.0] * 8
+        rows = self.log.rows
+        gs = self.gs
+        limits = self._limits
+        for _ in range(m):
+            end = self.next_tick
+            busy = a[0] / tick
+            busy = min(busy, 1.0)
+            mem_share = a[1] / a[0] if a[0] > 0 else 0.9
+            comp_share = a[2] / a[0] if a[0] > 0 else 0.0
+            f_used = gs.f
+            i = int((end + 0.5 * tick - self._env_t0) / tick)
+            limit = limits[i if i < len(limits) else -1]
+            gs.update(tick, busy, min(mem_share, 1.0), min(comp_share, 1.0), limit)
+            n_run = self.n + len(self.prefilling)
+            used = self._used() / self.block_size + 0.5 * n_run
+            kv = used / self.blocks_total
+            rows.append((end, n_run, len(self.waiting), min(1.0, kv), f_used, gs.power_w, gs.temp_c,
+                         gs.mem_temp_c, busy, mem_share, comp_share, a[3], a[4], a[5],
+                         min(tick, a[6]), min(tick, a[7]), 1.0 if gs.capped else 0.0,
+                         gs.energy_j, gs.power_violation_s, self._preempt_total, self._prefix_q, self._prefix_h,
+                         limit))
+            self.next_tick = end + tick
+        self._set_factors(self.next_tick - 0.5 * tick)
+
+    def observations(self) -> dict[str, np.ndarray]:
+        """Inter-token latencies and iteration sizes, weighted (time, value, weight)."""
+        return {
+            "itl_t": np.asarray(self._itl[0]), "itl_v": np.asarray(self._itl[1]),
+            "itl_w": np.asarray(self._itl[2], dtype=float),
+            "iter_t": np.asarray(self._iter[0]), "iter_v": np.asarray(self._iter[1], dtype=float),
+            "iter_w": np.asarray(self._iter[2], dtype=float),
+        }

@@ -1,0 +1,171 @@
+"""The causes the faults act on, over the run's tick grid: CPU stress and memory hogs per container, delays on the
+wire towards a pod, GPU power limits. Faults change only these; every symptom follows from the model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmrca.faults import CAUSES, FaultParamError, Perturbation
+from llmrca.sim.hardware import GIB, GpuKind
+
+HOG_FILL_RATE = 2.5e9  # bytes/s one hog worker touches while allocating (page faults bound it)
+RECLAIM_START = 0.92  # working set / limit above which reclaim stalls CPU-side work
+
+
+@dataclass
+class _Delay:
+    start: float
+    end: float
+    latency: float
+    jitter: float
+    correlation: float
+    last: float = 0.5
+
+
+@dataclass
+class Environment:
+    t0: float  # first tick's start (run clock)
+    tick: float
+    n_ticks: int
+    pods: tuple[str, ...]
+    pod_cpu: float
+    pod_memory: float  # bytes
+    base_memory: dict[str, float]  # working set of each pod without faults (bytes)
+    own_demand: dict[str, float]  # cores the pod's own processes want while serving
+    stress_cores: dict[str, np.ndarray] = field(default_factory=dict)
+    hog_bytes: dict[str, np.ndarray] = field(default_factory=dict)
+    hog_cores: dict[str, np.ndarray] = field(default_factory=dict)
+    power_limit: dict[str, np.ndarray] = field(default_factory=dict)
+    delays: dict[str, list[_Delay]] = field(default_factory=dict)
+    events: list[tuple[float, str, str, dict]] = field(default_factory=list)
+    rng: np.random.Generator | None = None
+
+    # Derived per-tick factors
+    cpu_share: dict[str, np.ndarray] = field(default_factory=dict)  # share of a core each busy thread gets
+    slow: dict[str, np.ndarray] = field(default_factory=dict)  # CPU-side slow-down from memory reclaim
+    _slowdown: dict[str, list[float]] = field(default_factory=dict)
+
+    def index(self, t: float) -> int:
+        i = int((t - self.t0) / self.tick)
+        return 0 if i < 0 else (self.n_ticks - 1 if i >= self.n_ticks else i)
+
+    def share(self, pod: str, t: float) -> float:
+        return float(self.cpu_share[pod][self.index(t)])
+
+    def slowdown(self, pod: str, t: float) -> float:
+        """How much longer a piece of CPU-side work takes in ``pod`` at ``t`` (1 = a free CPU)."""
+        return self._slowdown[pod][self.index(t)]
+
+    def slowdowns(self, pod: str, t: np.ndarray) -> np.ndarray:
+        i = np.clip(((np.asarray(t) - self.t0) / self.tick).astype(np.int64), 0, self.n_ticks - 1)
+        return (self.slow[pod] / self.cpu_share[pod])[i]
+
+    def delay_towards(self, pod: str, t: float) -> float:
+        """netem-like delay of a packet sent towards ``pod`` at ``t`` (0 outside any delay fault)."""
+        for d in self.delays.get(pod, ()):
+            if d.start <= t < d.end:
+                # netem's correlated jitter: each draw mixes a fresh uniform with the previous one.
+                u = (1.0 - d.correlation) * float(self.rng.random()) + d.correlation * d.last
+                d.last = u
+                return max(0.0, d.latency + d.jitter * (2.0 * u - 1.0))
+        return 0.0
+
+    def delay_active(self, pod: str) -> np.ndarray:
+        out = np.zeros(self.n_ticks)
+        t = self.t0 + self.tick * np.arange(self.n_ticks)
+        for d in self.delays.get(pod, ()):
+            out = np.where((t >= d.start) & (t < d.end), d.latency, out)
+        return out
+
+
+def build(
+    *,
+    t0: float,
+    t1: float,
+    tick: float,
+    pods: tuple[str, ...],
+    gpu_pods: tuple[str, ...],
+    gpu: GpuKind,
+    pod_cpu: float,
+    pod_memory: float,
+    base_memory: dict[str, float],
+    own_demand: dict[str, float],
+    perturbations: list[Perturbation],
+    rng: np.random.Generator,
+) -> Environment:
+    n = math.ceil((t1 - t0) / tick)
+    env = Environment(t0, tick, n, pods, pod_cpu, pod_memory, dict(base_memory), dict(own_demand), rng=rng)
+    grid = t0 + tick * np.arange(n)
+    for p in pods:
+        env.stress_cores[p] = np.zeros(n)
+        env.hog_bytes[p] = np.zeros(n)
+        env.hog_cores[p] = np.zeros(n)
+    for p in gpu_pods:
+        env.power_limit[p] = np.full(n, gpu.tdp_w)
+    for pt in perturbations:
+        if pt.cause not in CAUSES:
+            raise FaultParamError(f"perturbation of unknown cause {pt.cause!r} (known: {', '.join(CAUSES)})")
+        if pt.service not in pods:
+            raise FaultParamError(f"perturbation {pt.cause!r} names {pt.service!r}, not a pod of this deployment")
+        on = (grid >= pt.start) & (grid < pt.end)
+        v = pt.values
+        if pt.cause == "cpu_stress":
+            env.stress_cores[pt.service] += on * v["workers"] * v["load"] / 100.0
+        elif pt.cause == "memory_hog":
+            ramp = np.clip((grid - pt.start) * HOG_FILL_RATE * v["workers"], 0.0, v["bytes"])
+            env.hog_bytes[pt.service] += np.where(on, ramp, 0.0)
+            env.hog_cores[pt.service] += np.where(on & (ramp < v["bytes"]), float(v["workers"]), 0.0)
+        elif pt.cause == "ingress_delay":
+            env.delays.setdefault(pt.service, []).append(
+                _Delay(pt.start, pt.end, v["latency_s"], v["jitter_s"], min(max(v["correlation"], 0.0), 1.0)))
+        elif pt.cause == "power_limit":
+            if pt.service not in env.power_limit:
+                raise FaultParamError(f"power limit on {pt.service!r}, which holds no GPU")
+            if v.get("fraction") is not None:
+                # A fraction of the default limit is a relative strength: held to what the GPU accepts.
+                watts = min(max(v["fraction"] * gpu.tdp_w, gpu.min_power_w), gpu.tdp_w)
+            else:
+                watts = v["watts"]
+                if not (gpu.min_power_w <= watts <= gpu.tdp_w):
+                    raise FaultParamError(
+                        f"power limit {watts:g} W is outside what a {gpu.name} accepts "
+                        f"({gpu.min_power_w:g}-{gpu.tdp_w:g} W): nvidia-smi -pl would refuse it (give "
+                        "power_limit_frac, a fraction of the default limit, or a wattage in range)")
+            env.power_limit[pt.service] = np.where(on, np.minimum(env.power_limit[pt.service], watts),
+                                                   env.power_limit[pt.service])
+    _oom(env, grid, perturbations)
+    for p in pods:
+        demand = env.own_demand[p] + env.stress_cores[p] + env.hog_cores[p]
+        env.cpu_share[p] = np.minimum(1.0, pod_cpu / np.maximum(demand, 1e-9))
+        frac = (env.base_memory[p] + env.hog_bytes[p]) / pod_memory
+        over = np.clip((frac - RECLAIM_START) / (1.0 - RECLAIM_START), 0.0, None)
+        env.slow[p] = 1.0 + 4.0 * over**2
+        env._slowdown[p] = (env.slow[p] / env.cpu_share[p]).tolist()
+    return env
+
+
+def _oom(env: Environment, grid: np.ndarray, perturbations: list[Perturbation]) -> None:
+    """A hog that would push a container over its limit is OOM-killed by the kernel (it is the largest process:
+    the pod's own processes stay well below the hog's size) and stays dead until the fault ends."""
+    for p in env.pods:
+        total = env.base_memory[p] + env.hog_bytes[p]
+        over = np.nonzero(total > env.pod_memory)[0]
+        if not len(over):
+            continue
+        i = int(over[0])
+        hog = next(pt for pt in perturbations if pt.cause == "memory_hog" and pt.service == p)
+        size = float(env.hog_bytes[p][i])
+        dead = (grid >= grid[i]) & (grid < hog.end)
+        env.hog_bytes[p] = np.where(dead, 0.0, env.hog_bytes[p])
+        env.hog_cores[p] = np.where(dead, 0.0, env.hog_cores[p])
+        env.events.append((float(grid[i]), p, "oom", {"by": "kernel", "process": "memStress", "bytes": int(size),
+                                                        "limit_bytes": int(env.pod_memory)}))
+
+
+def default_base_memory(pod: str, gateway: str, head: str) -> float:
+    if pod == gateway:
+        return 0.06 * GIB
+    return 6.4 * GIB if pod == head else 5.6 * GIB

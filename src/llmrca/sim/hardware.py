@@ -1,0 +1,106 @@
+"""GPU kinds and served models the simulator knows, with the public numbers its physics rests on (CALIBRATION.md).
+
+Power model per GPU (see ``llmrca.sim.gpu``): ``P = idle + busy * (p_mem * mem_share * g(f) + p_sm * sm_share *
+f**power_exp)`` with ``f`` the SM clock as a fraction of its maximum; the split of idle/memory/SM power is our
+estimate, chosen so that decode at light load draws well below TDP and a full prefill draws near it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from llmrca.errors import UnknownNameError
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class GpuKind:
+    name: str
+    flops: float  # dense bf16 FLOP/s
+    hbm_bw: float  # bytes/s
+    hbm_bytes: float
+    tdp_w: float  # default (and maximum) power limit
+    min_power_w: float  # lowest limit nvidia-smi accepts
+    idle_w: float
+    p_mem_w: float  # memory-system power when HBM streams at full bandwidth
+    p_sm_w: float  # SM power at full clock and full compute activity
+    power_exp: float  # SM power ~ f**power_exp (frequency and voltage scaling)
+    sm_clock_mhz: float  # maximum (boost) SM clock
+    sm_clock_min_mhz: float
+    mem_clock_mhz: float
+    knee: float  # below this clock fraction the SMs cannot keep HBM saturated
+    bw_eff: float  # achieved share of peak HBM bandwidth in decode
+    mfu: float  # achieved share of peak FLOP/s in prefill
+    launch_s: float  # per-step kernel launch / synchronisation time at full clock
+    thermal_r: float  # degC per W above ambient at steady state
+    thermal_tau_s: float  # first-order thermal time constant
+    slowdown_c: float  # temperature at which hardware slowdown starts
+    pcie_gbps: float  # PCIe bandwidth, GB/s
+
+
+# A100-80GB SXM: 312 TFLOP/s bf16, 2.0 TB/s, 400 W (min 100 W), 1410 MHz boost (CALIBRATION.md, NVIDIA data sheet).
+A100 = GpuKind("a100-80gb", 312e12, 2.039e12, 80 * GIB, 400.0, 100.0, 55.0, 70.0, 300.0, 1.7,
+               1410.0, 210.0, 1593.0, 0.65, 0.80, 0.60, 1.0e-3, 0.11, 45.0, 88.0, 25.0)
+# H100 SXM: 989 TFLOP/s bf16 dense, 3.35 TB/s, 700 W (min 200 W), 1980 MHz.
+H100 = GpuKind("h100", 989e12, 3.35e12, 80 * GIB, 700.0, 200.0, 70.0, 110.0, 500.0, 1.7,
+               1980.0, 345.0, 2619.0, 0.60, 0.80, 0.50, 0.6e-3, 0.065, 45.0, 87.0, 50.0)
+# L4: 121 TFLOP/s bf16 dense, 300 GB/s, 24 GB, 72 W (min 40 W), 2040 MHz, passively cooled.
+L4 = GpuKind("l4", 121e12, 300e9, 24 * GIB, 72.0, 40.0, 16.0, 14.0, 45.0, 1.7,
+             2040.0, 210.0, 6251.0, 0.60, 0.80, 0.60, 1.0e-3, 0.70, 60.0, 85.0, 25.0)
+
+GPU_KINDS: dict[str, GpuKind] = {g.name: g for g in (A100, H100, L4)}
+_GPU_ALIASES = {"a100": "a100-80gb", "a100-sxm": "a100-80gb", "h100-sxm": "h100", "h100-80gb": "h100"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the served model's name (what the API reports)
+    params: float  # parameter count
+    kv_bytes_per_token: float  # K and V over all attention layers, bf16
+    layers: int
+
+    @property
+    def weight_bytes(self) -> float:
+        return 2.0 * self.params  # bf16
+
+
+# KV bytes/token = 2 (K,V) * layers * kv_heads * head_dim * 2 bytes, from each model's published config.
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (
+    # Falcon-H1-7B: hybrid attention + Mamba-2; only its attention heads (2 KV heads x 128) hold a KV cache.
+    ModelSpec("tiiuae/Falcon-H1-7B-Instruct", 7.59e9, 2 * 44 * 2 * 128 * 2, 44),
+    ModelSpec("meta-llama/Llama-3.1-8B-Instruct", 8.03e9, 2 * 32 * 8 * 128 * 2, 32),
+    ModelSpec("mistralai/Mistral-7B-Instruct-v0.3", 7.25e9, 2 * 32 * 8 * 128 * 2, 32),
+    ModelSpec("Qwen/Qwen2.5-7B-Instruct", 7.62e9, 2 * 28 * 4 * 128 * 2, 28),
+    ModelSpec("google/gemma-2-9b-it", 9.24e9, 2 * 42 * 8 * 256 * 2, 42),
+    ModelSpec("microsoft/phi-4", 14.7e9, 2 * 40 * 10 * 128 * 2, 40),
+    ModelSpec("Qwen/Qwen2.5-1.5B-Instruct", 1.54e9, 2 * 28 * 2 * 128 * 2, 28),
+)}
+_MODEL_ALIASES = {
+    "7b": "tiiuae/Falcon-H1-7B-Instruct", "falcon-h1-7b": "tiiuae/Falcon-H1-7B-Instruct",
+    "8b": "meta-llama/Llama-3.1-8B-Instruct", "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "mistral-7b": "mistralai/Mistral-7B-Instruct-v0.3", "qwen-2.5-7b": "Qwen/Qwen2.5-7B-Instruct",
+    "9b": "google/gemma-2-9b-it", "gemma-2-9b": "google/gemma-2-9b-it",
+    "14b": "microsoft/phi-4", "phi-4": "microsoft/phi-4",
+    "1.5b": "Qwen/Qwen2.5-1.5B-Instruct", "qwen-2.5-1.5b": "Qwen/Qwen2.5-1.5B-Instruct",
+}
+
+
+def gpu_kind(name: str) -> GpuKind:
+    key = _GPU_ALIASES.get(name.lower(), name.lower())
+    if key not in GPU_KINDS:
+        raise UnknownNameError(f"unknown GPU kind {name!r}; known: {', '.join(GPU_KINDS)}")
+    return GPU_KINDS[key]
+
+
+def model_spec(name: str) -> ModelSpec:
+    key = _MODEL_ALIASES.get(name.lower(), name)
+    if key not in MODELS:
+        raise UnknownNameError(
+            f"unknown model {name!r}; known: {', '.join(MODELS)} (aliases: {', '.join(_MODEL_ALIASES)})"
+        )
+    return MODELS[key]
+
+
+def describe() -> dict[str, dict]:
+    return {"gpus": {k: asdict(v) for k, v in GPU_KINDS.items()}, "models": {k: asdict(v) for k, v in MODELS.items()}}

@@ -1,0 +1,460 @@
+"""The metrics table of a run, as Prometheus would return it at a fixed query step.
+
+Every exporter is scraped once per ``step`` at its own phase; a query at time ``T`` sees the last scrape before it.
+Gauges are the scraped value; counters become ``rate(x[W])`` with ``W = rate_window``; histograms become
+``histogram_quantile(q, rate(x_bucket[W]))`` over the exporter's real bucket bounds (vLLM), and the mesh's
+per-destination latency is the quantile of the window's request durations (``mesh_quantiles="exact"``; Istio's
+classic buckets with ``"istio"``). Column names: see ``llmrca.sim.views``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter
+
+from llmrca.case import TIME
+from llmrca.sim import run as runmod
+from llmrca.sim.config import SimConfig
+from llmrca.sim.deployment import Deployment
+from llmrca.sim.environment import Environment
+from llmrca.sim.gpu import CLOCK_REASON_IDLE, CLOCK_REASON_SW_POWER_CAP
+from llmrca.sim.hardware import GIB
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+MESH_QUANTILES = (0.5, 0.9)
+
+# Bucket bounds of vLLM's histograms (vllm/engine/metrics.py, v0.8).
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0)
+REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                   240.0, 480.0, 960.0, 1920.0, 7680.0)
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+ISTIO_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+                    600000, 1800000, 3600000)
+
+NODE_MEMORY = {"gpu": 256 * GIB, "cpu": 32 * GIB}
+SYSTEM_MEMORY = 3.0 * GIB  # kubelet, containerd, k3s, exporters, page cache in use
+SYSTEM_CPU = 0.30  # cores
+ZTUNNEL_CPU_PER_PACKET = 4e-6  # seconds
+
+
+class _Grid:
+    """Query times and the tick grid the engines logged on."""
+
+    def __init__(self, cfg: SimConfig, t_sim0: float, n_ticks: int):
+        self.step = cfg.step
+        self.n = round(cfg.duration / cfg.step)
+        self.T = cfg.step * np.arange(self.n)
+        self.m = round(cfg.rate_window / cfg.step)
+        self.W = cfg.rate_window
+        self.tick = cfg.tick
+        self.t0 = t_sim0
+        self.n_ticks = n_ticks
+        self.tick_end = t_sim0 + cfg.tick * (np.arange(n_ticks) + 1)
+
+    def idx(self, s: np.ndarray) -> np.ndarray:
+        """Index of the last tick that ended at or before ``s``."""
+        return np.clip(np.searchsorted(self.tick_end, s, side="right") - 1, 0, self.n_ticks - 1)
+
+    def tick_of(self, t: np.ndarray) -> np.ndarray:
+        return np.clip(((np.asarray(t) - self.t0) / self.tick).astype(np.int64), 0, self.n_ticks - 1)
+
+    def gauge(self, x: np.ndarray, phase: float) -> np.ndarray:
+        return x[self.idx(self.T - phase)]
+
+    def rate(self, increments: np.ndarray, phase: float) -> np.ndarray:
+        c = np.cumsum(increments)
+        s = self.T - phase
+        return (c[self.idx(s)] - c[self.idx(s - self.W)]) / self.W
+
+    def rate_of_cumulative(self, c: np.ndarray, phase: float) -> np.ndarray:
+        s = self.T - phase
+        return (c[self.idx(s)] - c[self.idx(s - self.W)]) / self.W
+
+    def recent_mean(self, x: np.ndarray, phase: float, seconds: float = 1.0) -> np.ndarray:
+        k = max(1, round(seconds / self.tick))
+        c = np.concatenate([[0.0], np.cumsum(x)])
+        i = self.idx(self.T - phase) + 1
+        return (c[i] - c[np.maximum(i - k, 0)]) / k
+
+    def per_tick(self, t: np.ndarray, w: np.ndarray | float = 1.0) -> np.ndarray:
+        t = np.asarray(t, dtype=float)
+        ok = np.isfinite(t)
+        w = np.broadcast_to(np.asarray(w, dtype=float), t.shape)[ok]
+        return np.bincount(self.tick_of(t[ok]), weights=w, minlength=self.n_ticks)[: self.n_ticks]
+
+    def window_rows(self, t_obs: np.ndarray, phase: float) -> np.ndarray:
+        """First query index whose scrape sees an observation made at ``t_obs``."""
+        return np.ceil((t_obs + phase) / self.step - 1e-9).astype(np.int64)
+
+    def counter_of_events(self, t: np.ndarray, phase: float) -> np.ndarray:
+        """rate() of a counter that counts the events at times ``t``."""
+        t = np.sort(np.asarray(t, dtype=float)[np.isfinite(t)])
+        s = self.T - phase
+        return (np.searchsorted(t, s, side="right") - np.searchsorted(t, s - self.W, side="right")) / self.W
+
+    def bucket_quantiles(self, t_obs: np.ndarray, values: np.ndarray, weights: np.ndarray | None,
+                         bounds: tuple, qs: tuple, phase: float) -> np.ndarray:
+        """histogram_quantile over the window, from a classic histogram with ``bounds`` (+Inf appended)."""
+        ok = np.isfinite(t_obs) & np.isfinite(values)
+        t_obs, values = t_obs[ok], values[ok]
+        w = np.ones(len(t_obs)) if weights is None else np.asarray(weights, dtype=float)[ok]
+        rows = self.window_rows(t_obs, phase)
+        keep = (rows >= -self.m) & (rows < self.n)
+        b = np.searchsorted(np.asarray(bounds, dtype=float), values[keep], side="left")
+        nb = len(bounds) + 1
+        off = self.m
+        counts = np.zeros((self.n + off, nb))
+        np.add.at(counts, (rows[keep] + off, b), w[keep])
+        c = np.cumsum(counts, axis=0)
+        win = c[off:] - c[off - self.m: self.n + off - self.m]
+        return histogram_quantile(win, np.asarray(bounds, dtype=float), qs)
+
+    def exact_quantiles(self, t_obs: np.ndarray, values: np.ndarray, qs: tuple, phase: float) -> np.ndarray:
+        ok = np.isfinite(t_obs) & np.isfinite(values)
+        rows = self.window_rows(t_obs[ok], phase)
+        v = values[ok]
+        order = np.argsort(rows, kind="stable")
+        rows, v = rows[order], v[order]
+        out = np.full((self.n, len(qs)), np.nan)
+        lo = np.searchsorted(rows, np.arange(self.n) - self.m + 1, side="left")
+        hi = np.searchsorted(rows, np.arange(self.n), side="right")
+        qa = np.asarray(qs, dtype=float)
+        for k in range(self.n):
+            cnt = hi[k] - lo[k]
+            if cnt <= 0:
+                continue
+            x = np.sort(v[lo[k]:hi[k]])
+            pos = qa * (cnt - 1)  # numpy's default ("linear") quantile
+            i0 = np.floor(pos).astype(np.int64)
+            i1 = np.minimum(i0 + 1, cnt - 1)
+            out[k] = x[i0] + (x[i1] - x[i0]) * (pos - i0)
+        return out
+
+
+def histogram_quantile(counts: np.ndarray, bounds: np.ndarray, qs: tuple) -> np.ndarray:
+    """Prometheus' ``histogram_quantile``: linear interpolation inside the bucket holding the rank; the lowest
+    bucket starts at 0; a rank in the +Inf bucket returns the highest finite bound; no observations → NaN."""
+    cum = np.cumsum(counts, axis=1)
+    total = cum[:, -1]
+    out = np.full((len(counts), len(qs)), np.nan)
+    rows = np.arange(len(counts))
+    lower_b = np.concatenate([[0.0], bounds])
+    for j, q in enumerate(qs):
+        rank = q * total
+        b = np.argmax(cum >= rank[:, None] - 1e-12, axis=1)
+        before = np.where(b > 0, cum[rows, np.maximum(b - 1, 0)], 0.0)
+        inb = counts[rows, b]
+        finite = b < len(bounds)
+        upper = np.where(finite, bounds[np.minimum(b, len(bounds) - 1)], bounds[-1])
+        lower = lower_b[np.minimum(b, len(bounds))]
+        frac = np.where(inb > 0, (rank - before) / np.where(inb > 0, inb, 1.0), 1.0)
+        val = np.where(finite, lower + (upper - lower) * frac, bounds[-1])
+        out[:, j] = np.where(total > 0, val, np.nan)
+    return out
+
+
+def _ar1(rng: np.random.Generator, n: int, sd: float, tau: float, tick: float) -> np.ndarray:
+    """Stationary AR(1) noise with standard deviation ``sd`` and correlation time ``tau`` seconds."""
+    rho = float(np.exp(-tick / tau))
+    e = rng.standard_normal(n) * sd * np.sqrt(1.0 - rho * rho)
+    return lfilter([1.0], [1.0, -rho], e)
+
+
+def _qname(q: float) -> str:
+    return f"p{round(q * 100)}"
+
+
+def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env: Environment, wl: Any,
+                  res: dict[str, np.ndarray], paths: Any, var: Any, start: float,
+                  rng: np.random.Generator) -> pd.DataFrame:
+    logs = {r: e.log.arrays() for r, e in engines.items()}
+    n_ticks = min(len(v["t"]) for v in logs.values())
+    t_sim0 = env.t0
+    G = _Grid(cfg, t_sim0, n_ticks)
+    noise = cfg.noise
+    replicas = list(dep.replicas)
+    head = dep.proxy
+    names = np.array(paths.names, dtype=object)
+    rep_of = names[paths.replica]
+    ok = res["failed"] == 0
+    cols: dict[str, np.ndarray] = {}
+
+    def phase() -> float:
+        return float(rng.uniform(0.0, cfg.step))
+
+    tick_grid = t_sim0 + cfg.tick * np.arange(n_ticks)
+    pods = dep.pods
+
+    # ---- per-tick activity of every pod -----------------------------------------------------------------
+    gen = {r: logs[r]["gen_tokens"][:n_ticks] for r in replicas}
+    shift_src = env.delay_active(head)[:n_ticks] if head in env.delays else np.zeros(n_ticks)
+    shift = np.round(shift_src / cfg.tick).astype(np.int64)
+    j = np.arange(n_ticks)
+    forwarded = np.zeros(n_ticks)  # tokens reaching the proxy (and then nginx) per tick
+    remote_tokens = np.zeros(n_ticks)
+    for r in replicas:
+        if r == head:
+            forwarded += gen[r]
+        else:
+            moved = np.zeros(n_ticks)
+            np.add.at(moved, np.clip(j + shift, 0, n_ticks - 1), gen[r])
+            forwarded += moved
+            remote_tokens += moved
+    req_at = {r: G.per_tick(paths.t_arrival[rep_of == r]) for r in replicas}
+    req_prompt = {r: G.per_tick(paths.t_arrival[rep_of == r], wl.prompt_tokens[rep_of == r]) for r in replicas}
+    n_in = G.per_tick(paths.t_gateway_start)
+    n_proxy = G.per_tick(paths.t_proxy_start)
+    n_remote = G.per_tick(paths.t_send[(rep_of != head)])
+
+    cpu_s: dict[str, np.ndarray] = {}
+    mem_b: dict[str, np.ndarray] = {}
+    tx: dict[str, np.ndarray] = {}
+    rx: dict[str, np.ndarray] = {}
+    for p in pods:
+        share = env.cpu_share[p][:n_ticks]
+        bg = var.background_cpu[p] * cfg.tick * np.ones(n_ticks)
+        if noise:
+            bg = bg * np.exp(_ar1(rng, n_ticks, 0.15, 30.0, cfg.tick))
+            # Ray's metrics agent and Prometheus scrapes: a short burst every 10 s.
+            if p != dep.gateway:
+                bg += 0.08 * cfg.tick * (np.mod(tick_grid + 10.0 * rng.random(), 10.0) < cfg.tick)
+        stress = (env.stress_cores[p][:n_ticks] + env.hog_cores[p][:n_ticks]) * share * cfg.tick
+        if p == dep.gateway:
+            own = runmod.NGINX_REQUEST_S * n_in + runmod.NGINX_CHUNK_S * forwarded
+            t_out = forwarded + 3.0 * n_in + 0.5 * forwarded + 5.0 * cfg.tick
+            t_in = forwarded + 3.0 * n_in + 0.5 * forwarded + 5.0 * cfg.tick
+            in_flight = np.cumsum(n_in) - np.cumsum(G.per_tick(paths.t_gateway_end))
+            mem = var.base_memory[p] + 64e3 * np.maximum(in_flight, 0.0)
+        else:
+            lg = logs[p]
+            own = lg["engine_cpu"][:n_ticks] + runmod.REPLICA_REQUEST_S * req_at[p] \
+                + runmod.TOKENIZE_S * req_prompt[p] + runmod.DETOKENIZE_S * gen[p]
+            streamed = 0.0 if p == head else gen[p]
+            t_out = streamed + 2.0 * req_at[p] + 20.0 * cfg.tick
+            t_in = 3.0 * req_at[p] + 0.5 * streamed + 20.0 * cfg.tick
+            mem = var.base_memory[p] + env.hog_bytes[p][:n_ticks] + 2.5e6 * lg["running"][:n_ticks]
+            if p == head:
+                own = own + runmod.PROXY_REQUEST_S * n_proxy + runmod.PROXY_CHUNK_S * forwarded
+                t_out = t_out + forwarded + 3.0 * n_remote + 0.5 * remote_tokens + 40.0 * cfg.tick
+                t_in = t_in + remote_tokens + 3.0 * n_proxy + 0.5 * forwarded + 40.0 * cfg.tick
+        total = own + bg + stress
+        cpu_s[p] = np.minimum(total, cfg.pod_cpu * cfg.tick * 0.995)
+        if noise:
+            mem = mem + _ar1(rng, n_ticks, 12e6 if p != dep.gateway else 1e6, 100.0, cfg.tick)
+            tx[p] = rng.poisson(np.maximum(t_out, 0.0)).astype(float)
+            rx[p] = rng.poisson(np.maximum(t_in, 0.0)).astype(float)
+        else:
+            tx[p], rx[p] = t_out, t_in
+        mem_b[p] = mem
+
+    # ---- containers (cAdvisor, via the kubelet of each node) ------------------------------------------
+    for p in pods:
+        ph = phase()
+        cpu = G.rate(cpu_s[p], ph)
+        memory = G.gauge(mem_b[p], ph)
+        ntx = G.rate(tx[p], ph)
+        nrx = G.rate(rx[p], ph)
+        cols[f"{p}_ctn_cpu"] = cpu
+        cols[f"{p}_ctn_memory"] = memory
+        cols[f"{p}_ctn_network"] = ntx
+        cols[f"{p}_cpu_usage_seconds"] = cpu
+        cols[f"{p}_memory_working_set_bytes"] = memory
+        cols[f"{p}_network_transmit_packets"] = ntx
+        cols[f"{p}_network_receive_packets"] = nrx
+
+    # ---- GPUs: Ray's utilisation (study view) and DCGM (full view) --------------------------------------
+    for r in replicas:
+        lg = {k: v[:n_ticks] for k, v in logs[r].items()}
+        e = engines[r]
+        g = e.gpu
+        ph_ray = phase()
+        util_ray = 100.0 * G.recent_mean(lg["busy"], ph_ray)
+        ph = phase()
+        busy = G.recent_mean(lg["busy"], ph)
+        idle = busy < 0.02
+        dram = G.recent_mean(lg["busy"] * np.minimum(lg["mem_share"], 1.0), ph)
+        tensor = G.recent_mean(lg["busy"] * (0.6 * np.minimum(lg["comp_share"], 1.0) + 0.05), ph)
+        if noise:
+            # NVML's activity counters are sampled over a short period: a reading scatters by a point or two.
+            util_ray = np.clip(np.round(util_ray + rng.normal(0.0, 1.5, G.n)), 0.0, 100.0)
+            busy = np.clip(busy + rng.normal(0.0, 0.015, G.n), 0.0, 1.0)
+            dram = np.clip(dram + rng.normal(0.0, 0.015, G.n), 0.0, 1.0)
+            tensor = np.clip(tensor + rng.normal(0.0, 0.005, G.n), 0.0, 1.0)
+        cols[f"{r}_ctn_gpu"] = util_ray
+        power = G.recent_mean(lg["power"], ph)
+        clock = G.gauge(lg["clock"], ph) * g.sm_clock_mhz
+        clock = np.where(idle, g.sm_clock_min_mhz, clock)
+        capped = G.gauge(lg["capped"], ph) > 0
+        temp = G.gauge(lg["temp"], ph)
+        mtemp = G.gauge(lg["mem_temp"], ph)
+        if noise:
+            power = power + rng.normal(0.0, 1.0, G.n)
+            clock = clock + np.where(capped, rng.normal(0.0, 12.0, G.n), 0.0)
+            temp = temp + rng.normal(0.0, 0.3, G.n)
+            mtemp = mtemp + rng.normal(0.0, 0.3, G.n)
+        steps = G.rate(lg["steps"], ph)
+        tok = G.rate(lg["gen_tokens"], ph)
+        ptok = G.rate(lg["prompt_tokens"], ph)
+        fb_used = np.full(G.n, np.floor(e.fb_used_bytes / 2**20))
+        cols[f"{r}_gpu_util"] = np.round(100.0 * busy)
+        cols[f"{r}_mem_copy_util"] = np.round(100.0 * dram)
+        cols[f"{r}_fb_used"] = fb_used
+        cols[f"{r}_fb_free"] = np.floor(g.hbm_bytes / 2**20) - fb_used
+        cols[f"{r}_gpu_temp"] = np.round(temp)
+        cols[f"{r}_memory_temp"] = np.round(mtemp)
+        cols[f"{r}_power_usage"] = np.round(power, 3)
+        cols[f"{r}_total_energy_consumption"] = 1000.0 * G.rate_of_cumulative(lg["energy"], ph)
+        cols[f"{r}_sm_clock"] = np.round(np.clip(clock, g.sm_clock_min_mhz, g.sm_clock_mhz))
+        cols[f"{r}_mem_clock"] = np.full(G.n, g.mem_clock_mhz)
+        cols[f"{r}_xid_errors"] = np.zeros(G.n)
+        # PCIe: inputs and sampled tokens per step, prompt ids, plus the driver's own traffic (KB/s).
+        pcie_base = 40.0 + (rng.normal(0.0, 4.0, G.n) if noise else 0.0)
+        cols[f"{r}_pcie_tx_throughput"] = np.round(pcie_base + 1.5 * steps + 0.004 * tok)
+        cols[f"{r}_pcie_rx_throughput"] = np.round(pcie_base + 2.0 * steps + 0.008 * ptok)
+        cols[f"{r}_prof_gr_engine_active"] = np.round(0.97 * busy, 4)
+        cols[f"{r}_prof_pipe_tensor_active"] = np.round(tensor, 4)
+        cols[f"{r}_prof_dram_active"] = np.round(0.9 * dram, 4)
+        cols[f"{r}_clocks_event_reasons"] = (np.where(capped, CLOCK_REASON_SW_POWER_CAP, 0)
+                                             | np.where(idle, CLOCK_REASON_IDLE, 0)).astype(float)
+        cols[f"{r}_power_violation"] = 1e6 * G.rate_of_cumulative(lg["power_violation"], ph)
+        cols[f"{r}_thermal_violation"] = np.zeros(G.n)
+
+    # ---- vLLM engines -----------------------------------------------------------------------------------
+    t_first, t_end = res["t_first_token"], res["t_engine_end"]
+    t_arr, t_sched = paths.t_arrival, res["t_scheduled"]
+    for r in replicas:
+        lg = {k: v[:n_ticks] for k, v in logs[r].items()}
+        ph = phase()
+        mine = rep_of == r
+        fin = mine & ok
+        cols[f"{r}_num_requests_running"] = G.gauge(lg["running"], ph)
+        cols[f"{r}_num_requests_waiting"] = G.gauge(lg["waiting"], ph)
+        cols[f"{r}_kv_cache_usage_perc"] = G.gauge(lg["kv_usage"], ph)
+        cols[f"{r}_prompt_tokens"] = G.rate(lg["prompt_tokens"], ph)
+        cols[f"{r}_generation_tokens"] = G.rate(lg["gen_tokens"], ph)
+        cols[f"{r}_num_preemptions"] = G.rate_of_cumulative(lg["preemptions"], ph)
+        cols[f"{r}_request_success"] = G.counter_of_events(t_end[fin], ph)
+        cols[f"{r}_prefix_cache_queries"] = G.rate_of_cumulative(lg["prefix_queries"], ph)
+        cols[f"{r}_prefix_cache_hits"] = G.rate_of_cumulative(lg["prefix_hits"], ph)
+        hists = (
+            ("time_to_first_token_seconds", t_first[mine], t_first[mine] - t_arr[mine], TTFT_BUCKETS),
+            ("e2e_request_latency_seconds", t_end[fin], t_end[fin] - t_arr[fin], REQUEST_BUCKETS),
+            ("request_queue_time_seconds", t_end[fin], t_sched[fin] - t_arr[fin], REQUEST_BUCKETS),
+            ("request_prefill_time_seconds", t_end[fin], t_first[fin] - t_sched[fin], REQUEST_BUCKETS),
+            ("request_decode_time_seconds", t_end[fin], t_end[fin] - t_first[fin], REQUEST_BUCKETS),
+        )
+        for name, tt, vv, bounds in hists:
+            q = G.bucket_quantiles(tt, vv, None, bounds, QUANTILES, ph)
+            for jq, qq in enumerate(QUANTILES):
+                cols[f"{r}_{name}_{_qname(qq)}"] = q[:, jq]
+        obs = engines[r].observations()
+        q = G.bucket_quantiles(obs["itl_t"], obs["itl_v"], obs["itl_w"], ITL_BUCKETS, QUANTILES, ph)
+        for jq, qq in enumerate(QUANTILES):
+            cols[f"{r}_inter_token_latency_seconds_{_qname(qq)}"] = q[:, jq]
+        for name, tt, vv, ww in (
+            ("request_prompt_tokens", t_end[fin], wl.prompt_tokens[fin].astype(float), None),
+            ("request_generation_tokens", t_end[fin], res["generated"][fin].astype(float), None),
+            ("iteration_tokens_total", obs["iter_t"], obs["iter_v"], obs["iter_w"]),
+        ):
+            cols[f"{r}_{name}_p50"] = G.bucket_quantiles(tt, vv, ww, TOKEN_BUCKETS, (0.5,), ph)[:, 0]
+
+    # ---- the mesh: per destination latency, requests, errors --------------------------------------------
+    ph = phase()
+    hop = runmod.HOP_S * var.hop_factor
+    mesh = {
+        dep.gateway: (paths.t_gateway_end, paths.t_gateway_end - paths.t_gateway_start, ok | ~ok),
+        head: (paths.t_proxy_server_end + hop,
+               paths.t_proxy_server_end + hop - (paths.t_gateway_start + runmod.NGINX_REQUEST_S), ok | ~ok),
+    }
+    for r in replicas:
+        if r == head:
+            continue  # the head's replica is called inside its pod: no mesh traffic
+        sel = rep_of == r
+        mesh[r] = (np.where(sel, paths.t_stream_end + hop, np.nan),
+                   np.where(sel, paths.t_stream_end + hop - paths.t_send, np.nan), sel)
+    for svc, (tt, dur, sel) in mesh.items():
+        tt = np.where(sel, tt, np.nan)
+        ms = 1000.0 * dur
+        if cfg.mesh_quantiles == "istio":
+            q = G.bucket_quantiles(tt, ms, None, ISTIO_BUCKETS_MS, MESH_QUANTILES, ph)
+        else:
+            q = G.exact_quantiles(tt, ms, MESH_QUANTILES, ph)
+        cols[f"{svc}_latency"] = q[:, 1]
+        cols[f"{svc}_request_duration_milliseconds_p50"] = q[:, 0]
+        cols[f"{svc}_request_duration_milliseconds_p90"] = q[:, 1]
+        cols[f"{svc}_requests"] = G.counter_of_events(tt, ph)
+        cols[f"{svc}_requests_5xx"] = G.counter_of_events(np.where(~ok, tt, np.nan), ph)
+
+    # ---- nodes (node-exporter) --------------------------------------------------------------------------
+    for node in dep.nodes:
+        ph = phase()
+        mine = dep.node_pods(node)
+        kind = "gpu" if node.startswith("node-gpu") else "cpu"
+        pk_tx = sum(tx[p] for p in mine) + 30.0 * cfg.tick
+        pk_rx = sum(rx[p] for p in mine) + 30.0 * cfg.tick
+        cpu = sum(cpu_s[p] for p in mine) + SYSTEM_CPU * cfg.tick + ZTUNNEL_CPU_PER_PACKET * (pk_tx + pk_rx)
+        used = sum(mem_b[p] for p in mine) + SYSTEM_MEMORY
+        if noise:
+            cpu = cpu + np.abs(_ar1(rng, n_ticks, 0.03 * cfg.tick, 20.0, cfg.tick))
+            used = used + _ar1(rng, n_ticks, 40e6, 100.0, cfg.tick)
+            pk_tx = pk_tx + rng.poisson(30.0 * cfg.tick, n_ticks)
+            pk_rx = pk_rx + rng.poisson(30.0 * cfg.tick, n_ticks)
+        c = G.rate(cpu, ph)
+        u = G.gauge(used, ph)
+        ntx = G.rate(pk_tx, ph)
+        cols[f"{node}_node_cpu"] = c
+        cols[f"{node}_node_memory"] = u
+        cols[f"{node}_node_network"] = ntx
+        cols[f"{node}_cpu_seconds"] = c
+        cols[f"{node}_memory_memavailable_bytes"] = NODE_MEMORY[kind] - u
+        cols[f"{node}_network_transmit_packets"] = ntx
+        cols[f"{node}_network_receive_packets"] = G.rate(pk_rx, ph)
+
+    return _frame(dep, cols, start + G.T)
+
+
+def _frame(dep: Deployment, cols: dict[str, np.ndarray], times: np.ndarray) -> pd.DataFrame:
+    from llmrca.sim.views import column_order
+
+    order = column_order(list(cols), [*dep.pods, *dep.nodes])
+    data = {TIME: times.astype(float)}
+    for c in order:
+        x = np.asarray(cols[c], dtype=float)
+        if np.isnan(x).all():
+            continue  # a histogram that saw nothing in the whole run: Prometheus returns no series for it
+        data[c] = x
+    return pd.DataFrame(data)
+
+
+def engine_stats_events(dep: Deployment, logs: dict[str, dict[str, np.ndarray]],
+                        phases: np.ndarray) -> list[tuple[float, str, str, dict]]:
+    """vLLM's periodic stats line (every 10 s) as events: throughputs over the interval, queue and KV state."""
+    out = []
+    for r, ph in zip(dep.replicas, phases):
+        lg = logs[r]
+        t = lg["t"]
+        if not len(t):
+            continue
+        times = np.arange(t[0] + 10.0 + ph, t[-1], 10.0)
+        if not len(times):
+            continue
+        i = np.clip(np.searchsorted(t, times, side="right") - 1, 0, len(t) - 1)
+        i0 = np.clip(np.searchsorted(t, times - 10.0, side="right") - 1, 0, len(t) - 1)
+        cp, cg = np.cumsum(lg["prompt_tokens"]), np.cumsum(lg["gen_tokens"])
+        dq = lg["prefix_queries"][i] - lg["prefix_queries"][i0]
+        dh = lg["prefix_hits"][i] - lg["prefix_hits"][i0]
+        for k in range(len(times)):
+            out.append((float(times[k]), r, "engine_stats", {
+                "prompt_tps": round(float(cp[i[k]] - cp[i0[k]]) / 10.0, 1),
+                "gen_tps": round(float(cg[i[k]] - cg[i0[k]]) / 10.0, 1),
+                "running": int(lg["running"][i[k]]), "waiting": int(lg["waiting"][i[k]]), "swapped": 0,
+                "kv_usage_perc": round(float(lg["kv_usage"][i[k]]), 4),
+                "prefix_cache_hit_rate": round(float(dh[k] / dq[k]), 4) if dq[k] > 0 else 0.0,
+            }))
+    return out

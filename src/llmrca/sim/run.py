@@ -1,0 +1,415 @@
+"""One simulated run: workload → gateway → Serve proxy (routing) → replicas (engines on GPUs) → back, with at most
+one fault acting on the causes, and the telemetry of it as a native ``Case``."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmrca import __version__
+from llmrca import faults as fault_registry
+from llmrca.case import Case, GroundTruth, Observation
+from llmrca.faults import Injection, Perturbation
+from llmrca.sim import environment as envmod
+from llmrca.sim import workload as wlmod
+from llmrca.sim.config import SimConfig
+from llmrca.sim.deployment import Deployment, deployment
+from llmrca.sim.engine import ReplicaEngine, RequestTable
+from llmrca.sim.gpu import GpuState, busy_power
+from llmrca.sim.hardware import GIB
+from llmrca.sim.record import REQUEST_COLUMNS, SimRecord, events_frame
+
+BASE_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; runs start at a seeded offset from it
+
+# CPU-side costs at a full CPU share (seconds).
+NGINX_REQUEST_S = 0.25e-3
+NGINX_CHUNK_S = 8e-6
+PROXY_REQUEST_S = 2.5e-3  # Serve HTTP proxy: parse, route, open the call to the replica
+PROXY_CHUNK_S = 60e-6  # per streamed chunk forwarded
+REPLICA_REQUEST_S = 1.0e-3  # Serve replica handler + OpenAI server: parse, chat template
+TOKENIZE_S = 2.5e-6  # per prompt token
+DETOKENIZE_S = 35e-6  # per output token: incremental detokenization and the SSE chunk
+HOP_S = 0.45e-3  # pod to pod through the mesh (ztunnel + waypoint)
+LOCAL_HOP_S = 0.08e-3  # the head's proxy to its own replica, inside the pod
+NGINX_READ_TIMEOUT_S = 60.0  # proxy_read_timeout: nginx gives up on an upstream that sends nothing
+
+# Streams of randomness, each from (seed, stream): adding a use never shifts another's numbers.
+_S_WORKLOAD, _S_VAR, _S_ROUTE, _S_NET, _S_ENV, _S_NOISE, _S_IDS, _S_FAULT, _S_STATS = range(1, 10)
+
+
+def stream(seed: int, which: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFF, which]))
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 32-bit seed from any parts (sha256 of their text; never Python's salted hash)."""
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+@dataclass
+class Variation:
+    """What differs from one repetition to the next, drawn from the seed."""
+
+    rate_factor: float = 1.0
+    bw_speed: dict[str, float] = field(default_factory=dict)
+    flops_speed: dict[str, float] = field(default_factory=dict)
+    cpu_speed: dict[str, float] = field(default_factory=dict)
+    ambient_c: dict[str, float] = field(default_factory=dict)
+    temp_offset_c: dict[str, float] = field(default_factory=dict)
+    base_memory: dict[str, float] = field(default_factory=dict)
+    background_cpu: dict[str, float] = field(default_factory=dict)
+    hop_factor: float = 1.0
+    start: float = BASE_START
+
+
+def draw_variation(config: SimConfig, dep: Deployment, rng: np.random.Generator) -> Variation:
+    v = config.variability
+    z = (lambda s: float(rng.normal(0.0, s))) if v else (lambda s: 0.0)
+    out = Variation(rate_factor=1.0 + z(0.03), hop_factor=math.exp(z(0.15)))
+    out.start = config.start if config.start is not None else BASE_START + float(rng.integers(0, 300 * 86400))
+    for p in dep.pods:
+        out.base_memory[p] = envmod.default_base_memory(p, dep.gateway, dep.proxy) + z(0.15) * GIB * (p != dep.gateway)
+        base_bg = 0.004 if p == dep.gateway else (0.38 if p == dep.proxy else 0.12)
+        out.background_cpu[p] = base_bg * (1.0 + z(0.2))
+    for r in dep.replicas:
+        out.bw_speed[r] = 1.0 + z(0.015)
+        out.flops_speed[r] = 1.0 + z(0.02)
+        out.cpu_speed[r] = 1.0 + z(0.03)
+    for node in dep.nodes:
+        out.ambient_c[node] = 27.0 + z(1.5)
+    for r in dep.replicas:
+        out.temp_offset_c[r] = z(2.0)
+    return out
+
+
+@dataclass
+class SimRun:
+    """Everything one run produced; ``metrics`` is the wide table of the case."""
+
+    config: SimConfig
+    deployment: Deployment
+    record: SimRecord
+    metrics: pd.DataFrame
+    truth: GroundTruth
+    inject_time: float
+    engines: dict[str, Any]
+    env: envmod.Environment
+
+
+def _resolve_injection(config: SimConfig, dep: Deployment, injection: Injection | None,
+                       rng: np.random.Generator) -> tuple[list[Perturbation], dict[str, Any] | None, dict]:
+    if injection is None:
+        return [], None, {}
+    spec = fault_registry.get(injection.fault)
+    spec.check_target(injection.target, dep.topology())
+    params = spec.resolve(injection.params)
+    start = config.inject_at if injection.start is None else float(injection.start)
+    duration = config.fault_duration if injection.duration is None else float(injection.duration)
+    on = start + float(rng.uniform(*spec.onset_lag_s))
+    off = start + duration + float(rng.uniform(*spec.end_lag_s))
+    perts = spec.effect(params, injection.target, on, off)
+    info = {"spec": spec, "params": params, "start": start, "duration": duration, "on": on, "off": off}
+    return perts, info, params
+
+
+def run(config: SimConfig | None = None, fault: Injection | None = None, seed: int = 0) -> SimRun:
+    """Simulate one run and build its metrics; traces and logs come from the record (see ``simulate``)."""
+    cfg = config or SimConfig()
+    dep = deployment(cfg)
+    gpu = cfg.gpu_kind
+    model = cfg.model_spec
+    var = draw_variation(cfg, dep, stream(seed, _S_VAR))
+    perts, finfo, params = _resolve_injection(cfg, dep, fault, stream(seed, _S_FAULT))
+
+    # The simulated span: the load starts `warmup` before t=0; engines run from a rate window earlier still.
+    t_sim0 = -max(cfg.warmup, cfg.rate_window + cfg.step)
+    load_t0 = -cfg.warmup
+    wl = wlmod.generate(cfg, cfg.rate * var.rate_factor, load_t0, cfg.duration, stream(seed, _S_WORKLOAD))
+    n = len(wl)
+    own = {p: (0.35 if p == dep.gateway else 1.4 + (0.5 if p == dep.proxy else 0.0)) for p in dep.pods}
+    env = envmod.build(
+        t0=t_sim0, t1=cfg.duration + 900.0, tick=cfg.tick, pods=dep.pods, gpu_pods=dep.replicas, gpu=gpu,
+        pod_cpu=cfg.pod_cpu, pod_memory=cfg.pod_memory_gib * GIB, base_memory=var.base_memory, own_demand=own,
+        perturbations=perts, rng=stream(seed, _S_ENV),
+    )
+
+    events: list[tuple[float, str, str, dict]] = []
+    table = RequestTable(wl.prompt_tokens, wl.output_tokens, np.full(n, math.inf))
+    engines: dict[str, ReplicaEngine] = {}
+    for r in dep.replicas:
+        node = dep.hosts[r]
+        amb = var.ambient_c[node]
+        # GPUs come warm from earlier runs: start near the steady state of a light decode load.
+        p0 = gpu.idle_w + 0.8 * busy_power(gpu, 1.0, 0.9, 0.08)
+        t0c = amb + gpu.thermal_r * p0 + var.temp_offset_c[r]
+        gs = GpuState(gpu, amb, t0c, t0c + 3.0)
+        engines[r] = ReplicaEngine(
+            r, gpu=gpu, model=model, env=env, requests=table, gpu_state=gs, t_start=t_sim0, tick=cfg.tick,
+            max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
+            block_size=cfg.block_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
+            shared_prefix_tokens=cfg.shared_prefix_tokens, bw_speed=var.bw_speed[r],
+            flops_speed=var.flops_speed[r], cpu_speed=var.cpu_speed[r], events=events,
+        )
+
+    paths = _route_all(cfg, dep, env, engines, table, wl, var, seed)
+    for e in engines.values():
+        e.drain(cfg.duration + cfg.step)
+    paths.collect_all()
+
+    res = table.arrays()
+    start = var.start
+    inject_time = start + (finfo["start"] if finfo else cfg.inject_at)
+    requests = _requests_frame(wl, res, paths, start, seed)
+    for t, svc, kind, f in env.events:
+        events.append((t, svc, kind, f))
+    if finfo:
+        spec = finfo["spec"]
+        tgt = fault.target
+        base = {"type": spec.id, "params": dict(params), "inject_time": inject_time, "injector": spec.kubernetes}
+        events.append((finfo["on"], tgt, "fault_start", base))
+        events.append((finfo["off"], tgt, "fault_end", {"type": spec.id, "params": dict(params)}))
+    from llmrca.sim import metrics as metmod
+
+    logs = {r: e.log.arrays() for r, e in engines.items()}
+    events += metmod.engine_stats_events(dep, logs, stream(seed, _S_STATS).uniform(0, 10, len(dep.replicas)))
+    ev = events_frame([(start + t, s, k, _jsonable(f)) for t, s, k, f in events
+                      if 0.0 <= t <= cfg.duration + 120.0])
+
+    if finfo:
+        spec = finfo["spec"]
+        truth = GroundTruth(
+            service=fault.target, fault_type=spec.id, indicator=f"{fault.target}_{spec.indicator}",
+            start=inject_time, end=inject_time + finfo["duration"], params=dict(params),
+        )
+    else:
+        truth = GroundTruth(service=None)
+    topo = dep.topology()
+    record = SimRecord(
+        requests=requests, events=ev, topology=topo, start=start, duration=cfg.duration, seed=int(seed),
+        config=cfg.to_dict(), gateway=dep.gateway, proxy=dep.proxy, model_name=model.name,
+        fault=truth.to_dict() if finfo else None,
+    )
+    metrics = metmod.build_metrics(cfg, dep, engines, env, wl, res, paths, var, start, stream(seed, _S_NOISE))
+    return SimRun(cfg, dep, record, metrics, truth, inject_time, engines, env)
+
+
+class _Paths:
+    """Per-request times outside the engine (gateway, proxy, wire), filled while routing and on completion."""
+
+    def __init__(self, n: int):
+        nan = np.full(n, np.nan)
+        self.t_gateway_start = nan.copy()
+        self.t_proxy_start = nan.copy()
+        self.t_send = nan.copy()
+        self.t_arrival = nan.copy()
+        self.t_stream_end = nan.copy()
+        self.t_proxy_end = nan.copy()
+        self.t_proxy_server_end = nan.copy()
+        self.t_gateway_end = nan.copy()
+        self.replica = np.full(n, -1, dtype=np.int64)
+        self.names: list[str] = []
+        self.collect_all = lambda: None
+
+
+def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines: dict[str, ReplicaEngine],
+               table: RequestTable, wl: wlmod.Workload, var: Variation, seed: int) -> _Paths:
+    n = len(wl)
+    P = _Paths(n)
+    names = list(dep.replicas)
+    P.names = names
+    eng = [engines[r] for r in names]
+    proxy = dep.proxy
+    gw = dep.gateway
+    net = stream(seed, _S_NET)
+    route = stream(seed, _S_ROUTE)
+    hop = HOP_S * var.hop_factor
+    # Latency noise of each wire hop and CPU stage (lognormal: rare slow ones).
+    jit = np.exp(0.25 * net.standard_normal((n, 9)))
+
+    tg = wl.arrivals.copy()
+    P.t_gateway_start = tg
+    tp = tg + NGINX_REQUEST_S * jit[:, 0] * env.slowdowns(gw, tg) + hop * jit[:, 1]
+    if env.delays.get(proxy):  # a delay towards the proxy's pod holds the request on its way in
+        for i in range(n):
+            tp[i] += env.delay_towards(proxy, tp[i])
+    P.t_proxy_start = tp
+    ts = tp + PROXY_REQUEST_S * jit[:, 2] * env.slowdowns(proxy, tp)
+    P.t_send = ts
+    deadline = tg + NGINX_READ_TIMEOUT_S + 2 * hop
+    table.deadline = deadline.tolist()
+
+    R = len(names)
+    inflight = [0] * R
+    ends: list[list[float]] = [[] for _ in range(R)]
+    head_idx = names.index(proxy) if proxy in names else -1
+    prompt = wl.prompt_tokens
+    policy = cfg.routing
+    rr = [0]
+
+    def finish(r: int, rid: int) -> None:
+        name = names[r]
+        te = table.t_end[rid]
+        if table.failed[rid]:
+            # nginx gave up (or the engine refused): the proxy sees the client go at nginx's timeout.
+            g_end = tg[rid] + NGINX_READ_TIMEOUT_S
+            P.t_gateway_end[rid] = g_end
+            P.t_proxy_end[rid] = g_end + hop
+            P.t_proxy_server_end[rid] = g_end + hop
+            P.t_stream_end[rid] = te
+            heappush(ends[r], g_end + hop)
+            return
+        s_end = te + DETOKENIZE_S * env.slowdown(name, te) * jit[rid, 8]
+        back = (LOCAL_HOP_S if r == head_idx else hop * jit[rid, 4])
+        pe = s_end + back
+        if r != head_idx and proxy in env.delays:
+            pe += env.delay_towards(proxy, s_end)
+        pse = pe + PROXY_CHUNK_S * env.slowdown(proxy, pe) * jit[rid, 5]
+        P.t_stream_end[rid] = s_end
+        P.t_proxy_end[rid] = pe
+        P.t_proxy_server_end[rid] = pse
+        P.t_gateway_end[rid] = pse + hop * jit[rid, 6] + NGINX_CHUNK_S
+        heappush(ends[r], pe)
+
+    def collect() -> None:
+        for r, e in enumerate(eng):
+            if e.done:
+                for rid in e.done:
+                    finish(r, rid)
+                e.done.clear()
+
+    order = np.argsort(ts, kind="stable")
+    for i in order.tolist():
+        t = ts[i]
+        for e in eng:
+            e.advance(t)
+        collect()
+        for r in range(R):
+            h = ends[r]
+            while h and h[0] <= t:
+                heappop(h)
+                inflight[r] -= 1
+        if policy == "round-robin":
+            r = rr[0] % R
+            rr[0] += 1
+        elif policy == "power-of-two" and R > 1:
+            a, b = route.choice(R, 2, replace=False).tolist()
+            r = a if inflight[a] < inflight[b] or (inflight[a] == inflight[b] and route.random() < 0.5) else b
+        else:
+            lo = min(inflight)
+            best = [k for k in range(R) if inflight[k] == lo]
+            r = best[0] if len(best) == 1 else best[int(route.integers(len(best)))]
+        inflight[r] += 1
+        P.replica[i] = r
+        name = names[r]
+        if r == head_idx:
+            ta = t + LOCAL_HOP_S
+        else:
+            ta = t + hop * jit[i, 7]
+            if name in env.delays:
+                ta += env.delay_towards(name, t)
+        P.t_arrival[i] = ta
+        t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) * env.slowdown(name, ta) * jit[i, 3]
+        eng[r].enqueue(i, t_ready)
+
+    P.collect_all = collect
+    return P
+
+
+def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, start: float,
+                    seed: int) -> pd.DataFrame:
+    n = len(wl)
+    failed = res["failed"]
+    ok = failed == 0
+    names = np.array(P.names, dtype=object)
+    t_first = res["t_first_token"]
+    t_end = res["t_engine_end"]
+    out_tok = np.where(ok, res["generated"], 0).astype(np.int64)
+    reason = np.where(~ok, "", np.where(wl.output_tokens >= wl.max_tokens, "length", "stop"))
+    error = np.where(failed == 504, "upstream timed out", np.where(failed == 0, "", "EngineCoreError"))
+    ids = np.frombuffer(stream(seed, _S_IDS).bytes(16 * n), dtype=np.uint8).reshape(n, 16)
+    trace_ids = [bytes(row).hex() for row in ids]
+    cols: dict[str, Any] = {
+        "request_id": np.arange(n, dtype=np.int64),
+        "trace_id": np.array(trace_ids, dtype=object),
+        "replica": names[P.replica],
+        "prompt_tokens": wl.prompt_tokens.astype(np.int64),
+        "output_tokens": out_tok,
+        "max_tokens": wl.max_tokens.astype(np.int64),
+        "t_gateway_start": P.t_gateway_start + start,
+        "t_proxy_start": P.t_proxy_start + start,
+        "t_send": P.t_send + start,
+        "t_engine_arrival": P.t_arrival + start,
+        "t_scheduled": res["t_scheduled"] + start,
+        "t_first_token": t_first + start,
+        "t_engine_end": t_end + start,
+        "t_proxy_end": P.t_proxy_end + start,
+        "t_gateway_end": P.t_gateway_end + start,
+        "prefill_s": np.where(np.isfinite(t_first), res["prefill_s"], np.nan),
+        "decode_s": np.where(ok, t_end - t_first, np.nan),
+        "queue_s": res["t_scheduled"] - P.t_arrival,
+        "num_preemptions": res["num_preemptions"],
+        "status": np.where(ok, "OK", "ERROR").astype(object),
+        "http_status": np.where(ok, 200, failed).astype(np.int64),
+        "error": error.astype(object),
+        "t_ready": res["t_ready"] + start,
+        "t_proxy_server_end": P.t_proxy_server_end + start,
+        "finished_reason": reason.astype(object),
+    }
+    frame = pd.DataFrame({c: cols[c] for c in REQUEST_COLUMNS})
+    keep = frame["t_gateway_start"].to_numpy() >= start
+    frame = frame[keep].reset_index(drop=True)
+    frame["request_id"] = np.arange(len(frame), dtype=np.int64)
+    return frame
+
+
+def _jsonable(f: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in f.items():
+        if isinstance(v, dict):
+            out[k] = _jsonable(v)
+        elif isinstance(v, (np.floating, float)):
+            out[k] = float(v)
+        elif isinstance(v, (np.integer, int)) and not isinstance(v, bool):
+            out[k] = int(v)
+        else:
+            out[k] = v
+    return out
+
+
+def simulate(config: SimConfig | None = None, fault: Injection | None = None, seed: int = 0, *,
+             traces: bool = True, logs: bool = True, case_id: str | None = None,
+             provenance: dict[str, Any] | None = None) -> Case:
+    """One run as a native ``Case``: metrics (study and full view), traces and logs, ground truth, topology.
+
+    ``traces``/``logs`` False leave those frames empty (a metrics-only case is faster to make).
+    """
+    sim = run(config, fault, seed)
+    cfg = sim.config
+    rec = sim.record
+    obs_traces = obs_logs = None
+    if traces:
+        from llmrca.sim.traces import spans_from_record
+
+        obs_traces = spans_from_record(rec)
+    if logs:
+        from llmrca.sim.logs import logs_from_record
+
+        obs_logs = logs_from_record(rec)
+    obs = Observation(
+        metrics=sim.metrics, traces=obs_traces, logs=obs_logs, inject_time=sim.inject_time,
+        topology=rec.topology, interval=cfg.step,
+    )
+    if case_id is None:
+        case_id = f"{fault.fault}/{fault.target}/seed-{seed}" if fault else f"normal/seed-{seed}"
+    prov = {"generator": "llmrca.sim", "version": __version__, "seed": int(seed), "config": cfg.to_dict()}
+    if fault is not None:
+        prov["fault"] = {"fault": fault.fault, "target": fault.target, "params": dict(sim.truth.params)}
+    prov.update(provenance or {})
+    return Case(id=case_id, observation=obs, truth=sim.truth, system="llmrca-sim", provenance=prov)
