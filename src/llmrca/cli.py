@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmrca.errors import LlmrcaError
+from llmrca.testbed.cli import testbed_app
 
 app = typer.Typer(
     name="llmrca",
@@ -252,6 +253,40 @@ def demo_cmd(
     from llmrca.demo import run_demo
 
     run_demo(out_dir, jobs=jobs, seed=seed, console=out, progress=progress)
+
+
+@app.command("bench")
+@_handled
+def bench_cmd(
+    suite: Annotated[str, typer.Argument(help="Suite to benchmark: paper (the study's) or demo.")] = "paper",
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Bench folder (resumed if it exists); "
+                                                 "default bench-SUITE.")] = None,
+    reps: Annotated[int | None, typer.Option(help="Repetitions per (fault, target); default: the suite's."
+                                             )] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 2,
+    timeout: Annotated[float, typer.Option(help="Per (method, case) time limit, seconds.")] = 60.0,
+    methods: Annotated[str, typer.Option("--methods", "-m", help="'all', a family, or a comma list."
+                                         )] = "all",
+    views: Annotated[str, typer.Option(help="Metric views, comma-separated: study, full, all.")] = (
+        "study,full"),
+    faults: Annotated[str | None, typer.Option(help="Only these fault types (comma list).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the suite and the methods.")] = 0,
+    retry_failed: Annotated[bool, typer.Option(help="Run failed and timed-out tasks again.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Simulate a suite, run the methods under each view, write report.html and the results, print the tables.
+
+    Resumable: running it again computes only what is missing.  Example: llmrca bench paper --jobs 2
+    """
+    from llmrca.bench import run_bench
+
+    overrides = {"faults": [f.strip() for f in faults.split(",") if f.strip()]} if faults else None
+    run_bench(suite, out_dir or Path(f"bench-{suite}"), reps=reps, jobs=jobs, timeout=timeout,
+              methods=methods, views=[v.strip() for v in views.split(",") if v.strip()], seed=seed, overrides=overrides,
+              retry_failed=retry_failed, progress=progress, console=out)
+
+
+app.add_typer(testbed_app, name="testbed")
 
 
 def main() -> None:

@@ -8,6 +8,9 @@ unix s) and float columns named ``<service>_<name>``, so multi-source methods ca
 - ``trace_series``: per ``service_operation``, the mean duration of successful spans per window in seconds
   (``<service>_<operation>_latency``; NaN where a window holds none) and the number of ERROR spans
   (``<service>_<operation>_error-count``). Spans are placed by their start time.
+- ``template_counts``: per service and log template, lines per window (``<service>_log-template-<id>``; the
+  ``logts`` of RCAEval). Templates come from ``llmrca.case.templates`` (given where the logs state them, else
+  Drain3); ``<id>`` is the template's stable id (``t`` + CRC-32 of its text).
 """
 
 from __future__ import annotations
@@ -113,6 +116,51 @@ def trace_series(traces: pd.DataFrame, interval: float, start: float, end: float
         out[f"{name}_latency"] = mean[i]
         out[f"{name}_error-count"] = n_err[i].astype(float)
     return pd.DataFrame(out)
+
+
+def template_counts(
+    logs: pd.DataFrame,
+    interval: float,
+    start: float,
+    end: float,
+    services: Sequence[str] | None = None,
+    *,
+    templates: pd.Series | None = None,
+    mode: str = "auto",
+) -> pd.DataFrame:
+    """Lines per (service, template) per window of ``interval`` seconds over ``[start, end)``.
+
+    ``templates`` (aligned with ``logs``) overrides the template choice, e.g. to mine once and count twice;
+    otherwise ``llmrca.case.templates.log_templates(logs, mode)``. ``services`` restricts the services
+    (lines of others are dropped); columns exist only for (service, template) pairs with at least one line in
+    ``logs`` (inside the range or not), sorted by service then template id, so two ranges of one frame get the
+    same columns.
+    """
+    from llmrca.case.templates import log_templates, template_id
+
+    grid = window_starts(start, end, interval, where="template_counts")
+    missing = [c for c in ("time", "service") if c not in logs.columns]
+    if missing:
+        raise CaseError([f"missing column(s) {', '.join(missing)}"], where="logs")
+    tpl = log_templates(logs, mode) if templates is None else templates
+    if len(tpl) != len(logs):
+        raise CaseError([f"{len(tpl)} templates for {len(logs)} lines"], where="template_counts")
+    svc = logs["service"].astype(object).to_numpy()
+    keep = pd.notna(svc)
+    if services is not None:
+        keep &= np.isin(svc, np.asarray(list(services), dtype=object))
+    t_codes, t_uniq = pd.factorize(pd.Series(tpl.to_numpy(dtype=object)).fillna(""))
+    ids = np.asarray([template_id(str(u)) for u in t_uniq], dtype=object)[t_codes]
+    _check_names(sorted({str(s) for s in svc[keep]}), "logs.service")
+    names = pd.Series(svc[keep]).astype(str) + "_log-template-" + pd.Series(ids[keep])
+    codes, cols = pd.factorize(names, sort=True)
+    t = pd.to_numeric(logs["time"], errors="coerce").to_numpy(dtype=float)[keep]
+    k, inside = _window_index(t, start, interval, len(grid))
+    size = len(cols) * len(grid)
+    counts = np.bincount(codes[inside] * len(grid) + k, minlength=size).reshape(len(cols), len(grid))
+    out = pd.DataFrame(counts.T.astype(float), columns=[str(c) for c in cols])
+    out.insert(0, TIME, grid)
+    return out
 
 
 def _check_names(names: Sequence[str], field: str) -> None:

@@ -33,6 +33,34 @@ register("nsigma", "llmrca.methods.nsigma:NSigma", "metric", {M}, "max z-score a
 register("baro", "llmrca.methods.baro:Baro", "metric", {M}, "robust (median/IQR) scores; BOCPD onset if no inject_time")
 register("e-diagnosis", "llmrca.methods.ediagnosis:EDiagnosis", "metric", {M},
          "two-sample test per column between normal and abnormal windows")
+register("pc-pagerank", "llmrca.methods.graph_rank:PCPageRank", "metric", {M}, "PC causal graph + PageRank on the reversed graph")
+register("pc-randomwalk", "llmrca.methods.graph_rank:PCRandomWalk", "metric", {M}, "PC causal graph + random walk from the SLI")
+register("fci-pagerank", "llmrca.methods.graph_rank:FCIPageRank", "metric", {M}, "FCI causal graph + PageRank on the reversed graph")
+register("fci-randomwalk", "llmrca.methods.graph_rank:FCIRandomWalk", "metric", {M}, "FCI causal graph + random walk from the SLI")
+register("granger-pagerank", "llmrca.methods.graph_rank:GrangerPageRank", "metric", {M}, "pairwise Granger graph + reversed PageRank")
+register("granger-randomwalk", "llmrca.methods.graph_rank:GrangerRandomWalk", "metric", {M}, "pairwise Granger graph + SLI random walk")
+register("lingam-pagerank", "llmrca.methods.graph_rank:LiNGAMPageRank", "metric", {M}, "DirectLiNGAM graph + reversed PageRank")
+register("lingam-randomwalk", "llmrca.methods.graph_rank:LiNGAMRandomWalk", "metric", {M}, "DirectLiNGAM graph + SLI random walk")
+register("causalai", "llmrca.methods.causalai:CausalAI", "metric", {M}, "PC with a regime node; root causes = its neighbours")
+register("microcause", "llmrca.methods.microcause:MicroCause", "metric", {M}, "PCMCI graph + TCORW random walk")
+register("rcd", "llmrca.methods.rcd:RCD", "metric", {M}, "F-node + localized Ψ-PC over random chunks")
+register("circa", "llmrca.methods.circa:CIRCA", "metric", {M},
+         "structural graph + regression residual z-scores + descendant adjustment")
+register("causalrca", "llmrca.methods.causalrca:CausalRCA", "metric", {M}, "DAG-GNN graph + PageRank (torch extra)")
+register("microrca", "llmrca.methods.microrca:MicroRCA", "metric", {M},
+         "BIRCH anomalous subgraph of services and hosts + personalized PageRank")
+register("microscope", "llmrca.methods.microscope:MicroScope", "metric", {M},
+         "DFS over anomalous callees from the frontend, ranked by SLI correlation")
+register("monitorrank", "llmrca.methods.monitorrank:MonitorRank", "metric", {M},
+         "random walk on the call graph weighted by similarity to the SLI")
+register("tracerca", "llmrca.methods.tracerca:TraceRCA", "trace", {T},
+         "abnormal invocations → suspicious service sets (Jaccard) × in-set score")
+register("microrank", "llmrca.methods.microrank:MicroRank", "trace", {T},
+         "SLO-split traces, PageRank on operation–trace graphs, spectrum (DStar2) scores")
+register("mm-baro", "llmrca.methods.mmbaro:MMBaro", "multi-source", {M, L, T},
+         "BARO's robust scores over metrics, log-template counts and per-operation trace series")
+register("pdiagnose", "llmrca.methods.pdiagnose:PDiagnose", "multi-source", {M, L, T},
+         "KDE metric, log-count and trace-latency detectors; weighted vote per service")
 
 
 def names() -> list[str]:

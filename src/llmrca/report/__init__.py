@@ -1,5 +1,24 @@
-"""Reports of evaluation results: summary tables as a frame, JSON records, Markdown and rich tables."""
+"""Reports of evaluation results: summary tables as a frame, JSON records, Markdown and rich tables,
+confidence intervals, comparisons of metric views, and a self-contained HTML page."""
 
+from llmrca.report.ci import bootstrap_mean_ci, score_cis, wilson_interval
+from llmrca.report.compare import case_ranks, compare_views, comparison_markdown
+from llmrca.report.html import to_html
 from llmrca.report.tables import ALL, CHANCE, JSON_KEYS, print_table, summarize, to_json, to_markdown
 
-__all__ = ["ALL", "CHANCE", "JSON_KEYS", "print_table", "summarize", "to_json", "to_markdown"]
+__all__ = [
+    "ALL",
+    "CHANCE",
+    "JSON_KEYS",
+    "bootstrap_mean_ci",
+    "case_ranks",
+    "compare_views",
+    "comparison_markdown",
+    "print_table",
+    "score_cis",
+    "summarize",
+    "to_html",
+    "to_json",
+    "to_markdown",
+    "wilson_interval",
+]

@@ -10,6 +10,9 @@ Conventions:
   (per case min(k, n)/n), over the distinct cases of the results; it has no time and no errors.
 - Fine-grained level (``level="fine"``): the rank of the true indicator, over cases whose indicator is known,
   for the methods that rank indicators; no chance row there.
+- ``summarize(..., ci=0.95)`` adds bounds ``<score>_lo``/``<score>_hi`` of a stratified bootstrap over cases
+  (strata: fault type × true service, the repetitions of one experiment; see ``llmrca.report.ci``); NaN on the
+  chance row, which is an expectation, not an estimate.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ UNKNOWN = "unknown"
 FAULT_ORDER = ("cpu", "memory", "network", "gpu")  # the reference study's four, first
 FAMILY_ORDER = ("metric", "trace", "multi-source")
 SUMMARY_COLUMNS = ["method", "family", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", "errors"]
+CI_COLUMNS = ["ac1_lo", "ac1_hi", "ac3_lo", "ac3_hi", "avg5_lo", "avg5_hi"]
 JSON_KEYS = ("method", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", "errors")
 METRICS = {"ac1": "AC@1", "ac3": "AC@3", "avg5": "Avg@5"}
 
@@ -67,17 +71,23 @@ def summarize(
     *,
     level: Literal["service", "fine"] = "service",
     chance: bool = True,
+    ci: float | None = None,
+    resamples: int = 1000,
+    ci_seed: int = 0,
 ) -> pd.DataFrame:
     """One row per method × fault type plus one ``all`` row per method (and the chance baseline).
 
     ``results``: a results frame (``llmrca.evaluate.evaluate``'s return value) or a results folder/file.
     Columns: method, family, fault_type, ac1, ac3, avg5, time_s, n, errors.
+    ``ci``: a confidence level (e.g. 0.95) adds the columns ac1_lo, ac1_hi, ac3_lo, ac3_hi, avg5_lo, avg5_hi
+    (stratified bootstrap over cases, ``resamples`` draws seeded by ``ci_seed``).
     """
     if level not in ("service", "fine"):
         raise ValueError(f"level must be 'service' or 'fine', got {level!r}")
+    columns = SUMMARY_COLUMNS + (CI_COLUMNS if ci is not None else [])
     df = results if isinstance(results, pd.DataFrame) else load_results(results)
     if df.empty:
-        return pd.DataFrame({c: [] for c in SUMMARY_COLUMNS})
+        return pd.DataFrame({c: [] for c in columns})
     df = df.copy()
     df["fault_type"] = df["fault_type"].astype(object).where(df["fault_type"].notna(), UNKNOWN)
     df = df[df["root_cause"].notna() | (df["fault_type"] == UNKNOWN)]  # normal cases are not scored
@@ -87,7 +97,7 @@ def summarize(
         fine = df.loc[df["fine_level"].fillna(False).astype(bool), "method"].unique()
         df = df[df["method"].isin(fine) & df["indicator"].notna()]
     if df.empty:
-        return pd.DataFrame({c: [] for c in SUMMARY_COLUMNS})
+        return pd.DataFrame({c: [] for c in columns})
     faults = _fault_order(df["fault_type"].unique())
     families = df.groupby("method", sort=False)["family"].first()
     methods = sorted(families.index, key=lambda m: _family_rank(families[m]))
@@ -99,7 +109,11 @@ def summarize(
             part = rows[rows["fault_type"] == f]
             if len(part):
                 out.append(_summary_row(m, fam, f, part, rank_col))
+                if ci is not None:
+                    out[-1].update(_ci_cells(part, rank_col, ci, resamples, ci_seed))
         out.append(_summary_row(m, fam, ALL, rows, rank_col))
+        if ci is not None:
+            out[-1].update(_ci_cells(rows, rank_col, ci, resamples, ci_seed))
     if chance and level == "service":
         cases = df[df["n_candidates"].notna()].drop_duplicates("case_id")
         for f in faults:
@@ -108,8 +122,20 @@ def summarize(
                 out.append(_chance_row(f, part))
         if len(cases):
             out.append(_chance_row(ALL, cases))
-    summary = pd.DataFrame(out, columns=SUMMARY_COLUMNS)
-    return summary.astype({"n": "int64", "errors": "int64"})
+    summary = pd.DataFrame(out, columns=columns).astype({"n": "int64", "errors": "int64"})
+    if ci is not None:
+        summary.attrs["ci"] = float(ci)
+    return summary
+
+
+def _ci_cells(rows: pd.DataFrame, rank_col: str, confidence: float, resamples: int,
+              seed: int) -> dict[str, float]:
+    from llmrca.report.ci import score_cis
+
+    ok = rows["status"] == "ok"
+    ranks = [None if (not good or pd.isna(r)) else int(r) for r, good in zip(rows[rank_col], ok, strict=True)]
+    strata = list(zip(rows["fault_type"].astype(str), rows["root_cause"].astype(str), strict=True))
+    return score_cis(ranks, strata, confidence=confidence, resamples=resamples, seed=seed)
 
 
 def _family_rank(family: object) -> int:
@@ -179,10 +205,17 @@ def to_markdown(summary: pd.DataFrame, *, layout: Literal["per-metric", "wide"] 
     def best_of(f: str, key: str) -> float | None:
         return _best([value(m, f, key) for m in methods if m != CHANCE])
 
+    with_ci = all(c in summary.columns for c in CI_COLUMNS)
+
     def shown(m: str, f: str, key: str) -> str:
         v = value(m, f, key)
         text = _fmt(v)
-        return f"**{text}**" if m != CHANCE and not math.isnan(v) and v == best_of(f, key) else text
+        text = f"**{text}**" if m != CHANCE and not math.isnan(v) and v == best_of(f, key) else text
+        if with_ci:
+            lo, hi = value(m, f, f"{key}_lo"), value(m, f, f"{key}_hi")
+            if not (math.isnan(lo) or math.isnan(hi)):
+                text += f" ({_fmt(lo)}–{_fmt(hi)})"
+        return text
 
     parts: list[str] = []
     if layout == "wide":
@@ -205,6 +238,11 @@ def to_markdown(summary: pd.DataFrame, *, layout: Literal["per-metric", "wide"] 
         raise ValueError(f"layout must be 'per-metric' or 'wide', got {layout!r}")
     note = ("Errors and timeouts count as misses; time is the mean over successful runs; "
             "chance = a uniformly random ranking of each case's services.")
+    if with_ci:
+        level = summary.attrs.get("ci")
+        pct = f"{100 * float(level):g} % " if level else ""
+        note += (f" In brackets: {pct}interval of a bootstrap over the repetitions (cases resampled within "
+                 "each fault type × target).")
     return "\n\n".join(parts) + "\n\n" + note + "\n"
 
 

@@ -1,0 +1,366 @@
+"""`llmrca bench`: one command from nothing to the study's table — simulate a suite, run every method on it
+under each metric view, write the results and an HTML report, print the tables.
+
+Layout of a bench folder (every step resumes):
+- ``cases/`` — the simulated suite (``suite.json`` names how it was made; an existing suite made with other
+  settings is refused, not mixed);
+- ``results-<view>/`` — one result store per metric view (``results.parquet``, ``results.jsonl``,
+  ``run.json``); re-running computes only the missing (method, case) rows;
+- ``report.html`` (self-contained) and ``report.md``;
+- ``bench.json`` — the settings and one record per invocation (wall time, tasks computed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from llmrca.errors import LlmrcaError
+
+DEFAULT_TIMEOUT_S = 60.0  # per (method, case): a hanging method costs at most this per case
+BENCH_JSON = "bench.json"
+CASES = "cases"
+CONFIDENCE = 0.95
+RESAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    out_dir: Path
+    report_html: Path
+    report_md: Path
+    cases: int
+    methods: list[str]
+    views: tuple[str, ...]
+    results: dict[str, pd.DataFrame]  # view → rows of this bench's methods × cases
+    summaries: dict[str, pd.DataFrame]  # view → summarize(..., ci=0.95)
+    computed: dict[str, int]  # view → tasks run by this invocation (0 when everything was stored)
+    generated: bool  # whether this invocation simulated the suite
+    seconds: float  # wall time of this invocation
+
+
+def run_bench(
+    name: str = "paper",
+    out_dir: str | Path = "bench-paper",
+    *,
+    reps: int | None = None,
+    jobs: int = 2,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+    methods: str | Sequence[str] = "all",
+    views: Sequence[str] = ("study", "full"),
+    seed: int = 0,
+    overrides: Mapping[str, Any] | None = None,
+    memory_limit_mb: float | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> BenchResult:
+    """Simulate suite ``name`` into OUT/cases (unless there), evaluate ``methods`` under each of ``views``
+    into OUT/results-<view>, write OUT/report.html and OUT/report.md, and print the tables on ``console``.
+
+    ``reps``: repetitions per (fault, target), default the suite's (paper: 10). ``seed`` seeds the suite and
+    the methods. ``overrides``: suite overrides (``generate_suite``), e.g. ``{"faults": ["cpu"]}``.
+    ``timeout``: seconds per (method, case). A folder made with another suite, reps, seed or overrides is
+    refused.
+    """
+    from llmrca.case.views import VIEWS
+    from llmrca.evaluate import evaluate
+    from llmrca.methods import resolve
+    from llmrca.sim.suites import get_suite
+
+    t0 = time.perf_counter()
+    console = console or Console()
+    suite = get_suite(name)
+    reps = suite.reps if reps is None else int(reps)
+    views = tuple(dict.fromkeys(views))
+    if not views:
+        raise LlmrcaError("no view given; use study, full or all (comma-separated)")
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise LlmrcaError(f"unknown view(s) {', '.join(bad)}; known: {', '.join(VIEWS)}")
+    names = resolve(methods if isinstance(methods, str) else list(methods))
+    over = json.loads(json.dumps(dict(overrides or {})))  # as suite.json will hold it
+    if over.get("faults") is not None and list(over["faults"]) == list(suite.faults):
+        del over["faults"]  # naming the suite's own faults makes the same suite
+    out = Path(out_dir)
+    settings = {"suite": name, "reps": reps, "seed": int(seed), "overrides": over}
+    started = _now()
+
+    cases, generated = _ensure_suite(out, settings, jobs=jobs, progress=progress, console=console)
+    results: dict[str, pd.DataFrame] = {}
+    computed: dict[str, int] = {}
+    for i, view in enumerate(views, 1):
+        console.print(f"[bold]evaluate {i}/{len(views)}[/bold]: {len(names)} method(s) × {len(cases)} cases, "
+                      f"{view} view, {jobs} job(s), timeout {_secs(timeout)}", highlight=False)
+        folder = out / f"results-{view}"
+        results[view] = evaluate(cases, names, folder, jobs=jobs, timeout=timeout,
+                                 memory_limit_mb=memory_limit_mb, seed=seed, progress=progress,
+                                 retry_failed=retry_failed, root=out / CASES, view=view)
+        computed[view] = _tasks_run(folder)
+
+    seconds = time.perf_counter() - t0
+    history = _record_run(out, settings, {"started": started, "seconds": round(seconds, 3),
+                                          "generated": generated, "computed": computed, "jobs": jobs,
+                                          "timeout": timeout, "methods": names, "views": list(views)})
+    summaries = {v: _summary(results[v], seed) for v in views}
+    html_path, md_path = _write_reports(out, suite.description, settings, names, views, results, summaries,
+                                        history, jobs=jobs, timeout=timeout, n_cases=len(cases))
+    for v in views:
+        print_overview(summaries[v], console, title=f"{name}: {v} view ({len(cases)} cases)")
+    if len(views) > 1:
+        print_comparison(summaries, console)
+    done = ", ".join(f"{v}: {n} task(s) run" for v, n in computed.items())
+    console.print(f"{'simulated the suite; ' if generated else ''}{done}; {seconds:.1f} s", highlight=False)
+    console.print(f"report: {html_path}   markdown: {md_path}   results: "
+                  + ", ".join(str(out / f"results-{v}" / "results.parquet") for v in views), highlight=False)
+    return BenchResult(out, html_path, md_path, len(cases), names, views, results, summaries, computed,
+                       generated, seconds)
+
+
+# --------------------------------------------------------------------------------------------- the suite
+
+
+def _ensure_suite(out: Path, settings: dict[str, Any], *, jobs: int, progress: bool,
+                  console: Console) -> tuple[list[Path], bool]:
+    """The suite's case folders, simulated first when missing; a suite made otherwise is refused."""
+    from llmrca.sim.suites import MANIFEST, generate_suite, get_suite
+
+    cases_dir = out / CASES
+    manifest = cases_dir / MANIFEST
+    stored = _stored_settings(out)
+    if stored is not None and stored != settings:  # its results belong to other cases, even if cases/ is gone
+        raise LlmrcaError(f"{out / BENCH_JSON}: this bench folder was made with other settings: "
+                          f"{_differences(stored, settings)}; use another --out, or the settings it was "
+                          "made with")
+    if manifest.is_file():
+        try:
+            made = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise LlmrcaError(f"{manifest}: unreadable ({e}); remove {cases_dir} to simulate it again"
+                              ) from None
+        have = {"suite": made.get("suite"), "reps": made.get("reps"), "seed": made.get("seed"),
+                "overrides": made.get("overrides") or {}}
+        if made.get("normal"):
+            have["normal"] = made.get("normal")
+        if have != settings:
+            raise LlmrcaError(f"{manifest}: the suite there was made with other settings: "
+                              f"{_differences(have, settings)}; use another --out, or the settings it was "
+                              "made with")
+        paths = [cases_dir / cid for cid in made.get("cases", [])]
+        if paths and all(p.is_dir() for p in paths):
+            console.print(f"[bold]suite[/bold]: {len(paths)} cases in {cases_dir} (already simulated)",
+                          highlight=False)
+            return paths, False
+        # A listed folder is gone: simulate again (same seed, same bytes, so stored results stay valid).
+    elif cases_dir.exists() and any(cases_dir.iterdir()) and stored is None:
+        raise LlmrcaError(f"{cases_dir}: holds files but no {MANIFEST} of this bench; use another --out")
+    suite = get_suite(settings["suite"])
+    console.print(f"[bold]simulate[/bold]: suite {settings['suite']} ({suite.description}), "
+                  f"{settings['reps']} rep(s), seed {settings['seed']}", highlight=False)
+    out.mkdir(parents=True, exist_ok=True)
+    _record_run(out, settings, None)  # marks the folder as this bench's before a long simulation starts
+    paths = generate_suite(settings["suite"], cases_dir, reps=settings["reps"], seed=settings["seed"],
+                           jobs=jobs, overrides=settings["overrides"] or None, progress=progress,
+                           overwrite=True)
+    return paths, True
+
+
+def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
+    keys = sorted(set(have) | set(want))
+    return ", ".join(f"{k} {have.get(k)!r} (asked {want.get(k)!r})" for k in keys
+                     if have.get(k) != want.get(k))
+
+
+def _stored_settings(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / BENCH_JSON).read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _record_run(out: Path, settings: dict[str, Any], run: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """bench.json: the settings and the invocations so far (``run`` appended); returns the invocations."""
+    path = out / BENCH_JSON
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        runs = list(old.get("runs", [])) if old.get("settings") == settings else []
+    except (OSError, ValueError, AttributeError):
+        runs = []
+    if run is not None:
+        runs.append(run)
+    data = {"settings": settings, "runs": runs}
+    _write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    return runs
+
+
+def _tasks_run(folder: Path) -> int:
+    from llmrca.evaluate.store import RUN_JSON
+
+    try:
+        info = json.loads((folder / RUN_JSON).read_text(encoding="utf-8"))
+        return int(info.get("tasks", {}).get("to_run", 0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+
+def _summary(results: pd.DataFrame, seed: int) -> pd.DataFrame:
+    from llmrca.report import summarize
+
+    return summarize(results, ci=CONFIDENCE, resamples=RESAMPLES, ci_seed=seed)
+
+
+def _write_reports(out: Path, description: str, settings: dict[str, Any], names: list[str],
+                   views: tuple[str, ...], results: dict[str, pd.DataFrame],
+                   summaries: dict[str, pd.DataFrame], history: list[dict[str, Any]], *, jobs: int,
+                   timeout: float | None,
+                   n_cases: int) -> tuple[Path, Path]:
+    from llmrca.report import compare_views, comparison_markdown, to_html, to_markdown
+
+    last = history[-1]
+    total = sum(float(r.get("seconds", 0)) for r in history)
+    over = settings["overrides"]
+    info = [
+        ("Suite", f"{settings['suite']}: {description}"),
+        ("Cases", f"{n_cases} ({settings['reps']} repetition(s) per fault × target), seed {settings['seed']}"
+                  + (f", overrides {json.dumps(over)}" if over else "")),
+        ("Methods", f"{len(names)}: {', '.join(names)}"),
+        ("Views", ", ".join(views)),
+        ("Run", f"{jobs} job(s), timeout {_secs(timeout)} per method and case"),
+        ("Wall time", f"last invocation {float(last['seconds']):.1f} s (simulated the suite: "
+                      f"{'yes' if last['generated'] else 'no'}; tasks run: "
+                      + ", ".join(f"{v} {n}" for v, n in last["computed"].items())
+                      + f"); all {len(history)} invocation(s): {total:.1f} s"),
+        ("Written", _now()),
+    ]
+    title = f"llmrca bench {settings['suite']}"
+    page = to_html(results, title=title, info=info, summaries=summaries, confidence=CONFIDENCE,
+                   resamples=RESAMPLES, seed=settings["seed"])
+    html_path = out / "report.html"
+    _write_atomic(html_path, page.encode("utf-8"))
+
+    md = [f"# {title}\n", *(f"- **{k}**: {v}" for k, v in info), ""]
+    if len(views) > 1:
+        md.append(f"## {' vs '.join(views)}: Avg@5\n")
+        md.append(comparison_markdown(compare_views(summaries, "avg5"), list(views), "Avg@5"))
+        md.append(f"## {' vs '.join(views)}: AC@1\n")
+        md.append(comparison_markdown(compare_views(summaries, "ac1"), list(views), "AC@1"))
+    for v in views:
+        md.append(f"## {v} view\n")
+        md.append(to_markdown(summaries[v]))
+    md.append("The rank each method gave the true root cause in every case is in report.html.\n")
+    md_path = out / "report.md"
+    _write_atomic(md_path, "\n".join(md).encode("utf-8"))
+    return html_path, md_path
+
+
+def print_overview(summary: pd.DataFrame, console: Console | None = None, *,
+                   title: str = "RCA accuracy") -> None:
+    """One row per method in family blocks (chance last): Avg@5 per fault type, then AC@1, AC@3, Avg@5 over
+    all cases, time per case and errors. Narrow enough for an 80-column terminal."""
+    from llmrca.report.html import FAMILY_LABELS
+    from llmrca.report.tables import ALL, CHANCE, _fault_order, _fmt, _fmt_time
+
+    console = console or Console()
+    if summary.empty:
+        console.print(f"{title}: no results", highlight=False)
+        return
+    faults = _fault_order(summary["fault_type"].unique())
+    cell = {(str(r["method"]), str(r["fault_type"])): r for _, r in summary.iterrows()}
+    table = _table(f"{title} — Avg@5 per fault type; all cases")
+    table.add_column("Method", style="bold")
+    for f in faults:
+        table.add_column(_short(f), justify="right")
+    for label in ("AC@1", "AC@3", "Avg@5", "s/case", "err"):
+        table.add_column(label, justify="right")
+    family = None
+    for m in dict.fromkeys(map(str, summary["method"])):
+        r = cell.get((m, ALL))
+        fam = str(r["family"]) if r is not None else ""
+        if fam != family and m != CHANCE:
+            table.add_row(f"[italic dim]{FAMILY_LABELS.get(fam, fam)}[/italic dim]")
+            family = fam
+        per = [_fmt(cell[(m, f)]["avg5"]) if (m, f) in cell else "" for f in faults]
+        errors = int(r["errors"]) if r is not None else 0
+        table.add_row(m, *per, *(_fmt(r[k]) if r is not None else "" for k in ("ac1", "ac3", "avg5")),
+                      _fmt_time(r["time_s"]) if r is not None else "",
+                      "" if m == CHANCE else (f"[red]{errors}[/red]" if errors else "0"),
+                      style="dim" if m == CHANCE else None)
+    console.print(table)
+
+
+def print_comparison(summaries: Mapping[str, pd.DataFrame], console: Console | None = None,
+                     metric: str = "avg5") -> None:
+    """Per method: ``metric`` over all cases under each view, and per fault type the difference (last view −
+    first)."""
+    from llmrca.report import compare_views
+    from llmrca.report.tables import ALL, METRICS, _fault_order, _fmt
+
+    console = console or Console()
+    views = list(summaries)
+    comp = compare_views(summaries, metric)
+    if comp.empty:
+        return
+    faults = _fault_order(comp["fault_type"].unique())
+    cell = {(str(r["method"]), str(r["fault_type"])): r for _, r in comp.iterrows()}
+    label = METRICS.get(metric, metric)
+    table = _table(f"{label}: {views[0]} → {views[-1]} view (Δ = {views[-1]} − {views[0]})")
+    table.add_column("Method", style="bold")
+    for v in views:
+        table.add_column(f"all\n{v}", justify="right")
+    table.add_column("all\nΔ", justify="right")
+    for f in faults:
+        table.add_column(f"{_short(f)}\nΔ", justify="right")
+    for m in dict.fromkeys(map(str, comp["method"])):
+        total = cell.get((m, ALL))
+        row = [m, *(_fmt(total[v]) if total is not None else "" for v in views)]
+        for f in (ALL, *faults):
+            r = cell.get((m, f))
+            row.append(_delta(float(r["diff"])) if r is not None else "")
+        table.add_row(*row)
+    console.print(table)
+
+
+def _table(title: str) -> Table:
+    from rich import box
+
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+
+
+def _short(fault: str) -> str:
+    return {"memory": "mem", "network": "net"}.get(fault, fault[:5])
+
+
+def _delta(d: float) -> str:
+    if math.isnan(d):  # the cell is missing in one view
+        return "–"
+    colour = "green" if d > 0.005 else ("red" if d < -0.005 else "dim")
+    return f"[{colour}]{d:+.2f}[/{colour}]"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` in one step (a reader sees the old or the new file), with the usual permissions."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _secs(timeout: float | None) -> str:
+    return "none" if timeout is None else f"{timeout:g} s"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

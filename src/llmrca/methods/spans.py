@@ -1,0 +1,196 @@
+"""Spans as the trace-based and multi-source methods read them: one vectorised table, split around the
+injection.
+
+- **Operation** of a span: ``<service>_<operation>`` (RCAEval's and MicroRank's naming); the service is the
+  part before the first ``_``.
+- **Invocation** (TraceRCA's unit, and the attribution PDiagnose's trace detector uses): the call a span
+  measures, from a *caller* service to a *callee* service. A span is normally its own service's server-side
+  view of a call, so the caller is the parent span's service (``""``, the outside client, for a root span) and
+  the callee is the span's own service. An OpenTelemetry CLIENT span (``span.kind`` ``CLIENT`` in its
+  attributes) that names its peer (``peer.service``) measures the call from its own service to that peer,
+  network included, so there the caller is the span's service and the callee the peer. That is how a delay on
+  the wire towards one replica is seen as an anomaly of the call *to that replica* rather than of the proxy
+  that waits for it.
+- **History and detection traces**: a trace that ended before ``inject_time`` is history (it teaches what
+  normal is); a trace that ended at or after it is in the detection set (it may carry the fault), as RCAEval
+  splits spans. ``window_s`` keeps only traces that started within that many seconds before (history) or after
+  (detection) the injection; None keeps all.
+- **SLO of an operation** (or invocation type): mean and standard deviation (ddof 1) of the durations of its
+  history spans. The standard deviation is floored at 1 % of the mean plus 0.1 ms, so that a nearly constant
+  history does not turn scheduling jitter into anomalies; a type with fewer than 2 history spans has no SLO
+  and its spans are never latency-abnormal (an ERROR status still counts).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from llmrca.case import Observation
+from llmrca.errors import MethodError
+from llmrca.methods.base import Ranking
+from llmrca.methods.call_graph import span_parents
+from llmrca.methods.params import check_float
+
+CLIENT = ""  # the caller of a root span: whoever sent the request, not a candidate
+SLO_REL_FLOOR = 0.01
+SLO_ABS_FLOOR_S = 1e-4
+MIN_HISTORY = 2
+
+_SPAN_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "operation", "start_time_us",
+                 "duration_us", "status")
+
+
+def require_sources(method: str, obs: Observation, sources: Iterable[str]) -> None:
+    """``MethodError`` naming every source in ``sources`` the observation lacks."""
+    missing = [s for s in sources if not obs.has(s)]
+    if len(missing) == 1:
+        raise MethodError(f"{method} needs {missing[0]}: this case has none")
+    if missing:
+        raise MethodError(f"{method} needs {' and '.join(missing)}: this case has none of them")
+
+
+def check_window_s(method: str, value: object) -> float | None:
+    """The ``window_s`` parameter: None, or a positive number of seconds."""
+    if value is None:
+        return None
+    return check_float(method, "window_s", value, low=0.0, high=float("inf"))
+
+
+def require_inject_time(method: str, obs: Observation) -> float:
+    if obs.inject_time is None:
+        raise MethodError(f"{method} needs inject_time: the normal spans are those before it")
+    return float(obs.inject_time)
+
+
+@dataclass(frozen=True)
+class Spans:
+    """One row per span (arrays of equal length) and per-trace summaries."""
+
+    trace: np.ndarray  # int, index into trace_ids
+    trace_ids: np.ndarray  # object
+    service: np.ndarray  # object
+    operation: np.ndarray  # object, "<service>_<operation>"
+    start: np.ndarray  # float, unix s
+    duration: np.ndarray  # float, s
+    error: np.ndarray  # bool, status ERROR
+    parent: np.ndarray  # int, row of the parent span, -1 for roots
+    caller: np.ndarray  # object, service ("" = outside client)
+    callee: np.ndarray  # object, service
+    trace_start: np.ndarray  # float per trace
+    trace_end: np.ndarray  # float per trace
+
+    def __len__(self) -> int:
+        return len(self.trace)
+
+    @property
+    def n_traces(self) -> int:
+        return len(self.trace_ids)
+
+    def split(self, inject_time: float, window_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(history, detection) boolean masks over traces (see the module docs)."""
+        hist = self.trace_end < inject_time
+        det = ~hist
+        if window_s is not None:
+            hist &= self.trace_start >= inject_time - window_s
+            det &= self.trace_start < inject_time + window_s
+        return hist, det
+
+    def has_child(self, span_mask: np.ndarray) -> np.ndarray:
+        """Per span: whether one of its children is in ``span_mask``."""
+        out = np.zeros(len(self), dtype=bool)
+        kids = np.flatnonzero(span_mask & (self.parent >= 0))
+        out[self.parent[kids]] = True
+        return out
+
+
+def load_spans(obs: Observation, method: str) -> Spans:
+    """The observation's spans as :class:`Spans`; ``MethodError`` when it has none or they lack a column."""
+    tr = obs.traces
+    if tr is None or not len(tr):
+        raise MethodError(f"{method} needs traces: this case has none")
+    missing = [c for c in _SPAN_COLUMNS if c not in tr.columns]
+    if missing:
+        raise MethodError(f"{method}: the traces lack column(s) {', '.join(missing)}")
+    service = tr["service"].astype("string")
+    if service.isna().any():
+        raise MethodError(f"{method}: {int(service.isna().sum())} span(s) without a service name")
+    service = service.to_numpy(dtype=object)
+    operation = (tr["service"].astype("string") + "_" + tr["operation"].astype("string").fillna("unnamed"))
+    start = pd.to_numeric(tr["start_time_us"], errors="coerce").to_numpy(dtype=float) / 1e6
+    duration = pd.to_numeric(tr["duration_us"], errors="coerce").to_numpy(dtype=float) / 1e6
+    bad = ~(np.isfinite(start) & np.isfinite(duration))
+    if bad.any():
+        raise MethodError(f"{method}: span row {int(np.argmax(bad))} has no start time or duration")
+    error = (tr["status"].astype("string") == "ERROR").fillna(False).to_numpy(dtype=bool)
+    trace, trace_ids = pd.factorize(tr["trace_id"].astype("string").fillna(""), sort=True)
+    parent = span_parents(tr)
+    caller = np.where(parent >= 0, service[np.maximum(parent, 0)], CLIENT).astype(object)
+    callee = service.copy()
+    if "attributes" in tr.columns:
+        _apply_client_peers(tr["attributes"], service, caller, callee)
+    n_tr = len(trace_ids)
+    t_start = np.full(n_tr, np.inf)
+    np.minimum.at(t_start, trace, start)
+    t_end = np.full(n_tr, -np.inf)
+    np.maximum.at(t_end, trace, start + duration)
+    return Spans(trace.astype(np.int64), np.asarray(trace_ids, dtype=object), service,
+                 operation.to_numpy(dtype=object), start, duration, error, parent, caller, callee, t_start,
+                 t_end)
+
+
+def _apply_client_peers(attributes: pd.Series, service: np.ndarray, caller: np.ndarray,
+                        callee: np.ndarray) -> None:
+    text = attributes.astype("string")
+    rows = np.flatnonzero(text.str.contains("peer.service", regex=False).fillna(False).to_numpy(dtype=bool))
+    values = text.to_numpy(dtype=object)
+    for i in rows:
+        try:
+            a = json.loads(values[i])
+        except (TypeError, ValueError):
+            continue  # attributes that are not JSON say nothing about the peer
+        if not isinstance(a, dict) or str(a.get("span.kind", "")).upper() != "CLIENT":
+            continue
+        peer = a.get("peer.service")
+        if isinstance(peer, str) and peer and "_" not in peer:
+            caller[i] = service[i]
+            callee[i] = peer
+
+
+def group_slo(codes: np.ndarray, durations: np.ndarray, history: np.ndarray, n: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per code 0..n-1: (count, mean, floored std) of ``durations`` where ``history``; mean/std NaN below
+    ``MIN_HISTORY`` spans."""
+    c = codes[history]
+    d = durations[history]
+    count = np.bincount(c, minlength=n).astype(float)
+    total = np.bincount(c, weights=d, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+        sq = np.bincount(c, weights=(d - mean[c]) ** 2, minlength=n)
+        std = np.sqrt(sq / (count - 1))
+    ok = count >= MIN_HISTORY
+    mean = np.where(ok, mean, np.nan)
+    std = np.where(ok, np.maximum(std, SLO_REL_FLOOR * np.abs(mean) + SLO_ABS_FLOOR_S), np.nan)
+    return count, mean, std
+
+
+def trace_any(spans: Spans, span_mask: np.ndarray) -> np.ndarray:
+    """Per trace: whether any of its spans is in ``span_mask``."""
+    out = np.zeros(spans.n_traces, dtype=bool)
+    out[spans.trace[span_mask]] = True
+    return out
+
+
+def full_ranking(scores: Mapping[str, float], services: Iterable[str]) -> Ranking:
+    """Scored candidates by score (descending, ties by name), then every service without a candidate, by name,
+    with score 0: a full ranking in which nothing is left to chance."""
+    items = [(str(c), float(v) if np.isfinite(v) else 0.0) for c, v in scores.items()]
+    items.sort(key=lambda cv: (-cv[1], cv[0]))
+    seen = {c.split("_", 1)[0] for c, _ in items}
+    rest = sorted({str(s) for s in services} - seen)
+    return Ranking(tuple([c for c, _ in items] + rest), tuple([v for _, v in items] + [0.0] * len(rest)))

@@ -1,0 +1,323 @@
+"""A benchmark's results as one self-contained HTML page: inline CSS, no script, no external resource.
+
+Sections: the views compared (a score per method × fault type under each view and the difference), the
+study-style accuracy table of each view (methods grouped by family, AC@1 / AC@3 / Avg@5 per fault type with
+bootstrap intervals, time per case, errors, the chance row), a heatmap of Avg@5 per view, and the rank each
+method gave the true root cause in every case. Every name that comes from data is escaped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from html import escape
+
+import pandas as pd
+
+from llmrca.report.compare import ABSENT, ERROR, NOT_RUN, TIMEOUT, case_ranks, compare_views
+from llmrca.report.tables import ALL, CHANCE, CI_COLUMNS, METRICS, _fault_order, _fmt, _fmt_time, summarize
+
+FAMILY_LABELS = {"metric": "Metric-based", "trace": "Trace-based", "multi-source": "Multi-source",
+                 "baseline": "Baseline"}
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1500px;
+ padding:0 16px;color:#1b1f24}
+h1{font-size:1.6em;margin-bottom:4px}h2{margin-top:2em;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+h3{margin-top:1.4em}
+table{border-collapse:collapse;margin:8px 0 16px}
+th,td{padding:3px 7px;border:1px solid #d8dee4;text-align:right;white-space:nowrap}
+th{background:#f6f8fa;font-weight:600}
+td.name,th.name{text-align:left}
+tr.family th{text-align:left;background:#eaeef2;font-size:.95em}
+tr.chance td{color:#57606a;font-style:italic;background:#fafbfc}
+td small{display:block;color:#6e7781;font-size:.78em;line-height:1.1}
+td.best{font-weight:700}
+td.err{color:#cf222e}
+.meta td,.meta th{text-align:left}
+.heatmaps{display:flex;flex-wrap:wrap;gap:32px}
+.heat td{min-width:52px;text-align:center}
+.ranks td{text-align:center;padding:1px 4px;min-width:22px}
+.ranks th.m{writing-mode:vertical-rl;transform:rotate(180deg);text-align:left;padding:6px 2px;font-weight:500}
+.r1{background:#1a7f37;color:#fff}.r23{background:#7fcf8e}.r45{background:#f2d56b}.r6{background:#f6c2a2}
+.ra{background:#eaeef2;color:#8c959f}.re{background:#cf222e;color:#fff}.rt{background:#8250df;color:#fff}
+.rn{background:#fff}
+.legend span{display:inline-block;padding:1px 8px;margin-right:6px;border:1px solid #d8dee4}
+p.note{color:#57606a;max-width:1100px}
+details summary{cursor:pointer;font-weight:600;margin:8px 0}
+"""
+
+
+def to_html(
+    results: Mapping[str, pd.DataFrame],
+    *,
+    title: str = "llmrca benchmark",
+    info: Sequence[tuple[str, str]] = (),
+    notes: Sequence[str] = (),
+    summaries: Mapping[str, pd.DataFrame] | None = None,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> str:
+    """The report page for ``results`` (view name → results frame, in display order).
+
+    ``info``: (label, value) lines shown under the title; ``notes``: extra paragraphs (plain text).
+    ``summaries``: ``summarize(..., ci=confidence)`` of each view, if already computed.
+    """
+    views = list(results)
+    if not views:
+        raise ValueError("to_html needs the results of at least one view")
+    if summaries is None:
+        summaries = {v: summarize(results[v], ci=confidence, resamples=resamples, ci_seed=seed)
+                     for v in views}
+    parts = [f"<h1>{escape(title)}</h1>"]
+    if info:
+        parts.append('<table class="meta">' + "".join(
+            f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in info) + "</table>")
+    toc = []
+    if len(views) > 1:
+        toc.append(("compare", f"{' vs '.join(views)}: side by side"))
+    toc += [(f"acc-{i}", f"Accuracy, {v} view") for i, v in enumerate(views)]
+    toc += [("heatmap", "Heatmap of Avg@5"), ("cases", "Rank of the true root cause, per case"),
+            ("how", "How to read this report")]
+    parts.append("<ul>" + "".join(f'<li><a href="#{a}">{escape(t)}</a></li>' for a, t in toc) + "</ul>")
+
+    if len(views) > 1:
+        parts.append(f'<h2 id="compare">{escape(" vs ".join(views))}: side by side</h2>')
+        first, last = escape(views[0]), escape(views[-1])
+        parts.append(f'<p class="note">The same methods on the same cases; only the metric columns they see '
+                     f"differ. Δ = {last} − {first}: green where the {last} view helps, red where it "
+                     "hurts.</p>")
+        for key in ("avg5", "ac1"):
+            parts.append(f"<h3>{METRICS[key]}</h3>")
+            parts.append(_comparison_table(compare_views(summaries, key), views))
+
+    for i, v in enumerate(views):
+        parts.append(f'<h2 id="acc-{i}">Accuracy, {escape(v)} view</h2>')
+        parts.append(_accuracy_table(summaries[v], confidence))
+
+    parts.append('<h2 id="heatmap">Heatmap of Avg@5 (method × fault type)</h2><div class="heatmaps">')
+    for v in views:
+        parts.append(f"<div><h3>{escape(v)} view</h3>{_heatmap(summaries[v])}</div>")
+    parts.append("</div>")
+
+    parts.append('<h2 id="cases">Rank of the true root cause, per case</h2>')
+    parts.append('<p class="legend"><span class="r1">1</span><span class="r23">2–3</span>'
+                 '<span class="r45">4–5</span><span class="r6">&gt; 5</span>'
+                 f'<span class="ra">{ABSENT} not ranked</span><span class="re">{ERROR} error</span>'
+                 f'<span class="rt">{TIMEOUT} timeout</span><span class="rn">blank: no result</span></p>')
+    for j, v in enumerate(views):
+        opened = " open" if j == 0 else ""
+        order = [str(m) for m in dict.fromkeys(summaries[v]["method"]) if m != CHANCE]  # family blocks
+        parts.append(f"<details{opened}><summary>{escape(v)} view</summary>"
+                     f"{_rank_table(case_ranks(results[v]), order)}</details>")
+
+    parts.append('<h2 id="how">How to read this report</h2>')
+    level = f"{100 * confidence:g} %"
+    for text in (
+        ("AC@k is the share of cases whose true root cause (a service) is among a method's top k services; "
+         "Avg@5 is the mean of AC@1 … AC@5. Rankings of metric columns are collapsed to services by first "
+         "occurrence. Errors and timeouts count as misses; time per case is the mean wall time of rank() "
+         "over the successful runs."),
+        (f"Small grey numbers are {level} intervals of a stratified percentile bootstrap over the "
+         f"repetitions: each of {resamples} resamples (seed {seed}) redraws, with replacement, the cases of "
+         "every fault type × target, so the mix of faults and targets stays the suite's. A zero-width "
+         "interval means the repetitions agreed."),
+        ("The chance row is the expected score of a uniformly random ranking of each case's candidate "
+         "services."),
+        *notes,
+    ):
+        parts.append(f'<p class="note">{escape(text)}</p>')
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(parts) + "\n</body></html>\n")
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+
+def _num(v: object) -> float:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def _family_of(summary: pd.DataFrame) -> dict[str, str]:
+    return {str(m): str(f) for m, f in zip(summary["method"], summary["family"], strict=True)}
+
+
+def _grouped(methods: Sequence[str], family: Mapping[str, str]) -> list[tuple[str, list[str]]]:
+    """Methods in blocks of one family each (the order of their first appearance), chance last."""
+    blocks: dict[str, list[str]] = {}
+    for m in methods:
+        if m != CHANCE:
+            blocks.setdefault(family.get(m, "?"), []).append(m)
+    out = list(blocks.items())
+    if CHANCE in methods:
+        out.append(("baseline", [CHANCE]))
+    return out
+
+
+def _family_row(fam: str, width: int) -> str:
+    return f'<tr class="family"><th colspan="{width}">{escape(FAMILY_LABELS.get(fam, fam))}</th></tr>'
+
+
+def _accuracy_table(summary: pd.DataFrame, confidence: float) -> str:
+    if summary.empty:
+        return "<p><em>no results</em></p>"
+    faults = _fault_order(summary["fault_type"].unique()) + [ALL]
+    cell = {(str(r["method"]), str(r["fault_type"])): r for _, r in summary.iterrows()}
+    methods = list(dict.fromkeys(map(str, summary["method"])))
+    family = _family_of(summary)
+    with_ci = all(c in summary.columns for c in CI_COLUMNS)
+    best = {(f, k): max((v for m in methods if m != CHANCE and (m, f) in cell
+                         and not math.isnan(v := _num(cell[(m, f)][k]))), default=math.nan)
+            for f in faults for k in METRICS}
+    head1 = '<tr><th class="name" rowspan="2">Method</th>' + "".join(
+        f'<th colspan="{len(METRICS) + 1}">{escape(f)}</th>' for f in faults) + '<th rowspan="2">Cases</th>' \
+        '<th rowspan="2">Errors</th></tr>'
+    head2 = "<tr>" + "".join("".join(f"<th>{lab}</th>" for lab in METRICS.values()) + "<th>s/case</th>"
+                             for _ in faults) + "</tr>"
+    width = 3 + len(faults) * (len(METRICS) + 1)
+    body = []
+    for fam, block in _grouped(methods, family):
+        if fam != "baseline":
+            body.append(_family_row(fam, width))
+        for m in block:
+            cls = ' class="chance"' if m == CHANCE else ""
+            tds = [f'<td class="name">{escape(m)}</td>']
+            for f in faults:
+                r = cell.get((m, f))
+                for k in METRICS:
+                    if r is None:
+                        tds.append("<td></td>")
+                        continue
+                    v = _num(r[k])
+                    mark = ' class="best"' if m != CHANCE and not math.isnan(v) and v == best[(f, k)] else ""
+                    ci = ""
+                    if with_ci:
+                        lo, hi = _num(r[f"{k}_lo"]), _num(r[f"{k}_hi"])
+                        if not (math.isnan(lo) or math.isnan(hi)):
+                            ci = f"<small>{_fmt(lo)}–{_fmt(hi)}</small>"
+                    tds.append(f"<td{mark}>{_fmt(v)}{ci}</td>")
+                tds.append(f"<td>{_fmt_time(r['time_s']) if r is not None else ''}</td>")
+            total = cell.get((m, ALL))
+            n = int(total["n"]) if total is not None else 0
+            errors = int(total["errors"]) if total is not None else 0
+            err_cls = ' class="err"' if errors else ""
+            tds.append(f"<td>{n}</td><td{err_cls}>{errors if m != CHANCE else ''}</td>")
+            body.append(f"<tr{cls}>{''.join(tds)}</tr>")
+    ci_note = '<p class="note">Bold: best per column.'
+    if with_ci:
+        ci_note += f" Under each score: its {100 * confidence:g} % bootstrap interval over repetitions."
+    ci_note += "</p>"
+    return f"<table>{head1}{head2}{''.join(body)}</table>{ci_note}"
+
+
+def _comparison_table(comparison: pd.DataFrame, views: list[str]) -> str:
+    if comparison.empty:
+        return "<p><em>no results</em></p>"
+    faults = _fault_order(comparison["fault_type"].unique()) + [ALL]
+    cell = {(str(r["method"]), str(r["fault_type"])): r for _, r in comparison.iterrows()}
+    methods = list(dict.fromkeys(map(str, comparison["method"])))
+    family = {str(m): str(f) for m, f in zip(comparison["method"], comparison["family"], strict=True)}
+    cols = len(views) + 1
+    head1 = '<tr><th class="name" rowspan="2">Method</th>' + "".join(
+        f'<th colspan="{cols}">{escape(f)}</th>' for f in faults) + "</tr>"
+    group = "".join(f"<th>{escape(v)}</th>" for v in views) + "<th>Δ</th>"
+    head2 = "<tr>" + group * len(faults) + "</tr>"
+    body = []
+    for fam, block in _grouped(methods, family):
+        if fam != "baseline":
+            body.append(_family_row(fam, 1 + cols * len(faults)))
+        for m in block:
+            cls = ' class="chance"' if m == CHANCE else ""
+            tds = [f'<td class="name">{escape(m)}</td>']
+            for f in faults:
+                r = cell.get((m, f))
+                if r is None:
+                    tds.append("<td></td>" * cols)
+                    continue
+                tds += [f"<td>{_fmt(_num(r[v]))}</td>" for v in views]
+                d = _num(r["diff"])
+                tds.append(f'<td style="{_diverging(d)}">{"–" if math.isnan(d) else f"{d:+.2f}"}</td>')
+            body.append(f"<tr{cls}>{''.join(tds)}</tr>")
+    return f"<table>{head1}{head2}{''.join(body)}</table>"
+
+
+def _heatmap(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return "<p><em>no results</em></p>"
+    faults = _fault_order(summary["fault_type"].unique()) + [ALL]
+    cell = {(str(r["method"]), str(r["fault_type"])): _num(r["avg5"]) for _, r in summary.iterrows()}
+    methods = list(dict.fromkeys(map(str, summary["method"])))
+    family = _family_of(summary)
+    head = '<tr><th class="name">Method</th>' + "".join(f"<th>{escape(f)}</th>" for f in faults) + "</tr>"
+    body = []
+    for fam, block in _grouped(methods, family):
+        if fam != "baseline":
+            body.append(_family_row(fam, 1 + len(faults)))
+        for m in block:
+            tds = [f'<td class="name">{escape(m)}</td>']
+            for f in faults:
+                v = cell.get((m, f), math.nan)
+                tds.append(f'<td style="{_sequential(v)}">{_fmt(v)}</td>')
+            body.append(f"<tr>{''.join(tds)}</tr>")
+    return f'<table class="heat">{head}{"".join(body)}</table>'
+
+
+def _rank_table(ranks: pd.DataFrame, order: Sequence[str] = ()) -> str:
+    if ranks.empty:
+        return "<p><em>no scored cases</em></p>"
+    methods = [c for c in ranks.columns if c not in ("case_id", "fault_type", "root_cause")]
+    first = [m for m in order if m in methods]
+    methods = first + [m for m in methods if m not in first]
+    head = ('<tr><th class="name">Case</th><th class="name">Fault</th><th class="name">Target</th>'
+            + "".join(f'<th class="m">{escape(str(m))}</th>' for m in methods) + "</tr>")
+    body = []
+    for _, r in ranks.iterrows():
+        tds = [f'<td class="name">{escape(str(r[c]))}</td>' for c in ("case_id", "fault_type", "root_cause")]
+        for m in methods:
+            v = r[m]
+            tds.append(f'<td class="{_rank_class(v)}">{escape(str(v))}</td>')
+        body.append(f"<tr>{''.join(tds)}</tr>")
+    return f'<table class="ranks">{head}{"".join(body)}</table>'
+
+
+def _rank_class(v: object) -> str:
+    if v == ERROR:
+        return "re"
+    if v == TIMEOUT:
+        return "rt"
+    if v == ABSENT:
+        return "ra"
+    if v == NOT_RUN:
+        return "rn"
+    r = int(v)  # type: ignore[call-overload]
+    return "r1" if r == 1 else "r23" if r <= 3 else "r45" if r <= 5 else "r6"
+
+
+# --------------------------------------------------------------------------------------------- colours
+
+
+def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> str:
+    return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b, strict=True))
+
+
+def _sequential(v: float) -> str:
+    """White (0) to dark blue (1); white text on the dark half."""
+    if math.isnan(v):
+        return "background:#ffffff"
+    t = min(1.0, max(0.0, v))
+    return f"background:{_mix((247, 251, 255), (8, 48, 107), t)};color:{'#ffffff' if t > 0.55 else '#1b1f24'}"
+
+
+def _diverging(d: float) -> str:
+    """Red (worse) through white to green (better), saturating at ±0.5."""
+    if math.isnan(d) or d == 0:
+        return "background:#ffffff"
+    t = min(1.0, abs(d) / 0.5)
+    end = (26, 127, 55) if d > 0 else (207, 34, 46)
+    return f"background:{_mix((255, 255, 255), end, t)};color:{'#ffffff' if t > 0.6 else '#1b1f24'}"

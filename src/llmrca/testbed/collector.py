@@ -1,0 +1,462 @@
+"""The collector: a native case from a live deployment's telemetry.
+
+Metrics come from Prometheus' HTTP API (range queries at the scrape interval) and are named as the simulator
+names them (``llmrca.sim.metrics``; the study view ``<svc>_ctn_cpu`` … and the full view with the sources' names),
+so every method and report works on live cases exactly as on simulated ones. Spans come from the OTLP receiver's
+file plus the gateway's access log, log lines from the services' JSON logs and nginx's logs, and the ground truth
+and ``inject_time`` from the injector's record.
+
+It also serves a real cluster: :func:`collect_metrics` runs against any Prometheus URL, and a :class:`LabelMap`
+says which label names the service of each source's series (``pod``, ``instance``, ``destination_workload`` …)
+and how label values become service names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmrca import __version__
+from llmrca.case import LOG_COLUMNS, TIME, TRACE_COLUMNS, Case, GroundTruth, Observation, Topology
+from llmrca.case.views import column_order
+from llmrca.errors import CaseError, LlmrcaError
+from llmrca.testbed.prometheus import PromClient
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+GROUPS = ("container", "vllm", "dcgm", "ray", "node", "mesh")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One metric column family: ``build(label, window, selector)`` gives the PromQL, grouped by ``label``;
+    ``selector(extra)`` returns ``{matchers}`` with the source's filter and ``extra`` matchers."""
+
+    metric: str
+    group: str
+    build: Callable[[str, str, Callable[..., str]], str]
+
+
+def _rate(name: str, agg: str = "sum", extra: str = "") -> Callable:
+    return lambda L, W, sel: f"{agg} by ({L}) (rate({name}{sel(extra)}[{W}]))"
+
+
+def _gauge(name: str, agg: str = "sum") -> Callable:
+    return lambda L, W, sel: f"{agg} by ({L}) ({name}{sel()})"
+
+
+def _quantile(name: str, q: float) -> Callable:
+    return lambda L, W, sel: f"histogram_quantile({q:g}, sum by ({L}, le) (rate({name}_bucket{sel()}[{W}])))"
+
+
+def _qname(q: float) -> str:
+    return f"p{round(q * 100)}"
+
+
+def catalog() -> list[Query]:
+    """Every column the collector makes, study view first (TELEMETRY.md, docs/simulator.md)."""
+    Q: list[Query] = []
+    ctn = {"cpu": _rate("container_cpu_usage_seconds_total"), "memory": _gauge("container_memory_working_set_bytes"),
+           "network": _rate("container_network_transmit_packets_total")}
+    Q += [Query("ctn_cpu", "container", ctn["cpu"]), Query("ctn_memory", "container", ctn["memory"]),
+          Query("ctn_network", "container", ctn["network"]),
+          Query("ctn_gpu", "ray", _gauge("ray_node_gpus_utilization", "avg")),
+          Query("latency", "mesh", _quantile("istio_request_duration_milliseconds", 0.9))]
+    node_cpu = _rate("node_cpu_seconds_total", extra='mode!~"idle|iowait|steal"')
+    node_used = (lambda L, W, sel: f"sum by ({L}) (node_memory_MemTotal_bytes{sel()} - "
+                                   f"node_memory_MemAvailable_bytes{sel()})")
+    node_tx = _rate("node_network_transmit_packets_total")
+    Q += [Query("node_cpu", "node", node_cpu), Query("node_memory", "node", node_used),
+          Query("node_network", "node", node_tx)]
+    # Full view: the sources' own names.
+    Q += [Query("cpu_usage_seconds", "container", ctn["cpu"]),
+          Query("memory_working_set_bytes", "container", ctn["memory"]),
+          Query("network_transmit_packets", "container", ctn["network"]),
+          Query("network_receive_packets", "container", _rate("container_network_receive_packets_total"))]
+    for g in ("num_requests_running", "num_requests_waiting"):
+        Q.append(Query(g, "vllm", _gauge(f"vllm:{g}")))
+    Q.append(Query("kv_cache_usage_perc", "vllm", _gauge("vllm:kv_cache_usage_perc", "avg")))
+    for c in ("prompt_tokens", "generation_tokens", "num_preemptions", "request_success", "prefix_cache_queries",
+              "prefix_cache_hits"):
+        Q.append(Query(c, "vllm", _rate(f"vllm:{c}_total")))
+    for h in ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds",
+              "request_queue_time_seconds", "request_prefill_time_seconds", "request_decode_time_seconds"):
+        for q in QUANTILES:
+            Q.append(Query(f"{h}_{_qname(q)}", "vllm", _quantile(f"vllm:{h}", q)))
+    for h in ("request_prompt_tokens", "request_generation_tokens", "iteration_tokens_total"):
+        Q.append(Query(f"{h}_p50", "vllm", _quantile(f"vllm:{h}", 0.5)))
+    for f in ("GPU_UTIL", "MEM_COPY_UTIL", "FB_USED", "FB_FREE", "GPU_TEMP", "MEMORY_TEMP", "POWER_USAGE"):
+        Q.append(Query(f.lower(), "dcgm", _gauge(f"DCGM_FI_DEV_{f}", "avg")))
+    Q.append(Query("total_energy_consumption", "dcgm", _rate("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")))
+    for f in ("SM_CLOCK", "MEM_CLOCK"):
+        Q.append(Query(f.lower(), "dcgm", _gauge(f"DCGM_FI_DEV_{f}", "avg")))
+    Q.append(Query("xid_errors", "dcgm", _gauge("DCGM_FI_DEV_XID_ERRORS", "max")))
+    for f in ("PCIE_TX_THROUGHPUT", "PCIE_RX_THROUGHPUT"):
+        Q.append(Query(f.lower(), "dcgm", _gauge(f"DCGM_FI_DEV_{f}")))
+    for f in ("GR_ENGINE_ACTIVE", "PIPE_TENSOR_ACTIVE", "DRAM_ACTIVE"):
+        Q.append(Query(f"prof_{f.lower()}", "dcgm", _gauge(f"DCGM_FI_PROF_{f}", "avg")))
+    Q.append(Query("clocks_event_reasons", "dcgm", _gauge("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "max")))
+    for f in ("POWER_VIOLATION", "THERMAL_VIOLATION"):
+        Q.append(Query(f.lower(), "dcgm", _rate(f"DCGM_FI_DEV_{f}")))
+    for q in (0.5, 0.9):
+        Q.append(Query(f"request_duration_milliseconds_{_qname(q)}", "mesh",
+                       _quantile("istio_request_duration_milliseconds", q)))
+    Q.append(Query("requests", "mesh", _rate("istio_requests_total")))
+    errors = _rate("istio_requests_total", extra='response_code=~"5.."')
+    every = _rate("istio_requests_total")
+    # 0 rather than no series while a destination answers without errors
+    Q.append(Query("requests_5xx", "mesh", lambda L, W, sel: f"({errors(L, W, sel)}) or (0 * {every(L, W, sel)})"))
+    Q += [Query("cpu_seconds", "node", node_cpu),
+          Query("memory_memavailable_bytes", "node", _gauge("node_memory_MemAvailable_bytes")),
+          Query("network_transmit_packets", "node", node_tx),
+          Query("network_receive_packets", "node", _rate("node_network_receive_packets_total"))]
+    return Q
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Which label holds the service of each source's series, and how its values become service names.
+
+    ``labels``: per source group (container, vllm, dcgm, ray, node, mesh) the label name. ``rename``: label value →
+    service. ``pattern``: a regex whose group ``service`` (or whole match) picks the service out of a value (e.g.
+    ``"(?P<service>vllm-[0-9]+)-[a-z0-9]+$"`` for pod names). ``selectors``: extra PromQL matchers per group (e.g.
+    ``{"container": 'namespace="llm"'}``). Values that map to nothing are dropped when ``only`` lists services.
+    """
+
+    labels: dict[str, str] = field(default_factory=lambda: {"container": "service", "vllm": "service",
+                                                            "dcgm": "service", "ray": "service", "node": "instance",
+                                                            "mesh": "destination_workload"})
+    rename: dict[str, str] = field(default_factory=dict)
+    pattern: str | None = None
+    selectors: dict[str, str] = field(default_factory=dict)
+    only: tuple[str, ...] | None = None
+
+    def service(self, value: str) -> str | None:
+        v = self.rename.get(value, value)
+        if self.pattern and value not in self.rename:
+            m = re.search(self.pattern, value)
+            if not m:
+                return None
+            v = m.groupdict().get("service") or m.group(0)
+        v = v.replace("_", "-")
+        if self.only is not None and v not in self.only:
+            return None
+        return v or None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> LabelMap:
+        d = dict(d or {})
+        base = cls()
+        unknown = sorted(set(d) - {"labels", "rename", "pattern", "selectors", "only"})
+        if unknown:
+            raise LlmrcaError(f"label map: unknown key(s) {', '.join(unknown)}; known: labels, rename, pattern, "
+                              "selectors, only")
+        labels = {**base.labels, **(d.get("labels") or {})}
+        bad = sorted(set(labels) - set(GROUPS))
+        if bad:
+            raise LlmrcaError(f"label map: unknown source group(s) {', '.join(bad)}; known: {', '.join(GROUPS)}")
+        only = d.get("only")
+        return cls(labels=labels, rename=dict(d.get("rename") or {}), pattern=d.get("pattern"),
+                   selectors=dict(d.get("selectors") or {}), only=tuple(only) if only else None)
+
+
+def _selector(base: str) -> Callable[..., str]:
+    def sel(extra: str = "") -> str:
+        parts = [p for p in (base, extra) if p]
+        return "{" + ",".join(parts) + "}" if parts else ""
+
+    return sel
+
+
+def prom_duration(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def collect_metrics(client: PromClient, start: float, end: float, step: float, *, rate_window: float,
+                    labels: LabelMap | None = None, queries: Iterable[Query] | None = None,
+                    services: list[str] | None = None) -> pd.DataFrame:
+    """The wide metrics table over [start, end] at ``step``: ``time`` plus ``<service>_<metric>`` columns.
+    Series that are empty over the whole range are left out (Prometheus returns none for them)."""
+    if not (end > start) or not (step > 0):
+        raise LlmrcaError(f"collect: need start < end and step > 0 (start={start}, end={end}, step={step})")
+    lm = labels or LabelMap()
+    n = math.floor((end - start) / step + 1e-9) + 1
+    times = start + step * np.arange(n)
+    W = prom_duration(rate_window)
+    cols: dict[str, np.ndarray] = {}
+    for q in (queries if queries is not None else catalog()):
+        label = lm.labels[q.group]
+        promql = q.build(label, W, _selector(lm.selectors.get(q.group, "")))
+        for series in _range(client, promql, start, end, step):
+            value = series["metric"].get(label)
+            svc = lm.service(value) if value else None
+            if svc is None:
+                continue
+            col = np.full(n, np.nan)
+            for t, v in series["values"]:
+                i = round((float(t) - start) / step)
+                if 0 <= i < n:
+                    x = float(v)
+                    col[i] = x if math.isfinite(x) else np.nan
+            name = f"{svc}_{q.metric}"
+            if name in cols:  # two label values mapped to one service: add them up (sums) where both exist
+                cols[name] = np.where(np.isnan(cols[name]), col, np.where(np.isnan(col), cols[name], cols[name] + col))
+            else:
+                cols[name] = col
+    order = column_order(list(cols), services or sorted({c.split("_", 1)[0] for c in cols}))
+    data = {TIME: times.astype(float)}
+    for c in order:
+        if not np.isnan(cols[c]).all():
+            data[c] = cols[c]
+    return pd.DataFrame(data)
+
+
+def _range(client: PromClient, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+    """A range query, split where Prometheus' 11,000-points-per-series limit would refuse it."""
+    span = 10_000 * step
+    out: dict[tuple, dict[str, Any]] = {}
+    t = start
+    while t <= end + 1e-9:
+        t1 = min(end, t + span - step)
+        for s in client.query_range(promql, t, t1, step):
+            key = tuple(sorted(s["metric"].items()))
+            out.setdefault(key, {"metric": s["metric"], "values": []})["values"].extend(s["values"])
+        t = t1 + step
+    return list(out.values())
+
+
+# -- traces -------------------------------------------------------------------------------------------------
+def read_spans(path: str | Path, start: float, end: float, services: Iterable[str] | None = None
+               ) -> list[dict[str, Any]]:
+    """Spans written by the OTLP receiver that start within [start, end], as trace-table rows."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    keep = set(services) if services is not None else None
+    lo, hi = int(start * 1e9), int(end * 1e9)
+    rows = []
+    with open(p, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            try:
+                s = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if not (lo <= s["start_ns"] <= hi) or (keep is not None and s["service"] not in keep):
+                continue
+            attrs = dict(s.get("attributes") or {})
+            http = attrs.get("http.status_code", attrs.get("http.response.status_code"))
+            attrs = {"span.kind": s.get("kind", ""), **attrs}
+            rows.append({
+                "trace_id": s["trace_id"], "span_id": s["span_id"], "parent_span_id": s.get("parent_span_id"),
+                "service": s["service"], "operation": s["name"], "start_time_us": s["start_ns"] // 1000,
+                "duration_us": max(0, (s["end_ns"] - s["start_ns"]) // 1000),
+                "status": "ERROR" if s.get("status") == "ERROR" else "OK",
+                "http_status": int(http) if isinstance(http, (int, float)) else None,
+                "attributes": json.dumps(attrs, separators=(",", ":"), sort_keys=True),
+            })
+    return rows
+
+
+def traces_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The trace table; a parent outside the collected spans (the load generator's client span) becomes null,
+    so each request's gateway span is its trace's root."""
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TRACE_COLUMNS.items()})
+    df = pd.DataFrame(rows)
+    ids = set(df["span_id"])
+    df["parent_span_id"] = [p if p in ids else None for p in df["parent_span_id"]]
+    df = df.sort_values(["start_time_us", "trace_id", "span_id"], kind="stable").reset_index(drop=True)
+    http = pd.array([None if (v is None or (isinstance(v, float) and math.isnan(v))) else int(v)
+                     for v in df["http_status"]], dtype="Int64")
+    out = {c: df[c] for c in TRACE_COLUMNS if c != "http_status"}
+    out["http_status"] = http
+    return pd.DataFrame(out)[list(TRACE_COLUMNS)].astype({c: t for c, t in TRACE_COLUMNS.items()})
+
+
+# -- logs ---------------------------------------------------------------------------------------------------
+_NGINX_ERR = re.compile(r"^(\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}) \[(\w+)\]")
+
+
+def read_json_logs(paths: Iterable[Path], start: float, end: float, services: Iterable[str] | None = None
+                   ) -> list[dict[str, Any]]:
+    keep = set(services) if services is not None else None
+    rows = []
+    for p in paths:
+        if not p.is_file():
+            continue
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                t = float(r.get("time", math.nan))
+                if not (start <= t <= end) or (keep is not None and r.get("service") not in keep):
+                    continue
+                rows.append({"time": t, "service": r["service"], "level": r.get("level", "INFO"),
+                             "message": r.get("message", ""), "template": r.get("template") or r.get("message", "")})
+    return rows
+
+
+def read_nginx_logs(access: Path, error: Path | None, service: str, start: float, end: float
+                    ) -> list[dict[str, Any]]:
+    from llmrca.testbed.logs import mask
+    from llmrca.testbed.nginx import parse_access_line
+
+    rows = []
+    if access.is_file():
+        with open(access, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                rec = parse_access_line(line)
+                if rec is None or not (start <= rec["end"] <= end):
+                    continue
+                level = "ERROR" if rec["status"] >= 500 else "INFO"
+                rows.append({"time": rec["end"], "service": service, "level": level, "message": line.rstrip("\n"),
+                             "template": mask(line.rstrip("\n"))})
+    if error is not None and error.is_file():
+        import datetime as dt
+
+        with open(error, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = _NGINX_ERR.match(line)
+                if not m:
+                    continue
+                t = dt.datetime.strptime(m.group(1), "%Y/%m/%d %H:%M:%S").astimezone().timestamp()
+                if not (start <= t <= end):
+                    continue
+                lvl = {"emerg": "CRITICAL", "alert": "CRITICAL", "crit": "CRITICAL", "error": "ERROR",
+                       "warn": "WARNING", "notice": "INFO", "info": "INFO"}.get(m.group(2), "INFO")
+                rows.append({"time": t, "service": service, "level": lvl, "message": line.rstrip("\n"),
+                             "template": mask(line.rstrip("\n"))})
+    return rows
+
+
+def logs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in LOG_COLUMNS.items()})
+    df = pd.DataFrame(rows).sort_values(["time", "service"], kind="stable").reset_index(drop=True)
+    return df[list(LOG_COLUMNS)].astype(LOG_COLUMNS)
+
+
+# -- ground truth -------------------------------------------------------------------------------------------
+def injection_in(records: list[dict[str, Any]], start: float, end: float, injection_id: str | None = None
+                 ) -> dict[str, Any] | None:
+    """The (last) record of the injection made within [start, end] (or the one named); None for none; an error
+    when the window holds more than one and none is named."""
+    last: dict[str, dict[str, Any]] = {}
+    for r in records:
+        last[r["id"]] = r
+    if injection_id is not None:
+        if injection_id not in last:
+            raise LlmrcaError(f"no injection {injection_id!r} in the run folder (known: {', '.join(last) or 'none'})")
+        return last[injection_id]
+    inside = [r for r in last.values() if start <= r["inject_time"] <= end]
+    if len(inside) > 1:
+        raise LlmrcaError(f"{len(inside)} injections within the window ({', '.join(r['id'] for r in inside)}); "
+                          "name one with --injection or narrow the window")
+    return inside[0] if inside else None
+
+
+def truth_of(rec: dict[str, Any] | None) -> GroundTruth:
+    if rec is None:
+        return GroundTruth(service=None)
+    end = rec.get("undone_at") or rec["end"]
+    ind = rec.get("indicator")
+    params = dict(rec["params"])
+    params["live"] = dict(rec.get("live") or {})
+    params["method"] = rec.get("method")
+    params["containment"] = rec.get("containment")
+    return GroundTruth(service=rec["target"], fault_type=rec["fault"],
+                       indicator=f"{rec['target']}_{ind}" if ind else None, start=float(rec["inject_time"]),
+                       end=float(end), params=params)
+
+
+def topology_of(state: dict[str, Any]) -> Topology:
+    node = state["node"]
+    replicas = list(state["replicas"])
+    edges = [(state["gateway"], state["proxy"])] + [(state["proxy"], r) for r in replicas if r != state["proxy"]]
+    return Topology(services=(*state["services"], node), edges=tuple(edges), entry=state["gateway"],
+                    hosts={s: node for s in state["services"]},
+                    gpus={r: [f"{node}/gpu{i}"] for i, r in enumerate(replicas)}, replicas={"vllm": replicas})
+
+
+# -- the testbed's cases ------------------------------------------------------------------------------------
+def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_id: str | None = None,
+                 injection_id: str | None = None, traces: bool = True, logs: bool = True,
+                 step: float | None = None) -> Case:
+    """The native case of the live testbed in ``run_dir`` over [start, end] (unix s): its metrics from its
+    Prometheus, spans, logs, and the injection made in the window as ground truth (none: a normal case)."""
+    from llmrca.testbed.config import TestbedConfig
+    from llmrca.testbed.rundir import LOOPBACK, RunDir
+
+    rd = RunDir(run_dir)
+    st = rd.read_state()
+    cfg = TestbedConfig.from_dict(st["config"])
+    step = step or cfg.scrape_interval
+    client = PromClient(f"http://{LOOPBACK}:{st['ports']['prometheus']}")
+    services = [*st["services"], st["node"]]
+    metrics = collect_metrics(client, start, end, step, rate_window=cfg.rate_window,
+                              labels=LabelMap(only=tuple(services)), services=services)
+    if len(metrics.columns) <= 1:
+        raise CaseError([("metrics: Prometheus returned no series in the window (is the testbed up, and the window "
+                         "after its start?)")], where=str(rd.path))
+    rec = injection_in(rd.read_injections(), start, end, injection_id)
+    truth = truth_of(rec)
+    tr = None
+    lg = None
+    if traces:
+        from llmrca.testbed.nginx import gateway_span, parse_access_line
+
+        rows = read_spans(rd.spans, start, end, st["services"])
+        access = rd.logs / "nginx-access.log"
+        if access.is_file():
+            with open(access, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    r = parse_access_line(line)
+                    if r is not None and start <= r["start"] <= end:
+                        rows.append(gateway_span(r, st["gateway"]))
+        tr = traces_frame(rows)
+    if logs:
+        paths = sorted(rd.logs.glob("engine-*.jsonl")) + [rd.log("proxy"), rd.log("supervisor")]
+        rows = read_json_logs(paths, start, end, st["services"])
+        rows += read_nginx_logs(rd.logs / "nginx-access.log", rd.logs / "nginx-error.log", st["gateway"], start, end)
+        lg = logs_frame(rows)
+    obs = Observation(metrics=metrics, traces=tr, logs=lg,
+                      inject_time=float(rec["inject_time"]) if rec else None, topology=topology_of(st),
+                      interval=step)
+    if case_id is None:
+        case_id = f"{rec['fault']}/{rec['target']}/{int(start)}" if rec else f"normal/{int(start)}"
+    prov = {"generator": "llmrca.testbed", "version": __version__, "seed": cfg.seed, "config": cfg.to_dict(),
+            "scaling": st.get("scaling"), "run_id": st.get("run_id"), "window": [start, end], "step": step,
+            "rate_window": cfg.rate_window, "containment": (st.get("containment") or {}).get("mode")}
+    if rec:
+        prov["injection"] = rec
+    return Case(id=case_id, observation=obs, truth=truth, system="llmrca-testbed", provenance=prov)
+
+
+def collect_prometheus_case(url: str, start: float, end: float, *, step: float = 5.0, rate_window: float = 15.0,
+                            labels: LabelMap | None = None, case_id: str | None = None,
+                            topology: Topology | None = None, truth: GroundTruth | None = None,
+                            inject_time: float | None = None) -> Case:
+    """A metrics-only native case from any Prometheus (a real vLLM cluster's, say), with the services the label
+    map finds; ``truth``/``inject_time`` when the user knows them (else a case without ground truth)."""
+    metrics = collect_metrics(PromClient(url), start, end, step, rate_window=rate_window, labels=labels)
+    if len(metrics.columns) <= 1:
+        raise CaseError([(f"metrics: no series in [{start:.0f}, {end:.0f}] matched the label map (labels "
+                         f"{(labels or LabelMap()).labels})")], where=url)
+    services = tuple(dict.fromkeys(c.split("_", 1)[0] for c in metrics.columns if c != TIME))
+    topo = topology or Topology(services=services)
+    obs = Observation(metrics=metrics, inject_time=inject_time if inject_time is not None else
+                      (truth.start if truth is not None else None), topology=topo, interval=step)
+    prov = {"generator": "llmrca.testbed.collector", "version": __version__, "prometheus": url,
+            "window": [start, end], "step": step, "rate_window": rate_window}
+    return Case(id=case_id or f"prometheus/{int(start)}", observation=obs, truth=truth or GroundTruth(service=None),
+                system="prometheus", provenance=prov)

@@ -1,0 +1,227 @@
+"""The mesh: one TCP forwarder ("link") per pod-to-pod hop, always in the path, so a network fault is a setting of
+a link rather than a re-routing. A link towards a pod can delay the bytes that travel *to* that pod (netem's
+``delay``, direction ``to``), as Chaos Mesh's NetworkChaos does with kernel netem inside the pod's namespace (kernel
+netem is not available everywhere; this needs nothing but loopback TCP).
+
+Links: ``nginx-proxy -> ray-head`` (into the head pod's Serve proxy) and ``ray-head -> <replica>`` for every remote
+replica. A delay on target ``T`` applies to every link whose destination is ``T`` (requests towards it) and to the
+return direction of every link whose source is ``T`` (streams flowing back to it). Control: an HTTP endpoint on
+loopback (``POST /delay``, ``DELETE /delay/{target}``, ``GET /links``). Run as ``python -m llmrca.testbed.mesh
+RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmrca.faults import FaultParamError
+from llmrca.testbed import service
+from llmrca.testbed.delay import Delay
+from llmrca.testbed.logs import JsonLog
+from llmrca.testbed.rundir import LOOPBACK
+
+READ_SIZE = 65536
+
+
+@dataclass
+class Link:
+    name: str
+    src: str
+    dst: str
+    port: int
+    upstream: int
+    delay_up: Delay | None = None  # bytes towards dst
+    delay_down: Delay | None = None  # bytes back towards src
+    stats: dict[str, int] = field(default_factory=lambda: {"connections": 0, "chunks_up": 0, "chunks_down": 0,
+                                                           "bytes_up": 0, "bytes_down": 0})
+
+
+def directions_towards(links: list[Link], target: str) -> list[tuple[Link, str]]:
+    """Which (link, direction) carry bytes towards ``target``."""
+    out = []
+    for link in links:
+        if link.dst == target:
+            out.append((link, "up"))
+        if link.src == target:
+            out.append((link, "down"))
+    return out
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link, direction: str) -> None:
+    """Copy one direction of a connection, holding each chunk for the link's delay (if any) in order."""
+    pending: deque[tuple[float, bytes]] = deque()
+    more = asyncio.Event()
+    eof = False
+
+    async def release() -> None:
+        while True:
+            while not pending:
+                if eof:
+                    return
+                more.clear()
+                await more.wait()
+            due, data = pending[0]
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            pending.popleft()
+            writer.write(data)
+            await writer.drain()
+
+    sender = asyncio.create_task(release())
+    try:
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                break
+            link.stats[f"chunks_{direction}"] += 1
+            link.stats[f"bytes_{direction}"] += len(data)
+            d = link.delay_up if direction == "up" else link.delay_down
+            now = time.monotonic()
+            if d is not None and d.active(time.time()):
+                pending.append((d.release_time(now), data))
+            else:
+                pending.append((pending[-1][0] if pending else now, data))
+            more.set()
+            if sender.done():
+                break
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        eof = True
+        more.set()
+        try:
+            await sender
+        except (ConnectionError, OSError):
+            pass
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (ConnectionError, OSError):
+            pass
+
+
+class Mesh:
+    def __init__(self, state: dict[str, Any], rd: Any):
+        self.links = [Link(d["name"], d["src"], d["dst"], d["port"], d["upstream"]) for d in state["links"]]
+        self.log = JsonLog(rd.log("mesh"), "mesh", "ztunnel")
+        self.servers: list[asyncio.base_events.Server] = []
+
+    async def start(self) -> None:
+        for link in self.links:
+            self.servers.append(await asyncio.start_server(
+                lambda r, w, link=link: self._serve(link, r, w), LOOPBACK, link.port, reuse_address=True))
+
+    async def _serve(self, link: Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link.stats["connections"] += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(LOOPBACK, link.upstream)
+        except OSError as e:
+            self.log.write("ERROR", "link {}: connection to upstream port {} failed: {}", link.name, link.upstream, e)
+            writer.close()
+            return
+        try:
+            await asyncio.gather(_pump(reader, up_writer, link, "up"), _pump(up_reader, writer, link, "down"))
+        finally:
+            for w in (writer, up_writer):
+                try:
+                    w.close()
+                except (ConnectionError, OSError):
+                    pass
+
+    def set_delay(self, target: str, delay: Delay | None) -> list[str]:
+        hits = directions_towards(self.links, target)
+        if not hits:
+            raise FaultParamError(f"no mesh link carries traffic towards {target!r} "
+                                  f"(links: {', '.join(f'{x.src}->{x.dst}' for x in self.links)})")
+        for link, direction in hits:
+            setattr(link, f"delay_{direction}", delay)
+        names = [f"{link.src}->{link.dst} ({direction})" for link, direction in hits]
+        if delay is None:
+            self.log.write("INFO", "delay towards {} removed on {}", target, ", ".join(names))
+        else:
+            self.log.write("INFO", "delay towards {}: {} s +- {} s (correlation {}) on {}", target, delay.latency_s,
+                          delay.jitter_s, delay.correlation, ", ".join(names))
+        return names
+
+    async def expiry_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = time.time()
+            for link in self.links:
+                for direction in ("up", "down"):
+                    d = getattr(link, f"delay_{direction}")
+                    if d is not None and not d.active(now):
+                        setattr(link, f"delay_{direction}", None)
+                        self.log.write("INFO", "delay on {}->{} ({}) expired", link.src, link.dst, direction)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    # -- control ------------------------------------------------------------------------------------------
+    async def post_delay(self, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            b = await request.json()
+            delay = Delay(float(b["latency_s"]), float(b.get("jitter_s", 0.0)), float(b.get("correlation", 0.0)),
+                          None if b.get("expires_at") is None else float(b["expires_at"]), int(b.get("seed", 0)))
+            names = self.set_delay(str(b["target"]), delay)
+        except (KeyError, ValueError, TypeError, FaultParamError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response({"target": b["target"], "links": names, "delay": delay.to_dict()})
+
+    async def delete_delay(self, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            names = self.set_delay(request.match_info["target"], None)
+        except FaultParamError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response({"target": request.match_info["target"], "links": names})
+
+    async def get_links(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response([{"name": x.name, "src": x.src, "dst": x.dst, "port": x.port,
+                                   "upstream": x.upstream, "stats": x.stats,
+                                   "delay_up": x.delay_up.to_dict() if x.delay_up else None,
+                                   "delay_down": x.delay_down.to_dict() if x.delay_down else None}
+                                  for x in self.links])
+
+
+async def _main(run_dir: str, stop: asyncio.Event) -> None:
+    from aiohttp import web
+
+    rd, state = service.settings(run_dir, "mesh")
+    mesh = Mesh(state, rd)
+    await mesh.start()
+    app = web.Application()
+    app.router.add_post("/delay", mesh.post_delay)
+    app.router.add_delete("/delay/{target}", mesh.delete_delay)
+    app.router.add_get("/links", mesh.get_links)
+    runner = await service.start_site(app, state["ports"]["mesh"])
+    expiry = asyncio.create_task(mesh.expiry_loop(stop))
+    mesh.log.write("INFO", "mesh up: {} links", len(mesh.links))
+    await stop.wait()
+    expiry.cancel()
+    for s in mesh.servers:
+        s.close()
+    await runner.cleanup()
+    mesh.log.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m llmrca.testbed.mesh RUN_DIR")
+    service.run(lambda stop: _main(args[0], stop))
+
+
+if __name__ == "__main__":
+    main()

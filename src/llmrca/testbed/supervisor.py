@@ -1,0 +1,571 @@
+"""The testbed's supervisor: one process that starts and watches every service of a live deployment, hosts the
+telemetry agent (OTLP receiver, container/node/mesh exporter) and the control API, owns the fault injectors, and
+undoes everything when it stops.
+
+Processes (all on 127.0.0.1, ports chosen free at start, recorded in the run folder's ``state.json``):
+
+| process                | service        | what                                                          |
+|------------------------|----------------|---------------------------------------------------------------|
+| ``nginx``              | nginx-proxy    | the gateway (real nginx)                                      |
+| ``proxy``              | ray-head       | the Serve-like HTTP proxy and router                          |
+| ``engine:<replica>``   | each replica   | a vLLM-like engine on an emulated GPU                          |
+| ``mesh``               | (node)         | the pod-to-pod links where network faults act                 |
+| ``prometheus``         | (node)         | real Prometheus, scraping every ``scrape_interval``            |
+| ``loadgen``            | (client)       | the open-loop load                                            |
+
+Every child dies with the supervisor (``PR_SET_PDEATHSIG``); a child that exits on its own is restarted (an
+engine after the model's load time). Run as ``python -m llmrca.testbed.supervisor RUN_DIR`` (``llmrca testbed up``
+does it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from llmrca import __version__
+from llmrca import faults as fault_registry
+from llmrca.errors import LlmrcaError, UnknownNameError
+from llmrca.sim.deployment import GATEWAY, HEAD, replica_names
+from llmrca.sim.run import derive_seed
+from llmrca.testbed import nginx as nginxmod
+from llmrca.testbed import prometheus as prom
+from llmrca.testbed.cleanup import CleanupRegistry
+from llmrca.testbed.config import NODE, TestbedConfig, scaling
+from llmrca.testbed.injectors import LIVE_FAULTS, Injector, live_params, resolve_params
+from llmrca.testbed.logs import JsonLog
+from llmrca.testbed.otlp import SpanSink
+from llmrca.testbed.procs import Containment, kill_tree, spawn
+from llmrca.testbed.procstats import ContainerAccounting, node_sample
+from llmrca.testbed.rundir import LOOPBACK, RunDir, TestbedError, free_ports, port_open
+from llmrca.testbed.telemetry import MESH_BUCKETS_MS
+
+CONFIG_FILE = "config.json"
+CRASH_RESTART_S = 1.0
+
+
+@dataclass
+class Managed:
+    name: str
+    service: str | None  # the container it belongs to (None: node-level infrastructure)
+    argv: list[str]
+    ready_port: int | None
+    restart_after_s: float = CRASH_RESTART_S
+    popen: Any = None
+    create_time: float = 0.0
+    restart_at: float | None = None
+    restarts: int = 0
+    held: bool = False  # deliberately down (a replica-kill fault holds it until its restart time)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_state(rd: RunDir, cfg: TestbedConfig, *, real_gpus: dict[str, str] | None = None) -> dict[str, Any]:
+    """Names, ports and links of a deployment (the simulator's names: ``nginx-proxy`` → ``ray-head`` → replicas)."""
+    replicas = list(replica_names(cfg.replicas))
+    remote = [r for r in replicas if r != HEAD]
+    names = ["gateway", "proxy", "mesh", "prometheus", "agent", "control", "link:" + HEAD,
+             *(f"engine:{r}" for r in replicas), *(f"link:{r}" for r in remote)]
+    ports = dict(zip(names, free_ports(len(names))))
+    links = [{"name": HEAD, "src": GATEWAY, "dst": HEAD, "port": ports["link:" + HEAD], "upstream": ports["proxy"]}]
+    links += [{"name": r, "src": HEAD, "dst": r, "port": ports["link:" + r], "upstream": ports["engine:" + r]}
+              for r in remote]
+    sc = scaling(cfg)
+    return {
+        "format": 1, "run_id": uuid.uuid4().hex[:12], "created": time.time(), "llmrca_version": __version__,
+        "run_dir": str(rd.path), "config": cfg.to_dict(), "scaling": sc.to_dict(), "gateway": GATEWAY, "proxy": HEAD,
+        "replicas": replicas, "services": [GATEWAY, *replicas], "node": NODE, "ports": ports, "links": links,
+        "otlp_endpoint": f"http://{LOOPBACK}:{ports['agent']}/v1/traces", "real_gpus": dict(real_gpus or {}),
+        "processes": {}, "status": "starting",
+    }
+
+
+class Supervisor:
+    def __init__(self, rd: RunDir):
+        self.rd = rd
+        req = json.loads((rd.path / CONFIG_FILE).read_text(encoding="utf-8"))
+        self.cfg = TestbedConfig.from_dict(req.get("config"))
+        self.state = plan_state(rd, self.cfg, real_gpus=req.get("real_gpus"))
+        self.state["supervisor"] = {"pid": os.getpid(), "create_time": psutil.Process().create_time(),
+                                    "attached": bool(req.get("attached"))}
+        from llmrca.testbed.config import Machine, Scaling
+
+        sc = self.state["scaling"]
+        self.scaling = Scaling(sc["pod_cpu"], sc["pod_memory_bytes"], Machine(**sc["machine"]))
+        self.log = JsonLog(rd.log("supervisor"), HEAD, "ray.serve.controller")
+        self.cleanup = CleanupRegistry()
+        self.procs: dict[str, Managed] = {}
+        self.containment = Containment("none")
+        self.extra_members: dict[str, list[int]] = {}
+        self.injections: dict[str, tuple[Injector, dict[str, Any], int]] = {}
+        self.accounting = ContainerAccounting()
+        self.sample: dict[str, Any] = {"containers": {}, "node": {}}
+        self.spans = SpanSink(rd.spans)
+        self.stopping = False
+        self._nginx_pos = 0
+
+    # -- Host interface for injectors ----------------------------------------------------------------------
+    def service_pids(self, service: str) -> list[int]:
+        return [m.popen.pid for m in self.procs.values() if m.service == service and m.popen is not None
+                and m.popen.poll() is None]
+
+    def attach(self, service: str, pid: int) -> None:
+        self.extra_members.setdefault(service, []).append(pid)
+
+    def detach(self, service: str, pid: int) -> None:
+        if pid in self.extra_members.get(service, []):
+            self.extra_members[service].remove(pid)
+
+    def out_path(self, name: str) -> Any:
+        return self.rd.out(name)
+
+    def kill_engine(self, service: str, restart_after_s: float) -> int | None:
+        m = self.procs.get(f"engine:{service}")
+        if m is None:
+            raise UnknownNameError(f"no engine for {service!r}")
+        pid = m.popen.pid if m.popen is not None else None
+        m.held = True
+        m.restart_at = time.time() + restart_after_s
+        if m.popen is not None and m.popen.poll() is None:
+            m.popen.kill()  # SIGKILL: no goodbye, as an OOM kill or a crashed node gives
+        self.log.write("WARNING", "Replica {} (pid {}) was killed; it restarts after loading the model ({} s).", service, pid,
+                         f"{restart_after_s:g}")
+        return pid
+
+    def ensure_engine(self, service: str) -> None:
+        m = self.procs.get(f"engine:{service}")
+        if m is not None and (m.popen is None or m.popen.poll() is not None):
+            m.restart_at = time.time()
+        if m is not None:
+            m.held = False
+
+    # -- processes -----------------------------------------------------------------------------------------
+    def _define(self) -> None:
+        py = sys.executable
+        rd = str(self.rd.path)
+        ports = self.state["ports"]
+        for r in self.state["replicas"]:
+            self.procs[f"engine:{r}"] = Managed(f"engine:{r}", r, [py, "-m", "llmrca.testbed.engine_server", rd, r],
+                                                ports[f"engine:{r}"], restart_after_s=self.cfg.model_load_s)
+        self.procs["mesh"] = Managed("mesh", None, [py, "-m", "llmrca.testbed.mesh", rd], ports["mesh"])
+        self.procs["proxy"] = Managed("proxy", HEAD, [py, "-m", "llmrca.testbed.proxy_server", rd], ports["proxy"])
+        ng = nginxmod.nginx_binary()
+        pb = prom.prometheus_binary()
+        if ng is None or pb is None:
+            missing = [n for n, b in (("nginx", ng), ("prometheus", pb)) if b is None]
+            raise TestbedError(f"{' and '.join(missing)} not found: install the Debian package(s) "
+                               f"(apt-get install -y {' '.join(missing)})")
+        conf_dir = self.rd.nginx
+        (conf_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        os.chmod(conf_dir / "tmp", 0o777)  # nginx's workers run as an unprivileged user when started as root
+        conf = conf_dir / "nginx.conf"
+        conf.write_text(nginxmod.config(conf_dir, ports["gateway"], ports["link:" + HEAD], self.cfg.read_timeout_s,
+                                        self.rd.logs / "nginx-access.log", self.rd.logs / "nginx-error.log"))
+        self.procs["nginx"] = Managed("nginx", GATEWAY, [ng, "-p", str(conf_dir), "-c", str(conf), "-e",
+                                                         str(self.rd.logs / "nginx-error.log"), "-g", "daemon off;"],
+                                      ports["gateway"])
+        jobs = {
+            "vllm": [(ports[f"engine:{r}"], {"service": r}) for r in self.state["replicas"]],
+            "serve-proxy": [(ports["proxy"], {"service": HEAD})],
+            "llmrca-agent": [(ports["agent"], {})],
+        }
+        pconf = self.rd.path / "prometheus.yml"
+        pconf.write_text(prom.scrape_config(self.cfg.scrape_interval, jobs))
+        self.procs["prometheus"] = Managed("prometheus", None, prom.command(pb, pconf, self.rd.prometheus,
+                                                                              ports["prometheus"]), ports["prometheus"])
+        if self.cfg.load:
+            self.procs["loadgen"] = Managed("loadgen", None, [py, "-m", "llmrca.testbed.loadgen", rd], None)
+
+    def _start(self, m: Managed) -> None:
+        files = self.containment.procs_files(m.service) if m.service else []
+        m.popen = spawn(m.argv, out=self.rd.out(m.name.replace(":", "-")), cgroup_procs=files,
+                        die_with_parent=True)
+        try:
+            m.create_time = psutil.Process(m.popen.pid).create_time()
+        except psutil.NoSuchProcess:
+            m.create_time = 0.0
+        m.restart_at = None
+        self._record_processes()
+
+    def _record_processes(self) -> None:
+        self.state["processes"] = {
+            name: {"pid": m.popen.pid if m.popen else None, "create_time": m.create_time, "service": m.service,
+                   "restarts": m.restarts}
+            for name, m in self.procs.items()}
+        self.rd.write_state(self.state)
+
+    async def _wait_ready(self, names: list[str], timeout: float) -> None:
+        end = time.monotonic() + timeout
+        pending = [n for n in names if self.procs[n].ready_port]
+        while pending:
+            for n in list(pending):
+                m = self.procs[n]
+                if m.popen.poll() is not None:
+                    tail = _tail(self.rd.out(n.replace(":", "-")))
+                    raise TestbedError(f"{n} exited with code {m.popen.returncode} while starting:\n{tail}")
+                if port_open(m.ready_port):
+                    pending.remove(n)
+            if pending and time.monotonic() > end:
+                raise TestbedError(f"{', '.join(pending)} did not open their ports within {timeout:g} s")
+            await asyncio.sleep(0.1)
+
+    async def _monitor(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = time.time()
+            for m in self.procs.values():
+                if m.popen is None or self.stopping:
+                    continue
+                if m.popen.poll() is not None and m.restart_at is None:
+                    m.restart_at = now + (m.restart_after_s if m.name.startswith("engine:") else CRASH_RESTART_S)
+                    if not m.held:
+                        self.log.write("ERROR", "Process {} (pid {}) exited with code {}; restarting in {} s.", m.name,
+                                       m.popen.pid, m.popen.returncode, f"{m.restart_at - now:.0f}")
+                if m.restart_at is not None and now >= m.restart_at and m.popen.poll() is not None:
+                    m.restarts += 1
+                    m.held = False
+                    self._start(m)
+                    self.log.write("INFO", "Process {} restarted (pid {}).", m.name, m.popen.pid)
+            for iid, (inj, rec, _) in list(self.injections.items()):
+                if not inj.undone and now >= inj.end and not rec.get("lease"):
+                    await self.undo(iid, "scheduled end")
+            try:
+                await asyncio.wait_for(stop.wait(), 0.25)
+            except TimeoutError:
+                pass
+
+    # -- telemetry agent -----------------------------------------------------------------------------------
+    def members(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {s: [] for s in self.state["services"]}
+        for m in self.procs.values():
+            if m.service and m.popen is not None and m.popen.poll() is None:
+                out[m.service].append(m.popen.pid)
+        for svc, pids in self.extra_members.items():
+            out.setdefault(svc, []).extend(pids)
+        return out
+
+    async def _sampler(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            members = self.members()
+            try:
+                containers = await loop.run_in_executor(None, self.accounting.sample, members)
+                self.sample = {"containers": containers, "node": node_sample(), "time": time.time()}
+            except Exception as e:  # noqa: BLE001 - a failed sample must not stop the agent
+                self.log.write("ERROR", "container sampling failed: {}", repr(e))
+            self._tail_nginx()
+            try:
+                await asyncio.wait_for(stop.wait(), max(0.2, 0.5 * self.cfg.scrape_interval))
+            except TimeoutError:
+                pass
+
+    def _tail_nginx(self) -> None:
+        path = self.rd.logs / "nginx-access.log"
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                f.seek(self._nginx_pos)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind("\n")
+        if end < 0:
+            return
+        self._nginx_pos += len(data[: end + 1].encode("utf-8", errors="replace"))
+        for line in data[: end + 1].splitlines():
+            rec = nginxmod.parse_access_line(line)
+            if rec is None:
+                continue
+            code = str(rec["status"])
+            self.h_mesh.labels("waypoint", "client", GATEWAY, code).observe(1000.0 * rec["request_time"])
+            self.c_mesh.labels("waypoint", "client", GATEWAY, code).inc()
+            if rec["upstream_time"] is not None:
+                ucode = rec["upstream_status"].split(",")[-1].strip() or code
+                self.h_mesh.labels("waypoint", GATEWAY, HEAD, ucode).observe(1000.0 * rec["upstream_time"])
+                self.c_mesh.labels("waypoint", GATEWAY, HEAD, ucode).inc()
+
+    def collect(self):
+        """prometheus-client custom collector: cAdvisor- and node-exporter-named series from the last sample."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.sample
+        cpu = CounterMetricFamily("container_cpu_usage_seconds", "CPU seconds used by the container.",
+                                  labels=["service"])
+        mem = GaugeMetricFamily("container_memory_working_set_bytes", "Working set of the container.",
+                                labels=["service"])
+        tx = CounterMetricFamily("container_network_transmit_packets", "TCP segments sent by the container.",
+                                 labels=["service"])
+        rx = CounterMetricFamily("container_network_receive_packets", "TCP segments received by the container.",
+                                 labels=["service"])
+        for svc, v in s.get("containers", {}).items():
+            cpu.add_metric([svc], v["cpu_seconds"])
+            mem.add_metric([svc], v["rss_bytes"])
+            tx.add_metric([svc], v["packets_out"])
+            rx.add_metric([svc], v["packets_in"])
+        yield from (cpu, mem, tx, rx)
+        n = s.get("node")
+        if n:
+            node = self.state["node"]
+            c = CounterMetricFamily("node_cpu_seconds", "CPU seconds by mode (all CPUs).", labels=["instance", "mode"])
+            for k, v in n.items():
+                if k.startswith("cpu_"):
+                    c.add_metric([node, k[4:]], v)
+            yield c
+            for name, key in (("node_memory_MemTotal_bytes", "mem_total"),
+                              ("node_memory_MemAvailable_bytes", "mem_available")):
+                g = GaugeMetricFamily(name, "Memory (bytes).", labels=["instance"])
+                g.add_metric([node], n[key])
+                yield g
+            for name, key in (("node_network_transmit_packets", "packets_out"),
+                              ("node_network_receive_packets", "packets_in")):
+                c = CounterMetricFamily(name, "Packets over all interfaces.", labels=["instance", "device"])
+                c.add_metric([node, "all"], n[key])
+                yield c
+
+    def _agent_app(self) -> Any:
+        from aiohttp import web
+        from prometheus_client import (
+            CONTENT_TYPE_LATEST,
+            CollectorRegistry,
+            Counter,
+            Histogram,
+            generate_latest,
+        )
+
+        reg = CollectorRegistry()
+        reg.register(self)
+        lab = ["reporter", "source_workload", "destination_workload", "response_code"]
+        self.h_mesh = Histogram("istio_request_duration_milliseconds", "Request duration (ms) seen by the mesh.",
+                                lab, buckets=MESH_BUCKETS_MS, registry=reg)
+        self.c_mesh = Counter("istio_requests", "Requests seen by the mesh.", lab, registry=reg)
+
+        async def metrics(request: Any) -> Any:
+            return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_post("/v1/traces", self.spans.handle)
+        return app
+
+    # -- control API ---------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        procs = {}
+        for name, m in self.procs.items():
+            procs[name] = {"pid": m.popen.pid if m.popen else None, "service": m.service,
+                           "running": bool(m.popen is not None and m.popen.poll() is None), "restarts": m.restarts,
+                           "port": m.ready_port}
+        return {"status": self.state["status"], "run_dir": str(self.rd.path), "run_id": self.state["run_id"],
+                "ports": self.state["ports"], "processes": procs, "containment": self.containment.mode,
+                "injections": [rec for _, rec, _ in self.injections.values() if rec.get("status") == "active"],
+                "spans": self.spans.count, "prometheus": f"http://{LOOPBACK}:{self.state['ports']['prometheus']}",
+                "gateway": f"http://{LOOPBACK}:{self.state['ports']['gateway']}", "scaling": self.state["scaling"]}
+
+    async def inject(self, fault: str, target: str, params: dict[str, Any] | None, duration: float,
+                     lease: bool) -> dict[str, Any]:
+        if fault not in LIVE_FAULTS:
+            raise UnknownNameError(f"no live injector for fault {fault!r}; live faults: {', '.join(LIVE_FAULTS)}")
+        if target not in self.state["replicas"]:
+            raise UnknownNameError(f"fault {fault!r} cannot target {target!r}; its targets (replicas) are: "
+                                   f"{', '.join(self.state['replicas'])}")
+        if not (duration > 0):
+            raise TestbedError(f"duration must be positive, is {duration!r}")
+        for inj, rec, _ in self.injections.values():
+            if not inj.undone:
+                raise TestbedError(f"fault {rec['fault']} on {rec['target']} is still active ({rec['id']}); "
+                                   "one fault at a time")
+        resolved = resolve_params(fault, params, self.cfg.gpu)
+        live = live_params(fault, resolved, self.scaling, self.cfg.gpu, model_load_s=self.cfg.model_load_s)
+        inject_time = time.time()
+        iid = f"{fault}-{target}-{int(inject_time)}"
+        inj = Injector(self, fault, target, resolved, live, end=inject_time + duration,
+                       seed=derive_seed(self.cfg.seed, iid))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, inj.apply)
+        started = time.time()
+        spec_indicator = None
+        try:
+            spec_indicator = fault_registry.get(fault).indicator
+        except UnknownNameError:
+            spec_indicator = None
+        rec = {"id": iid, "fault": fault, "target": target, "params": resolved, "live": live,
+               "inject_time": inject_time, "start": started, "end": inject_time + duration, "duration": duration,
+               "method": inj.method, "containment": self.containment.mode, "indicator": spec_indicator,
+               "lease": lease, "status": "active", "scaling": self.state["scaling"]}
+        handle = self.cleanup.register(inj.undo, f"undo {iid}")
+        self.injections[iid] = (inj, rec, handle)
+        self.rd.append_injection(rec)
+        self.log.write("INFO", "Fault {} injected on {}: {}", fault, target, inj.method)
+        return rec
+
+    async def undo(self, iid: str, reason: str) -> dict[str, Any]:
+        if iid not in self.injections:
+            raise UnknownNameError(f"no injection {iid!r}")
+        inj, rec, handle = self.injections[iid]
+        if not inj.undone:
+            await asyncio.get_running_loop().run_in_executor(None, self.cleanup.run, handle)
+            rec = dict(rec, status="done", undone_at=time.time(), undo_reason=reason)
+            self.injections[iid] = (inj, rec, handle)
+            self.rd.append_injection(rec)
+            self.log.write("INFO", "Fault {} on {} undone ({}).", rec["fault"], rec["target"], reason)
+        return rec
+
+    def _control_app(self, stop: asyncio.Event) -> Any:
+        from aiohttp import web
+
+        async def status(request: Any) -> Any:
+            return web.json_response(self.status())
+
+        async def inject(request: Any) -> Any:
+            try:
+                b = await request.json()
+                rec = await self.inject(str(b["fault"]), str(b["target"]), b.get("params") or {},
+                                        float(b["duration"]), bool(b.get("lease", True)))
+            except (KeyError, ValueError, TypeError) as e:
+                return web.json_response({"error": f"bad request: {e}"}, status=400)
+            except LlmrcaError as e:
+                return web.json_response({"error": str(e)}, status=400)
+            resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await resp.prepare(request)
+            await resp.write(json.dumps({"event": "started", "record": rec}).encode() + b"\n")
+            if not rec["lease"]:
+                await resp.write_eof()
+                return resp
+            iid = rec["id"]
+            try:
+                while time.time() < rec["end"] and not self.injections[iid][0].undone:
+                    await asyncio.sleep(min(0.5, max(0.0, rec["end"] - time.time())))
+                    await resp.write(json.dumps({"event": "tick", "remaining": max(0.0, rec["end"] - time.time())})
+                                     .encode() + b"\n")
+                done = await self.undo(iid, "scheduled end")
+                await resp.write(json.dumps({"event": "ended", "record": done}).encode() + b"\n")
+                await resp.write_eof()
+            except (ConnectionError, asyncio.CancelledError):
+                await self.undo(iid, "the client went away")
+                raise
+            return resp
+
+        async def undo(request: Any) -> Any:
+            b = await request.json()
+            ids = [i for i, (inj, _, _) in self.injections.items() if not inj.undone] if b.get("all") else [b["id"]]
+            out = []
+            for i in ids:
+                try:
+                    out.append(await self.undo(i, str(b.get("reason", "requested"))))
+                except UnknownNameError as e:
+                    return web.json_response({"error": str(e)}, status=404)
+            return web.json_response(out)
+
+        async def shutdown(request: Any) -> Any:
+            stop.set()
+            return web.json_response({"stopping": True})
+
+        app = web.Application()
+        app.router.add_get("/status", status)
+        app.router.add_post("/inject", inject)
+        app.router.add_post("/undo", undo)
+        app.router.add_post("/shutdown", shutdown)
+        return app
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        from llmrca.testbed.service import start_site
+
+        # Signals set `stop` (service.run); the registry also runs at exit, should anything escape the finally.
+        self.cleanup.install(signals=False)
+        self.rd.write_state(self.state)
+        self.containment = Containment.create(self.state["run_id"], self.state["services"], self.scaling.pod_cpu,
+                                              allow_cgroups=os.environ.get("LLMRCA_TESTBED_CGROUPS", "1") != "0")
+        self.cleanup.register(self.containment.teardown, "remove cgroups")
+        self.state["containment"] = self.containment.to_dict()
+        self.cleanup.register(self._stop_children, "stop processes")
+        runners = []
+        try:
+            self._define()
+            runners.append(await start_site(self._agent_app(), self.state["ports"]["agent"]))
+            runners.append(await start_site(self._control_app(stop), self.state["ports"]["control"]))
+            self.state["supervisor"]["control"] = f"http://{LOOPBACK}:{self.state['ports']['control']}"
+            engines = [n for n in self.procs if n.startswith("engine:")]
+            for n in ["mesh", *engines]:
+                self._start(self.procs[n])
+            await self._wait_ready(["mesh", *engines], 60.0)
+            for n in ("proxy", "nginx"):
+                self._start(self.procs[n])
+            await self._wait_ready(["proxy", "nginx"], 30.0)
+            self._start(self.procs["prometheus"])
+            await self._wait_ready(["prometheus"], 60.0)
+            client = prom.PromClient(f"http://{LOOPBACK}:{self.state['ports']['prometheus']}")
+            end = time.monotonic() + 60.0
+            while not client.ready():
+                if time.monotonic() > end:
+                    raise TestbedError("prometheus did not become ready within 60 s")
+                await asyncio.sleep(0.2)
+            if "loadgen" in self.procs:
+                self._start(self.procs["loadgen"])
+            self.state["status"] = "up"
+            self.state["up_since"] = time.time()
+            self._record_processes()
+            self.log.write("INFO", "Testbed up: {} replicas, gateway on port {}.", len(self.state["replicas"]),
+                          self.state["ports"]["gateway"])
+            tasks = [asyncio.create_task(self._monitor(stop)), asyncio.create_task(self._sampler(stop))]
+            await stop.wait()
+            for t in tasks:
+                t.cancel()
+        except Exception as e:
+            self.state["status"] = "failed"
+            self.state["error"] = f"{type(e).__name__}: {e}"
+            self.rd.write_state(self.state)
+            raise
+        finally:
+            self.stopping = True
+            self.state["status"] = "stopping"
+            self.rd.write_state(self.state)
+            for r in runners:
+                await r.cleanup()
+            self.cleanup.run_all()  # undo faults (last registered first), stop children, remove cgroups
+            if self.state["status"] != "failed":
+                self.state["status"] = "down"
+            self.state["stopped"] = time.time()
+            self.rd.write_state(self.state)
+
+    def _stop_children(self) -> None:
+        self.stopping = True
+        order = ["loadgen", "prometheus", "nginx", "proxy", *[n for n in self.procs if n.startswith("engine:")],
+                 "mesh"]
+        for n in order:
+            m = self.procs.get(n)
+            if m is not None and m.popen is not None:
+                kill_tree(m.popen.pid, timeout=10.0 if n == "prometheus" else 5.0)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    m.popen.wait(timeout=1.0)
+        for pids in self.extra_members.values():
+            for pid in pids:
+                kill_tree(pid, timeout=3.0)
+
+
+def _tail(path: Any, n: int = 20) -> str:
+    try:
+        return "\n".join(open(path, encoding="utf-8", errors="replace").read().splitlines()[-n:])
+    except OSError:
+        return "(no output)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from llmrca.testbed import service
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m llmrca.testbed.supervisor RUN_DIR")
+    rd = RunDir(args[0])
+    sup = Supervisor(rd)
+    service.run(sup.run)
+
+
+if __name__ == "__main__":
+    main()
