@@ -2,6 +2,7 @@
 causalai, microcause, rcd).
 
     /work/venv/bin/python benchmarks/bench_methods_causal.py [--repeats 3] [--only rcd,pc-pagerank] [--skip-large]
+        [--only-large] [--no-warmup] [--no-memory]
 
 Cases: (a) a planted case of 13 services × 3 metrics (39 columns, 120 rows in the window: the size of a
 ``paper``-suite case in the study view); (b) a planted case of 67 services × 3 metrics (201 columns, 120 rows);
@@ -86,10 +87,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default=",".join(METHODS))
-    ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--skip-large", action="store_true", help="only the ~40-column cases")
+    ap.add_argument("--only-large", action="store_true", help="only the ~200-300-column cases")
+    ap.add_argument("--no-warmup", action="store_true", help="no untimed first call per method and case")
+    ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc run (peak shown as nan)")
     args = ap.parse_args()
     chosen = [m.strip() for m in args.only.split(",") if m.strip()]
     all_cases = cases(args.skip_large)
+    if args.only_large:
+        all_cases = [(label, c) for label, c in all_cases if len(c.observation.metric_columns) > 100]
     print(f"{'case':34s} {'method':20s} {'cols':>5s} {'rows':>5s} {'wall s':>8s} {'cpu s':>8s} {'peak MiB':>9s}  rank")
     totals: dict[str, float] = {}
     for label, case in all_cases:
@@ -99,14 +105,15 @@ def main() -> None:
         rows = len(metric_window(obs).times)
         for name in chosen:
             method = get_method(name)
-            try:
-                method.rank(obs, seed=0)  # warm-up: imports, caches
-            except LlmrcaError:
-                pass
+            if not args.no_warmup:
+                try:
+                    method.rank(obs, seed=0)  # warm-up: imports, caches
+                except LlmrcaError:
+                    pass
             runs = [timed(method, obs) for _ in range(max(1, args.repeats))]
             wall = statistics.median(r[0] for r in runs)
             cpu = statistics.median(r[1] for r in runs)
-            peak = peak_mib(method, obs)
+            peak = float("nan") if args.no_memory else peak_mib(method, obs)
             res = runs[0][2]
             shown = f"{res.rank_of(case.truth.service)}" if not isinstance(res, Exception) else f"ERROR {res}"
             totals[label] = totals.get(label, 0.0) + wall

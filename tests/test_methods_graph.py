@@ -284,8 +284,8 @@ def test_call_graph_methods_planted_accuracy(name, floor):
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch extra not installed")
 def test_causalrca_planted_accuracy():
-    cases = [planted_case(seed=s, nonlinear=bool(s % 2)) for s in range(4)]
-    print(f"causalrca planted Avg@5 (4 cases): {avg5(get_method('causalrca'), cases):.2f}")
+    cases = [planted_case(seed=s, nonlinear=bool(s % 2)) for s in range(3)]
+    print(f"causalrca planted Avg@5 (3 cases; chance 0.375): {avg5(get_method('causalrca'), cases):.2f}")
 
 
 # --- causalrca and its optional torch ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Helpers for methods that reason about services rather than single series: grouping columns by service,
-finding a service's latency, correlation with constant columns handled, and a service-first full ranking."""
+correlation with constant columns handled, and a service-first full ranking."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import numpy as np
 
 from llmrca.case import service_of
 from llmrca.methods.base import Ranking
-from llmrca.methods.sli import LATENCY_METRICS
 from llmrca.methods.window import MetricWindow
 
 
@@ -20,22 +19,6 @@ def group_columns(columns: Sequence[str]) -> dict[str, list[str]]:
     for c in columns:
         out.setdefault(service_of(c), []).append(c)
     return out
-
-
-def latency_column(service: str, columns: Sequence[str]) -> str | None:
-    """The service's latency series: the SLI's names in its order of preference, else a ``*latency*`` series,
-    else a ``*duration*`` one (mesh histograms: ``request_duration_milliseconds_p90``); p90 first, then by
-    name."""
-    have = set(columns)
-    for m in LATENCY_METRICS:
-        if f"{service}_{m}" in have:
-            return f"{service}_{m}"
-    own = [c for c in columns if service_of(c) == service]
-    for word in ("latency", "duration"):
-        cands = sorted((c for c in own if word in c.split("_", 1)[1]), key=lambda c: ("90" not in c, c))
-        if cands:
-            return cands[0]
-    return None
 
 
 def abs_corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:

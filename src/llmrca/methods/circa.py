@@ -20,7 +20,9 @@ regression-based hypothesis testing and descendant adjustment.
 2. Regression-based hypothesis testing (``llmrca.methods.regression``): each series is regressed on its
    parents (at lags 0..``max_lag``) over the normal rows; its anomaly score is the largest
    (``aggregate="max"``) or mean |z| of its post-injection residuals against the normal residuals. A series
-   without parents is scored on its own values.
+   without parents is scored on its own values. Ridge with a small penalty on standardised series by default:
+   it ranks as plain least squares (``regressor="linear"``, the paper's) where that is well posed, and stays
+   defined where a series has more parents than there are normal rows.
 3. Descendant adjustment: a series scoring at least ``da_threshold`` gets the largest score among its children
    added, so that of two anomalous series in a cause → effect pair the cause comes first when the regression
    did not fully explain the effect.
@@ -143,8 +145,8 @@ class CIRCA(BaseMethod):
             "window": 60,  # samples each side of inject_time
             "graph": "auto",  # "structural" (call graph), "pc" (learned), "auto" (structural when possible)
             "max_lag": 0,  # parents' lags used as regressors (each lag adds one regressor per parent)
-            "regressor": "linear",  # "linear" (least squares, as the paper) or "ridge"
-            "ridge_alpha": 1.0,  # ridge penalty when regressor="ridge"
+            "regressor": "ridge",  # "ridge" (standardised regressors) or "linear" (plain least squares)
+            "ridge_alpha": 0.1,  # ridge penalty: small, so close to least squares where that is well posed
             "aggregate": "max",  # residual z over the post window: "max" or "mean"
             "da_threshold": 3.0,  # descendant adjustment applies to scores at or above this
             "pc_alpha": 0.05,  # PC: CI-test level

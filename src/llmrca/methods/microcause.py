@@ -57,7 +57,8 @@ class MicroCause(BaseMethod):
     Parameters: ``window`` (60 samples each side); ``tau_min``/``tau_max`` (lags of PCMCI, 1..2), ``pc_alpha``
     (PC1 condition-selection level), ``alpha_level`` (MCI significance), ``max_conds_dim`` (largest PC1
     conditioning set — bounds cost); ``steps``, ``rho`` (walk length and backward weight); ``lam`` (weight of
-    the walk vs the anomaly score); ``timeout_s`` (PCMCI budget; past it MethodError).
+    the walk vs the anomaly score); ``timeout_s`` (PCMCI budget, 600 s: PCMCI's cost grows with the square of the
+    column count and more, ~1.5 s at 40 columns, minutes at 200; past it MethodError).
     """
 
     name = "microcause"
@@ -74,7 +75,7 @@ class MicroCause(BaseMethod):
             "steps": 10_000,
             "rho": 0.2,
             "lam": 0.5,
-            "timeout_s": 120.0,
+            "timeout_s": 600.0,
         }
 
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:

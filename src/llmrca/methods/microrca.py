@@ -36,11 +36,11 @@ from llmrca.methods.by_service import (
     abs_corr,
     finite_window,
     group_columns,
-    latency_column,
     service_first_ranking,
 )
 from llmrca.methods.call_graph import attributed_graph
 from llmrca.methods.params import check_float, check_int
+from llmrca.methods.sli import latency_column
 from llmrca.methods.window import MetricWindow, metric_window
 
 

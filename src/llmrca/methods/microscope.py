@@ -28,12 +28,11 @@ from llmrca.methods.by_service import (
     abs_corr,
     finite_window,
     group_columns,
-    latency_column,
     service_first_ranking,
 )
 from llmrca.methods.call_graph import call_graph
 from llmrca.methods.params import check_float
-from llmrca.methods.sli import entry_service, sli_column
+from llmrca.methods.sli import entry_service, latency_column, sli_column
 from llmrca.methods.window import MetricWindow, metric_window
 
 

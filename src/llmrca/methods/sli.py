@@ -3,7 +3,9 @@ of the ground truth."""
 
 from __future__ import annotations
 
-from llmrca.case import Observation
+from collections.abc import Sequence
+
+from llmrca.case import Observation, service_of
 from llmrca.errors import MethodError
 
 # Latency metric names in order of preference: study view, RCAEval, mesh/full view.
@@ -23,15 +25,26 @@ def entry_service(obs: Observation) -> str:
     raise MethodError("cannot tell the entry service: the topology names none and there are no root spans")
 
 
+def latency_column(service: str, columns: Sequence[str]) -> str | None:
+    """The service's latency series: the names of ``LATENCY_METRICS`` in that order, else a ``*latency*`` series,
+    else a ``*duration*`` one (mesh histograms: ``request_duration_milliseconds_p90``); p90 first, then by name."""
+    have = set(columns)
+    for m in LATENCY_METRICS:
+        if f"{service}_{m}" in have:
+            return f"{service}_{m}"
+    own = [c for c in columns if service_of(c) == service]
+    for word in ("latency", "duration"):
+        cands = sorted((c for c in own if word in c.split("_", 1)[1]), key=lambda c: ("90" not in c, c))
+        if cands:
+            return cands[0]
+    return None
+
+
 def sli_column(obs: Observation) -> str:
     """The entry service's latency column, e.g. ``nginx-proxy_latency``."""
     svc = entry_service(obs)
-    cols = set(obs.metric_columns)
-    for m in LATENCY_METRICS:
-        c = f"{svc}_{m}"
-        if c in cols:
-            return c
-    cands = sorted(c for c in cols if c.startswith(f"{svc}_") and "latency" in c)
-    if cands:
-        return cands[0]
-    raise MethodError(f"no latency column for the entry service {svc!r} (looked for {svc}_latency and similar)")
+    col = latency_column(svc, obs.metric_columns)
+    if col is None:
+        raise MethodError(f"no latency column for the entry service {svc!r} (looked for {svc}_latency, "
+                          "*latency* and *duration* series)")
+    return col

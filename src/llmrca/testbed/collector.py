@@ -425,7 +425,7 @@ def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_i
                         rows.append(gateway_span(r, st["gateway"]))
         tr = traces_frame(rows)
     if logs:
-        paths = sorted(rd.logs.glob("engine-*.jsonl")) + [rd.log("proxy"), rd.log("supervisor")]
+        paths = sorted(rd.logs.glob("engine-*.jsonl")) + [rd.log("proxy"), rd.log("controller")]
         rows = read_json_logs(paths, start, end, st["services"])
         rows += read_nginx_logs(rd.logs / "nginx-access.log", rd.logs / "nginx-error.log", st["gateway"], start, end)
         lg = logs_frame(rows)

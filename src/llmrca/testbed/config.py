@@ -27,6 +27,8 @@ NODE = "node-local"  # the one machine every live service runs on
 class TestbedConfigError(LlmrcaError, ValueError):
     """A testbed setting is out of range; the message names the field."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -48,6 +50,8 @@ class Machine:
 
 @dataclass(frozen=True)
 class TestbedConfig:
+    __test__ = False  # not a pytest test class, whatever its name
+
     # Deployment (as the simulator's)
     replicas: int = 4
     gpu: str = "a100-80gb"

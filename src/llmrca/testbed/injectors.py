@@ -195,7 +195,8 @@ class Injector:
         per = max(4096, self.live["bytes"] // w)
         exe = shutil.which("stress-ng")
         if exe:
-            argv = [exe, "--vm", str(w), "--vm-bytes", f"{per}", "--vm-hang", "0", "--vm-keep",
+            argv = [exe, "--vm", str(w), "--vm-bytes", f"{per}", "--vm-hang", "0", "--vm-keep", "--vm-populate",
+                    "--vm-method", "write64",
                     "--timeout", f"{self._timeout()}s", "--quiet"]
         else:
             argv = [sys.executable, "-m", "llmrca.testbed.hog", "memory", str(w), str(per), str(self._timeout())]

@@ -19,6 +19,8 @@ LOOPBACK = "127.0.0.1"
 class TestbedError(LlmrcaError):
     """The live testbed cannot do what was asked (not running, already running, a process failed to start...)."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
 
 def default_run_dir() -> Path:
     env = os.environ.get(ENV_VAR)

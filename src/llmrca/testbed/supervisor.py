@@ -101,7 +101,11 @@ class Supervisor:
 
         sc = self.state["scaling"]
         self.scaling = Scaling(sc["pod_cpu"], sc["pod_memory_bytes"], Machine(**sc["machine"]))
-        self.log = JsonLog(rd.log("supervisor"), HEAD, "ray.serve.controller")
+        # Two logs: what the deployment's own controller would print (collected into cases, as Ray Serve's
+        # controller log), and the testbed's doings (injections, start/stop), never collected: a real system's
+        # logs do not announce a fault.
+        self.log = JsonLog(rd.log("controller"), HEAD, "ray.serve.controller")
+        self.tlog = JsonLog(rd.log("testbed"), "testbed", "llmrca.testbed")
         self.cleanup = CleanupRegistry()
         self.procs: dict[str, Managed] = {}
         self.containment = Containment("none")
@@ -137,8 +141,7 @@ class Supervisor:
         m.restart_at = time.time() + restart_after_s
         if m.popen is not None and m.popen.poll() is None:
             m.popen.kill()  # SIGKILL: no goodbye, as an OOM kill or a crashed node gives
-        self.log.write("WARNING", "Replica {} (pid {}) was killed; it restarts after loading the model ({} s).", service, pid,
-                         f"{restart_after_s:g}")
+        self.tlog.write("INFO", "killed {} (pid {}); restart after {} s", service, pid, f"{restart_after_s:g}")
         return pid
 
     def ensure_engine(self, service: str) -> None:
@@ -224,16 +227,24 @@ class Supervisor:
             for m in self.procs.values():
                 if m.popen is None or self.stopping:
                     continue
-                if m.popen.poll() is not None and m.restart_at is None:
-                    m.restart_at = now + (m.restart_after_s if m.name.startswith("engine:") else CRASH_RESTART_S)
-                    if not m.held:
-                        self.log.write("ERROR", "Process {} (pid {}) exited with code {}; restarting in {} s.", m.name,
-                                       m.popen.pid, m.popen.returncode, f"{m.restart_at - now:.0f}")
+                if m.popen.poll() is not None and not m.extra.get("death_seen"):
+                    m.extra["death_seen"] = True
+                    if m.restart_at is None:
+                        m.restart_at = now + (m.restart_after_s if m.name.startswith("engine:") else CRASH_RESTART_S)
+                    if m.name.startswith("engine:"):
+                        self.log.write("ERROR", "Replica {} of deployment {} died unexpectedly (exit code {}); "
+                                       "starting a new replica.", m.service, "VLLMDeployment", m.popen.returncode)
+                    else:
+                        self.tlog.write("ERROR", "process {} (pid {}) exited with code {}; restarting", m.name,
+                                        m.popen.pid, m.popen.returncode)
                 if m.restart_at is not None and now >= m.restart_at and m.popen.poll() is not None:
                     m.restarts += 1
                     m.held = False
+                    m.extra["death_seen"] = False
                     self._start(m)
-                    self.log.write("INFO", "Process {} restarted (pid {}).", m.name, m.popen.pid)
+                    if m.name.startswith("engine:"):
+                        self.log.write("INFO", "Replica {} of deployment {} started; loading the model.", m.service,
+                                       "VLLMDeployment")
             for iid, (inj, rec, _) in list(self.injections.items()):
                 if not inj.undone and now >= inj.end and not rec.get("lease"):
                     await self.undo(iid, "scheduled end")
@@ -260,7 +271,7 @@ class Supervisor:
                 containers = await loop.run_in_executor(None, self.accounting.sample, members)
                 self.sample = {"containers": containers, "node": node_sample(), "time": time.time()}
             except Exception as e:  # noqa: BLE001 - a failed sample must not stop the agent
-                self.log.write("ERROR", "container sampling failed: {}", repr(e))
+                self.tlog.write("ERROR", "container sampling failed: {}", repr(e))
             self._tail_nginx()
             try:
                 await asyncio.wait_for(stop.wait(), max(0.2, 0.5 * self.cfg.scrape_interval))
@@ -401,7 +412,7 @@ class Supervisor:
         handle = self.cleanup.register(inj.undo, f"undo {iid}")
         self.injections[iid] = (inj, rec, handle)
         self.rd.append_injection(rec)
-        self.log.write("INFO", "Fault {} injected on {}: {}", fault, target, inj.method)
+        self.tlog.write("INFO", "Fault {} injected on {}: {}", fault, target, inj.method)
         return rec
 
     async def undo(self, iid: str, reason: str) -> dict[str, Any]:
@@ -413,7 +424,7 @@ class Supervisor:
             rec = dict(rec, status="done", undone_at=time.time(), undo_reason=reason)
             self.injections[iid] = (inj, rec, handle)
             self.rd.append_injection(rec)
-            self.log.write("INFO", "Fault {} on {} undone ({}).", rec["fault"], rec["target"], reason)
+            self.tlog.write("INFO", "Fault {} on {} undone ({}).", rec["fault"], rec["target"], reason)
         return rec
 
     def _control_app(self, stop: asyncio.Event) -> Any:
@@ -511,7 +522,7 @@ class Supervisor:
             self.state["status"] = "up"
             self.state["up_since"] = time.time()
             self._record_processes()
-            self.log.write("INFO", "Testbed up: {} replicas, gateway on port {}.", len(self.state["replicas"]),
+            self.tlog.write("INFO", "Testbed up: {} replicas, gateway on port {}.", len(self.state["replicas"]),
                           self.state["ports"]["gateway"])
             tasks = [asyncio.create_task(self._monitor(stop)), asyncio.create_task(self._sampler(stop))]
             await stop.wait()

@@ -1,0 +1,138 @@
+"""End to end on the live testbed: up, one fault injected, the case collected from real Prometheus, spans and logs,
+BARO ranks the target in its top 3, a CLI killed mid-fault leaves nothing behind, down leaves no process or port.
+
+Needs the Debian packages prometheus and nginx (and the `testbed` extra); skipped with the reason otherwise. About
+2-3 minutes of wall time, little CPU (a light load: 2 req/s of short answers).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+pytest.importorskip("aiohttp", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
+pytest.importorskip("prometheus_client", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
+pytest.importorskip("opentelemetry.sdk", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
+
+from llmrca.testbed.nginx import nginx_binary  # noqa: E402
+from llmrca.testbed.prometheus import prometheus_binary  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    prometheus_binary() is None or nginx_binary() is None or os.environ.get("LLMRCA_SKIP_TESTBED") == "1",
+    reason="the live testbed needs the Debian packages prometheus and nginx (apt-get install -y prometheus nginx "
+           "stress-ng); LLMRCA_SKIP_TESTBED=1 skips it",
+)
+
+TARGET = "ray-replicas-1"
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        p = psutil.Process(pid)
+        return [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _wait(cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return cond()
+
+
+def test_live_testbed_end_to_end(tmp_path):
+    from llmrca.evaluate.single import rank_case
+    from llmrca.io import load_case, save_case
+    from llmrca.testbed import control
+    from llmrca.testbed.collector import collect_case
+    from llmrca.testbed.config import TestbedConfig
+
+    run_dir = tmp_path / "tb"
+    cfg = TestbedConfig(rate=2.0, prompt_tokens=256, output_tokens=64, model_load_s=2.0, seed=1)
+    started: list[psutil.Process] = []
+    try:
+        st = control.up(cfg, run_dir, detach=False, timeout=150)
+        sup = st["supervisor"]["pid"]
+        started = _tree(sup)
+        assert len(started) >= 9  # supervisor, 4 engines, proxy, mesh, nginx (+ worker), Prometheus, load
+
+        # Nothing listens on a non-loopback address.
+        listening = [c for p in started for c in _connections(p) if c.status == psutil.CONN_LISTEN]
+        assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening), listening
+
+        time.sleep(15)  # load and Prometheus in steady state
+        t0 = time.time()
+        time.sleep(45)
+        rec = control.inject("memory", TARGET, 25.0, run_dir=run_dir)
+        assert rec["status"] == "done" and rec["live"]["bytes"] > 0
+        time.sleep(10)
+        t1 = time.time()
+
+        case = collect_case(run_dir, t0, t1, case_id="e2e")
+        case.validate()
+        obs = case.observation
+        assert case.truth.service == TARGET and case.truth.fault_type == "memory"
+        assert abs(obs.inject_time - rec["inject_time"]) < 1e-6
+        for metric in ("ctn_cpu", "ctn_memory", "ctn_network", "ctn_gpu", "latency"):
+            assert f"{TARGET}_{metric}" in obs.metrics.columns, metric
+        for metric in ("num_requests_running", "power_usage", "time_to_first_token_seconds_p95"):
+            assert f"{TARGET}_{metric}" in obs.metrics.columns, metric
+        assert 60 <= len(obs.metrics) <= 90
+        ops = set(obs.traces["operation"])
+        assert {"POST /v1/chat/completions", "proxy_http_request", "process_request", "llm_request"} <= ops
+        one = obs.traces[obs.traces["trace_id"] == obs.traces["trace_id"].iloc[len(obs.traces) // 2]]
+        assert one["parent_span_id"].isna().sum() == 1 and len(one) == 4  # gateway → proxy → call → engine
+        assert set(obs.logs["service"]) >= {"nginx-proxy", "ray-head", TARGET}
+        assert not obs.logs["message"].str.contains("stress|inject|fault", case=False).any()  # no leak of the truth
+
+        folder = save_case(case, tmp_path / "case")
+        again = load_case(folder)
+        assert again.truth.service == TARGET
+        ranking, _ = rank_case(folder, "baro", seed=0)
+        assert TARGET in ranking.services()[:3], ranking.services()[:5]
+
+        # A CLI killed while it holds a fault: the supervisor undoes the fault at once.
+        env = dict(os.environ, LLMRCA_TESTBED_DIR=str(run_dir))
+        cli = subprocess.Popen([sys.executable, "-m", "llmrca.cli", "testbed", "inject", "cpu", "--target", TARGET,
+                                "--duration", "120"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert _wait(lambda: control.status(run_dir)["injections"], 30), "the fault never became active"
+            stressors = [p for p in _tree(sup) if "stress" in " ".join(_cmdline(p))]
+            assert stressors
+            cli.send_signal(signal.SIGKILL)
+            cli.wait(timeout=10)
+            assert _wait(lambda: not control.status(run_dir)["injections"], 10), "the fault outlived its CLI"
+            assert _wait(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in stressors), 10)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+        started = _tree(sup)
+    finally:
+        if (run_dir / "state.json").exists():
+            report = control.down(run_dir)  # raises if it had to kill leftovers or a port stayed open
+            assert report["open_ports"] == [] and report["killed_leftovers"] == []
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [(p.pid, _cmdline(p)) for p in left]
+
+
+def _connections(p: psutil.Process) -> list:
+    try:
+        return p.net_connections(kind="inet")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
