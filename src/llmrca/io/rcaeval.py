@@ -32,6 +32,7 @@ from llmrca.case import LOG_COLUMNS, NORMAL, TIME, TRACE_COLUMNS, Case, GroundTr
 from llmrca.case.schema import coerce, empty_logs, empty_traces
 from llmrca.case.validation import Problem, check_case
 from llmrca.errors import CaseError, FormatError
+from llmrca.io.native import case_to_json
 
 INJECT_TIME = "inject_time.txt"
 DATA = "data.csv"
@@ -657,15 +658,9 @@ def write_case(case: Case, out_dir: str | Path, *, overwrite: bool = False) -> P
         (tmp / TRACETS_LAT).write_bytes(_to_csv(lat))
         (tmp / INJECT_TIME).write_text(f"{inject_int}\n", encoding="utf-8")
         sidecar = {
+            **case_to_json(case),
             "format": SIDECAR_FORMAT,
             "format_version": SIDECAR_VERSION,
-            "id": case.id,
-            "system": case.system,
-            "interval": obs.interval,
-            "inject_time": obs.inject_time,
-            "fault": case.truth.to_dict(),
-            "topology": obs.topology.to_dict(),
-            "provenance": case.provenance,
             "export": {
                 "inject_time_txt": inject_int,
                 "inject_time_rounding": "floor" if inject_int != obs.inject_time else "none",
