@@ -13,10 +13,11 @@ import pytest
 from llmrca.case import Case, Observation, Topology
 from llmrca.errors import MethodError
 from llmrca.methods import get_method, names
-from llmrca.methods.by_service import abs_corr, latency_column, service_first_ranking
+from llmrca.methods.by_service import abs_corr, service_first_ranking
 from llmrca.methods.call_graph import attributed_graph, call_graph, trace_edges
 from llmrca.methods.circa import descendant_adjustment, metric_kind, structural_graph
 from llmrca.methods.regression import residual_scores
+from llmrca.methods.sli import latency_column
 from llmrca.synthetic import planted_case
 
 MINE = ["circa", "causalrca", "microrca", "microscope", "monitorrank"]

@@ -20,8 +20,8 @@ pytest.importorskip("aiohttp", reason="the testbed extra is not installed (pip i
 pytest.importorskip("prometheus_client", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
 pytest.importorskip("opentelemetry.sdk", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
 
-from llmrca.testbed.nginx import nginx_binary  # noqa: E402
-from llmrca.testbed.prometheus import prometheus_binary  # noqa: E402
+from llmrca.testbed.nginx import nginx_binary
+from llmrca.testbed.prometheus import prometheus_binary
 
 pytestmark = pytest.mark.skipif(
     prometheus_binary() is None or nginx_binary() is None or os.environ.get("LLMRCA_SKIP_TESTBED") == "1",

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -201,10 +202,10 @@ def test_mesh_link_delays_only_the_target_direction():
 
 
 class _FakeProm(BaseHTTPRequestHandler):
-    answers: dict = {}
-    seen: list = []
+    answers: ClassVar[dict] = {}
+    seen: ClassVar[list] = []
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         q = parse_qs(urlparse(self.path).query)
         query = q["query"][0]
         self.seen.append(query)
@@ -241,7 +242,7 @@ def test_collector_builds_the_simulators_columns_from_range_queries(fake_prom):
     from llmrca.testbed.collector import LabelMap, collect_metrics
     from llmrca.testbed.prometheus import PromClient
 
-    srv, url = fake_prom
+    _, url = fake_prom
     _FakeProm.answers = {
         "rate(container_cpu_usage_seconds_total": [({"service": "ray-head"}, lambda t: 0.5),
                                                    ({"service": "ray_replicas_0"}, lambda t: 1.5 if t >= 110 else 0.1)],
@@ -277,6 +278,11 @@ def test_collector_builds_the_simulators_columns_from_range_queries(fake_prom):
     assert any('container_cpu_usage_seconds_total{namespace="llm"}[15s]' in q for q in _FakeProm.seen)
     with pytest.raises(LlmrcaError, match="unknown source group"):
         LabelMap.from_dict({"labels": {"gpus": "x"}})
+    from llmrca.testbed.collector import collect_prometheus_case
+
+    case = collect_prometheus_case(url, 100.0, 110.0, step=5.0, labels=lm, case_id="prod/1")
+    case.validate()
+    assert case.truth.is_normal and case.observation.topology.services == ("vllm-0",)
 
 
 def test_collector_reports_prometheus_errors(fake_prom):

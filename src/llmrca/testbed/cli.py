@@ -84,6 +84,8 @@ def up_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the workload and the emulated hardware.")] = 0,
     config: Annotated[Path | None, typer.Option(help="A JSON file of TestbedConfig fields (overrides "
                                                      "the options).")] = None,
+    real_gpu: Annotated[list[str] | None, typer.Option(help="REPLICA=INDEX: the gpu fault on this replica caps "
+                                                            "real GPU INDEX with nvidia-smi (repeatable).")] = None,
     run_dir: RunDirOpt = None,
 ) -> None:
     """Start the deployment (detached; stop it with `down`).  Example: llmrca testbed up --replicas 4"""
@@ -97,7 +99,13 @@ def up_cmd(
     if config is not None:
         fields.update(json.loads(config.read_text(encoding="utf-8")))
     cfg = TestbedConfig.from_dict(fields)
-    st = control.up(cfg, run_dir, detach=True, progress=lambda s: err.print(f"testbed: {s}"))
+    gpus = {}
+    for item in real_gpu or []:
+        name, sep, index = item.partition("=")
+        if not sep or not index.strip():
+            raise LlmrcaError(f"--real-gpu {item!r}: expected REPLICA=INDEX")
+        gpus[name.strip()] = index.strip()
+    st = control.up(cfg, run_dir, detach=True, real_gpus=gpus, progress=lambda s: err.print(f"testbed: {s}"))
     p = st["ports"]
     out.print(f"testbed up in {st['run_dir']}: gateway http://127.0.0.1:{p['gateway']}/v1/chat/completions, "
               f"Prometheus http://127.0.0.1:{p['prometheus']}, {len(st['replicas'])} replicas "
