@@ -73,6 +73,8 @@ def main() -> None:
     print(f"wall time {wall:.1f} s ({wall / 60:.1f} min; budget {BUDGET_S / 60:.0f} min: "
           f"{'within' if wall <= BUDGET_S else 'OVER'}); simulated the suite: {res.generated}; "
           f"tasks run: {res.computed}")
+    if args.keep:
+        print("(--keep: a resumed bench times only the rows it had to compute)")
     print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, "
           f"after {tuple(round(x, 2) for x in load_after)}")
     table = _per_method(res.results).sort_values("sum_s", ascending=False)

@@ -269,8 +269,8 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
 
 def print_overview(summary: pd.DataFrame, console: Console | None = None, *,
                    title: str = "RCA accuracy") -> None:
-    """One row per method in family blocks (chance last): Avg@5 per fault type, then AC@1, AC@3, Avg@5 over
-    all cases, time per case and errors. Narrow enough for an 80-column terminal."""
+    """One row per method in family blocks (chance last): Avg@5 per fault type, then AC@1 and Avg@5 over all
+    cases, time per case and errors. Narrow enough for an 80-column terminal (report.html has AC@3)."""
     from llmrca.report.html import FAMILY_LABELS
     from llmrca.report.tables import ALL, CHANCE, _fault_order, _fmt, _fmt_time
 
@@ -281,10 +281,10 @@ def print_overview(summary: pd.DataFrame, console: Console | None = None, *,
     faults = _fault_order(summary["fault_type"].unique())
     cell = {(str(r["method"]), str(r["fault_type"])): r for _, r in summary.iterrows()}
     table = _table(f"{title} — Avg@5 per fault type; all cases")
-    table.add_column("Method", style="bold")
+    table.add_column("Method", style="bold", no_wrap=True, min_width=_name_width(summary["method"]))
     for f in faults:
         table.add_column(_short(f), justify="right")
-    for label in ("AC@1", "AC@3", "Avg@5", "s/case", "err"):
+    for label in ("AC@1", "Avg@5", "s/case", "err"):
         table.add_column(label, justify="right")
     family = None
     for m in dict.fromkeys(map(str, summary["method"])):
@@ -295,7 +295,7 @@ def print_overview(summary: pd.DataFrame, console: Console | None = None, *,
             family = fam
         per = [_fmt(cell[(m, f)]["avg5"]) if (m, f) in cell else "" for f in faults]
         errors = int(r["errors"]) if r is not None else 0
-        table.add_row(m, *per, *(_fmt(r[k]) if r is not None else "" for k in ("ac1", "ac3", "avg5")),
+        table.add_row(m, *per, *(_fmt(r[k]) if r is not None else "" for k in ("ac1", "avg5")),
                       _fmt_time(r["time_s"]) if r is not None else "",
                       "" if m == CHANCE else (f"[red]{errors}[/red]" if errors else "0"),
                       style="dim" if m == CHANCE else None)
@@ -318,7 +318,7 @@ def print_comparison(summaries: Mapping[str, pd.DataFrame], console: Console | N
     cell = {(str(r["method"]), str(r["fault_type"])): r for _, r in comp.iterrows()}
     label = METRICS.get(metric, metric)
     table = _table(f"{label}: {views[0]} → {views[-1]} view (Δ = {views[-1]} − {views[0]})")
-    table.add_column("Method", style="bold")
+    table.add_column("Method", style="bold", no_wrap=True, min_width=_name_width(comp["method"]))
     for v in views:
         table.add_column(f"all\n{v}", justify="right")
     table.add_column("all\nΔ", justify="right")
@@ -338,6 +338,10 @@ def _table(title: str) -> Table:
     from rich import box
 
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+
+
+def _name_width(names: pd.Series) -> int:
+    return min(24, max((len(str(n)) for n in names), default=6))
 
 
 def _short(fault: str) -> str:
