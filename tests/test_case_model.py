@@ -121,3 +121,13 @@ def test_services_and_has():
     c = planted_case(n_services=3, seed=0)
     assert c.observation.services == ["svc-0", "svc-1", "svc-2"]
     assert c.observation.has("metrics") and not c.observation.has("traces")
+
+
+def test_planted_frontend_adds_an_entry_without_changing_the_services():
+    a, b = planted_case(seed=3), planted_case(seed=3, frontend=True)
+    assert b.problems() == []
+    assert b.observation.topology.entry_service() == "frontend" != b.truth.service
+    for c in a.observation.metric_columns:
+        assert a.observation.metrics[c].equals(b.observation.metrics[c])
+    # caller → callee: the frontend calls only services, the DAG's edges are reversed
+    assert {(y, x) for x, y in a.observation.topology.edges} <= set(b.observation.topology.edges)

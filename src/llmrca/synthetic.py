@@ -28,9 +28,16 @@ def planted_case(
     interval: float = 5.0,
     start: float = 1_700_000_000.0,
     fault_type: str = "cpu",
+    frontend: bool = False,
     seed: int = 0,
 ) -> Case:
-    """One case; root service index drawn from ``seed`` unless given. Service names are ``svc-<i>``."""
+    """One case; root service index drawn from ``seed`` unless given. Service names are ``svc-<i>``.
+
+    Topology edges are the SEM's cause → effect edges. With ``frontend=True`` the case looks like a served
+    system instead: an extra entry service ``frontend`` (never the root) calls the DAG's sinks, its metrics follow
+    theirs, and the edges are caller → callee (effect → cause), so SLI-based methods have an entry whose latency
+    the fault reaches — chosen without looking at the root. The other services' values are the same either way.
+    """
     rng = np.random.default_rng(seed)
     names = [f"svc-{i}" for i in range(n_services)]
     root = int(rng.integers(n_services)) if root is None else root
@@ -68,10 +75,20 @@ def planted_case(
         for m, metric in enumerate(metrics):
             cols[f"{n}_{metric}"] = x[:, j, m]
     edges = tuple((names[a], names[b]) for a, b in zip(*np.nonzero(adj)))
+    services, entry = tuple(names), None
+    if frontend:
+        sinks = [j for j in range(n_services) if not adj[j].any()]
+        z = (x[:, sinks, 0] - x[:inject_row, sinks, 0].mean(axis=0)) / (x[:inject_row, sinks, 0].std(axis=0) + 1e-9)
+        # A separate stream keeps the other services' values identical to frontend=False.
+        fnoise = np.random.default_rng([seed, 1]).normal(size=(n_rows, k))
+        for m, metric in enumerate(metrics):
+            cols[f"frontend_{metric}"] = 20.0 + z.mean(axis=1) * (1.0 if m == 0 else 0.6) + fnoise[:, m]
+        edges = tuple((b, a) for a, b in edges) + tuple(("frontend", names[j]) for j in sinks)
+        services, entry = ("frontend", *names), "frontend"
     obs = Observation(
         metrics=pd.DataFrame(cols),
         inject_time=float(times[inject_row]),
-        topology=Topology(services=tuple(names), edges=edges),
+        topology=Topology(services=services, edges=edges, entry=entry),
         interval=interval,
     )
     truth = GroundTruth(
