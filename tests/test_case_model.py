@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmrca.case import Case, GroundTruth, Observation, Topology, fill_gaps, constant_columns
+from llmrca.case import Case, GroundTruth, Observation, Topology, constant_columns, fill_gaps
 from llmrca.errors import CaseError
 from llmrca.synthetic import planted_case
 

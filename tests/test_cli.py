@@ -6,12 +6,12 @@ import sys
 
 import pandas as pd
 import pytest
+from rcaeval_fixtures import write_re1_suite, write_re2_suite
 from typer.testing import CliRunner
 
 from llmrca.cli import app
 from llmrca.io import save_case
 from llmrca.synthetic import planted_case
-from rcaeval_fixtures import write_re1_suite, write_re2_suite
 
 runner = CliRunner()
 
@@ -115,12 +115,12 @@ def test_validate_reports_every_problem(tmp_path):
 
 def test_errors_are_one_line_with_nonzero_exit(tmp_path):
     r = subprocess.run([sys.executable, "-m", "llmrca.cli", "rank", str(tmp_path), "-m", "baro"],
-                       capture_output=True, text=True)
+                       check=False, capture_output=True, text=True)
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "not a case folder" in r.stderr
     assert "Traceback" not in r.stderr
     r = run("rank", tmp_path, "-m", "no-such-method")
     assert r.exit_code == 1 and "unknown method 'no-such-method'" in r.output
     r = subprocess.run([sys.executable, "-m", "llmrca.cli", "--debug", "rank", str(tmp_path), "-m", "baro"],
-                       capture_output=True, text=True)
+                       check=False, capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr

@@ -10,7 +10,7 @@ class LlmrcaError(Exception):
 class CaseError(LlmrcaError):
     """A case (or a file of one) breaks the case contract; carries every problem found."""
 
-    def __init__(self, problems: list["Problem"] | list[str], where: str | None = None):  # noqa: F821
+    def __init__(self, problems: list[Problem] | list[str], where: str | None = None):  # noqa: F821
         self.problems = list(problems)
         self.where = where
         lines = [str(p) for p in self.problems]

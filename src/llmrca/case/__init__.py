@@ -15,7 +15,23 @@ from llmrca.case.topology import Topology
 from llmrca.case.validation import Problem, check_case, errors_only, validate_case, validate_observation
 
 __all__ = [
-    "Case", "GroundTruth", "Observation", "Topology", "Problem", "NORMAL", "TIME",
-    "TRACE_COLUMNS", "LOG_COLUMNS", "empty_traces", "empty_logs", "service_of", "split_column",
-    "validate_case", "validate_observation", "check_case", "errors_only", "fill_gaps", "constant_columns",
+    "LOG_COLUMNS",
+    "NORMAL",
+    "TIME",
+    "TRACE_COLUMNS",
+    "Case",
+    "GroundTruth",
+    "Observation",
+    "Problem",
+    "Topology",
+    "check_case",
+    "constant_columns",
+    "empty_logs",
+    "empty_traces",
+    "errors_only",
+    "fill_gaps",
+    "service_of",
+    "split_column",
+    "validate_case",
+    "validate_observation",
 ]

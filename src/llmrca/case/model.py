@@ -90,7 +90,7 @@ class GroundTruth:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "GroundTruth":
+    def from_dict(cls, d: dict[str, Any] | None) -> GroundTruth:
         d = d or {}
         return cls(
             service=d.get("service"),
@@ -114,19 +114,19 @@ class Case:
     def inject_time(self) -> float | None:
         return self.observation.inject_time
 
-    def problems(self) -> list["Problem"]:  # noqa: F821
+    def problems(self) -> list[Problem]:  # noqa: F821
         from llmrca.case.validation import validate_case
 
         return validate_case(self)
 
-    def validate(self) -> "Case":
+    def validate(self) -> Case:
         """Raise ``CaseError`` listing every error-level problem; returns self so calls chain."""
         from llmrca.case.validation import check_case
 
         check_case(self)
         return self
 
-    def with_observation(self, **changes: Any) -> "Case":
+    def with_observation(self, **changes: Any) -> Case:
         return replace(self, observation=replace(self.observation, **changes))
 
 

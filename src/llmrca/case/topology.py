@@ -71,7 +71,7 @@ class Topology:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "Topology":
+    def from_dict(cls, d: dict[str, Any] | None) -> Topology:
         d = d or {}
         return cls(
             services=tuple(d.get("services", ())),

@@ -154,7 +154,7 @@ def validate_logs(logs: pd.DataFrame | None) -> list[Problem]:
     return out
 
 
-def validate_observation(obs) -> list[Problem]:  # noqa: ANN001 - Observation, avoided import cycle
+def validate_observation(obs) -> list[Problem]:
     out = validate_metrics(obs.metrics)
     out += validate_inject_time(obs.inject_time, obs.metrics)
     out += validate_traces(obs.traces)
@@ -165,7 +165,7 @@ def validate_observation(obs) -> list[Problem]:  # noqa: ANN001 - Observation, a
     return out
 
 
-def validate_case(case) -> list[Problem]:  # noqa: ANN001
+def validate_case(case) -> list[Problem]:
     out = []
     if not case.id:
         out.append(_err("id", "empty case id"))
@@ -185,7 +185,7 @@ def errors_only(problems: list[Problem]) -> list[Problem]:
     return [p for p in problems if p.severity == "error"]
 
 
-def check_case(case, where: str | None = None) -> None:  # noqa: ANN001
+def check_case(case, where: str | None = None) -> None:
     from llmrca.errors import CaseError
 
     errs = errors_only(validate_case(case))

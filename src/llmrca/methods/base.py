@@ -32,7 +32,7 @@ class Ranking:
             raise ValueError("Ranking: duplicated candidates")
 
     @classmethod
-    def from_scores(cls, names: Sequence[str], scores: Sequence[float] | np.ndarray) -> "Ranking":
+    def from_scores(cls, names: Sequence[str], scores: Sequence[float] | np.ndarray) -> Ranking:
         """Sort by score, descending; NaN scores last; ties broken by name so the order is deterministic."""
         s = np.asarray(scores, dtype=float)
         if len(s) != len(names):
