@@ -146,6 +146,36 @@ def test_pcmci_finds_lagged_links():
     assert G.edges["x_m", "y_m"]["lag"] == 1
 
 
+def test_pcmci_matches_tigramites_own_parcorr():
+    """The correlation-matrix shortcut answers every test as tigramite's ParCorr does: same links, same values."""
+    import warnings
+
+    from tigramite.data_processing import DataFrame
+    from tigramite.independence_tests.parcorr import ParCorr
+    from tigramite.pcmci import PCMCI
+
+    rng = np.random.default_rng(11)
+    n, k = 150, 8
+    X = rng.normal(size=(n, k))
+    for t in range(2, n):  # lagged chains, a common driver and a collinear pair
+        X[t, 1] += 0.7 * X[t - 1, 0]
+        X[t, 2] += 0.6 * X[t - 2, 1] + 0.4 * X[t - 1, 3]
+        X[t, 4] += 0.5 * X[t - 1, 3]
+    X[:, 5] = 2.0 * X[:, 4] + 1.0  # exactly collinear: conditioning on both needs the least-squares path
+    names = [f"s{i}_m" for i in range(k)]
+    G = cg.pcmci_graph(X, names, tau_max=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = PCMCI(dataframe=DataFrame(X, var_names=names), cond_ind_test=ParCorr(significance="analytic"),
+                    verbosity=0).run_pcmci(tau_min=1, tau_max=2, pc_alpha=0.05, alpha_level=0.05, max_conds_dim=3)
+    want = {(names[i], names[j]) for i in range(k) for j in range(k)
+            if i != j and any(ref["graph"][i, j, t] != "" for t in (1, 2))}
+    assert set(G.edges) == want and len(want) >= 3
+    for a, b, d in G.edges(data=True):
+        i, j = names.index(a), names.index(b)
+        assert d["weight"] == pytest.approx(np.abs(ref["val_matrix"][i, j, d["lag"]]), rel=1e-6)
+
+
 @pytest.mark.parametrize("builder", [cg.pc_graph, cg.fci_graph, cg.granger_graph, cg.lingam_graph, cg.pcmci_graph])
 def test_builders_leave_out_constant_and_nan_columns(builder):
     X = np.column_stack([chain(200, seed=6, uniform=True), np.full(200, 3.0), np.full(200, np.nan)])
