@@ -2,7 +2,7 @@
 and the full view, write the report), and where the time goes.
 
     python benchmarks/bench_paper.py [--out bench-paper-timing] [--jobs 2] [--reps 10] [--timeout 60]
-                                     [--methods all] [--views study,full] [--keep]
+                                     [--methods all] [--views study,full] [--full-methods light] [--keep]
 
 The folder is emptied first (a resumed bench would time only the missing rows) unless --keep. Prints the wall
 time against the 15-minute budget, the machine's load average before and after (other processes share the
@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--methods", default="all")
     ap.add_argument("--views", default="study,full")
+    ap.add_argument("--full-methods", default="light", help="methods under the full view (default: all but "
+                    "the column-heavy causal-discovery ones, as `llmrca bench`)")
     ap.add_argument("--keep", action="store_true", help="resume the folder instead of starting afresh")
     args = ap.parse_args()
 
@@ -63,12 +65,13 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     res = run_bench("paper", out, reps=args.reps, jobs=args.jobs, timeout=args.timeout, methods=args.methods,
-                    views=[v for v in args.views.split(",") if v], progress=False,
+                    views=[v for v in args.views.split(",") if v], full_methods=args.full_methods, progress=False,
                     console=Console(file=io.StringIO()))
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
 
-    print(f"llmrca bench paper: {res.cases} cases × {len(res.methods)} methods × {len(res.views)} view(s), "
+    print(f"llmrca bench paper: {res.cases} cases; methods per view: "
+          + ", ".join(f"{v} {len(m)}" for v, m in res.view_methods.items()) + "; "
           f"jobs {args.jobs}, timeout {args.timeout:g} s, on {os.cpu_count()} CPUs")
     print(f"wall time {wall:.1f} s ({wall / 60:.1f} min; budget {BUDGET_S / 60:.0f} min: "
           f"{'within' if wall <= BUDGET_S else 'OVER'}); simulated the suite: {res.generated}; "

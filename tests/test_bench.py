@@ -234,3 +234,22 @@ def test_html_escapes_names_from_the_data():
                    info=[("x", "<y>")])
     assert "<img" not in page and "<script>" not in page and "<b>" not in page and "<i>" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "c1&amp;&lt;b&gt;" in page and "&lt;y&gt;" in page
+
+
+def test_full_view_leaves_out_column_heavy_methods_unless_asked(tmp_path):
+    from llmrca.methods import resolve
+    from llmrca.methods.registry import COLUMN_HEAVY
+
+    light = resolve("light")
+    assert set(light).isdisjoint(COLUMN_HEAVY) and len(light) + len(COLUMN_HEAVY) == len(resolve("all"))
+    opts = {**TINY, "methods": ["baro", "circa", "pc-pagerank"], "overrides": {"faults": ["cpu"]}, "reps": 1}
+    b = run_bench("paper", tmp_path / "b", console=_quiet(), **opts)
+    assert b.view_methods == {"study": ["baro", "circa", "pc-pagerank"], "full": ["baro", "circa"]}
+    assert set(b.results["study"]["method"]) == {"baro", "circa", "pc-pagerank"}
+    assert set(b.results["full"]["method"]) == {"baro", "circa"}
+    assert "Not run in the full view" in b.report_md.read_text(encoding="utf-8")
+    with pytest.raises(LlmrcaError, match="no method left for the full view"):
+        run_bench("paper", tmp_path / "c", console=_quiet(), **{**opts, "methods": ["pc-pagerank"]})
+    again = run_bench("paper", tmp_path / "b", console=_quiet(), **{**opts, "full_methods": "all"})
+    assert again.computed == {"study": 0, "full": 4}  # only the heavy method's full-view rows are new
+    assert set(again.results["full"]["method"]) == {"baro", "circa", "pc-pagerank"}

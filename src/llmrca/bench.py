@@ -29,6 +29,7 @@ from rich.table import Table
 from llmrca.errors import LlmrcaError
 
 DEFAULT_TIMEOUT_S = 60.0  # per (method, case): a hanging method costs at most this per case
+DEFAULT_FULL_METHODS = "light"  # the wide views leave out the COLUMN_HEAVY methods unless asked
 BENCH_JSON = "bench.json"
 CASES = "cases"
 CONFIDENCE = 0.95
@@ -43,6 +44,7 @@ class BenchResult:
     cases: int
     methods: list[str]
     views: tuple[str, ...]
+    view_methods: dict[str, list[str]]  # view → the methods run under it
     results: dict[str, pd.DataFrame]  # view → rows of this bench's methods × cases
     summaries: dict[str, pd.DataFrame]  # view → summarize(..., ci=0.95)
     computed: dict[str, int]  # view → tasks run by this invocation (0 when everything was stored)
@@ -59,6 +61,7 @@ def run_bench(
     timeout: float | None = DEFAULT_TIMEOUT_S,
     methods: str | Sequence[str] = "all",
     views: Sequence[str] = ("study", "full"),
+    full_methods: str | Sequence[str] = DEFAULT_FULL_METHODS,
     seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
     memory_limit_mb: float | None = None,
@@ -71,8 +74,11 @@ def run_bench(
 
     ``reps``: repetitions per (fault, target), default the suite's (paper: 10). ``seed`` seeds the suite and
     the methods. ``overrides``: suite overrides (``generate_suite``), e.g. ``{"faults": ["cpu"]}``.
-    ``timeout``: seconds per (method, case). A folder made with another suite, reps, seed or overrides is
-    refused.
+    ``timeout``: seconds per (method, case). ``full_methods``: which of ``methods`` run under the wide views
+    (``full``, ``all``); the default ``"light"`` leaves out the ``COLUMN_HEAVY`` causal-discovery methods,
+    whose cost on the full view's ~270 columns (6–14 s per case each, see ``llmrca.methods.registry``) would
+    take the benchmark far past its 15-minute budget; ``"all"`` runs them too. A folder made with another
+    suite, reps, seed or overrides is refused.
     """
     from llmrca.case.views import VIEWS
     from llmrca.evaluate import evaluate
@@ -90,6 +96,13 @@ def run_bench(
     if bad:
         raise LlmrcaError(f"unknown view(s) {', '.join(bad)}; known: {', '.join(VIEWS)}")
     names = resolve(methods if isinstance(methods, str) else list(methods))
+    wide = set(resolve(full_methods if isinstance(full_methods, str) else list(full_methods)))
+    view_methods = {v: names if v == "study" else [n for n in names if n in wide] for v in views}
+    empty = [v for v in views if not view_methods[v]]
+    if empty:
+        raise LlmrcaError(f"no method left for the {', '.join(empty)} view(s): --full-methods "
+                          f"{full_methods if isinstance(full_methods, str) else ','.join(full_methods)} excludes "
+                          f"every one of {', '.join(names)}; use --full-methods all or drop the view")
     over = json.loads(json.dumps(dict(overrides or {})))  # as suite.json will hold it
     if over.get("faults") is not None and list(over["faults"]) == list(suite.faults):
         del over["faults"]  # naming the suite's own faults makes the same suite
@@ -101,10 +114,13 @@ def run_bench(
     results: dict[str, pd.DataFrame] = {}
     computed: dict[str, int] = {}
     for i, view in enumerate(views, 1):
-        console.print(f"[bold]evaluate {i}/{len(views)}[/bold]: {len(names)} method(s) × {len(cases)} cases, "
-                      f"{view} view, {jobs} job(s), timeout {_secs(timeout)}", highlight=False)
+        left_out = [n for n in names if n not in view_methods[view]]
+        console.print(f"[bold]evaluate {i}/{len(views)}[/bold]: {len(view_methods[view])} method(s) × "
+                      f"{len(cases)} cases, {view} view, {jobs} job(s), timeout {_secs(timeout)}"
+                      + (f" (not run in this view: {', '.join(left_out)}; --full-methods all runs them)"
+                         if left_out else ""), highlight=False)
         folder = out / f"results-{view}"
-        results[view] = evaluate(cases, names, folder, jobs=jobs, timeout=timeout,
+        results[view] = evaluate(cases, view_methods[view], folder, jobs=jobs, timeout=timeout,
                                  memory_limit_mb=memory_limit_mb, seed=seed, progress=progress,
                                  retry_failed=retry_failed, root=out / CASES, view=view)
         computed[view] = _tasks_run(folder)
@@ -112,10 +128,12 @@ def run_bench(
     seconds = time.perf_counter() - t0
     history = _record_run(out, settings, {"started": started, "seconds": round(seconds, 3),
                                           "generated": generated, "computed": computed, "jobs": jobs,
-                                          "timeout": timeout, "methods": names, "views": list(views)})
+                                          "timeout": timeout, "methods": names, "views": list(views),
+                                          "view_methods": view_methods})
     summaries = {v: _summary(results[v], seed) for v in views}
     html_path, md_path = _write_reports(out, suite.description, settings, names, views, results, summaries,
-                                        history, jobs=jobs, timeout=timeout, n_cases=len(cases))
+                                        history, jobs=jobs, timeout=timeout, n_cases=len(cases),
+                                        view_methods=view_methods)
     for v in views:
         print_overview(summaries[v], console, title=f"{name}: {v} view ({len(cases)} cases)")
     if len(views) > 1:
@@ -124,8 +142,8 @@ def run_bench(
     console.print(f"{'simulated the suite; ' if generated else ''}{done}; {seconds:.1f} s", highlight=False)
     console.print(f"report: {html_path}   markdown: {md_path}   results: "
                   + ", ".join(str(out / f"results-{v}" / "results.parquet") for v in views), highlight=False)
-    return BenchResult(out, html_path, md_path, len(cases), names, views, results, summaries, computed,
-                       generated, seconds)
+    return BenchResult(out, html_path, md_path, len(cases), names, views, view_methods, results, summaries,
+                       computed, generated, seconds)
 
 
 # --------------------------------------------------------------------------------------------- the suite
@@ -227,7 +245,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
                    views: tuple[str, ...], results: dict[str, pd.DataFrame],
                    summaries: dict[str, pd.DataFrame], history: list[dict[str, Any]], *, jobs: int,
                    timeout: float | None,
-                   n_cases: int) -> tuple[Path, Path]:
+                   n_cases: int, view_methods: Mapping[str, list[str]] | None = None) -> tuple[Path, Path]:
     from llmrca.report import compare_views, comparison_markdown, to_html, to_markdown
 
     last = history[-1]
@@ -239,6 +257,10 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
                   + (f", overrides {json.dumps(over)}" if over else "")),
         ("Methods", f"{len(names)}: {', '.join(names)}"),
         ("Views", ", ".join(views)),
+        *((f"Not run in the {v} view", ", ".join(n for n in names if n not in ms)
+           + " (causal discovery over every column: 6–14 s per case each on the full view; "
+           "--full-methods all runs them)")
+          for v, ms in (view_methods or {}).items() if len(ms) < len(names)),
         ("Run", f"{jobs} job(s), timeout {_secs(timeout)} per method and case"),
         ("Wall time", f"last invocation {float(last['seconds']):.1f} s (simulated the suite: "
                       f"{'yes' if last['generated'] else 'no'}; tasks run: "

@@ -270,6 +270,10 @@ def bench_cmd(
                                          )] = "all",
     views: Annotated[str, typer.Option(help="Metric views, comma-separated: study, full, all.")] = (
         "study,full"),
+    full_methods: Annotated[str, typer.Option(
+        help="Methods run under the full/all views: 'light' (all but the causal-discovery methods whose cost "
+             "explodes with the column count: pc-*, fci-*, causalai, microcause, causalrca), 'all', or a list."
+    )] = "light",
     faults: Annotated[str | None, typer.Option(help="Only these fault types (comma list).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the suite and the methods.")] = 0,
     retry_failed: Annotated[bool, typer.Option(help="Run failed and timed-out tasks again.")] = False,
@@ -283,7 +287,8 @@ def bench_cmd(
 
     overrides = {"faults": [f.strip() for f in faults.split(",") if f.strip()]} if faults else None
     run_bench(suite, out_dir or Path(f"bench-{suite}"), reps=reps, jobs=jobs, timeout=timeout,
-              methods=methods, views=[v.strip() for v in views.split(",") if v.strip()], seed=seed, overrides=overrides,
+              methods=methods, views=[v.strip() for v in views.split(",") if v.strip()], full_methods=full_methods,
+              seed=seed, overrides=overrides,
               retry_failed=retry_failed, progress=progress, console=out)
 
 

@@ -63,6 +63,14 @@ register("pdiagnose", "llmrca.methods.pdiagnose:PDiagnose", "multi-source", {M, 
          "KDE metric, log-count and trace-latency detectors; weighted vote per service")
 
 
+# Methods whose causal-discovery step runs over every metric column, so that their cost grows much faster than
+# the column count: measured on one `paper` case (2-core VM, idle), study view (33 columns) → full view
+# (272 columns, 198 usable): pc-*/fci-* 0.1–0.2 s → 6–7 s, causalai 0.06 → 6.3 s, microcause 0.26 → 14 s,
+# causalrca 3.9 → 13 s. `resolve("light")` leaves them out (`llmrca bench` does so for wide views by default).
+COLUMN_HEAVY = ("pc-pagerank", "pc-randomwalk", "fci-pagerank", "fci-randomwalk", "causalai", "microcause",
+                "causalrca")
+
+
 def names() -> list[str]:
     return list(_ENTRIES)
 
@@ -89,7 +97,8 @@ def get_method(name: str, **params: object) -> BaseMethod:
 
 
 def resolve(spec: str | list[str]) -> list[str]:
-    """'all', 'a,b' or a list → method names, each checked; 'metric'/'trace'/'multi-source' select a family."""
+    """'all', 'a,b' or a list → method names, each checked; 'metric'/'trace'/'multi-source' select a family;
+    'light' = every method but the COLUMN_HEAVY ones."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for raw in items:
@@ -98,6 +107,8 @@ def resolve(spec: str | list[str]) -> list[str]:
             continue
         if item == "all":
             picked = names()
+        elif item == "light":
+            picked = [n for n in names() if n not in COLUMN_HEAVY]
         elif item in ("metric", "trace", "multi-source"):
             picked = [e.name for e in entries() if e.family == item]
         else:
