@@ -66,7 +66,7 @@ def test_report_html_has_every_section_method_and_case(bench):
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page
     for section in ('id="compare"', "study vs full: side by side", "Accuracy, study view",
                     "Accuracy, full view", 'id="heatmap"', "Rank of the true root cause, per case",
-                    "How to read this report",
+                    "How to read this report", 'id="families"', "Method families",
                     "Metric-based", "chance", "bootstrap", "s/case", "Errors"):
         assert section in page, section
     for m in METHODS:
@@ -75,6 +75,7 @@ def test_report_html_has_every_section_method_and_case(bench):
         assert f">{cid}<" in page
     md = bench.report_md.read_text(encoding="utf-8")
     assert "## study view" in md and "## full view" in md and "| chance |" in md and "Δ" in md
+    assert "## Method families" in md and "| metric (2) |" in md  # nsigma, baro (dummy is the baseline)
 
 
 def test_rerun_computes_nothing_and_returns_the_same_results(bench):
@@ -253,3 +254,18 @@ def test_full_view_leaves_out_column_heavy_methods_unless_asked(tmp_path):
     again = run_bench("paper", tmp_path / "b", console=_quiet(), **{**opts, "full_methods": "all"})
     assert again.computed == {"study": 0, "full": 4}  # only the heavy method's full-view rows are new
     assert set(again.results["full"]["method"]) == {"baro", "circa", "pc-pagerank"}
+
+
+def test_family_scores_average_a_family_without_the_baseline():
+    from llmrca.report.families import family_scores
+
+    summary = pd.DataFrame([
+        {"method": m, "family": fam, "fault_type": f, "avg5": v, "ac1": v, "ac3": v}
+        for m, fam, vals in (("dummy", "metric", (0.9, 0.9)), ("a", "metric", (0.2, 0.4)),
+                             ("b", "metric", (0.6, 0.8)), ("t", "trace", (0.1, 0.1)),
+                             ("chance", "", (0.3, 0.3)))
+        for f, v in zip(("cpu", "all"), vals)])
+    fam = family_scores(summary).set_index(["family", "fault_type"])
+    assert fam.loc[("metric", "cpu"), "mean"] == pytest.approx(0.4) and fam.loc[("metric", "all"), "best"] == "b"
+    assert fam.loc[("metric", "all"), "methods"] == 2 and fam.loc[("trace", "all"), "max"] == pytest.approx(0.1)
+    assert set(fam.index.get_level_values(0)) == {"metric", "trace"}

@@ -247,6 +247,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
                    timeout: float | None,
                    n_cases: int, view_methods: Mapping[str, list[str]] | None = None) -> tuple[Path, Path]:
     from llmrca.report import compare_views, comparison_markdown, to_html, to_markdown
+    from llmrca.report.families import family_markdown
 
     last = history[-1]
     total = sum(float(r.get("seconds", 0)) for r in history)
@@ -280,6 +281,9 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
         md.append(comparison_markdown(compare_views(summaries, "avg5"), list(views), "Avg@5"))
         md.append(f"## {' vs '.join(views)}: AC@1\n")
         md.append(comparison_markdown(compare_views(summaries, "ac1"), list(views), "AC@1"))
+    md.append("## Method families\n")
+    for v in views:
+        md.append(f"{v} view: " + family_markdown(summaries[v]) + "\n")
     for v in views:
         md.append(f"## {v} view\n")
         md.append(to_markdown(summaries[v]))

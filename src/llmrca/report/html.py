@@ -77,6 +77,7 @@ def to_html(
     toc = []
     if len(views) > 1:
         toc.append(("compare", f"{' vs '.join(views)}: side by side"))
+    toc.append(("families", "Method families"))
     toc += [(f"acc-{i}", f"Accuracy, {v} view") for i, v in enumerate(views)]
     toc += [("heatmap", "Heatmap of Avg@5"), ("cases", "Rank of the true root cause, per case"),
             ("how", "How to read this report")]
@@ -91,6 +92,13 @@ def to_html(
         for key in ("avg5", "ac1"):
             parts.append(f"<h3>{METRICS[key]}</h3>")
             parts.append(_comparison_table(compare_views(summaries, key), views))
+
+    parts.append('<h2 id="families">Method families</h2>')
+    parts.append('<p class="note">Mean Avg@5 over the methods of each family (the dummy baseline left out), '
+                 "per fault type, and the family's best method: the level at which the reference study stated "
+                 "its findings (multi-source best, metric-based fault-type dependent, trace-based weak).</p>")
+    for v in views:
+        parts.append(f"<h3>{escape(v)} view</h3>{_family_table(summaries[v])}")
 
     for i, v in enumerate(views):
         parts.append(f'<h2 id="acc-{i}">Accuracy, {escape(v)} view</h2>')
@@ -162,6 +170,32 @@ def _grouped(methods: Sequence[str], family: Mapping[str, str]) -> list[tuple[st
 
 def _family_row(fam: str, width: int) -> str:
     return f'<tr class="family"><th colspan="{width}">{escape(FAMILY_LABELS.get(fam, fam))}</th></tr>'
+
+
+def _family_table(summary: pd.DataFrame) -> str:
+    from llmrca.report.families import family_scores
+
+    fam = family_scores(summary, "avg5")
+    if fam.empty:
+        return "<p>no results</p>"
+    faults = [f for f in _fault_order(fam["fault_type"].unique()) if f != ALL]
+    cell = {(r["family"], r["fault_type"]): r for _, r in fam.iterrows()}
+    head = "".join(f"<th>{escape(f)}</th>" for f in [*faults, ALL])
+    rows = []
+    for f in dict.fromkeys(fam["family"]):
+        tds = []
+        for x in [*faults, ALL]:
+            r = cell.get((f, x))
+            tds.append(f'<td style="background:{_sequential(float(r["mean"]))}">{_fmt(r["mean"])}'
+                       f'<span class="ci">{_fmt(r["min"])}–{_fmt(r["max"])}</span></td>' if r is not None
+                       else "<td></td>")
+        top = cell.get((f, ALL))
+        best = f"{escape(top['best'])} ({_fmt(top['max'])})" if top is not None else ""
+        n = int(top["methods"]) if top is not None else 0
+        rows.append(f"<tr><th>{escape(FAMILY_LABELS.get(f, f))} ({n})</th>{''.join(tds)}<td>{best}</td></tr>")
+    return (f'<table class="acc"><tr><th>Family (methods)</th>{head}<th>Best method</th></tr>'
+            + "".join(rows) + "</table><p class=\"note\">Small numbers: the lowest and highest method of the "
+            "family.</p>")
 
 
 def _accuracy_table(summary: pd.DataFrame, confidence: float) -> str:
