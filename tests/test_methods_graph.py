@@ -114,6 +114,10 @@ def test_latency_column_prefers_the_sli_names():
     assert latency_column("a", ["a_cpu", "a_p99_latency_ms"]) == "a_p99_latency_ms"
     assert latency_column("a", ["a_cpu", "a_duration_p50", "a_duration_p90"]) == "a_duration_p90"
     assert latency_column("a", ["a_cpu"]) is None
+    # full view: the mesh's p90 of requests to the service, before the engine's own latency histograms
+    full = ["a_e2e_request_latency_seconds_p90", "a_request_duration_milliseconds_p50",
+            "a_request_duration_milliseconds_p90", "a_inter_token_latency_seconds_p90"]
+    assert latency_column("a", full) == "a_request_duration_milliseconds_p90"
 
 
 @pytest.mark.parametrize(("metric", "kind"), [

@@ -8,8 +8,12 @@ from collections.abc import Sequence
 from llmrca.case import Observation, service_of
 from llmrca.errors import MethodError
 
-# Latency metric names in order of preference: study view, RCAEval, mesh/full view.
-LATENCY_METRICS = ("latency", "latency-90", "latency-p90", "latency-50", "latency-p50")
+# Latency metric names in order of preference: study view, RCAEval, then the mesh's p90 under its full-view name
+# (the same series as the study view's `latency`: latency of requests *to* the service, as the caller sees it).
+# The mesh series comes before an engine's own `*latency*` histograms (vLLM's e2e_request_latency_seconds): those
+# are measured inside the server and miss what happens on the way to it (a delayed link, a queue in front).
+LATENCY_METRICS = ("latency", "latency-90", "latency-p90", "request_duration_milliseconds_p90", "latency-50",
+                   "latency-p50", "request_duration_milliseconds_p50")
 
 
 def entry_service(obs: Observation) -> str:
