@@ -30,6 +30,8 @@ from llmrca.errors import LlmrcaError
 
 DEFAULT_TIMEOUT_S = 60.0  # per (method, case): a hanging method costs at most this per case
 DEFAULT_FULL_METHODS = "light"  # the wide views leave out the COLUMN_HEAVY methods unless asked
+LEFT_OUT_WHY = ("not in --full-methods, whose default leaves out the causal-discovery methods that take 6–14 s "
+                "per case on the full view; --full-methods all runs them")
 BENCH_JSON = "bench.json"
 CASES = "cases"
 CONFIDENCE = 0.95
@@ -96,13 +98,13 @@ def run_bench(
     if bad:
         raise LlmrcaError(f"unknown view(s) {', '.join(bad)}; known: {', '.join(VIEWS)}")
     names = resolve(methods if isinstance(methods, str) else list(methods))
-    wide = set(resolve(full_methods if isinstance(full_methods, str) else list(full_methods)))
+    wide_spec = full_methods if isinstance(full_methods, str) else ",".join(full_methods)
+    wide = set(resolve(wide_spec))
     view_methods = {v: names if v == "study" else [n for n in names if n in wide] for v in views}
     empty = [v for v in views if not view_methods[v]]
     if empty:
-        raise LlmrcaError(f"no method left for the {', '.join(empty)} view(s): --full-methods "
-                          f"{full_methods if isinstance(full_methods, str) else ','.join(full_methods)} excludes "
-                          f"every one of {', '.join(names)}; use --full-methods all or drop the view")
+        raise LlmrcaError(f"no method left for the {', '.join(empty)} view(s): --full-methods {wide_spec} "
+                          f"excludes every one of {', '.join(names)}; use --full-methods all or drop the view")
     over = json.loads(json.dumps(dict(overrides or {})))  # as suite.json will hold it
     if over.get("faults") is not None and list(over["faults"]) == list(suite.faults):
         del over["faults"]  # naming the suite's own faults makes the same suite
@@ -117,7 +119,7 @@ def run_bench(
         left_out = [n for n in names if n not in view_methods[view]]
         console.print(f"[bold]evaluate {i}/{len(views)}[/bold]: {len(view_methods[view])} method(s) × "
                       f"{len(cases)} cases, {view} view, {jobs} job(s), timeout {_secs(timeout)}"
-                      + (f" (not run in this view: {', '.join(left_out)}; --full-methods all runs them)"
+                      + (f" (not run in this view: {', '.join(left_out)}; {LEFT_OUT_WHY})"
                          if left_out else ""), highlight=False)
         folder = out / f"results-{view}"
         results[view] = evaluate(cases, view_methods[view], folder, jobs=jobs, timeout=timeout,
@@ -258,9 +260,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
                   + (f", overrides {json.dumps(over)}" if over else "")),
         ("Methods", f"{len(names)}: {', '.join(names)}"),
         ("Views", ", ".join(views)),
-        *((f"Not run in the {v} view", ", ".join(n for n in names if n not in ms)
-           + " (causal discovery over every column: 6–14 s per case each on the full view; "
-           "--full-methods all runs them)")
+        *((f"Not run in the {v} view", ", ".join(n for n in names if n not in ms) + f" ({LEFT_OUT_WHY})")
           for v, ms in (view_methods or {}).items() if len(ms) < len(names)),
         ("Run", f"{jobs} job(s), timeout {_secs(timeout)} per method and case"),
         ("Wall time", f"last invocation {float(last['seconds']):.1f} s (simulated the suite: "
