@@ -12,6 +12,7 @@ from llmrca.sim.hardware import GIB, gpu_kind, model_spec
 ROUTING = ("least-loaded", "power-of-two", "round-robin")
 ARRIVALS = ("constant", "poisson", "bursty")
 MESH_QUANTILES = ("exact", "istio")
+NOISE_LEVELS = ("realistic", "none")  # background activity not caused by any fault
 
 
 class ConfigError(LlmrcaError, ValueError):
@@ -56,10 +57,13 @@ class SimConfig:
     # Fidelity
     mesh_quantiles: str = "exact"  # "exact" quantiles of the window's requests, or Istio's classic buckets
     variability: bool = True  # per-run differences (load, hardware speed, thermal start, baselines)
-    noise: bool = True  # measurement noise and background activity
+    # "realistic": background activity not caused by the fault (neighbours, GC-like spikes, scrape gaps, unrelated
+    # warnings); "none": only measurement noise (the clean cases of earlier versions).
+    noise: str = "realistic"
 
     def __post_init__(self) -> None:
-        for n, allowed in (("routing", ROUTING), ("arrival", ARRIVALS), ("mesh_quantiles", MESH_QUANTILES)):
+        for n, allowed in (("routing", ROUTING), ("arrival", ARRIVALS), ("mesh_quantiles", MESH_QUANTILES),
+                           ("noise", NOISE_LEVELS)):
             if getattr(self, n) not in allowed:
                 raise UnknownNameError(f"sim config: {n} must be one of {', '.join(allowed)}, is {getattr(self, n)!r}")
         gpu_kind(self.gpu)

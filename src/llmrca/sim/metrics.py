@@ -177,7 +177,7 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
     n_ticks = min(len(v["t"]) for v in logs.values())
     t_sim0 = env.t0
     G = _Grid(cfg, t_sim0, n_ticks)
-    noise = cfg.noise
+    noise = True  # measurement noise is always on; cfg.noise sets the background activity on top of it
     replicas = list(dep.replicas)
     head = dep.proxy
     names = np.array(paths.names, dtype=object)
