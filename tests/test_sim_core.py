@@ -174,7 +174,7 @@ def test_suite_registry_and_plan():
     assert plan("paper") == paper  # deterministic
     demo = plan("demo", normal=2)
     assert len(demo) == 4 * 4 * 2 + 2 and demo[-1].injection is None and demo[-1].case_id == "normal/rep-01"
-    assert get_suite("demo").config["duration"] < 360.0
+    assert get_suite("demo").deploy.duration < 360.0
     with pytest.raises(UnknownNameError):
         get_suite("nope")
     with pytest.raises(UnknownNameError):

@@ -57,7 +57,11 @@ def test_live_testbed_end_to_end(tmp_path):
     from llmrca.testbed.config import TestbedConfig
 
     run_dir = tmp_path / "tb"
-    cfg = TestbedConfig(rate=2.0, prompt_tokens=256, output_tokens=64, model_load_s=2.0, seed=1)
+    from llmrca.deploy import DeployConfig
+
+    # The testbed's 1 s scrapes and 5 s windows (the live scenario's), not the study's 5 s / 15 s.
+    cfg = TestbedConfig(deploy=DeployConfig(rate=2.0, prompt_tokens=256, output_tokens=64, step=1.0, rate_window=5.0),
+                        model_load_s=2.0, seed=1)
     started: list[psutil.Process] = []
     try:
         st = control.up(cfg, run_dir, detach=False, timeout=150)

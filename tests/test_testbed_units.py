@@ -24,6 +24,7 @@ from llmrca.errors import LlmrcaError, UnknownNameError
 from llmrca.faults import FaultParamError
 from llmrca.sim.hardware import GIB, gpu_kind, model_spec
 from llmrca.testbed.cleanup import CleanupRegistry
+from llmrca.deploy import DeployConfig
 from llmrca.testbed.config import Machine, TestbedConfig, TestbedConfigError, scaling
 from llmrca.testbed.delay import Delay
 
@@ -499,10 +500,32 @@ def test_live_parameters_scale_to_the_machine():
     with pytest.raises(UnknownNameError):
         resolve_params("replica-kill", {"nope": 1}, "a100")
     assert live_params("replica-kill", resolve_params("replica-kill", None, "a100"), small, "a100") == {"load_s": 8.0}
-    with pytest.raises(TestbedConfigError, match="rate_window"):
-        TestbedConfig(scrape_interval=5.0, rate_window=5.0)
+    with pytest.raises(TestbedConfigError, match="deploy.rate_window"):
+        TestbedConfig(deploy=DeployConfig(step=5.0, rate_window=5.0))
     with pytest.raises(UnknownNameError):
         TestbedConfig.from_dict({"replica": 3})
+    with pytest.raises(UnknownNameError, match="deploy"):
+        TestbedConfig.from_dict({"replicas": 3})  # a deployment field belongs to the deploy config
+
+
+def test_pod_limits_follow_the_deployment_and_are_scaled_only_when_asked():
+    small = Machine(2, 24 * GIB, 20 * GIB)
+    half = scaling(TestbedConfig(deploy=DeployConfig(pod_cpu=4.0, pod_memory_gib=8.0)),
+                   Machine(128, 1024 * GIB, 900 * GIB))
+    assert (half.pod_cpu, half.pod_memory_bytes, half.cpu_factor) == (4.0, 8 * GIB, 1.0)
+    fixed = scaling(TestbedConfig(deploy=DeployConfig(pod_cpu=2.0), scale_pods=False), small)
+    assert fixed.pod_cpu == 2.0 and fixed.cpu_factor == 1.0 and fixed.pod_memory_bytes == 16 * GIB
+    scaled = scaling(TestbedConfig(deploy=DeployConfig(pod_cpu=2.0)), small)
+    assert scaled.pod_cpu == pytest.approx(0.4) and scaled.cpu_factor == pytest.approx(0.2)
+    from llmrca.testbed.config import Scaling
+
+    assert Scaling.from_dict(scaled.to_dict()) == scaled
+
+
+def test_testbed_config_round_trips_through_its_dict():
+    cfg = TestbedConfig(deploy=DeployConfig(replicas=2, step=1.0, rate_window=5.0), load=False, seed=4)
+    assert TestbedConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.sim_config() is cfg.deploy
 
 
 def test_nvidia_smi_command_for_real_gpus():

@@ -1,8 +1,10 @@
-"""Suites of simulated cases: faults × targets × repetitions (+ fault-free runs), written as native case folders.
+"""Suites of simulated cases: a scenario's faults × targets × repetitions (+ fault-free runs), written as native
+case folders.
 
-``paper`` is the reference study's experiment (4 faults × the 4 replicas × 10 repetitions of a 360 s run, fault at
-285 s for 60 s); ``demo`` is a small, quick version of it. Overrides make held-out variants of a suite (other
-replica counts, loads, fault strengths, GPU kinds, model sizes) without changing its physics.
+A suite is a scenario (``llmrca.scenarios``): ``paper`` is the reference study's experiment (4 faults × the 4
+replicas × 10 repetitions of a 360 s run, fault at 285 s for 60 s), ``demo`` a small, quick version of it, both
+shipped as TOML files; any scenario file works the same way. Overrides (and ``--set``) make held-out variants of a
+scenario (other replica counts, loads, fault strengths, GPU kinds, model sizes) without changing its physics.
 """
 
 from __future__ import annotations
@@ -11,63 +13,41 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from llmrca import __version__
 from llmrca import faults as fault_registry
+from llmrca.deploy.config import path_of
 from llmrca.errors import UnknownNameError
-from llmrca.faults import FaultParamError, Injection
+from llmrca.faults import Injection
+from llmrca.scenarios import Scenario, load, shipped
 from llmrca.sim.config import SimConfig
 from llmrca.sim.deployment import deployment
 
 MANIFEST = "suite.json"
-# Overrides that are not SimConfig fields.
+SCENARIO_FILE = "scenario.toml"  # the scenario a suite was made with, every value resolved, next to suite.json
+# Overrides that are not SimConfig fields, and the scenario keys they set.
 SUITE_KEYS = ("strength", "fault_params", "faults")
 ALIASES = {"load": "rate", "gpu_kind": "gpu", "model_size": "model"}
 
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    description: str
-    faults: tuple[str, ...]
-    reps: int  # default repetitions per (fault, target)
-    config: dict[str, Any] = field(default_factory=dict)  # SimConfig fields that differ from the defaults
+Suite = Scenario  # a suite is a scenario; the name stays for callers that knew suites first
+ScenarioRef = str | Path | Scenario
 
 
-_SUITES: dict[str, Suite] = {}
+def suites() -> list[Scenario]:
+    """The shipped scenarios (``paper``, ``demo``, ``live``)."""
+    return [load(n) for n in shipped()]
 
 
-def register(suite: Suite) -> None:
-    _SUITES[suite.name] = suite
-
-
-register(Suite(
-    "paper",
-    "the reference study: cpu, memory, network and gpu faults on each of the 4 vLLM replicas, 10 repetitions of "
-    "a 360 s run at 5 req/s, fault injected at 285 s for 60 s",
-    ("cpu", "memory", "network", "gpu"), 10,
-))
-register(Suite(
-    "demo",
-    "a quick look: the paper's 4 faults × 4 replicas × 2 repetitions of a 240 s run (fault at 165 s for 60 s)",
-    ("cpu", "memory", "network", "gpu"), 2, {"duration": 240.0, "inject_at": 165.0},
-))
-
-
-def suites() -> list[Suite]:
-    return list(_SUITES.values())
-
-
-def get_suite(name: str) -> Suite:
-    try:
-        return _SUITES[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown suite {name!r}; known: {', '.join(_SUITES)}") from None
+def get_suite(name: str) -> Scenario:
+    """A shipped scenario by name (``--suite NAME`` is a synonym of ``--scenario NAME``)."""
+    if name not in shipped():
+        raise UnknownNameError(f"unknown suite {name!r}; known: {', '.join(shipped())}")
+    return load(name)
 
 
 @dataclass(frozen=True)
@@ -79,21 +59,49 @@ class CaseSpec:
     rep: int
 
 
-def _split_overrides(overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def overrides_to_sets(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Suite overrides (SimConfig fields and their aliases, ``strength``, ``fault_params``, ``faults``) as the
+    scenario keys they change (``{"replicas": 6}`` → ``{"deployment.replicas": 6}``)."""
     cfg_keys = {f.name for f in fields(SimConfig)}
-    cfg, extra = {}, {}
+    out: dict[str, Any] = {}
     for k, v in (overrides or {}).items():
         k = ALIASES.get(k, k)
-        if k in SUITE_KEYS:
-            extra[k] = v
+        if k == "strength":
+            out["faults.strength"] = v
+        elif k == "faults":
+            out["faults.types"] = list(v) if v is not None else []
+        elif k == "fault_params":
+            for fault, params in (v or {}).items():
+                if fault not in fault_registry.ids():
+                    raise UnknownNameError(f"fault_params names unknown fault {fault!r}; known: "
+                                           f"{', '.join(fault_registry.ids())}")
+                for name, value in (params or {}).items():
+                    out[f"faults.{fault}.{name}"] = value
         elif k in cfg_keys:
-            cfg[k] = v
+            out[path_of(k)] = v
         else:
             raise UnknownNameError(
                 f"unknown suite override {k!r}; use a SimConfig field ({', '.join(sorted(cfg_keys))}) or one of "
                 f"{', '.join(SUITE_KEYS)}"
             )
-    return cfg, extra
+    return out
+
+
+def resolve(scenario: ScenarioRef = "paper", *, reps: int | None = None, seed: int | None = None,
+            normal: int | None = None, overrides: Mapping[str, Any] | None = None,
+            sets: Iterable[str] | Mapping[str, Any] | None = None) -> Scenario:
+    """The scenario a suite is made from: a shipped name, a TOML file or a ``Scenario``, with ``sets``
+    (``"table.key=value"``), ``overrides`` (the older dict form) and ``reps``/``seed``/``normal`` applied (``None``:
+    the scenario's own), validated."""
+    s = scenario if isinstance(scenario, Scenario) else load(scenario)
+    changes: dict[str, Any] = {}
+    if sets:
+        s = s.with_sets(sets)
+    changes.update(overrides_to_sets(overrides))
+    for k, v in (("reps", reps), ("seed", seed), ("normal", normal)):
+        if v is not None:
+            changes[k] = int(v)
+    return s.with_sets(changes) if changes else s
 
 
 def fault_params(fault: str, config: SimConfig, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,35 +120,34 @@ def fault_params(fault: str, config: SimConfig, extra: Mapping[str, Any]) -> dic
     return spec.resolve(params)
 
 
-def plan(name: str = "paper", *, reps: int | None = None, seed: int = 0, normal: int = 0,
-         overrides: Mapping[str, Any] | None = None) -> list[CaseSpec]:
-    """The cases of a suite, in a fixed order, each with its own seed from (seed, fault, target, rep)."""
+def plan(scenario: ScenarioRef = "paper", *, reps: int | None = None, seed: int | None = None,
+         normal: int | None = None, overrides: Mapping[str, Any] | None = None,
+         sets: Iterable[str] | Mapping[str, Any] | None = None) -> list[CaseSpec]:
+    """The cases of a scenario, in a fixed order, each with its own seed from (seed, fault, target, rep)."""
+    return plan_of(resolve(scenario, reps=reps, seed=seed, normal=normal, overrides=overrides, sets=sets))
+
+
+def plan_of(s: Scenario) -> list[CaseSpec]:
+    """The cases of a resolved scenario: faults in the scenario's order, then its targets, then repetitions; the
+    fault-free runs last."""
     from llmrca.sim.run import derive_seed
 
-    suite = get_suite(name)
-    cfg_over, extra = _split_overrides(overrides)
-    config = SimConfig(**{**suite.config, **cfg_over})
-    reps = suite.reps if reps is None else int(reps)
-    if reps < 0 or normal < 0:
-        raise FaultParamError(f"reps and normal must be >= 0 (got reps={reps}, normal={normal})")
-    unknown_faults = [f for f in (extra.get("fault_params") or {}) if f not in fault_registry.ids()]
-    if unknown_faults:
-        raise UnknownNameError(f"fault_params names unknown fault(s) {', '.join(unknown_faults)}")
-    chosen = tuple(extra.get("faults") or suite.faults)
-    for f in chosen:
-        fault_registry.get(f)
-    width = max(2, len(str(max(reps, normal, 1) - 1)))
+    config = s.deploy
+    width = max(2, len(str(max(s.reps, s.normal, 1) - 1)))
     topo = deployment(config).topology()
     out: list[CaseSpec] = []
-    for f in chosen:
+    for f in s.faults:
         spec = fault_registry.get(f)
-        params = fault_params(f, config, extra)
-        for target in spec.target_services(topo):
-            for rep in range(reps):
+        params = s.params(f)
+        targets = [t for t in spec.target_services(topo) if s.targets is None or t in s.targets]
+        for target in targets:
+            for rep in range(s.reps):
                 cid = f"{f}/{target}/rep-{rep:0{width}d}"
-                out.append(CaseSpec(cid, config, Injection(f, target, params), derive_seed(seed, f, target, rep), rep))
-    for rep in range(normal):
-        out.append(CaseSpec(f"normal/rep-{rep:0{width}d}", config, None, derive_seed(seed, "normal", "", rep), rep))
+                out.append(CaseSpec(cid, config, Injection(f, target, params), derive_seed(s.seed, f, target, rep),
+                                    rep))
+    for rep in range(s.normal):
+        out.append(CaseSpec(f"normal/rep-{rep:0{width}d}", config, None, derive_seed(s.seed, "normal", "", rep),
+                            rep))
     return out
 
 
@@ -160,29 +167,35 @@ Progress = Callable[[int, int, str], None]
 
 
 def generate_suite(
-    name: str = "paper",
+    scenario: ScenarioRef = "paper",
     out_dir: str | Path = "cases",
     reps: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     jobs: int = 1,
-    normal: int = 0,
+    normal: int | None = None,
     overrides: Mapping[str, Any] | None = None,
     progress: bool | Progress = True,
     *,
+    sets: Iterable[str] | Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Simulate a suite and write one native case folder per case under ``out_dir`` (plus ``suite.json``).
+    """Simulate a scenario's suite and write one native case folder per case under ``out_dir``, plus
+    ``suite.json`` (how it was made, the case list, the scenario and its SHA-256) and ``scenario.toml`` (the
+    scenario actually used, every value resolved: ``llmrca generate --scenario OUT/scenario.toml`` makes the same
+    suite again).
 
-    Folders and case ids are ``<fault>/<target>/rep-NN`` (``normal/rep-NN`` for fault-free runs). ``reps`` defaults
-    to the suite's own (paper 10, demo 2); ``jobs`` worker processes share the work, and the bytes written do not
-    depend on it. ``overrides``: SimConfig fields (``replicas``, ``rate``, ``gpu``, ``model``, ...) and
-    ``strength`` (scales every fault), ``fault_params`` ({fault: {param: value}}), ``faults`` (a subset).
-    Existing case folders are an error unless ``overwrite``.
+    ``scenario``: a shipped name (``paper``, ``demo``), a TOML file, or a ``Scenario``. Folders and case ids are
+    ``<fault>/<target>/rep-NN`` (``normal/rep-NN`` for fault-free runs). ``reps``, ``seed``, ``normal`` default to
+    the scenario's (paper: 10 reps, seed 0); ``sets``: ``"table.key=value"`` changes; ``overrides``: the older
+    dict form (SimConfig fields such as ``replicas``, ``rate``, ``gpu``, ``model``, and ``strength`` (scales every
+    fault), ``fault_params`` ({fault: {param: value}}), ``faults`` (a subset)). ``jobs`` worker processes share the
+    work, and the bytes written do not depend on it. Existing case folders are an error unless ``overwrite``.
     """
     root = Path(out_dir)
-    specs = plan(name, reps=reps, seed=seed, normal=normal, overrides=overrides)
+    s = resolve(scenario, reps=reps, seed=seed, normal=normal, overrides=overrides, sets=sets)
+    specs = plan_of(s)
     if not overwrite:
-        clash = [s.case_id for s in specs if (root / s.case_id).exists()]
+        clash = [c.case_id for c in specs if (root / c.case_id).exists()]
         if clash:
             raise FileExistsError(f"{root / clash[0]}: already exists ({len(clash)} case folder(s) would be "
                                   "overwritten; pass overwrite=True or choose another folder)")
@@ -192,22 +205,25 @@ def generate_suite(
     n = len(specs)
     done: dict[str, str] = {}
     if jobs <= 1 or n <= 1:
-        for i, s in enumerate(specs):
-            done[s.case_id] = _make(s, str(root), name, seed, over, overwrite)
-            report(i + 1, n, s.case_id)
+        for i, c in enumerate(specs):
+            done[c.case_id] = _make(c, str(root), s.name, s.seed, over, overwrite)
+            report(i + 1, n, c.case_id)
     else:
         with ProcessPoolExecutor(max_workers=int(jobs)) as pool:
-            futs = {pool.submit(_make, s, str(root), name, seed, over, overwrite): s for s in specs}
+            futs = {pool.submit(_make, c, str(root), s.name, s.seed, over, overwrite): c for c in specs}
             for k, fut in enumerate(as_completed(futs)):
-                s = futs[fut]
-                done[s.case_id] = fut.result()
-                report(k + 1, n, s.case_id)
-    _write_manifest(root, {
-        "suite": name, "seed": seed, "reps": reps if reps is not None else get_suite(name).reps, "normal": normal,
+                c = futs[fut]
+                done[c.case_id] = fut.result()
+                report(k + 1, n, c.case_id)
+    text = s.to_toml()
+    _write_atomic(root, SCENARIO_FILE, text)
+    _write_atomic(root, MANIFEST, json.dumps({
+        "suite": s.name, "seed": s.seed, "reps": s.reps, "normal": s.normal,
         "overrides": over, "generator": "llmrca.sim", "version": __version__,
-        "cases": [s.case_id for s in specs],
-    })
-    return [Path(done[s.case_id]) for s in specs]
+        "scenario_file": SCENARIO_FILE, "scenario_sha256": s.sha256(), "scenario": s.to_document(),
+        "cases": [c.case_id for c in specs],
+    }, indent=2) + "\n")
+    return [Path(done[c.case_id]) for c in specs]
 
 
 def _reporter(progress: bool | Progress) -> Progress:
@@ -223,9 +239,8 @@ def _reporter(progress: bool | Progress) -> Progress:
     return show
 
 
-def _write_manifest(root: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".suite.", dir=root)
+def _write_atomic(root: Path, name: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=root)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, root / MANIFEST)
+        f.write(text)
+    os.replace(tmp, root / name)

@@ -400,10 +400,10 @@ def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_i
     rd = RunDir(run_dir)
     st = rd.read_state()
     cfg = TestbedConfig.from_dict(st["config"])
-    step = step or cfg.scrape_interval
+    step = step or cfg.deploy.step
     client = PromClient(f"http://{LOOPBACK}:{st['ports']['prometheus']}")
     services = [*st["services"], st["node"]]
-    metrics = collect_metrics(client, start, end, step, rate_window=cfg.rate_window,
+    metrics = collect_metrics(client, start, end, step, rate_window=cfg.deploy.rate_window,
                               labels=LabelMap(only=tuple(services)), services=services)
     if len(metrics.columns) <= 1:
         raise CaseError([("metrics: Prometheus returned no series in the window (is the testbed up, and the window "
@@ -436,7 +436,7 @@ def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_i
         case_id = f"{rec['fault']}/{rec['target']}/{int(start)}" if rec else f"normal/{int(start)}"
     prov = {"generator": "llmrca.testbed", "version": __version__, "seed": cfg.seed, "config": cfg.to_dict(),
             "scaling": st.get("scaling"), "run_id": st.get("run_id"), "window": [start, end], "step": step,
-            "rate_window": cfg.rate_window, "containment": (st.get("containment") or {}).get("mode")}
+            "rate_window": cfg.deploy.rate_window, "containment": (st.get("containment") or {}).get("mode")}
     if rec:
         prov["injection"] = rec
     return Case(id=case_id, observation=obs, truth=truth, system="llmrca-testbed", provenance=prov)

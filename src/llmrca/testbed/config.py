@@ -1,22 +1,24 @@
 """The live testbed's configuration, and how the study's numbers scale to the machine it runs on.
 
-The deployment (replica count, GPU kind, model, engine limits) and the workload are the simulator's
-(``llmrca.sim.config.SimConfig``), so a live run and a simulated run of the same settings are the same system.
-What cannot be the study's on one small machine is scaled, and the scaling is recorded in every case:
-a pod's CPU limit (the study gave each pod 8 cores on large nodes), and a memory hog's size (8 GB of a 16 GiB pod).
+The deployment, its telemetry settings and its workload are the one deployment model
+(``llmrca.deploy.config.DeployConfig``, which the simulator runs too), held as ``TestbedConfig.deploy``; this module
+adds only what exists on a live machine and nowhere in a model: the load generator switch, nginx's read timeout, an
+emulated model load, the seed of the live processes, and whether the pod limits are scaled to this machine. What
+cannot be the study's on one small machine is scaled, and the scaling is recorded in every case: a pod's CPU limit
+(the study gave each pod 8 cores on large nodes), and a memory hog's size (8 GB of a 16 GiB pod).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import psutil
 
+from llmrca.deploy.config import DeployConfig
 from llmrca.errors import LlmrcaError, UnknownNameError
-from llmrca.sim.config import SimConfig
 
 STUDY_POD_CPU = 8.0  # cores per Ray pod in the study
 STUDY_POD_MEMORY_GIB = 16.0
@@ -50,75 +52,52 @@ class Machine:
 
 @dataclass(frozen=True)
 class TestbedConfig:
+    """A live deployment: ``deploy`` (the one deployment model) plus the knobs only a live machine has.
+
+    The collector's query step and Prometheus' scrape interval are ``deploy.step``, its rate() range
+    ``deploy.rate_window``; the pod limits are ``deploy.pod_cpu`` / ``deploy.pod_memory_gib``, held to this
+    machine's share when ``scale_pods``.
+    """
+
     __test__ = False  # not a pytest test class, whatever its name
 
-    # Deployment (as the simulator's)
-    replicas: int = 4
-    gpu: str = "a100-80gb"
-    model: str = "tiiuae/Falcon-H1-7B-Instruct"
-    routing: str = "least-loaded"
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    shared_prefix_tokens: int = 32
-    # Workload (the study's: constant 5 req/s from 300 users, 512 prompt / 256 output tokens, streaming)
-    rate: float = 5.0
-    arrival: str = "constant"
-    users: int = 300
-    prompt_tokens: int = 512
-    output_tokens: int = 256
-    token_spread: float = 0.1
-    eos_share: float = 0.3
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     load: bool = True  # run the load generator with the deployment
-    # Telemetry
-    scrape_interval: float = 1.0  # Prometheus scrape interval and the collector's query step (s)
-    rate_window: float = 5.0  # range of rate() / histogram_quantile() in the collector's queries (s)
-    # Per-pod limits; None: scaled to this machine (see `scaled`)
-    pod_cpu: float | None = None
-    pod_memory_gib: float | None = None
-    # Robustness
+    scale_pods: bool = True  # pod limits at most this machine's even share (see `scaling`); False: as deployed
     read_timeout_s: float = 60.0  # nginx proxy_read_timeout; the engine abandons requests waiting longer
     model_load_s: float = 8.0  # a killed replica's restart delay (emulated model load)
-    seed: int = 0
+    seed: int = 0  # seed of the live processes (workload, routing ties, emulated hardware)
 
     def __post_init__(self) -> None:
         problems = []
-        for n in ("replicas", "prompt_tokens", "output_tokens", "users", "max_num_seqs", "max_num_batched_tokens",
-                  "block_size"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                problems.append(f"{n} must be a positive whole number, is {v!r}")
-        for n in ("rate", "scrape_interval", "rate_window", "read_timeout_s"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                problems.append(f"{n} must be a positive number, is {v!r}")
-        if self.model_load_s < 0:
-            problems.append(f"model_load_s must be >= 0, is {self.model_load_s!r}")
-        for n in ("pod_cpu", "pod_memory_gib"):
-            v = getattr(self, n)
-            if v is not None and (not isinstance(v, (int, float)) or v <= 0):
-                problems.append(f"{n} must be a positive number or None, is {v!r}")
-        if not problems and self.rate_window < 2 * self.scrape_interval:
-            problems.append(f"rate_window ({self.rate_window:g}) must cover at least two scrapes "
-                            f"(2 x scrape_interval = {2 * self.scrape_interval:g})")
+        if not isinstance(self.deploy, DeployConfig):
+            problems.append(f"deploy must be a DeployConfig, is {type(self.deploy).__name__}")
+        for n in ("load", "scale_pods"):
+            if not isinstance(getattr(self, n), bool):
+                problems.append(f"{n} must be true or false, is {getattr(self, n)!r}")
+        v = self.read_timeout_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            problems.append(f"read_timeout_s must be a positive number, is {v!r}")
+        v = self.model_load_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            problems.append(f"model_load_s must be >= 0, is {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            problems.append(f"seed must be a whole number, is {self.seed!r}")
+        if not problems and self.deploy.rate_window < 2 * self.deploy.step:
+            # rate() over a live Prometheus needs two scrapes inside its range; a model needs no such margin
+            problems.append(f"deploy.rate_window ({self.deploy.rate_window:g}) must cover at least two scrapes "
+                            f"(2 x deploy.step = {2 * self.deploy.step:g})")
         if problems:
             raise TestbedConfigError("testbed config: " + "; ".join(problems))
-        self.sim_config()  # the simulator validates the shared fields (GPU, model, routing, arrival, ...)
 
-    def sim_config(self) -> SimConfig:
-        """The simulator's configuration of the same deployment and workload."""
-        return SimConfig(
-            replicas=self.replicas, gpu=self.gpu, model=self.model, routing=self.routing,
-            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
-            block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
-            shared_prefix_tokens=self.shared_prefix_tokens, rate=self.rate, arrival=self.arrival, users=self.users,
-            prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens, token_spread=self.token_spread,
-            eos_share=self.eos_share,
-        )
+    def sim_config(self) -> DeployConfig:
+        """The simulator's configuration of the same deployment and workload (the same object)."""
+        return self.deploy
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["deploy"] = self.deploy.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TestbedConfig:
@@ -127,7 +106,9 @@ class TestbedConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UnknownNameError(f"testbed config: unknown field(s) {', '.join(unknown)}; "
-                                   f"known: {', '.join(sorted(known))}")
+                                   f"known: {', '.join(sorted(known))} (deployment fields go in 'deploy')")
+        if isinstance(d.get("deploy"), dict):
+            d["deploy"] = DeployConfig.from_dict(d["deploy"])
         return cls(**d)
 
     def with_(self, **changes: Any) -> TestbedConfig:
@@ -140,32 +121,47 @@ class TestbedConfig:
 
 @dataclass(frozen=True)
 class Scaling:
-    """The study's pod limits scaled to this machine; ``factor`` = live pod CPU / the study's 8 cores."""
+    """The deployment's pod limits scaled to this machine; ``cpu_factor`` = live pod CPU / the deployed pod's
+    (the study's 8 cores by default), so a fault sized for the deployed pod is sized the same way live."""
 
     pod_cpu: float
     pod_memory_bytes: float
     machine: Machine
+    deployed_cpu: float = STUDY_POD_CPU
+    deployed_memory_bytes: float = STUDY_POD_MEMORY_GIB * GIB
 
     @property
     def cpu_factor(self) -> float:
-        return self.pod_cpu / STUDY_POD_CPU
+        return self.pod_cpu / self.deployed_cpu
 
     @property
     def memory_factor(self) -> float:
-        return self.pod_memory_bytes / (STUDY_POD_MEMORY_GIB * GIB)
+        return self.pod_memory_bytes / self.deployed_memory_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {"pod_cpu": self.pod_cpu, "pod_memory_bytes": self.pod_memory_bytes,
                 "cpu_factor": self.cpu_factor, "memory_factor": self.memory_factor,
+                "deployed_cpu": self.deployed_cpu, "deployed_memory_bytes": self.deployed_memory_bytes,
                 "machine": asdict(self.machine)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scaling:
+        return cls(float(d["pod_cpu"]), float(d["pod_memory_bytes"]), Machine(**d["machine"]),
+                   float(d.get("deployed_cpu", STUDY_POD_CPU)),
+                   float(d.get("deployed_memory_bytes", STUDY_POD_MEMORY_GIB * GIB)))
 
 
 def scaling(config: TestbedConfig, machine: Machine | None = None) -> Scaling:
-    """Pod limits for this machine: the cores and memory shared evenly by the gateway and the replica pods
-    (the study's 8 cores / 16 GiB at most), unless the config fixes them."""
+    """Pod limits for this machine: the deployment's (``deploy.pod_cpu`` cores, ``deploy.pod_memory_gib``), held to
+    an even share of this machine's cores and memory among the gateway and the replica pods when
+    ``config.scale_pods``; as deployed otherwise."""
     m = machine or Machine.probe()
-    pods = config.replicas + 1
-    cpu = config.pod_cpu if config.pod_cpu is not None else min(STUDY_POD_CPU, max(0.25, m.cores / pods))
-    mem = (config.pod_memory_gib * GIB if config.pod_memory_gib is not None
-           else min(STUDY_POD_MEMORY_GIB * GIB, m.memory_bytes / pods))
-    return Scaling(pod_cpu=float(cpu), pod_memory_bytes=float(mem), machine=m)
+    d = config.deploy
+    want_cpu, want_mem = float(d.pod_cpu), float(d.pod_memory_gib) * GIB
+    cpu, mem = want_cpu, want_mem
+    if config.scale_pods:
+        pods = d.replicas + 1
+        cpu = min(want_cpu, max(0.25, m.cores / pods))
+        mem = min(want_mem, m.memory_bytes / pods)
+    return Scaling(pod_cpu=float(cpu), pod_memory_bytes=float(mem), machine=m, deployed_cpu=want_cpu,
+                   deployed_memory_bytes=want_mem)

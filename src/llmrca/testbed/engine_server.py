@@ -55,15 +55,15 @@ class Engine:
         self.service = service_name
         self.cfg = TestbedConfig.from_dict(state["config"])
         self.state = state
-        self.gpu = gpu_kind(self.cfg.gpu)
-        self.model = model_spec(self.cfg.model)
+        self.gpu = gpu_kind(self.cfg.deploy.gpu)
+        self.model = model_spec(self.cfg.deploy.model)
         index = list(state["replicas"]).index(service_name)
         self.rng = np.random.default_rng([self.cfg.seed, 0xE9, index])
         self.rt = RealtimeEngine(
-            service_name, gpu=self.gpu, model=self.model, max_num_seqs=self.cfg.max_num_seqs,
-            max_num_batched_tokens=self.cfg.max_num_batched_tokens, block_size=self.cfg.block_size,
-            gpu_memory_utilization=self.cfg.gpu_memory_utilization,
-            shared_prefix_tokens=self.cfg.shared_prefix_tokens, ambient_c=27.0 + float(self.rng.normal(0, 1.5)),
+            service_name, gpu=self.gpu, model=self.model, max_num_seqs=self.cfg.deploy.max_num_seqs,
+            max_num_batched_tokens=self.cfg.deploy.max_num_batched_tokens, block_size=self.cfg.deploy.block_size,
+            gpu_memory_utilization=self.cfg.deploy.gpu_memory_utilization,
+            shared_prefix_tokens=self.cfg.deploy.shared_prefix_tokens, ambient_c=27.0 + float(self.rng.normal(0, 1.5)),
         )
         self.log = JsonLog(rd.log(f"engine-{service_name}"), service_name, "vllm")
         self.provider, self.tracer = tracer(service_name, "engine", state.get("otlp_endpoint"))
@@ -245,7 +245,7 @@ class Engine:
         except (ValueError, KeyError, TypeError, AttributeError):
             return web.json_response({"object": "error", "message": "body must be JSON with 'messages'",
                                       "type": "BadRequestError", "code": 400}, status=400)
-        max_tokens = int(body.get("max_tokens") or self.cfg.output_tokens)
+        max_tokens = int(body.get("max_tokens") or self.cfg.deploy.output_tokens)
         stream = bool(body.get("stream", False))
         n_prompt = prompt_tokens_of(text)
         n_out = wanted_tokens(text, max_tokens)

@@ -44,14 +44,14 @@ class LoadGen:
         self.inflight = 0
 
     def schedule(self, t0: float, t1: float) -> wlmod.Workload:
-        return wlmod.generate(self.cfg.sim_config(), self.cfg.rate, t0, t1, self.rng)
+        return wlmod.generate(self.cfg.deploy, self.cfg.deploy.rate, t0, t1, self.rng)
 
     async def one(self, session: Any, prompt: int, max_tokens: int, answer: int) -> None:
         import aiohttp
 
         trace_id = self.rng.bytes(16).hex()
         span_id = self.rng.bytes(8).hex()
-        body = {"model": self.cfg.model, "stream": True, "max_tokens": int(max_tokens),
+        body = {"model": self.cfg.deploy.model, "stream": True, "max_tokens": int(max_tokens),
                 "messages": [{"role": "user", "content": prompt_text(int(prompt), int(answer), self.rng)}]}
         headers = {"traceparent": f"00-{trace_id}-{span_id}-01", "Content-Type": "application/json"}
         t0 = time.time()
@@ -95,7 +95,7 @@ class LoadGen:
                             break
                         except TimeoutError:
                             pass
-                    if self.inflight >= self.cfg.users:
+                    if self.inflight >= self.cfg.deploy.users:
                         self.stats["skipped"] += 1  # every user is waiting for an answer
                         continue
                     t = asyncio.create_task(self.one(session, wl.prompt_tokens[i], wl.max_tokens[i],

@@ -73,7 +73,7 @@ class Proxy:
         self.url = {r: f"http://{LOOPBACK}:{ports['engine:' + r] if r == self.service else ports['link:' + r]}{ROUTE}"
                     for r in self.replicas}
         self.health_url = {r: f"http://{LOOPBACK}:{ports['engine:' + r]}/health" for r in self.replicas}
-        self.router = Router(self.replicas, self.cfg.routing, np.random.default_rng([self.cfg.seed, 0x5E7]))
+        self.router = Router(self.replicas, self.cfg.deploy.routing, np.random.default_rng([self.cfg.seed, 0x5E7]))
         self.log = JsonLog(rd.log("proxy"), self.service, "ray.serve")
         self.provider, self.tracer = tracer(self.service, "proxy", state.get("otlp_endpoint"))
         reg = self.registry = CollectorRegistry()
@@ -219,7 +219,7 @@ async def _main(run_dir: str, stop: asyncio.Event) -> None:
     runner = await service.start_site(app, state["ports"]["proxy"])
     health = asyncio.create_task(proxy.health_loop(stop))
     proxy.log.write("INFO", "Proxy started on port {}, routing ({}) to {} replicas.", state["ports"]["proxy"],
-                   proxy.cfg.routing, len(proxy.replicas))
+                   proxy.cfg.deploy.routing, len(proxy.replicas))
     await stop.wait()
     health.cancel()
     await runner.cleanup()

@@ -71,7 +71,7 @@ class Managed:
 
 def plan_state(rd: RunDir, cfg: TestbedConfig, *, real_gpus: dict[str, str] | None = None) -> dict[str, Any]:
     """Names, ports and links of a deployment (the simulator's names: ``nginx-proxy`` → ``ray-head`` → replicas)."""
-    replicas = list(replica_names(cfg.replicas))
+    replicas = list(replica_names(cfg.deploy.replicas))
     remote = [r for r in replicas if r != HEAD]
     names = ["gateway", "proxy", "mesh", "prometheus", "agent", "control", "link:" + HEAD,
              *(f"engine:{r}" for r in replicas), *(f"link:{r}" for r in remote)]
@@ -97,10 +97,10 @@ class Supervisor:
         self.state = plan_state(rd, self.cfg, real_gpus=req.get("real_gpus"))
         self.state["supervisor"] = {"pid": os.getpid(), "create_time": psutil.Process().create_time(),
                                     "attached": bool(req.get("attached"))}
-        from llmrca.testbed.config import Machine, Scaling
+        from llmrca.testbed.config import Scaling
 
         sc = self.state["scaling"]
-        self.scaling = Scaling(sc["pod_cpu"], sc["pod_memory_bytes"], Machine(**sc["machine"]))
+        self.scaling = Scaling.from_dict(sc)
         # Two logs: what the deployment's own controller would print (collected into cases, as Ray Serve's
         # controller log), and the testbed's doings (injections, start/stop), never collected: a real system's
         # logs do not announce a fault.
@@ -182,7 +182,7 @@ class Supervisor:
             "llmrca-agent": [(ports["agent"], {})],
         }
         pconf = self.rd.path / "prometheus.yml"
-        pconf.write_text(prom.scrape_config(self.cfg.scrape_interval, jobs))
+        pconf.write_text(prom.scrape_config(self.cfg.deploy.step, jobs))
         self.procs["prometheus"] = Managed("prometheus", None, prom.command(pb, pconf, self.rd.prometheus,
                                                                               ports["prometheus"]), ports["prometheus"])
         if self.cfg.load:
@@ -274,7 +274,7 @@ class Supervisor:
                 self.tlog.write("ERROR", "container sampling failed: {}", repr(e))
             self._tail_nginx()
             try:
-                await asyncio.wait_for(stop.wait(), max(0.2, 0.5 * self.cfg.scrape_interval))
+                await asyncio.wait_for(stop.wait(), max(0.2, 0.5 * self.cfg.deploy.step))
             except TimeoutError:
                 pass
 
@@ -391,8 +391,8 @@ class Supervisor:
             if not inj.undone:
                 raise TestbedError(f"fault {rec['fault']} on {rec['target']} is still active ({rec['id']}); "
                                    "one fault at a time")
-        resolved = resolve_params(fault, params, self.cfg.gpu)
-        live = live_params(fault, resolved, self.scaling, self.cfg.gpu, model_load_s=self.cfg.model_load_s)
+        resolved = resolve_params(fault, params, self.cfg.deploy.gpu)
+        live = live_params(fault, resolved, self.scaling, self.cfg.deploy.gpu, model_load_s=self.cfg.model_load_s)
         inject_time = time.time()
         iid = f"{fault}-{target}-{int(inject_time)}"
         inj = Injector(self, fault, target, resolved, live, end=inject_time + duration,
