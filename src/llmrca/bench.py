@@ -55,7 +55,7 @@ class BenchResult:
 
 
 def run_bench(
-    name: str = "paper",
+    name: str | Path = "paper",
     out_dir: str | Path = "bench-paper",
     *,
     reps: int | None = None,
@@ -64,33 +64,36 @@ def run_bench(
     methods: str | Sequence[str] = "all",
     views: Sequence[str] = ("study", "full"),
     full_methods: str | Sequence[str] = DEFAULT_FULL_METHODS,
-    seed: int = 0,
+    seed: int | None = None,
     overrides: Mapping[str, Any] | None = None,
+    sets: Sequence[str] | Mapping[str, Any] | None = None,
     memory_limit_mb: float | None = None,
     retry_failed: bool = False,
     progress: bool = True,
     console: Console | None = None,
 ) -> BenchResult:
-    """Simulate suite ``name`` into OUT/cases (unless there), evaluate ``methods`` under each of ``views``
+    """Simulate the suite of scenario ``name`` (a shipped name such as ``paper``, or a TOML file) into OUT/cases
+    (unless there), evaluate ``methods`` under each of ``views``
     into OUT/results-<view>, write OUT/report.html and OUT/report.md, and print the tables on ``console``.
 
-    ``reps``: repetitions per (fault, target), default the suite's (paper: 10). ``seed`` seeds the suite and
-    the methods. ``overrides``: suite overrides (``generate_suite``), e.g. ``{"faults": ["cpu"]}``.
+    ``reps``: repetitions per (fault, target), default the scenario's (paper: 10). ``seed`` seeds the suite and
+    the methods (default: the scenario's). ``sets``: scenario changes (``"deployment.replicas=6"``);
+    ``overrides``: suite overrides (``generate_suite``), e.g. ``{"faults": ["cpu"]}``.
     ``timeout``: seconds per (method, case). ``full_methods``: which of ``methods`` run under the wide views
     (``full``, ``all``); the default ``"light"`` leaves out the ``COLUMN_HEAVY`` causal-discovery methods,
     whose cost on the full view's ~270 columns (6–14 s per case each, see ``llmrca.methods.registry``) would
     take the benchmark far past its 15-minute budget; ``"all"`` runs them too. A folder made with another
-    suite, reps, seed or overrides is refused.
+    suite, reps, seed, overrides or scenario content is refused.
     """
     from llmrca.case.views import VIEWS
     from llmrca.evaluate import evaluate
     from llmrca.methods import resolve
-    from llmrca.sim.suites import get_suite
+    from llmrca.scenarios import shipped
+    from llmrca.sim.suites import resolve as resolve_scenario
 
     t0 = time.perf_counter()
     console = console or Console()
-    suite = get_suite(name)
-    reps = suite.reps if reps is None else int(reps)
+    base = resolve_scenario(name, sets=sets)
     views = tuple(dict.fromkeys(views))
     if not views:
         raise LlmrcaError("no view given; use study, full or all (comma-separated)")
@@ -106,13 +109,18 @@ def run_bench(
         raise LlmrcaError(f"no method left for the {', '.join(empty)} view(s): --full-methods {wide_spec} "
                           f"excludes every one of {', '.join(names)}; use --full-methods all or drop the view")
     over = json.loads(json.dumps(dict(overrides or {})))  # as suite.json will hold it
-    if over.get("faults") is not None and list(over["faults"]) == list(suite.faults):
+    if over.get("faults") is not None and list(over["faults"]) == list(base.faults):
         del over["faults"]  # naming the suite's own faults makes the same suite
+    suite = resolve_scenario(base, reps=reps, seed=seed, overrides=over)
+    seed = suite.seed
     out = Path(out_dir)
-    settings = {"suite": name, "reps": reps, "seed": int(seed), "overrides": over}
+    settings: dict[str, Any] = {"suite": suite.name, "reps": suite.reps, "seed": suite.seed, "overrides": over}
+    if sets or str(name) not in shipped() or Path(name).is_file():
+        # a file or a changed scenario: its content, not its name, says which suite it is
+        settings["scenario"] = suite.sha256()
     started = _now()
 
-    cases, generated = _ensure_suite(out, settings, jobs=jobs, progress=progress, console=console)
+    cases, generated = _ensure_suite(out, settings, suite, jobs=jobs, progress=progress, console=console)
     results: dict[str, pd.DataFrame] = {}
     computed: dict[str, int] = {}
     for i, view in enumerate(views, 1):
@@ -137,7 +145,7 @@ def run_bench(
                                         history, jobs=jobs, timeout=timeout, n_cases=len(cases),
                                         view_methods=view_methods)
     for v in views:
-        print_overview(summaries[v], console, title=f"{name}: {v} view ({len(cases)} cases)")
+        print_overview(summaries[v], console, title=f"{suite.name}: {v} view ({len(cases)} cases)")
     if len(views) > 1:
         print_comparison(summaries, console)
     done = ", ".join(f"{v}: {n} task(s) run" for v, n in computed.items())
@@ -151,10 +159,10 @@ def run_bench(
 # --------------------------------------------------------------------------------------------- the suite
 
 
-def _ensure_suite(out: Path, settings: dict[str, Any], *, jobs: int, progress: bool,
+def _ensure_suite(out: Path, settings: dict[str, Any], scenario: Any, *, jobs: int, progress: bool,
                   console: Console) -> tuple[list[Path], bool]:
     """The suite's case folders, simulated first when missing; a suite made otherwise is refused."""
-    from llmrca.sim.suites import MANIFEST, generate_suite, get_suite
+    from llmrca.sim.suites import MANIFEST, generate_suite
 
     cases_dir = out / CASES
     manifest = cases_dir / MANIFEST
@@ -173,6 +181,8 @@ def _ensure_suite(out: Path, settings: dict[str, Any], *, jobs: int, progress: b
                 "overrides": made.get("overrides") or {}}
         if made.get("normal"):
             have["normal"] = made.get("normal")
+        if "scenario" in settings:
+            have["scenario"] = made.get("scenario_sha256")
         if have != settings:
             raise LlmrcaError(f"{manifest}: the suite there was made with other settings: "
                               f"{_differences(have, settings)}; use another --out, or the settings it was "
@@ -185,12 +195,11 @@ def _ensure_suite(out: Path, settings: dict[str, Any], *, jobs: int, progress: b
         # A listed folder is gone: simulate again (same seed, same bytes, so stored results stay valid).
     elif cases_dir.exists() and any(cases_dir.iterdir()) and stored is None:
         raise LlmrcaError(f"{cases_dir}: holds files but no {MANIFEST} of this bench; use another --out")
-    suite = get_suite(settings["suite"])
-    console.print(f"[bold]simulate[/bold]: suite {settings['suite']} ({suite.description}), "
+    console.print(f"[bold]simulate[/bold]: suite {settings['suite']} ({scenario.description}), "
                   f"{settings['reps']} rep(s), seed {settings['seed']}", highlight=False)
     out.mkdir(parents=True, exist_ok=True)
     _record_run(out, settings, None)  # marks the folder as this bench's before a long simulation starts
-    paths = generate_suite(settings["suite"], cases_dir, reps=settings["reps"], seed=settings["seed"],
+    paths = generate_suite(scenario, cases_dir, reps=settings["reps"], seed=settings["seed"],
                            jobs=jobs, overrides=settings["overrides"] or None, progress=progress,
                            overwrite=True)
     return paths, True

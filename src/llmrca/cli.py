@@ -221,24 +221,99 @@ def faults_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
     out.print(t)
 
 
+ScenarioArg = Annotated[str, typer.Option("--scenario", "--suite", "-s", help="Scenario: a shipped name "
+                                                                            "(paper, demo; see `llmrca scenarios`) "
+                                                                            "or a TOML file. --suite is a synonym.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE change to the scenario, a dotted key "
+                                                                "into its tables and a TOML value, e.g. "
+                                                                "deployment.replicas=6 (repeatable).")]
+
+
 @app.command("generate")
 @_handled
 def generate_cmd(
-    suite: Annotated[str, typer.Option("--suite", "-s", help="Suite name: paper or demo.")] = "paper",
+    scenario: ScenarioArg = "paper",
+    sets: SetOpt = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the case folders.")] = Path("cases"),
-    reps: Annotated[int | None, typer.Option(help="Repetitions per (fault, target); default: the suite's.")] = None,
-    seed: Annotated[int, typer.Option(help="Suite seed; every case's seed derives from it.")] = 0,
+    reps: Annotated[int | None, typer.Option(help="Repetitions per (fault, target); default: the scenario's."
+                                             )] = None,
+    seed: Annotated[int | None, typer.Option(help="Suite seed (every case's seed derives from it); default: the "
+                                                  "scenario's.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 1,
-    normal: Annotated[int, typer.Option(help="Also write this many fault-free runs.")] = 0,
+    normal: Annotated[int | None, typer.Option(help="Fault-free runs to write too; default: the scenario's."
+                                               )] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing case folders.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Simulate a suite of fault cases.  Example: llmrca generate --suite paper --out suites/paper --reps 10 -j 2"""
+    """Simulate a scenario's suite of fault cases (and write the scenario used into OUT/scenario.toml).
+
+    Example: llmrca generate --scenario paper --set deployment.replicas=6 --out suites/paper-6 -j 2
+    """
     from llmrca.sim.suites import generate_suite
 
-    paths = generate_suite(suite, out_dir, reps=reps, seed=seed, jobs=jobs, normal=normal, progress=progress,
-                           overwrite=overwrite)
+    paths = generate_suite(scenario, out_dir, reps=reps, seed=seed, jobs=jobs, normal=normal, sets=sets,
+                           progress=progress, overwrite=overwrite)
     out.print(f"wrote {len(paths)} case(s) under {out_dir}", highlight=False)
+
+
+scenarios_app = typer.Typer(help="The shipped scenarios, and what a scenario resolves to.",
+                            invoke_without_command=True, no_args_is_help=False)
+
+
+@scenarios_app.callback()
+def scenarios_cmd(ctx: typer.Context,
+                  as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the shipped scenarios.  Example: llmrca scenarios; llmrca scenarios show paper"""
+    if ctx.invoked_subcommand is not None:
+        return
+    _handled(_list_scenarios)(as_json)
+
+
+def _list_scenarios(as_json: bool) -> None:
+    from llmrca.scenarios import load, shipped
+
+    rows = []
+    for name in shipped():
+        s = load(name)
+        rows.append({"name": s.name, "faults": list(s.faults), "reps": s.reps, "replicas": s.deploy.replicas,
+                     "gpu": s.deploy.gpu_kind.name, "cases": _count_cases(s), "description": s.description})
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table("name", "cases", "faults", "reps", "deployment", "what it is")
+    for r in rows:
+        t.add_row(r["name"], str(r["cases"]), ",".join(r["faults"]), str(r["reps"]),
+                  f"{r['replicas']} x {r['gpu']}", r["description"])
+    out.print(t)
+
+
+def _count_cases(s: Any) -> int:
+    from llmrca.sim.suites import plan_of
+
+    return len(plan_of(s))
+
+
+@scenarios_app.command("show")
+@_handled
+def scenarios_show_cmd(
+    scenario: Annotated[str, typer.Argument(help="A shipped name or a TOML file.")],
+    sets: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The resolved tables as JSON instead of TOML.")] = False,
+) -> None:
+    """Print a scenario with every value resolved (defaults filled in, --set applied), as TOML.
+
+    Example: llmrca scenarios show paper --set faults.strength=0.5
+    """
+    from llmrca.scenarios import load
+
+    s = load(scenario, sets)
+    if as_json:
+        _print_json({**s.to_document(), "sha256": s.sha256()})
+        return
+    sys.stdout.write(s.to_toml())
+
+
+app.add_typer(scenarios_app, name="scenarios")
 
 
 @app.command("demo")
@@ -259,10 +334,14 @@ def demo_cmd(
 @app.command("bench")
 @_handled
 def bench_cmd(
-    suite: Annotated[str, typer.Argument(help="Suite to benchmark: paper (the study's) or demo.")] = "paper",
+    suite: Annotated[str | None, typer.Argument(help="Scenario to benchmark: paper (the study's), demo, or a "
+                                                     "TOML file; the same as --scenario.")] = None,
+    scenario: Annotated[str | None, typer.Option("--scenario", help="Scenario: a shipped name or a TOML file "
+                                                                    "(default paper).")] = None,
+    sets: SetOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Bench folder (resumed if it exists); "
-                                                 "default bench-SUITE.")] = None,
-    reps: Annotated[int | None, typer.Option(help="Repetitions per (fault, target); default: the suite's."
+                                                 "default bench-NAME.")] = None,
+    reps: Annotated[int | None, typer.Option(help="Repetitions per (fault, target); default: the scenario's."
                                              )] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 2,
     timeout: Annotated[float, typer.Option(help="Per (method, case) time limit, seconds.")] = 60.0,
@@ -275,20 +354,25 @@ def bench_cmd(
              "explodes with the column count: pc-*, fci-*, causalai, microcause, causalrca), 'all', or a list."
     )] = "light",
     faults: Annotated[str | None, typer.Option(help="Only these fault types (comma list).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the suite and the methods.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the suite and the methods; default: the scenario's."
+                                             )] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run failed and timed-out tasks again.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Simulate a suite, run the methods under each view, write report.html and the results, print the tables.
+    """Simulate a scenario's suite, run the methods under each view, write report.html and the results, print
+    the tables.
 
     Resumable: running it again computes only what is missing.  Example: llmrca bench paper --jobs 2
     """
     from llmrca.bench import run_bench
 
+    if suite is not None and scenario is not None and suite != scenario:
+        raise LlmrcaError(f"two scenarios given: {suite!r} and --scenario {scenario!r}; give one")
+    name = scenario or suite or "paper"
     overrides = {"faults": [f.strip() for f in faults.split(",") if f.strip()]} if faults else None
-    run_bench(suite, out_dir or Path(f"bench-{suite}"), reps=reps, jobs=jobs, timeout=timeout,
+    run_bench(name, out_dir or Path(f"bench-{Path(name).stem}"), reps=reps, jobs=jobs, timeout=timeout,
               methods=methods, views=[v.strip() for v in views.split(",") if v.strip()], full_methods=full_methods,
-              seed=seed, overrides=overrides,
+              seed=seed, overrides=overrides, sets=sets,
               retry_failed=retry_failed, progress=progress, console=out)
 
 

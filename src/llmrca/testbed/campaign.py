@@ -14,7 +14,8 @@ from typing import Any
 from llmrca import __version__
 from llmrca.errors import LlmrcaError
 from llmrca.testbed import control
-from llmrca.testbed.config import TestbedConfig
+from llmrca.deploy.config import DeployConfig
+from llmrca.testbed.config import TestbedConfig, live_config
 from llmrca.testbed.rundir import RunDir
 
 MANIFEST = "suite.json"
@@ -22,10 +23,13 @@ MANIFEST = "suite.json"
 
 @dataclass(frozen=True)
 class Timing:
+    """One live case's phases. Derived from the deployment's timing (``Timing.of``): normal = ``inject_at``,
+    fault = ``fault_duration``, recovery = the rest of ``duration``; the warm-up before the first case is the
+    deployment's ``warmup``."""
+
     normal: float = 120.0  # before the injection
     fault: float = 60.0
     recovery: float = 60.0
-    warmup: float = 30.0  # after `up`, before the first case (load and Prometheus reach steady state)
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
@@ -33,6 +37,11 @@ class Timing:
                 raise LlmrcaError(f"campaign timing: {k} must be a number >= 0, is {v!r}")
         if self.normal <= 0 or self.fault <= 0:
             raise LlmrcaError("campaign timing: normal and fault must be positive")
+
+    @classmethod
+    def of(cls, deploy: DeployConfig) -> Timing:
+        return cls(normal=deploy.inject_at, fault=deploy.fault_duration,
+                   recovery=max(0.0, deploy.duration - deploy.inject_at - deploy.fault_duration))
 
     @property
     def per_case(self) -> float:
@@ -51,25 +60,28 @@ def case_id(fault: str, target: str, rep: int) -> str:
     return f"{fault}/{target}/rep-{rep:02d}"
 
 
-def run_campaign(out_dir: str | Path, *, suite: str = "paper", reps: int = 1, faults: list[str] | None = None,
+def run_campaign(out_dir: str | Path, *, suite: str = "live", reps: int = 1, faults: list[str] | None = None,
                  targets: list[str] | None = None, timing: Timing | None = None, config: TestbedConfig | None = None,
                  run_dir: str | Path | None = None, use_running: bool = False, normal_cases: int = 0,
                  progress: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep
                  ) -> list[Path]:
     """Run the campaign and write its cases (existing case folders are kept: a stopped campaign resumes).
 
+    ``config``: the live deployment (default: the shipped ``live`` scenario's); ``timing``: the phases of each
+    case (default: ``Timing.of(config.deploy)``); the warm-up after start-up is ``config.deploy.warmup``.
     ``use_running``: use the testbed already up in ``run_dir`` instead of starting (and stopping) one.
     """
     from llmrca.io import save_case
     from llmrca.io.native import is_native_dir
-    from llmrca.sim.suites import get_suite
+    from llmrca.scenarios import load
     from llmrca.testbed.collector import collect_case
 
-    tm = timing or Timing()
+    cfg = config or live_config()
+    tm = timing or Timing.of(cfg.deploy)
+    warmup = cfg.deploy.warmup
     out = Path(out_dir)
     say = progress or (lambda s: None)
-    faults = list(faults or get_suite(suite).faults)
-    cfg = config or TestbedConfig()
+    faults = list(faults or load(suite).faults)
     rd = RunDir(run_dir)
     started_here = False
     written: list[Path] = []
@@ -89,9 +101,9 @@ def run_campaign(out_dir: str | Path, *, suite: str = "paper", reps: int = 1, fa
         out.mkdir(parents=True, exist_ok=True)
         _write_manifest(out, suite, reps, faults, tgts, tm, state, [case_id(*i) if i[0] != "normal"
                                                                     else f"normal/rep-{i[2]:02d}" for i in items])
-        if started_here and tm.warmup > 0:
-            say(f"warming up for {tm.warmup:g} s")
-            sleep(tm.warmup)
+        if started_here and warmup > 0:
+            say(f"warming up for {warmup:g} s")
+            sleep(warmup)
         for k, (fault, target, rep) in enumerate(items, 1):
             cid = case_id(fault, target, rep) if fault != "normal" else f"normal/rep-{rep:02d}"
             folder = out / cid
@@ -129,6 +141,6 @@ def run_campaign(out_dir: str | Path, *, suite: str = "paper", reps: int = 1, fa
 def _write_manifest(out: Path, suite: str, reps: int, faults: list[str], targets: list[str], tm: Timing,
                     state: dict[str, Any], cases: list[str]) -> None:
     manifest = {"suite": suite, "generator": "llmrca.testbed", "version": __version__, "reps": reps,
-                "faults": faults, "targets": targets, "timing": asdict(tm), "config": state["config"],
+                "faults": faults, "targets": targets, "timing": {**asdict(tm), "warmup": state["config"]["deploy"]["warmup"]}, "config": state["config"],
                 "scaling": state.get("scaling"), "cases": cases}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -71,33 +71,64 @@ def parse_time(text: str, now: float | None = None) -> float:
         raise LlmrcaError(f"cannot read time {text!r}: give unix seconds, an ISO time, or an age like 5m") from None
 
 
+ScenarioOpt = Annotated[str, typer.Option("--scenario", help="Scenario (a shipped name or a TOML file) whose "
+                                                           "deployment, telemetry and workload to run; default "
+                                                           "live: the study's deployment with 1 s scrapes.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE change to the scenario, e.g. "
+                                                                "deployment.replicas=2 (repeatable).")]
+
+
+def live_deploy(scenario: str, sets: list[str] | None, options: dict[str, Any]):
+    """The scenario's deployment with ``--set`` changes and the explicit command-line options applied."""
+    from llmrca.deploy.config import path_of
+    from llmrca.scenarios import load
+
+    changes = {path_of(k): v for k, v in options.items() if v is not None}
+    return load(scenario, [*(sets or []), *(f"{k}={_toml(v)}" for k, v in changes.items())]).deploy
+
+
+def _toml(v: Any) -> str:
+    from llmrca.scenarios.toml_text import value
+
+    return value(v)
+
+
 @testbed_app.command("up")
 @_handled
 def up_cmd(
-    replicas: Annotated[int, typer.Option(help="Engine replicas (the study: 4).")] = 4,
-    rate: Annotated[float, typer.Option(help="Load, requests/s (the study: 5).")] = 5.0,
-    prompt_tokens: Annotated[int, typer.Option(help="Prompt length (the study: 512).")] = 512,
-    output_tokens: Annotated[int, typer.Option(help="max_tokens (the study: 256).")] = 256,
-    gpu: Annotated[str, typer.Option(help="Emulated GPU kind: a100-80gb, h100, l4.")] = "a100-80gb",
+    scenario: ScenarioOpt = "live",
+    sets: SetOpt = None,
+    replicas: Annotated[int | None, typer.Option(help="Engine replicas (deployment.replicas).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Load, requests/s (workload.rate).")] = None,
+    prompt_tokens: Annotated[int | None, typer.Option(help="Prompt length (workload.prompt_tokens).")] = None,
+    output_tokens: Annotated[int | None, typer.Option(help="max_tokens (workload.output_tokens).")] = None,
+    gpu: Annotated[str | None, typer.Option(help="Emulated GPU kind: a100-80gb, h100, l4 (deployment.gpu).")] = None,
+    scrape_interval: Annotated[float | None, typer.Option(help="Prometheus scrape interval = query step, s "
+                                                               "(telemetry.step; the rate window becomes 5 "
+                                                               "scrapes, at least 5 s).")] = None,
     load: Annotated[bool, typer.Option(help="Run the load generator.")] = True,
-    scrape_interval: Annotated[float, typer.Option(help="Prometheus scrape interval, s.")] = 1.0,
+    scale_pods: Annotated[bool, typer.Option(help="Hold pod limits to this machine's even share.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the workload and the emulated hardware.")] = 0,
     config: Annotated[Path | None, typer.Option(help="A JSON file of TestbedConfig fields (overrides "
-                                                     "the options).")] = None,
+                                                     "the options; deployment fields under \"deploy\").")] = None,
     real_gpu: Annotated[list[str] | None, typer.Option(help="REPLICA=INDEX: the gpu fault on this replica caps "
                                                             "real GPU INDEX with nvidia-smi (repeatable).")] = None,
     run_dir: RunDirOpt = None,
 ) -> None:
-    """Start the deployment (detached; stop it with `down`).  Example: llmrca testbed up --replicas 4"""
+    """Start the deployment (detached; stop it with `down`).  Example: llmrca testbed up --set deployment.replicas=2"""
     from llmrca.testbed import control
     from llmrca.testbed.config import TestbedConfig
 
-    fields: dict[str, Any] = {"replicas": replicas, "rate": rate, "prompt_tokens": prompt_tokens,
-                              "output_tokens": output_tokens, "gpu": gpu, "load": load,
-                              "scrape_interval": scrape_interval, "rate_window": max(5.0, 5 * scrape_interval),
-                              "seed": seed}
+    options: dict[str, Any] = {"replicas": replicas, "rate": rate, "prompt_tokens": prompt_tokens,
+                               "output_tokens": output_tokens, "gpu": gpu, "step": scrape_interval}
+    if scrape_interval is not None:
+        options["rate_window"] = max(5.0, 5 * scrape_interval)
+    deploy = live_deploy(scenario, sets, options)
+    fields: dict[str, Any] = {"deploy": deploy.to_dict(), "load": load, "scale_pods": scale_pods, "seed": seed}
     if config is not None:
-        fields.update(json.loads(config.read_text(encoding="utf-8")))
+        given = json.loads(config.read_text(encoding="utf-8"))
+        fields.update({k: v for k, v in given.items() if k != "deploy"})
+        fields["deploy"] = {**fields["deploy"], **(given.get("deploy") or {})}
     cfg = TestbedConfig.from_dict(fields)
     gpus = {}
     for item in real_gpu or []:
@@ -222,31 +253,45 @@ def down_cmd(run_dir: RunDirOpt = None) -> None:
 @_handled
 def campaign_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the case folders (resumed).")],
-    suite: Annotated[str, typer.Option(help="Suite whose faults to run (paper).")] = "paper",
+    scenario: ScenarioOpt = "live",
+    sets: SetOpt = None,
+    suite: Annotated[str | None, typer.Option(help="Take the faults from this scenario instead (e.g. paper).")
+                     ] = None,
     reps: Annotated[int, typer.Option(help="Repetitions per (fault, target).")] = 1,
-    faults: Annotated[str | None, typer.Option(help="Comma list of faults instead of the suite's.")] = None,
+    faults: Annotated[str | None, typer.Option(help="Comma list of faults instead of the scenario's.")] = None,
     targets: Annotated[str | None, typer.Option(help="Comma list of targets (default: every replica).")] = None,
-    normal: Annotated[float, typer.Option(help="Seconds before each injection.")] = 120.0,
-    fault_s: Annotated[float, typer.Option("--fault", help="Seconds of fault.")] = 60.0,
-    recovery: Annotated[float, typer.Option(help="Seconds after the fault.")] = 60.0,
-    warmup: Annotated[float, typer.Option(help="Seconds after start-up before the first case.")] = 30.0,
-    replicas: Annotated[int, typer.Option(help="Engine replicas.")] = 4,
-    rate: Annotated[float, typer.Option(help="Load, requests/s.")] = 5.0,
+    normal: Annotated[float | None, typer.Option(help="Seconds before each injection (timing.inject_at).")] = None,
+    fault_s: Annotated[float | None, typer.Option("--fault", help="Seconds of fault (timing.fault_duration).")
+                       ] = None,
+    recovery: Annotated[float | None, typer.Option(help="Seconds after the fault (the rest of timing.duration)."
+                                                   )] = None,
+    warmup: Annotated[float | None, typer.Option(help="Seconds after start-up before the first case "
+                                                      "(timing.warmup).")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Engine replicas (deployment.replicas).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Load, requests/s (workload.rate).")] = None,
     use_running: Annotated[bool, typer.Option(help="Use the testbed already up in --run-dir.")] = False,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     run_dir: RunDirOpt = None,
 ) -> None:
-    """Inject a suite's faults live, one case per (fault, target, rep), with compressed timing.
+    """Inject a scenario's faults live, one case per (fault, target, rep), with the live scenario's compressed
+    timing (120 s normal, 60 s fault, 60 s recovery).
 
-    Example: llmrca testbed campaign --suite paper --reps 1 --out cases/live
+    Example: llmrca testbed campaign --reps 1 --out cases/live
     """
+    from llmrca.scenarios import load
     from llmrca.testbed.campaign import Timing, run_campaign
     from llmrca.testbed.config import TestbedConfig
 
-    cfg = TestbedConfig(replicas=replicas, rate=rate, seed=seed)
-    tm = Timing(normal=normal, fault=fault_s, recovery=recovery, warmup=warmup)
+    base = load(scenario, sets).deploy
+    n = base.inject_at if normal is None else normal
+    f = base.fault_duration if fault_s is None else fault_s
+    r = base.duration - base.inject_at - base.fault_duration if recovery is None else recovery
+    tm = Timing(normal=n, fault=f, recovery=r)
+    deploy = live_deploy(scenario, sets, {"replicas": replicas, "rate": rate, "warmup": warmup,
+                                          "inject_at": n, "fault_duration": f, "duration": n + f + r})
+    cfg = TestbedConfig(deploy=deploy, seed=seed)
     t0 = time.time()
-    paths = run_campaign(out_dir, suite=suite, reps=reps, faults=faults.split(",") if faults else None,
+    paths = run_campaign(out_dir, suite=suite or scenario, reps=reps, faults=faults.split(",") if faults else None,
                          targets=targets.split(",") if targets else None, timing=tm, config=cfg, run_dir=run_dir,
                          use_running=use_running,
                          progress=lambda s: err.print(f"{time.strftime('%H:%M:%S')} {s}", highlight=False))

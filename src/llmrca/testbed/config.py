@@ -119,6 +119,14 @@ class TestbedConfig:
         return replace(self, **changes)
 
 
+def live_config(**knobs: Any) -> TestbedConfig:
+    """The live testbed's default: the shipped ``live`` scenario's deployment (the study's, with 1 s scrapes,
+    5 s rate windows and compressed timing) and ``knobs`` (testbed-only fields)."""
+    from llmrca.scenarios import load
+
+    return TestbedConfig(deploy=load("live").deploy, **knobs)
+
+
 @dataclass(frozen=True)
 class Scaling:
     """The deployment's pod limits scaled to this machine; ``cpu_factor`` = live pod CPU / the deployed pod's

@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from llmrca.testbed.config import TestbedConfig
+from llmrca.testbed.config import TestbedConfig, live_config
 from llmrca.testbed.procs import Containment, kill_tree, spawn
 from llmrca.testbed.rundir import LOOPBACK, RunDir, TestbedError, port_open
 from llmrca.testbed.supervisor import CONFIG_FILE
@@ -63,7 +63,7 @@ def up(config: TestbedConfig | None = None, run_dir: str | Path | None = None, *
        timeout: float = 120.0, real_gpus: dict[str, str] | None = None,
        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start a testbed in ``run_dir`` and return its state once it serves (raises ``TestbedError`` otherwise)."""
-    cfg = config or TestbedConfig()
+    cfg = config or live_config()
     rd = RunDir(run_dir)
     _check_binaries()
     if rd.exists():
