@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmrca.errors import LlmrcaError
@@ -41,7 +42,8 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except _USER_ERRORS as e:
             if _state["debug"]:
                 raise
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            # escaped: messages name TOML tables such as [deployment], which are not markup
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")

@@ -170,15 +170,14 @@ def from_document(doc: Mapping[str, Any], source: str) -> Scenario:
         return ScenarioError(f"{where}: {msg}")
 
     for k, v in doc.items():
+        if k in ALL_TABLES and not isinstance(v, dict):
+            raise fail(f"{k} must be a table ([{k}]), is {v!r}")
         if isinstance(v, dict):
             if k not in ALL_TABLES:
                 raise fail(f"unknown table [{k}]; known tables: {', '.join(ALL_TABLES)}")
         elif k not in TOP_KEYS:
             hint = (f" (it belongs in [{_table_of_key(k)}])" if _table_of_key(k) else "")
             raise fail(f"unknown key {k}{hint}; known top-level keys: {', '.join(TOP_KEYS)}")
-    for t in ALL_TABLES:
-        if t in doc and not isinstance(doc[t], dict):
-            raise fail(f"{t} must be a table ([{t}]), is {doc[t]!r}")
 
     name = _typed(doc.get("name", Path(source.split()[0]).stem), "name", str, fail)
     description = _typed(doc.get("description", ""), "description", str, fail)
