@@ -297,3 +297,18 @@ def test_every_deploy_field_has_a_settable_key():
             continue
         s = load("paper", {f"{table}.{key}": value})
         assert getattr(s.deploy, f.name) == getattr(load("paper").deploy, f.name)
+
+
+def test_docs_list_every_scenario_key_with_its_default():
+    from pathlib import Path
+
+    from llmrca.deploy.config import default_of, table_fields
+    from llmrca.scenarios.toml_text import value
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "scenarios.md").read_text(encoding="utf-8")
+    for table in TABLES:
+        section = text.split(f"### [{table}]", 1)[1].split("\n### ", 1)[0]
+        for key, f in table_fields(table).items():
+            d = default_of(f)
+            cell = "(absent)" if d is None else f"`{value(d)}`"
+            assert f"| `{key}` | {cell} | {f.metadata['doc']} |" in section, (table, key)
