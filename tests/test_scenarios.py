@@ -145,8 +145,8 @@ def test_targets_limit_the_cases():
 # -- one-line errors naming the key ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sets, message", [
-    (["deployment.replica=3"], r"scenario paper.toml with --set: unknown key deployment.replica; known in "
-                               r"\[deployment\]: replicas, gpu, "),
+    (["deployment.replica=3"], (r"scenario paper.toml with --set: unknown key deployment.replica; known in "
+                               r"\[deployment\]: replicas, gpu, ")),
     (["deploy.replicas=3"], r"unknown table \[deploy\]; known tables: deployment, workload"),
     (["replicas=3"], r"unknown key replicas \(it belongs in \[deployment\]\)"),
     (["deployment.replicas=four"], r"deployment.replicas must be a whole number, is 'four'"),
@@ -155,17 +155,17 @@ def test_targets_limit_the_cases():
     (["telemetry.rate_window=7"], r"telemetry.rate_window \(7\) must be a multiple of step"),
     (["deployment.routing=random"], r"deployment.routing must be one of least-loaded"),
     (["deployment.gpu=tpu"], r"deployment.gpu: unknown GPU"),
-    (["faults.gpu.power_limit_w=90"], r"^scenario paper.toml with --set: faults.gpu.power_limit_w = 90 W is "
-                                      r"outside what an a100-80gb accepts \(100-400 W\)$"),
-    (["deployment.gpu=l4", "faults.gpu.power_limit_w=150"], r"faults.gpu.power_limit_w = 150 W is outside what "
-                                                            r"an l4 accepts \(40-72 W\)"),
-    (["faults.memory.size_gb=20"], r"faults.memory.size_gb = 20 GB is more than the pod's memory limit "
-                                   r"\(deployment.pod_memory_gib = 16 GiB"),
+    (["faults.gpu.power_limit_w=90"], (r"^scenario paper.toml with --set: faults.gpu.power_limit_w = 90 W is "
+                                      r"outside what an a100-80gb accepts \(100-400 W\)$")),
+    (["deployment.gpu=l4", "faults.gpu.power_limit_w=150"], (r"faults.gpu.power_limit_w = 150 W is outside what "
+                                                            r"an l4 accepts \(40-72 W\)")),
+    (["faults.memory.size_gb=20"], (r"faults.memory.size_gb = 20 GB is more than the pod's memory limit "
+                                   r"\(deployment.pod_memory_gib = 16 GiB")),
     (["faults.memory.size_gb=10", "deployment.pod_memory_gib=8"], r"faults.memory.size_gb = 10 GB is more"),
     (['faults.types=["cpu", "disk"]'], r"faults.types: unknown fault 'disk'; known: cpu"),
     (["faults.disk.size=1"], r"unknown key faults.disk: neither types, targets, strength nor a fault"),
-    (["faults.gpu.watts=100"], r"unknown key faults.gpu.watts: not a parameter of the gpu fault; known: "
-                               r"power_limit_w"),
+    (["faults.gpu.watts=100"], (r"unknown key faults.gpu.watts: not a parameter of the gpu fault; known: "
+                               r"power_limit_w")),
     (["faults.cpu.workers=-1"], r"faults.cpu: fault 'cpu' parameter 'workers'"),
     (['faults.targets=["nginx-proxy"]'], r"faults.targets: the cpu fault cannot target nginx-proxy"),
     (["reps=-1"], r"reps must be >= 0, is -1"),

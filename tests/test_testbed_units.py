@@ -20,11 +20,11 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
+from llmrca.deploy import DeployConfig
 from llmrca.errors import LlmrcaError, UnknownNameError
 from llmrca.faults import FaultParamError
 from llmrca.sim.hardware import GIB, gpu_kind, model_spec
 from llmrca.testbed.cleanup import CleanupRegistry
-from llmrca.deploy import DeployConfig
 from llmrca.testbed.config import Machine, TestbedConfig, TestbedConfigError, scaling
 from llmrca.testbed.delay import Delay
 

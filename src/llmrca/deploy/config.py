@@ -139,17 +139,17 @@ class DeployConfig:
             out.append(("model", f"model: {e}"))
             return out
         if m.weight_bytes + 1.5 * GIB > self.gpu_memory_utilization * g.hbm_bytes:
-            out.append(("model", f"model {m.name} ({m.weight_bytes / GIB:.1f} GiB of weights) leaves no KV cache "
-                                 f"on a {g.name} at gpu_memory_utilization={self.gpu_memory_utilization}"))
+            out.append(("model", (f"model {m.name} ({m.weight_bytes / GIB:.1f} GiB of weights) leaves no KV cache "
+                                 f"on a {g.name} at gpu_memory_utilization={self.gpu_memory_utilization}")))
         if self.warmup < 0:
             out.append(("warmup", f"warmup must be >= 0, is {self.warmup!r}"))
         if not (0 < self.inject_at < self.duration):
-            out.append(("inject_at", f"inject_at must lie inside (0, duration={self.duration:g}), "
-                                     f"is {self.inject_at!r}"))
+            out.append(("inject_at", (f"inject_at must lie inside (0, duration={self.duration:g}), "
+                                     f"is {self.inject_at!r}")))
         ratio = self.rate_window / self.step
         if abs(ratio - round(ratio)) > 1e-9:
-            out.append(("rate_window", f"rate_window ({self.rate_window:g}) must be a multiple of step "
-                                       f"({self.step:g})"))
+            out.append(("rate_window", (f"rate_window ({self.rate_window:g}) must be a multiple of step "
+                                       f"({self.step:g})")))
         if abs(self.duration / self.step - round(self.duration / self.step)) > 1e-9:
             out.append(("duration", f"duration ({self.duration:g}) must be a multiple of step ({self.step:g})"))
         if self.tick > self.step:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from llmrca import __version__
+from llmrca.deploy.config import DeployConfig
 from llmrca.errors import LlmrcaError
 from llmrca.testbed import control
-from llmrca.deploy.config import DeployConfig
 from llmrca.testbed.config import TestbedConfig, live_config
 from llmrca.testbed.rundir import RunDir
 
