@@ -44,7 +44,7 @@ class Scenario:
     reps: int = 1  # repetitions per (fault, target)
     normal: int = 0  # fault-free runs
     seed: int = 0  # suite seed: every case's seed derives from it
-    source: str = ""  # where it was read from, for messages
+    source: str = field(default="", compare=False)  # where it was read from, for messages
 
     def params(self, fault: str) -> dict[str, Any]:
         """The parameters the cases of ``fault`` use (strength and given parameters applied, via the registry)."""
@@ -92,10 +92,11 @@ def shipped() -> list[str]:
 def load(ref: str | Path, sets: Iterable[str] | Mapping[str, Any] | None = None) -> Scenario:
     """A shipped scenario (by name) or a TOML file (by path), with ``sets`` applied, validated."""
     doc, source = read_document(ref)
+    default_name = Path(source).stem
     if sets:
         doc = apply_sets(doc, sets, source)
         source += " with --set"
-    return from_document(doc, source)
+    return from_document(doc, source, default_name=default_name)
 
 
 def read_document(ref: str | Path) -> tuple[dict[str, Any], str]:
@@ -162,8 +163,9 @@ def _split_set(item: str, source: str) -> tuple[str, Any]:
 # --------------------------------------------------------------------------------------------- validating
 
 
-def from_document(doc: Mapping[str, Any], source: str) -> Scenario:
-    """Validate the TOML tables of a scenario and build it; the first problem found is raised, naming its key."""
+def from_document(doc: Mapping[str, Any], source: str, *, default_name: str = "scenario") -> Scenario:
+    """Validate the TOML tables of a scenario and build it; the first problem found is raised, naming its key.
+    ``default_name``: the name when the document has none (a file's stem)."""
     where = f"scenario {source}"
 
     def fail(msg: str) -> ScenarioError:
@@ -179,7 +181,7 @@ def from_document(doc: Mapping[str, Any], source: str) -> Scenario:
             hint = (f" (it belongs in [{_table_of_key(k)}])" if _table_of_key(k) else "")
             raise fail(f"unknown key {k}{hint}; known top-level keys: {', '.join(TOP_KEYS)}")
 
-    name = _typed(doc.get("name", Path(source.split()[0]).stem), "name", str, fail)
+    name = _typed(doc.get("name", default_name), "name", str, fail)
     description = _typed(doc.get("description", ""), "description", str, fail)
     seed = _typed(doc.get("seed", 0), "seed", int, fail)
     reps = _typed(doc.get("reps", 1), "reps", int, fail)
