@@ -145,9 +145,9 @@ def test_targets_limit_the_cases():
 # -- one-line errors naming the key ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sets, message", [
-    (["deployment.replica=3"], (r"scenario paper.toml with --set: unknown key deployment.replica; known in "
+    (["deployment.replica=3"], (r"scenario paper.toml with --set: unknown key deployment.replica \(did you mean replicas\?\); known in "
                                r"\[deployment\]: replicas, gpu, ")),
-    (["deploy.replicas=3"], r"unknown table \[deploy\]; known tables: deployment, workload"),
+    (["deploy.replicas=3"], r"unknown table \[deploy\] \(did you mean deployment\?\); known tables: deployment, workload"),
     (["replicas=3"], r"unknown key replicas \(it belongs in \[deployment\]\)"),
     (["deployment.replicas=four"], r"deployment.replicas must be a whole number, is 'four'"),
     (["workload.rate=true"], r"workload.rate must be a number, is True"),
@@ -245,7 +245,7 @@ def test_generate_command_takes_a_scenario_file_and_set(tmp_path):
     assert tomllib.loads((tmp_path / "s" / "scenario.toml").read_text())["deployment"]["replicas"] == 3
     r = runner.invoke(app, ["generate", "--suite", str(src), "--set", "deployment.replica=3", "--out",
                             str(tmp_path / "t"), "--no-progress"])
-    assert r.exit_code == 1 and "unknown key deployment.replica; known in [deployment]: replicas" in r.output
+    assert r.exit_code == 1 and "unknown key deployment.replica (did you mean replicas?); known in [deployment]: replicas" in r.output
     assert len(r.output.strip().splitlines()) == 1
 
 

@@ -9,6 +9,7 @@ Every error is one line that names the file and the key (``scenario x.toml: depl
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -17,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmrca.deploy.config import TABLES, DeployConfig, default_of, key_of, path_of, table_fields
+from llmrca.deploy.config import TABLES, DeployConfig, default_of, path_of, table_fields
 from llmrca.errors import LlmrcaError, UnknownNameError
 from llmrca.scenarios import toml_text
 
@@ -176,7 +177,7 @@ def from_document(doc: Mapping[str, Any], source: str, *, default_name: str = "s
             raise fail(f"{k} must be a table ([{k}]), is {v!r}")
         if isinstance(v, dict):
             if k not in ALL_TABLES:
-                raise fail(f"unknown table [{k}]; known tables: {', '.join(ALL_TABLES)}")
+                raise fail(f"unknown table [{k}]{_maybe(k, ALL_TABLES)}; known tables: {', '.join(ALL_TABLES)}")
         elif k not in TOP_KEYS:
             hint = (f" (it belongs in [{_table_of_key(k)}])" if _table_of_key(k) else "")
             raise fail(f"unknown key {k}{hint}; known top-level keys: {', '.join(TOP_KEYS)}")
@@ -196,20 +197,17 @@ def from_document(doc: Mapping[str, Any], source: str, *, default_name: str = "s
         known = table_fields(table)
         for k, v in given.items():
             if k not in known:
-                raise fail(f"unknown key {table}.{k}; known in [{table}]: {', '.join(known)}")
+                raise fail(f"unknown key {table}.{k}{_maybe(k, known)}; known in [{table}]: {', '.join(known)}")
             f = known[k]
             values[f.name] = _typed(v, f"{table}.{k}", _kind(f.type), fail, optional="None" in str(f.type))
     try:
         deploy = DeployConfig(**values)
-    except LlmrcaError:
+    except LlmrcaError as e:
         probe = DeployConfig.__new__(DeployConfig)  # the same checks, reported per key
         for f in fields(DeployConfig):
             object.__setattr__(probe, f.name, values.get(f.name, default_of(f)))
         problems = probe.field_problems()
-        if not problems:
-            raise
-        name_, text = problems[0]
-        raise fail(_keyed(name_, text)) from None
+        raise fail(_keyed(*problems[0]) if problems else str(e)) from None
 
     faults_doc = doc.get("faults", {})
     scenario = Scenario(name=name, description=description, deploy=deploy,
@@ -324,10 +322,10 @@ def _table_of_key(k: str) -> str | None:
     return None
 
 
-def key_for_field(name: str) -> str:
-    """``table.key`` of a DeployConfig field (for messages and ``--set``)."""
-    return path_of(name)
+def _maybe(word: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
-__all__ = ["Scenario", "ScenarioError", "apply_sets", "from_document", "key_for_field", "key_of", "load",
-           "parse_value", "read_document", "shipped"]
+__all__ = ["Scenario", "ScenarioError", "apply_sets", "from_document", "load", "parse_value", "read_document",
+           "shipped"]
