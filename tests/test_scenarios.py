@@ -312,3 +312,17 @@ def test_docs_list_every_scenario_key_with_its_default():
             d = default_of(f)
             cell = "(absent)" if d is None else f"`{value(d)}`"
             assert f"| `{key}` | {cell} | {f.metadata['doc']} |" in section, (table, key)
+
+
+def test_a_live_campaign_writes_the_scenario_it_runs(tmp_path):
+    from llmrca.testbed.campaign import _write_manifest
+    from llmrca.testbed.config import live_config
+
+    cfg = live_config(seed=3)
+    _write_manifest(tmp_path, "live", 2, ["cpu", "gpu"], ["ray-replicas-1"], Timing(100.0, 40.0, 20.0),
+                    {"config": cfg.to_dict(), "scaling": None}, ["cpu/ray-replicas-1/rep-00"])
+    s = load(tmp_path / "scenario.toml")
+    assert (s.faults, s.targets, s.reps, s.seed) == (("cpu", "gpu"), ("ray-replicas-1",), 2, 3)
+    assert Timing.of(s.deploy) == Timing(100.0, 40.0, 20.0) and s.deploy.step == 1.0
+    manifest = json.loads((tmp_path / "suite.json").read_text())
+    assert manifest["scenario_sha256"] == s.sha256() and manifest["timing"]["warmup"] == 30.0

@@ -19,6 +19,7 @@ from llmrca.testbed.config import TestbedConfig, live_config
 from llmrca.testbed.rundir import RunDir
 
 MANIFEST = "suite.json"
+SCENARIO_FILE = "scenario.toml"
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def run_campaign(out_dir: str | Path, *, suite: str = "live", reps: int = 1, fau
         items += [("normal", "", r) for r in range(normal_cases)]
         out.mkdir(parents=True, exist_ok=True)
         _write_manifest(out, suite, reps, faults, tgts, tm, state, [case_id(*i) if i[0] != "normal"
-                                                                    else f"normal/rep-{i[2]:02d}" for i in items])
+                                                                    else f"normal/rep-{i[2]:02d}" for i in items],
+                        normal_cases)
         if started_here and warmup > 0:
             say(f"warming up for {warmup:g} s")
             sleep(warmup)
@@ -139,8 +141,26 @@ def run_campaign(out_dir: str | Path, *, suite: str = "live", reps: int = 1, fau
 
 
 def _write_manifest(out: Path, suite: str, reps: int, faults: list[str], targets: list[str], tm: Timing,
-                    state: dict[str, Any], cases: list[str]) -> None:
-    manifest = {"suite": suite, "generator": "llmrca.testbed", "version": __version__, "reps": reps,
-                "faults": faults, "targets": targets, "timing": {**asdict(tm), "warmup": state["config"]["deploy"]["warmup"]}, "config": state["config"],
-                "scaling": state.get("scaling"), "cases": cases}
+                    state: dict[str, Any], cases: list[str], normal_cases: int = 0) -> None:
+    """suite.json, and scenario.toml: the scenario this campaign runs (the testbed's deployment with the campaign's
+    timing, faults, targets and repetitions), which `llmrca testbed campaign --scenario` takes back."""
+    from llmrca.deploy.config import ConfigError
+    from llmrca.scenarios import Scenario
+
+    cfg = TestbedConfig.from_dict(state["config"])
+    manifest: dict[str, Any] = {
+        "suite": suite, "generator": "llmrca.testbed", "version": __version__, "reps": reps, "faults": faults,
+        "targets": targets, "timing": {**asdict(tm), "warmup": cfg.deploy.warmup}, "config": state["config"],
+        "scaling": state.get("scaling"), "cases": cases}
+    try:
+        deploy = cfg.deploy.with_(inject_at=tm.normal, fault_duration=tm.fault, duration=tm.per_case)
+    except ConfigError as e:  # a timing the deployment model cannot express (e.g. not a multiple of the step)
+        manifest["scenario"] = None
+        manifest["scenario_error"] = str(e)
+    else:
+        sc = Scenario(name=suite, description=f"live campaign of {suite} on the testbed", deploy=deploy,
+                      faults=tuple(faults), targets=tuple(targets), reps=reps, normal=normal_cases, seed=cfg.seed)
+        (out / SCENARIO_FILE).write_text(sc.to_toml(), encoding="utf-8")
+        manifest.update({"scenario_file": SCENARIO_FILE, "scenario_sha256": sc.sha256(),
+                         "scenario": sc.to_document()})
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")

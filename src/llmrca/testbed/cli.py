@@ -257,9 +257,11 @@ def campaign_cmd(
     sets: SetOpt = None,
     suite: Annotated[str | None, typer.Option(help="Take the faults from this scenario instead (e.g. paper).")
                      ] = None,
-    reps: Annotated[int, typer.Option(help="Repetitions per (fault, target).")] = 1,
+    reps: Annotated[int | None, typer.Option(help="Repetitions per (fault, target); default: the scenario's."
+                                             )] = None,
     faults: Annotated[str | None, typer.Option(help="Comma list of faults instead of the scenario's.")] = None,
-    targets: Annotated[str | None, typer.Option(help="Comma list of targets (default: every replica).")] = None,
+    targets: Annotated[str | None, typer.Option(help="Comma list of targets (default: the scenario's, else "
+                                                     "every replica).")] = None,
     normal: Annotated[float | None, typer.Option(help="Seconds before each injection (timing.inject_at).")] = None,
     fault_s: Annotated[float | None, typer.Option("--fault", help="Seconds of fault (timing.fault_duration).")
                        ] = None,
@@ -282,7 +284,8 @@ def campaign_cmd(
     from llmrca.testbed.campaign import Timing, run_campaign
     from llmrca.testbed.config import TestbedConfig
 
-    base = load(scenario, sets).deploy
+    sc = load(scenario, sets)
+    base = sc.deploy
     n = base.inject_at if normal is None else normal
     f = base.fault_duration if fault_s is None else fault_s
     r = base.duration - base.inject_at - base.fault_duration if recovery is None else recovery
@@ -291,8 +294,10 @@ def campaign_cmd(
                                           "inject_at": n, "fault_duration": f, "duration": n + f + r})
     cfg = TestbedConfig(deploy=deploy, seed=seed)
     t0 = time.time()
-    paths = run_campaign(out_dir, suite=suite or scenario, reps=reps, faults=faults.split(",") if faults else None,
-                         targets=targets.split(",") if targets else None, timing=tm, config=cfg, run_dir=run_dir,
+    paths = run_campaign(out_dir, suite=suite or sc.name, reps=sc.reps if reps is None else reps,
+                         faults=faults.split(",") if faults else (None if suite else list(sc.faults)),
+                         targets=targets.split(",") if targets else (list(sc.targets) if sc.targets else None),
+                         timing=tm, config=cfg, run_dir=run_dir,
                          use_running=use_running,
                          progress=lambda s: err.print(f"{time.strftime('%H:%M:%S')} {s}", highlight=False))
     out.print(f"wrote {len(paths)} case(s) under {out_dir} in {time.time() - t0:.0f} s", highlight=False)
