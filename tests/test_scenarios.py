@@ -326,3 +326,18 @@ def test_a_live_campaign_writes_the_scenario_it_runs(tmp_path):
     assert Timing.of(s.deploy) == Timing(100.0, 40.0, 20.0) and s.deploy.step == 1.0
     manifest = json.loads((tmp_path / "suite.json").read_text())
     assert manifest["scenario_sha256"] == s.sha256() and manifest["timing"]["warmup"] == 30.0
+
+
+def test_testbed_campaign_command_takes_its_plan_from_the_scenario(tmp_path, monkeypatch):
+    from llmrca.testbed import campaign
+
+    seen = {}
+    monkeypatch.setattr(campaign, "run_campaign", lambda out_dir, **kw: seen.update(kw) or [])
+    r = runner.invoke(app, ["testbed", "campaign", "--out", str(tmp_path), "--set", "reps=2",
+                            "--set", 'faults.targets=["ray-replicas-0"]', "--recovery", "30"])
+    assert r.exit_code == 0, r.output
+    assert (seen["reps"], seen["faults"], seen["targets"]) == (2, ["cpu", "memory", "network", "gpu"],
+                                                              ["ray-replicas-0"])
+    assert seen["timing"] == Timing(120.0, 60.0, 30.0) and seen["config"].deploy.duration == 210.0
+    r = runner.invoke(app, ["testbed", "campaign", "--out", str(tmp_path), "--suite", "paper", "--faults", "cpu"])
+    assert r.exit_code == 0 and seen["faults"] == ["cpu"] and seen["suite"] == "paper"
