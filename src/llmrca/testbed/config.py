@@ -90,10 +90,6 @@ class TestbedConfig:
         if problems:
             raise TestbedConfigError("testbed config: " + "; ".join(problems))
 
-    def sim_config(self) -> DeployConfig:
-        """The simulator's configuration of the same deployment and workload (the same object)."""
-        return self.deploy
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["deploy"] = self.deploy.to_dict()
