@@ -10,7 +10,7 @@ Processes (all on 127.0.0.1, ports chosen free at start, recorded in the run fol
 | ``proxy``              | ray-head       | the Serve-like HTTP proxy and router                          |
 | ``engine:<replica>``   | each replica   | a vLLM-like engine on an emulated GPU                          |
 | ``mesh``               | (node)         | the pod-to-pod links where network faults act                 |
-| ``prometheus``         | (node)         | real Prometheus, scraping every ``scrape_interval``            |
+| ``prometheus``         | (node)         | real Prometheus, scraping every ``deploy.step``                |
 | ``loadgen``            | (client)       | the open-loop load                                            |
 
 Every child dies with the supervisor (``PR_SET_PDEATHSIG``); a child that exits on its own is restarted (an
