@@ -458,8 +458,8 @@ class ReplicaEngine:
             busy = min(busy, 1.0)
             mem_share = a[1] / a[0] if a[0] > 0 else 0.9
             comp_share = a[2] / a[0] if a[0] > 0 else 0.0
-            i = int((end + 0.5 * tick - self._env_t0) / tick)
-            limit = limits[i if i < len(limits) else -1]
+            i = int((end + 0.5 * tick - self._env_t0) / tick)  # the tick that starts now
+            limit = limits[i - 1 if 0 < i <= len(limits) else -1]  # the limit the closing tick ran under
             gs.close_tick(tick, min(a[0], tick), a[8], a[9], a[10])
             f_used = gs.f
             if i < len(self._shares):
