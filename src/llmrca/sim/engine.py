@@ -171,6 +171,8 @@ class ReplicaEngine:
         self._shares = env.cpu_share[name].tolist()
         self._slows = env.slow[name].tolist()
         self._limits = env.power_limit[name].tolist()
+        # A simulated environment derives the CPU share from what the pod wants; a live one measures it.
+        self._demand_sink = getattr(env, "set_own_demand", None)
         self._set_factors(t_start)
 
     # -- the router's interface ---------------------------------------------------------------------------
@@ -462,8 +464,8 @@ class ReplicaEngine:
             limit = limits[i - 1 if 0 < i <= len(limits) else -1]  # the limit the closing tick ran under
             gs.close_tick(tick, min(a[0], tick), a[8], a[9], a[10])
             f_used = gs.f
-            if i < len(self._shares):
-                self._shares[i] = self.env.set_own_demand(self.name, i, demand)
+            if self._demand_sink is not None and i < len(self._shares):
+                self._shares[i] = self._demand_sink(self.name, i, demand)
             n_run = self.n + len(self.prefilling)
             used = self._used() / self.block_size + 0.5 * n_run
             kv = used / self.blocks_total
