@@ -26,8 +26,12 @@ published numbers (restated from public sources, named per row):
 * CPU: stress-ng --cpu 16 next to Qwen2.5-0.5B: decode ~65 -> ~30 tok/s, TTFT to ~350 ms (vLLM blog); a pod's CPU
   from 2 to 6 halved ITL (62 -> 31 ms) for a 27B model (community); the engine loop is held to about one core by
   the GIL (vLLM issue #14538); a faster CPU gave 3.8x throughput on an RTX 3090 (vLLM issue #8147).
-* Thermal: hardware slowdown cuts clocks by 2x or more (NVML docs); a -14 % thermal clock dip cost -7.7 %
-  throughput (community).
+* Thermal and Xid: hardware slowdown cuts clocks by 2x or more (NVML docs); a -14 % thermal clock dip cost -7.7 %
+  throughput (community); H100 memory errors are ~3.2x as frequent as A100's (Delta study).
+* Power limits (default / lowest settable): H100 SXM 700 / 200 W (150 W is rejected), A100 SXM 400 / 100 W, L40S
+  350 / 100 W, A40 300 / 100 W, L4 72 / 40 W; the study's 150 W is 37.5 % of the A100-80GB's limit.
+* The study's own setting (Falcon-H1-7B, 4 replicas at 5 req/s, 512 in / 256 out): ~2-4 running requests per
+  replica, TTFT tens of ms, TPOT ~10-15 ms on A100-class GPUs (ranges: the row compares with their middle).
 
 Where a source leaves a condition open (prompt lengths, the 3090's model) the row says what was assumed. The
 RTX 3090's power split (its knee included) is fitted to its own rows, so they calibrate, they do not validate;
@@ -43,8 +47,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmrca.faults import Injection
+from llmrca.faults import FaultParamError, Injection
 from llmrca.sim.config import SimConfig
+from llmrca.sim.hardware import gpu_kind
 from llmrca.sim.run import run
 
 TARGET = "ray-head"  # one replica: the head's
@@ -161,8 +166,8 @@ def latency_rows() -> list[Row]:
         rows.append(Row("latency", f"Llama-3.1-8B, {g}, 1 stream: floor {floor} ms / 0.75", "TPOT ms",
                         round(floor / 0.75, 2), res["tpot_ms"]))
     res = measure(config(gpu="h100", model="8b", prompt_tokens=220, output_tokens=206, arrival="poisson",
-                         rate=60.0, duration=120.0))
-    cond = "Llama-3.1-8B, H100 SXM (assumed), ShareGPT-like 220/206, offered 60 req/s"
+                         rate=100.0, duration=120.0))
+    cond = "Llama-3.1-8B, H100 SXM (assumed), 220/206, offered 100 req/s (overload)"
     rows += [Row("saturation", cond, "req/s served", 32.0, res["req_s"]),
              Row("saturation", cond, "output tok/s", 6600.0, res["out_tok_s"])]
     rows.append(Row("cpu share", "vLLM before v0.6.0: API server 33 %, scheduling 29 %, GPU 38 %", "GPU share %",
@@ -175,6 +180,8 @@ def power_rows() -> list[Row]:
     rows: list[Row] = []
     # RTX PRO 6000, vLLM, 32 concurrent (8B, 512/256 assumed): throughput change and clock.
     base = concurrent("rtx-pro-6000", "8b", 512, 256, 32)
+    rows.append(Row("power cap", "RTX PRO 6000, 8B (assumed), 32 concurrent, no cap", "SM clock MHz", 2779.0,
+                    base["clock_mhz"]))
     for w, pub in ((400.0, -4.5), (350.0, -13.0), (300.0, -25.0)):
         res = concurrent("rtx-pro-6000", "8b", 512, 256, 32, cap_w=w)
         cond = f"RTX PRO 6000, 8B (assumed), 32 concurrent, cap {w:g} W ({w / 6:.0f} %)"
@@ -228,10 +235,46 @@ def cpu_rows() -> list[Row]:
     return rows
 
 
+def setting_rows() -> list[Row]:
+    """The power-limit table, the study's cap, and the study's own operating point (4 replicas at 5 req/s)."""
+    rows: list[Row] = []
+    for g, tdp, low in (("h100", 700.0, 200.0), ("a100-80gb", 400.0, 100.0), ("l40s", 350.0, 100.0),
+                        ("a40", 300.0, 100.0), ("l4", 72.0, 40.0)):
+        k = gpu_kind(g)
+        rows += [Row("limits", f"{g}: default/max power limit", "W", tdp, k.tdp_w),
+                 Row("limits", f"{g}: lowest settable limit", "W", low, k.min_power_w)]
+    try:
+        run(config(gpu="h100", duration=60.0), Injection("gpu", TARGET, {"power_limit_w": 150.0}), seed=1)
+        rejected = 0.0
+    except FaultParamError:
+        rejected = 1.0
+    rows.append(Row("limits", "h100: a 150 W cap is rejected", "1 = rejected", 1.0, rejected))
+    rows.append(Row("limits", "the study's 150 W on the paper GPU (a100-80gb)", "% of limit", 37.5,
+                    100.0 * 150.0 / gpu_kind(SimConfig().gpu).tdp_w))
+    sim = run(SimConfig(variability=False, noise="none"), None, seed=1)
+    r = sim.record.requests
+    t = r["t_gateway_start"].to_numpy() - sim.record.start
+    r = r[(t >= 30) & (t < 330)]
+    long = r[r["output_tokens"] > 1]
+    lg = [e.log.arrays() for e in sim.engines.values()]
+    running = float(np.mean([np.mean(x["running"][40:330]) for x in lg]))
+    rows += [
+        Row("study", "paper setting: Falcon-H1-7B, 4 x A100, 5 req/s, 512/256", "TTFT ms (tens)", 50.0,
+            1e3 * float((r["t_first_token"] - r["t_engine_arrival"]).mean()), "published: tens of ms"),
+        Row("study", "paper setting: Falcon-H1-7B, 4 x A100, 5 req/s, 512/256", "TPOT ms (10-15)", 12.5,
+            1e3 * float((long["decode_s"] / (long["output_tokens"] - 1)).mean()), "published: ~10-15 ms"),
+        Row("study", "paper setting: Falcon-H1-7B, 4 x A100, 5 req/s, 512/256", "running per replica", 3.0,
+            running, "published: ~2-4"),
+    ]
+    return rows
+
+
 def thermal_rows() -> list[Row]:
     why = "not modelled: the simulator has no thermal throttling (temperature is an output only)"
+    xid = "not modelled: the simulator has no Xid faults yet"
     return [Row("thermal", "hardware slowdown (thermal or power brake)", "clock ratio", 0.5, None, why),
-            Row("thermal", "-14 % thermal clock dip", "throughput change %", -7.7, None, why)]
+            Row("thermal", "-14 % thermal clock dip", "throughput change %", -7.7, None, why),
+            Row("thermal", "H100 vs A100 memory-error rate (Delta study)", "ratio", 3.2, None, xid)]
 
 
 def _fmt(x: float | None, nd: int = 1) -> str:
@@ -243,7 +286,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="keep rows whose group or condition contains this text")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rows = latency_rows() + power_rows() + cpu_rows() + thermal_rows()
+    rows = setting_rows() + latency_rows() + power_rows() + cpu_rows() + thermal_rows()
     if args.only:
         rows = [r for r in rows if args.only.lower() in (r.group + " " + r.condition).lower()]
     print(f"{'group':<11}{'condition':<72}{'metric':<22}{'published':>10}{'sim':>10}{'diff %':>9}  note")

@@ -60,6 +60,9 @@ H100_PCIE = GpuKind("h100-pcie", 756e12, 2.0e12, 80 * GIB, 350.0, 200.0, 60.0, 7
 # L40S: 362 TFLOP/s bf16 dense, 864 GB/s GDDR6, 48 GB, 350 W (min 100 W), 2520 MHz.
 L40S = GpuKind("l40s", 362e12, 864e9, 48 * GIB, 350.0, 100.0, 60.0, 60.0, 270.0, 1.7,
                2520.0, 210.0, 9001.0, 0.60, 0.80, 0.55, 1.0e-3, 0.14, 45.0, 87.0, 32.0)
+# A40: 150 TFLOP/s bf16 dense, 696 GB/s GDDR6, 48 GB, 300 W (min 100 W), 1740 MHz.
+A40 = GpuKind("a40", 150e12, 696e9, 48 * GIB, 300.0, 100.0, 55.0, 50.0, 230.0, 1.7,
+              1740.0, 210.0, 7251.0, 0.60, 0.80, 0.55, 1.0e-3, 0.16, 45.0, 88.0, 32.0)
 # RTX 3090: 71 TFLOP/s bf16 tensor with fp32 accumulate, 936 GB/s GDDR6X, 24 GB, 350 W (min 100 W), 1695 MHz
 # boost, 9751 MHz memory. Its GDDR6X at full clock makes the loaded-but-idle board draw near 100 W (idle_w), so a
 # cap near the minimum leaves the SMs almost nothing. Its power split is fitted to the published RTX 3090 cap runs.
@@ -70,7 +73,7 @@ RTX3090 = GpuKind("rtx-3090", 71e12, 936e9, 24 * GIB, 350.0, 100.0, 90.0, 30.0, 
 RTXPRO6000 = GpuKind("rtx-pro-6000", 500e12, 1.792e12, 96 * GIB, 600.0, 150.0, 80.0, 80.0, 470.0, 1.7,
                      2790.0, 210.0, 14000.0, 0.60, 0.80, 0.55, 0.8e-3, 0.10, 45.0, 90.0, 64.0)
 
-GPU_KINDS: dict[str, GpuKind] = {g.name: g for g in (A100, H100, L4, A100_40, H100_PCIE, L40S, RTX3090, RTXPRO6000)}
+GPU_KINDS: dict[str, GpuKind] = {g.name: g for g in (A100, H100, L4, A100_40, H100_PCIE, L40S, A40, RTX3090, RTXPRO6000)}
 _GPU_ALIASES = {"a100": "a100-80gb", "a100-sxm": "a100-80gb", "h100-sxm": "h100", "h100-80gb": "h100",
                 "3090": "rtx-3090", "rtx3090": "rtx-3090", "rtx-pro-6000-blackwell": "rtx-pro-6000"}
 
