@@ -299,3 +299,19 @@ def test_three_stress_workers_on_an_8_cpu_pod_have_a_small_effect():
     assert 1.002 < _itl(post) / _itl(b_post) < 1.1
     cpu = _col(sim, f"{TARGET}_ctn_cpu")
     assert cpu[1] > cpu[0] + 2.5  # the three workers' CPU shows in the container's usage
+
+
+def test_a_step_runs_at_the_highest_clock_whose_draw_fits_the_limit():
+    from llmrca.sim.gpu import step_at_limit
+    from llmrca.sim.hardware import gpu_kind
+
+    g = gpu_kind("a100-80gb")
+    mem, comp, cpu = 8e-3, 40e-3, 1.5e-3  # a prefill-heavy step at full clock
+    f, gpu_s, _, _, busy_w = step_at_limit(g, g.tdp_w, mem, comp, cpu)
+    assert f == 1.0 and gpu_s == pytest.approx(comp + g.launch_s)
+    full_draw = g.idle_w + busy_w * gpu_s / (gpu_s + cpu)
+    for limit in (0.8 * full_draw, 0.5 * full_draw):
+        f, gpu_s, _, _, busy_w = step_at_limit(g, limit, mem, comp, cpu)
+        assert f < 1.0 and gpu_s > comp / f  # compute-bound: the step stretches with the clock
+        assert g.idle_w + busy_w * gpu_s / (gpu_s + cpu) <= limit + 1e-6
+    assert step_at_limit(g, full_draw + 1.0, mem, comp, cpu)[0] == 1.0  # a cap above the step's draw does nothing

@@ -70,7 +70,7 @@ def step_at_limit(gpu: GpuKind, limit_w: float, mem1: float, comp1: float, other
 
     ``mem1``/``comp1`` are the step's memory and compute times at full clock, ``other_s`` the rest of the step
     (CPU-side work) during which the GPU idles. The clock is the highest at which the step's draw stays under the
-    limit; at a lower clock the kernels take longer, so the duty rises and the clock is sized once more for it.
+    limit; at a lower clock the kernels take longer, so the duty rises and the clock is sized again for it.
     ``busy_w`` is the power above idle while the kernels run (energy = ``busy_w * gpu_s``).
     """
     launch = gpu.launch_s
@@ -80,12 +80,16 @@ def step_at_limit(gpu: GpuKind, limit_w: float, mem1: float, comp1: float, other
     if gpu.idle_w + p1 * gpu_s / (gpu_s + other_s) <= limit_w:
         return 1.0, gpu_s, mem1, comp1, p1
     f = 1.0
-    for _ in range(2):
+    f_min = gpu.sm_clock_min_mhz / gpu.sm_clock_mhz
+    for _ in range(6):  # converges in two or three rounds; a round more only where the duty moved a lot
         f = clock_under_limit(gpu, limit_w, gpu_s / (gpu_s + other_s), ms, cs)
         mem, comp = mem1 / bandwidth_factor(f, gpu.knee), comp1 / f
         gpu_s = (mem if mem > comp else comp) + launch / f
         ms, cs = mem / gpu_s, comp / gpu_s
-    return f, gpu_s, mem, comp, busy_power(gpu, f, ms, cs)
+        p = busy_power(gpu, f, ms, cs)
+        if f <= f_min or gpu.idle_w + p * gpu_s / (gpu_s + other_s) <= limit_w + 1e-9:
+            break
+    return f, gpu_s, mem, comp, p
 
 
 @dataclass
