@@ -217,3 +217,103 @@ def test_same_seed_same_bytes(tmp_path):
     c = save_case(simulate(cfg, fault, seed=12), tmp_path / "c")
     assert _digest(a) == _digest(b)
     assert _digest(a)["metrics.parquet"] != _digest(c)["metrics.parquet"]
+
+
+# ---- sub-second power management and CPU demand (issue 11) ---------------------------------------------------
+
+def _single(gpu: str, model: str, **kw: object) -> SimConfig:
+    """One replica serving one request at a time: the cleanest view of prefill and decode under a cap."""
+    base = dict(gpu=gpu, model=model, replicas=1, users=1, rate=0.05, arrival="constant", prompt_tokens=512,
+                output_tokens=128, duration=240.0, inject_at=1.0, fault_duration=400.0, variability=False,
+                noise="none")
+    base.update(kw)
+    return SimConfig(**base)
+
+
+def _stream(config: SimConfig, fault: Injection | None) -> tuple[float, float]:
+    """Mean (prefill s, per-token decode s) over the requests of the run."""
+    r = run(config, fault, 1).record.requests
+    r = r[r["status"] == "OK"]
+    return float(r["prefill_s"].mean()), float((r["decode_s"] / (r["output_tokens"] - 1)).mean())
+
+
+def test_a_cap_above_the_average_draw_still_clips_prefill_bursts():
+    """240 W on an A100 is above the replica's 1 s average draw (~210 W) but below what a prefill step draws."""
+    sim = run(SimConfig(), Injection("gpu", TARGET, {"power_limit_frac": 0.6}), 3)
+    base = _run(None)
+    power = _col(sim, f"{TARGET}_power_usage")
+    assert power[0] < 0.6 * 400.0  # the 1 s average sits under the cap before it is set
+    pre, post = _req(sim, TARGET)
+    b_pre, b_post = _req(base, TARGET)
+    assert _ttft(post) > 1.1 * _ttft(b_post)  # prefill steps are clipped: their clock falls
+    assert _itl(post) < 1.05 * _itl(b_post)  # decode steps fit under the cap
+    viol = sim.metrics[f"{TARGET}_power_violation"].to_numpy()
+    t = sim.metrics["time"].to_numpy() - sim.record.start
+    assert np.nanmax(viol[(t > 295) & (t < 340)]) > 0  # DCGM counts the clipped time
+    assert np.nanmax(base.metrics[f"{TARGET}_power_violation"].to_numpy()) == 0
+
+
+def test_power_readings_energy_and_clock_follow_the_applied_steps():
+    sim = _run("gpu")
+    lg = sim.engines[TARGET].log.arrays()
+    on = (lg["limit"] < 400.0) & (lg["busy"] > 0.2)
+    f_min = SimConfig().gpu_kind.sm_clock_min_mhz / SimConfig().gpu_kind.sm_clock_mhz
+    assert on.sum() > 30
+    above_floor = on & (lg["clock"] > f_min + 1e-6)
+    # Every step fits under the limit; a tick's average can exceed it by a step that straddles its boundary.
+    assert np.all(lg["power"][above_floor] <= 1.06 * lg["limit"][above_floor])
+    assert lg["power"][above_floor].mean() <= lg["limit"][above_floor].mean() + 0.5
+    assert np.allclose(np.diff(lg["energy"]), lg["power"][1:] * SimConfig().tick)
+    assert np.median(lg["clock"][on]) < 0.8 and np.median(lg["clock"][~on & (lg["busy"] > 0.2)]) == 1.0
+    assert lg["capped"][on].mean() > 0.9 and lg["capped"][lg["limit"] >= 400.0].max() == 0.0
+
+
+def test_decode_is_flat_at_a_mild_cap_and_steep_at_a_deep_one():
+    """RTX 3090 (350 W), one stream: decode barely moves at 250 W, collapses at its 100 W floor; prefill follows the
+    power ratio once the cap binds (CALIBRATION.md)."""
+    cfg = _single("rtx-3090", "8b")
+    free = _stream(cfg, None)
+    mild = _stream(cfg, Injection("gpu", "ray-head", {"power_limit_w": 250.0}))
+    deep = _stream(cfg, Injection("gpu", "ray-head", {"power_limit_w": 100.0}))
+    assert mild[1] < 1.05 * free[1]
+    assert deep[1] > 3.0 * free[1]
+    half = _stream(cfg, Injection("gpu", "ray-head", {"power_limit_w": 150.0}))
+    assert half[0] > 2.0 * free[0] and half[1] < 1.4 * free[1]  # prefill pays more than decode
+
+
+def test_pod_cpu_limit_matters_when_the_pod_is_cpu_heavy():
+    """A small model at high load on the head pod (Serve proxy + frontend + engine core): 2 CPUs throttle it."""
+    cfg = dict(gpu="h100", model="1.5b", replicas=1, rate=40.0, arrival="poisson", duration=120.0, inject_at=60.0,
+               variability=False, noise="none")
+    tpot = {}
+    for cpus in (2.0, 6.0):
+        r = run(SimConfig(pod_cpu=cpus, **cfg), None, 1).record.requests
+        tpot[cpus] = float((r["decode_s"] / (r["output_tokens"] - 1)).mean())
+    assert tpot[2.0] > 1.2 * tpot[6.0]
+
+
+def test_three_stress_workers_on_an_8_cpu_pod_have_a_small_effect():
+    """Below the quota the workers still share caches, memory bandwidth and turbo: a small, non-zero slowdown."""
+    base = _run(None)
+    sim = run(SimConfig(), Injection("cpu", TARGET, {"workers": 3}), 3)
+    _, post = _req(sim, TARGET)
+    _, b_post = _req(base, TARGET)
+    assert 1.002 < _itl(post) / _itl(b_post) < 1.1
+    cpu = _col(sim, f"{TARGET}_ctn_cpu")
+    assert cpu[1] > cpu[0] + 2.5  # the three workers' CPU shows in the container's usage
+
+
+def test_a_step_runs_at_the_highest_clock_whose_draw_fits_the_limit():
+    from llmrca.sim.gpu import step_at_limit
+    from llmrca.sim.hardware import gpu_kind
+
+    g = gpu_kind("a100-80gb")
+    mem, comp, cpu = 8e-3, 40e-3, 1.5e-3  # a prefill-heavy step at full clock
+    f, gpu_s, _, _, busy_w = step_at_limit(g, g.tdp_w, mem, comp, cpu)
+    assert f == 1.0 and gpu_s == pytest.approx(comp + g.launch_s)
+    full_draw = g.idle_w + busy_w * gpu_s / (gpu_s + cpu)
+    for limit in (0.8 * full_draw, 0.5 * full_draw):
+        f, gpu_s, _, _, busy_w = step_at_limit(g, limit, mem, comp, cpu)
+        assert f < 1.0 and gpu_s > comp / f  # compute-bound: the step stretches with the clock
+        assert g.idle_w + busy_w * gpu_s / (gpu_s + cpu) <= limit + 1e-6
+    assert step_at_limit(g, full_draw + 1.0, mem, comp, cpu)[0] == 1.0  # a cap above the step's draw does nothing

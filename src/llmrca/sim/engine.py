@@ -10,7 +10,15 @@ the next arrival, the next control tick, or the step at which the KV cache would
 ``D - D_join + generated_at_join`` (the classic virtual-time trick of processor-sharing simulation), so an
 action costs O(log n), whatever its length. Arrivals truncate a planned stretch at the step boundary after them,
 so a new request waits at most one decode step, as in vLLM. Per-step time is the roofline of ``llmrca.sim.gpu``
-plus the CPU-side step work (scheduling, input preparation, sampling), slowed by the container's CPU share.
+plus the CPU-side step work (scheduling, input preparation, sampling), slowed by the container's CPU share. The
+power limit acts per step (``llmrca.sim.gpu.step_at_limit``): every step runs at the highest clock at which its
+own draw fits under the limit.
+
+CPU: the engine-core loop is GIL-bound and spins on CUDA syncs, so it wants about one core whenever it has work;
+the OpenAI frontend wants CPU per request, per prompt token and per streamed token. At every tick the engine
+tells the environment what it wanted in the last one; the pod's CFS quota is shared by everything runnable in it
+(these, the pod's background processes, any stress workers), and the engine thread progresses at its share: a
+throttled cgroup cannot launch the next step, so the whole step stretches, not only its CPU part.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from heapq import heappop, heappush
 import numpy as np
 
 from llmrca.sim.environment import Environment
-from llmrca.sim.gpu import GpuState, bandwidth_factor
+from llmrca.sim.gpu import GpuState, step_at_limit
 from llmrca.sim.hardware import GIB, GpuKind, ModelSpec
 
 INF = math.inf
@@ -32,8 +40,9 @@ NAN = math.nan
 STEP_BASE_S = 1.4e-3
 STEP_PER_SEQ_S = 0.03e-3
 STEP_PER_PREFILL_TOKEN_S = 1.5e-6
-# Extra latency per step when the engine thread has to wait for a CPU slice (times 1 - cpu share).
-WAKE_S = 4.0e-3
+# The engine-core process wants about one core while it has work: its Python loop is GIL-bound (vLLM issue
+# #14538) and it spins while it waits for the GPU.
+ENGINE_CORE_CORES = 1.0
 ACTIVATION_RESERVE = 1.5 * GIB  # CUDA context, activations and graphs vLLM keeps out of the KV pool
 
 
@@ -69,7 +78,7 @@ class TickLog:
 
     FIELDS = ("t", "running", "waiting", "kv_usage", "clock", "power", "temp", "mem_temp", "busy", "mem_share",
               "comp_share", "steps", "gen_tokens", "prompt_tokens", "active", "engine_cpu", "capped", "energy",
-              "power_violation", "preemptions", "prefix_queries", "prefix_hits", "limit")
+              "power_violation", "preemptions", "prefix_queries", "prefix_hits", "limit", "cpu_demand")
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
@@ -103,6 +112,8 @@ class ReplicaEngine:
         flops_speed: float = 1.0,
         cpu_speed: float = 1.0,
         events: list | None = None,
+        background_cores: float = 0.0,
+        frontend_costs: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ):
         self.name = name
         self.gpu = gpu
@@ -121,6 +132,9 @@ class ReplicaEngine:
         self.fl = gpu.flops * gpu.mfu * flops_speed
         self.bw = gpu.hbm_bw * gpu.bw_eff * bw_speed
         self.cpu_speed = cpu_speed
+        self.background_cores = background_cores  # the pod's own processes besides engine and frontend
+        self.frontend_costs = frontend_costs  # CPU s per request, per prompt token, per output token
+        self._fe = [0, 0]  # requests and prompt tokens handed to the engine in this tick
         kv_bytes = gpu_memory_utilization * gpu.hbm_bytes - model.weight_bytes - ACTIVATION_RESERVE
         self.block_size = block_size
         self.blocks_total = max(1, int(kv_bytes // (model.kv_bytes_per_token * block_size)))
@@ -143,7 +157,8 @@ class ReplicaEngine:
         # Tick state
         self.next_tick = t_start + tick
         self.log = TickLog()
-        self._acc = [0.0] * 8  # busy, mem, comp, steps, gen, prompt, active, engine_cpu
+        # busy, mem, comp, steps, gen, prompt, active, engine_cpu, busy energy, clock integral, clipped time
+        self._acc = [0.0] * 11
         self._preempt_total = 0
         self._prefix_q = 0
         self._prefix_h = 0
@@ -156,11 +171,16 @@ class ReplicaEngine:
         self._shares = env.cpu_share[name].tolist()
         self._slows = env.slow[name].tolist()
         self._limits = env.power_limit[name].tolist()
+        # A simulated environment derives the CPU share from what the pod wants; a live one measures it.
+        self._demand_sink = getattr(env, "set_own_demand", None)
         self._set_factors(t_start)
 
     # -- the router's interface ---------------------------------------------------------------------------
     def enqueue(self, rid: int, t_ready: float) -> None:
         self.R.t_ready[rid] = t_ready
+        fe = self._fe
+        fe[0] += 1
+        fe[1] += self.R.prompt[rid]
         heappush(self.incoming, (t_ready, rid))
         p = self.plan
         if p is not None and t_ready < p[1]:
@@ -218,12 +238,9 @@ class ReplicaEngine:
         i = 0 if i < 0 else (len(self._shares) - 1 if i >= len(self._shares) else i)
         share = self._shares[i]
         self.share = share
-        self.cpu_factor = self._slows[i] / share / self.cpu_speed
-        self.wake = WAKE_S * (1.0 - share)
-        f = self.gs.f
-        self.inv_f = 1.0 / f
-        self.bw_now = self.bw * bandwidth_factor(f, self.gpu.knee)
-        self.launch = self.gpu.launch_s / f
+        self.inv_share = 1.0 / share
+        self.cpu_factor = self._slows[i] / self.cpu_speed
+        self.limit = self._limits[i]
 
     def _used(self) -> float:
         return self.A + self.n * self.D + self.kv_pref
@@ -286,11 +303,10 @@ class ReplicaEngine:
                 finished.append(e)
         ctx = self.A + n * self.D + self.kv_pref
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * (n + len(in_step)) + STEP_PER_PREFILL_TOKEN_S * tokens) \
-            * self.cpu_factor + self.wake
-        comp = self.flop_tok * (tokens + n) / self.fl * self.inv_f
-        mem = (self.W + ctx * self.kvb) / self.bw_now
-        gpu = (max(mem, comp)) + self.launch
-        dur = cpu + gpu
+            * self.cpu_factor
+        f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit, (self.W + ctx * self.kvb) / self.bw,
+                                              self.flop_tok * (tokens + n) / self.fl, cpu * self.inv_share)
+        dur = (cpu + gpu) * self.inv_share
         t1 = t + dur
         a = self._acc
         a[0] += gpu
@@ -301,6 +317,10 @@ class ReplicaEngine:
         a[5] += tokens
         a[6] += dur
         a[7] += dur * self.share
+        a[8] += pw * gpu
+        a[9] += f * gpu
+        if f < 1.0:
+            a[10] += dur
         if n:
             self.D += 1
             it = self._itl
@@ -349,21 +369,21 @@ class ReplicaEngine:
             self._preempt()
             return
         k = min(k, k_kv)
-        cpu = (STEP_BASE_S + STEP_PER_SEQ_S * n) * self.cpu_factor + self.wake
-        comp = self.flop_tok * n / self.fl * self.inv_f
-        mem = (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw_now
-        gpu = (max(mem, comp)) + self.launch
-        s = cpu + gpu
+        cpu = (STEP_BASE_S + STEP_PER_SEQ_S * n) * self.cpu_factor
+        f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit,
+                                              (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw,
+                                              self.flop_tok * n / self.fl, cpu * self.inv_share)
+        s = (cpu + gpu) * self.inv_share
         horizon = self.next_tick
         if self.incoming and self.incoming[0][0] < horizon:
             horizon = self.incoming[0][0]
         k_h = math.ceil((horizon - self.t) / s)
         if k_h < k:
             k = max(1, k_h)
-        self.plan = [self.t, self.t + k * s, k, s, gpu, mem, comp, cpu]
+        self.plan = [self.t, self.t + k * s, k, s, gpu, mem, comp, pw, f]
 
     def _commit(self) -> None:
-        _t0, t1, k, s, gpu, mem, comp, _cpu = self.plan
+        _t0, t1, k, s, gpu, mem, comp, pw, f = self.plan
         self.plan = None
         n = self.n
         self.D += k
@@ -376,6 +396,10 @@ class ReplicaEngine:
         a[4] += k * n
         a[6] += k * s
         a[7] += k * s * self.share
+        a[8] += k * pw * gpu
+        a[9] += k * f * gpu
+        if f < 1.0:
+            a[10] += k * s
         it = self._itl
         it[0].append(t1)
         it[1].append(s)
@@ -419,7 +443,14 @@ class ReplicaEngine:
         tick = self.tick
         m = int((self.t - self.next_tick) // tick) + 1
         a = [x / m for x in self._acc]
-        self._acc = [0.0] * 8
+        self._acc = [0.0] * 11
+        fe_req, fe_prompt = (x / m for x in self._fe)
+        self._fe = [0, 0]
+        c_req, c_prompt, c_tok = self.frontend_costs
+        # What this pod's own processes wanted: the engine core while it had work, the frontend (one asyncio
+        # thread: at most a core) for the requests and tokens it handled, and the pod's background.
+        frontend = min(tick, c_req * fe_req + c_prompt * fe_prompt + c_tok * a[4])
+        demand = self.background_cores + (ENGINE_CORE_CORES * min(tick, a[6]) + frontend) / tick
         rows = self.log.rows
         gs = self.gs
         limits = self._limits
@@ -429,10 +460,12 @@ class ReplicaEngine:
             busy = min(busy, 1.0)
             mem_share = a[1] / a[0] if a[0] > 0 else 0.9
             comp_share = a[2] / a[0] if a[0] > 0 else 0.0
+            i = int((end + 0.5 * tick - self._env_t0) / tick)  # the tick that starts now
+            limit = limits[i - 1 if 0 < i <= len(limits) else -1]  # the limit the closing tick ran under
+            gs.close_tick(tick, min(a[0], tick), a[8], a[9], a[10])
             f_used = gs.f
-            i = int((end + 0.5 * tick - self._env_t0) / tick)
-            limit = limits[i if i < len(limits) else -1]
-            gs.update(tick, busy, min(mem_share, 1.0), min(comp_share, 1.0), limit)
+            if self._demand_sink is not None and i < len(self._shares):
+                self._shares[i] = self._demand_sink(self.name, i, demand)
             n_run = self.n + len(self.prefilling)
             used = self._used() / self.block_size + 0.5 * n_run
             kv = used / self.blocks_total
@@ -440,7 +473,7 @@ class ReplicaEngine:
                          gs.mem_temp_c, busy, mem_share, comp_share, a[3], a[4], a[5],
                          min(tick, a[6]), min(tick, a[7]), 1.0 if gs.capped else 0.0,
                          gs.energy_j, gs.power_violation_s, self._preempt_total, self._prefix_q, self._prefix_h,
-                         limit))
+                         limit, demand))
             self.next_tick = end + tick
         self._set_factors(self.next_tick - 0.5 * tick)
 

@@ -13,6 +13,9 @@ from llmrca.sim.hardware import GIB, GpuKind
 
 HOG_FILL_RATE = 2.5e9  # bytes/s one hog worker touches while allocating (page faults bound it)
 RECLAIM_START = 0.92  # working set / limit above which reclaim stalls CPU-side work
+# CPU-side work slows by this factor times (busy stress cores / pod CPUs) even while the quota is not exhausted:
+# the workers share the node's caches, memory bandwidth and the socket's turbo budget (our estimate).
+CPU_INTERFERENCE = 0.25
 
 
 @dataclass
@@ -34,7 +37,8 @@ class Environment:
     pod_cpu: float
     pod_memory: float  # bytes
     base_memory: dict[str, float]  # working set of each pod without faults (bytes)
-    own_demand: dict[str, float]  # cores the pod's own processes want while serving
+    own_demand: dict[str, float]  # cores the pod's own processes want while serving (first estimate; engines
+    # replace it tick by tick with what they actually wanted, see ``set_own_demand``)
     stress_cores: dict[str, np.ndarray] = field(default_factory=dict)
     hog_bytes: dict[str, np.ndarray] = field(default_factory=dict)
     hog_cores: dict[str, np.ndarray] = field(default_factory=dict)
@@ -47,6 +51,15 @@ class Environment:
     cpu_share: dict[str, np.ndarray] = field(default_factory=dict)  # share of a core each busy thread gets
     slow: dict[str, np.ndarray] = field(default_factory=dict)  # CPU-side slow-down from memory reclaim
     _slowdown: dict[str, list[float]] = field(default_factory=dict)
+
+    def set_own_demand(self, pod: str, i: int, cores: float) -> float:
+        """The pod's own processes want ``cores`` in tick ``i``: the CFS quota is shared by them and any stress or
+        hog workers; returns the share of its want each runnable thread gets."""
+        demand = cores + self.stress_cores[pod][i] + self.hog_cores[pod][i]
+        share = min(1.0, self.pod_cpu / max(demand, 1e-9))
+        self.cpu_share[pod][i] = share
+        self._slowdown[pod][i] = float(self.slow[pod][i]) / share
+        return share
 
     def index(self, t: float) -> int:
         i = int((t - self.t0) / self.tick)
@@ -142,7 +155,8 @@ def build(
         env.cpu_share[p] = np.minimum(1.0, pod_cpu / np.maximum(demand, 1e-9))
         frac = (env.base_memory[p] + env.hog_bytes[p]) / pod_memory
         over = np.clip((frac - RECLAIM_START) / (1.0 - RECLAIM_START), 0.0, None)
-        env.slow[p] = 1.0 + 4.0 * over**2
+        env.slow[p] = (1.0 + 4.0 * over**2) \
+            * (1.0 + CPU_INTERFERENCE * np.minimum(env.stress_cores[p] + env.hog_cores[p], pod_cpu) / pod_cpu)
         env._slowdown[p] = (env.slow[p] / env.cpu_share[p]).tolist()
     return env
 

@@ -49,8 +49,33 @@ H100 = GpuKind("h100", 989e12, 3.35e12, 80 * GIB, 700.0, 200.0, 70.0, 110.0, 500
 L4 = GpuKind("l4", 121e12, 300e9, 24 * GIB, 72.0, 40.0, 16.0, 14.0, 45.0, 1.7,
              2040.0, 210.0, 6251.0, 0.60, 0.80, 0.60, 1.0e-3, 0.70, 60.0, 85.0, 25.0)
 
-GPU_KINDS: dict[str, GpuKind] = {g.name: g for g in (A100, H100, L4)}
-_GPU_ALIASES = {"a100": "a100-80gb", "a100-sxm": "a100-80gb", "h100-sxm": "h100", "h100-80gb": "h100"}
+# The kinds below serve the published rows of the physics benchmark (benchmarks/bench_physics.py); clocks, memory
+# and power limits are data-sheet numbers, the power split (idle / memory / SM) is our estimate.
+# A100-40GB SXM: 312 TFLOP/s, 1.555 TB/s, 40 GB, 400 W (min 100 W), HBM2 at 1215 MHz.
+A100_40 = GpuKind("a100-40gb", 312e12, 1.555e12, 40 * GIB, 400.0, 100.0, 55.0, 65.0, 300.0, 1.7,
+                  1410.0, 210.0, 1215.0, 0.65, 0.80, 0.60, 1.0e-3, 0.11, 45.0, 88.0, 25.0)
+# H100 PCIe: 756 TFLOP/s bf16 dense, 2.0 TB/s, 80 GB, 350 W (min 200 W), 1755 MHz.
+H100_PCIE = GpuKind("h100-pcie", 756e12, 2.0e12, 80 * GIB, 350.0, 200.0, 60.0, 75.0, 260.0, 1.7,
+                    1755.0, 345.0, 1593.0, 0.60, 0.80, 0.50, 0.7e-3, 0.13, 45.0, 87.0, 64.0)
+# L40S: 362 TFLOP/s bf16 dense, 864 GB/s GDDR6, 48 GB, 350 W (min 100 W), 2520 MHz.
+L40S = GpuKind("l40s", 362e12, 864e9, 48 * GIB, 350.0, 100.0, 60.0, 60.0, 270.0, 1.7,
+               2520.0, 210.0, 9001.0, 0.60, 0.80, 0.55, 1.0e-3, 0.14, 45.0, 87.0, 32.0)
+# A40: 150 TFLOP/s bf16 dense, 696 GB/s GDDR6, 48 GB, 300 W (min 100 W), 1740 MHz.
+A40 = GpuKind("a40", 150e12, 696e9, 48 * GIB, 300.0, 100.0, 55.0, 50.0, 230.0, 1.7,
+              1740.0, 210.0, 7251.0, 0.60, 0.80, 0.55, 1.0e-3, 0.16, 45.0, 88.0, 32.0)
+# RTX 3090: 71 TFLOP/s bf16 tensor with fp32 accumulate, 936 GB/s GDDR6X, 24 GB, 350 W (min 100 W), 1695 MHz
+# boost, 9751 MHz memory. Its GDDR6X at full clock makes the loaded-but-idle board draw near 100 W (idle_w), so a
+# cap near the minimum leaves the SMs almost nothing. Its power split is fitted to the published RTX 3090 cap runs.
+RTX3090 = GpuKind("rtx-3090", 71e12, 936e9, 24 * GIB, 350.0, 100.0, 90.0, 30.0, 270.0, 1.3,
+                  1695.0, 210.0, 9751.0, 0.55, 0.80, 0.50, 1.2e-3, 0.17, 40.0, 91.0, 32.0)
+# RTX PRO 6000 Blackwell (workstation): ~500 TFLOP/s bf16 dense (a quarter of its 2 PFLOP/s dense FP4), 1.79 TB/s
+# GDDR7, 96 GB, 600 W; it boosts to ~2790 MHz in the published run; the 150 W minimum limit is our estimate.
+RTXPRO6000 = GpuKind("rtx-pro-6000", 500e12, 1.792e12, 96 * GIB, 600.0, 150.0, 80.0, 80.0, 470.0, 1.7,
+                     2790.0, 210.0, 14000.0, 0.60, 0.80, 0.55, 0.8e-3, 0.10, 45.0, 90.0, 64.0)
+
+GPU_KINDS: dict[str, GpuKind] = {g.name: g for g in (A100, H100, L4, A100_40, H100_PCIE, L40S, A40, RTX3090, RTXPRO6000)}
+_GPU_ALIASES = {"a100": "a100-80gb", "a100-sxm": "a100-80gb", "h100-sxm": "h100", "h100-80gb": "h100",
+                "3090": "rtx-3090", "rtx3090": "rtx-3090", "rtx-pro-6000-blackwell": "rtx-pro-6000"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,10 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("google/gemma-2-9b-it", 9.24e9, 2 * 42 * 8 * 256 * 2, 42),
     ModelSpec("microsoft/phi-4", 14.7e9, 2 * 40 * 10 * 128 * 2, 40),
     ModelSpec("Qwen/Qwen2.5-1.5B-Instruct", 1.54e9, 2 * 28 * 2 * 128 * 2, 28),
+    ModelSpec("Qwen/Qwen2.5-0.5B-Instruct", 0.494e9, 2 * 24 * 2 * 64 * 2, 24),
+    ModelSpec("meta-llama/Meta-Llama-3-8B-Instruct", 8.03e9, 2 * 32 * 8 * 128 * 2, 32),
+    # Gemma-2-27B: 46 layers, 16 KV heads x 128 (half its layers use a 4k sliding window; counted in full here).
+    ModelSpec("google/gemma-2-27b-it", 27.2e9, 2 * 46 * 16 * 128 * 2, 46),
 )}
 _MODEL_ALIASES = {
     "7b": "tiiuae/Falcon-H1-7B-Instruct", "falcon-h1-7b": "tiiuae/Falcon-H1-7B-Instruct",
@@ -83,6 +112,9 @@ _MODEL_ALIASES = {
     "9b": "google/gemma-2-9b-it", "gemma-2-9b": "google/gemma-2-9b-it",
     "14b": "microsoft/phi-4", "phi-4": "microsoft/phi-4",
     "1.5b": "Qwen/Qwen2.5-1.5B-Instruct", "qwen-2.5-1.5b": "Qwen/Qwen2.5-1.5B-Instruct",
+    "0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "qwen-2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
+    "llama-3-8b": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "27b": "google/gemma-2-27b-it", "gemma-2-27b": "google/gemma-2-27b-it",
 }
 
 

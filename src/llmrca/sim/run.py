@@ -20,7 +20,7 @@ from llmrca.sim import environment as envmod
 from llmrca.sim import workload as wlmod
 from llmrca.sim.config import SimConfig
 from llmrca.sim.deployment import Deployment, deployment
-from llmrca.sim.engine import ReplicaEngine, RequestTable
+from llmrca.sim.engine import ENGINE_CORE_CORES, ReplicaEngine, RequestTable
 from llmrca.sim.gpu import GpuState, busy_power
 from llmrca.sim.hardware import GIB
 from llmrca.sim.record import REQUEST_COLUMNS, SimRecord, events_frame
@@ -133,7 +133,17 @@ def run(config: SimConfig | None = None, fault: Injection | None = None, seed: i
     load_t0 = -cfg.warmup
     wl = wlmod.generate(cfg, cfg.rate * var.rate_factor, load_t0, cfg.duration, stream(seed, _S_WORKLOAD))
     n = len(wl)
-    own = {p: (0.35 if p == dep.gateway else 1.4 + (0.5 if p == dep.proxy else 0.0)) for p in dep.pods}
+    # CPU the pods' own processes want (cores): nginx; per replica pod its background (Ray agents), plus on the
+    # head the Serve proxy's work for the offered load. Engines add what their engine core and frontend want, tick
+    # by tick; before the first tick the estimate assumes a busy engine and the offered load's frontend work.
+    rate = cfg.rate * var.rate_factor
+    proxy_cores = rate * (PROXY_REQUEST_S + PROXY_CHUNK_S * cfg.output_tokens)
+    frontend = (REPLICA_REQUEST_S, TOKENIZE_S, DETOKENIZE_S)
+    fe_cores = rate / cfg.replicas * (REPLICA_REQUEST_S + TOKENIZE_S * cfg.prompt_tokens
+                                      + DETOKENIZE_S * cfg.output_tokens)
+    base = {p: (0.35 if p == dep.gateway else var.background_cpu[p] + (proxy_cores if p == dep.proxy else 0.0))
+            for p in dep.pods}
+    own = {p: base[p] + (0.0 if p == dep.gateway else ENGINE_CORE_CORES + fe_cores) for p in dep.pods}
     env = envmod.build(
         t0=t_sim0, t1=cfg.duration + 900.0, tick=cfg.tick, pods=dep.pods, gpu_pods=dep.replicas, gpu=gpu,
         pod_cpu=cfg.pod_cpu, pod_memory=cfg.pod_memory_gib * GIB, base_memory=var.base_memory, own_demand=own,
@@ -156,6 +166,7 @@ def run(config: SimConfig | None = None, fault: Injection | None = None, seed: i
             block_size=cfg.block_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
             shared_prefix_tokens=cfg.shared_prefix_tokens, bw_speed=var.bw_speed[r],
             flops_speed=var.flops_speed[r], cpu_speed=var.cpu_speed[r], events=events,
+            background_cores=base[r], frontend_costs=frontend,
         )
 
     paths = _route_all(cfg, dep, env, engines, table, wl, var, seed)

@@ -212,8 +212,9 @@ class RealtimeEngine:
         return self.power.value
 
     def set_power_limit(self, watts: float | None) -> float:
-        """Cap the emulated GPU's power (None: back to its default limit); the driver picks the clock at the next
-        tick, as the real driver does. Raises ``ValueError`` outside what the GPU accepts."""
+        """Cap the emulated GPU's power (None: back to its default limit); from the next tick every step runs at the
+        highest clock whose draw fits, as the real power management does. Raises ``ValueError`` outside what the GPU
+        accepts."""
         g = self.gpu
         w = g.tdp_w if watts is None else float(watts)
         if not (g.min_power_w <= w <= g.tdp_w):
