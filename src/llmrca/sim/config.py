@@ -55,7 +55,7 @@ class SimConfig:
     tick: float = 1.0  # engine control-loop tick: clocks, power, temperature, gauges
     start: float | None = None  # unix s of t=0; None: derived from the seed
     # Fidelity
-    mesh_quantiles: str = "exact"  # "exact" quantiles of the window's requests, or Istio's classic buckets
+    mesh_quantiles: str = "istio"  # Istio's classic buckets (as the study's mesh), or "exact" quantiles of the window
     variability: bool = True  # per-run differences (load, hardware speed, thermal start, baselines)
     # "realistic": background activity not caused by the fault (neighbours, GC-like spikes, scrape gaps, unrelated
     # warnings); "none": only measurement noise (the clean cases of earlier versions).
