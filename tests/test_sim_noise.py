@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from llmrca.case import fill_gaps
 from llmrca.case.validation import validate_case
