@@ -3,8 +3,9 @@
 Every exporter is scraped once per ``step`` at its own phase; a query at time ``T`` sees the last scrape before it.
 Gauges are the scraped value; counters become ``rate(x[W])`` with ``W = rate_window``; histograms become
 ``histogram_quantile(q, rate(x_bucket[W]))`` over the exporter's real bucket bounds (vLLM), and the mesh's
-per-destination latency is the quantile of the window's request durations (``mesh_quantiles="exact"``; Istio's
-classic buckets with ``"istio"``). Column names: see ``llmrca.sim.views``.
+per-destination latency is interpolated in Istio's classic buckets (``mesh_quantiles="istio"``, the default) or
+the exact quantile of the window's request durations (``"exact"``). With ``noise="realistic"`` node neighbours,
+GC-like bursts and missed scrapes (NaN in the gauges of a target) are added. Column names: see ``llmrca.sim.views``.
 """
 
 from __future__ import annotations
