@@ -167,7 +167,7 @@ def test_resolution():
     np.testing.assert_allclose(resolution(v), [2.0, 0.0, 0.25])
 
 
-def test_constant_columns_score_zero_and_constant_then_changed_scores_high():
+def test_constant_columns_score_zero_and_constant_then_changed_scores_in_resolution_steps():
     rng = np.random.default_rng(1)
     n = 120
     cols = {
@@ -176,36 +176,82 @@ def test_constant_columns_score_zero_and_constant_then_changed_scores_high():
         "c_const": np.full(n, 0.1),  # 0.1 is not exact in binary: the mean of copies must not leave residue
         "d_step": np.r_[np.full(60, 0.1), np.full(60, 0.3)],
         "e_then_noisy": np.r_[np.full(60, 2.0), rng.normal(2.0, 0.01, size=60)],
+        "f_steps": np.r_[np.full(60, 1.0), 1.0 + 0.5 * (np.arange(60) % 5 + 1)],
     }
     obs = _obs(cols, 60)
     for name in ("nsigma", "baro"):
         r = get_method(name).rank(obs)
         s = dict(zip(r.candidates, r.scores))
         assert s["c_const"] == 0.0
-        assert s["d_step"] == pytest.approx(60.0)  # one step of the column's resolution over q / n_pre
-        assert s["e_then_noisy"] > s["d_step"] > s["b_shift"] > s["a_noise"]
+        # A one-step move of a two-level column is at its resolution: it scores 1, below a real 4-sigma shift.
+        assert s["d_step"] == pytest.approx(1.0)
+        assert s["f_steps"] == pytest.approx(5.0)  # five steps of 0.5 above a constant baseline
+        assert s["e_then_noisy"] > s["b_shift"] > s["a_noise"] > s["d_step"]
         assert all(np.isfinite(r.scores))
     e = get_method("e-diagnosis").rank(obs)
     assert e.candidates[-1] == "c_const" and e.scores[-1] == 0.0
-    assert set(e.candidates[:3]) == {"b_shift", "d_step", "e_then_noisy"}
 
 
-def test_floor_never_changes_a_standard_score_of_a_varying_baseline():
+def test_floor_never_changes_a_standard_score_of_a_finely_resolved_baseline():
     rng = np.random.default_rng(2)
-    pre = rng.integers(0, 3, size=(40, 50)).astype(float)  # discrete, non-constant columns
+    pre = np.round(rng.normal(size=(40, 50)), 3)  # a resolution of 0.001, a spread of 1
+    post = np.round(rng.normal(2.0, 1.0, size=(40, 50)), 3)
+    center, scale = baseline(pre, post, "standard")
+    np.testing.assert_array_equal(scale, pre.std(axis=0))
+    np.testing.assert_array_equal(center, pre.mean(axis=0))
+
+
+def test_a_coarse_baseline_is_scaled_by_at_least_its_resolution():
+    rng = np.random.default_rng(2)
+    pre = rng.integers(0, 3, size=(40, 50)).astype(float)  # std about 0.8 < the resolution 1
     post = rng.integers(0, 9, size=(40, 50)).astype(float)
-    keep = pre.std(axis=0) > 0
-    center, scale = baseline(pre[:, keep], post[:, keep], "standard")
-    np.testing.assert_array_equal(scale, pre[:, keep].std(axis=0))
-    np.testing.assert_array_equal(center, pre[:, keep].mean(axis=0))
+    _, scale = baseline(pre, post, "standard")
+    np.testing.assert_array_equal(scale, np.maximum(pre.std(axis=0), 1.0))
 
 
-def test_robust_scale_of_a_mostly_constant_counter_uses_the_floor():
+def test_robust_scale_of_a_mostly_constant_counter_uses_the_resolution():
     pre = np.zeros((60, 1))
     pre[[5, 30], 0] = 1.0  # IQR 0, not constant
     post = np.full((60, 1), 2.0)
-    assert deviation_scores(pre, post, "robust")[0] == pytest.approx(2.0 / (1.0 / 60))
-    assert deviation_scores(pre, post, "standard")[0] == pytest.approx((2.0 - pre.mean()) / pre.std())
+    assert deviation_scores(pre, post, "robust")[0] == pytest.approx(2.0)  # two steps of 1
+    assert deviation_scores(pre, post, "standard")[0] == pytest.approx(2.0 - pre.mean())
+
+
+def test_float_noise_is_not_change():
+    # A prefill-time p90 that is 0.27 before and 0.26999999999999996 (one ulp less) once after: no change at all.
+    pre = np.full((57, 1), 0.27)
+    post = np.full((15, 1), 0.27)
+    post[4, 0] = 0.26999999999999996
+    assert post[4, 0] != 0.27
+    np.testing.assert_array_equal(resolution(np.r_[pre, post]), [0.0])
+    for kind in ("standard", "robust"):
+        assert deviation_scores(pre, post, kind)[0] == 0.0
+    # Float noise in the baseline too, next to a real change elsewhere: the real change ranks first.
+    rng = np.random.default_rng(4)
+    noisy = 0.27 + np.where(rng.random(72) < 0.3, -5.551115123125783e-17, 0.0)
+    real = np.r_[rng.normal(10.0, 1.0, 57), rng.normal(14.0, 1.0, 15)]
+    obs = _obs({"a_prefill_p90": noisy, "b_cpu": real}, 57)
+    for name in ("nsigma", "baro"):
+        r = get_method(name).rank(obs)
+        assert r.candidates[0] == "b_cpu"
+        assert dict(zip(r.candidates, r.scores))["a_prefill_p90"] == 0.0
+
+
+def test_a_quantized_quantile_stepping_between_two_buckets_ranks_below_a_real_shift():
+    # A histogram p99 whose rank sits at the top of the 0.04-0.06 bucket (0.0598, with interpolation jitter) and
+    # now and then one bucket up (about 0.078): before and after alike. A varying column shifts by 3 sigma.
+    rng = np.random.default_rng(5)
+    n, split = 72, 57
+    up = rng.random(n) < 0.2
+    p99 = np.where(up, 0.078 + 0.0004 * rng.integers(-2, 3, n), 0.0598 - 0.000025 * rng.integers(0, 2, n))
+    p99[split:split + 4] = 0.0784  # a run of the upper bucket after the split
+    shift = np.r_[rng.normal(1.0, 0.05, split), rng.normal(1.15, 0.05, n - split)]
+    obs = _obs({"a_ttft_p99": p99, "b_latency": shift}, split)
+    for name in ("nsigma", "baro"):
+        r = get_method(name).rank(obs)
+        s = dict(zip(r.candidates, r.scores))
+        assert r.candidates[0] == "b_latency", s
+        assert s["a_ttft_p99"] < 3.0
 
 
 def test_one_sided_scores_ignore_drops():

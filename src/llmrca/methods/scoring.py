@@ -3,21 +3,37 @@
 A score is ``max |x_post - center| / scale`` with ``center``/``scale`` fitted on the pre window: mean/std
 (``"standard"``, N-Sigma) or median/IQR (``"robust"``, BARO's RobustScorer).
 
-Degenerate baselines follow one explicit rule instead of an epsilon:
+Change below a column's resolution is not change. Two rules, instead of an epsilon:
 
-* a column whose pre window is exactly constant has spread 0 and centre equal to that constant (no rounding from
-  averaging identical floats);
-* the scale is floored at ``q / n_pre``, where ``q`` is the column's resolution in the analysed window (the smallest
-  positive gap between two of its values, pre and post together) and ``n_pre`` the number of baseline samples.
-  ``n_pre`` identical readings say the baseline varies less than the resolution; the more readings agree, the
-  tighter that bound, hence the division by ``n_pre``. Consequences:
+* **Float noise is equality.** Two values of a column closer than ``FLOAT_RTOL`` times the column's largest
+  magnitude are the same reading: arithmetic on the same inputs in another order (a quantile interpolated as
+  ``0.27`` one time and ``0.26999999999999996`` the next) differs by a few units in the last place (about 1e-16
+  relative), while no exporter reports a meaningful digit at 1e-9 relative. Deviations within that tolerance are 0,
+  and a column whose pre window agrees within it is constant (spread 0, centre its first value).
+* **A baseline is never known more finely than the column's resolution.** ``q``, the resolution, is the smallest
+  gap between two distinct values of the analysed window (pre and post together, after the rule above); the scale
+  is floored at ``q``. A score is then at most the number of resolution steps the post window moved, so a
+  quantized series (a histogram quantile that repeats a few bucket-interpolated values, a percentage rounded to
+  whole points, a rate counting a handful of events) stepping to a neighbouring value scores about 1, below any
+  real change of a varying column. Consequences:
 
-  - a column constant over the whole window has no positive gap: every deviation is exactly 0 and it scores 0;
-  - a column constant before and changed after scores at least ``n_pre`` (its deviation is at least ``q``), i.e.
-    above any plausible z of a varying column, and far higher when the post window is noisy at fine resolution;
-  - for a non-constant baseline the standard deviation is always at least ``q / n_pre``, so the floor never changes
-    an N-Sigma score. An IQR can be 0 for a non-constant baseline (more than half the readings identical, e.g. a
-    counter that is mostly 0); BARO then scales by the floor, as for a constant baseline.
+  - a column constant over the whole window (within float noise) has no gap: it scores 0;
+  - a column constant before and changed after scores its change in resolution steps: a one-step move 1, a
+    move of k steps k; a post window that varies at a fine resolution after an exactly constant baseline still
+    scores high (``q`` is then the fine gap), as it should;
+  - for a varying, finely resolved baseline the standard deviation is far above ``q``, so N-Sigma scores are
+    unchanged; an IQR can be 0 for a non-constant baseline (more than half the readings identical, e.g. a counter
+    that is mostly 0), and BARO then scales by ``q`` as for a constant baseline.
+
+* **Ties are not precision.** When most of a baseline repeats a few values (a histogram quantile whose rank sits
+  at the top of one bucket most of the time and jumps one bucket up now and then), its IQR measures the tiny
+  interpolation jitter inside the bucket, not how far the series normally moves. BARO's robust scale is therefore
+  floored at ``IQR_PER_STD`` (1.349, the IQR of a normal distribution) times the standard deviation of the pre
+  window's central 90 % (its 5th to 95th percentile): for a normal baseline that floor is 1.19 sigma, below the
+  IQR's 1.35 sigma, so it never acts there, and up to 5 % outliers on either side still do not move it.
+
+  (Earlier versions floored at ``q / n_pre``: every one-ulp or one-bucket flicker after a constant baseline then
+  scored ``n_pre``, above every real change, and BARO's wide-view rankings were decided by such columns.)
 
 Inputs are gap-filled (``llmrca.case.fill_gaps``), so a NaN left in a column means the whole series is NaN (which
 case validation rejects); such a column scores NaN and ``Ranking.from_scores`` puts it last.
@@ -32,34 +48,56 @@ import numpy as np
 Kind = Literal["standard", "robust"]
 
 
+FLOAT_RTOL = 1e-9  # relative gap below which two readings are the same value (see the module docs)
+IQR_PER_STD = 1.349  # IQR of a normal distribution in standard deviations
+
+
+def tolerance(values: np.ndarray) -> np.ndarray:
+    """Per column, the float-noise tolerance: ``FLOAT_RTOL`` times its largest magnitude (0 for an all-zero column)."""
+    with np.errstate(invalid="ignore"):
+        big = np.nanmax(np.abs(values), axis=0, initial=0.0)
+    return FLOAT_RTOL * np.where(np.isfinite(big), big, 0.0)
+
+
 def resolution(values: np.ndarray) -> np.ndarray:
-    """Per column, the smallest positive difference between two of its values; 0 where the column is constant."""
+    """Per column, the smallest gap between two distinct values (gaps within float noise do not count);
+    0 where the column is constant."""
     s = np.sort(values, axis=0)
     gaps = np.diff(s, axis=0)
-    gaps = np.where(gaps > 0, gaps, np.inf)
+    gaps = np.where(gaps > tolerance(values), gaps, np.inf)
     q = gaps.min(axis=0, initial=np.inf)
     return np.where(np.isfinite(q), q, 0.0)
 
 
-def baseline(pre: np.ndarray, post: np.ndarray, kind: Kind = "standard") -> tuple[np.ndarray, np.ndarray]:
-    """``(center, scale)`` per column from the pre window, with the constant-baseline rule of this module.
+def _std_within(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per column, the standard deviation of the values in ``[lo, hi]`` (0 where there are none)."""
+    inside = (x >= lo) & (x <= hi)
+    n = inside.sum(axis=0)
+    safe = np.maximum(n, 1)
+    mean = np.where(inside, x, 0.0).sum(axis=0) / safe
+    var = np.where(inside, (x - mean) ** 2, 0.0).sum(axis=0) / safe
+    return np.sqrt(var)
 
-    ``scale`` is 0 only for a column that is constant over pre and post together (its deviations are all 0).
+
+def baseline(pre: np.ndarray, post: np.ndarray, kind: Kind = "standard") -> tuple[np.ndarray, np.ndarray]:
+    """``(center, scale)`` per column from the pre window, with the resolution rules of this module.
+
+    ``scale`` is 0 only for a column that is constant (within float noise) over pre and post together.
     """
-    n_pre = pre.shape[0]
     if kind == "standard":
         center = pre.mean(axis=0)
         spread = pre.std(axis=0)
     elif kind == "robust":
-        q25, center, q75 = np.percentile(pre, [25.0, 50.0, 75.0], axis=0)
-        spread = q75 - q25
+        q05, q25, center, q75, q95 = np.percentile(pre, [5.0, 25.0, 50.0, 75.0, 95.0], axis=0)
+        # Ties: the IQR of a quantized baseline measures its quantization, not its spread (see the module docs).
+        spread = np.maximum(q75 - q25, IQR_PER_STD * _std_within(pre, q05, q95))
     else:  # pragma: no cover - guarded by the Literal
         raise ValueError(f"unknown baseline kind {kind!r}")
-    const = pre.max(axis=0) == pre.min(axis=0)
+    both = np.concatenate([pre, post], axis=0)
+    const = pre.max(axis=0) - pre.min(axis=0) <= tolerance(both)
     center = np.where(const, pre[0], center)
     spread = np.where(const, 0.0, spread)
-    floor = resolution(np.concatenate([pre, post], axis=0)) / n_pre
-    return center, np.maximum(spread, floor)
+    return center, np.maximum(spread, resolution(both))
 
 
 def deviation_scores(
@@ -80,9 +118,10 @@ def deviation_scores(
     a, b = pre[:, ok], post[:, ok]
     center, scale = baseline(a, b, kind)
     dev = b - center
+    dev = np.where(np.abs(dev) <= tolerance(np.concatenate([a, b], axis=0)), 0.0, dev)  # float noise
     if two_sided:
         dev = np.abs(dev)
     top = dev.max(axis=0)
-    # scale is 0 only when the column is constant over the whole window, and then top is exactly 0.
+    # scale is 0 only when the column is constant (within float noise) over the whole window; top is then 0.
     out[ok] = np.divide(top, scale, out=np.zeros_like(top), where=scale > 0)
     return out

@@ -48,6 +48,10 @@ from llmrca.sim.traces import (
 
 _STREAM_JITTER = 0x7177
 _STREAM_NAMES = 0x4A3E5
+_STREAM_UNRELATED = 0x0DD5
+# noise="realistic": warnings a deployment prints for reasons unrelated to any fault, per source and hour
+# (value and source in docs/simulator.md, "Realistic noise").
+UNRELATED_WARNINGS_PER_HOUR = 2.0
 _JITTER_MEAN_S = 0.0006  # between the event and the line being written
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _PREEMPTION_LOG_EVERY = 50  # vLLM's scheduler warns on every 50th preemption only
@@ -234,9 +238,32 @@ def logs_from_record(record: Any) -> pd.DataFrame:
     pids = {r: int(p) for r, p in zip([*pods, _CONTROLLER], names.integers(200, 4000, len(pods) + 1))}
     ctx = _Context(record, path, ident, tags, restarts, node_ids, pids, jit)
 
+    if (record.config or {}).get("noise") == "realistic":
+        # Appended last, so every earlier event keeps its jitter draw: noise="none" has exactly the other lines.
+        events += unrelated_warnings(record, path.proxy, replicas)
     _request_lines(ctx, out)
     _event_lines(ctx, events, out)
     return out.frame()
+
+
+def unrelated_warnings(record: Any, proxy: str, replicas: list[str]) -> list[tuple[float, str, str, dict[str, Any]]]:
+    """Background warnings (events of kind ``unrelated_warning``), Poisson in the window for each source: the Serve
+    proxy's HTTP server (a malformed request, e.g. a probe), each replica's OpenAI server (a client sending fields
+    it ignores), the kernel of each node (perf lowering its sample rate)."""
+    rng = _rng(record.seed, _STREAM_UNRELATED)
+    hosts = record.topology.hosts
+    per_node = {}
+    for svc in sorted(hosts):
+        per_node.setdefault(hosts[svc], svc)  # one service per node names the node's kernel log
+    sources = [(proxy, "invalid_http")] + [(r, "ignored_fields") for r in replicas] + \
+        [(svc, "perf_interrupt") for _, svc in sorted(per_node.items())]
+    lam = UNRELATED_WARNINGS_PER_HOUR * float(record.duration) / 3600.0
+    out: list[tuple[float, str, str, dict[str, Any]]] = []
+    for svc, what in sources:
+        for t in np.sort(rng.uniform(0.0, float(record.duration), rng.poisson(lam))).tolist():
+            out.append((float(record.start) + t, svc, "unrelated_warning",
+                        {"what": what, "k": int(rng.integers(0, 3))}))
+    return out
 
 
 _CONTROLLER = "\0controller"  # key of the Serve controller's pid (a process on the proxy's pod)
@@ -497,6 +524,21 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
             kernel(t, svc, "ERROR", f"NVRM: Xid (PCI:0000:{_pci_bus(svc, hosts)}:00): {xid}, pid='<unknown>', "
                            f"name=<unknown>{tail}",
                    f"NVRM: Xid (PCI:<*>): <*>, pid='<unknown>', name=<unknown>{tail}")
+        elif kind == "unrelated_warning":
+            k = int(f.get("k", 0)) % 3
+            what = f.get("what")
+            if what == "invalid_http":  # uvicorn's own format: level prefix, no clock
+                plain(t, svc, "WARNING", "WARNING:  Invalid HTTP request received.")
+            elif what == "ignored_fields":
+                field = ("store", "metadata", "service_tier")[k]
+                vllm(t, svc, "WARNING", "protocol.py:72",
+                     f"The following fields were present in the request but ignored: {{'{field}'}}",
+                     "The following fields were present in the request but ignored: <*>")
+            elif what == "perf_interrupt":
+                limit, rate = ((2500, 79750), (3127, 63750), (3910, 51000))[k]
+                kernel(t, svc, "WARNING", f"perf: interrupt took too long ({limit + 9 + 7 * k} > {limit}), lowering "
+                       f"kernel.perf_event_max_sample_rate to {rate}",
+                       "perf: interrupt took too long (<*> > <*>), lowering kernel.perf_event_max_sample_rate to <*>")
         elif kind == "engine_dead":
             crashed.add(svc)
             xid = _xid_of(f)

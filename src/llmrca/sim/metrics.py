@@ -3,8 +3,9 @@
 Every exporter is scraped once per ``step`` at its own phase; a query at time ``T`` sees the last scrape before it.
 Gauges are the scraped value; counters become ``rate(x[W])`` with ``W = rate_window``; histograms become
 ``histogram_quantile(q, rate(x_bucket[W]))`` over the exporter's real bucket bounds (vLLM), and the mesh's
-per-destination latency is the quantile of the window's request durations (``mesh_quantiles="exact"``; Istio's
-classic buckets with ``"istio"``). Column names: see ``llmrca.sim.views``.
+per-destination latency is interpolated in Istio's classic buckets (``mesh_quantiles="istio"``, the default) or
+the exact quantile of the window's request durations (``"exact"``). With ``noise="realistic"`` node neighbours,
+GC-like bursts and missed scrapes (NaN in the gauges of a target) are added. Column names: see ``llmrca.sim.views``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ NODE_MEMORY = {"gpu": 256 * GIB, "cpu": 32 * GIB}
 SYSTEM_MEMORY = 3.0 * GIB  # kubelet, containerd, k3s, exporters, page cache in use
 SYSTEM_CPU = 0.30  # cores
 ZTUNNEL_CPU_PER_PACKET = 4e-6  # seconds
+
+# Background activity not caused by any fault, on with ``noise="realistic"`` (each value and its source:
+# docs/simulator.md, "Realistic noise"). Drawn from their own stream, so ``noise="none"`` keeps every other number.
+GC_RATE_HZ = 0.011  # GC-like CPU bursts per second of the Serve proxy's Python process (on the head's pod)
+GC_CPU_S = 0.13  # mean CPU seconds of one burst (exponential)
+NEIGHBOUR_CPU = (1.75, 0.075, 10.0)  # other tenants' CPU on a node: mean cores, AR(1) sd cores, correlation time s
+NEIGHBOUR_MEMORY = (2.7e9, 0.85e9, 50.0)  # their memory: mean bytes, AR(1) sd bytes, correlation time s
+NEIGHBOUR_PACKETS = (4270.0, 950.0, 6.0)  # their packets each way: mean /s, AR(1) sd /s, correlation time s
+MISSED_SCRAPE_P = 0.0013  # probability that one scrape of one exporter target fails (its gauges read NaN then)
 
 
 class _Grid:
@@ -178,6 +188,8 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
     t_sim0 = env.t0
     G = _Grid(cfg, t_sim0, n_ticks)
     noise = True  # measurement noise is always on; cfg.noise sets the background activity on top of it
+    # Its own stream (spawned, so `rng`'s draws are untouched): noise="none" stays byte-identical.
+    brng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0]) if cfg.noise == "realistic" else None
     replicas = list(dep.replicas)
     head = dep.proxy
     names = np.array(paths.names, dtype=object)
@@ -244,6 +256,8 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
                 t_out = t_out + forwarded + 3.0 * n_remote + 0.5 * remote_tokens + 40.0 * cfg.tick
                 t_in = t_in + remote_tokens + 3.0 * n_proxy + 0.5 * forwarded + 40.0 * cfg.tick
         total = own + bg + stress
+        if brng is not None and p == head:
+            total = total + gc_bursts(brng, n_ticks, cfg.tick)
         cpu_s[p] = np.minimum(total, cfg.pod_cpu * cfg.tick * 0.995)
         if noise:
             mem = mem + _ar1(rng, n_ticks, 12e6 if p != dep.gateway else 1e6, 100.0, cfg.tick)
@@ -405,6 +419,11 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
             used = used + _ar1(rng, n_ticks, 40e6, 100.0, cfg.tick)
             pk_tx = pk_tx + rng.poisson(30.0 * cfg.tick, n_ticks)
             pk_rx = pk_rx + rng.poisson(30.0 * cfg.tick, n_ticks)
+        if brng is not None:
+            cpu = cpu + cfg.tick * _neighbour(brng, n_ticks, NEIGHBOUR_CPU, cfg.tick)
+            used = used + _neighbour(brng, n_ticks, NEIGHBOUR_MEMORY, cfg.tick)
+            pk_tx = pk_tx + brng.poisson(cfg.tick * _neighbour(brng, n_ticks, NEIGHBOUR_PACKETS, cfg.tick))
+            pk_rx = pk_rx + brng.poisson(cfg.tick * _neighbour(brng, n_ticks, NEIGHBOUR_PACKETS, cfg.tick))
         c = G.rate(cpu, ph)
         u = G.gauge(used, ph)
         ntx = G.rate(pk_tx, ph)
@@ -416,7 +435,55 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
         cols[f"{node}_network_transmit_packets"] = ntx
         cols[f"{node}_network_receive_packets"] = G.rate(pk_rx, ph)
 
+    if brng is not None:
+        missed_scrapes(cols, dep, brng, G.n)
     return _frame(dep, cols, start + G.T)
+
+
+def gc_bursts(rng: np.random.Generator, n_ticks: int, tick: float) -> np.ndarray:
+    """CPU seconds per tick of GC-like bursts: Poisson arrivals at ``GC_RATE_HZ``, exponential sizes."""
+    k = rng.poisson(GC_RATE_HZ * tick, n_ticks)
+    return np.where(k > 0, rng.gamma(np.maximum(k, 1), GC_CPU_S), 0.0)
+
+
+def _neighbour(rng: np.random.Generator, n_ticks: int, spec: tuple[float, float, float], tick: float) -> np.ndarray:
+    """Other tenants' usage on a node: a non-negative level ``mean`` with AR(1) variation (``sd``, ``tau`` s)."""
+    mean, sd, tau = spec
+    return np.maximum(mean + _ar1(rng, n_ticks, sd, tau, tick), 0.0)
+
+
+# Gauges per scraped target: a failed scrape makes Prometheus mark the target's series stale, so a query that
+# would read that scrape returns nothing (counters' rate() over the window still has its other samples).
+_GAUGES = {
+    "cadvisor": ("ctn_memory", "memory_working_set_bytes"),  # the kubelet of each node
+    "ray": ("ctn_gpu",),  # Ray's metrics agent of each pod
+    "dcgm": ("gpu_util", "mem_copy_util", "fb_used", "fb_free", "gpu_temp", "memory_temp", "power_usage",
+             "sm_clock", "mem_clock", "xid_errors", "pcie_tx_throughput", "pcie_rx_throughput",
+             "prof_gr_engine_active", "prof_pipe_tensor_active", "prof_dram_active", "clocks_event_reasons"),
+    "vllm": ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"),
+    "node": ("node_memory", "memory_memavailable_bytes"),  # node-exporter
+}
+
+
+def missed_scrapes(cols: dict[str, np.ndarray], dep: Deployment, rng: np.random.Generator, n: int) -> None:
+    """Blank the gauges a failed scrape hides: each target fails each scrape with ``MISSED_SCRAPE_P``."""
+    per_node = ("cadvisor", "dcgm", "node")
+    targets: list[tuple[str, list[str]]] = []
+    for exporter in _GAUGES:
+        if exporter in per_node:
+            for node in dep.nodes:
+                targets.append((exporter, [node] if exporter == "node" else dep.node_pods(node)))
+        else:
+            targets += [(exporter, [p]) for p in (dep.pods if exporter == "ray" else dep.replicas)]
+    for exporter, services in targets:
+        failed = rng.random(n) < MISSED_SCRAPE_P
+        if not failed.any():
+            continue
+        for svc in services:
+            for metric in _GAUGES[exporter]:
+                c = cols.get(f"{svc}_{metric}")
+                if c is not None:
+                    cols[f"{svc}_{metric}"] = np.where(failed, np.nan, c)
 
 
 def _frame(dep: Deployment, cols: dict[str, np.ndarray], times: np.ndarray) -> pd.DataFrame:

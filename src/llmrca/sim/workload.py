@@ -8,6 +8,10 @@ import numpy as np
 
 from llmrca.sim.config import SimConfig
 
+# noise="realistic": the load's rate drifts around its mean (log-rate AR(1): sd, correlation time in s), as other
+# clients come and go; value and source in docs/simulator.md ("Realistic noise").
+LOAD_DRIFT = (0.1, 60.0)
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -62,8 +66,33 @@ def arrival_times(config: SimConfig, rate: float, t0: float, t1: float, rng: np.
     return np.sort(times)
 
 
+def drift(times: np.ndarray, t0: float, t1: float, rng: np.random.Generator,
+          sd: float = LOAD_DRIFT[0], tau: float = LOAD_DRIFT[1]) -> np.ndarray:
+    """Arrival times re-timed so the rate follows ``exp(AR(1))`` around its mean over ``[t0, t1)``.
+
+    The times are read as operational time and mapped through the inverse of the cumulative intensity, so the
+    count is unchanged and the local rate is multiplied by the drift (normalised to mean 1 over the span).
+    """
+    if len(times) == 0 or sd <= 0:
+        return times
+    cells = max(1, int(np.ceil(t1 - t0)))  # about 1 s each
+    grid = t0 + (t1 - t0) * np.arange(cells + 1) / cells
+    rho = float(np.exp(-(t1 - t0) / cells / tau))
+    x = np.empty(len(grid))
+    x[0] = rng.normal(0.0, sd)
+    e = rng.normal(0.0, sd * np.sqrt(1.0 - rho * rho), len(grid))
+    for i in range(1, len(grid)):
+        x[i] = rho * x[i - 1] + e[i]
+    m = np.exp(x[:-1])
+    cum = np.concatenate([[0.0], np.cumsum(m)])
+    cum = t0 + cum * (t1 - t0) / cum[-1]  # the operational clock at each grid time
+    return np.interp(times, cum, grid)
+
+
 def generate(config: SimConfig, rate: float, t0: float, t1: float, rng: np.random.Generator) -> Workload:
     t = arrival_times(config, rate, t0, t1, rng)
+    if config.noise == "realistic":  # its own stream: noise="none" keeps every other draw
+        t = drift(t, t0, t1, np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0]))
     n = len(t)
     sp = config.token_spread
     prompt = np.rint(config.prompt_tokens * (1.0 + sp * rng.standard_normal(n)))
