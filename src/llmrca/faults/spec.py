@@ -155,6 +155,7 @@ class FaultSpec:
         parts = []
         for p in self.params:
             if p.optional and p.default is None:
+                parts.append(f"{p.name} (optional)")
                 continue
             parts.append(f"{p.name}={p.default:g}{p.unit}" if isinstance(p.default, float)
                          else f"{p.name}={p.default}{p.unit}")
