@@ -5,13 +5,13 @@ on schedule, on request, when the process that asked for it goes away, when the 
 registry), and, as a last resort, by itself (a stressor's own ``--timeout``, the engine's and the mesh's expiry of
 a power cap or a delay).
 
-| cause          | live mechanism                                                                 | machine scaling |
-|----------------|--------------------------------------------------------------------------------|-----------------|
-| cpu_stress     | ``stress-ng --cpu W --cpu-load L`` in the target's container (cgroup, or pinned) | workers × pod CPU / 8 (the study's pods) |
-| memory_hog     | ``stress-ng --vm W --vm-bytes B --vm-hang 0`` (allocate, touch, hold) there       | bytes × pod memory / 16 GiB, at most 30 % of free memory |
-| ingress_delay  | a delay on the mesh links towards the target (netem's latency/jitter/correlation) | none |
-| power_limit    | the emulated GPU's control endpoint (``nvidia-smi -pl`` on a real GPU)            | none |
-| process_kill   | SIGKILL of the target's engine; the supervisor starts it again after ``load_s``   | none |
+* ``cpu_stress``: ``stress-ng --cpu W --cpu-load L`` in the target's container (its cgroup, or pinned with it);
+  workers scaled by pod CPU / 8 (the study's pods).
+* ``memory_hog``: ``stress-ng --vm W --vm-bytes B --vm-hang 0`` (allocate, touch, hold) there; bytes scaled by pod
+  memory / 16 GiB and never more than 30 % of the free memory.
+* ``ingress_delay``: a delay on the mesh links towards the target (netem's latency/jitter/correlation).
+* ``power_limit``: the emulated GPU's control endpoint (``nvidia-smi -pl`` on a real GPU).
+* ``process_kill``: SIGKILL of the target's engine; the supervisor starts it again after ``load_s``.
 
 The live faults are the registry's faults whose causes all have a mechanism here (``live_faults()``). A case
 records the values applied on this machine under the causes' names, the same names a simulated case uses.
@@ -162,13 +162,18 @@ def plan(fault: str, target: str, params: dict[str, Any] | None, gpu: str, scali
 _POWER_LINE = re.compile(r"^DCGM_FI_DEV_POWER_USAGE(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
 
-def engine_power_w(port: int) -> float:
-    """The emulated GPU's power draw now, read from its engine's ``/metrics`` (the DCGM power gauge)."""
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5.0) as r:  # loopback only
-        m = _POWER_LINE.search(r.read().decode(errors="replace"))
+def power_in_exposition(text: str, where: str) -> float:
+    """The DCGM power gauge (W) in a Prometheus text exposition."""
+    m = _POWER_LINE.search(text)
     if m is None:
-        raise FaultParamError(f"engine on port {port} reports no DCGM_FI_DEV_POWER_USAGE: its draw is unknown")
+        raise FaultParamError(f"{where} reports no DCGM_FI_DEV_POWER_USAGE: the GPU's draw is unknown")
     return float(m.group(1))
+
+
+def engine_power_w(port: int) -> float:
+    """The emulated GPU's power draw now, read from its engine's ``/metrics`` (what a relative cap goes under)."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5.0) as r:  # loopback only
+        return power_in_exposition(r.read().decode(errors="replace"), f"engine on port {port}")
 
 
 @dataclass
