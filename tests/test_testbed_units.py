@@ -474,6 +474,28 @@ def test_stress_injector_is_undone_with_every_process_it_started(tmp_path, fault
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def test_replica_kill_injector_kills_and_restarts_through_the_host(tmp_path):
+    from llmrca.testbed.injectors import Injector, plan
+
+    calls = []
+
+    class Host(_FakeHost):
+        def kill_engine(self, service, restart_after_s):
+            calls.append(("kill", service, restart_after_s))
+            return 4242
+
+        def ensure_engine(self, service):
+            calls.append(("ensure", service))
+
+    live = plan("replica-kill", "r1", {"load_s": 5.0}, "a100", Host(tmp_path).scaling, 0.0, 30.0)
+    assert [p.cause for p in live.effects] == ["process_kill"] and live.recorded() == {"load_s": 5.0}
+    inj = Injector(Host(tmp_path), live, end=time.time() + 30)
+    inj.apply()
+    inj.undo()
+    inj.undo()  # idempotent
+    assert calls == [("kill", "r1", 5.0), ("ensure", "r1")] and inj.notes["killed_pid"] == 4242
+
+
 def test_live_parameters_scale_to_the_machine():
     from llmrca.testbed.injectors import MECHANISMS, live_faults, plan, power_in_exposition
 

@@ -171,8 +171,9 @@ GPU = FaultSpec(
                                  "an A100, 37.5 % of the default limit elsewhere); overrides both; = strength",
               optional=True, minimum=0.0),
     ),
-    description="power cap of 150 W on the target's GPU: SM clock falls, power flattens at the cap, inter-token "
-                "latency and prefill time rise on that replica while its GPU utilisation stays high or rises",
+    description="power cap of 150 W on the target's GPU (or, with depth, between its own draw and that): SM clock "
+                "falls, power flattens at the cap, inter-token latency and prefill time rise on that replica while "
+                "its GPU utilisation stays high or rises",
     live="the engine's GPU model takes a cap via its control endpoint; on real GPUs nvidia-smi -pl 150, reset after",
     kubernetes="privileged Job on the target's node running nvidia-smi -i <gpu> -pl 150 (and -pl <default> after)",
     indicator="power_usage",
