@@ -162,9 +162,6 @@ class ReplicaEngine:
     # -- the router's interface ---------------------------------------------------------------------------
     def enqueue(self, rid: int, t_ready: float) -> None:
         self.R.t_ready[rid] = t_ready
-        if t_ready < self.down_until:  # nobody listens: the proxy's call fails (502)
-            self._abandon(rid, t_ready, 502)
-            return
         heappush(self.incoming, (t_ready, rid))
         p = self.plan
         if p is not None and t_ready < p[1]:
@@ -438,6 +435,11 @@ class ReplicaEngine:
         self.plan = None  # a planned decode stretch never happens
         self.t = t
         self.down_until = back
+
+    def refuse(self, rid: int, t_ready: float) -> None:
+        """A request reaching the killed process before it is back: nobody listens, the proxy's call fails (502)."""
+        self.R.t_ready[rid] = t_ready
+        self._abandon(rid, t_ready, 502)
 
     # -- control tick --------------------------------------------------------------------------------------
     def _ticks(self) -> None:

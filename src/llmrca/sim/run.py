@@ -352,7 +352,10 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
                 ta += env.delay_towards(name, t)
         P.t_arrival[i] = ta
         t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) * env.slowdown(name, ta) * jit[i, 3]
-        eng[r].enqueue(i, t_ready)
+        if t_ready < eng[r].down_until:  # routed to a killed replica before the router knew
+            eng[r].refuse(i, t_ready)
+        else:
+            eng[r].enqueue(i, t_ready)
 
     kill_due(math.inf)
     P.collect_all = collect
