@@ -132,3 +132,18 @@ def test_every_registry_fault_declares_known_causes_and_its_effect_uses_them():
         assert all(set(p.values) <= set(faults.CAUSES[p.cause]) for p in perts)
     kill = faults.get("replica-kill")
     assert kill.layer == "process" and kill.targets == "replicas" and kill.causes == ("process_kill",)
+
+
+def test_trace_series_show_a_delay_towards_one_replica():
+    # What the check falls back on when bucketed metrics hide a delay: the proxy's call spans around the target's.
+    cfg = SimConfig(**SHORT)
+    t = "ray-replicas-1"
+    case = simulate(cfg, Injection("network", t, faults.get("network").scaled(0.25)), 6, logs=False)
+    base = simulate(cfg, None, 6, logs=False)
+    times = case.observation.metrics["time"].to_numpy()
+    a = twin.span_series(case.observation.traces, times, cfg.step)
+    b = twin.span_series(base.observation.traces, times, cfg.step)
+    got = {m.column: m for m in twin.moves(a, b, case.observation.inject_time, case.truth.end)}
+    call = got[f"call:ray-head->{t}:process_request"]
+    assert twin.moved(call) and call.delta == pytest.approx(250.0, rel=0.2)  # ms: the added delay
+    assert not twin.moved(got["call:ray-head->ray-replicas-2:process_request"])

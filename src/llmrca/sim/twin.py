@@ -11,8 +11,12 @@ mean of (fault run − twin) exceeds both
 * the column's resolution (the smallest step between its distinct values in the twin, e.g. a histogram quantile
   that only takes bucket bounds; for a constant column, float noise of 1e-9 relative).
 
-A fault case with no moved column carries a label its telemetry does not support: generation stops with
-:class:`NoObservableEffectError`, naming fault, target and parameters.
+The metric columns come first. When none moved (a delay that bucketed mesh quantiles hide, say), the traces are
+series too: per step, for every caller and callee, the mean of how much longer the caller's span lasted than the
+callee's (the proxy's ``process_request`` around a replica's ``llm_request``: the wire time a network fault towards
+that replica grows), and the count of error spans per service and operation; they are judged by the same rule. A fault case with no moved series
+carries a label its telemetry does not support: generation stops with :class:`NoObservableEffectError`, naming
+fault, target and parameters.
 
 The twin is cached per (configuration, seed): the power cap relative to the draw (``depth``) reads the target's
 draw from the same twin that the check compares against.
@@ -121,6 +125,58 @@ def moved(m: Move) -> bool:
     return abs(m.delta) > NOISE_SIGMAS * m.noise and abs(m.delta) > m.resolution
 
 
+def span_series(traces: pd.DataFrame, times: np.ndarray, step: float) -> pd.DataFrame:
+    """Trace-derived series on the metrics' time grid: ``call:<caller>-><callee>:<operation>`` (per step, by the
+    caller span's start, the mean in ms of how much longer the caller's span lasted than its child's span in the
+    callee: the time spent on the wire and in the caller around the call, which a delay towards the callee grows
+    while the callee's own work hides nothing of it) and ``errors:<service>:<operation>`` (error spans per step)."""
+    out: dict[str, np.ndarray] = {TIME: np.asarray(times, dtype=float)}
+    n = len(times)
+    if traces is None or not len(traces) or n == 0:
+        return pd.DataFrame(out)
+    t0 = float(times[0])
+    start = traces["start_time_us"].to_numpy(dtype=float) / 1e6
+    dur = traces["duration_us"].to_numpy(dtype=float) / 1e3
+    svc = traces["service"].astype(str).to_numpy()
+    op = traces["operation"].astype(str).to_numpy()
+    sid = traces["span_id"].astype(str).to_numpy()
+    pos = {k: i for i, k in enumerate(sid)}
+    parent = traces["parent_span_id"].astype(object).where(traces["parent_span_id"].notna(), "").astype(str)
+    pidx = np.array([pos.get(p, -1) if p else -1 for p in parent.tolist()], dtype=np.int64)
+    cross = (pidx >= 0)
+    cross[cross] = svc[pidx[cross]] != svc[cross]
+    b = np.floor((start - t0) / step).astype(np.int64)
+    keys: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    ci = np.nonzero(cross)[0]
+    pi = pidx[ci]
+    pb = np.floor((start[pi] - t0) / step).astype(np.int64)
+    for k in sorted({f"call:{svc[p]}->{svc[c]}:{op[p]}" for p, c in zip(pi.tolist(), ci.tolist())}):
+        keys[k] = (np.zeros(n), np.zeros(n))
+    for p, c, bb in zip(pi.tolist(), ci.tolist(), pb.tolist()):
+        if 0 <= bb < n:
+            acc = keys[f"call:{svc[p]}->{svc[c]}:{op[p]}"]
+            acc[0][bb] += dur[p] - dur[c]
+            acc[1][bb] += 1.0
+    for k, (tot, cnt) in keys.items():
+        out[k] = np.where(cnt > 0, tot / np.maximum(cnt, 1.0), np.nan)
+    err = (traces["status"].astype(str).to_numpy() == "ERROR")
+    for k in sorted({f"errors:{a}:{o}" for a, o in zip(svc.tolist(), op.tolist())}):
+        out[k] = np.zeros(n)
+    for a, o, bb, e in zip(svc.tolist(), op.tolist(), b.tolist(), err.tolist()):
+        if e and 0 <= bb < n:
+            out[f"errors:{a}:{o}"][bb] += 1.0
+    return pd.DataFrame(out)
+
+
+def _aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cols = [TIME, *sorted((set(a.columns) | set(b.columns)) - {TIME})]
+    a, b = a.reindex(columns=cols), b.reindex(columns=cols)
+    counts = [c for c in cols if c.startswith("errors:")]  # no error span of a kind is a count of zero
+    a[counts] = a[counts].fillna(0.0)
+    b[counts] = b[counts].fillna(0.0)
+    return a, b
+
+
 def check(case: Case, config: SimConfig, seed: int) -> list[Move]:
     """The columns of ``case`` (a simulated fault case) that moved beyond noise against its twin; raises
     :class:`NoObservableEffectError` when none did. Fault-free cases pass unchecked (an empty list)."""
@@ -132,13 +188,22 @@ def check(case: Case, config: SimConfig, seed: int) -> list[Move]:
     end = float(truth.end) + config.rate_window
     got = moves(obs.metrics, twin.metrics, float(obs.inject_time), end)
     hits = [m for m in got if moved(m)]
+    if not hits and obs.traces is not None and len(obs.traces):
+        from llmrca.sim.traces import spans_from_record
+
+        times = obs.metrics[TIME].to_numpy(dtype=float)
+        mine = span_series(obs.traces, times, config.step)
+        theirs = span_series(spans_from_record(twin.record), times, config.step)
+        got = moves(*_aligned(mine, theirs), float(obs.inject_time), end) + got
+        got.sort(key=lambda m: -m.ratio)
+        hits = [m for m in got if moved(m)]
     if not hits:
         best = got[0] if got else None
         near = (f"; the largest change is {best.column} by {best.delta:.4g} (noise {best.noise:.3g}, resolution "
                 f"{best.resolution:.3g})" if best else "")
         raise NoObservableEffectError(
             f"fault {truth.fault_type!r} on {truth.service!r} with {_params_text(truth.params)} changes no metric "
-            f"beyond noise against its fault-free twin (seed {seed}){near}: the case would carry a label its "
+            f"or trace series beyond noise against its fault-free twin (seed {seed}){near}: the case would carry a label its "
             "telemetry does not show; choose a stronger fault")
     return hits
 
