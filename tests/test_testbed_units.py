@@ -496,8 +496,18 @@ def test_replica_kill_injector_kills_and_restarts_through_the_host(tmp_path):
     assert calls == [("kill", "r1", 5.0), ("ensure", "r1")] and inj.notes["killed_pid"] == 4242
 
 
+def test_engine_power_is_read_from_its_metrics_text():
+    from llmrca.testbed.injectors import power_in_exposition
+
+    text = ('# HELP DCGM_FI_DEV_POWER_USAGE x\n# TYPE DCGM_FI_DEV_POWER_USAGE gauge\n'
+            'DCGM_FI_DEV_POWER_USAGE{gpu="0",modelName="a100-80gb"} 211.5\n')
+    assert power_in_exposition(text, "engine") == 211.5
+    with pytest.raises(FaultParamError, match="draw is unknown"):
+        power_in_exposition("vllm:num_requests_running 1\n", "engine")
+
+
 def test_live_parameters_scale_to_the_machine():
-    from llmrca.testbed.injectors import MECHANISMS, live_faults, plan, power_in_exposition
+    from llmrca.testbed.injectors import MECHANISMS, live_faults, plan
 
     def live(fault, params=None, sc=None, gpu="a100", free=20 * GIB, draw=None):
         return plan(fault, "r1", params, gpu, sc or small, 0.0, 60.0, available_bytes=free,
@@ -530,11 +540,6 @@ def test_live_parameters_scale_to_the_machine():
     with pytest.raises(UnknownNameError):
         live("replica-kill", {"nope": 1})
     assert live("replica-kill", {"load_s": 8.0}) == {"load_s": 8.0}
-    text = ('# HELP DCGM_FI_DEV_POWER_USAGE x\n# TYPE DCGM_FI_DEV_POWER_USAGE gauge\n'
-            'DCGM_FI_DEV_POWER_USAGE{gpu="0",modelName="a100-80gb"} 211.5\n')
-    assert power_in_exposition(text, "engine") == 211.5
-    with pytest.raises(FaultParamError, match="draw is unknown"):
-        power_in_exposition("vllm:num_requests_running 1\n", "engine")
     with pytest.raises(TestbedConfigError, match="rate_window"):
         TestbedConfig(scrape_interval=5.0, rate_window=5.0)
     with pytest.raises(UnknownNameError):
