@@ -45,8 +45,10 @@ def _apply_gpu(fault: str, p: Mapping[str, Any], facts: TargetFacts) -> dict[str
     """The cap in watts. ``depth`` places it between the GPU's draw before the fault (0) and the study's cap (1),
     so that every depth > 0 lies below what the GPU draws and acts; a wattage (or fraction of the default limit)
     is taken as given and must lie in the GPU's accepted range (``nvidia-smi -pl`` refuses anything else)."""
+    if all(p.get(k) is None for k in ("power_limit_w", "power_limit_frac", "depth")):
+        raise FaultParamError(f"fault {fault!r}: give the cap as power_limit_w, power_limit_frac or depth")
     if facts.min_power_w is None or facts.max_power_w is None:
-        if p.get("depth") is None and p.get("power_limit_frac") is None:
+        if p.get("depth") is None and p.get("power_limit_frac") is None and p.get("power_limit_w") is not None:
             return {**p}  # watts as given; the system model checks them against its GPU
         raise FaultParamError(f"fault {fault!r}: a relative cap needs the target's GPU (its accepted power range)")
     lo, hi = float(facts.min_power_w), float(facts.max_power_w)
@@ -96,7 +98,7 @@ def _scale_network(p: Mapping[str, Any], s: float) -> dict[str, Any]:
 def _scale_gpu(p: Mapping[str, Any], s: float) -> dict[str, Any]:
     # Strength is the cap's depth below the replica's own draw: any s > 0 caps below what the GPU draws, s = 1 is
     # the study's cap (150 W on an A100), s > 1 deeper, down to the lowest limit the GPU accepts.
-    return {**p, "depth": s, "power_limit_frac": None}
+    return {**p, "depth": s, "power_limit_frac": None, "power_limit_w": None}
 
 
 def _scale_kill(p: Mapping[str, Any], s: float) -> dict[str, Any]:
@@ -163,7 +165,7 @@ GPU = FaultSpec(
     layer="gpu",
     targets="replicas",
     params=(
-        Param("power_limit_w", 150.0, " W", "power cap (nvidia-smi -pl)", minimum=1.0),
+        Param("power_limit_w", 150.0, " W", "power cap (nvidia-smi -pl)", optional=True, minimum=1.0),
         Param("power_limit_frac", None, "", "power cap as a fraction of the GPU's default limit, inside the range "
                                                  "the GPU accepts (overrides watts)",
               optional=True, minimum=0.01),
