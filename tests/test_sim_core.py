@@ -187,9 +187,9 @@ def test_plan_overrides_make_held_out_variants():
     assert v[0].config.rate == 8.0 and v[0].config.gpu == "h100"
     by_fault = {s.injection.fault: s.injection.params for s in v}
     assert by_fault["cpu"]["workers"] == 8 and by_fault["network"]["latency_ms"] == 500.0
-    assert by_fault["gpu"]["power_limit_frac"] == pytest.approx(1 - 0.5 * (1 - 0.375))
+    assert by_fault["gpu"]["depth"] == 0.5  # half-way from the replica's draw to the study's cap
     h100 = plan("paper", reps=1, overrides={"gpu": "h100"})
-    assert next(s for s in h100 if s.injection.fault == "gpu").injection.params["power_limit_frac"] == 0.375
+    assert next(s for s in h100 if s.injection.fault == "gpu").injection.params["depth"] == 1.0
 
 
 def test_generate_suite_writes_loadable_cases(tmp_path):

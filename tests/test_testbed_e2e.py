@@ -77,7 +77,7 @@ def test_live_testbed_end_to_end(tmp_path):
         t0 = time.time()
         time.sleep(45)
         rec = control.inject("memory", TARGET, 25.0, run_dir=run_dir)
-        assert rec["status"] == "done" and rec["live"]["bytes"] > 0
+        assert rec["status"] == "done" and rec["params"]["bytes"] > 0
         time.sleep(10)
         t1 = time.time()
 

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
+from llmrca import faults
 from llmrca.deploy import DeployConfig
 from llmrca.errors import LlmrcaError, UnknownNameError
 from llmrca.faults import FaultParamError
@@ -326,10 +327,10 @@ def test_traces_logs_and_truth_from_files(tmp_path):
     log.close()
     r = json.loads((tmp_path / "x.jsonl").read_text())
     assert r["message"] == "Finished request chatcmpl-1." and r["template"] == "Finished request <*>."
-    recs = [{"id": "a", "inject_time": 50.0, "fault": "cpu", "target": "r1", "end": 60.0, "params": {"workers": 16},
-             "live": {"workers": 1}, "indicator": "ctn_cpu"},
+    recs = [{"id": "a", "inject_time": 50.0, "fault": "cpu", "target": "r1", "end": 60.0, "params": {"workers": 1},
+             "indicator": "ctn_cpu"},
             {"id": "a", "inject_time": 50.0, "fault": "cpu", "target": "r1", "end": 60.0, "undone_at": 59.0,
-             "params": {"workers": 16}, "live": {"workers": 1}, "indicator": "ctn_cpu"},
+             "params": {"workers": 1, "load": 100}, "indicator": "ctn_cpu"},
             {"id": "b", "inject_time": 80.0, "fault": "gpu", "target": "r2", "end": 90.0, "params": {}}]
     assert injection_in(recs, 0, 70)["undone_at"] == 59.0
     assert injection_in(recs, 60, 70) is None
@@ -337,7 +338,7 @@ def test_traces_logs_and_truth_from_files(tmp_path):
         injection_in(recs, 0, 100)
     t = truth_of(injection_in(recs, 0, 70))
     assert (t.service, t.fault_type, t.indicator, t.end) == ("r1", "cpu", "r1_ctn_cpu", 59.0)
-    assert t.params["workers"] == 16 and t.params["live"] == {"workers": 1}
+    assert t.params["workers"] == 1 and "live" not in t.params  # the applied values, nothing beside them
 
 
 def test_otlp_receiver_decodes_what_the_sdk_sends():
@@ -448,14 +449,14 @@ class _FakeHost:
 def test_stress_injector_is_undone_with_every_process_it_started(tmp_path, fault):
     import psutil
 
-    from llmrca.testbed.injectors import Injector, live_params, resolve_params
+    from llmrca.testbed.injectors import Injector, plan
 
     host = _FakeHost(tmp_path)
-    params = resolve_params(fault, {"size_gb": 0.2} if fault == "memory" else None, "a100-80gb")
-    live = live_params(fault, params, host.scaling, "a100-80gb", available_bytes=20 * GIB)
-    if fault == "cpu":
-        live["load"] = 20  # keep the shared test machine usable
-    inj = Injector(host, fault, "r1", params, live, end=time.time() + 30)
+    # load 20 %: keep the shared test machine usable
+    params = {"size_gb": 0.2} if fault == "memory" else {"load": 20}
+    live = plan(fault, "r1", params, "a100-80gb", host.scaling, time.time(), time.time() + 30,
+                available_bytes=20 * GIB)
+    inj = Injector(host, live, end=time.time() + 30)
     inj.apply()
     try:
         root = host.members["r1"][0]
@@ -474,32 +475,72 @@ def test_stress_injector_is_undone_with_every_process_it_started(tmp_path, fault
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def test_replica_kill_injector_kills_and_restarts_through_the_host(tmp_path):
+    from llmrca.testbed.injectors import Injector, plan
+
+    calls = []
+
+    class Host(_FakeHost):
+        def kill_engine(self, service, restart_after_s):
+            calls.append(("kill", service, restart_after_s))
+            return 4242
+
+        def ensure_engine(self, service):
+            calls.append(("ensure", service))
+
+    live = plan("replica-kill", "r1", {"load_s": 5.0}, "a100", Host(tmp_path).scaling, 0.0, 30.0)
+    assert [p.cause for p in live.effects] == ["process_kill"] and live.recorded() == {"load_s": 5.0}
+    inj = Injector(Host(tmp_path), live, end=time.time() + 30)
+    inj.apply()
+    inj.undo()
+    inj.undo()  # idempotent
+    assert calls == [("kill", "r1", 5.0), ("ensure", "r1")] and inj.notes["killed_pid"] == 4242
+
+
+def test_engine_power_is_read_from_its_metrics_text():
+    from llmrca.testbed.injectors import power_in_exposition
+
+    text = ('# HELP DCGM_FI_DEV_POWER_USAGE x\n# TYPE DCGM_FI_DEV_POWER_USAGE gauge\n'
+            'DCGM_FI_DEV_POWER_USAGE{gpu="0",modelName="a100-80gb"} 211.5\n')
+    assert power_in_exposition(text, "engine") == 211.5
+    with pytest.raises(FaultParamError, match="draw is unknown"):
+        power_in_exposition("vllm:num_requests_running 1\n", "engine")
+
+
 def test_live_parameters_scale_to_the_machine():
-    from llmrca.testbed.injectors import live_params, resolve_params
+    from llmrca.testbed.injectors import MECHANISMS, live_faults, plan
+
+    def live(fault, params=None, sc=None, gpu="a100", free=20 * GIB, draw=None):
+        return plan(fault, "r1", params, gpu, sc or small, 0.0, 60.0, available_bytes=free,
+                    power_draw_w=draw).recorded()
 
     small = scaling(TestbedConfig(), Machine(2, 24 * GIB, 20 * GIB))
     assert small.pod_cpu == pytest.approx(0.4) and small.cpu_factor == pytest.approx(0.05)
     big = scaling(TestbedConfig(), Machine(128, 1024 * GIB, 900 * GIB))
     assert big.pod_cpu == 8.0 and big.pod_memory_bytes == 16 * GIB  # the study's pods, no larger
-    cpu = live_params("cpu", resolve_params("cpu", None, "a100"), small, "a100")
-    assert cpu == {"workers": 1, "load": 100, "pod_cpu": pytest.approx(0.4)}
-    assert live_params("cpu", resolve_params("cpu", None, "a100"), big, "a100")["workers"] == 16
-    mem = live_params("memory", resolve_params("memory", None, "a100"), small, "a100", available_bytes=20 * GIB)
-    assert mem["bytes"] == pytest.approx(8e9 * small.memory_factor, rel=1e-6) and not mem["capped_by_free_memory"]
-    tight = live_params("memory", resolve_params("memory", None, "a100"), small, "a100", available_bytes=GIB)
-    assert tight["bytes"] == int(0.3 * GIB) and tight["capped_by_free_memory"]
-    net = live_params("network", resolve_params("network", None, "a100"), small, "a100")
-    assert net == {"latency_s": 1.0, "jitter_s": 0.1, "correlation": 0.25}
-    assert live_params("gpu", resolve_params("gpu", None, "a100"), small, "a100")["watts"] == 150.0
-    with pytest.raises(FaultParamError, match="nvidia-smi -pl would refuse"):
-        resolve_params("gpu", None, "h100")  # 150 W is below an H100's minimum
-    assert live_params("gpu", resolve_params("gpu", {"power_limit_frac": 0.375}, "h100"), small, "h100")["watts"] \
-        == 262.5
+    # Every registry fault whose causes have a mechanism is live, replica-kill included; names are the causes'.
+    assert set(live_faults()) >= {"cpu", "memory", "network", "gpu", "replica-kill"}
+    assert set(MECHANISMS) <= set(faults.CAUSES)
+    cpu = live("cpu")
+    assert cpu["workers"] == 1 and cpu["load"] == 100 and cpu["machine"]["cpu_stress"]["pod_cpu"] == 0.4
+    assert live("cpu", sc=big)["workers"] == 16
+    mem = live("memory")
+    assert mem["bytes"] == int(8e9 * small.memory_factor) and not mem["machine"]["memory_hog"]["capped_by_free_memory"]
+    tight = live("memory", free=GIB)
+    assert tight["bytes"] == int(0.3 * GIB) and tight["machine"]["memory_hog"]["capped_by_free_memory"]
+    assert live("network") == {"latency_s": 1.0, "jitter_s": 0.1, "correlation": 0.25}
+    assert live("gpu") == {"watts": 150.0}
+    with pytest.raises(FaultParamError, match="power_limit_w.*nvidia-smi -pl would refuse"):
+        live("gpu", gpu="h100")  # 150 W is below an H100's minimum
+    assert live("gpu", {"power_limit_frac": 0.375}, gpu="h100")["watts"] == 262.5
+    # A cap relative to the engine's draw: half-way from its 212 W to the study's 150 W.
+    rel = live("gpu", {"depth": 0.5}, draw=lambda: 212.0)
+    assert rel["watts"] == pytest.approx(181.0) and rel["basis"] == {"depth": 0.5, "power_draw_w": 212.0}
     with pytest.raises(UnknownNameError):
-        resolve_params("cpu", {"threads": 3}, "a100")
+        live("cpu", {"threads": 3})
     with pytest.raises(UnknownNameError):
-        resolve_params("replica-kill", {"nope": 1}, "a100")
-    assert live_params("replica-kill", resolve_params("replica-kill", None, "a100"), small, "a100") == {"load_s": 8.0}
+        live("replica-kill", {"nope": 1})
+    assert live("replica-kill", {"load_s": 8.0}) == {"load_s": 8.0}
     with pytest.raises(TestbedConfigError, match="deploy.rate_window"):
         TestbedConfig(deploy=DeployConfig(step=5.0, rate_window=5.0))
     with pytest.raises(UnknownNameError):

@@ -4,7 +4,7 @@ testbed. ``get(id)`` and ``specs()`` read it; ``rows()`` is what ``llmrca faults
 from __future__ import annotations
 
 from llmrca.errors import UnknownNameError
-from llmrca.faults.catalog import PAPER_FAULTS, STUDY_POWER_FRACTION
+from llmrca.faults.catalog import EXTRA_FAULTS, PAPER_FAULTS, STUDY_POWER_FRACTION, study_cap_w
 from llmrca.faults.spec import (
     CAUSES,
     TARGET_RULES,
@@ -13,6 +13,8 @@ from llmrca.faults.spec import (
     Injection,
     Param,
     Perturbation,
+    TargetFacts,
+    recorded,
 )
 
 _SPECS: dict[str, FaultSpec] = {}
@@ -21,10 +23,13 @@ _SPECS: dict[str, FaultSpec] = {}
 def register(spec: FaultSpec) -> None:
     if spec.targets not in TARGET_RULES:
         raise UnknownNameError(f"fault {spec.id!r}: unknown targets rule {spec.targets!r}")
+    unknown = [c for c in spec.causes if c not in CAUSES] or ([] if spec.causes else ["(none declared)"])
+    if unknown:
+        raise UnknownNameError(f"fault {spec.id!r}: unknown cause(s) {', '.join(unknown)}; known: {', '.join(CAUSES)}")
     _SPECS[spec.id] = spec
 
 
-for _s in PAPER_FAULTS:
+for _s in (*PAPER_FAULTS, *EXTRA_FAULTS):
     register(_s)
 
 
@@ -57,9 +62,12 @@ __all__ = [
     "Injection",
     "Param",
     "Perturbation",
+    "TargetFacts",
     "get",
     "ids",
     "register",
+    "recorded",
     "rows",
     "specs",
+    "study_cap_w",
 ]

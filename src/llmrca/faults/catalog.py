@@ -1,11 +1,11 @@
-"""The study's four faults (suite ``paper``), with its exact parameters as defaults (PAPER_TESTBED.md)."""
+"""The study's four faults (suite ``paper``), with its exact parameters as defaults, and ``replica-kill``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from llmrca.faults.spec import FaultSpec, Param, Perturbation
+from llmrca.faults.spec import FaultParamError, FaultSpec, Param, Perturbation, TargetFacts
 
 # The study capped A100-class GPUs at 150 W; as a fraction of an A100 SXM's 400 W default limit.
 STUDY_POWER_FRACTION = 150.0 / 400.0
@@ -26,9 +26,61 @@ def _network(p: Mapping[str, Any], target: str, start: float, end: float) -> lis
 
 
 def _gpu(p: Mapping[str, Any], target: str, start: float, end: float) -> list[Perturbation]:
-    return [Perturbation("power_limit", target, start, end,
-                         {"watts": p["power_limit_w"] if p["power_limit_frac"] is None else None,
-                          "fraction": p["power_limit_frac"]})]
+    return [Perturbation("power_limit", target, start, end, {"watts": p["power_limit_w"]})]
+
+
+def _kill(p: Mapping[str, Any], target: str, start: float, end: float) -> list[Perturbation]:
+    # The process is down from the kill until its model is loaded again, whatever the fault's nominal window.
+    return [Perturbation("process_kill", target, start, start + p["load_s"], {"load_s": p["load_s"]})]
+
+
+def study_cap_w(facts: TargetFacts) -> float:
+    """The study's cap on the target's GPU: 150 W on an A100, the same 37.5 % of the default limit on others, held
+    to what the GPU accepts."""
+    lo, hi = float(facts.min_power_w), float(facts.max_power_w)
+    return min(max(STUDY_POWER_FRACTION * hi, lo), hi)
+
+
+def _apply_gpu(fault: str, p: Mapping[str, Any], facts: TargetFacts) -> dict[str, Any]:
+    """The cap in watts. ``depth`` places it between the GPU's draw before the fault (0) and the study's cap (1),
+    so that every depth > 0 lies below what the GPU draws and acts; a wattage (or fraction of the default limit)
+    is taken as given and must lie in the GPU's accepted range (``nvidia-smi -pl`` refuses anything else)."""
+    if all(p.get(k) is None for k in ("power_limit_w", "power_limit_frac", "depth")):
+        raise FaultParamError(f"fault {fault!r}: give the cap as power_limit_w, power_limit_frac or depth")
+    if facts.min_power_w is None or facts.max_power_w is None:
+        if p.get("depth") is None and p.get("power_limit_frac") is None and p.get("power_limit_w") is not None:
+            return {**p}  # watts as given; the system model checks them against its GPU
+        raise FaultParamError(f"fault {fault!r}: a relative cap needs the target's GPU (its accepted power range)")
+    lo, hi = float(facts.min_power_w), float(facts.max_power_w)
+    gpu = facts.gpu or "GPU"
+    out = {**p}
+    if p.get("depth") is not None:
+        depth = float(p["depth"])
+        if depth <= 0:
+            raise FaultParamError(f"fault {fault!r} parameter 'depth': must be > 0, is {depth:g}")
+        if facts.power_draw_w is None:
+            raise FaultParamError(f"fault {fault!r} parameter 'depth': the target's power draw is unknown")
+        draw = float(facts.power_draw_w())
+        ref = study_cap_w(facts)
+        if ref >= draw:  # the replica draws less than the study's cap: go towards the lowest accepted limit
+            ref = lo
+        if draw <= lo:
+            raise FaultParamError(
+                f"fault {fault!r} parameter 'depth': the target's {gpu} draws {draw:.1f} W, at or below the lowest "
+                f"limit it accepts ({lo:g} W): no power cap can act on it")
+        watts = max(lo, ref + (1.0 - depth) * (draw - ref))
+        out.update(power_limit_w=watts, power_limit_frac=None, power_draw_w=draw)
+        return out
+    if p.get("power_limit_frac") is not None:
+        name, watts = "power_limit_frac", float(p["power_limit_frac"]) * hi
+    else:
+        name, watts = "power_limit_w", float(p["power_limit_w"])
+    if not (lo <= watts <= hi):
+        raise FaultParamError(
+            f"fault {fault!r} parameter {name!r}: a cap of {watts:g} W is outside what a {gpu} accepts "
+            f"({lo:g}-{hi:g} W): nvidia-smi -pl would refuse it (give watts in range, or depth)")
+    out.update(power_limit_w=watts, power_limit_frac=None)
+    return out
 
 
 def _scale_cpu(p: Mapping[str, Any], s: float) -> dict[str, Any]:
@@ -44,9 +96,13 @@ def _scale_network(p: Mapping[str, Any], s: float) -> dict[str, Any]:
 
 
 def _scale_gpu(p: Mapping[str, Any], s: float) -> dict[str, Any]:
-    # Strength scales how far below the default limit the cap goes; the GPU kind then gives the watts.
-    frac = p["power_limit_frac"] if p["power_limit_frac"] is not None else STUDY_POWER_FRACTION
-    return {**p, "power_limit_frac": max(0.01, 1.0 - s * (1.0 - frac))}
+    # Strength is the cap's depth below the replica's own draw: any s > 0 caps below what the GPU draws, s = 1 is
+    # the study's cap (150 W on an A100), s > 1 deeper, down to the lowest limit the GPU accepts.
+    return {**p, "depth": s, "power_limit_frac": None, "power_limit_w": None}
+
+
+def _scale_kill(p: Mapping[str, Any], s: float) -> dict[str, Any]:
+    return {**p, "load_s": p["load_s"] * s}
 
 
 CPU = FaultSpec(
@@ -63,6 +119,7 @@ CPU = FaultSpec(
     kubernetes="Chaos Mesh StressChaos (cpu: workers 16, load 100)",
     indicator="ctn_cpu",
     effect=_cpu,
+    causes=("cpu_stress",),
     scale=_scale_cpu,
 )
 
@@ -80,6 +137,7 @@ MEMORY = FaultSpec(
     kubernetes="Chaos Mesh StressChaos (memory: workers 1, size 8GB)",
     indicator="ctn_memory",
     effect=_memory,
+    causes=("memory_hog",),
     scale=_scale_memory,
 )
 
@@ -98,6 +156,7 @@ NETWORK = FaultSpec(
     kubernetes="Chaos Mesh NetworkChaos (action delay, direction to, latency 1000ms, jitter 100ms, correlation 25)",
     indicator="latency",
     effect=_network,
+    causes=("ingress_delay",),
     scale=_scale_network,
 )
 
@@ -106,21 +165,48 @@ GPU = FaultSpec(
     layer="gpu",
     targets="replicas",
     params=(
-        Param("power_limit_w", 150.0, " W", "power cap (nvidia-smi -pl)", minimum=1.0),
-        Param("power_limit_frac", None, "", "power cap as a fraction of the GPU's default limit, held to the range "
+        Param("power_limit_w", 150.0, " W", "power cap (nvidia-smi -pl)", optional=True, minimum=1.0),
+        Param("power_limit_frac", None, "", "power cap as a fraction of the GPU's default limit, inside the range "
                                                  "the GPU accepts (overrides watts)",
               optional=True, minimum=0.01),
+        Param("depth", None, "", "cap between the GPU's draw before the fault (0) and the study's cap (1: 150 W on "
+                                 "an A100, 37.5 % of the default limit elsewhere); overrides both; = strength",
+              optional=True, minimum=0.0),
     ),
-    description="power cap of 150 W on the target's GPU: SM clock falls, power flattens at the cap, inter-token "
-                "latency and prefill time rise on that replica while its GPU utilisation stays high or rises",
+    description="power cap of 150 W on the target's GPU (or, with depth, between its own draw and that): SM clock "
+                "falls, power flattens at the cap, inter-token latency and prefill time rise on that replica while "
+                "its GPU utilisation stays high or rises",
     live="the engine's GPU model takes a cap via its control endpoint; on real GPUs nvidia-smi -pl 150, reset after",
     kubernetes="privileged Job on the target's node running nvidia-smi -i <gpu> -pl 150 (and -pl <default> after)",
     indicator="power_usage",
     effect=_gpu,
+    causes=("power_limit",),
+    apply=_apply_gpu,
     scale=_scale_gpu,
     # A Kubernetes Job has to be scheduled and its container started before nvidia-smi runs.
     onset_lag_s=(2.0, 6.0),
     end_lag_s=(2.0, 6.0),
 )
 
+REPLICA_KILL = FaultSpec(
+    id="replica-kill",
+    layer="process",
+    targets="replicas",
+    params=(
+        # Our estimate for a 7B model from local disk: process start, weights into HBM, CUDA graph capture.
+        Param("load_s", 30.0, " s", "time from the kill until the restarted replica serves again (model load)",
+              minimum=0.1),
+    ),
+    description="the target's engine process is killed (SIGKILL): its in-flight requests fail (502 at the proxy), "
+                "the Serve controller stops routing to it and restarts it, which takes the model's load time; "
+                "meanwhile its load shifts to the peers",
+    live="SIGKILL of the target's engine process; the supervisor starts it again after load_s",
+    kubernetes="Chaos Mesh PodChaos (action pod-kill) on the target's pod",
+    indicator="num_requests_running",
+    effect=_kill,
+    causes=("process_kill",),
+    scale=_scale_kill,
+)
+
 PAPER_FAULTS = (CPU, MEMORY, NETWORK, GPU)
+EXTRA_FAULTS = (REPLICA_KILL,)

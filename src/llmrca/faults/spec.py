@@ -3,7 +3,11 @@
 A spec says what the fault is (id, layer), whom it may hit (a targets rule over the topology), its parameters with
 the reference defaults, how it is injected live, and what it does to the *causes* in a system model: a list of
 :class:`Perturbation` (CPU stress in a container, a memory hog, a delay on the wire towards a pod, a GPU power
-limit). Symptoms are never part of a spec; they follow from the model's dynamics.
+limit, a killed engine process). Symptoms are never part of a spec; they follow from the model's dynamics.
+
+Parameters may be relative to the target (a power cap relative to the GPU's draw before the fault): ``applied``
+turns them into absolute values with the facts of the target (:class:`TargetFacts`), once, and those applied
+values are what a case records. The simulator and the live testbed both go through it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ CAUSES: dict[str, tuple[str, ...]] = {
     "cpu_stress": ("workers", "load"),  # busy threads in the target container's cgroup; load in percent
     "memory_hog": ("bytes", "workers"),  # resident bytes allocated in the target container
     "ingress_delay": ("latency_s", "jitter_s", "correlation"),  # netem delay on packets towards the target pod
-    "power_limit": ("watts", "fraction"),  # GPU power cap: watts, or a fraction of the GPU's default limit
+    "power_limit": ("watts",),  # GPU power cap in watts, inside the GPU's accepted range
+    "process_kill": ("load_s",),  # the engine process dies; the replica comes back after load_s of model loading
 }
 
 
@@ -55,8 +60,23 @@ class Perturbation:
         return self.start <= t < self.end
 
 
+@dataclass(frozen=True)
+class TargetFacts:
+    """What a relative parameter needs to know about the target, from the system model or the live machine.
+
+    ``power_draw_w`` is a function (the simulator runs the fault-free twin to answer it; the live testbed reads
+    the engine's power gauge), called only by a fault whose parameters need it.
+    """
+
+    gpu: str = ""
+    min_power_w: float | None = None  # lowest power limit the GPU accepts
+    max_power_w: float | None = None  # its default (and highest) limit
+    power_draw_w: Callable[[], float] | None = None  # the target GPU's mean draw before the fault
+
+
 Effect = Callable[[Mapping[str, Any], str, float, float], list[Perturbation]]
 Scale = Callable[[Mapping[str, Any], float], dict[str, Any]]
+Apply = Callable[[str, Mapping[str, Any], TargetFacts], dict[str, Any]]
 
 # Targets rules: a name → the services of a topology the fault may hit.
 TARGET_RULES: dict[str, Callable[[Topology], list[str]]] = {
@@ -77,7 +97,9 @@ class FaultSpec:
     live: str  # how it is injected on the loopback testbed
     kubernetes: str  # how it is injected on Kubernetes
     indicator: str  # the metric (study view name where one exists) that should move first on the target
-    effect: Effect  # (params, target, start, end) -> perturbations of the system model's causes
+    effect: Effect  # (applied params, target, start, end) -> perturbations of the system model's causes
+    causes: tuple[str, ...] = ()  # the CAUSES its effect perturbs (what a system model needs a mechanism for)
+    apply: Apply | None = None  # (fault id, params, facts) -> applied params (relative values made absolute)
     scale: Scale | None = None  # (params, strength) -> params: strength 1 = the defaults, 0 = no fault
     onset_lag_s: tuple[float, float] = (0.5, 1.5)  # manifest created -> effect begins (uniform range)
     end_lag_s: tuple[float, float] = (0.2, 1.0)  # fault's end -> effect removed
@@ -107,9 +129,19 @@ class FaultSpec:
                 f"fault {self.id!r} cannot target {target!r}; its targets ({self.targets}) are: {', '.join(allowed)}"
             )
 
-    def perturbations(self, target: str, start: float, end: float,
-                      params: Mapping[str, Any] | None = None) -> list[Perturbation]:
-        return self.effect(self.resolve(params), target, start, end)
+    def applied(self, params: Mapping[str, Any] | None = None, facts: TargetFacts | None = None) -> dict[str, Any]:
+        """The parameters as they act on this target: relative ones made absolute (a power cap in watts), checked
+        against what the target accepts. This is what a case records."""
+        p = self.resolve(params)
+        return self.apply(self.id, p, facts or TargetFacts()) if self.apply is not None else p
+
+    def perturbations(self, target: str, start: float, end: float, params: Mapping[str, Any] | None = None,
+                      facts: TargetFacts | None = None) -> list[Perturbation]:
+        out = self.effect(self.applied(params, facts), target, start, end)
+        odd = [p.cause for p in out if p.cause not in self.causes]
+        if odd:
+            raise FaultParamError(f"fault {self.id!r} perturbs {', '.join(odd)}, not among its causes")
+        return out
 
     def scaled(self, strength: float, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Parameters at ``strength`` times the reference fault (1.0 = the defaults)."""
@@ -123,10 +155,23 @@ class FaultSpec:
         parts = []
         for p in self.params:
             if p.optional and p.default is None:
+                parts.append(f"{p.name} (optional)")
                 continue
             parts.append(f"{p.name}={p.default:g}{p.unit}" if isinstance(p.default, float)
                          else f"{p.name}={p.default}{p.unit}")
         return ", ".join(parts)
+
+
+def recorded(perturbations: list[Perturbation], applied: Mapping[str, Any]) -> dict[str, Any]:
+    """What a case records as its fault's parameters: the values each cause actually got (watts, bytes, workers,
+    delays, load time), plus, for a value derived from the target, what it was derived from (``basis``)."""
+    out: dict[str, Any] = {}
+    for p in perturbations:
+        out.update(p.values)
+    basis = {k: applied[k] for k in ("depth", "power_draw_w") if applied.get(k) is not None}
+    if basis:
+        out["basis"] = basis
+    return out
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,7 @@ class ReplicaEngine:
         self.ver: dict[int, int] = {}
         self.plan: list | None = None  # [t0, t1, k, s, gpu, mem, comp, cpu]
         self.done: list[int] = []  # finished or abandoned rids, for the router to collect
+        self.down_until = -INF  # a killed process: requests reaching it before this fail at once
         # Tick state
         self.next_tick = t_start + tick
         self.log = TickLog()
@@ -437,6 +438,32 @@ class ReplicaEngine:
         self._preempt_total += 1
         self.waiting.appendleft(rid)
         self.events.append((self.t, self.name, "preemption", {"request_id": int(rid), "num_preempted": 1}))
+
+    def kill(self, t: float, back: float) -> None:
+        """The engine process dies at ``t`` (SIGKILL, pod kill): every request it holds fails (502 at the proxy),
+        batch and KV cache are gone; until ``back`` (restarted, model loaded) a request that reaches it fails."""
+        t = max(t, self.t)
+        R = self.R
+        lost = [*self.running, *(e[0] for e in self.prefilling), *self.waiting, *(rid for _, rid in self.incoming)]
+        for rid in lost:
+            if R.failed[rid] == 0 and R.t_end[rid] != R.t_end[rid]:
+                self._abandon(rid, t, 502)
+        self.running.clear()
+        self.prefilling.clear()
+        self.waiting.clear()
+        self.incoming.clear()
+        self.fin.clear()
+        self.A = 0.0
+        self.n = 0
+        self.kv_pref = 0
+        self.plan = None  # a planned decode stretch never happens
+        self.t = t
+        self.down_until = back
+
+    def refuse(self, rid: int, t_ready: float) -> None:
+        """A request reaching the killed process before it is back: nobody listens, the proxy's call fails (502)."""
+        self.R.t_ready[rid] = t_ready
+        self._abandon(rid, t_ready, 502)
 
     # -- control tick --------------------------------------------------------------------------------------
     def _ticks(self) -> None:

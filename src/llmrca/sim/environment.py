@@ -44,6 +44,7 @@ class Environment:
     hog_cores: dict[str, np.ndarray] = field(default_factory=dict)
     power_limit: dict[str, np.ndarray] = field(default_factory=dict)
     delays: dict[str, list[_Delay]] = field(default_factory=dict)
+    kills: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # pod -> [(dies at, serves again at)]
     events: list[tuple[float, str, str, dict]] = field(default_factory=list)
     rng: np.random.Generator | None = None
 
@@ -137,18 +138,17 @@ def build(
         elif pt.cause == "power_limit":
             if pt.service not in env.power_limit:
                 raise FaultParamError(f"power limit on {pt.service!r}, which holds no GPU")
-            if v.get("fraction") is not None:
-                # A fraction of the default limit is a relative strength: held to what the GPU accepts.
-                watts = min(max(v["fraction"] * gpu.tdp_w, gpu.min_power_w), gpu.tdp_w)
-            else:
-                watts = v["watts"]
-                if not (gpu.min_power_w <= watts <= gpu.tdp_w):
-                    raise FaultParamError(
-                        f"power limit {watts:g} W is outside what a {gpu.name} accepts "
-                        f"({gpu.min_power_w:g}-{gpu.tdp_w:g} W): nvidia-smi -pl would refuse it (give "
-                        "power_limit_frac, a fraction of the default limit, or a wattage in range)")
+            watts = v["watts"]
+            if not (gpu.min_power_w <= watts <= gpu.tdp_w):
+                raise FaultParamError(
+                    f"power limit {watts:g} W is outside what a {gpu.name} accepts "
+                    f"({gpu.min_power_w:g}-{gpu.tdp_w:g} W): nvidia-smi -pl would refuse it")
             env.power_limit[pt.service] = np.where(on, np.minimum(env.power_limit[pt.service], watts),
                                                    env.power_limit[pt.service])
+        elif pt.cause == "process_kill":
+            if pt.service not in env.power_limit:
+                raise FaultParamError(f"process kill on {pt.service!r}, which runs no engine")
+            env.kills.setdefault(pt.service, []).append((pt.start, pt.start + v["load_s"]))
     _oom(env, grid, perturbations)
     for p in pods:
         demand = env.own_demand[p] + env.stress_cores[p] + env.hog_cores[p]

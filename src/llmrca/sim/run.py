@@ -38,6 +38,9 @@ DETOKENIZE_S = 35e-6  # per output token: incremental detokenization and the SSE
 HOP_S = 0.45e-3  # pod to pod through the mesh (ztunnel + waypoint)
 LOCAL_HOP_S = 0.08e-3  # the head's proxy to its own replica, inside the pod
 NGINX_READ_TIMEOUT_S = 60.0  # proxy_read_timeout: nginx gives up on an upstream that sends nothing
+# A killed replica: Ray sees its actor die at once, the Serve proxy's router learns it from the controller's next
+# long-poll update (our estimate); until then requests routed to it fail fast with 502.
+SERVE_DEATH_NOTICE_S = 2.0
 
 # Streams of randomness, each from (seed, stream): adding a use never shifts another's numbers.
 _S_WORKLOAD, _S_VAR, _S_ROUTE, _S_NET, _S_ENV, _S_NOISE, _S_IDS, _S_FAULT, _S_STATS = range(1, 10)
@@ -104,19 +107,28 @@ class SimRun:
 
 
 def _resolve_injection(config: SimConfig, dep: Deployment, injection: Injection | None,
-                       rng: np.random.Generator) -> tuple[list[Perturbation], dict[str, Any] | None, dict]:
+                       rng: np.random.Generator, seed: int) -> tuple[list[Perturbation], dict[str, Any] | None, dict]:
     if injection is None:
         return [], None, {}
     spec = fault_registry.get(injection.fault)
     spec.check_target(injection.target, dep.topology())
-    params = spec.resolve(injection.params)
     start = config.inject_at if injection.start is None else float(injection.start)
     duration = config.fault_duration if injection.duration is None else float(injection.duration)
+    gpu = config.gpu_kind
+
+    def draw() -> float:  # the target GPU's draw before the fault, from the fault-free twin (same seed)
+        from llmrca.sim import twin
+
+        return twin.power_draw(config, seed, injection.target, start)
+
+    facts = fault_registry.TargetFacts(gpu.name, gpu.min_power_w, gpu.tdp_w, draw)
+    params = spec.applied(injection.params, facts)
     on = start + float(rng.uniform(*spec.onset_lag_s))
     off = start + duration + float(rng.uniform(*spec.end_lag_s))
     perts = spec.effect(params, injection.target, on, off)
+    applied = fault_registry.recorded(perts, params)
     info = {"spec": spec, "params": params, "start": start, "duration": duration, "on": on, "off": off}
-    return perts, info, params
+    return perts, info, applied
 
 
 def run(config: SimConfig | None = None, fault: Injection | None = None, seed: int = 0) -> SimRun:
@@ -126,7 +138,7 @@ def run(config: SimConfig | None = None, fault: Injection | None = None, seed: i
     gpu = cfg.gpu_kind
     model = cfg.model_spec
     var = draw_variation(cfg, dep, stream(seed, _S_VAR))
-    perts, finfo, params = _resolve_injection(cfg, dep, fault, stream(seed, _S_FAULT))
+    perts, finfo, params = _resolve_injection(cfg, dep, fault, stream(seed, _S_FAULT), seed)
 
     # The simulated span: the load starts `warmup` before t=0; engines run from a rate window earlier still.
     t_sim0 = -max(cfg.warmup, cfg.rate_window + cfg.step)
@@ -267,6 +279,14 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
     def finish(r: int, rid: int) -> None:
         name = names[r]
         te = table.t_end[rid]
+        if table.failed[rid] == 502:  # the replica's process is gone: the proxy answers at once
+            back = hop * jit[rid, 4]
+            P.t_stream_end[rid] = te
+            P.t_proxy_end[rid] = te + back
+            P.t_proxy_server_end[rid] = te + back + PROXY_CHUNK_S * env.slowdown(proxy, te)
+            P.t_gateway_end[rid] = P.t_proxy_server_end[rid] + hop * jit[rid, 6] + NGINX_CHUNK_S
+            heappush(ends[r], te + back)
+            return
         if table.failed[rid]:
             # nginx gave up (or the engine refused): the proxy sees the client go at nginx's timeout.
             g_end = tg[rid] + NGINX_READ_TIMEOUT_S
@@ -295,9 +315,22 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
                     finish(r, rid)
                 e.done.clear()
 
+    kills = sorted((t_die, back, names.index(pod)) for pod, ks in env.kills.items() for t_die, back in ks)
+    out_of_routing: dict[int, tuple[float, float]] = {}  # replica -> (noticed dead, serves again)
+
+    def kill_due(t: float) -> None:
+        while kills and kills[0][0] <= t:
+            t_die, back, k = kills.pop(0)
+            eng[k].advance(t_die)
+            eng[k].kill(t_die, back)
+            out_of_routing[k] = (t_die + SERVE_DEATH_NOTICE_S, back)
+            env.events.append((t_die + SERVE_DEATH_NOTICE_S, names[k], "replica_health", {"ok": False}))
+            env.events.append((back, names[k], "replica_health", {"ok": True, "load_s": back - t_die}))
+
     order = np.argsort(ts, kind="stable")
     for i in order.tolist():
         t = ts[i]
+        kill_due(t)
         for e in eng:
             e.advance(t)
         collect()
@@ -306,7 +339,10 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             while h and h[0] <= t:
                 heappop(h)
                 inflight[r] -= 1
-        if policy == "round-robin":
+        out = [k for k, (a, b) in out_of_routing.items() if a <= t < b]
+        if out and len(out) < R:
+            r = _route_around(policy, [k for k in range(R) if k not in out], inflight, rr, route)
+        elif policy == "round-robin":
             r = rr[0] % R
             rr[0] += 1
         elif policy == "power-of-two" and R > 1:
@@ -327,10 +363,31 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
                 ta += env.delay_towards(name, t)
         P.t_arrival[i] = ta
         t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) * env.slowdown(name, ta) * jit[i, 3]
-        eng[r].enqueue(i, t_ready)
+        if t_ready < eng[r].down_until:  # routed to a killed replica before the router knew
+            eng[r].refuse(i, t_ready)
+        else:
+            eng[r].enqueue(i, t_ready)
 
+    kill_due(math.inf)
     P.collect_all = collect
     return P
+
+
+def _route_around(policy: str, cand: list[int], inflight: list[int], rr: list[int],
+                  route: np.random.Generator) -> int:
+    """The routing choice while some replicas are out of the controller's list (a killed one, restarting)."""
+    if policy == "round-robin":
+        while rr[0] % len(inflight) not in cand:
+            rr[0] += 1
+        r = rr[0] % len(inflight)
+        rr[0] += 1
+        return r
+    if policy == "power-of-two" and len(cand) > 1:
+        a, b = (cand[j] for j in route.choice(len(cand), 2, replace=False).tolist())
+        return a if inflight[a] < inflight[b] or (inflight[a] == inflight[b] and route.random() < 0.5) else b
+    lo = min(inflight[k] for k in cand)
+    best = [k for k in cand if inflight[k] == lo]
+    return best[0] if len(best) == 1 else best[int(route.integers(len(best)))]
 
 
 def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, start: float,
@@ -343,7 +400,8 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
     t_end = res["t_engine_end"]
     out_tok = np.where(ok, res["generated"], 0).astype(np.int64)
     reason = np.where(~ok, "", np.where(wl.output_tokens >= wl.max_tokens, "length", "stop"))
-    error = np.where(failed == 504, "upstream timed out", np.where(failed == 0, "", "EngineCoreError"))
+    error = np.where(failed == 504, "upstream timed out", np.where(failed == 0, "", np.where(
+        failed == 502, "EngineDeadError", "EngineCoreError")))
     ids = np.frombuffer(stream(seed, _S_IDS).bytes(16 * n), dtype=np.uint8).reshape(n, 16)
     trace_ids = [bytes(row).hex() for row in ids]
     cols: dict[str, Any] = {

@@ -160,6 +160,9 @@ def _make(spec: CaseSpec, root: str, suite: str, suite_seed: int, overrides: dic
         "suite": suite, "suite_seed": suite_seed, "rep": spec.rep, "overrides": overrides,
     })
     case.validate()
+    from llmrca.sim.twin import check as check_against_twin
+
+    check_against_twin(case, spec.config, spec.seed)  # a fault case must differ from its fault-free twin
     return str(save_case(case, Path(root) / spec.case_id, overwrite=overwrite))
 
 

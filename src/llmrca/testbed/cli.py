@@ -194,7 +194,7 @@ def inject_cmd(
             err.print("fault undone")
 
     rec = control.inject(fault, target, duration, _params(param), run_dir, wait=not detach, on_event=show)
-    out.print(json.dumps({k: rec[k] for k in ("id", "fault", "target", "inject_time", "end", "live", "method",
+    out.print(json.dumps({k: rec[k] for k in ("id", "fault", "target", "inject_time", "end", "params", "method",
                                               "status")}), highlight=False)
 
 

@@ -371,7 +371,6 @@ def truth_of(rec: dict[str, Any] | None) -> GroundTruth:
     end = rec.get("undone_at") or rec["end"]
     ind = rec.get("indicator")
     params = dict(rec["params"])
-    params["live"] = dict(rec.get("live") or {})
     params["method"] = rec.get("method")
     params["containment"] = rec.get("containment")
     return GroundTruth(service=rec["target"], fault_type=rec["fault"],

@@ -1,24 +1,27 @@
-"""Real fault injectors for the live testbed, one per fault of the registry (``llmrca.faults``), each undone
-whatever happens: on schedule, on request, when the process that asked for it goes away, when the supervisor
-stops (its cleanup registry), and, as a last resort, by itself (a stressor's own ``--timeout``, the engine's and
-the mesh's expiry of a power cap or a delay).
+"""Real fault injectors for the live testbed. A fault of the registry (``llmrca.faults``) is turned into
+perturbations of causes by its spec, exactly as in the simulator (``spec.applied`` then ``spec.effect``); this
+module maps each *cause* to one live mechanism, scales it to this machine once, and undoes it whatever happens:
+on schedule, on request, when the process that asked for it goes away, when the supervisor stops (its cleanup
+registry), and, as a last resort, by itself (a stressor's own ``--timeout``, the engine's and the mesh's expiry of
+a power cap or a delay).
 
-| fault         | live injection                                                                               |
-|---------------|----------------------------------------------------------------------------------------------|
-| cpu           | ``stress-ng --cpu W --cpu-load L`` inside the target's container (its cgroup, or pinned with it)|
-| memory        | ``stress-ng --vm W --vm-bytes B --vm-hang 0`` (allocate, touch, hold) in the target's container  |
-| network       | a delay on the mesh links towards the target (netem's latency/jitter/correlation)              |
-| gpu           | the power cap of the target's emulated GPU through its control endpoint (``nvidia-smi -pl`` on a real GPU) |
-| replica-kill  | SIGKILL of the target's engine; the supervisor restarts it after the model's load time          |
+* ``cpu_stress``: ``stress-ng --cpu W --cpu-load L`` in the target's container (its cgroup, or pinned with it);
+  workers scaled by pod CPU / 8 (the study's pods).
+* ``memory_hog``: ``stress-ng --vm W --vm-bytes B --vm-hang 0`` (allocate, touch, hold) there; bytes scaled by pod
+  memory / 16 GiB and never more than 30 % of the free memory.
+* ``ingress_delay``: a delay on the mesh links towards the target (netem's latency/jitter/correlation).
+* ``power_limit``: the emulated GPU's control endpoint (``nvidia-smi -pl`` on a real GPU).
+* ``process_kill``: SIGKILL of the target's engine; the supervisor starts it again after ``load_s``.
 
-Parameters are the registry's (the study's defaults); what cannot be the study's on this machine is scaled
-(``live_params``) and both are recorded in the case.
+The live faults are the registry's faults whose causes all have a mechanism here (``live_faults()``). A case
+records the values applied on this machine under the causes' names, the same names a simulated case uses.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,14 +37,12 @@ import psutil
 
 from llmrca import faults as fault_registry
 from llmrca.errors import UnknownNameError
-from llmrca.faults import FaultParamError
+from llmrca.faults import FaultParamError, Perturbation, TargetFacts
 from llmrca.sim.hardware import gpu_kind
 from llmrca.testbed.config import Scaling
 from llmrca.testbed.procs import Containment, alive, kill_tree, spawn
 from llmrca.testbed.rundir import LOOPBACK
 
-REPLICA_KILL = "replica-kill"
-LIVE_FAULTS = ("cpu", "memory", "network", "gpu", REPLICA_KILL)
 MEMORY_SHARE_OF_AVAILABLE = 0.3  # a memory hog never takes more than this share of the machine's free memory
 SAFETY_MARGIN_S = 15.0  # self-expiry after the planned end, should every other undo path fail
 
@@ -75,86 +77,133 @@ def _http(method: str, url: str, body: dict | None = None, timeout: float = 5.0)
         raise FaultParamError(f"{method} {url}: {e.code} {e.read().decode(errors='replace')}") from None
 
 
-def resolve_params(fault: str, params: dict[str, Any] | None, gpu: str) -> dict[str, Any]:
-    """The fault's parameters from the registry (``replica-kill``: its own), checked."""
-    if fault == REPLICA_KILL:
-        try:
-            return fault_registry.get(REPLICA_KILL).resolve(params)
-        except UnknownNameError:
-            p = dict(params or {})
-            unknown = sorted(set(p) - {"load_s"})
-            if unknown:
-                raise UnknownNameError(f"fault 'replica-kill' has no parameter(s) {', '.join(unknown)}; "
-                                       "known: load_s") from None
-            return p
+# -- machine scaling, once per cause: (cause values, scaling, free bytes) -> (live values, how they were scaled) --
+def _scale_cpu(v: dict[str, Any], sc: Scaling, free: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    # The study's 16 workers next to an 8-CPU pod: as many per core of this machine's pod.
+    return ({"workers": max(1, round(v["workers"] * sc.cpu_factor)), "load": int(v["load"])},
+            {"pod_cpu": sc.pod_cpu, "cpu_factor": sc.cpu_factor})
+
+
+def _scale_memory(v: dict[str, Any], sc: Scaling, free: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    # The study's 8 GB of a 16 GiB pod, as the same share of this pod, never more than a share of free memory.
+    avail = free if free is not None else psutil.virtual_memory().available
+    want = v["bytes"] * sc.memory_factor
+    size = min(want, MEMORY_SHARE_OF_AVAILABLE * avail)
+    return ({"bytes": int(size), "workers": int(v["workers"])},
+            {"pod_memory_bytes": sc.pod_memory_bytes, "memory_factor": sc.memory_factor,
+             "capped_by_free_memory": bool(size < want)})
+
+
+def _as_given(v: dict[str, Any], sc: Scaling, free: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    return dict(v), {}
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    how: str  # what it does, in words
+    scale: Callable[[dict[str, Any], Scaling, int | None], tuple[dict[str, Any], dict[str, Any]]]
+    apply: str  # Injector method that does it
+    undo: str  # Injector method that restores the system
+
+
+MECHANISMS: dict[str, Mechanism] = {
+    "cpu_stress": Mechanism("stress-ng --cpu in the target's container", _scale_cpu, "_apply_cpu", "_stop_stressors"),
+    "memory_hog": Mechanism("stress-ng --vm in the target's container", _scale_memory, "_apply_memory",
+                            "_stop_stressors"),
+    "ingress_delay": Mechanism("mesh delay towards the target", _as_given, "_apply_delay", "_undo_delay"),
+    "power_limit": Mechanism("engine control endpoint / nvidia-smi -pl", _as_given, "_apply_power", "_undo_power"),
+    "process_kill": Mechanism("SIGKILL of the engine, restart after load_s", _as_given, "_apply_kill", "_undo_kill"),
+}
+
+
+def live_faults() -> tuple[str, ...]:
+    """The registry's faults the live testbed can inject: those whose causes all have a mechanism here."""
+    return tuple(s.id for s in fault_registry.specs() if s.causes and all(c in MECHANISMS for c in s.causes))
+
+
+@dataclass(frozen=True)
+class LivePlan:
+    """A fault resolved for this machine: its perturbations with the values applied here."""
+
+    fault: str
+    target: str
+    applied: dict[str, Any]  # the fault's parameters as they act on the target (a cap in watts)
+    effects: tuple[Perturbation, ...]  # values as scaled to this machine
+    machine: dict[str, Any]  # how the machine scaling changed them (factors, caps), per cause
+
+    def recorded(self) -> dict[str, Any]:
+        """What the case records (the simulator's names: workers, load, bytes, latency_s, watts, load_s, ...)."""
+        out = fault_registry.recorded(list(self.effects), self.applied)
+        if any(self.machine.values()):
+            out["machine"] = {c: m for c, m in self.machine.items() if m}
+        return out
+
+
+def plan(fault: str, target: str, params: dict[str, Any] | None, gpu: str, scaling: Scaling, start: float,
+         end: float, *, available_bytes: int | None = None,
+         power_draw_w: Callable[[], float] | None = None) -> LivePlan:
+    """``fault`` on ``target`` as this machine does it: the registry's parameters checked and applied (a cap must be
+    one the GPU accepts), its perturbations, each scaled to the machine by its cause's mechanism."""
     spec = fault_registry.get(fault)
-    out = spec.resolve(params)
-    if fault == "gpu":
-        power_watts(out, gpu)  # the GPU must accept the cap (as nvidia-smi would refuse it)
-    return out
-
-
-def power_watts(params: dict[str, Any], gpu: str) -> float:
-    """The cap in watts, as the simulator resolves it: a fraction is held to what the GPU accepts, a wattage
-    outside that range is refused."""
+    if fault not in live_faults():
+        missing = [c for c in spec.causes if c not in MECHANISMS]
+        raise UnknownNameError(f"no live mechanism for fault {fault!r} (cause {', '.join(missing)}); live faults: "
+                               f"{', '.join(live_faults())}")
     g = gpu_kind(gpu)
-    if params.get("power_limit_frac") is not None:
-        return float(min(max(params["power_limit_frac"] * g.tdp_w, g.min_power_w), g.tdp_w))
-    w = float(params["power_limit_w"])
-    if not (g.min_power_w <= w <= g.tdp_w):
-        raise FaultParamError(f"power limit {w:g} W is outside what a {g.name} accepts ({g.min_power_w:g}-"
-                              f"{g.tdp_w:g} W): nvidia-smi -pl would refuse it")
-    return w
+    applied = spec.applied(params, TargetFacts(g.name, g.min_power_w, g.tdp_w, power_draw_w))
+    effects, machine = [], {}
+    for p in spec.effect(applied, target, start, end):
+        values, how = MECHANISMS[p.cause].scale(dict(p.values), scaling, available_bytes)
+        effects.append(Perturbation(p.cause, p.service, p.start, p.end, values))
+        machine[p.cause] = how
+    return LivePlan(fault, target, applied, tuple(effects), machine)
 
 
-def live_params(fault: str, params: dict[str, Any], scaling: Scaling, gpu: str, *,
-                available_bytes: int | None = None, model_load_s: float = 8.0) -> dict[str, Any]:
-    """What the injector really does on this machine, from the study's parameters: stress workers in proportion
-    to the pod's CPU (16 workers for 8 cores), a hog in proportion to the pod's memory (8 GB of 16 GiB) and never
-    more than a share of the free memory; delays and power caps as given."""
-    if fault == "cpu":
-        return {"workers": max(1, round(params["workers"] * scaling.cpu_factor)), "load": int(params["load"]),
-                "pod_cpu": scaling.pod_cpu}
-    if fault == "memory":
-        avail = available_bytes if available_bytes is not None else psutil.virtual_memory().available
-        want = params["size_gb"] * 1e9 * scaling.memory_factor
-        size = min(want, MEMORY_SHARE_OF_AVAILABLE * avail)
-        return {"bytes": int(size), "workers": int(params["workers"]), "pod_memory_bytes": scaling.pod_memory_bytes,
-                "capped_by_free_memory": bool(size < want)}
-    if fault == "network":
-        return {"latency_s": params["latency_ms"] / 1000.0, "jitter_s": params["jitter_ms"] / 1000.0,
-                "correlation": float(params["correlation"])}
-    if fault == "gpu":
-        return {"watts": power_watts(params, gpu), "gpu": gpu_kind(gpu).name}
-    if fault == REPLICA_KILL:
-        return {"load_s": float(params.get("load_s", model_load_s))}
-    raise UnknownNameError(f"no live injector for fault {fault!r}; live faults: {', '.join(LIVE_FAULTS)}")
+_POWER_LINE = re.compile(r"^DCGM_FI_DEV_POWER_USAGE(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
+
+
+def power_in_exposition(text: str, where: str) -> float:
+    """The DCGM power gauge (W) in a Prometheus text exposition."""
+    m = _POWER_LINE.search(text)
+    if m is None:
+        raise FaultParamError(f"{where} reports no DCGM_FI_DEV_POWER_USAGE: the GPU's draw is unknown")
+    return float(m.group(1))
+
+
+def engine_power_w(port: int) -> float:
+    """The emulated GPU's power draw now, read from its engine's ``/metrics`` (what a relative cap goes under)."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5.0) as r:  # loopback only
+        return power_in_exposition(r.read().decode(errors="replace"), f"engine on port {port}")
 
 
 @dataclass
 class Injector:
-    """One injection: ``apply`` does it, ``undo`` (idempotent) restores the system."""
+    """One injection of a planned fault: ``apply`` does each effect, ``undo`` (idempotent) restores the system."""
 
     host: Host
-    fault: str
-    target: str
-    params: dict[str, Any]
-    live: dict[str, Any]
+    plan: LivePlan
     end: float  # planned end (unix s)
     seed: int = 0
     method: str = ""
     undone: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)  # what the mechanisms learnt (a killed pid, a default)
     _pids: list[int] = field(default_factory=list)
     _pinned: dict[int, list[int]] = field(default_factory=dict)
 
+    @property
+    def target(self) -> str:
+        return self.plan.target
+
     def apply(self) -> None:
-        getattr(self, "_apply_" + self.fault.replace("-", "_"))()
+        for p in self.plan.effects:
+            getattr(self, MECHANISMS[p.cause].apply)(p.values)
 
     def undo(self) -> None:
         if self.undone:
             return
         self.undone = True
-        getattr(self, "_undo_" + self.fault.replace("-", "_"))()
+        for p in reversed(self.plan.effects):
+            getattr(self, MECHANISMS[p.cause].undo)(p.values)
 
     # -- stress in the target's container --------------------------------------------------------------
     def _stressor(self, argv: list[str], name: str) -> None:
@@ -169,18 +218,20 @@ class Injector:
         self.host.attach(self.target, p.pid)
         self.method = f"{' '.join(argv)} [{c.mode}]"
 
-    def _stop_stressors(self) -> None:
+    def _stop_stressors(self, values: dict[str, Any] | None = None) -> None:
         for pid in self._pids:
             kill_tree(pid, timeout=3.0)
             self.host.detach(self.target, pid)
+        self._pids = []
         if self._pinned:
             Containment.unpin(self._pinned)
+            self._pinned = {}
 
     def _timeout(self) -> int:
         return max(1, int(self.end - time.time() + SAFETY_MARGIN_S))
 
-    def _apply_cpu(self) -> None:
-        w, load = self.live["workers"], self.live["load"]
+    def _apply_cpu(self, v: dict[str, Any]) -> None:
+        w, load = v["workers"], v["load"]
         exe = shutil.which("stress-ng")
         if exe:
             argv = [exe, "--cpu", str(w), "--cpu-load", str(load), "--timeout", f"{self._timeout()}s", "--quiet"]
@@ -188,11 +239,9 @@ class Injector:
             argv = [sys.executable, "-m", "llmrca.testbed.hog", "cpu", str(w), str(load), str(self._timeout())]
         self._stressor(argv, f"stress-cpu-{self.target}")
 
-    _undo_cpu = _stop_stressors
-
-    def _apply_memory(self) -> None:
-        w = max(1, int(self.live["workers"]))
-        per = max(4096, self.live["bytes"] // w)
+    def _apply_memory(self, v: dict[str, Any]) -> None:
+        w = max(1, int(v["workers"]))
+        per = max(4096, int(v["bytes"]) // w)
         exe = shutil.which("stress-ng")
         if exe:
             argv = [exe, "--vm", str(w), "--vm-bytes", f"{per}", "--vm-hang", "0", "--vm-keep", "--vm-populate",
@@ -202,40 +251,38 @@ class Injector:
             argv = [sys.executable, "-m", "llmrca.testbed.hog", "memory", str(w), str(per), str(self._timeout())]
         self._stressor(argv, f"stress-memory-{self.target}")
 
-    _undo_memory = _stop_stressors
-
     # -- the mesh ----------------------------------------------------------------------------------------
     def _mesh(self) -> str:
         return f"http://{LOOPBACK}:{self.host.state['ports']['mesh']}"
 
-    def _apply_network(self) -> None:
-        body = {"target": self.target, **self.live, "expires_at": self.end + SAFETY_MARGIN_S, "seed": self.seed}
+    def _apply_delay(self, v: dict[str, Any]) -> None:
+        body = {"target": self.target, **v, "expires_at": self.end + SAFETY_MARGIN_S, "seed": self.seed}
         r = _http("POST", self._mesh() + "/delay", body)
         self.method = f"mesh delay on {', '.join(r.get('links', []))}"
 
-    def _undo_network(self) -> None:
+    def _undo_delay(self, v: dict[str, Any]) -> None:
         _http("DELETE", f"{self._mesh()}/delay/{self.target}")
 
     # -- the GPU -----------------------------------------------------------------------------------------
     def _real_gpu(self) -> str | None:
         return (self.host.state.get("real_gpus") or {}).get(self.target)
 
-    def _apply_gpu(self) -> None:
+    def _apply_power(self, v: dict[str, Any]) -> None:
         real = self._real_gpu()
         if real is not None:
-            self.live["default_watts"] = nvidia_default_limit(real)
-            run_nvidia_smi(nvidia_smi_power_limit(real, self.live["watts"]))
-            self.method = " ".join(nvidia_smi_power_limit(real, self.live["watts"]))
+            self.notes["default_watts"] = nvidia_default_limit(real)
+            run_nvidia_smi(nvidia_smi_power_limit(real, v["watts"]))
+            self.method = " ".join(nvidia_smi_power_limit(real, v["watts"]))
             return
         port = self.host.state["ports"][f"engine:{self.target}"]
         _http("POST", f"http://{LOOPBACK}:{port}/control/power-limit",
-              {"watts": self.live["watts"], "expires_at": self.end + SAFETY_MARGIN_S, "reason": "fault injection"})
-        self.method = f"emulated GPU control endpoint: power limit {self.live['watts']:g} W"
+              {"watts": v["watts"], "expires_at": self.end + SAFETY_MARGIN_S, "reason": "fault injection"})
+        self.method = f"emulated GPU control endpoint: power limit {v['watts']:g} W"
 
-    def _undo_gpu(self) -> None:
+    def _undo_power(self, v: dict[str, Any]) -> None:
         real = self._real_gpu()
         if real is not None:
-            run_nvidia_smi(nvidia_smi_power_limit(real, self.live["default_watts"]))
+            run_nvidia_smi(nvidia_smi_power_limit(real, self.notes["default_watts"]))
             return
         port = self.host.state["ports"][f"engine:{self.target}"]
         try:
@@ -244,12 +291,12 @@ class Injector:
             pass  # the engine is gone (and comes back at its default limit)
 
     # -- the process --------------------------------------------------------------------------------------
-    def _apply_replica_kill(self) -> None:
-        pid = self.host.kill_engine(self.target, self.live["load_s"])
-        self.live["killed_pid"] = pid
-        self.method = f"SIGKILL pid {pid}; restart after {self.live['load_s']:g} s"
+    def _apply_kill(self, v: dict[str, Any]) -> None:
+        pid = self.host.kill_engine(self.target, v["load_s"])
+        self.notes["killed_pid"] = pid
+        self.method = f"SIGKILL pid {pid}; restart after {v['load_s']:g} s"
 
-    def _undo_replica_kill(self) -> None:
+    def _undo_kill(self, v: dict[str, Any]) -> None:
         self.host.ensure_engine(self.target)
 
 

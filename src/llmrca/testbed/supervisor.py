@@ -42,7 +42,8 @@ from llmrca.testbed import nginx as nginxmod
 from llmrca.testbed import prometheus as prom
 from llmrca.testbed.cleanup import CleanupRegistry
 from llmrca.testbed.config import NODE, TestbedConfig, scaling
-from llmrca.testbed.injectors import LIVE_FAULTS, Injector, live_params, resolve_params
+from llmrca.testbed import injectors as injmod
+from llmrca.testbed.injectors import Injector
 from llmrca.testbed.logs import JsonLog
 from llmrca.testbed.otlp import SpanSink
 from llmrca.testbed.procs import Containment, kill_tree, spawn
@@ -380,8 +381,7 @@ class Supervisor:
 
     async def inject(self, fault: str, target: str, params: dict[str, Any] | None, duration: float,
                      lease: bool) -> dict[str, Any]:
-        if fault not in LIVE_FAULTS:
-            raise UnknownNameError(f"no live injector for fault {fault!r}; live faults: {', '.join(LIVE_FAULTS)}")
+        fault_registry.get(fault)  # an unknown fault: the registry's error, before anything else
         if target not in self.state["replicas"]:
             raise UnknownNameError(f"fault {fault!r} cannot target {target!r}; its targets (replicas) are: "
                                    f"{', '.join(self.state['replicas'])}")
@@ -391,23 +391,19 @@ class Supervisor:
             if not inj.undone:
                 raise TestbedError(f"fault {rec['fault']} on {rec['target']} is still active ({rec['id']}); "
                                    "one fault at a time")
-        resolved = resolve_params(fault, params, self.cfg.deploy.gpu)
-        live = live_params(fault, resolved, self.scaling, self.cfg.deploy.gpu, model_load_s=self.cfg.model_load_s)
         inject_time = time.time()
+        port = self.state["ports"][f"engine:{target}"]
+        live = injmod.plan(fault, target, params, self.cfg.deploy.gpu, self.scaling, inject_time, inject_time + duration,
+                           power_draw_w=lambda: injmod.engine_power_w(port))
         iid = f"{fault}-{target}-{int(inject_time)}"
-        inj = Injector(self, fault, target, resolved, live, end=inject_time + duration,
-                       seed=derive_seed(self.cfg.seed, iid))
+        inj = Injector(self, live, end=inject_time + duration, seed=derive_seed(self.cfg.seed, iid))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, inj.apply)
         started = time.time()
-        spec_indicator = None
-        try:
-            spec_indicator = fault_registry.get(fault).indicator
-        except UnknownNameError:
-            spec_indicator = None
-        rec = {"id": iid, "fault": fault, "target": target, "params": resolved, "live": live,
+        rec = {"id": iid, "fault": fault, "target": target, "params": live.recorded(), "notes": inj.notes,
                "inject_time": inject_time, "start": started, "end": inject_time + duration, "duration": duration,
-               "method": inj.method, "containment": self.containment.mode, "indicator": spec_indicator,
+               "method": inj.method, "containment": self.containment.mode,
+               "indicator": fault_registry.get(fault).indicator,
                "lease": lease, "status": "active", "scaling": self.state["scaling"]}
         handle = self.cleanup.register(inj.undo, f"undo {iid}")
         self.injections[iid] = (inj, rec, handle)
