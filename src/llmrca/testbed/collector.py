@@ -221,8 +221,12 @@ def read_json_logs(paths: Iterable[Path], start: float, end: float, services: It
 
 def read_nginx_logs(access: Path, error: Path | None, service: str, start: float, end: float
                     ) -> list[dict[str, Any]]:
+    from llmrca.deploy.telemetry import template_of
     from llmrca.testbed.logs import mask
     from llmrca.testbed.nginx import parse_access_line
+
+    def template(text: str) -> str:  # the catalogue's template for nginx's own lines, as the simulator writes it
+        return template_of(text, "nginx") or mask(text)
 
     rows = []
     if access.is_file():
@@ -233,7 +237,7 @@ def read_nginx_logs(access: Path, error: Path | None, service: str, start: float
                     continue
                 level = "ERROR" if rec["status"] >= 500 else "INFO"
                 rows.append({"time": rec["end"], "service": service, "level": level, "message": line.rstrip("\n"),
-                             "template": mask(line.rstrip("\n"))})
+                             "template": template(line.rstrip("\n"))})
     if error is not None and error.is_file():
         import datetime as dt
 
@@ -248,7 +252,7 @@ def read_nginx_logs(access: Path, error: Path | None, service: str, start: float
                 lvl = {"emerg": "CRITICAL", "alert": "CRITICAL", "crit": "CRITICAL", "error": "ERROR",
                        "warn": "WARNING", "notice": "INFO", "info": "INFO"}.get(m.group(2), "INFO")
                 rows.append({"time": t, "service": service, "level": lvl, "message": line.rstrip("\n"),
-                             "template": mask(line.rstrip("\n"))})
+                             "template": template(line.rstrip("\n"))})
     return rows
 
 
