@@ -310,16 +310,16 @@ def spans_from_record(record: Any) -> pd.DataFrame:
 
     def attrs(kind: Any, values: list[tuple], statuses: np.ndarray) -> list[str]:
         # One JSON pattern per layer from the span catalogue; the status goes last where the layer knows it.
-        with_s, without = kind.json_format(True), kind.json_format(False)
-        return [with_s.format(*v, int(h)) if np.isfinite(h) else without.format(*v)
-                for v, h in zip(values, statuses.tolist())]
+        with_s, without = kind.json_format(True).format, kind.json_format(False).format
+        return [without(*v) if h != h else with_s(*v, int(h)) for v, h in zip(values, statuses.tolist())]
 
-    attrs_g = attrs(GATEWAY_SPAN, [('"POST"', json.dumps(ROUTE), '"http"', '"1.1"', json.dumps(USER_AGENT),
-                                    json.dumps(path.gateway), json.dumps(client), upstream)] * n, http)
-    attrs_p = attrs(PROXY_SPAN, [(json.dumps(rid), json.dumps(SERVE_DEPLOYMENT), json.dumps(SERVE_APP), '"http"',
-                                  '"POST"', '"/"') for rid in ident.serve_ids], http_p)
-    attrs_c = attrs(CLIENT_SPAN, [(json.dumps(f"http://{r}:{REPLICA_PORT}"), json.dumps(r))
-                                  for r in replica.tolist()], http_c)
+    gateway_values = ('"POST"', json.dumps(ROUTE), '"http"', '"1.1"', json.dumps(USER_AGENT), json.dumps(path.gateway),
+                      json.dumps(client), upstream)
+    attrs_g = attrs(GATEWAY_SPAN, [gateway_values] * n, http)
+    proxy_fixed = (json.dumps(SERVE_DEPLOYMENT), json.dumps(SERVE_APP), '"http"', '"POST"', '"/"')
+    attrs_p = attrs(PROXY_SPAN, [(f'"{rid}"', *proxy_fixed) for rid in ident.serve_ids], http_p)  # UUID texts
+    backend = {r: (json.dumps(f"http://{r}:{REPLICA_PORT}"), json.dumps(r)) for r in set(replica.tolist())}
+    attrs_c = attrs(CLIENT_SPAN, [backend[r] for r in replica.tolist()], http_c)
     model_json = json.dumps(model)
     queue = _seconds(col["queue_s"])
     ttft = _seconds(col["t_first_token"] - col["t_engine_arrival"])
