@@ -105,7 +105,8 @@ class LineKind:
         head, sep, tail = self.fmt.partition("{time}")
         if not sep:
             return "", self.fmt.format(*values, **fixed)
-        return head, tail.format(*values, **fixed)
+        k = sum(1 for _, f, _, _ in string.Formatter().parse(head) if f == "")  # values printed before the clock
+        return head.format(*values[:k], **fixed), tail.format(*values[k:], **fixed)
 
     def at(self, t: float, *values: Any, **fixed: Any) -> str:
         """The line printed at unix time ``t``."""

@@ -272,9 +272,13 @@ def _emit(out: _Lines, ctx: _Context, kind: LineKind, times: np.ndarray, service
     if not len(values):
         return
     clocks = ctx.clock.python(times) if kind.clock == "python" else ctx.clock(times, kind.clock)
-    head, tail = kind.fmt.partition("{time}")[::2]  # no value precedes the clock in any catalogued kind
-    fmt = (head + "{}" + tail).format if not fixed else (lambda c, *v: kind.render(c, *v, **fixed))
-    msgs = [fmt(c, *v) for c, v in zip(clocks, values)]
+    if fixed:  # a named variant
+        msgs = [kind.render(c, *v, **fixed) for c, v in zip(clocks, values)]
+    else:  # one positional pattern, the clock in its place among the values (nginx prints two values before it)
+        head, tail = kind.fmt.partition("{time}")[::2]
+        k = head.count("{}")
+        fmt = (head + "{}" + tail).format
+        msgs = [fmt(*v[:k], c, *v[k:]) for c, v in zip(clocks, values)]
     out.add(times, services, kind.level, msgs, kind.template(**fixed))
 
 
