@@ -171,9 +171,11 @@ def _same_telemetry_as_the_simulator(cfg, live) -> None:
     for svc in common:
         # a histogram that saw no observation in the window has no series on either side; nothing else may differ
         diff = s_cols[svc] ^ l_cols[svc]
-        assert diff <= hist and len(diff) <= 4, (svc, sorted(s_cols[svc] - l_cols[svc]), sorted(l_cols[svc] - s_cols[svc]))
+        assert diff <= hist and len(diff) <= 4, (svc, sorted(s_cols[svc] - l_cols[svc]),
+                                                 sorted(l_cols[svc] - s_cols[svc]))
     node_metrics = {m.metric for m in cat.CATALOG if m.scope == "node"}
-    assert l_cols["node-local"] == node_metrics and all(s_cols[n] == node_metrics for n in s_cols if n.startswith("node-"))
+    assert l_cols["node-local"] == node_metrics
+    assert all(s_cols[n] == node_metrics for n in s_cols if n.startswith("node-"))
 
     s_kinds, l_kinds = _kinds(sim.logs), _kinds(obs.logs)
     both = set(s_kinds) & set(l_kinds)
