@@ -190,8 +190,6 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
     _vllm_line("vllm.engine_dead", "ERROR", "async_llm.py:704",
                "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) "
                "for the root cause."),
-    _vllm_line("vllm.engine_started", "INFO", "api_server.py:1880",
-               "Starting vLLM API server 0 on http://{}"),
     # -- Ray Serve -----------------------------------------------------------------------------------------------
     _serve_line("serve.proxy_access", "INFO", "proxy", "POST / {} {}ms"),
     _serve_line("serve.proxy_disconnect", "INFO", "proxy",
@@ -203,6 +201,8 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
                 request=False),
     _serve_line("serve.controller_health_failed", "WARNING", "controller",
                 _REPLICA_ID + " failed health check, stopping it.", request=False),
+    # The live testbed's proxy routes around a replica that fails its health check (it restarts nothing); these
+    # two lines are its own, in the controller's format.
     _serve_line("serve.controller_routing_around", "WARNING", "controller",
                 _REPLICA_ID + " failed health check, routing around it.", request=False),
     _serve_line("serve.controller_healthy_again", "INFO", "controller", _REPLICA_ID + " is healthy again.",
