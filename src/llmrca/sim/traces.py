@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,7 +312,7 @@ def spans_from_record(record: Any) -> pd.DataFrame:
     def attrs(kind: Any, values: list[tuple], statuses: np.ndarray) -> list[str]:
         # One JSON pattern per layer from the span catalogue; the status goes last where the layer knows it.
         with_s, without = kind.json_format(True).format, kind.json_format(False).format
-        return [without(*v) if h != h else with_s(*v, int(h)) for v, h in zip(values, statuses.tolist())]
+        return [without(*v) if math.isnan(h) else with_s(*v, int(h)) for v, h in zip(values, statuses.tolist())]
 
     gateway_values = ('"POST"', json.dumps(ROUTE), '"http"', '"1.1"', json.dumps(USER_AGENT), json.dumps(path.gateway),
                       json.dumps(client), upstream)
