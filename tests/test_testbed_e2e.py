@@ -1,5 +1,6 @@
 """End to end on the live testbed: up, one fault injected, the case collected from real Prometheus, spans and logs,
-BARO ranks the target in its top 3, a CLI killed mid-fault leaves nothing behind, down leaves no process or port.
+BARO ranks the target in its top 3, the simulator's case of the same deployment and fault has the same metric columns,
+log templates and span attributes, a CLI killed mid-fault leaves nothing behind, down leaves no process or port.
 
 Needs the Debian packages prometheus and nginx (and the `testbed` extra); skipped with the reason otherwise. About
 2-3 minutes of wall time, little CPU (a light load: 2 req/s of short answers).
@@ -96,7 +97,10 @@ def test_live_testbed_end_to_end(tmp_path):
         one = obs.traces[obs.traces["trace_id"] == obs.traces["trace_id"].iloc[len(obs.traces) // 2]]
         assert one["parent_span_id"].isna().sum() == 1 and len(one) == 4  # gateway → proxy → call → engine
         assert set(obs.logs["service"]) >= {"nginx-proxy", "ray-head", TARGET}
-        assert not obs.logs["message"].str.contains("stress|inject|fault", case=False).any()  # no leak of the truth
+        # no leak of the truth (as words: Ray Serve's app is called "default")
+        assert not obs.logs["message"].str.contains(r"\b(?:stress|inject|fault)", case=False).any()
+
+        _same_telemetry_as_the_simulator(cfg, case)
 
         folder = save_case(case, tmp_path / "case")
         again = load_case(folder)
@@ -126,6 +130,74 @@ def test_live_testbed_end_to_end(tmp_path):
             assert report["open_ports"] == [] and report["killed_leftovers"] == []
     left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == [], [(p.pid, _cmdline(p)) for p in left]
+
+
+def _kinds(logs) -> dict[str, set[str]]:
+    """Catalogue line kind → the templates the case's lines of that kind carry."""
+    from llmrca.deploy.telemetry import LINES
+
+    out: dict[str, set[str]] = {}
+    for msg, tmpl in zip(logs["message"], logs["template"]):
+        for name, kind in LINES.items():
+            if kind.match(msg) is not None:
+                out.setdefault(name, set()).add(tmpl)
+                break
+    return out
+
+
+def _same_telemetry_as_the_simulator(cfg, live) -> None:
+    """The simulator's case of the same deployment, workload and fault: same metric columns per service (for the
+    services both have), same template for every line kind both wrote, same span attributes per operation."""
+    import dataclasses
+    import json
+
+    from llmrca.case import catalog as cat
+    from llmrca.faults import Injection
+    from llmrca.sim.run import simulate
+
+    sc = dataclasses.replace(cfg.deploy, duration=120.0, warmup=10.0, inject_at=60.0)
+    sim = simulate(sc, Injection("memory", TARGET), seed=cfg.seed).observation
+    obs = live.observation
+
+    def per_service(metrics) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for c in metrics.columns:
+            if c != "time":
+                svc, metric = c.split("_", 1)
+                out.setdefault(svc, set()).add(metric)
+        return out
+
+    hist = {m.metric for m in cat.CATALOG if m.kind == "histogram"}
+    s_cols, l_cols = per_service(sim.metrics), per_service(obs.metrics)
+    common = sorted(set(s_cols) & set(l_cols))
+    assert {"nginx-proxy", "ray-head", TARGET} <= set(common), common
+    for svc in common:
+        # a histogram that saw no observation in the window has no series on either side; nothing else may differ
+        diff = s_cols[svc] ^ l_cols[svc]
+        assert diff <= hist and len(diff) <= 4, (svc, sorted(s_cols[svc] - l_cols[svc]),
+                                                 sorted(l_cols[svc] - s_cols[svc]))
+    node_metrics = {m.metric for m in cat.CATALOG if m.scope == "node"}
+    assert l_cols["node-local"] == node_metrics
+    assert all(s_cols[n] == node_metrics for n in s_cols if n.startswith("node-"))
+
+    s_kinds, l_kinds = _kinds(sim.logs), _kinds(obs.logs)
+    both = set(s_kinds) & set(l_kinds)
+    assert {"nginx.access", "serve.proxy_access", "serve.replica_access", "vllm.request_received",
+            "vllm.request_added", "vllm.request_finished", "vllm.engine_stats"} <= both, (sorted(s_kinds),
+                                                                                          sorted(l_kinds))
+    for kind in both:
+        assert s_kinds[kind] == l_kinds[kind], (kind, s_kinds[kind], l_kinds[kind])
+
+    def keys(traces) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for op, a in zip(traces["operation"], traces["attributes"]):
+            out.setdefault(op, set()).update(json.loads(a))
+        return out
+
+    s_keys, l_keys = keys(sim.traces), keys(obs.traces)
+    assert set(s_keys) == set(l_keys)
+    for op in s_keys:
+        assert s_keys[op] == l_keys[op], (op, sorted(s_keys[op] ^ l_keys[op]))
 
 
 def _connections(p: psutil.Process) -> list:

@@ -1,7 +1,8 @@
 """Metric views: the study's feature set and the full telemetry, and the column rule that tells them apart.
 
 Every column is ``<service>_<metric>``. The **study view** is the feature set the reference study gave its RCA
-methods, under its names; a column belongs to it when its metric part is one of :data:`STUDY_METRICS`:
+methods, under its names; a column belongs to it when its metric part is one of :data:`STUDY_METRICS` (the
+catalogue's study entries, ``llmrca.case.catalog``):
 
     ctn_cpu, ctn_memory, ctn_network, ctn_gpu   container CPU cores, working-set bytes, transmitted packets/s,
                                                 Ray's GPU utilisation (%)
@@ -23,12 +24,11 @@ from typing import Literal, TypeVar
 
 import pandas as pd
 
+from llmrca.case.catalog import STUDY_METRICS
 from llmrca.case.model import Case, Observation
 from llmrca.case.schema import TIME, split_column
 from llmrca.errors import CaseError, UnknownNameError
 
-STUDY_METRICS = ("ctn_cpu", "ctn_memory", "ctn_network", "ctn_gpu", "latency", "node_cpu", "node_memory",
-                 "node_network")
 VIEWS = ("study", "full", "all")
 
 View = Literal["study", "full", "all"]

@@ -1,16 +1,16 @@
 """Log lines of the simulated deployment, as nginx, Ray Serve, vLLM, the raylet and the kernel print them.
 
-Sources and formats (one line per row; a multi-line record such as a traceback is split per line, as a
-line-based shipper like Fluent Bit does without a multiline parser):
+Every line is one kind of the log catalogue (``llmrca.deploy.telemetry``), which the live testbed renders too, so
+an event has one template in a simulated and a live case. Sources (one line per row; a multi-line record such as
+a traceback is split per line, as a line-based shipper like Fluent Bit does without a multiline parser):
 
-- gateway (nginx): an access line per request (``log_format`` with ``rt=$request_time
-  urt="$upstream_response_time"``) and ``[error]`` lines where nginx itself fails a request
-  (upstream timed out → 504, connection refused / premature close → 502).
+- gateway (nginx): an access line per request (the catalogue's ``NGINX_LOG_FORMAT``) and ``[error]`` lines where
+  nginx itself fails a request (upstream timed out → 504, connection refused / premature close → 502).
 - Serve proxy (on the head pod, also home of the Serve controller): an access line per request, the
   client-disconnect line when nginx gives up, and the controller's replica health / restart lines.
-- replicas: vLLM's ``Received request`` / ``Added request`` / ``Finished request`` (``Aborted request`` when the
-  caller hung up) lines, its periodic engine stats (V0 format, two lines per interval, quiet when idle), the
-  preemption warning (on the 1st and every 50th preemption, as vLLM rate-limits it), engine failure lines, and Ray
+- replicas: vLLM V1's ``Received request`` / ``Added request`` / ``Generated response`` (``Aborted request`` when
+  the caller hung up) lines, its periodic ``Engine 000: Avg prompt throughput: …`` line (every 10 s, at DEBUG
+  only while idle), the preemption warning (on the 1st and every 50th preemption), engine failure lines, and Ray
   Serve's replica access line (plus ``Request failed.`` on a 5xx).
 - nodes (``topology.hosts``): kernel lines for GPU Xid errors and kernel OOM kills.
 
@@ -32,14 +32,13 @@ import numpy as np
 import pandas as pd
 
 from llmrca.case.schema import LOG_COLUMNS
+from llmrca.deploy.telemetry import CLOCKS, NGINX_PHASES, ROUTE, VLLM_ENGINE_INDEX, LineKind, line
 from llmrca.errors import CaseError
 from llmrca.sim.traces import (
     REPLICA_PORT,
-    ROUTE,
-    SERVE_APP,
-    SERVE_DEPLOYMENT,
     USER_AGENT,
     check_requests,
+    gateway_span_ids,
     hex_ids,
     request_identities,
     serving_path,
@@ -53,16 +52,7 @@ _STREAM_UNRELATED = 0x0DD5
 # (value and source in docs/simulator.md, "Realistic noise").
 UNRELATED_WARNINGS_PER_HOUR = 2.0
 _JITTER_MEAN_S = 0.0006  # between the event and the line being written
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _PREEMPTION_LOG_EVERY = 50  # vLLM's scheduler warns on every 50th preemption only
-_NGINX_REQUEST = f"POST {ROUTE} HTTP/1.1"
-_SAMPLING = (
-    "SamplingParams(n=1, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0, temperature=1.0, "
-    "top_p=1.0, top_k=-1, min_p=0.0, seed=None, stop=[], stop_token_ids=[], bad_words=[], "
-    "include_stop_str_in_output=False, ignore_eos=False, max_tokens={}, min_tokens=0, logprobs=None, "
-    "prompt_logprobs=None, skip_special_tokens=True, spaces_between_special_tokens=True, "
-    "truncate_prompt_tokens=None, guided_decoding=None, extra_args=None)"
-)
 # CUDA's error string after a GPU fault, by Xid (NVIDIA's Xid catalogue).
 _CUDA_ERROR_BY_XID = {
     13: "an illegal memory access was encountered",
@@ -164,25 +154,24 @@ class _Clock:
         return [f"{s},{m:03d}" for s, m in zip(text, ms)]
 
     @staticmethod
-    def _vllm(x: _time.struct_time) -> str:  # vLLM's "%m-%d %H:%M:%S"
-        return f"{x.tm_mon:02d}-{x.tm_mday:02d} {x.tm_hour:02d}:{x.tm_min:02d}:{x.tm_sec:02d}"
+    def _vllm(x: _time.struct_time) -> str:
+        return CLOCKS["vllm"][0](x)
 
     @staticmethod
     def _date_time(x: _time.struct_time) -> str:
-        return f"{x.tm_year}-{x.tm_mon:02d}-{x.tm_mday:02d} {x.tm_hour:02d}:{x.tm_min:02d}:{x.tm_sec:02d}"
+        return CLOCKS["python"][0](x)
 
     @staticmethod
-    def _nginx_access(x: _time.struct_time) -> str:  # $time_local in UTC: "12/Mar/2025:10:15:32 +0000"
-        return (f"{x.tm_mday:02d}/{_MONTHS[x.tm_mon - 1]}/{x.tm_year}:"
-                f"{x.tm_hour:02d}:{x.tm_min:02d}:{x.tm_sec:02d} +0000")
+    def _nginx_access(x: _time.struct_time) -> str:
+        return CLOCKS["nginx_access"][0](x)
 
     @staticmethod
-    def _nginx_error(x: _time.struct_time) -> str:  # "2025/03/12 10:15:32"
-        return f"{x.tm_year}/{x.tm_mon:02d}/{x.tm_mday:02d} {x.tm_hour:02d}:{x.tm_min:02d}:{x.tm_sec:02d}"
+    def _nginx_error(x: _time.struct_time) -> str:
+        return CLOCKS["nginx_error"][0](x)
 
     @staticmethod
-    def _syslog(x: _time.struct_time) -> str:  # "Mar 12 10:15:32"
-        return f"{_MONTHS[x.tm_mon - 1]} {x.tm_mday:2d} {x.tm_hour:02d}:{x.tm_min:02d}:{x.tm_sec:02d}"
+    def _syslog(x: _time.struct_time) -> str:
+        return CLOCKS["syslog"][0](x)
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -304,8 +293,20 @@ class _Context:
         return out.tolist()
 
 
-def _vllm_head(level: str, clock: list[str], where: str) -> list[str]:
-    return [f"{level} {c} [{where}] " for c in clock]
+def _emit(out: _Lines, ctx: _Context, kind: LineKind, times: np.ndarray, services: Any,
+          values: list[tuple], **fixed: Any) -> None:
+    """Lines of one catalogue kind (``llmrca.deploy.telemetry``), one per row of ``values``, at ``times``."""
+    if not len(values):
+        return
+    clocks = ctx.clock.python(times) if kind.clock == "python" else ctx.clock(times, kind.clock)
+    if fixed:  # a named variant
+        msgs = [kind.render(c, *v, **fixed) for c, v in zip(clocks, values)]
+    else:  # one positional pattern, the clock in its place among the values (nginx prints two values before it)
+        head, tail = kind.fmt.partition("{time}")[::2]
+        k = head.count("{}")
+        fmt = (head + "{}" + tail).format
+        msgs = [fmt(*v[:k], c, *v[k:]) for c, v in zip(clocks, values)]
+    out.add(times, services, kind.level, msgs, kind.template(**fixed))
 
 
 def _request_lines(ctx: _Context, out: _Lines) -> None:
@@ -333,40 +334,40 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     ready = f.get("t_ready", e0)
     ready = np.where(np.isfinite(ready), ready, e0)
 
-    # nginx access line, written when the response is complete.
+    # nginx access line (NGINX_LOG_FORMAT), written when the response is complete; sid/tid are the gateway span's.
     t = g1 + ctx.jitter(n)
-    clock = ctx.clock(t, "nginx_access")
     rt = (g1 - g0).tolist()
     urt = (np.where(has_p, p1, g1) - np.where(has_p, p0, g0)).clip(0).tolist()
-    msgs = [
-        f'{client} - - [{c}] "{_NGINX_REQUEST}" {s} {b} "-" "{USER_AGENT}" rt={r:.3f} urt="{u:.3f}"'
-        for c, s, b, r, u in zip(clock, http.tolist(), ctx.ident.response_bytes.tolist(), rt, urt)
-    ]
-    out.add(t, gw, "INFO", msgs,
-            f'<*> - - [<*>] "{_NGINX_REQUEST}" <*> <*> "-" "{USER_AGENT}" rt=<*> urt="<*>"')
+    upstream_addr = f"{ctx.ip(proxy)}:{REPLICA_PORT}"
+    span_ids = gateway_span_ids(ctx.record.seed, n)
+    traces = req["trace_id"].astype(str).tolist()
+    rows = [(client, "-", s, b, "-", USER_AGENT, f"{r:.3f}", "0.000" if p else "-", f"{u:.3f}" if p else "-",
+             upstream_addr, str(s) if p else "502", f"{te:.3f}", "-", sid, tid)
+            for s, b, r, u, p, te, sid, tid in zip(http.tolist(), ctx.ident.response_bytes.tolist(), rt, urt,
+                                                   has_p.tolist(), t.tolist(), span_ids, traces)]
+    _emit(out, ctx, line("nginx.access"), t, gw, rows)
 
     # nginx error lines where nginx itself failed the request.
-    upstream = f"http://{ctx.ip(proxy)}:{REPLICA_PORT}{ROUTE}"
-    tail = f', client: {client}, server: _, request: "{_NGINX_REQUEST}", upstream: "{upstream}", host: "{gw}"'
-    tail_t = f', client: <*>, server: _, request: "{_NGINX_REQUEST}", upstream: "<*>", host: "{gw}"'
+    upstream = f"http://{upstream_addr}{ROUTE}"
     worker = 29 + (np.arange(n) % 2)  # two worker processes; connections alternate between them
     streaming = out_tok > 0
     cases = [
-        (http == 504, "upstream timed out (110: Connection timed out) while reading {}"),
-        ((http == 502) & ~has_p, "connect() failed (111: Connection refused) while connecting to upstream"),
-        ((http == 502) & has_p, "upstream prematurely closed connection while reading {}"),
+        (http == 504, "nginx.upstream_timeout"),
+        ((http == 502) & ~has_p, "nginx.upstream_refused"),
+        ((http == 502) & has_p, "nginx.upstream_closed"),
     ]
-    for sel, text in cases:
+    for sel, name in cases:
+        kind = line(name)
         for in_stream in (False, True):
             # nginx names the phase it was in: before the response header, or while relaying the stream.
             idx = np.nonzero(sel & (streaming == in_stream))[0]
             if not len(idx):
                 continue
-            body = text.format("upstream" if in_stream else "response header from upstream")
+            fixed = {"phase": NGINX_PHASES[int(in_stream)]} if "{phase}" in kind.fmt else {}
             t = g1[idx] + ctx.jitter(len(idx))
-            msgs = [f"{c} [error] {w}#{w}: *{1000 + 3 * i} {body}{tail}"
-                    for c, w, i in zip(ctx.clock(t, "nginx_error"), worker[idx].tolist(), idx.tolist())]
-            out.add(t, gw, "ERROR", msgs, f"<*> <*> [error] <*>#<*>: *<*> {body}{tail_t}")
+            rows = [(w, w, 1000 + 3 * i, client, gw, upstream, gw)
+                    for w, i in zip(worker[idx].tolist(), idx.tolist())]
+            _emit(out, ctx, kind, t, gw, rows, **fixed)
 
     # Serve proxy: client-disconnect line (nginx gave up) and the access line.
     idx = np.nonzero(has_p & (http != 502))[0]
@@ -374,21 +375,15 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     gone = idx[http[idx] == 504]
     t_gone = g1 + ctx.jitter(n)
     if len(gone):
-        t = t_gone[gone]
-        clock = ctx.clock.python(t)
-        msgs = [f"INFO {c} proxy {proxy_ip} {sids[i]} -- Client for request {sids[i]} disconnected, "
-                "cancelling request." for c, i in zip(clock, gone.tolist())]
-        out.add(t, proxy, "INFO", msgs,
-                "INFO <*> <*> proxy <*> <*> -- Client for request <*> disconnected, cancelling request.")
+        _emit(out, ctx, line("serve.proxy_disconnect"), t_gone[gone], proxy,
+              [(proxy_ip, sids[i], sids[i]) for i in gone.tolist()])
     if len(idx):
         # After a disconnect the access line follows the disconnect line.
         t = np.where(http[idx] == 504, t_gone[idx] + 0.0002, p1[idx]) + ctx.jitter(len(idx))
-        clock = ctx.clock.python(t)
         code = np.where(http[idx] == 504, 499, http[idx]).tolist()
         lat = ((p1[idx] - p0[idx]) * 1000).tolist()
-        msgs = [f"INFO {c} proxy {proxy_ip} {sids[i]} -- POST / {s} {m:.1f}ms"
-                for c, i, s, m in zip(clock, idx.tolist(), code, lat)]
-        out.add(t, proxy, "INFO", msgs, "INFO <*> <*> proxy <*> <*> -- POST / <*> <*>ms")
+        _emit(out, ctx, line("serve.proxy_access"), t, proxy,
+              [(proxy_ip, sids[i], s, f"{m:.1f}") for i, s, m in zip(idx.tolist(), code, lat)])
 
     # vLLM on the replica: request received and added to the engine.
     idx = np.nonzero(has_e)[0]
@@ -396,31 +391,21 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
         t_recv = ready[idx] + ctx.jitter(len(idx))
         t_add = t_recv + 0.0002 + ctx.jitter(len(idx))
         mx = req["max_tokens"].to_numpy(dtype=np.int64)[idx].tolist()
-        params = {m: _SAMPLING.format(m) for m in set(mx)}
-        msgs = [
-            f"{h}Received request {vids[i]}: prompt: '', params: {params[m]}, prompt_token_ids: [], "
-            "lora_request: None, prompt_adapter_request: None."
-            for h, i, m in zip(_vllm_head("INFO", ctx.clock(t_recv, "vllm"), "logger.py:39"), idx.tolist(), mx)
-        ]
-        out.add(t_recv, replica[idx], "INFO", msgs,
-                "INFO <*> <*> [logger.py:39] Received request <*>: prompt: '', params: "
-                f"{_SAMPLING.format('<*>')}, prompt_token_ids: [], lora_request: None, "
-                "prompt_adapter_request: None.")
-        msgs = [f"{h}Added request {vids[i]}."
-                for h, i in zip(_vllm_head("INFO", ctx.clock(t_add, "vllm"), "async_llm_engine.py:211"), idx.tolist())]
-        out.add(t_add, replica[idx], "INFO", msgs, "INFO <*> <*> [async_llm_engine.py:211] Added request <*>.")
+        _emit(out, ctx, line("vllm.request_received"), t_recv, replica[idx],
+              [(vids[i], 1, 1.0, 1.0, m) for i, m in zip(idx.tolist(), mx)])
+        _emit(out, ctx, line("vllm.request_added"), t_add, replica[idx], [(vids[i],) for i in idx.tolist()])
 
-        # Finished (engine completed it) or aborted (the caller hung up); a failed engine logs no per-request line.
+        # Finished (the response went out, with its finish reason) or aborted (the caller hung up); a failed
+        # engine logs no per-request line.
         done = idx[ok[idx] & np.isfinite(f["t_engine_end"][idx])]
         aborted = idx[~ok[idx] & np.isin(http[idx], (502, 504))]
-        for sel, word, where in ((done, "Finished", "async_llm_engine.py:183"),
-                                 (aborted, "Aborted", "async_llm_engine.py:197")):
-            if not len(sel):
-                continue
-            t = e1[sel] + ctx.jitter(len(sel))
-            msgs = [f"{h}{word} request {vids[i]}."
-                    for h, i in zip(_vllm_head("INFO", ctx.clock(t, "vllm"), where), sel.tolist())]
-            out.add(t, replica[sel], "INFO", msgs, f"INFO <*> <*> [{where}] {word} request <*>.")
+        if len(done):
+            reasons = _finish_reasons(req, done)
+            _emit(out, ctx, line("vllm.request_finished"), e1[done] + ctx.jitter(len(done)), replica[done],
+                  [(vids[i], r) for i, r in zip(done.tolist(), reasons)])
+        if len(aborted):
+            _emit(out, ctx, line("vllm.request_aborted"), e1[aborted] + ctx.jitter(len(aborted)), replica[aborted],
+                  [(vids[i],) for i in aborted.tolist()])
 
         # Ray Serve's replica: "Request failed." on an exception, then its access line.
         t_acc = e1[idx] + 0.0005 + ctx.jitter(len(idx))
@@ -429,18 +414,22 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
                                                  np.where(streaming[idx], "200", "CANCELLED"),
                                                  http[idx].astype(str))).tolist()
         lat = ((e1[idx] - e0[idx]) * 1000).tolist()
-        comp = f"{SERVE_APP}_{SERVE_DEPLOYMENT}"
-        clock = ctx.clock.python(t_acc)
-        msgs = [f"INFO {c} {comp} {g} {sids[i]} -- POST {ROUTE} {s} {m:.1f}ms"
-                for c, g, i, s, m in zip(clock, tags, idx.tolist(), code, lat)]
-        out.add(t_acc, replica[idx], "INFO", msgs, f"INFO <*> <*> {comp} <*> <*> -- POST {ROUTE} <*> <*>ms")
+        _emit(out, ctx, line("serve.replica_access"), t_acc, replica[idx],
+              [(g, sids[i], s, f"{m:.1f}") for g, i, s, m in zip(tags, idx.tolist(), code, lat)])
         failed = np.nonzero(~ok[idx] & ~np.isin(http[idx], (502, 504)))[0]
         if len(failed):
-            t = t_acc[failed] - 0.0001
-            clock = ctx.clock.python(t)
-            msgs = [f"ERROR {c} {comp} {tags[j]} {sids[idx[j]]} -- Request failed."
-                    for c, j in zip(clock, failed.tolist())]
-            out.add(t, replica[idx[failed]], "ERROR", msgs, f"ERROR <*> <*> {comp} <*> <*> -- Request failed.")
+            _emit(out, ctx, line("serve.replica_failed"), t_acc[failed] - 0.0001, replica[idx[failed]],
+                  [(tags[j], sids[idx[j]]) for j in failed.tolist()])
+
+
+def _finish_reasons(req: pd.DataFrame, rows: np.ndarray) -> list[str]:
+    """vLLM's finish reason per request: the record's, else ``length`` when it hit ``max_tokens``, else ``stop``."""
+    if "finished_reason" in req.columns:
+        given = req["finished_reason"].to_numpy(dtype=object)[rows].tolist()
+    else:
+        given = [""] * len(rows)
+    hit = (req["output_tokens"].to_numpy(dtype=np.int64)[rows] >= req["max_tokens"].to_numpy(dtype=np.int64)[rows])
+    return [g if isinstance(g, str) and g else ("length" if h else "stop") for g, h in zip(given, hit.tolist())]
 
 
 def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, Any]]], out: _Lines) -> None:
@@ -448,6 +437,7 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
     vid = ctx.ident.vllm_ids
     proxy = ctx.path.proxy
     hosts = ctx.record.topology.hosts
+    block_size = int((ctx.record.config or {}).get("block_size", 16))
     preempted: dict[str, int] = {}
     idle: dict[str, bool] = {}
     crashed: set[str] = set()
@@ -455,28 +445,21 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
     # in bulk at the end (one call per style, not per line).
     rows: list[tuple[float, str, str, str, str, str, str]] = []
 
-    def vllm(t: float, svc: str, level: str, where: str, msg: str, tmpl: str) -> None:
-        rows.append((t, svc, level, "vllm", f"{level} ", f" [{where}] {msg}", f"{level} <*> <*> [{where}] {tmpl}"))
+    def emit(t: float, svc: str, name: str, *values: Any, **fixed: Any) -> None:
+        kind = line(name)
+        head, tail = kind.split(*values, **fixed)
+        rows.append((t, svc, kind.level, kind.clock, head, tail, kind.template(**fixed)))
 
-    def ray(t: float, svc: str, level: str, comp: str, cid: str, msg: str, tmpl: str) -> None:
-        rows.append((t, svc, level, "python", f"{level} ", f" {comp} {cid} -- {msg}",
-                     f"{level} <*> <*> {comp} <*> -- {tmpl}"))
+    def controller(t: float, name: str, *values: Any) -> None:  # the Serve controller runs on the proxy's pod
+        emit(t, proxy, name, ctx.pids[_CONTROLLER], *values)
 
-    def controller(t: float, level: str, msg: str, tmpl: str) -> None:
-        ray(t, proxy, level, "controller", str(ctx.pids[_CONTROLLER]), msg, tmpl)
-
-    def kernel(t: float, svc: str, level: str, msg: str, tmpl: str) -> None:
+    def kernel(t: float, svc: str, name: str, *values: Any, **fixed: Any) -> None:
         host = hosts.get(svc)
         if not host:  # no node named for the service: its kernel log is not collected
             return
-        rows.append((t, host, level, "syslog", "", f" {host} kernel: {msg}", f"<*> {host} kernel: {tmpl}"))
-
-    def plain(t: float, svc: str, level: str, msg: str) -> None:  # a traceback line: no header of its own
-        rows.append((t, svc, level, "", msg, "", msg))
-
-    replica_id = "Replica(id='{}', deployment='" + SERVE_DEPLOYMENT + "', app='" + SERVE_APP + "')"
-    replica_id_t = replica_id.format("<*>")
-    deployment = f"Deployment(name='{SERVE_DEPLOYMENT}', app='{SERVE_APP}')"
+        kind = line(name)
+        head, tail = kind.split(host, *values, **fixed)
+        rows.append((t, host, kind.level, kind.clock, head, tail, kind.template(**fixed)))
 
     jitter = ctx.jitter(len(events)).tolist()
     for (t0, svc, kind, f), dt in zip(events, jitter):
@@ -489,17 +472,9 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
             if quiet and was_quiet:  # vLLM drops to DEBUG on an idle engine
                 continue
             kv = 100.0 * float(f.get("kv_usage_perc", 0.0))
-            vllm(t, svc, "INFO", "metrics.py:486",
-                 f"Avg prompt throughput: {p:.1f} tokens/s, Avg generation throughput: {g:.1f} tokens/s, "
-                 f"Running: {int(f.get('running', 0))} reqs, Swapped: {int(f.get('swapped', 0))} reqs, "
-                 f"Pending: {int(f.get('waiting', 0))} reqs, GPU KV cache usage: {kv:.1f}%, "
-                 "CPU KV cache usage: 0.0%.",
-                 "Avg prompt throughput: <*> tokens/s, Avg generation throughput: <*> tokens/s, Running: <*> reqs, "
-                 "Swapped: <*> reqs, Pending: <*> reqs, GPU KV cache usage: <*>%, CPU KV cache usage: <*>%.")
-            hit = 100.0 * float(f.get("prefix_cache_hit_rate", -1.0))
-            if hit >= 0.0:  # vLLM prints it only with prefix caching on (the rate is -1 otherwise)
-                vllm(t + 1e-5, svc, "INFO", "metrics.py:502", f"Prefix cache hit rate: GPU: {hit:.2f}%, CPU: 0.00%",
-                     "Prefix cache hit rate: GPU: <*>%, CPU: <*>%")
+            hit = 100.0 * max(float(f.get("prefix_cache_hit_rate", 0.0)), 0.0)
+            emit(t, svc, "vllm.engine_stats", f"{VLLM_ENGINE_INDEX:03d}", f"{p:.1f}", f"{g:.1f}",
+                 int(f.get("running", 0)), int(f.get("waiting", 0)), f"{kv:.1f}", f"{hit:.1f}")
         elif kind == "preemption":
             before = preempted.get(svc, 0)
             k = max(int(f.get("num_preempted", 1)), 1)
@@ -508,47 +483,28 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
             name = vid[rid] if 0 <= rid < len(vid) else str(rid)
             for c in range(before, before + k):
                 if c % _PREEMPTION_LOG_EVERY == 0:
-                    vllm(t, svc, "WARNING", "scheduler.py:1560",
-                         f"Sequence group {name} is preempted by PreemptionMode.RECOMPUTE mode because there is "
-                         "not enough KV cache space. This can affect the end-to-end performance. Increase "
-                         "gpu_memory_utilization or tensor_parallel_size to provide more KV cache memory. "
-                         f"total_num_cumulative_preemption={c + 1}",
-                         "Sequence group <*> is preempted by PreemptionMode.RECOMPUTE mode because there is not "
-                         "enough KV cache space. This can affect the end-to-end performance. Increase "
-                         "gpu_memory_utilization or tensor_parallel_size to provide more KV cache memory. "
-                         "total_num_cumulative_preemption=<*>")
+                    emit(t, svc, "vllm.preemption", name, c + 1)
         elif kind == "fault_start" and f.get("type") == "gpu-xid":
             xid = int((f.get("params") or {}).get("xid", f.get("xid", 79)))
             text = _XID_TEXT.get(xid)
-            tail = f", {text}" if text else ""
-            kernel(t, svc, "ERROR", f"NVRM: Xid (PCI:0000:{_pci_bus(svc, hosts)}:00): {xid}, pid='<unknown>', "
-                           f"name=<unknown>{tail}",
-                   f"NVRM: Xid (PCI:<*>): <*>, pid='<unknown>', name=<unknown>{tail}")
+            kernel(t, svc, "kernel.xid", _pci_bus(svc, hosts), xid, detail=f", {text}" if text else "")
         elif kind == "unrelated_warning":
             k = int(f.get("k", 0)) % 3
             what = f.get("what")
-            if what == "invalid_http":  # uvicorn's own format: level prefix, no clock
-                plain(t, svc, "WARNING", "WARNING:  Invalid HTTP request received.")
+            if what == "invalid_http":
+                emit(t, svc, "uvicorn.invalid_http")
             elif what == "ignored_fields":
-                field = ("store", "metadata", "service_tier")[k]
-                vllm(t, svc, "WARNING", "protocol.py:72",
-                     f"The following fields were present in the request but ignored: {{'{field}'}}",
-                     "The following fields were present in the request but ignored: <*>")
+                emit(t, svc, "vllm.ignored_fields", ("store", "metadata", "service_tier")[k])
             elif what == "perf_interrupt":
                 limit, rate = ((2500, 79750), (3127, 63750), (3910, 51000))[k]
-                kernel(t, svc, "WARNING", f"perf: interrupt took too long ({limit + 9 + 7 * k} > {limit}), lowering "
-                       f"kernel.perf_event_max_sample_rate to {rate}",
-                       "perf: interrupt took too long (<*> > <*>), lowering kernel.perf_event_max_sample_rate to <*>")
+                kernel(t, svc, "kernel.perf_interrupt", limit + 9 + 7 * k, limit, rate)
         elif kind == "engine_dead":
             crashed.add(svc)
             xid = _xid_of(f)
             cuda = f.get("cuda_error") or _CUDA_ERROR_BY_XID.get(xid, "unspecified launch failure")
-            vllm(t, svc, "ERROR", "async_llm_engine.py:68", "Engine background task failed",
-                 "Engine background task failed")
-            plain(t + 1e-4, svc, "ERROR", f"RuntimeError: CUDA error: {cuda}")
-            plain(t + 2e-4, svc, "ERROR",
-                  "vllm.engine.async_llm_engine.AsyncEngineDeadError: Task finished unexpectedly. This should never "
-                  "happen! Please open an issue on GitHub. See stack trace above for the actual cause.")
+            emit(t, svc, "vllm.engine_fatal")
+            emit(t + 1e-4, svc, "vllm.cuda_error", detail=cuda)
+            emit(t + 2e-4, svc, "vllm.engine_dead")
         elif kind == "oom":
             if f.get("by", "kernel") == "kernel":
                 # The cgroup's OOM killer picks the largest process (the hog, or the engine itself) and the kernel
@@ -557,34 +513,19 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
                 pid = int(f.get("pid", ctx.pids.get(svc, 1000) + 211))
                 rss_kb = int(float(f.get("bytes", 0.0)) // 1024)
                 adj = int(f.get("oom_score_adj", 0))
-                kernel(t - 0.002, svc, "WARNING",
-                       f"{proc} invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj={adj}",
-                       "<*> invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=<*>")
-                kernel(t, svc, "ERROR",
-                       f"Memory cgroup out of memory: Killed process {pid} ({proc}) total-vm:{rss_kb + 5632}kB, "
-                       f"anon-rss:{rss_kb}kB, file-rss:1280kB, shmem-rss:0kB, UID:0 pgtables:{rss_kb // 512 + 64}kB "
-                       f"oom_score_adj:{adj}",
-                       "Memory cgroup out of memory: Killed process <*> (<*>) total-vm:<*>kB, anon-rss:<*>kB, "
-                       "file-rss:<*>kB, shmem-rss:<*>kB, UID:<*> pgtables:<*>kB oom_score_adj:<*>")
+                kernel(t - 0.002, svc, "kernel.oom_invoked", proc, adj)
+                kernel(t, svc, "kernel.oom_killed", pid, proc, rss_kb + 5632, rss_kb, 1280, 0, 0,
+                       rss_kb // 512 + 64, adj)
             else:
                 ip, node, pid = ctx.ip(svc), ctx.node_ids.get(svc, ""), ctx.pids.get(svc, 1000)
-                msg = (f"1 Workers (tasks / actors) killed due to memory pressure (OOM), 0 Workers crashed due to "
-                       f"other reasons at node (ID: {node}, IP: {ip}) over the last time period. To see more "
-                       f"information about the Workers killed on this node, use `ray logs raylet.out -ip {ip}`")
-                tmpl = ("1 Workers (tasks / actors) killed due to memory pressure (OOM), 0 Workers crashed due to "
-                        "other reasons at node (ID: <*>, IP: <*>) over the last time period. To see more "
-                        "information about the Workers killed on this node, use `ray logs raylet.out -ip <*>`")
-                rows.append((t, svc, "ERROR", "python", "[", f" E {pid} {pid}] (raylet) node_manager.cc:3193: {msg}",
-                             f"[<*> <*> E <*> <*>] (raylet) node_manager.cc:3193: {tmpl}"))
+                emit(t, svc, "ray.raylet_oom", pid, pid, node, ip, ip)
         elif kind == "replica_health":
             tag = ctx.tag_at(svc, float(np.nextafter(t0, -np.inf)))  # just before any restart at t0
             if not f.get("ok", True):
                 if svc in crashed:  # the process lives on; its own health check raises
-                    ray(t - 0.001, svc, "WARNING", f"{SERVE_APP}_{SERVE_DEPLOYMENT}", tag,
-                        "Replica health check failed.", "Replica health check failed.")
-                controller(t, "WARNING", f"{replica_id.format(tag)} failed health check, stopping it.",
-                           f"{replica_id_t} failed health check, stopping it.")
-                controller(t + 0.05, "INFO", f"Adding 1 replica to {deployment}.", f"Adding 1 replica to {deployment}.")
+                    emit(t - 0.001, svc, "serve.replica_health_failed", tag)
+                controller(t, "serve.controller_health_failed", tag)
+                controller(t + 0.05, "serve.controller_adding")
             else:
                 new = ctx.tag_at(svc, t0)
                 if new == tag:
@@ -592,16 +533,10 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
                 crashed.discard(svc)
                 took = float(f.get("load_s", 0.0))
                 node = ctx.node_ids.get(svc, "")
-                controller(t, "INFO",
-                           f"{replica_id.format(new)} started successfully on node '{node}' after {took:.1f}s "
-                           f"(PID: {ctx.pids.get(svc, 1000) + 1}). Replica constructor, reconfigure method, and "
-                           f"initial health check took {max(took - 0.3, 0.0):.1f}s.",
-                           f"{replica_id_t} started successfully on node '<*>' after <*>s (PID: <*>). Replica "
-                           "constructor, reconfigure method, and initial health check took <*>s.")
-                if "num_gpu_blocks" in f and "num_cpu_blocks" in f:
-                    vllm(t - 1.0, svc, "INFO", "executor_base.py:111",
-                         f"# cuda blocks: {int(f['num_gpu_blocks'])}, # CPU blocks: {int(f['num_cpu_blocks'])}",
-                         "# cuda blocks: <*>, # CPU blocks: <*>")
+                controller(t, "serve.controller_started", new, node, f"{took:.1f}", ctx.pids.get(svc, 1000) + 1,
+                           f"{max(took - 0.3, 0.0):.1f}")
+                if "num_gpu_blocks" in f:
+                    emit(t - 1.0, svc, "vllm.kv_cache_size", f"{int(f['num_gpu_blocks']) * block_size:,}")
     for style in sorted({r[3] for r in rows}):
         mine = [r for r in rows if r[3] == style]
         t = np.array([r[0] for r in mine])

@@ -5,7 +5,8 @@ Gauges are the scraped value; counters become ``rate(x[W])`` with ``W = rate_win
 ``histogram_quantile(q, rate(x_bucket[W]))`` over the exporter's real bucket bounds (vLLM), and the mesh's
 per-destination latency is interpolated in Istio's classic buckets (``mesh_quantiles="istio"``, the default) or
 the exact quantile of the window's request durations (``"exact"``). With ``noise="realistic"`` node neighbours,
-GC-like bursts and missed scrapes (NaN in the gauges of a target) are added. Column names: see ``llmrca.sim.views``.
+GC-like bursts and missed scrapes (NaN in the gauges of a target) are added. Column names, quantiles and views come
+from the metric catalogue (``llmrca.case.catalog``); a column the catalogue does not list is a bug and raises.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from llmrca.case import TIME
+from llmrca.case import catalog as cat
 from llmrca.sim import run as runmod
 from llmrca.sim.config import SimConfig
 from llmrca.sim.deployment import Deployment
@@ -24,8 +26,8 @@ from llmrca.sim.environment import Environment
 from llmrca.sim.gpu import CLOCK_REASON_IDLE, CLOCK_REASON_SW_POWER_CAP
 from llmrca.sim.hardware import GIB
 
-QUANTILES = (0.5, 0.9, 0.95, 0.99)
-MESH_QUANTILES = (0.5, 0.9)
+QUANTILES = cat.QUANTILES
+MESH_QUANTILES = cat.MESH_QUANTILES
 
 # Bucket bounds of vLLM's histograms (vllm/engine/metrics.py, v0.8).
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -176,8 +178,13 @@ def _ar1(rng: np.random.Generator, n: int, sd: float, tau: float, tick: float) -
     return lfilter([1.0], [1.0, -rho], e)
 
 
-def _qname(q: float) -> str:
-    return f"p{round(q * 100)}"
+def _histogram_columns(cols: dict[str, np.ndarray], svc: str, series: str, scope: str, G: _Grid, t_obs: np.ndarray,
+                       values: np.ndarray, weights: np.ndarray | None, bounds: tuple, phase: float) -> None:
+    """The catalogue's quantile columns of one histogram series, from its observations."""
+    entries = cat.histogram_columns(series, scope)
+    q = G.bucket_quantiles(t_obs, values, weights, bounds, tuple(m.quantile for m in entries), phase)
+    for j, m in enumerate(entries):
+        cols[f"{svc}_{m.metric}"] = q[:, j]
 
 
 def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env: Environment, wl: Any,
@@ -364,19 +371,16 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
             ("request_decode_time_seconds", t_end[fin], t_end[fin] - t_first[fin], REQUEST_BUCKETS),
         )
         for name, tt, vv, bounds in hists:
-            q = G.bucket_quantiles(tt, vv, None, bounds, QUANTILES, ph)
-            for jq, qq in enumerate(QUANTILES):
-                cols[f"{r}_{name}_{_qname(qq)}"] = q[:, jq]
+            _histogram_columns(cols, r, f"vllm:{name}", "replica", G, tt, vv, None, bounds, ph)
         obs = engines[r].observations()
-        q = G.bucket_quantiles(obs["itl_t"], obs["itl_v"], obs["itl_w"], ITL_BUCKETS, QUANTILES, ph)
-        for jq, qq in enumerate(QUANTILES):
-            cols[f"{r}_inter_token_latency_seconds_{_qname(qq)}"] = q[:, jq]
+        _histogram_columns(cols, r, "vllm:inter_token_latency_seconds", "replica", G, obs["itl_t"], obs["itl_v"],
+                           obs["itl_w"], ITL_BUCKETS, ph)
         for name, tt, vv, ww in (
             ("request_prompt_tokens", t_end[fin], wl.prompt_tokens[fin].astype(float), None),
             ("request_generation_tokens", t_end[fin], res["generated"][fin].astype(float), None),
             ("iteration_tokens_total", obs["iter_t"], obs["iter_v"], obs["iter_w"]),
         ):
-            cols[f"{r}_{name}_p50"] = G.bucket_quantiles(tt, vv, ww, TOKEN_BUCKETS, (0.5,), ph)[:, 0]
+            _histogram_columns(cols, r, f"vllm:{name}", "replica", G, tt, vv, ww, TOKEN_BUCKETS, ph)
 
     # ---- the mesh: per destination latency, requests, errors --------------------------------------------
     ph = phase()
@@ -484,11 +488,20 @@ def missed_scrapes(cols: dict[str, np.ndarray], dep: Deployment, rng: np.random.
                 c = cols.get(f"{svc}_{metric}")
                 if c is not None:
                     cols[f"{svc}_{metric}"] = np.where(failed, np.nan, c)
+def catalogue_columns(dep: Deployment) -> list[str]:
+    """The columns the metric catalogue gives this deployment: container series for every pod, engine and GPU
+    series for every replica, mesh series for every service called over the mesh (the gateway, the Serve proxy's
+    pod, the replicas outside it), node series for every node."""
+    mesh = [dep.gateway, dep.proxy, *(r for r in dep.replicas if r != dep.proxy)]
+    return cat.expected_columns({"pod": dep.pods, "replica": dep.replicas, "mesh": mesh, "node": dep.nodes})
 
 
 def _frame(dep: Deployment, cols: dict[str, np.ndarray], times: np.ndarray) -> pd.DataFrame:
     from llmrca.sim.views import column_order
 
+    extra = set(cols) - set(catalogue_columns(dep))
+    if extra:  # one description of the columns: the simulator may not invent one
+        raise AssertionError(f"sim metrics: column(s) not in the metric catalogue: {', '.join(sorted(extra))}")
     order = column_order(list(cols), [*dep.pods, *dep.nodes])
     data = {TIME: times.astype(float)}
     for c in order:

@@ -27,15 +27,21 @@ import pandas as pd
 
 from llmrca.case.schema import TRACE_COLUMNS
 from llmrca.case.topology import Topology
+from llmrca.deploy.telemetry import (
+    CLIENT_SPAN,
+    ENGINE_SPAN,
+    GATEWAY_SPAN,
+    PROXY_SPAN,
+    ROUTE,
+    SERVE_APP,
+    SERVE_DEPLOYMENT,
+)
 from llmrca.errors import CaseError
 
-ROUTE = "/v1/chat/completions"
-GATEWAY_OPERATION = f"POST {ROUTE}"
-PROXY_OPERATION = "proxy_http_request"  # Ray Serve's own name for the proxy's request span
-CLIENT_OPERATION = "process_request"
-ENGINE_OPERATION = "llm_request"
-SERVE_APP = "default"
-SERVE_DEPLOYMENT = "VLLMDeployment"
+GATEWAY_OPERATION = GATEWAY_SPAN.operation
+PROXY_OPERATION = PROXY_SPAN.operation
+CLIENT_OPERATION = CLIENT_SPAN.operation
+ENGINE_OPERATION = ENGINE_SPAN.operation
 USER_AGENT = "python-requests/2.32.3"  # Locust's HttpUser session is a requests.Session
 REPLICA_PORT = 8000
 
@@ -192,6 +198,18 @@ def hex_ids(rng: np.random.Generator, n: int, nbytes: int) -> list[str]:
     return _split(rng.bytes(n * nbytes).hex(), 2 * nbytes)
 
 
+def _span_ids(seed: int, n: int) -> np.ndarray:
+    """The span ids of ``n`` requests' four candidate spans, shape (4, n): gateway, proxy, call, engine."""
+    ids = np.empty(4 * n, dtype=object)
+    ids[:] = hex_ids(_rng(seed, _STREAM_SPAN_IDS), 4 * n, 8)
+    return ids.reshape(n, 4).T
+
+
+def gateway_span_ids(seed: int, n: int) -> list[str]:
+    """The gateway span's id of each request (nginx logs it in its access line)."""
+    return _span_ids(seed, n)[0].tolist() if n else []
+
+
 def _split(text: str, width: int) -> list[str]:
     return [text[i : i + width] for i in range(0, len(text), width)]
 
@@ -262,10 +280,6 @@ def _seconds(values: np.ndarray) -> list[str]:
     return out
 
 
-def _status_field(http: np.ndarray) -> list[str]:
-    return ["" if math.isnan(v) else f',"http.status_code":{int(v)}' for v in http.tolist()]
-
-
 def spans_from_record(record: Any) -> pd.DataFrame:
     """One row per span of every request in ``record`` (``llmrca.case.schema.TRACE_COLUMNS``)."""
     req = record.requests
@@ -293,49 +307,41 @@ def spans_from_record(record: Any) -> pd.DataFrame:
 
     addr = ident.addresses
     client = addr.get("client", "10.42.0.2")
-    status_g = _status_field(http)
-    status_p = _status_field(http_p)
-    status_c = _status_field(http_c)
-    attrs_g = [
-        f'{{"span.kind":"SERVER","http.method":"POST","http.target":"{ROUTE}","http.scheme":"http",'
-        f'"http.flavor":"1.1","http.user_agent":"{USER_AGENT}","net.host.name":"{path.gateway}",'
-        f'"net.sock.peer.addr":"{client}"{s}}}'
-        for s in status_g
-    ]
-    attrs_p = [
-        f'{{"span.kind":"SERVER","request_id":"{rid}","deployment":"{SERVE_DEPLOYMENT}","app":"{SERVE_APP}",'
-        f'"request_type":"http","request_method":"POST","request_route_path":"/"{s}}}'
-        for rid, s in zip(ident.serve_ids, status_p)
-    ]
-    attrs_c = [
-        f'{{"span.kind":"CLIENT","vllm.backend_url":"http://{r}:{REPLICA_PORT}","peer.service":"{r}"{s}}}'
-        for r, s in zip(replica.tolist(), status_c)
-    ]
+    upstream = json.dumps(f"{addr.get(path.proxy, '10.42.0.1')}:{REPLICA_PORT}")
+
+    def attrs(kind: Any, values: list[tuple], statuses: np.ndarray) -> list[str]:
+        # One JSON pattern per layer from the span catalogue; the status goes last where the layer knows it.
+        with_s, without = kind.json_format(True).format, kind.json_format(False).format
+        return [without(*v) if math.isnan(h) else with_s(*v, int(h)) for v, h in zip(values, statuses.tolist())]
+
+    gateway_values = ('"POST"', json.dumps(ROUTE), '"http"', '"1.1"', json.dumps(USER_AGENT), json.dumps(path.gateway),
+                      json.dumps(client), upstream)
+    attrs_g = attrs(GATEWAY_SPAN, [gateway_values] * n, http)
+    proxy_fixed = (json.dumps(SERVE_DEPLOYMENT), json.dumps(SERVE_APP), '"http"', '"POST"', '"/"')
+    attrs_p = attrs(PROXY_SPAN, [(f'"{rid}"', *proxy_fixed) for rid in ident.serve_ids], http_p)  # UUID texts
+    backend = {r: (json.dumps(f"http://{r}:{REPLICA_PORT}"), json.dumps(r)) for r in set(replica.tolist())}
+    attrs_c = attrs(CLIENT_SPAN, [backend[r] for r in replica.tolist()], http_c)
     model_json = json.dumps(model)
     queue = _seconds(col["queue_s"])
     ttft = _seconds(col["t_first_token"] - col["t_engine_arrival"])
     e2e = _seconds(col["t_engine_end"] - col["t_engine_arrival"])
     prefill = _seconds(col["prefill_s"])
     decode = _seconds(col["decode_s"])
+    inference = _seconds(col["prefill_s"] + col["decode_s"])
     ints = zip(
         req["max_tokens"].to_numpy(dtype=np.int64).tolist(),
         req["prompt_tokens"].to_numpy(dtype=np.int64).tolist(),
         req["output_tokens"].to_numpy(dtype=np.int64).tolist(),
     )
-    attrs_e = [
-        f'{{"span.kind":"SERVER","gen_ai.response.model":{model_json},"gen_ai.request.id":"{vid}",'
-        f'"gen_ai.request.temperature":1.0,"gen_ai.request.top_p":1.0,"gen_ai.request.n":1,'
-        f'"gen_ai.request.max_tokens":{mx},"gen_ai.usage.prompt_tokens":{pt},'
-        f'"gen_ai.usage.completion_tokens":{ot},"gen_ai.latency.time_in_queue":{q},'
-        f'"gen_ai.latency.time_to_first_token":{tf},"gen_ai.latency.e2e":{ee},'
-        f'"gen_ai.latency.time_in_model_prefill":{pf},"gen_ai.latency.time_in_model_decode":{dc}}}'
-        for vid, (mx, pt, ot), q, tf, ee, pf, dc in zip(ident.vllm_ids, ints, queue, ttft, e2e, prefill, decode)
-    ]
+    # The load generator sends temperature 1.0, top_p 1.0, n 1 (the OpenAI defaults).
+    attrs_e = attrs(ENGINE_SPAN, [
+        (model_json, f'"{vid}"', "1.0", "1.0", "1", mx, pt, ot, q, tf, ee, pf, dc, inf)
+        for vid, (mx, pt, ot), q, tf, ee, pf, dc, inf in zip(ident.vllm_ids, ints, queue, ttft, e2e, prefill,
+                                                             decode, inference)
+    ], np.full(n, np.nan))
 
     # Four candidate spans per request, laid out request-major so a trace's spans stay together.
-    ids = np.empty(4 * n, dtype=object)
-    ids[:] = hex_ids(_rng(record.seed, _STREAM_SPAN_IDS), 4 * n, 8)
-    ids = ids.reshape(n, 4).T
+    ids = _span_ids(record.seed, n)
     present = np.vstack([np.ones(n, bool), has_p, has_c, has_e])
     parent = np.empty((4, n), dtype=object)
     parent[0] = None

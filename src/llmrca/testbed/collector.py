@@ -1,7 +1,8 @@
 """The collector: a native case from a live deployment's telemetry.
 
-Metrics come from Prometheus' HTTP API (range queries at the scrape interval) and are named as the simulator
-names them (``llmrca.sim.metrics``; the study view ``<svc>_ctn_cpu`` … and the full view with the sources' names),
+Metrics come from Prometheus' HTTP API (range queries at the scrape interval), one query per entry of the metric
+catalogue (``llmrca.case.catalog``, which also names the simulator's columns: the study view ``<svc>_ctn_cpu`` …
+and the full view with the sources' names),
 so every method and report works on live cases exactly as on simulated ones. Spans come from the OTLP receiver's
 file plus the gateway's access log, log lines from the services' JSON logs and nginx's logs, and the ground truth
 and ``inject_time`` from the injector's record.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,98 +27,18 @@ import pandas as pd
 
 from llmrca import __version__
 from llmrca.case import LOG_COLUMNS, TIME, TRACE_COLUMNS, Case, GroundTruth, Observation, Topology
+from llmrca.case.catalog import CATALOG, SOURCES, Metric
 from llmrca.case.views import column_order
 from llmrca.errors import CaseError, LlmrcaError
 from llmrca.testbed.prometheus import PromClient
 
-QUANTILES = (0.5, 0.9, 0.95, 0.99)
-GROUPS = ("container", "vllm", "dcgm", "ray", "node", "mesh")
+GROUPS = tuple(SOURCES)  # the source groups a label map names a label for
 
 
-@dataclass(frozen=True)
-class Query:
-    """One metric column family: ``build(label, window, selector)`` gives the PromQL, grouped by ``label``;
-    ``selector(extra)`` returns ``{matchers}`` with the source's filter and ``extra`` matchers."""
-
-    metric: str
-    group: str
-    build: Callable[[str, str, Callable[..., str]], str]
-
-
-def _rate(name: str, agg: str = "sum", extra: str = "") -> Callable:
-    return lambda L, W, sel: f"{agg} by ({L}) (rate({name}{sel(extra)}[{W}]))"
-
-
-def _gauge(name: str, agg: str = "sum") -> Callable:
-    return lambda L, W, sel: f"{agg} by ({L}) ({name}{sel()})"
-
-
-def _quantile(name: str, q: float) -> Callable:
-    return lambda L, W, sel: f"histogram_quantile({q:g}, sum by ({L}, le) (rate({name}_bucket{sel()}[{W}])))"
-
-
-def _qname(q: float) -> str:
-    return f"p{round(q * 100)}"
-
-
-def catalog() -> list[Query]:
-    """Every column the collector makes, study view first (TELEMETRY.md, docs/simulator.md)."""
-    Q: list[Query] = []
-    ctn = {"cpu": _rate("container_cpu_usage_seconds_total"), "memory": _gauge("container_memory_working_set_bytes"),
-           "network": _rate("container_network_transmit_packets_total")}
-    Q += [Query("ctn_cpu", "container", ctn["cpu"]), Query("ctn_memory", "container", ctn["memory"]),
-          Query("ctn_network", "container", ctn["network"]),
-          Query("ctn_gpu", "ray", _gauge("ray_node_gpus_utilization", "avg")),
-          Query("latency", "mesh", _quantile("istio_request_duration_milliseconds", 0.9))]
-    node_cpu = _rate("node_cpu_seconds_total", extra='mode!~"idle|iowait|steal"')
-    node_used = (lambda L, W, sel: f"sum by ({L}) (node_memory_MemTotal_bytes{sel()} - "
-                                   f"node_memory_MemAvailable_bytes{sel()})")
-    node_tx = _rate("node_network_transmit_packets_total")
-    Q += [Query("node_cpu", "node", node_cpu), Query("node_memory", "node", node_used),
-          Query("node_network", "node", node_tx)]
-    # Full view: the sources' own names.
-    Q += [Query("cpu_usage_seconds", "container", ctn["cpu"]),
-          Query("memory_working_set_bytes", "container", ctn["memory"]),
-          Query("network_transmit_packets", "container", ctn["network"]),
-          Query("network_receive_packets", "container", _rate("container_network_receive_packets_total"))]
-    for g in ("num_requests_running", "num_requests_waiting"):
-        Q.append(Query(g, "vllm", _gauge(f"vllm:{g}")))
-    Q.append(Query("kv_cache_usage_perc", "vllm", _gauge("vllm:kv_cache_usage_perc", "avg")))
-    for c in ("prompt_tokens", "generation_tokens", "num_preemptions", "request_success", "prefix_cache_queries",
-              "prefix_cache_hits"):
-        Q.append(Query(c, "vllm", _rate(f"vllm:{c}_total")))
-    for h in ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds",
-              "request_queue_time_seconds", "request_prefill_time_seconds", "request_decode_time_seconds"):
-        for q in QUANTILES:
-            Q.append(Query(f"{h}_{_qname(q)}", "vllm", _quantile(f"vllm:{h}", q)))
-    for h in ("request_prompt_tokens", "request_generation_tokens", "iteration_tokens_total"):
-        Q.append(Query(f"{h}_p50", "vllm", _quantile(f"vllm:{h}", 0.5)))
-    for f in ("GPU_UTIL", "MEM_COPY_UTIL", "FB_USED", "FB_FREE", "GPU_TEMP", "MEMORY_TEMP", "POWER_USAGE"):
-        Q.append(Query(f.lower(), "dcgm", _gauge(f"DCGM_FI_DEV_{f}", "avg")))
-    Q.append(Query("total_energy_consumption", "dcgm", _rate("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")))
-    for f in ("SM_CLOCK", "MEM_CLOCK"):
-        Q.append(Query(f.lower(), "dcgm", _gauge(f"DCGM_FI_DEV_{f}", "avg")))
-    Q.append(Query("xid_errors", "dcgm", _gauge("DCGM_FI_DEV_XID_ERRORS", "max")))
-    for f in ("PCIE_TX_THROUGHPUT", "PCIE_RX_THROUGHPUT"):
-        Q.append(Query(f.lower(), "dcgm", _gauge(f"DCGM_FI_DEV_{f}")))
-    for f in ("GR_ENGINE_ACTIVE", "PIPE_TENSOR_ACTIVE", "DRAM_ACTIVE"):
-        Q.append(Query(f"prof_{f.lower()}", "dcgm", _gauge(f"DCGM_FI_PROF_{f}", "avg")))
-    Q.append(Query("clocks_event_reasons", "dcgm", _gauge("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "max")))
-    for f in ("POWER_VIOLATION", "THERMAL_VIOLATION"):
-        Q.append(Query(f.lower(), "dcgm", _rate(f"DCGM_FI_DEV_{f}")))
-    for q in (0.5, 0.9):
-        Q.append(Query(f"request_duration_milliseconds_{_qname(q)}", "mesh",
-                       _quantile("istio_request_duration_milliseconds", q)))
-    Q.append(Query("requests", "mesh", _rate("istio_requests_total")))
-    errors = _rate("istio_requests_total", extra='response_code=~"5.."')
-    every = _rate("istio_requests_total")
-    # 0 rather than no series while a destination answers without errors
-    Q.append(Query("requests_5xx", "mesh", lambda L, W, sel: f"({errors(L, W, sel)}) or (0 * {every(L, W, sel)})"))
-    Q += [Query("cpu_seconds", "node", node_cpu),
-          Query("memory_memavailable_bytes", "node", _gauge("node_memory_MemAvailable_bytes")),
-          Query("network_transmit_packets", "node", node_tx),
-          Query("network_receive_packets", "node", _rate("node_network_receive_packets_total"))]
-    return Q
+def catalog() -> list[Metric]:
+    """Every column family the collector queries: the metric catalogue (``llmrca.case.catalog``), study view
+    first."""
+    return list(CATALOG)
 
 
 @dataclass(frozen=True)
@@ -167,21 +88,13 @@ class LabelMap:
                    selectors=dict(d.get("selectors") or {}), only=tuple(only) if only else None)
 
 
-def _selector(base: str) -> Callable[..., str]:
-    def sel(extra: str = "") -> str:
-        parts = [p for p in (base, extra) if p]
-        return "{" + ",".join(parts) + "}" if parts else ""
-
-    return sel
-
-
 def prom_duration(seconds: float) -> str:
     ms = round(seconds * 1000)
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
 def collect_metrics(client: PromClient, start: float, end: float, step: float, *, rate_window: float,
-                    labels: LabelMap | None = None, queries: Iterable[Query] | None = None,
+                    labels: LabelMap | None = None, queries: Iterable[Metric] | None = None,
                     services: list[str] | None = None) -> pd.DataFrame:
     """The wide metrics table over [start, end] at ``step``: ``time`` plus ``<service>_<metric>`` columns.
     Series that are empty over the whole range are left out (Prometheus returns none for them)."""
@@ -193,8 +106,8 @@ def collect_metrics(client: PromClient, start: float, end: float, step: float, *
     W = prom_duration(rate_window)
     cols: dict[str, np.ndarray] = {}
     for q in (queries if queries is not None else catalog()):
-        label = lm.labels[q.group]
-        promql = q.build(label, W, _selector(lm.selectors.get(q.group, "")))
+        label = lm.labels[q.source]
+        promql = q.query(label, W, lm.selectors.get(q.source, ""))
         for series in _range(client, promql, start, end, step):
             value = series["metric"].get(label)
             svc = lm.service(value) if value else None
@@ -308,8 +221,12 @@ def read_json_logs(paths: Iterable[Path], start: float, end: float, services: It
 
 def read_nginx_logs(access: Path, error: Path | None, service: str, start: float, end: float
                     ) -> list[dict[str, Any]]:
+    from llmrca.deploy.telemetry import template_of
     from llmrca.testbed.logs import mask
     from llmrca.testbed.nginx import parse_access_line
+
+    def template(text: str) -> str:  # the catalogue's template for nginx's own lines, as the simulator writes it
+        return template_of(text, "nginx") or mask(text)
 
     rows = []
     if access.is_file():
@@ -320,7 +237,7 @@ def read_nginx_logs(access: Path, error: Path | None, service: str, start: float
                     continue
                 level = "ERROR" if rec["status"] >= 500 else "INFO"
                 rows.append({"time": rec["end"], "service": service, "level": level, "message": line.rstrip("\n"),
-                             "template": mask(line.rstrip("\n"))})
+                             "template": template(line.rstrip("\n"))})
     if error is not None and error.is_file():
         import datetime as dt
 
@@ -335,7 +252,7 @@ def read_nginx_logs(access: Path, error: Path | None, service: str, start: float
                 lvl = {"emerg": "CRITICAL", "alert": "CRITICAL", "crit": "CRITICAL", "error": "ERROR",
                        "warn": "WARNING", "notice": "INFO", "info": "INFO"}.get(m.group(2), "INFO")
                 rows.append({"time": t, "service": service, "level": lvl, "message": line.rstrip("\n"),
-                             "template": mask(line.rstrip("\n"))})
+                             "template": template(line.rstrip("\n"))})
     return rows
 
 

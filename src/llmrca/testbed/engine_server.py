@@ -3,7 +3,8 @@ the simulator's engine and GPU model on the wall clock (``llmrca.testbed.realtim
 
 It exports vLLM's metrics (``vllm:*``) and the DCGM fields of its emulated GPU (``DCGM_FI_*``, plus Ray's
 ``ray_node_gpus_utilization``) on ``/metrics``, an ``llm_request`` SERVER span per request with vLLM's ``gen_ai.*``
-attributes (OTLP/HTTP), and vLLM-style log lines as JSON. ``/control/power-limit`` is the emulated GPU's
+attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and lines are the catalogue's
+(``llmrca.deploy.telemetry``), rendered as the simulator renders them. ``/control/power-limit`` is the emulated GPU's
 ``nvidia-smi -pl``. Run as ``python -m llmrca.testbed.engine_server RUN_DIR SERVICE``.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from llmrca.deploy.telemetry import ENGINE_SPAN, ROUTE, VLLM_ENGINE_INDEX, line
 from llmrca.sim.gpu import CLOCK_REASON_IDLE, CLOCK_REASON_SW_POWER_CAP
 from llmrca.sim.hardware import GIB, gpu_kind, model_spec
 from llmrca.sim.metrics import ITL_BUCKETS, REQUEST_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS
@@ -28,11 +30,66 @@ from llmrca.testbed.logs import JsonLog
 from llmrca.testbed.realtime import RealtimeEngine
 from llmrca.testbed.telemetry import WeightedHistograms, extract, tracer
 
-ROUTE = "/v1/chat/completions"
 STATS_EVERY_S = 10.0
+PREEMPTION_LOG_EVERY = 50  # the scheduler's warning on the 1st and every 50th preemption, as the simulator's
 _ANSWER = re.compile(r"Answer in (\d+) words\.")
 _VOCAB = ("the", "model", "token", "serving", "latency", "cache", "batch", "GPU", "request", "stream", "of", "and",
           "a", "to", "is", "prefill", "decode", "queue", "replica", "power")
+
+
+# -- the engine's log lines and span, as module functions so a test can render them without a server ------------
+def log_received(log: JsonLog, req_id: str, n: int, temperature: float, top_p: float, max_tokens: int) -> str:
+    return log.line(line("vllm.request_received"), req_id, n, float(temperature), float(top_p), max_tokens)
+
+
+def log_added(log: JsonLog, req_id: str) -> str:
+    return log.line(line("vllm.request_added"), req_id)
+
+
+def log_finished(log: JsonLog, req_id: str, status: int, reason: str) -> str:
+    """The response went out (its finish reason), or the request was aborted."""
+    if status == 200:
+        return log.line(line("vllm.request_finished"), req_id, reason)
+    return log.line(line("vllm.request_aborted"), req_id)
+
+
+def log_stats(log: JsonLog, prompt_tps: float, gen_tps: float, running: int, waiting: int, kv_usage: float,
+              hit_rate: float) -> str:
+    """vLLM V1's periodic line; ``kv_usage`` and ``hit_rate`` as fractions."""
+    return log.line(line("vllm.engine_stats"), f"{VLLM_ENGINE_INDEX:03d}", f"{prompt_tps:.1f}", f"{gen_tps:.1f}",
+                    int(running), int(waiting), f"{100 * kv_usage:.1f}", f"{100 * max(hit_rate, 0.0):.1f}")
+
+
+def log_replica_access(log: JsonLog, tag: str, serve_id: str, status: int, ms: float) -> str:
+    """Ray Serve's replica access line (after ``Request failed.`` when the call raised)."""
+    code = "CANCELLED" if status == 499 else str(status)
+    if status >= 500:
+        log.line(line("serve.replica_failed"), tag, serve_id)
+    return log.line(line("serve.replica_access"), tag, serve_id, code, f"{ms:.1f}")
+
+
+def log_preemption(log: JsonLog, req_id: str, cumulative: int) -> str:
+    return log.line(line("vllm.preemption"), req_id, cumulative)
+
+
+def span_attributes(model: str, req_id: str, *, temperature: float, top_p: float, n: int, max_tokens: int,
+                    prompt_tokens: int, completion_tokens: int, queue: float, ttft: float, e2e: float,
+                    prefill: float, decode: float) -> dict[str, Any]:
+    """The ``llm_request`` span's attributes (the catalogue's keys); a latency not measured is None (not set)."""
+
+    def num(x: float) -> float | None:
+        return None if math.isnan(x) else round(float(x), 6)
+
+    return ENGINE_SPAN.attributes({
+        "gen_ai.response.model": model, "gen_ai.request.id": req_id,
+        "gen_ai.request.temperature": float(temperature), "gen_ai.request.top_p": float(top_p),
+        "gen_ai.request.n": int(n), "gen_ai.request.max_tokens": int(max_tokens),
+        "gen_ai.usage.prompt_tokens": int(prompt_tokens), "gen_ai.usage.completion_tokens": int(completion_tokens),
+        "gen_ai.latency.time_in_queue": num(queue), "gen_ai.latency.time_to_first_token": num(ttft),
+        "gen_ai.latency.e2e": num(e2e), "gen_ai.latency.time_in_model_prefill": num(prefill),
+        "gen_ai.latency.time_in_model_decode": num(decode),
+        "gen_ai.latency.time_in_model_inference": num(prefill + decode),
+    })
 
 
 def prompt_tokens_of(text: str) -> int:
@@ -119,11 +176,15 @@ class Engine:
         self._energy = 0.0
         self._violation = 0.0
         self._pq = self._ph = self._preempt = 0
-        self._stats = {"prompt": 0.0, "gen": 0.0, "t": time.time()}
+        self._preempt_events = 0
+        self._last_tps = (0.0, 0.0)
+        self._stats = {"prompt": 0.0, "gen": 0.0, "t": time.time(), "pq": 0, "ph": 0}
         self._next_stats = time.time() + STATS_EVERY_S * (0.5 + float(self.rng.random()))
         self._changed: asyncio.Future = asyncio.get_running_loop().create_future()
         self._wake = asyncio.Event()
         self._n_requests = 0
+        # Ray Serve's replica id: 8 lower-case letters and digits
+        self.replica_tag = "".join(self.rng.choice(list("abcdefghijklmnopqrstuvwxyz0123456789"), 8).tolist())
 
     # -- the driver loop ------------------------------------------------------------------------------------
     async def drive(self, stop: asyncio.Event) -> None:
@@ -160,8 +221,9 @@ class Engine:
             self.h.observe("vllm:iteration_tokens_total", it_v, it_w)
         for ev in self.rt.events:
             if ev[2] == "preemption":
-                self.log.write("WARNING", "Sequence group {} is preempted by PreemptionMode.RECOMPUTE mode because there is "
-                                 "not enough KV cache space.", f"chatcmpl-{ev[3]['request_id']}")
+                if self._preempt_events % PREEMPTION_LOG_EVERY == 0:
+                    log_preemption(self.log, f"chatcmpl-{ev[3]['request_id']}", self._preempt_events + 1)
+                self._preempt_events += 1
         self.rt.events.clear()
         if not ticks:
             return
@@ -224,11 +286,13 @@ class Engine:
         now = time.time()
         if now >= self._next_stats:
             span = max(1e-9, now - self._stats["t"])
-            self.log.write("INFO", "Avg prompt throughput: {} tokens/s, Avg generation throughput: {} tokens/s, Running: {} "
-                          "reqs, Swapped: 0 reqs, Pending: {} reqs, GPU KV cache usage: {}%, CPU KV cache usage: "
-                          "0.0%.", f"{self._stats['prompt'] / span:.1f}", f"{self._stats['gen'] / span:.1f}",
-                          int(row["running"]), int(row["waiting"]), f"{100 * row['kv_usage']:.1f}")
-            self._stats = {"prompt": 0.0, "gen": 0.0, "t": now}
+            tps = (self._stats["prompt"] / span, self._stats["gen"] / span)
+            dq, dh = self._pq - self._stats["pq"], self._ph - self._stats["ph"]
+            if any(tps) or any(self._last_tps):  # vLLM logs an idle engine at DEBUG only
+                log_stats(self.log, tps[0], tps[1], row["running"], row["waiting"], row["kv_usage"],
+                          dh / dq if dq > 0 else 0.0)
+            self._last_tps = tps
+            self._stats = {"prompt": 0.0, "gen": 0.0, "t": now, "pq": self._pq, "ph": self._ph}
             self._next_stats = now + STATS_EVERY_S
 
     # -- HTTP ---------------------------------------------------------------------------------------------
@@ -246,16 +310,19 @@ class Engine:
             return web.json_response({"object": "error", "message": "body must be JSON with 'messages'",
                                       "type": "BadRequestError", "code": 400}, status=400)
         max_tokens = int(body.get("max_tokens") or self.cfg.deploy.output_tokens)
+        sampling = {"n": int(body.get("n") or 1), "temperature": float(body.get("temperature", 1.0)),
+                    "top_p": float(body.get("top_p", 1.0))}
         stream = bool(body.get("stream", False))
         n_prompt = prompt_tokens_of(text)
         n_out = wanted_tokens(text, max_tokens)
         self._n_requests += 1
         req_id = f"chatcmpl-{self.rng.bytes(16).hex()}"
+        sampling["serve_id"] = request.headers.get("X-Request-ID", "-")
         span = self.tracer.start_span("llm_request", context=extract(request.headers), kind=SpanKind.SERVER,
                                       start_time=int(t_arrival * 1e9))
-        self.log.write("INFO", "Received request {}: prompt tokens: {}, max_tokens: {}.", req_id, n_prompt, max_tokens)
+        log_received(self.log, req_id, sampling["n"], sampling["temperature"], sampling["top_p"], max_tokens)
         rid = self.rt.submit(n_prompt, n_out, self.cfg.read_timeout_s)
-        self.log.write("INFO", "Added request {}.", req_id)
+        log_added(self.log, req_id)
         self._wake.set()
         created = int(t_arrival)
         head = ('data: {"id":"' + req_id + '","object":"chat.completion.chunk","created":' + str(created)
@@ -319,10 +386,11 @@ class Engine:
         finally:
             t_end = time.time()
             self._finish(rid, req_id, span, status, reason, t_arrival, v_arrival, t_first_wall, t_end, n_prompt, sent,
-                         max_tokens)
+                         max_tokens, sampling)
 
     def _finish(self, rid: int, req_id: str, span: Any, status: int, reason: str, t_arrival: float, v_arrival: float,
-                t_first: float | None, t_end: float, n_prompt: int, n_out: int, max_tokens: int) -> None:
+                t_first: float | None, t_end: float, n_prompt: int, n_out: int, max_tokens: int,
+                sampling: dict[str, Any]) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         m = self.model.name
@@ -341,19 +409,11 @@ class Engine:
                             ("vllm:request_decode_time_seconds", decode),
                             ("vllm:request_prompt_tokens", n_prompt), ("vllm:request_generation_tokens", n_out)):
                 self.h.observe(name, v)
-            self.log.write("INFO", "Finished request {}.", req_id)
-        else:
-            self.log.write("INFO", "Aborted request {}.", req_id)
-
-        def num(x: float) -> float | None:
-            return None if math.isnan(x) else round(float(x), 6)
-
-        attrs = {"gen_ai.system": "vllm", "gen_ai.response.model": m, "gen_ai.request.id": req_id,
-                 "gen_ai.request.max_tokens": max_tokens, "gen_ai.usage.prompt_tokens": n_prompt,
-                 "gen_ai.usage.completion_tokens": n_out, "gen_ai.latency.time_in_queue": num(queue),
-                 "gen_ai.latency.time_to_first_token": num(ttft), "gen_ai.latency.e2e": num(e2e),
-                 "gen_ai.latency.time_in_model_prefill": num(prefill),
-                 "gen_ai.latency.time_in_model_decode": num(decode), "http.status_code": status}
+        log_finished(self.log, req_id, status, reason)
+        log_replica_access(self.log, self.replica_tag, sampling["serve_id"], status, 1000.0 * e2e)
+        attrs = span_attributes(m, req_id, max_tokens=max_tokens, prompt_tokens=n_prompt, completion_tokens=n_out,
+                                queue=queue, ttft=ttft, e2e=e2e, prefill=prefill, decode=decode,
+                                **{k: sampling[k] for k in ("n", "temperature", "top_p")})
         for k, v in attrs.items():
             if v is not None:
                 span.set_attribute(k, v)
@@ -413,6 +473,7 @@ async def _main(run_dir: str, service_name: str, stop: asyncio.Event) -> None:
     runner = await service.start_site(app, port)
     eng.log.write("INFO", "Started engine {} on port {} ({} on an emulated {}, {} GiB of KV cache).", service_name, port,
                  eng.model.name, eng.gpu.name, f"{eng.rt.engine.cap * eng.model.kv_bytes_per_token / GIB:.1f}")
+    eng.log.line(line("vllm.kv_cache_size"), f"{int(eng.rt.engine.cap):,}")
     await stop.wait()
     await runner.cleanup()
     driver.cancel()

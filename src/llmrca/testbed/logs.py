@@ -1,8 +1,10 @@
 """Structured logs of the live services (one JSON object per line), and the masking that turns a raw line into its
 template for lines that come without one (nginx's access log).
 
-Our own services log through :class:`JsonLog`: the call names the fixed text with ``{}`` holes, so the line
-carries its template exactly (``Finished request <*>.``) instead of a guess.
+Our own services log through :class:`JsonLog`. Lines that the real programs print (vLLM, Ray Serve) are kinds of
+the log catalogue (``llmrca.deploy.telemetry``), written with :meth:`JsonLog.line` exactly as the simulator writes
+them, header included, with the catalogue's template; the testbed's own lines (start-up, control) name their fixed
+text with ``{}`` holes, so every line carries its template exactly instead of a guess.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
+
+from llmrca.deploy.telemetry import LineKind
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -41,6 +45,20 @@ class JsonLog:
                 self._f.write(line + "\n")
             if self._echo is not None:
                 self._echo.write(f"{level} {self.logger}: {message}\n")
+
+    def line(self, kind: LineKind, *values: Any, **fixed: Any) -> str:
+        """One line of a catalogue kind, printed now as its program prints it; returns the message."""
+        t = time.time()
+        message = kind.at(t, *values, **fixed)
+        rec = {"time": t, "service": self.service, "logger": self.logger, "level": kind.level, "message": message,
+               "template": kind.template(**fixed), "kind": kind.name}
+        text = json.dumps(rec, separators=(",", ":"))
+        with self._lock:
+            if self._f is not None:
+                self._f.write(text + "\n")
+            if self._echo is not None:
+                self._echo.write(message + "\n")
+        return message
 
     def close(self) -> None:
         if self._f is not None:

@@ -15,13 +15,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmrca.deploy.telemetry import GATEWAY_SPAN, NGINX_LOG_FORMAT
 from llmrca.testbed.rundir import LOOPBACK
 from llmrca.testbed.telemetry import parse_traceparent
 
-LOG_FORMAT = ('$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" '
-              '"$http_user_agent" rt=$request_time uct="$upstream_connect_time" urt="$upstream_response_time" '
-              'ua="$upstream_addr" us="$upstream_status" msec=$msec tp="$http_traceparent" sid=$span_id '
-              'tid=$trace_id')
+LOG_FORMAT = NGINX_LOG_FORMAT  # the log catalogue's (the simulator writes the same lines)
 
 _LINE = re.compile(
     r'^(?P<addr>\S+) - (?P<user>\S+) \[(?P<local>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+) '
@@ -111,10 +109,10 @@ def parse_access_line(line: str) -> dict[str, Any] | None:
 
 def gateway_span(rec: dict[str, Any], service: str) -> dict[str, Any]:
     """The gateway's SERVER span of one request, as nginx's OpenTelemetry module would report it."""
-    attrs = {"span.kind": "SERVER", "http.method": rec["method"], "http.target": rec["path"],
-             "http.scheme": "http", "http.flavor": "1.1", "http.user_agent": rec["user_agent"],
-             "net.host.name": service, "net.sock.peer.addr": rec["remote_addr"],
-             "http.status_code": rec["status"], "upstream.address": rec["upstream_addr"]}
+    attrs = {"span.kind": GATEWAY_SPAN.kind, **GATEWAY_SPAN.attributes({
+        "http.method": rec["method"], "http.target": rec["path"], "http.scheme": "http", "http.flavor": "1.1",
+        "http.user_agent": rec["user_agent"], "net.host.name": service, "net.sock.peer.addr": rec["remote_addr"],
+        "upstream.address": rec["upstream_addr"]}, rec["status"])}
     return {
         "trace_id": rec["trace_id"], "span_id": rec["span_id"], "parent_span_id": rec["parent_span_id"],
         "service": service, "operation": f"{rec['method']} {rec['path']}",

@@ -5,12 +5,15 @@ per-destination latency and request counts (Istio's metric names) for its calls 
 Spans: a SERVER span ``proxy_http_request`` (Ray Serve's name) and a CLIENT span ``process_request`` per call, with
 ``vllm.backend_url``; the call carries the CLIENT span's ``traceparent``. Calls to remote replicas go through the
 mesh's link towards them (``llmrca.testbed.mesh``), where a network fault acts; the head's own replica is called
-inside the pod. Run as ``python -m llmrca.testbed.proxy_server RUN_DIR``.
+inside the pod; the call names the Serve request id in ``X-Request-ID`` (the replica's access line carries it).
+Spans and log lines are the catalogue's (``llmrca.deploy.telemetry``): Ray Serve's proxy access and disconnect
+lines, the controller's health lines. Run as ``python -m llmrca.testbed.proxy_server RUN_DIR``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -18,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from llmrca.deploy.telemetry import CLIENT_SPAN, PROXY_SPAN, ROUTE, SERVE_APP, SERVE_DEPLOYMENT, line
 from llmrca.testbed import service
 from llmrca.testbed.config import TestbedConfig
 from llmrca.testbed.logs import JsonLog
 from llmrca.testbed.rundir import LOOPBACK
 from llmrca.testbed.telemetry import MESH_BUCKETS_MS, extract, inject, tracer
 
-ROUTE = "/v1/chat/completions"
-DEPLOYMENT = "VLLMDeployment"
-APP = "default"
+DEPLOYMENT = SERVE_DEPLOYMENT
+APP = SERVE_APP
 DOWN_AFTER_ERROR_S = 2.0
 
 
@@ -107,11 +110,10 @@ class Proxy:
                 was_down = self.router.down_until[r] > time.time()
                 if ok and was_down:
                     self.router.down_until[r] = 0.0
-                    self.log.write("INFO", "Replica {} of deployment {} is healthy again.", r, DEPLOYMENT)
+                    self.log.line(line("serve.controller_healthy_again"), os.getpid(), r)
                 elif not ok:
                     if not was_down:
-                        self.log.write("WARNING", "Replica {} of deployment {} failed its health check; routing around it.",
-                                         r, DEPLOYMENT)
+                        self.log.line(line("serve.controller_routing_around"), os.getpid(), r)
                     self.router.down_until[r] = time.time() + DOWN_AFTER_ERROR_S
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
@@ -129,8 +131,9 @@ class Proxy:
         serve_id = str(uuid.UUID(bytes=self.router.rng.bytes(16), version=4))
         server = self.tracer.start_span("proxy_http_request", context=extract(request.headers), kind=SpanKind.SERVER,
                                         start_time=int(t0 * 1e9))
-        for k, v in (("request_id", serve_id), ("deployment", DEPLOYMENT), ("app", APP), ("request_type", "http"),
-                     ("request_method", "POST"), ("request_route_path", "/")):
+        for k, v in PROXY_SPAN.attributes({"request_id": serve_id, "deployment": DEPLOYMENT, "app": APP,
+                                           "request_type": "http", "request_method": "POST",
+                                           "request_route_path": "/"}).items():
             server.set_attribute(k, v)
         replica = self.router.choose(t0)
         status, client_status = 200, None
@@ -146,9 +149,10 @@ class Proxy:
             t_send = time.time()
             client = self.tracer.start_span("process_request", context=trace.set_span_in_context(server),
                                             kind=SpanKind.CLIENT, start_time=int(t_send * 1e9))
-            client.set_attribute("vllm.backend_url", self.url[replica].removesuffix(ROUTE))
-            client.set_attribute("peer.service", replica)
-            headers = inject(client, {"Content-Type": "application/json"})
+            for k, v in CLIENT_SPAN.attributes({"vllm.backend_url": self.url[replica].removesuffix(ROUTE),
+                                                "peer.service": replica}).items():
+                client.set_attribute(k, v)
+            headers = inject(client, {"Content-Type": "application/json", "X-Request-ID": serve_id})
             try:
                 async with self.session.post(self.url[replica], data=body, headers=headers) as up:
                     client_status = up.status
@@ -164,7 +168,7 @@ class Proxy:
             except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
                 t_client_end = time.time()
                 self.router.down_until[replica] = time.time() + DOWN_AFTER_ERROR_S
-                self.log.write("ERROR", "Request {} to replica {} failed: {}.", serve_id, replica, type(e).__name__)
+                self.log.line(line("serve.proxy_call_failed"), LOOPBACK, serve_id, replica, type(e).__name__)
                 status = 502
                 if resp is None:
                     return web.json_response({"error": f"replica {replica} failed"}, status=502)
@@ -192,7 +196,9 @@ class Proxy:
                 server.set_status(Status(StatusCode.ERROR))
             server.end(end_time=int(t1 * 1e9))
             self.c_serve.labels(ROUTE, "POST", APP, str(status)).inc()
-            self.log.write("INFO", "{} {} POST {} {} {}ms", serve_id, replica or "-", ROUTE, status, f"{1000 * (t1 - t0):.1f}")
+            if status == 499:
+                self.log.line(line("serve.proxy_disconnect"), LOOPBACK, serve_id, serve_id)
+            self.log.line(line("serve.proxy_access"), LOOPBACK, serve_id, status, f"{1000 * (t1 - t0):.1f}")
 
     async def metrics(self, request: Any) -> Any:
         from aiohttp import web
@@ -218,8 +224,8 @@ async def _main(run_dir: str, stop: asyncio.Event) -> None:
     app.router.add_get("/-/healthz", proxy.health)
     runner = await service.start_site(app, state["ports"]["proxy"])
     health = asyncio.create_task(proxy.health_loop(stop))
-    proxy.log.write("INFO", "Proxy started on port {}, routing ({}) to {} replicas.", state["ports"]["proxy"],
-                   proxy.cfg.deploy.routing, len(proxy.replicas))
+    proxy.log.line(line("serve.proxy_started"), os.getpid(), state["node"], state["ports"]["proxy"])
+    proxy.log.write("INFO", "Routing ({}) to {} replicas.", proxy.cfg.deploy.routing, len(proxy.replicas))
     await stop.wait()
     health.cancel()
     await runner.cleanup()
