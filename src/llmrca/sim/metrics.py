@@ -458,15 +458,10 @@ def _neighbour(rng: np.random.Generator, n_ticks: int, spec: tuple[float, float,
 
 # Gauges per scraped target: a failed scrape makes Prometheus mark the target's series stale, so a query that
 # would read that scrape returns nothing (counters' rate() over the window still has its other samples).
-_GAUGES = {
-    "cadvisor": ("ctn_memory", "memory_working_set_bytes"),  # the kubelet of each node
-    "ray": ("ctn_gpu",),  # Ray's metrics agent of each pod
-    "dcgm": ("gpu_util", "mem_copy_util", "fb_used", "fb_free", "gpu_temp", "memory_temp", "power_usage",
-             "sm_clock", "mem_clock", "xid_errors", "pcie_tx_throughput", "pcie_rx_throughput",
-             "prof_gr_engine_active", "prof_pipe_tensor_active", "prof_dram_active", "clocks_event_reasons"),
-    "vllm": ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"),
-    "node": ("node_memory", "memory_memavailable_bytes"),  # node-exporter
-}
+# (the catalogue's gauges of each scraped source; the kubelet's cAdvisor serves the container series)
+_GAUGES = {exporter: tuple(m.metric for m in cat.metrics(source=source) if m.kind == "gauge")
+           for exporter, source in (("cadvisor", "container"), ("ray", "ray"), ("dcgm", "dcgm"), ("vllm", "vllm"),
+                                    ("node", "node"))}
 
 
 def missed_scrapes(cols: dict[str, np.ndarray], dep: Deployment, rng: np.random.Generator, n: int) -> None:
