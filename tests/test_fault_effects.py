@@ -44,6 +44,15 @@ def test_paper_default_cap_stays_150_watts_on_the_a100():
     assert run(SimConfig(**SHORT), s1.injection, 1).truth.params["watts"] == 150.0
 
 
+def test_a_cap_given_in_watts_wins_over_the_strength():
+    cases = plan("demo", sets=["faults.strength=0.5", "faults.gpu.power_limit_w=200"])
+    gpu = [c.injection.params for c in cases if c.injection is not None and c.injection.fault == "gpu"]
+    assert gpu and all(p["power_limit_w"] == 200.0 and p["depth"] is None for p in gpu)
+    relative = [c.injection.params for c in plan("demo", sets=["faults.strength=0.5"])
+                if c.injection is not None and c.injection.fault == "gpu"]
+    assert all(p["depth"] == 0.5 for p in relative)
+
+
 def test_recorded_parameters_are_the_applied_ones():
     cfg = SimConfig(**SHORT)
     t = "ray-replicas-1"

@@ -117,6 +117,8 @@ def fault_params(fault: str, config: SimConfig, extra: Mapping[str, Any]) -> dic
     else:
         params = spec.resolve()
     params.update(given)
+    if fault == "gpu" and "depth" not in given and ({"power_limit_w", "power_limit_frac"} & set(given)):
+        params["depth"] = None  # a cap the user gave in watts (or as a fraction) wins over the strength's depth
     return spec.resolve(params)
 
 
