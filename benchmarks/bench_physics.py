@@ -75,8 +75,8 @@ class Row:
 
 
 def config(**kw) -> SimConfig:
-    base = dict(replicas=1, variability=False, noise="none", duration=240.0, warmup=20.0, inject_at=1.0,
-                fault_duration=400.0, token_spread=0.0, eos_share=0.0)
+    base = {"replicas": 1, "variability": False, "noise": "none", "duration": 240.0, "warmup": 20.0, "inject_at": 1.0,
+                "fault_duration": 400.0, "token_spread": 0.0, "eos_share": 0.0}
     base.update(kw)
     return SimConfig(**base)
 

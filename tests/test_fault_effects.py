@@ -40,7 +40,7 @@ def test_paper_default_cap_stays_150_watts_on_the_a100():
     sim = run(SimConfig(**SHORT), gpu[0].injection, 1)
     assert sim.truth.params == {"watts": 150.0}
     # strength 1 is the study's cap too, reached from the replica's own draw
-    s1 = [s for s in plan("paper", reps=1, overrides={"strength": 1.0}) if s.injection.fault == "gpu"][0]
+    s1 = next(s for s in plan("paper", reps=1, overrides={"strength": 1.0}) if s.injection.fault == "gpu")
     assert run(SimConfig(**SHORT), s1.injection, 1).truth.params["watts"] == 150.0
 
 

@@ -223,9 +223,9 @@ def test_same_seed_same_bytes(tmp_path):
 
 def _single(gpu: str, model: str, **kw: object) -> SimConfig:
     """One replica serving one request at a time: the cleanest view of prefill and decode under a cap."""
-    base = dict(gpu=gpu, model=model, replicas=1, users=1, rate=0.05, arrival="constant", prompt_tokens=512,
-                output_tokens=128, duration=240.0, inject_at=1.0, fault_duration=400.0, variability=False,
-                noise="none")
+    base = {"gpu": gpu, "model": model, "replicas": 1, "users": 1, "rate": 0.05, "arrival": "constant", "prompt_tokens": 512,
+                "output_tokens": 128, "duration": 240.0, "inject_at": 1.0, "fault_duration": 400.0, "variability": False,
+                "noise": "none"}
     base.update(kw)
     return SimConfig(**base)
 
@@ -243,8 +243,8 @@ def test_a_cap_above_the_average_draw_still_clips_prefill_bursts():
     base = _run(None)
     power = _col(sim, f"{TARGET}_power_usage")
     assert power[0] < 0.6 * 400.0  # the 1 s average sits under the cap before it is set
-    pre, post = _req(sim, TARGET)
-    b_pre, b_post = _req(base, TARGET)
+    _pre, post = _req(sim, TARGET)
+    _b_pre, b_post = _req(base, TARGET)
     assert _ttft(post) > 1.1 * _ttft(b_post)  # prefill steps are clipped: their clock falls
     assert _itl(post) < 1.05 * _itl(b_post)  # decode steps fit under the cap
     viol = sim.metrics[f"{TARGET}_power_violation"].to_numpy()
@@ -283,8 +283,8 @@ def test_decode_is_flat_at_a_mild_cap_and_steep_at_a_deep_one():
 
 def test_pod_cpu_limit_matters_when_the_pod_is_cpu_heavy():
     """A small model at high load on the head pod (Serve proxy + frontend + engine core): 2 CPUs throttle it."""
-    cfg = dict(gpu="h100", model="1.5b", replicas=1, rate=40.0, arrival="poisson", duration=120.0, inject_at=60.0,
-               variability=False, noise="none")
+    cfg = {"gpu": "h100", "model": "1.5b", "replicas": 1, "rate": 40.0, "arrival": "poisson", "duration": 120.0, "inject_at": 60.0,
+               "variability": False, "noise": "none"}
     tpot = {}
     for cpus in (2.0, 6.0):
         r = run(SimConfig(pod_cpu=cpus, **cfg), None, 1).record.requests

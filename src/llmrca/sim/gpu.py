@@ -74,7 +74,7 @@ def step_at_limit(gpu: GpuKind, limit_w: float, mem1: float, comp1: float, other
     ``busy_w`` is the power above idle while the kernels run (energy = ``busy_w * gpu_s``).
     """
     launch = gpu.launch_s
-    gpu_s = (mem1 if mem1 > comp1 else comp1) + launch
+    gpu_s = (max(comp1, mem1)) + launch
     ms, cs = mem1 / gpu_s, comp1 / gpu_s
     p1 = busy_power(gpu, 1.0, ms, cs)
     if gpu.idle_w + p1 * gpu_s / (gpu_s + other_s) <= limit_w:
@@ -84,7 +84,7 @@ def step_at_limit(gpu: GpuKind, limit_w: float, mem1: float, comp1: float, other
     for _ in range(6):  # converges in two or three rounds; a round more only where the duty moved a lot
         f = clock_under_limit(gpu, limit_w, gpu_s / (gpu_s + other_s), ms, cs)
         mem, comp = mem1 / bandwidth_factor(f, gpu.knee), comp1 / f
-        gpu_s = (mem if mem > comp else comp) + launch / f
+        gpu_s = (max(comp, mem)) + launch / f
         ms, cs = mem / gpu_s, comp / gpu_s
         p = busy_power(gpu, f, ms, cs)
         if f <= f_min or gpu.idle_w + p * gpu_s / (gpu_s + other_s) <= limit_w + 1e-9:

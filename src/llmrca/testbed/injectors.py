@@ -159,7 +159,7 @@ def plan(fault: str, target: str, params: dict[str, Any] | None, gpu: str, scali
     return LivePlan(fault, target, applied, tuple(effects), machine)
 
 
-_POWER_LINE = re.compile(r"^DCGM_FI_DEV_POWER_USAGE(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
+_POWER_LINE = re.compile(r"^DCGM_FI_DEV_POWER_USAGE(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.MULTILINE)
 
 
 def power_in_exposition(text: str, where: str) -> float:

@@ -38,11 +38,11 @@ from llmrca import faults as fault_registry
 from llmrca.errors import LlmrcaError, UnknownNameError
 from llmrca.sim.deployment import GATEWAY, HEAD, replica_names
 from llmrca.sim.run import derive_seed
+from llmrca.testbed import injectors as injmod
 from llmrca.testbed import nginx as nginxmod
 from llmrca.testbed import prometheus as prom
 from llmrca.testbed.cleanup import CleanupRegistry
 from llmrca.testbed.config import NODE, TestbedConfig, scaling
-from llmrca.testbed import injectors as injmod
 from llmrca.testbed.injectors import Injector
 from llmrca.testbed.logs import JsonLog
 from llmrca.testbed.otlp import SpanSink
