@@ -137,6 +137,16 @@ def test_set_changes_dotted_keys_with_toml_values():
     assert len(plan(s)) == 2 * 6 * 10
 
 
+def test_noise_none_is_a_top_level_shorthand_for_the_noise_level(tmp_path):
+    f = tmp_path / "clean.toml"
+    f.write_text('noise = "none"\n[faults]\ntypes = ["cpu"]\n')
+    assert load(f).deploy.noise == "none"
+    s = load("paper", ["noise.variability=false", "noise=none"])
+    assert (s.deploy.noise, s.deploy.variability) == ("none", False)  # the table's other keys are kept
+    with pytest.raises(ScenarioError, match="noise"):
+        load("paper", ["noise=loud"])
+
+
 def test_targets_limit_the_cases():
     s = load("demo", ['faults.targets=["ray-replicas-1"]'])
     assert [c.case_id for c in plan(s)] == [f"{f}/ray-replicas-1/rep-{r:02d}" for f in s.faults for r in range(2)]

@@ -150,7 +150,10 @@ def apply_sets(doc: dict[str, Any], sets: Iterable[str] | Mapping[str, Any], sou
                 raise ScenarioError(f"scenario {source}: --set {dotted}: {'.'.join(parts[: i + 1])} is a value, "
                                     "not a table")
             node = nxt
-        node[parts[-1]] = v
+        if parts == ["noise"] and isinstance(node.get("noise"), dict) and not isinstance(v, dict):
+            node["noise"]["level"] = v  # `--set noise=none`: the level, keeping the table's other keys
+        else:
+            node[parts[-1]] = v
     return out
 
 
@@ -171,6 +174,9 @@ def from_document(doc: Mapping[str, Any], source: str, *, default_name: str = "s
 
     def fail(msg: str) -> ScenarioError:
         return ScenarioError(f"{where}: {msg}")
+
+    if isinstance(doc.get("noise"), str):  # `noise = "none"` is short for [noise] level = "none"
+        doc = {**doc, "noise": {"level": doc["noise"]}}
 
     for k, v in doc.items():
         if k in ALL_TABLES and not isinstance(v, dict):
