@@ -1,7 +1,7 @@
 """How noisy the simulated study view is: pre-fault variation and how far each fault stands out of it.
 
-    python benchmarks/noise_stats.py                  # default config (noise="realistic"), seeds 0-4
-    python benchmarks/noise_stats.py --noise none --mesh exact   # the clean cases of earlier versions
+    python benchmarks/bench_noise.py                  # default config (noise="realistic"), seeds 0-4
+    python benchmarks/bench_noise.py --noise none --mesh exact   # the clean cases of earlier versions
 
 Per fault type (target ``ray-replicas-1``) it prints the pre-fault coefficient of variation (std/mean) of the
 target's container CPU, memory and mesh p90 latency; the z of the fault on its target's study column

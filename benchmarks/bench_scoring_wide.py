@@ -1,8 +1,8 @@
 """AC@1 of BARO and N-Sigma per fault in the study and full views, 4 and 8 replicas, and their top column and score
 on fault-free runs: how the shared scaling (``llmrca.methods.scoring``) holds up when the view is wide.
 
-    python benchmarks/scoring_wide.py                       # 6 cases per fault, default config
-    python benchmarks/scoring_wide.py --reps 3 mesh_quantiles=exact noise=none
+    python benchmarks/bench_scoring_wide.py                       # 6 cases per fault, default config
+    python benchmarks/bench_scoring_wide.py --reps 3 mesh_quantiles=exact noise=none
 
 Fault cases rotate their target over ray-replicas-1, ray-head and ray-replicas-(R-2) (seeds 100+); fault-free runs
 use seeds 200 and 201. Extra ``key=value`` arguments are SimConfig fields (strings, numbers as written).
