@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from llmrca.case import LOG_COLUMNS, TRACE_COLUMNS, Case, Observation
 from llmrca.case.schema import coerce, empty_logs, empty_traces
-from llmrca.errors import CaseError, FormatError
+from llmrca.errors import CaseError, FormatError, naming
 from llmrca.io.case_json import read_fields
 
 CASE_JSON = "case.json"
@@ -50,6 +50,11 @@ def write_case(case: Case, out_dir: str | Path, *, overwrite: bool = False) -> P
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass overwrite=True to replace it)")
+    with naming(out):
+        return _write_case(case, out)
+
+
+def _write_case(case: Case, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
