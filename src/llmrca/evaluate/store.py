@@ -236,13 +236,16 @@ class ResultStore:
         self._fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         for r in seed_rows:
             self._write(r)
-        self._dirty = bool(seed_rows)
+        # A run stopped before its last checkpoint (a full disk, a kill) leaves the parquet behind the journal.
+        parquet = self.dir / PARQUET
+        self._dirty = bool(seed_rows) or not parquet.is_file() or (
+            journal.stat().st_mtime_ns > parquet.stat().st_mtime_ns)
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(best_effort=exc_type is not None)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -306,11 +309,17 @@ class ResultStore:
         with naming(self.dir / ERRORS_LOG), open(self.dir / ERRORS_LOG, "a", encoding="utf-8") as f:
             f.write(f"=== method={key[0]} case={key[1]} seed={key[2]}\n{text.rstrip()}\n")
 
-    def close(self) -> None:
+    def close(self, *, best_effort: bool = False) -> None:
+        """Checkpoint and unlock. ``best_effort`` (an error is already on its way up, e.g. a full disk): a
+        checkpoint that fails is skipped so the first error is the one reported; the journal holds every row and
+        the next open rewrites ``results.parquet`` from it."""
         if getattr(self, "_fd", None) is None:
             return
         try:
             self.checkpoint()
+        except OSError:
+            if not best_effort:
+                raise
         finally:
             os.close(self._fd)
             self._fd = None
