@@ -109,7 +109,7 @@ def test_evaluate_on_full_disk_is_one_line_marks_the_run_failed_and_resumes(suit
 
 
 def test_read_only_disk_while_writing_a_case_is_one_line(tmp_path, monkeypatch):
-    import llmrca.io.native as native
+    from llmrca.io import native
 
     save_case(planted_case(seed=1), tmp_path / "c")
 

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmrca import options
-from llmrca.errors import LlmrcaError
+from llmrca.errors import LlmrcaError, naming
 from llmrca.testbed.cli import testbed_app
 
 app = typer.Typer(
@@ -177,7 +177,8 @@ def report_cmd(
     else:
         raise LlmrcaError(f"unknown --format {fmt!r}; use table, md or json")
     if output:
-        output.write_text(text, encoding="utf-8")
+        with naming(output):
+            output.write_text(text, encoding="utf-8")
         err.print(f"wrote {output}")
     else:
         sys.stdout.write(text)

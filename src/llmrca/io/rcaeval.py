@@ -31,7 +31,7 @@ import pandas as pd
 from llmrca.case import LOG_COLUMNS, NORMAL, TIME, TRACE_COLUMNS, Case, GroundTruth, Observation, Topology
 from llmrca.case.schema import coerce, empty_logs, empty_traces
 from llmrca.case.validation import Problem, check_case
-from llmrca.errors import CaseError, FormatError
+from llmrca.errors import CaseError, FormatError, naming
 from llmrca.io.case_json import read_fields
 from llmrca.io.native import case_to_json
 
@@ -638,6 +638,13 @@ def write_case(case: Case, out_dir: str | Path, *, overwrite: bool = False) -> P
     target = group_dir / rep
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target}: already exists (pass overwrite=True to replace it)")
+    with naming(target):
+        return _write_folder(case, group_dir, target, rep, group, renamed_fault)
+
+
+def _write_folder(case: Case, group_dir: Path, target: Path, rep: str, group: str,
+                  renamed_fault: str | None) -> Path:
+    obs = case.observation
     group_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{rep}.", dir=group_dir))
     try:
