@@ -21,8 +21,8 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def _case(tmp_path, name, edit=None, metrics=None):
-    good = planted_case(seed=1)
+def _case(tmp_path, name, edit=None, metrics=None, seed=1):
+    good = planted_case(seed=seed)
     d = save_case(good if metrics is None else good.with_observation(metrics=metrics), tmp_path / name)
     if edit is not None:
         p = d / "case.json"
@@ -162,3 +162,22 @@ def test_malformed_sidecar_names_its_field(tmp_path):
     with pytest.raises(CaseError) as e:
         load_case(d)
     assert "llmrca.json" in str(e.value) and "interval" in str(e.value)
+
+
+def test_evaluate_records_malformed_cases_as_errors_and_runs_the_rest(tmp_path):
+    from llmrca.evaluate import load_results
+
+    suite = tmp_path / "s"
+    _case(suite, "a-good")
+    _case(suite, "no-fault", BAD_JSON["no-fault"][0], seed=2)
+    huge = planted_case(seed=3)
+    m = huge.observation.metrics.copy()
+    m.loc[150, huge.truth.indicator] = 1e308  # after the injection: ranks the root last if read
+    _case(suite, "huge", metrics=m, seed=3)
+    r = run("evaluate", suite, "-m", "nsigma", "--out", tmp_path / "r", "--no-progress")
+    assert r.exit_code == 0, r.output
+    rows = load_results(tmp_path / "r").set_index("case_path")["status"]
+    by_name = {k.rsplit("/", 1)[-1]: v for k, v in rows.items()}
+    assert by_name["a-good"] == "ok"
+    assert by_name["no-fault"].startswith("error:") and "fault: missing" in by_name["no-fault"]
+    assert by_name["huge"].startswith("error:") and "absurd" in by_name["huge"]
