@@ -181,3 +181,15 @@ def test_evaluate_records_malformed_cases_as_errors_and_runs_the_rest(tmp_path):
     assert by_name["a-good"] == "ok"
     assert by_name["no-fault"].startswith("error:") and "fault: missing" in by_name["no-fault"]
     assert by_name["huge"].startswith("error:") and "absurd" in by_name["huge"]
+
+
+def test_infinite_value_in_an_rcaeval_csv_names_the_column(tmp_path):
+    fx = write_re1_suite(tmp_path / "re1", n_cases=1, seed=3)[0]
+    p = fx.path / "data.csv"
+    lines = p.read_text().splitlines()
+    header, cells = lines[0].split(","), lines[50].split(",")
+    cells[1] = "inf"
+    lines[50] = ",".join(cells)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CaseError, match=rf"metrics\['{header[1]}'\]: 1 infinite value"):
+        load_case(fx.path)

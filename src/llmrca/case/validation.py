@@ -83,7 +83,7 @@ def validate_metrics(metrics: pd.DataFrame | None) -> list[Problem]:
     non_numeric, all_nan, some_nan = [], [], []
     for c in data_cols:
         s = metrics[c]
-        if not ptypes.is_numeric_dtype(s) or ptypes.is_bool_dtype(s):
+        if not ptypes.is_numeric_dtype(s):
             non_numeric.append(c)
             continue
         out += _extreme_values(c, s)
@@ -169,6 +169,8 @@ def validate_logs(logs: pd.DataFrame | None) -> list[Problem]:
     t = pd.to_numeric(logs["time"], errors="coerce")
     if t.isna().any():
         out.append(_err("logs.time", f"{int(t.isna().sum())} value(s) missing or not numeric"))
+    elif np.isinf(t.to_numpy(dtype=float)).any():
+        out.append(_err("logs.time", f"{int(np.isinf(t.to_numpy(dtype=float)).sum())} infinite value(s)"))
     return out
 
 
