@@ -160,3 +160,15 @@ def test_parquet_catches_up_after_a_run_stopped_before_its_checkpoint(suite, tmp
     with ResultStore(out):  # opening and closing, with nothing to run, brings it up to date
         pass
     assert len(pd.read_parquet(out / "results.parquet")) == 4
+
+
+def test_full_disk_while_generating_is_one_line(tmp_path, monkeypatch):
+    from llmrca.io import native
+
+    def full(frame, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(native, "_write_parquet", full)
+    r = run("generate", "--suite", "demo", "--out", tmp_path / "g", "--no-progress")
+    _one_line_error(r, "No space left on device", str(tmp_path / "g"))
+    assert not list((tmp_path / "g").rglob("case.json"))  # no half-written case folder
