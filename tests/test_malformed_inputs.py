@@ -84,6 +84,8 @@ def test_normal_case_is_explicit(tmp_path):
     p.write_text(json.dumps(m))
     with pytest.raises(CaseError, match="fault.type: missing"):
         load_case(d)
+    c.truth = GroundTruth(service=None, fault_type="unknown")  # truth not known (RCAEval off-pattern): readable
+    assert load_case(save_case(c, tmp_path / "u")).truth.fault_type == "unknown"
     with pytest.raises(CaseError, match="fault.type"):  # built in code, the same rule holds
         c.truth = GroundTruth(service="svc-3", fault_type="")
         c.validate()

@@ -5,7 +5,8 @@ checked here before a ``Case`` is built, and each bad one becomes a ``Problem`` 
 one clear error (``<file>: fault.service: must be a string, is 5``) instead of a traceback deep in a method.
 
 The fault rule (docs/case-format.md): ``fault`` is required and so is ``fault.type``. ``type: "normal"`` marks a
-fault-free case, whose ``service`` must be null; every other type needs a ``service``. A file without a fault
+fault-free case, whose ``service`` must be null; ``type: "unknown"`` (ground truth not known, as for an RCAEval
+folder off its naming pattern) may leave ``service`` null; every other type needs a ``service``. A file without a fault
 section is an error, never a quiet "normal" case.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrca.case import NORMAL, GroundTruth, Topology
+from llmrca.case.model import UNKNOWN
 from llmrca.case.validation import Problem
 from llmrca.errors import CaseError
 
@@ -125,7 +127,7 @@ def _truth(r: _Reader, d: Any) -> GroundTruth | None:
         if ftype == NORMAL and service is not None:
             r.bad("fault.service", f"is {service!r} but fault.type is \"{NORMAL}\" (a fault-free case names no "
                                    "service)")
-        elif ftype != NORMAL and not service:
+        elif ftype not in (NORMAL, UNKNOWN) and not service:
             r.bad("fault.service", f"missing; fault.type {ftype!r} needs the service it was injected into")
     indicator = r.text(d, "indicator", "fault.indicator")
     start = r.number(d, "start", "fault.start")

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from llmrca.case import LOG_COLUMNS, NORMAL, TIME, TRACE_COLUMNS, Case, GroundTruth, Observation, Topology
+from llmrca.case.model import UNKNOWN  # the fault type of a folder off <service>_<fault>/<repetition>
 from llmrca.case.schema import coerce, empty_logs, empty_traces
 from llmrca.case.validation import Problem, check_case
 from llmrca.errors import CaseError, FormatError, naming
@@ -50,7 +51,6 @@ SIDECAR = "llmrca.json"
 SIDECAR_FORMAT = "llmrca-rcaeval-sidecar"
 SIDECAR_VERSION = 1
 
-UNKNOWN = "unknown"  # fault_type of a case whose folder does not follow <service>_<fault>/<repetition>
 DERIVED_WINDOW_S = 15  # RCAEval's logts/tracets windows
 NS_PER_S = 1_000_000_000
 
