@@ -111,7 +111,8 @@ def _extreme_values(column: str, s: pd.Series) -> list[Problem]:
     for mask, what in ((inf, "infinite"), (huge, f"absurd (|x| > {ABSURD:g})")):
         if mask.any():
             i = int(np.argmax(mask))
-            out.append(_err(f"metrics['{column}']", f"{int(mask.sum())} {what} value(s), first {float(v[i])!r} at row {i}"))
+            first = f"first {float(v[i])!r} at row {i}"
+            out.append(_err(f"metrics['{column}']", f"{int(mask.sum())} {what} value(s), {first}"))
     return out
 
 
