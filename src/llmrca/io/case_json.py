@@ -37,8 +37,14 @@ class CaseFields:
 
 
 def _kind(v: Any) -> str:
-    return "null" if v is None else f"{type(v).__name__} {v!r}" if not isinstance(v, (dict, list)) else (
-        "an object" if isinstance(v, dict) else "a list")
+    """What a JSON value is, for a message: ``null``, ``a list``, ``an object``, or its type and value."""
+    if v is None:
+        return "null"
+    if isinstance(v, dict):
+        return "an object"
+    if isinstance(v, list):
+        return "a list"
+    return f"{type(v).__name__} {v!r}"
 
 
 def _is_number(v: Any) -> bool:
@@ -157,7 +163,7 @@ def _topology(r: _Reader, d: Any) -> Topology:
     hosts = r.obj(d, "hosts", "topology.hosts")
     if not all(isinstance(v, str) for v in hosts.values()):
         r.bad("topology.hosts", "must map each service to a host name")
-    groups = {}
+    groups: dict[str, dict[str, Any]] = {}
     for key in ("gpus", "replicas"):
         g = r.obj(d, key, f"topology.{key}")
         if not all(isinstance(v, list) for v in g.values()):
