@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -15,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from llmrca.errors import LlmrcaError
+from llmrca import options
+from llmrca.errors import LlmrcaError, naming
 from llmrca.testbed.cli import testbed_app
 
 app = typer.Typer(
@@ -32,6 +34,21 @@ _state = {"debug": False}
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (LlmrcaError, FileNotFoundError, FileExistsError,
                                                  NotADirectoryError, PermissionError)
+# OSErrors that come from the machine, not from llmrca: a full or read-only disk, a quota, too many open files.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EMFILE, errno.ENFILE,
+                       errno.ENAMETOOLONG, errno.EISDIR}
+
+
+def _is_user_error(e: BaseException) -> bool:
+    return isinstance(e, _USER_ERRORS) or (isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        what = f"{e.filename}: " if e.filename else ""
+        name = errno.errorcode.get(e.errno or 0, "")
+        return f"{what}{e.strerror}" + (f" ({name})" if name else "")
+    return str(e)
 
 
 def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,11 +56,11 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _USER_ERRORS as e:
-            if _state["debug"]:
+        except Exception as e:
+            if _state["debug"] or not _is_user_error(e):
                 raise
             # escaped: messages name TOML tables such as [deployment], which are not markup
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -123,6 +140,8 @@ def evaluate_cmd(
     from llmrca.methods import resolve
     from llmrca.report import print_table, summarize
 
+    options.jobs(jobs)
+    options.seconds(timeout, "--timeout")
     names = resolve(methods)
     cases = [c for p in paths for c in find_cases(p)]
     if not cases:
@@ -158,7 +177,8 @@ def report_cmd(
     else:
         raise LlmrcaError(f"unknown --format {fmt!r}; use table, md or json")
     if output:
-        output.write_text(text, encoding="utf-8")
+        with naming(output):
+            output.write_text(text, encoding="utf-8")
         err.print(f"wrote {output}")
     else:
         sys.stdout.write(text)
@@ -254,6 +274,7 @@ def generate_cmd(
     """
     from llmrca.sim.suites import generate_suite
 
+    options.jobs(jobs)
     paths = generate_suite(scenario, out_dir, reps=reps, seed=seed, jobs=jobs, normal=normal, sets=sets,
                            progress=progress, overwrite=overwrite)
     out.print(f"wrote {len(paths)} case(s) under {out_dir}", highlight=False)
@@ -331,6 +352,7 @@ def demo_cmd(
     """Simulate a small suite, evaluate dummy/nsigma/baro/e-diagnosis, print the table, write report.md."""
     from llmrca.demo import run_demo
 
+    options.jobs(jobs)
     run_demo(out_dir, jobs=jobs, seed=seed, console=out, progress=progress)
 
 
@@ -369,6 +391,8 @@ def bench_cmd(
     """
     from llmrca.bench import run_bench
 
+    options.jobs(jobs)
+    options.seconds(timeout, "--timeout")
     if suite is not None and scenario is not None and suite != scenario:
         raise LlmrcaError(f"two scenarios given: {suite!r} and --scenario {scenario!r}; give one")
     name = scenario or suite or "paper"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 
 class LlmrcaError(Exception):
     """Base class for every error llmrca raises on purpose."""
@@ -35,3 +39,15 @@ class UnknownNameError(LlmrcaError, KeyError):
 
 class MethodError(LlmrcaError):
     """An RCA method cannot run on the observation it was given."""
+
+
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Give an ``OSError`` raised inside the file or folder being written, where it names none (``os.write``
+    on a full disk, ENOSPC, names no file), so the one-line error says where it happened."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise type(e)(e.errno, e.strerror, str(path)) from e

@@ -13,6 +13,7 @@ from llmrca.case.schema import TIME, empty_logs, empty_traces
 from llmrca.case.topology import Topology
 
 NORMAL = "normal"
+UNKNOWN = "unknown"  # fault type of a case whose ground truth is not known (e.g. an RCAEval folder off-pattern)
 
 
 @dataclass

@@ -19,6 +19,10 @@ from llmrca.case.schema import LOG_COLUMNS, SPAN_STATUSES, TIME, TRACE_COLUMNS
 
 Severity = Literal["error", "warning"]
 
+# Largest magnitude a metric value may have. Real telemetry stays far below (bytes of a cluster's memory are
+# ~1e15); beyond this, squaring or summing a column overflows float64 and the methods' scores turn to inf/NaN.
+ABSURD = 1e300
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -82,6 +86,7 @@ def validate_metrics(metrics: pd.DataFrame | None) -> list[Problem]:
         if not ptypes.is_numeric_dtype(s):
             non_numeric.append(c)
             continue
+        out += _extreme_values(c, s)
         n_nan = int(s.isna().sum())
         if len(s) and n_nan == len(s):
             all_nan.append(c)
@@ -96,6 +101,21 @@ def validate_metrics(metrics: pd.DataFrame | None) -> list[Problem]:
     return out
 
 
+def _extreme_values(column: str, s: pd.Series) -> list[Problem]:
+    """±inf and values beyond ``ABSURD``: methods that standardise or regress on a column turn them into inf/NaN
+    scores, and the column (often the root cause's) silently falls to the bottom of the ranking."""
+    v = s.to_numpy(dtype=float, na_value=np.nan)
+    inf = np.isinf(v)
+    huge = np.isfinite(v) & (np.abs(v) > ABSURD)
+    out = []
+    for mask, what in ((inf, "infinite"), (huge, f"absurd (|x| > {ABSURD:g})")):
+        if mask.any():
+            i = int(np.argmax(mask))
+            first = f"first {float(v[i])!r} at row {i}"
+            out.append(_err(f"metrics['{column}']", f"{int(mask.sum())} {what} value(s), {first}"))
+    return out
+
+
 def _good_column_name(c: str) -> bool:
     service, sep, metric = c.partition("_")
     return bool(sep and service and metric and service.strip() == service and not service.isspace())
@@ -104,10 +124,9 @@ def _good_column_name(c: str) -> bool:
 def validate_inject_time(inject_time: float | None, metrics: pd.DataFrame | None) -> list[Problem]:
     if inject_time is None:
         return []
-    try:
-        it = float(inject_time)
-    except (TypeError, ValueError):
+    if not _is_real(inject_time):  # a string "1700000600" would pass float() here and break writers later
         return [_err("inject_time", f"not a number: {inject_time!r}")]
+    it = float(inject_time)
     if not np.isfinite(it):
         return [_err("inject_time", "not finite")]
     if metrics is None or TIME not in metrics or not len(metrics):
@@ -151,6 +170,8 @@ def validate_logs(logs: pd.DataFrame | None) -> list[Problem]:
     t = pd.to_numeric(logs["time"], errors="coerce")
     if t.isna().any():
         out.append(_err("logs.time", f"{int(t.isna().sum())} value(s) missing or not numeric"))
+    elif np.isinf(t.to_numpy(dtype=float)).any():
+        out.append(_err("logs.time", f"{int(np.isinf(t.to_numpy(dtype=float)).sum())} infinite value(s)"))
     return out
 
 
@@ -160,7 +181,7 @@ def validate_observation(obs) -> list[Problem]:
     out += validate_traces(obs.traces)
     out += validate_logs(obs.logs)
     out += [_err("topology", p.split(": ", 1)[-1]) for p in obs.topology.problems()]
-    if obs.interval is not None and not (np.isfinite(obs.interval) and obs.interval > 0):
+    if obs.interval is not None and not (_is_real(obs.interval) and np.isfinite(obs.interval) and obs.interval > 0):
         out.append(_err("interval", f"must be a positive number of seconds, is {obs.interval!r}"))
     return out
 
@@ -171,13 +192,37 @@ def validate_case(case) -> list[Problem]:
         out.append(_err("id", "empty case id"))
     out += validate_observation(case.observation)
     truth = case.truth
-    if truth.service is not None:
+    out += _validate_truth(truth)
+    if isinstance(truth.service, str):
         if "_" in truth.service:
             out.append(_err("fault.service", f"{truth.service!r} contains '_' (service names use '-')"))
         elif truth.service not in case.observation.services:
             out.append(_warn("fault.service", f"{truth.service!r} appears in no metric, span or topology"))
-    if truth.start is not None and truth.end is not None and truth.end < truth.start:
+    if _is_real(truth.start) and _is_real(truth.end) and truth.end < truth.start:
         out.append(_err("fault.end", f"{truth.end:g} is before fault.start {truth.start:g}"))
+    return out
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _validate_truth(truth) -> list[Problem]:
+    """The fault rule: a fault type is always given; "normal" (fault-free) names no service, any other type one."""
+    from llmrca.case.model import NORMAL
+
+    out = []
+    if not isinstance(truth.fault_type, str) or not truth.fault_type:
+        out.append(_err("fault.type", f"must be a non-empty string, is {truth.fault_type!r}"))
+    if truth.service is not None and (not isinstance(truth.service, str) or not truth.service):
+        out.append(_err("fault.service", f"must be a non-empty string or None, is {truth.service!r}"))
+    elif truth.fault_type == NORMAL and truth.service is not None:
+        out.append(_err("fault.service", f"is {truth.service!r} but fault.type is {NORMAL!r} (a fault-free case "
+                                         "names no service)"))
+    for name in ("start", "end"):
+        v = getattr(truth, name)
+        if v is not None and not (_is_real(v) and np.isfinite(v)):
+            out.append(_err(f"fault.{name}", f"must be a finite number or None, is {v!r}"))
     return out
 
 

@@ -19,6 +19,7 @@ rows alike, since a failure is a result and a method that timed out once will ti
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import signal
@@ -36,6 +37,7 @@ from typing import Any, Self
 import pandas as pd
 
 import llmrca
+from llmrca import options
 from llmrca.errors import CaseError, FormatError, LlmrcaError, UnknownNameError
 from llmrca.evaluate.store import KEY, RUN_JSON, ResultStore, rows_to_frame, write_atomic
 from llmrca.evaluate.worker import Task
@@ -92,12 +94,10 @@ def evaluate(
     unknown = sorted(set(params) - set(names))
     if unknown:
         raise UnknownNameError(f"method_params names method(s) not in the run: {', '.join(unknown)}")
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
-    if timeout is not None and timeout <= 0:
-        raise ValueError(f"timeout must be positive seconds or None, got {timeout}")
-    if memory_limit_mb is not None and memory_limit_mb < 0:
-        raise ValueError(f"memory_limit_mb must be > 0, 0 (no cap) or None (default), got {memory_limit_mb}")
+    options.jobs(jobs, "jobs")
+    options.seconds(timeout, "timeout", allow_none=True)
+    if memory_limit_mb is not None and not (math.isfinite(memory_limit_mb) and memory_limit_mb >= 0):
+        raise LlmrcaError(f"memory_limit_mb: must be > 0, 0 (no cap) or None (default), is {memory_limit_mb!r}")
     seed = int(seed)
     if memory_limit_mb is None:
         memory_limit_mb = default_memory_limit_mb(jobs)
@@ -149,17 +149,22 @@ def evaluate(
                 store.checkpoint()
                 last_checkpoint = time.monotonic()
 
-        status = "failed"
+        status, reason = "failed", None
         try:
             with bar:
                 _run_pool(_by_case(grid), jobs=jobs, timeout=timeout, on_row=on_row)
             status = "finished"
         except KeyboardInterrupt:
-            status = "interrupted"
+            status, reason = "interrupted", "KeyboardInterrupt"
+            raise
+        except BaseException as e:
+            reason = f"{type(e).__name__}: {e}"
             raise
         finally:
             run_info.update(finished=_now(), status=status, counts=counts)
-            write_atomic(out / RUN_JSON, _json_bytes(run_info))
+            if reason:
+                run_info["error"] = reason
+            _write_run_json(out / RUN_JSON, run_info, failing=status != "finished")
         stored_ids = store.case_ids_by_path()  # ids of cases first loaded in this run come from their rows
         rows = [store.get((n, ids.get(p) or stored_ids.get(p, ""), seed)) for p in paths for n in names]
         return rows_to_frame(r for r in rows if r is not None)
@@ -225,6 +230,32 @@ def _by_case(tasks: list[Task]) -> list[list[Task]]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_run_json(path: Path, info: dict[str, Any], *, failing: bool) -> None:
+    """Record the run's end. On a full disk the atomic rewrite fails (it needs a new file), so the old file is
+    overwritten in place with the compact form, which fits in the bytes the "running" version already holds:
+    a run that stopped never stays marked "running". Only when even that fails does the error go up (and not
+    while another error is already on its way up)."""
+    try:
+        write_atomic(path, _json_bytes(info))
+        return
+    except OSError:
+        if not failing:
+            raise
+    compact = {k: v for k, v in info.items() if k != "previous"}
+    for data in (json.dumps(compact, separators=(",", ":"), default=str).encode(),
+                 json.dumps({**compact, "cases": len(info.get("cases", []))}, separators=(",", ":"),
+                            default=str).encode()):
+        try:
+            with open(path, "r+b") as f:
+                if len(data) > os.fstat(f.fileno()).st_size:
+                    continue
+                f.write(data)
+                f.truncate()
+            return
+        except OSError:
+            return
 
 
 def _json_bytes(obj: Any) -> bytes:

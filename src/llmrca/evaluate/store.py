@@ -12,10 +12,15 @@ Layout of a results folder:
 - ``run.json`` — what was run (written by the runner); ``errors.log`` — tracebacks of failed tasks.
 
 One run writes to a folder at a time (an exclusive lock on ``.lock``).
+
+A write that fails (a full disk, ENOSPC; a read-only one, EROFS) cuts the journal back to its last whole line
+before the error goes up, so the row is neither half-stored nor stored twice: the task just runs again on resume.
+Every such error names the file it was writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -31,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llmrca.errors import FormatError, LlmrcaError
+from llmrca.errors import FormatError, LlmrcaError, naming
 
 JOURNAL = "results.jsonl"
 PARQUET = "results.parquet"
@@ -161,6 +166,11 @@ def load_results(path: str | Path) -> pd.DataFrame:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    with naming(path):
+        _write_atomic(path, data)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -226,13 +236,16 @@ class ResultStore:
         self._fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         for r in seed_rows:
             self._write(r)
-        self._dirty = bool(seed_rows)
+        # A run stopped before its last checkpoint (a full disk, a kill) leaves the parquet behind the journal.
+        parquet = self.dir / PARQUET
+        self._dirty = bool(seed_rows) or not parquet.is_file() or (
+            journal.stat().st_mtime_ns > parquet.stat().st_mtime_ns)
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(best_effort=exc_type is not None)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -257,15 +270,25 @@ class ResultStore:
 
     def _write(self, row: dict[str, Any]) -> None:
         line = (json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n").encode()
-        n = os.write(self._fd, line)
-        while n < len(line):  # a short write to a regular file is rare, but possible
-            n += os.write(self._fd, line[n:])
-        if time.monotonic() - self._synced >= self.fsync_every_s:
-            self.sync()
+        with naming(self.dir / JOURNAL):
+            end = os.fstat(self._fd).st_size
+            try:
+                n = os.write(self._fd, line)
+                while n < len(line):  # a short write to a regular file is rare, but possible (a disk filling up)
+                    n += os.write(self._fd, line[n:])
+            except OSError:
+                # Drop what part of the line got in, so a later append cannot glue onto it; shrinking needs no
+                # free space. The row is not stored (and not in memory): its task runs again on resume.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, end)
+                raise
+            if time.monotonic() - self._synced >= self.fsync_every_s:
+                self.sync()
 
     def sync(self) -> None:
         """Flush the journal to the disk (a write alone already survives the process being killed)."""
-        os.fsync(self._fd)
+        with naming(self.dir / JOURNAL):
+            os.fsync(self._fd)
         self._synced = time.monotonic()
 
     def frame(self) -> pd.DataFrame:
@@ -283,14 +306,20 @@ class ResultStore:
         self._dirty = False
 
     def log_error(self, key: tuple[str, str, int], text: str) -> None:
-        with open(self.dir / ERRORS_LOG, "a", encoding="utf-8") as f:
+        with naming(self.dir / ERRORS_LOG), open(self.dir / ERRORS_LOG, "a", encoding="utf-8") as f:
             f.write(f"=== method={key[0]} case={key[1]} seed={key[2]}\n{text.rstrip()}\n")
 
-    def close(self) -> None:
+    def close(self, *, best_effort: bool = False) -> None:
+        """Checkpoint and unlock. ``best_effort`` (an error is already on its way up, e.g. a full disk): a
+        checkpoint that fails is skipped so the first error is the one reported; the journal holds every row and
+        the next open rewrites ``results.parquet`` from it."""
         if getattr(self, "_fd", None) is None:
             return
         try:
             self.checkpoint()
+        except OSError:
+            if not best_effort:
+                raise
         finally:
             os.close(self._fd)
             self._fd = None

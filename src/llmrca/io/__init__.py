@@ -61,18 +61,19 @@ def find_cases(path: str | Path) -> list[Path]:
 def validate_path(path: str | Path) -> Iterator[tuple[Path, list]]:
     """(case folder, problems) for every case at or below ``path``; unreadable folders become problems too."""
     from llmrca.case.validation import Problem
-    from llmrca.errors import CaseError
+    from llmrca.errors import CaseError, LlmrcaError
 
     dirs = find_cases(path)
     if not dirs:
         raise FormatError(f"{path}: holds no case folder")
-    for d in dirs:
+    for d in dirs:  # every case is checked: one unreadable case does not hide the others' problems
         try:
             case = load_case(d, root=path, validate=False)
-        except CaseError as e:
-            yield d, [p if isinstance(p, Problem) else Problem("error", "case", str(p)) for p in e.problems]
+        except CaseError as e:  # a malformed case.json: its ``where`` names that file
+            yield Path(e.where) if e.where else d, [
+                p if isinstance(p, Problem) else Problem("error", "case", str(p)) for p in e.problems]
             continue
-        except FormatError as e:
+        except (LlmrcaError, OSError, UnicodeDecodeError) as e:
             yield d, [Problem("error", "files", str(e))]
             continue
         yield d, case.problems()

@@ -13,9 +13,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llmrca.case import LOG_COLUMNS, TRACE_COLUMNS, Case, GroundTruth, Observation, Topology
+from llmrca.case import LOG_COLUMNS, TRACE_COLUMNS, Case, Observation
 from llmrca.case.schema import coerce, empty_logs, empty_traces
-from llmrca.errors import CaseError, FormatError
+from llmrca.errors import CaseError, FormatError, naming
+from llmrca.io.case_json import read_fields
 
 CASE_JSON = "case.json"
 METRICS = "metrics.parquet"
@@ -49,6 +50,11 @@ def write_case(case: Case, out_dir: str | Path, *, overwrite: bool = False) -> P
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass overwrite=True to replace it)")
+    with naming(out):
+        return _write_case(case, out)
+
+
+def _write_case(case: Case, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -88,33 +94,37 @@ def read_case(path: str | Path, *, validate: bool = True) -> Case:
     path = Path(path)
     meta_path = path / CASE_JSON
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise FormatError(f"{meta_path}: file missing") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{meta_path}: not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
         raise FormatError(f"{meta_path}: invalid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format", FORMAT) != FORMAT:
+    if not isinstance(meta, dict):
+        raise FormatError(f"{meta_path}: not an llmrca case (must be a JSON object, is {type(meta).__name__})")
+    if meta.get("format", FORMAT) != FORMAT:
         raise FormatError(f"{meta_path}: not an llmrca case (field 'format' is {meta.get('format')!r})")
-    if int(meta.get("format_version", 1)) > FORMAT_VERSION:
-        raise FormatError(f"{meta_path}: format_version {meta['format_version']} is newer than this llmrca reads")
-    try:
-        obs = Observation(
-            metrics=_read_parquet(path / METRICS),
-            traces=_read_optional(path / TRACES, TRACE_COLUMNS),
-            logs=_read_optional(path / LOGS, LOG_COLUMNS),
-            inject_time=meta.get("inject_time"),
-            topology=Topology.from_dict(meta.get("topology")),
-            interval=meta.get("interval"),
-        )
-        truth = GroundTruth.from_dict(meta.get("fault"))
-    except (TypeError, ValueError, AttributeError) as e:
-        raise FormatError(f"{meta_path}: malformed field ({e})") from None
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FormatError(f"{meta_path}: format_version: must be an integer, is {version!r}")
+    if version > FORMAT_VERSION:
+        raise FormatError(f"{meta_path}: format_version {version} is newer than this llmrca reads")
+    fields = read_fields(meta, meta_path)
+    obs = Observation(
+        metrics=_read_parquet(path / METRICS),
+        traces=_read_optional(path / TRACES, TRACE_COLUMNS),
+        logs=_read_optional(path / LOGS, LOG_COLUMNS),
+        inject_time=fields.inject_time,
+        topology=fields.topology,
+        interval=fields.interval,
+    )
     case = Case(
-        id=str(meta.get("id") or path.name),
+        id=fields.id or path.name,
         observation=obs,
-        truth=truth,
-        system=str(meta.get("system") or ""),
-        provenance=dict(meta.get("provenance") or {}),
+        truth=fields.truth,
+        system=fields.system,
+        provenance=fields.provenance,
     )
     if validate:
         try:

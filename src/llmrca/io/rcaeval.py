@@ -29,9 +29,11 @@ import numpy as np
 import pandas as pd
 
 from llmrca.case import LOG_COLUMNS, NORMAL, TIME, TRACE_COLUMNS, Case, GroundTruth, Observation, Topology
+from llmrca.case.model import UNKNOWN  # the fault type of a folder off <service>_<fault>/<repetition>
 from llmrca.case.schema import coerce, empty_logs, empty_traces
 from llmrca.case.validation import Problem, check_case
-from llmrca.errors import CaseError, FormatError
+from llmrca.errors import CaseError, FormatError, naming
+from llmrca.io.case_json import read_fields
 from llmrca.io.native import case_to_json
 
 INJECT_TIME = "inject_time.txt"
@@ -49,7 +51,6 @@ SIDECAR = "llmrca.json"
 SIDECAR_FORMAT = "llmrca-rcaeval-sidecar"
 SIDECAR_VERSION = 1
 
-UNKNOWN = "unknown"  # fault_type of a case whose folder does not follow <service>_<fault>/<repetition>
 DERIVED_WINDOW_S = 15  # RCAEval's logts/tracets windows
 NS_PER_S = 1_000_000_000
 
@@ -206,7 +207,7 @@ def _pick_metrics_file(case_dir: Path, present: list[str], override: str | None)
 
 def _read_inject_time(path: Path) -> tuple[str, float]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: editors on Windows start the file with a BOM
     except FileNotFoundError:
         raise FormatError(f"{path}: file missing (RCAEval cases give the injection time there)") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -576,13 +577,18 @@ def _truth_from_path(case_dir: Path, root: str | Path | None) -> tuple[str, Grou
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: invalid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
         raise FormatError(f"{path}: not an llmrca sidecar (field 'format' is not {SIDECAR_FORMAT!r})")
-    if int(meta.get("format_version", 1)) > SIDECAR_VERSION:
-        raise FormatError(f"{path}: format_version {meta['format_version']} is newer than this llmrca reads")
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FormatError(f"{path}: format_version: must be an integer, is {version!r}")
+    if version > SIDECAR_VERSION:
+        raise FormatError(f"{path}: format_version {version} is newer than this llmrca reads")
+    if not isinstance(meta.get("export") or {}, dict):
+        raise FormatError(f"{path}: export: must be an object")
     return meta
 
 
@@ -591,26 +597,21 @@ def _apply_sidecar(
 ) -> tuple[float, GroundTruth, str, Topology, float | None, dict[str, Any]]:
     """Restore what RCAEval's files cannot carry, as long as the files still agree with the sidecar."""
     where = case_dir / SIDECAR
-    try:
-        exact = meta.get("inject_time")
-        if exact is not None and math.floor(float(exact)) == math.floor(inject_time):
-            inject_time = float(exact)
-        elif exact is not None:
-            rc["sidecar_conflict"] = f"inject_time {exact} vs {INJECT_TIME}; the file wins"
-        side_truth = GroundTruth.from_dict(meta.get("fault"))
-        if side_truth.service == truth.service:
-            truth = side_truth
-        else:
-            rc["sidecar_conflict"] = f"fault service {side_truth.service!r} vs folder {truth.service!r}; folder wins"
-        topology = Topology.from_dict(meta.get("topology"))
-        interval = meta.get("interval")
-        interval = None if interval is None else float(interval)
-        provenance = dict(meta.get("provenance") or {})
-    except (TypeError, ValueError, AttributeError) as e:
-        raise FormatError(f"{where}: malformed field ({e})") from None
+    fields = read_fields(meta, where, fault_required=False)
+    exact = fields.inject_time
+    if exact is not None and math.floor(exact) == math.floor(inject_time):
+        inject_time = exact
+    elif exact is not None:
+        rc["sidecar_conflict"] = f"inject_time {exact} vs {INJECT_TIME}; the file wins"
+    side_truth = fields.truth
+    if side_truth is not None and side_truth.service == truth.service:
+        truth = side_truth
+    elif side_truth is not None:
+        rc["sidecar_conflict"] = f"fault service {side_truth.service!r} vs folder {truth.service!r}; folder wins"
+    topology, interval, provenance = fields.topology, fields.interval, fields.provenance
     if "sidecar_conflict" in rc:
         warnings.warn(f"{where}: {rc['sidecar_conflict']}", RcaevalWarning, stacklevel=3)
-    return inject_time, truth, str(meta.get("system") or system), topology, interval, provenance
+    return inject_time, truth, fields.system or system, topology, interval, provenance
 
 
 # ------------------------------------------------------------------------------------------------------ writing
@@ -637,6 +638,13 @@ def write_case(case: Case, out_dir: str | Path, *, overwrite: bool = False) -> P
     target = group_dir / rep
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target}: already exists (pass overwrite=True to replace it)")
+    with naming(target):
+        return _write_folder(case, group_dir, target, rep, group, renamed_fault)
+
+
+def _write_folder(case: Case, group_dir: Path, target: Path, rep: str, group: str,
+                  renamed_fault: str | None) -> Path:
+    obs = case.observation
     group_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{rep}.", dir=group_dir))
     try:

@@ -1,0 +1,29 @@
+"""Checks of command-line values that the option's type alone lets through (``--jobs 0``, ``--timeout -1``,
+``--duration inf``): each raises ``LlmrcaError`` naming the option, which the CLI prints as one line."""
+
+from __future__ import annotations
+
+import math
+
+from llmrca.errors import LlmrcaError
+
+
+def jobs(value: int, option: str = "--jobs") -> int:
+    """A number of worker processes: a whole number, at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LlmrcaError(f"{option}: must be a whole number of worker processes, at least 1, is {value!r}")
+    return value
+
+
+def seconds(value: float | None, option: str, *, allow_none: bool = False, allow_zero: bool = False) -> float | None:
+    """A duration in seconds: finite and positive (or zero / None where the option says so). ``inf`` is refused:
+    a time limit of "forever" is spelt by leaving the limit out, not by a number that overflows later."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LlmrcaError(f"{option}: must be a number of seconds, is {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        least = "0 or more" if allow_zero else "more than 0"
+        raise LlmrcaError(f"{option}: must be a finite number of seconds, {least}, is {value!r}")
+    return v
