@@ -297,7 +297,8 @@ def injection_in(records: list[dict[str, Any]], start: float, end: float, inject
                 raise LlmrcaError(f"injection {r['id']} was still active at the window's start (it ended at "
                                   f"{until:.0f}): start the window after it, or name it with --injection")
     own = chosen["id"] if chosen else None
-    foreign = [c for c in changes if start <= float(c.get("time", math.nan)) <= end and c.get("injection") != own]
+    foreign = [c for c in changes if start <= float(c.get("time", math.nan)) <= end
+               and (c.get("injection") is None or c.get("injection") != own)]
     if foreign:
         c = foreign[0]
         raise LlmrcaError(f"{len(foreign)} control change(s) in the window not made by "
