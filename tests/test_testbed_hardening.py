@@ -370,3 +370,86 @@ def test_inject_prints_one_json_document_at_any_width(tmp_path, monkeypatch):
     assert "\n" not in out and len(out) > 200
     doc = json.loads(out)
     assert doc["id"] == rec["id"] and doc["method"] == rec["method"] and doc["params"] == rec["params"]
+
+
+# -- one short live check: the real processes behind nginx -----------------------------------------------------------
+def _live_skip() -> str | None:
+    from llmrca.testbed.nginx import nginx_binary
+    from llmrca.testbed.prometheus import prometheus_binary
+
+    if prometheus_binary() is None or nginx_binary() is None:
+        return "the live testbed needs the Debian packages prometheus and nginx"
+    if os.environ.get("LLMRCA_SKIP_TESTBED") == "1":
+        return "LLMRCA_SKIP_TESTBED=1"
+    return None
+
+
+def _running_requests(port: int) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("vllm:num_requests_running{"))
+
+
+@pytest.mark.skipif(_live_skip() is not None, reason=str(_live_skip()))
+def test_live_control_needs_the_token_and_abandoned_requests_stop(tmp_path):
+    import threading
+    import urllib.request
+
+    from llmrca.deploy import DeployConfig
+    from llmrca.sim.hardware import model_spec
+
+    run_dir = tmp_path / "tb"
+    cfg = TestbedConfig(deploy=DeployConfig(replicas=2, step=1.0, rate_window=5.0), load=False, model_load_s=1.0,
+                        seed=2)
+    st = control.up(cfg, run_dir, detach=False, timeout=150)
+    try:
+        p = st["ports"]
+        engines = [p[f"engine:{r}"] for r in st["replicas"]]
+        body = '{"fault": "gpu", "target": "ray-replicas-0", "duration": 5, "lease": false}'
+        assert _post(f"http://127.0.0.1:{p['control']}/inject", body)[0] == 401
+        assert _post(f"http://127.0.0.1:{engines[0]}/control/power-limit",
+                     json.dumps({"watts": 150, "expires_at": time.time() + 30}))[0] == 401
+        assert not (run_dir / "injections.jsonl").exists()
+
+        gateway = f"http://127.0.0.1:{p['gateway']}/v1/chat/completions"
+        ctx = model_spec(cfg.deploy.model).context_tokens
+        code, msg = _post(gateway, json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                                               "max_tokens": 10**9}))
+        assert code == 400 and "maximum context length" in msg["message"]
+
+        # A long answer through nginx, the proxy and the mesh; the client leaves after 3 s: the engine stops.
+        def client() -> None:
+            req = urllib.request.Request(gateway, data=json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                                                                   "max_tokens": ctx - 10}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(req, timeout=3).read()
+            except OSError:
+                pass
+
+        t = threading.Thread(target=client)
+        t.start()
+        seen = False
+        end = time.monotonic() + 3
+        while time.monotonic() < end and not seen:
+            seen = sum(_running_requests(e) for e in engines) >= 1
+            time.sleep(0.2)
+        t.join()
+        assert seen, "the long request never ran"
+        end = time.monotonic() + 20
+        while time.monotonic() < end and sum(_running_requests(e) for e in engines) > 0:
+            time.sleep(0.3)
+        assert sum(_running_requests(e) for e in engines) == 0, "the abandoned request is still generating"
+
+        # With the token (every llmrca client sends it): the fault runs, and its engine change is logged under it.
+        rec = control.inject("gpu", "ray-replicas-0", 3.0, run_dir=run_dir)
+        assert rec["status"] == "done"
+        log = RunDir(run_dir).read_injections()
+        changes = [r for r in log if r.get("kind") == "control"]
+        assert changes and all(c["injection"] == rec["id"] for c in changes), changes
+        assert [r["status"] for r in log if r.get("id") == rec["id"]] == ["active", "done"]
+    finally:
+        report = control.down(run_dir)
+        assert report["open_ports"] == [] and report["killed_leftovers"] == []
