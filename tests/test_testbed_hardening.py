@@ -150,6 +150,57 @@ def test_a_fault_undone_when_the_supervisor_stops_is_recorded(tmp_path):
     sup.tlog.close()
 
 
+def test_a_client_that_leaves_while_its_fault_is_applied_gets_it_undone_and_logged(tmp_path):
+    import functools
+
+    import aiohttp
+
+    from llmrca.testbed.supervisor import Supervisor
+
+    rd, _ = _run_dir(tmp_path)
+    token = auth.read_token(rd.path)
+
+    class SlowInjector:
+        undone = False
+
+        def undo(self) -> None:
+            self.undone = True
+
+    async def scenario() -> None:
+        sup = Supervisor(rd)
+        inj = SlowInjector()
+
+        async def slow_inject(fault, target, params, duration, lease):  # the apply takes a while (stress-ng start)
+            await asyncio.sleep(0.8)
+            rec = {"id": "cpu-ray-head-1", "fault": fault, "target": target, "inject_time": time.time(),
+                   "end": time.time() + duration, "lease": lease, "status": "active"}
+            handle = sup.cleanup.register(functools.partial(sup._undo_now, rec["id"]), "undo")
+            sup.injections[rec["id"]] = (inj, rec, handle)
+            rd.append_injection(rec)
+            return rec
+
+        sup.inject = slow_inject
+        port = free_ports(1)[0]
+        runner = await _serve(sup._control_app(asyncio.Event()), port)
+        try:
+            async with aiohttp.ClientSession() as s:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(s.post(f"http://127.0.0.1:{port}/inject", headers={auth.HEADER: token},
+                                                  json={"fault": "cpu", "target": "ray-head", "duration": 30}), 0.2)
+            end = time.monotonic() + 10
+            while time.monotonic() < end and not inj.undone:
+                await asyncio.sleep(0.1)
+            assert inj.undone, "the fault outlived the client that held it"
+            assert [(r["status"], r.get("undo_reason")) for r in rd.read_injections()] == [
+                ("active", None), ("done", "the client went away")]
+        finally:
+            await runner.cleanup()
+            sup.log.close()
+            sup.tlog.close()
+
+    asyncio.run(scenario())
+
+
 def test_client_refuses_an_infinite_duration_before_asking(tmp_path, monkeypatch):
     monkeypatch.setattr(control, "running_state", lambda run_dir: {"run_dir": str(tmp_path), "ports": {}})
     with pytest.raises(TestbedError, match="duration must be finite"):

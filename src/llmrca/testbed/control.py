@@ -192,6 +192,7 @@ def running_state(run_dir: str | Path | None = None) -> dict[str, Any]:
     if not supervisor_alive(st) or st.get("status") != "up":
         raise TestbedError(f"the testbed in {rd.path} is not running (status {st.get('status')!r}); "
                            "start it with `llmrca testbed up`")
+    st["run_dir"] = str(rd.path)  # where this caller finds the token (the recorded path may be relative elsewhere)
     return st
 
 
@@ -202,7 +203,7 @@ def status(run_dir: str | Path | None = None) -> dict[str, Any]:
     if not supervisor_alive(st):
         return {"status": "down" if st.get("status") in ("down", "stopping") else f"dead ({st.get('status')})",
                 "run_dir": str(rd.path), "error": st.get("error")}
-    return _control(st, "/status")
+    return _control(dict(st, run_dir=str(rd.path)), "/status")
 
 
 def inject(fault: str, target: str, duration: float, params: dict[str, Any] | None = None,

@@ -452,8 +452,20 @@ class Supervisor:
                 b = await request.json()
                 if not isinstance(b, dict):
                     raise TypeError("the body must be a JSON object")
-                rec = await self.inject(str(b["fault"]), str(b["target"]), b.get("params") or {},
-                                        duration_of(b.get("duration")), bool(b.get("lease", True)))
+                lease = bool(b.get("lease", True))
+                applying = asyncio.ensure_future(self.inject(str(b["fault"]), str(b["target"]),
+                                                             b.get("params") or {}, duration_of(b.get("duration")),
+                                                             lease))
+                try:
+                    # Shielded: a client that hangs up mid-apply cancels this handler (service.start_site), but
+                    # the fault must still be registered and logged, and then undone if the client held it.
+                    rec = await asyncio.shield(applying)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        done = await applying
+                        if lease:
+                            await self.undo(done["id"], "the client went away")
+                    raise
             except KeyError as e:
                 return web.json_response({"error": f"bad request: missing {e}"}, status=400)
             except (ValueError, TypeError) as e:
