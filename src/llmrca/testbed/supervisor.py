@@ -14,7 +14,9 @@ Processes (all on 127.0.0.1, ports chosen free at start, recorded in the run fol
 | ``loadgen``            | (client)       | the open-loop load                                            |
 
 Every child dies with the supervisor (``PR_SET_PDEATHSIG``); a child that exits on its own is restarted (an
-engine after the model's load time). Run as ``python -m llmrca.testbed.supervisor RUN_DIR`` (``llmrca testbed up``
+engine after the model's load time). The control API's changes (``/inject``, ``/undo``, ``/shutdown``) need the
+run's token (``llmrca.testbed.auth``); the supervisor inherits the run folder's lock from ``up`` and holds it
+until it exits. Run as ``python -m llmrca.testbed.supervisor RUN_DIR`` (``llmrca testbed up``
 does it).
 """
 
