@@ -84,26 +84,28 @@ class ModelSpec:
     params: float  # parameter count
     kv_bytes_per_token: float  # K and V over all attention layers, bf16
     layers: int
+    context_tokens: int  # the longest prompt + answer it serves (its config's max_position_embeddings)
 
     @property
     def weight_bytes(self) -> float:
         return 2.0 * self.params  # bf16
 
 
-# KV bytes/token = 2 (K,V) * layers * kv_heads * head_dim * 2 bytes, from each model's published config.
+# KV bytes/token = 2 (K,V) * layers * kv_heads * head_dim * 2 bytes, from each model's published config; the context
+# is the config's max_position_embeddings (Qwen2.5: its native 32k, without the optional YaRN scaling).
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     # Falcon-H1-7B: hybrid attention + Mamba-2; only its attention heads (2 KV heads x 128) hold a KV cache.
-    ModelSpec("tiiuae/Falcon-H1-7B-Instruct", 7.59e9, 2 * 44 * 2 * 128 * 2, 44),
-    ModelSpec("meta-llama/Llama-3.1-8B-Instruct", 8.03e9, 2 * 32 * 8 * 128 * 2, 32),
-    ModelSpec("mistralai/Mistral-7B-Instruct-v0.3", 7.25e9, 2 * 32 * 8 * 128 * 2, 32),
-    ModelSpec("Qwen/Qwen2.5-7B-Instruct", 7.62e9, 2 * 28 * 4 * 128 * 2, 28),
-    ModelSpec("google/gemma-2-9b-it", 9.24e9, 2 * 42 * 8 * 256 * 2, 42),
-    ModelSpec("microsoft/phi-4", 14.7e9, 2 * 40 * 10 * 128 * 2, 40),
-    ModelSpec("Qwen/Qwen2.5-1.5B-Instruct", 1.54e9, 2 * 28 * 2 * 128 * 2, 28),
-    ModelSpec("Qwen/Qwen2.5-0.5B-Instruct", 0.494e9, 2 * 24 * 2 * 64 * 2, 24),
-    ModelSpec("meta-llama/Meta-Llama-3-8B-Instruct", 8.03e9, 2 * 32 * 8 * 128 * 2, 32),
+    ModelSpec("tiiuae/Falcon-H1-7B-Instruct", 7.59e9, 2 * 44 * 2 * 128 * 2, 44, 262144),
+    ModelSpec("meta-llama/Llama-3.1-8B-Instruct", 8.03e9, 2 * 32 * 8 * 128 * 2, 32, 131072),
+    ModelSpec("mistralai/Mistral-7B-Instruct-v0.3", 7.25e9, 2 * 32 * 8 * 128 * 2, 32, 32768),
+    ModelSpec("Qwen/Qwen2.5-7B-Instruct", 7.62e9, 2 * 28 * 4 * 128 * 2, 28, 32768),
+    ModelSpec("google/gemma-2-9b-it", 9.24e9, 2 * 42 * 8 * 256 * 2, 42, 8192),
+    ModelSpec("microsoft/phi-4", 14.7e9, 2 * 40 * 10 * 128 * 2, 40, 16384),
+    ModelSpec("Qwen/Qwen2.5-1.5B-Instruct", 1.54e9, 2 * 28 * 2 * 128 * 2, 28, 32768),
+    ModelSpec("Qwen/Qwen2.5-0.5B-Instruct", 0.494e9, 2 * 24 * 2 * 64 * 2, 24, 32768),
+    ModelSpec("meta-llama/Meta-Llama-3-8B-Instruct", 8.03e9, 2 * 32 * 8 * 128 * 2, 32, 8192),
     # Gemma-2-27B: 46 layers, 16 KV heads x 128 (half its layers use a 4k sliding window; counted in full here).
-    ModelSpec("google/gemma-2-27b-it", 27.2e9, 2 * 46 * 16 * 128 * 2, 46),
+    ModelSpec("google/gemma-2-27b-it", 27.2e9, 2 * 46 * 16 * 128 * 2, 46, 8192),
 )}
 _MODEL_ALIASES = {
     "7b": "tiiuae/Falcon-H1-7B-Instruct", "falcon-h1-7b": "tiiuae/Falcon-H1-7B-Instruct",

@@ -194,8 +194,14 @@ def inject_cmd(
             err.print("fault undone")
 
     rec = control.inject(fault, target, duration, _params(param), run_dir, wait=not detach, on_event=show)
-    out.print(json.dumps({k: rec[k] for k in ("id", "fault", "target", "inject_time", "end", "params", "method",
-                                              "status")}), highlight=False)
+    # Plain stdout, not rich: rich wraps at the terminal's width (80 columns when piped), breaking the JSON.
+    print(inject_json(rec), flush=True)
+
+
+def inject_json(rec: dict[str, Any]) -> str:
+    """The one-line JSON document ``testbed inject`` prints (whatever the terminal's width)."""
+    return json.dumps({k: rec.get(k) for k in ("id", "fault", "target", "inject_time", "end", "params", "method",
+                                               "status")}, allow_nan=False)
 
 
 @testbed_app.command("collect")

@@ -266,20 +266,46 @@ def logs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 # -- ground truth -------------------------------------------------------------------------------------------
 def injection_in(records: list[dict[str, Any]], start: float, end: float, injection_id: str | None = None
                  ) -> dict[str, Any] | None:
-    """The (last) record of the injection made within [start, end] (or the one named); None for none; an error
-    when the window holds more than one and none is named."""
+    """The (last) record of the injection made within [start, end] (or the one named); None for none. An error
+    when the window holds more than one and none is named, when another injection was still active in it, or when
+    a control endpoint accepted a change in it that the chosen injection did not ask for (the injection log holds
+    every change, ``RunDir.record_change``): a case's ground truth never silently misses a change."""
     last: dict[str, dict[str, Any]] = {}
+    changes = []
     for r in records:
-        last[r["id"]] = r
+        if r.get("kind") == "control":
+            changes.append(r)
+        else:
+            last[r["id"]] = r
+    for r in last.values():
+        for key in ("inject_time", "end"):
+            if not math.isfinite(float(r.get(key, math.nan))):
+                raise LlmrcaError(f"injection {r.get('id')!r}: {key} is {r.get(key)!r}, not a finite time")
     if injection_id is not None:
         if injection_id not in last:
             raise LlmrcaError(f"no injection {injection_id!r} in the run folder (known: {', '.join(last) or 'none'})")
-        return last[injection_id]
-    inside = [r for r in last.values() if start <= r["inject_time"] <= end]
-    if len(inside) > 1:
-        raise LlmrcaError(f"{len(inside)} injections within the window ({', '.join(r['id'] for r in inside)}); "
-                          "name one with --injection or narrow the window")
-    return inside[0] if inside else None
+        chosen: dict[str, Any] | None = last[injection_id]
+    else:
+        inside = [r for r in last.values() if start <= r["inject_time"] <= end]
+        if len(inside) > 1:
+            raise LlmrcaError(f"{len(inside)} injections within the window ({', '.join(r['id'] for r in inside)}); "
+                              "name one with --injection or narrow the window")
+        chosen = inside[0] if inside else None
+        for r in last.values():
+            until = r.get("undone_at") or r["end"]
+            if r is not chosen and r["inject_time"] < start < until:
+                raise LlmrcaError(f"injection {r['id']} was still active at the window's start (it ended at "
+                                  f"{until:.0f}): start the window after it, or name it with --injection")
+    own = chosen["id"] if chosen else None
+    foreign = [c for c in changes if start <= float(c.get("time", math.nan)) <= end
+               and (c.get("injection") is None or c.get("injection") != own)]
+    if foreign:
+        c = foreign[0]
+        raise LlmrcaError(f"{len(foreign)} control change(s) in the window not made by "
+                          f"{'injection ' + own if own else 'an injection'}, first: {c.get('service')} "
+                          f"{json.dumps(c.get('change'))} at {float(c['time']):.0f} ({c.get('reason')}, injection "
+                          f"{c.get('injection')}); a case of this window would miss it in its ground truth")
+    return chosen
 
 
 def truth_of(rec: dict[str, Any] | None) -> GroundTruth:

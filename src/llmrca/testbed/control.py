@@ -8,6 +8,7 @@ is left, and that none of its ports is still open.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -22,13 +23,15 @@ from typing import Any
 
 import psutil
 
+from llmrca.testbed import auth
 from llmrca.testbed.config import TestbedConfig, live_config
 from llmrca.testbed.procs import Containment, kill_tree, spawn
 from llmrca.testbed.rundir import LOOPBACK, RunDir, TestbedError, port_open
 from llmrca.testbed.supervisor import CONFIG_FILE
 
 _CLEAR = ("logs", "prometheus", "nginx")
-_CLEAR_FILES = ("spans.jsonl", "injections.jsonl", "prometheus.yml", "state.json", "supervisor.out")
+_CLEAR_FILES = ("spans.jsonl", "injections.jsonl", "prometheus.yml", "state.json", "supervisor.out",
+                auth.TOKEN_FILE)
 
 
 def _same_process(pid: int | None, create_time: float | None) -> bool:
@@ -66,6 +69,41 @@ def up(config: TestbedConfig | None = None, run_dir: str | Path | None = None, *
     cfg = config or live_config()
     rd = RunDir(run_dir)
     _check_binaries()
+    rd.path.mkdir(parents=True, exist_ok=True)
+    lock = take_lock(rd)  # held from here by this call, then by the supervisor it starts, until it exits
+    try:
+        return _up_locked(rd, cfg, lock, detach=detach, timeout=timeout, real_gpus=real_gpus, progress=progress)
+    finally:
+        os.close(lock)  # the supervisor keeps its own copy of the descriptor, hence the lock
+
+
+def take_lock(rd: RunDir) -> int:
+    """An exclusive ``flock`` on the run folder's lock file, or a one-line error naming who holds it. The lock
+    belongs to the open descriptor: the kernel drops it when the last process holding that descriptor ends, however
+    it ends (a crash or SIGKILL included), so a stale lock cannot outlive its testbed."""
+    fd = os.open(rd.lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        try:
+            holder = os.pread(fd, 64, 0).decode("ascii", errors="replace").strip()
+        except OSError:
+            pass
+        os.close(fd)
+        raise TestbedError(f"another testbed holds the run folder {rd.path}"
+                           f"{f' (pid {holder})' if holder else ''}: `llmrca testbed down --run-dir {rd.path}` "
+                           "first, or give another --run-dir") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _up_locked(rd: RunDir, cfg: TestbedConfig, lock: int, *, detach: bool, timeout: float,
+               real_gpus: dict[str, str] | None, progress: Callable[[str], None] | None) -> dict[str, Any]:
     if rd.exists():
         old = rd.read_state()
         if supervisor_alive(old) and old.get("status") not in ("down", "failed"):
@@ -78,10 +116,12 @@ def up(config: TestbedConfig | None = None, run_dir: str | Path | None = None, *
     for name in _CLEAR_FILES:
         (rd.path / name).unlink(missing_ok=True)
     rd.create()
+    auth.create_token(rd.path)
     (rd.path / CONFIG_FILE).write_text(json.dumps({"config": cfg.to_dict(), "attached": not detach,
                                                    "real_gpus": real_gpus or {}}, indent=2), encoding="utf-8")
     p = spawn([sys.executable, "-m", "llmrca.testbed.supervisor", str(rd.path)], out=rd.path / "supervisor.out",
-              die_with_parent=not detach, new_session=detach)
+              die_with_parent=not detach, new_session=detach, pass_fds=(lock,))
+    os.pwrite(lock, f"{p.pid}".ljust(16).encode(), 0)  # the holder to name, once this call has returned
     end = time.monotonic() + timeout
     last = ""
     while True:
@@ -132,7 +172,7 @@ def _control(state: dict[str, Any], path: str, body: dict | None = None, timeout
     url = f"http://{LOOPBACK}:{state['ports']['control']}{path}"
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **auth.headers(state["run_dir"])})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
@@ -152,6 +192,7 @@ def running_state(run_dir: str | Path | None = None) -> dict[str, Any]:
     if not supervisor_alive(st) or st.get("status") != "up":
         raise TestbedError(f"the testbed in {rd.path} is not running (status {st.get('status')!r}); "
                            "start it with `llmrca testbed up`")
+    st["run_dir"] = str(rd.path)  # where this caller finds the token (the recorded path may be relative elsewhere)
     return st
 
 
@@ -162,7 +203,7 @@ def status(run_dir: str | Path | None = None) -> dict[str, Any]:
     if not supervisor_alive(st):
         return {"status": "down" if st.get("status") in ("down", "stopping") else f"dead ({st.get('status')})",
                 "run_dir": str(rd.path), "error": st.get("error")}
-    return _control(st, "/status")
+    return _control(dict(st, run_dir=str(rd.path)), "/status")
 
 
 def inject(fault: str, target: str, duration: float, params: dict[str, Any] | None = None,
@@ -171,11 +212,14 @@ def inject(fault: str, target: str, duration: float, params: dict[str, Any] | No
     """Inject a fault through the supervisor. With ``wait`` this call holds the fault: it returns the final record
     when the fault has been undone at its end, and if this process stops (Ctrl-C, a kill) the supervisor undoes it
     at once. Without ``wait`` the supervisor undoes it at its end on its own."""
+    from llmrca.testbed.supervisor import check_duration
+
     st = running_state(run_dir)
+    check_duration(float(duration))
     body = {"fault": fault, "target": target, "duration": float(duration), "params": params or {}, "lease": wait}
     url = f"http://{LOOPBACK}:{st['ports']['control']}/inject"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=json.dumps(body, allow_nan=False).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **auth.headers(st["run_dir"])})
     rec: dict[str, Any] = {}
     try:
         with urllib.request.urlopen(req, timeout=max(60.0, duration + 60.0)) as r:

@@ -5,7 +5,9 @@ It exports vLLM's metrics (``vllm:*``) and the DCGM fields of its emulated GPU (
 ``ray_node_gpus_utilization``) on ``/metrics``, an ``llm_request`` SERVER span per request with vLLM's ``gen_ai.*``
 attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and lines are the catalogue's
 (``llmrca.deploy.telemetry``), rendered as the simulator renders them. ``/control/power-limit`` is the emulated GPU's
-``nvidia-smi -pl``. Run as ``python -m llmrca.testbed.engine_server RUN_DIR SERVICE``.
+``nvidia-smi -pl`` (it needs the run's token; each change it accepts goes to the run's injection log). Requests are
+checked as vLLM checks them (``max_tokens``, prompt + answer within the model's context: 400 otherwise), and a
+request whose client hangs up is aborted. Run as ``python -m llmrca.testbed.engine_server RUN_DIR SERVICE``.
 """
 
 from __future__ import annotations
@@ -97,12 +99,86 @@ def prompt_tokens_of(text: str) -> int:
     return len(text.split())
 
 
+class BadRequest(ValueError):
+    """A request the engine refuses with 400, as vLLM's OpenAI server does (its message, one line)."""
+
+
+def _integer(body: dict[str, Any], key: str, default: int) -> int:
+    v = body.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise BadRequest(f"{key} must be an integer, is {v!r}")
+    return int(v)
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    v = body.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= float(v) <= hi):
+        raise BadRequest(f"{key} must be a number in [{lo:g}, {hi:g}], is {v!r}")
+    return float(v)
+
+
+def parse_request(body: Any, context_tokens: int, default_max_tokens: int) -> dict[str, Any]:
+    """The fields of a chat request the emulated model uses, checked as vLLM checks them: ``max_tokens`` a
+    positive integer, and prompt plus answer within the model's context (``max_model_len``); without
+    ``max_tokens``, the deployment's answer length, at most what the context leaves. Raises ``BadRequest``."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise BadRequest("body must be a JSON object with a 'messages' list")
+    if not all(isinstance(m, dict) for m in body["messages"]):
+        raise BadRequest("every message must be an object with a 'content'")
+    text = "\n".join(str(m.get("content", "")) for m in body["messages"])
+    n_prompt = prompt_tokens_of(text)
+    if n_prompt >= context_tokens:
+        raise BadRequest(f"This model's maximum context length is {context_tokens} tokens. However, your request "
+                         f"has {n_prompt} input tokens. Please reduce the length of the input messages.")
+    max_tokens = _integer(body, "max_tokens", min(default_max_tokens, context_tokens - n_prompt))
+    if max_tokens < 1:
+        raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}.")
+    if n_prompt + max_tokens > context_tokens:
+        raise BadRequest(f"This model's maximum context length is {context_tokens} tokens. However, you requested "
+                         f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the "
+                         "completion). Please reduce the length of the messages or completion.")
+    n = _integer(body, "n", 1)
+    if n < 1:
+        raise BadRequest(f"n must be at least 1, got {n}.")
+    return {"text": text, "prompt_tokens": n_prompt, "max_tokens": max_tokens, "n": n,
+            "temperature": _number(body, "temperature", 1.0, 0.0, 2.0), "top_p": _number(body, "top_p", 1.0, 0.0, 1.0),
+            "stream": bool(body.get("stream", False))}
+
+
 def wanted_tokens(text: str, max_tokens: int) -> int:
     """How long the emulated model's answer is: what the prompt asks for (``Answer in N words.``), at most
     ``max_tokens``; without such a request, the answer runs to ``max_tokens``."""
     m = _ANSWER.search(text)
     want = int(m.group(1)) if m else max_tokens
     return max(1, min(want, max_tokens))
+
+
+MAX_EXPIRY_S = 86400.0 + 600.0  # a cap expires within a day (the longest fault) and a margin
+
+
+def checked_limit(watts: Any, expires_at: Any, gpu: Any, now: float) -> tuple[float | None, float | None]:
+    """A power-limit request's values: ``watts`` None (back to the default) or a number the GPU accepts, with
+    ``expires_at`` a finite time within a day; anything else a ``ValueError`` naming the field."""
+    def number(name: str, v: Any) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number or null, is {v!r}")
+        return float(v)
+
+    w = number("watts", watts)
+    if w is not None and not (gpu.min_power_w <= w <= gpu.tdp_w):
+        raise ValueError(f"watts {w:g} is outside what a {gpu.name} accepts ({gpu.min_power_w:g}-{gpu.tdp_w:g} W)")
+    e = number("expires_at", expires_at)
+    if w is not None and e is None:
+        raise ValueError("expires_at is required with watts: every cap carries its own end, should the undo fail")
+    if e is not None and not (now < e <= now + MAX_EXPIRY_S):
+        raise ValueError(f"expires_at must lie in the next {MAX_EXPIRY_S:g} s, is {e!r}")
+    return w, e
 
 
 class Engine:
@@ -124,7 +200,9 @@ class Engine:
         )
         self.log = JsonLog(rd.log(f"engine-{service_name}"), service_name, "vllm")
         self.provider, self.tracer = tracer(service_name, "engine", state.get("otlp_endpoint"))
+        self.rd = rd
         self.limit_expires: float | None = None
+        self.limit_injection: str | None = None  # the injection that set the current cap (recorded with changes)
         # Metrics
         reg = self.registry = CollectorRegistry()
         m = {"model_name": self.model.name}
@@ -195,7 +273,7 @@ class Engine:
             fut, self._changed = self._changed, loop.create_future()
             fut.set_result(None)
             if self.limit_expires is not None and time.time() >= self.limit_expires:
-                self.set_limit(None, reason="expired")
+                self.set_limit(None, reason="expired", injection=self.limit_injection)
             delay = min(0.05, max(0.0005, nxt - self.rt.now()))
             self._wake.clear()
             try:
@@ -206,10 +284,15 @@ class Engine:
     async def changed(self) -> None:
         await asyncio.shield(self._changed)
 
-    def set_limit(self, watts: float | None, *, expires_at: float | None = None, reason: str = "control") -> float:
+    def set_limit(self, watts: float | None, *, expires_at: float | None = None, reason: str = "control",
+                  injection: str | None = None) -> float:
         w = self.rt.set_power_limit(watts)
         self.limit_expires = expires_at if watts is not None else None
-        # Not logged: the driver's power-limit change shows in no vLLM log (nvidia-smi prints where it runs).
+        self.limit_injection = injection if watts is not None else None
+        # Not in a vLLM log (the driver's power-limit change shows in none; nvidia-smi prints where it runs), but in
+        # the injection log, so that a collected window knows of every change.
+        self.rd.record_change(self.service, {"power_limit_w": w, "expires_at": self.limit_expires},
+                              injection=injection, reason=reason)
         return w
 
     def _metrics_from_engine(self) -> None:
@@ -303,17 +386,16 @@ class Engine:
         t_arrival = time.time()
         v_arrival = self.rt.now()
         try:
-            body = await request.json()
-            messages = body["messages"]
-            text = "\n".join(str(m.get("content", "")) for m in messages)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return web.json_response({"object": "error", "message": "body must be JSON with 'messages'",
-                                      "type": "BadRequestError", "code": 400}, status=400)
-        max_tokens = int(body.get("max_tokens") or self.cfg.deploy.output_tokens)
-        sampling = {"n": int(body.get("n") or 1), "temperature": float(body.get("temperature", 1.0)),
-                    "top_p": float(body.get("top_p", 1.0))}
-        stream = bool(body.get("stream", False))
-        n_prompt = prompt_tokens_of(text)
+            try:
+                body = await request.json()
+            except ValueError:
+                raise BadRequest("body must be JSON with 'messages'") from None
+            req = parse_request(body, self.model.context_tokens, self.cfg.deploy.output_tokens)
+        except BadRequest as e:
+            return web.json_response({"object": "error", "message": str(e), "type": "BadRequestError",
+                                      "param": None, "code": 400}, status=400)
+        text, max_tokens, stream, n_prompt = req["text"], req["max_tokens"], req["stream"], req["prompt_tokens"]
+        sampling = {k: req[k] for k in ("n", "temperature", "top_p")}
         n_out = wanted_tokens(text, max_tokens)
         self._n_requests += 1
         req_id = f"chatcmpl-{self.rng.bytes(16).hex()}"
@@ -355,6 +437,11 @@ class Engine:
                     sent = k
                 if st in ("done", "failed", "aborted"):
                     break
+                if request.transport is None or request.transport.is_closing():
+                    # The client went away (nginx gave up, a curl was stopped): stop generating for nobody. The
+                    # server also cancels this handler then (service.start_site); this covers a cancel not yet
+                    # delivered.
+                    raise ConnectionResetError("the client went away")
                 await self.changed()
             R = self.rt.table
             if st == "failed":
@@ -440,13 +527,15 @@ class Engine:
     async def control_power(self, request: Any) -> Any:
         from aiohttp import web
 
+        from llmrca.testbed.auth import INJECTION_HEADER
+
         try:
             body = await request.json()
-            watts = body.get("watts")
-            expires = body.get("expires_at")
-            self.set_limit(None if watts is None else float(watts),
-                           expires_at=None if expires is None else float(expires),
-                           reason=str(body.get("reason", "control endpoint")))
+            if not isinstance(body, dict):
+                raise TypeError("the body must be a JSON object")
+            watts, expires = checked_limit(body.get("watts"), body.get("expires_at"), self.gpu, time.time())
+            self.set_limit(watts, expires_at=expires, reason=str(body.get("reason", "control endpoint")),
+                           injection=request.headers.get(INJECTION_HEADER) or None)
         except (ValueError, TypeError, AttributeError) as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response(self.control_state())
@@ -457,17 +546,29 @@ class Engine:
         return web.json_response({"status": "ok"})
 
 
-async def _main(run_dir: str, service_name: str, stop: asyncio.Event) -> None:
+def make_app(eng: Engine, token: str) -> Any:
+    """The engine's HTTP app: the OpenAI route, ``/metrics``, ``/health`` open; ``POST /control/*`` needs the
+    run's token (``llmrca.testbed.auth``)."""
     from aiohttp import web
 
-    rd, state = service.settings(run_dir, service_name)
-    eng = Engine(service_name, state, rd)
-    app = web.Application(client_max_size=16 * 2**20)
+    from llmrca.testbed import auth
+
+    app = web.Application(client_max_size=16 * 2**20, middlewares=[auth.middleware(
+        token, lambda method, path: method == "POST" and path.startswith("/control"))])
     app.router.add_post(ROUTE, eng.chat)
     app.router.add_get("/metrics", eng.metrics)
     app.router.add_get("/health", eng.health)
     app.router.add_get("/control", eng.control_get)
     app.router.add_post("/control/power-limit", eng.control_power)
+    return app
+
+
+async def _main(run_dir: str, service_name: str, stop: asyncio.Event) -> None:
+    from llmrca.testbed import auth
+
+    rd, state = service.settings(run_dir, service_name)
+    eng = Engine(service_name, state, rd)
+    app = make_app(eng, auth.read_token(rd.path))
     port = state["ports"][f"engine:{service_name}"]
     driver = asyncio.create_task(eng.drive(stop))
     runner = await service.start_site(app, port)

@@ -67,9 +67,11 @@ class Host(Protocol):
     def out_path(self, name: str) -> Any: ...
 
 
-def _http(method: str, url: str, body: dict | None = None, timeout: float = 5.0) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+def _http(method: str, url: str, body: dict | None = None, timeout: float = 5.0,
+          headers: dict[str, str] | None = None) -> dict:
+    data = json.dumps(body, allow_nan=False).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:  # loopback only: the URLs are built from ports
             return json.loads(r.read() or b"{}")
@@ -184,6 +186,7 @@ class Injector:
     plan: LivePlan
     end: float  # planned end (unix s)
     seed: int = 0
+    injection_id: str | None = None  # sent with every control change, which the engine/mesh record under it
     method: str = ""
     undone: bool = False
     notes: dict[str, Any] = field(default_factory=dict)  # what the mechanisms learnt (a killed pid, a default)
@@ -251,17 +254,23 @@ class Injector:
             argv = [sys.executable, "-m", "llmrca.testbed.hog", "memory", str(w), str(per), str(self._timeout())]
         self._stressor(argv, f"stress-memory-{self.target}")
 
-    # -- the mesh ----------------------------------------------------------------------------------------
+    # -- control endpoints (the run's token; the injection's id, under which the endpoint records the change) ----
+    def _control(self, method: str, url: str, body: dict | None = None) -> dict:
+        from llmrca.testbed import auth
+
+        return _http(method, url, body, headers={**auth.headers(self.host.state["run_dir"]),
+                                                 auth.INJECTION_HEADER: self.injection_id or ""})
+
     def _mesh(self) -> str:
         return f"http://{LOOPBACK}:{self.host.state['ports']['mesh']}"
 
     def _apply_delay(self, v: dict[str, Any]) -> None:
         body = {"target": self.target, **v, "expires_at": self.end + SAFETY_MARGIN_S, "seed": self.seed}
-        r = _http("POST", self._mesh() + "/delay", body)
+        r = self._control("POST", self._mesh() + "/delay", body)
         self.method = f"mesh delay on {', '.join(r.get('links', []))}"
 
     def _undo_delay(self, v: dict[str, Any]) -> None:
-        _http("DELETE", f"{self._mesh()}/delay/{self.target}")
+        self._control("DELETE", f"{self._mesh()}/delay/{self.target}")
 
     # -- the GPU -----------------------------------------------------------------------------------------
     def _real_gpu(self) -> str | None:
@@ -275,8 +284,8 @@ class Injector:
             self.method = " ".join(nvidia_smi_power_limit(real, v["watts"]))
             return
         port = self.host.state["ports"][f"engine:{self.target}"]
-        _http("POST", f"http://{LOOPBACK}:{port}/control/power-limit",
-              {"watts": v["watts"], "expires_at": self.end + SAFETY_MARGIN_S, "reason": "fault injection"})
+        self._control("POST", f"http://{LOOPBACK}:{port}/control/power-limit",
+                      {"watts": v["watts"], "expires_at": self.end + SAFETY_MARGIN_S, "reason": "fault injection"})
         self.method = f"emulated GPU control endpoint: power limit {v['watts']:g} W"
 
     def _undo_power(self, v: dict[str, Any]) -> None:
@@ -286,7 +295,8 @@ class Injector:
             return
         port = self.host.state["ports"][f"engine:{self.target}"]
         try:
-            _http("POST", f"http://{LOOPBACK}:{port}/control/power-limit", {"watts": None, "reason": "fault undone"})
+            self._control("POST", f"http://{LOOPBACK}:{port}/control/power-limit",
+                          {"watts": None, "reason": "fault undone"})
         except (OSError, FaultParamError):
             pass  # the engine is gone (and comes back at its default limit)
 

@@ -6,7 +6,8 @@ netem is not available everywhere; this needs nothing but loopback TCP).
 Links: ``nginx-proxy -> ray-head`` (into the head pod's Serve proxy) and ``ray-head -> <replica>`` for every remote
 replica. A delay on target ``T`` applies to every link whose destination is ``T`` (requests towards it) and to the
 return direction of every link whose source is ``T`` (streams flowing back to it). Control: an HTTP endpoint on
-loopback (``POST /delay``, ``DELETE /delay/{target}``, ``GET /links``). Run as ``python -m llmrca.testbed.mesh
+loopback (``POST /delay``, ``DELETE /delay/{target}``: with the run's token, ``llmrca.testbed.auth``; ``GET
+/links``); every accepted change is recorded in the run's injection log. Run as ``python -m llmrca.testbed.mesh
 RUN_DIR``.
 """
 
@@ -26,6 +27,29 @@ from llmrca.testbed.logs import JsonLog
 from llmrca.testbed.rundir import LOOPBACK
 
 READ_SIZE = 65536
+MAX_DELAY_S = 600.0  # a longer "delay" is an outage, not a network fault
+MAX_EXPIRY_S = 86400.0 + 600.0  # a delay expires within a day (the longest fault) and a margin
+
+
+def checked_delay(b: Any, now: float) -> Delay:
+    """The delay a ``POST /delay`` body asks for: finite numbers in range, and an expiry within a day (every delay
+    carries its own end, should the undo fail); a ``ValueError``/``TypeError`` naming the field otherwise."""
+    import math
+
+    if not isinstance(b, dict):
+        raise TypeError("the body must be a JSON object")
+
+    def number(name: str, lo: float, hi: float, default: float | None = None) -> float:
+        v = b.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not (lo <= v <= hi):
+            raise ValueError(f"{name} must be a finite number in [{lo:g}, {hi:g}], is {v!r}")
+        return float(v)
+
+    seed = b.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, is {seed!r}")
+    return Delay(number("latency_s", 0.0, MAX_DELAY_S), number("jitter_s", 0.0, MAX_DELAY_S, 0.0),
+                 number("correlation", 0.0, 1.0, 0.0), number("expires_at", now, now + MAX_EXPIRY_S), seed)
 
 
 @dataclass
@@ -108,6 +132,8 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link
 
 class Mesh:
     def __init__(self, state: dict[str, Any], rd: Any):
+        self.rd = rd
+        self.injection: dict[str, str | None] = {}  # target -> the injection whose delay it carries
         self.links = [Link(d["name"], d["src"], d["dst"], d["port"], d["upstream"]) for d in state["links"]]
         self.log = JsonLog(rd.log("mesh"), "mesh", "ztunnel")
         self.servers: list[asyncio.base_events.Server] = []
@@ -158,6 +184,10 @@ class Mesh:
                     if d is not None and not d.active(now):
                         setattr(link, f"delay_{direction}", None)
                         self.log.write("INFO", "delay on {}->{} ({}) expired", link.src, link.dst, direction)
+                        self.rd.record_change("mesh", {"link": f"{link.src}->{link.dst}", "direction": direction,
+                                                       "delay": None}, injection=self.injection.get(link.dst)
+                                              if direction == "up" else self.injection.get(link.src),
+                                              reason="expired")
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
@@ -167,23 +197,36 @@ class Mesh:
     async def post_delay(self, request: Any) -> Any:
         from aiohttp import web
 
+        from llmrca.testbed.auth import INJECTION_HEADER
+
         try:
             b = await request.json()
-            delay = Delay(float(b["latency_s"]), float(b.get("jitter_s", 0.0)), float(b.get("correlation", 0.0)),
-                          None if b.get("expires_at") is None else float(b["expires_at"]), int(b.get("seed", 0)))
-            names = self.set_delay(str(b["target"]), delay)
-        except (KeyError, ValueError, TypeError, FaultParamError) as e:
+            delay = checked_delay(b, time.time())
+            if not isinstance(b.get("target"), str):
+                raise TypeError(f"target must be a service name, is {b.get('target')!r}")
+            names = self.set_delay(b["target"], delay)
+        except (ValueError, TypeError, FaultParamError) as e:
             return web.json_response({"error": str(e)}, status=400)
+        iid = request.headers.get(INJECTION_HEADER) or None
+        self.injection[b["target"]] = iid
+        self.rd.record_change("mesh", {"target": b["target"], "links": names, "delay": delay.to_dict()},
+                              injection=iid, reason="control endpoint")
         return web.json_response({"target": b["target"], "links": names, "delay": delay.to_dict()})
 
     async def delete_delay(self, request: Any) -> Any:
         from aiohttp import web
 
+        from llmrca.testbed.auth import INJECTION_HEADER
+
+        target = request.match_info["target"]
         try:
-            names = self.set_delay(request.match_info["target"], None)
+            names = self.set_delay(target, None)
         except FaultParamError as e:
             return web.json_response({"error": str(e)}, status=400)
-        return web.json_response({"target": request.match_info["target"], "links": names})
+        self.injection.pop(target, None)
+        self.rd.record_change("mesh", {"target": target, "links": names, "delay": None},
+                              injection=request.headers.get(INJECTION_HEADER) or None, reason="control endpoint")
+        return web.json_response({"target": target, "links": names})
 
     async def get_links(self, request: Any) -> Any:
         from aiohttp import web
@@ -195,16 +238,27 @@ class Mesh:
                                   for x in self.links])
 
 
-async def _main(run_dir: str, stop: asyncio.Event) -> None:
+def make_app(mesh: Mesh, token: str) -> Any:
+    """The mesh's control app: ``GET /links`` open, a change (``POST``/``DELETE /delay``) needs the run's token."""
     from aiohttp import web
+
+    from llmrca.testbed import auth
+
+    app = web.Application(middlewares=[auth.middleware(token, auth.mutating)])
+    app.router.add_post("/delay", mesh.post_delay)
+    app.router.add_delete("/delay/{target}", mesh.delete_delay)
+    app.router.add_get("/links", mesh.get_links)
+    return app
+
+
+async def _main(run_dir: str, stop: asyncio.Event) -> None:
+
+    from llmrca.testbed import auth
 
     rd, state = service.settings(run_dir, "mesh")
     mesh = Mesh(state, rd)
     await mesh.start()
-    app = web.Application()
-    app.router.add_post("/delay", mesh.post_delay)
-    app.router.add_delete("/delay/{target}", mesh.delete_delay)
-    app.router.add_get("/links", mesh.get_links)
+    app = make_app(mesh, auth.read_token(rd.path))
     runner = await service.start_site(app, state["ports"]["mesh"])
     expiry = asyncio.create_task(mesh.expiry_loop(stop))
     mesh.log.write("INFO", "mesh up: {} links", len(mesh.links))

@@ -27,10 +27,12 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 def spawn(argv: Sequence[str], *, out: Path | None = None, env: dict[str, str] | None = None,
           cgroup_procs: Sequence[Path] = (), die_with_parent: bool = True, new_session: bool = False,
-          cwd: str | Path | None = None, cpus: Sequence[int] | None = None) -> subprocess.Popen:
+          cwd: str | Path | None = None, cpus: Sequence[int] | None = None,
+          pass_fds: Sequence[int] = ()) -> subprocess.Popen:
     """Start ``argv`` with its output appended to ``out``; it joins the cgroups (``cgroup.procs`` files) before it
     runs, gets SIGTERM when the thread that started it ends (``die_with_parent``), and ``cpus`` pins it and what
-    it forks. The set-up happens in ``llmrca.testbed.launch``, which then execs ``argv``."""
+    it forks; ``pass_fds`` stay open in it (the run folder's lock). The set-up happens in ``llmrca.testbed.launch``,
+    which then execs ``argv``."""
     pre = [sys.executable, "-m", "llmrca.testbed.launch"]
     if die_with_parent:
         pre.append("--pdeathsig")
@@ -42,7 +44,7 @@ def spawn(argv: Sequence[str], *, out: Path | None = None, env: dict[str, str] |
     try:
         return subprocess.Popen([*pre, "--", *argv], stdout=stdout, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=new_session, cwd=cwd,
-                                close_fds=True)
+                                close_fds=True, pass_fds=tuple(pass_fds))
     finally:
         if out is not None:
             stdout.close()

@@ -52,6 +52,10 @@ class RunDir:
         return self.path / "injections.jsonl"
 
     @property
+    def lock_file(self) -> Path:
+        return self.path / "testbed.lock"
+
+    @property
     def prometheus(self) -> Path:
         return self.path / "prometheus"
 
@@ -88,8 +92,23 @@ class RunDir:
         os.replace(tmp, self.state_file)
 
     def append_injection(self, record: dict[str, Any]) -> None:
-        with open(self.injections, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        """One line per record, written in one ``write`` on an ``O_APPEND`` descriptor: the supervisor, the
+        engines and the mesh all record their changes here, and their lines must not interleave."""
+        data = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+        fd = os.open(self.injections, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def record_change(self, service: str, change: dict[str, Any], *, injection: str | None, reason: str) -> None:
+        """A change a control endpoint accepted (an engine's power limit, the mesh's delay), in the injection log
+        next to the injections, so that a collected window can tell whether every change in it belongs to its
+        ground truth (``injection``: the id of the injection that asked for it; None: someone else)."""
+        import time
+
+        self.append_injection({"kind": "control", "time": time.time(), "service": service, "change": change,
+                               "injection": injection, "reason": reason})
 
     def read_injections(self) -> list[dict[str, Any]]:
         if not self.injections.is_file():

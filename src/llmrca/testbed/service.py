@@ -19,7 +19,9 @@ def settings(run_dir: str, key: str) -> tuple[RunDir, dict[str, Any]]:
 async def start_site(app: Any, port: int) -> Any:
     from aiohttp import web
 
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # handler_cancellation: a client that hangs up cancels its handler, so an engine stops generating for it and
+    # the proxy drops its call to the engine (aiohttp leaves handlers running by default).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, LOOPBACK, port, reuse_address=True)
     await site.start()

@@ -14,7 +14,9 @@ Processes (all on 127.0.0.1, ports chosen free at start, recorded in the run fol
 | ``loadgen``            | (client)       | the open-loop load                                            |
 
 Every child dies with the supervisor (``PR_SET_PDEATHSIG``); a child that exits on its own is restarted (an
-engine after the model's load time). Run as ``python -m llmrca.testbed.supervisor RUN_DIR`` (``llmrca testbed up``
+engine after the model's load time). The control API's changes (``/inject``, ``/undo``, ``/shutdown``) need the
+run's token (``llmrca.testbed.auth``); the supervisor inherits the run folder's lock from ``up`` and holds it
+until it exits. Run as ``python -m llmrca.testbed.supervisor RUN_DIR`` (``llmrca testbed up``
 does it).
 """
 
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -53,6 +57,7 @@ from llmrca.testbed.telemetry import MESH_BUCKETS_MS
 
 CONFIG_FILE = "config.json"
 CRASH_RESTART_S = 1.0
+MAX_FAULT_S = 86400.0  # a fault longer than a day is a typo (or Infinity), not an experiment
 
 
 @dataclass
@@ -117,6 +122,7 @@ class Supervisor:
         self.spans = SpanSink(rd.spans)
         self.stopping = False
         self._nginx_pos = 0
+        self._undo_reason: dict[str, str] = {}
 
     # -- Host interface for injectors ----------------------------------------------------------------------
     def service_pids(self, service: str) -> list[int]:
@@ -385,8 +391,9 @@ class Supervisor:
         if target not in self.state["replicas"]:
             raise UnknownNameError(f"fault {fault!r} cannot target {target!r}; its targets (replicas) are: "
                                    f"{', '.join(self.state['replicas'])}")
-        if not (duration > 0):
-            raise TestbedError(f"duration must be positive, is {duration!r}")
+        check_duration(duration)
+        if not isinstance(params, dict):
+            raise TestbedError(f"params must be an object of NAME: VALUE, is {type(params).__name__}")
         for inj, rec, _ in self.injections.values():
             if not inj.undone:
                 raise TestbedError(f"fault {rec['fault']} on {rec['target']} is still active ({rec['id']}); "
@@ -396,7 +403,8 @@ class Supervisor:
         live = injmod.plan(fault, target, params, self.cfg.deploy.gpu, self.scaling, inject_time, inject_time + duration,
                            power_draw_w=lambda: injmod.engine_power_w(port))
         iid = f"{fault}-{target}-{int(inject_time)}"
-        inj = Injector(self, live, end=inject_time + duration, seed=derive_seed(self.cfg.seed, iid))
+        inj = Injector(self, live, end=inject_time + duration, seed=derive_seed(self.cfg.seed, iid),
+                       injection_id=iid)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, inj.apply)
         started = time.time()
@@ -405,23 +413,35 @@ class Supervisor:
                "method": inj.method, "containment": self.containment.mode,
                "indicator": fault_registry.get(fault).indicator,
                "lease": lease, "status": "active", "scaling": self.state["scaling"]}
-        handle = self.cleanup.register(inj.undo, f"undo {iid}")
+        handle = self.cleanup.register(functools.partial(self._undo_now, iid), f"undo {iid}")
         self.injections[iid] = (inj, rec, handle)
         self.rd.append_injection(rec)
         self.tlog.write("INFO", "Fault {} injected on {}: {}", fault, target, inj.method)
         return rec
 
-    async def undo(self, iid: str, reason: str) -> dict[str, Any]:
-        if iid not in self.injections:
-            raise UnknownNameError(f"no injection {iid!r}")
+    def _undo_now(self, iid: str) -> None:
+        """Undo an injection and record it in the injection log, whoever asks: a request, its scheduled end, or
+        the cleanup registry when the supervisor stops (so a collected window always sees when a fault ended)."""
         inj, rec, handle = self.injections[iid]
-        if not inj.undone:
-            await asyncio.get_running_loop().run_in_executor(None, self.cleanup.run, handle)
+        if inj.undone:
+            return
+        try:
+            inj.undo()
+        finally:
+            reason = self._undo_reason.pop(iid, "the testbed stopped")
             rec = dict(rec, status="done", undone_at=time.time(), undo_reason=reason)
             self.injections[iid] = (inj, rec, handle)
             self.rd.append_injection(rec)
             self.tlog.write("INFO", "Fault {} on {} undone ({}).", rec["fault"], rec["target"], reason)
-        return rec
+
+    async def undo(self, iid: str, reason: str) -> dict[str, Any]:
+        if iid not in self.injections:
+            raise UnknownNameError(f"no injection {iid!r}")
+        inj, _, handle = self.injections[iid]
+        if not inj.undone:
+            self._undo_reason[iid] = reason
+            await asyncio.get_running_loop().run_in_executor(None, self.cleanup.run, handle)
+        return self.injections[iid][1]
 
     def _control_app(self, stop: asyncio.Event) -> Any:
         from aiohttp import web
@@ -432,9 +452,25 @@ class Supervisor:
         async def inject(request: Any) -> Any:
             try:
                 b = await request.json()
-                rec = await self.inject(str(b["fault"]), str(b["target"]), b.get("params") or {},
-                                        float(b["duration"]), bool(b.get("lease", True)))
-            except (KeyError, ValueError, TypeError) as e:
+                if not isinstance(b, dict):
+                    raise TypeError("the body must be a JSON object")
+                lease = bool(b.get("lease", True))
+                applying = asyncio.ensure_future(self.inject(str(b["fault"]), str(b["target"]),
+                                                             b.get("params") or {}, duration_of(b.get("duration")),
+                                                             lease))
+                try:
+                    # Shielded: a client that hangs up mid-apply cancels this handler (service.start_site), but
+                    # the fault must still be registered and logged, and then undone if the client held it.
+                    rec = await asyncio.shield(applying)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        done = await applying
+                        if lease:
+                            await self.undo(done["id"], "the client went away")
+                    raise
+            except KeyError as e:
+                return web.json_response({"error": f"bad request: missing {e}"}, status=400)
+            except (ValueError, TypeError) as e:
                 return web.json_response({"error": f"bad request: {e}"}, status=400)
             except LlmrcaError as e:
                 return web.json_response({"error": str(e)}, status=400)
@@ -459,7 +495,12 @@ class Supervisor:
             return resp
 
         async def undo(request: Any) -> Any:
-            b = await request.json()
+            try:
+                b = await request.json()
+                if not isinstance(b, dict) or not (b.get("all") or isinstance(b.get("id"), str)):
+                    raise TypeError('the body must be {"id": ID} or {"all": true}')
+            except (ValueError, TypeError) as e:
+                return web.json_response({"error": f"bad request: {e}"}, status=400)
             ids = [i for i, (inj, _, _) in self.injections.items() if not inj.undone] if b.get("all") else [b["id"]]
             out = []
             for i in ids:
@@ -470,10 +511,14 @@ class Supervisor:
             return web.json_response(out)
 
         async def shutdown(request: Any) -> Any:
+            self.tlog.write("INFO", "shutdown requested through the control API")
             stop.set()
             return web.json_response({"stopping": True})
 
-        app = web.Application()
+        from llmrca.testbed import auth
+
+        # Every change (inject, undo, shutdown) needs the run's token; /status only reads.
+        app = web.Application(middlewares=[auth.middleware(auth.read_token(self.rd.path), auth.mutating)])
         app.router.add_get("/status", status)
         app.router.add_post("/inject", inject)
         app.router.add_post("/undo", undo)
@@ -554,6 +599,21 @@ class Supervisor:
         for pids in self.extra_members.values():
             for pid in pids:
                 kill_tree(pid, timeout=3.0)
+
+
+def duration_of(value: Any) -> float:
+    """A fault's duration from a request body: a number (not a bool, not a string), checked."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"duration must be a number of seconds, is {value!r}")
+    return check_duration(float(value))
+
+
+def check_duration(duration: float) -> float:
+    """A finite duration in (0, MAX_FAULT_S]: ``Infinity`` would hold a fault forever and break every later
+    time computation (status, collect)."""
+    if not (math.isfinite(duration) and 0 < duration <= MAX_FAULT_S):
+        raise TestbedError(f"duration must be finite, above 0 and at most {MAX_FAULT_S:g} s, is {duration!r}")
+    return duration
 
 
 def _tail(path: Any, n: int = 20) -> str:
