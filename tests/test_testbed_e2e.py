@@ -147,6 +147,8 @@ def test_live_testbed_end_to_end(tmp_path):
         # holds, and no other service's does.
         rise = _memory_rise(obs, rec)
         hog = rec["params"]["bytes"]
+        print(f"\nmemory hog {hog / 2**20:.0f} MiB; working-set rise per service (MiB): "
+              + ", ".join(f"{s} {r / 2**20:.0f}" for s, r in sorted(rise.items())))
         assert 0.7 * hog <= rise[TARGET] <= 1.3 * hog, (rise[TARGET], hog)
         others = {s: r for s, r in rise.items() if s != TARGET}
         assert others and all(abs(r) < 0.1 * hog for r in others.values()), (others, hog)
@@ -159,6 +161,7 @@ def test_live_testbed_end_to_end(tmp_path):
         # BARO (robust z-scores against the baseline) puts the target first: with a hog this size its working
         # set moves far more, in its own baseline's spread, than any other series (chance: 1 in ~6 services).
         ranking, _ = rank_case(folder, "baro", seed=0)
+        print(f"baro: {ranking.candidates[:3]} {[round(x, 1) for x in ranking.scores[:3]]}")
         assert ranking.services()[0] == TARGET, ranking.services()[:5]
 
         # A CLI killed while it holds a fault: the supervisor undoes the fault at once.
