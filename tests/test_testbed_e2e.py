@@ -87,8 +87,8 @@ def _memory_rise(obs, rec) -> dict[str, float]:
 @pytest.mark.timeout(1200)
 def test_live_testbed_end_to_end(tmp_path):
     from llmrca.case.views import select_view
-    from llmrca.methods import get_method
     from llmrca.io import load_case, save_case
+    from llmrca.methods import get_method
     from llmrca.testbed import control
     from llmrca.testbed.collector import collect_case
     from llmrca.testbed.config import TestbedConfig
