@@ -52,14 +52,23 @@ def as_call_graph(case: Case) -> Case:
     return case.with_observation(topology=topo)
 
 
-def avg5(m, cases: list[Case]) -> float:
-    ranks = []
+def truth_ranks(m, cases: list[Case]) -> list[int | None]:
+    """The truth's service rank per case; None (a miss) where the method finds nothing to rank."""
+    ranks: list[int | None] = []
     for c in cases:
         try:
             ranks.append(m.rank(c.observation, seed=0).rank_of(c.truth.service))
         except MethodError:
             ranks.append(None)
+    return ranks
+
+
+def avg5_of(ranks: list[int | None]) -> float:
     return float(np.mean([np.mean([r is not None and r <= k for r in ranks]) for k in range(1, 6)]))
+
+
+def avg5(m, cases: list[Case]) -> float:
+    return avg5_of(truth_ranks(m, cases))
 
 
 def small_case(**kw) -> Case:
@@ -310,15 +319,20 @@ def test_circa_descendant_adjustment_lifts_the_root_over_its_louder_effect():
     assert tops_off == ["gw"] * len(cases), tops_off
 
 
-@pytest.mark.parametrize(("name", "floor"), [("microrca", 0.6), ("microscope", 0.6), ("monitorrank", 0.5)])
-def test_call_graph_methods_planted_accuracy(name, floor):
-    """On the planted DAG read as a call graph. Chance Avg@5 for 8 services is 0.375."""
+@pytest.mark.parametrize("name", ["microrca", "microscope", "monitorrank"])
+def test_call_graph_methods_planted_accuracy(name):
+    """On the planted DAG read as a call graph. Chance Avg@5 for 8 services is 0.375; each set of 12 cases must
+    clear what a random ranking reaches with probability 1e-2 (0.65), both sets together its 1e-3 tail (0.62)."""
     m = get_method(name)
-    scores = {}
+    ranks: dict[bool, list[int | None]] = {}
     for nonlinear in (False, True):
-        scores[nonlinear] = avg5(m, [as_call_graph(planted_case(seed=s, nonlinear=nonlinear)) for s in range(12)])
-    print(f"{name} planted Avg@5: linear {scores[False]:.2f}, non-linear {scores[True]:.2f}")
-    assert min(scores.values()) >= floor
+        ranks[nonlinear] = truth_ranks(m, [as_call_graph(planted_case(seed=s, nonlinear=nonlinear))
+                                           for s in range(12)])
+    scores = {k: avg5_of(r) for k, r in ranks.items()}
+    pooled = avg5_of(ranks[False] + ranks[True])
+    print(f"{name} planted Avg@5: linear {scores[False]:.2f}, non-linear {scores[True]:.2f}, both {pooled:.2f}")
+    assert min(scores.values()) >= random_avg_at_k_floor(8, 12, alpha=1e-2), scores
+    assert pooled >= random_avg_at_k_floor(8, 24), pooled
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch extra not installed")
