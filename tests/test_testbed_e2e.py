@@ -46,12 +46,12 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _wait(cond, timeout: float) -> bool:
+def _wait(cond, timeout: float, every: float = 0.2) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
             return True
-        time.sleep(0.2)
+        time.sleep(every)
     return cond()
 
 
@@ -114,14 +114,16 @@ def test_live_testbed_end_to_end(tmp_path):
         # full baseline of scrapes, then the fault (held to its end), then scrapes well past its end.
         step = cfg.deploy.step
         target_cols = [f"{TARGET}_ctn_memory", f"{TARGET}_latency"]
-        assert _wait(lambda: _rows(run_dir, time.time() - 10 * step, target_cols) >= 5, 180), \
+        # (each poll is one collection from Prometheus: every 2 s, so the test adds little load of its own)
+        assert _wait(lambda: _rows(run_dir, time.time() - 10 * step, target_cols) >= 5, 180, every=2.0), \
             "no load reached the target, or Prometheus never scraped it"
         t0 = time.time()
-        assert _wait(lambda: _rows(run_dir, t0, target_cols) >= BASELINE_ROWS, 300), "no baseline in 300 s"
+        assert _wait(lambda: _rows(run_dir, t0, target_cols) >= BASELINE_ROWS, 300, every=2.0), "no baseline in 300 s"
         rec = control.inject("memory", TARGET, FAULT_S, run_dir=run_dir)
         assert rec["status"] == "done" and rec["params"]["bytes"] > 0
         after = float(rec["undone_at"])
-        assert _wait(lambda: _rows(run_dir, after, target_cols) >= AFTER_ROWS, 120), "no scrapes after the fault"
+        assert _wait(lambda: _rows(run_dir, after, target_cols) >= AFTER_ROWS, 120, every=2.0), \
+            "no scrapes after the fault"
         t1 = time.time()
 
         case = collect_case(run_dir, t0, t1, case_id="e2e")
