@@ -10,10 +10,11 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 import pytest
+from _chance import random_avg_at_k_floor, random_ranks
 
 from llmrca.case import Observation, Topology
 from llmrca.errors import MethodError
-from llmrca.evaluate.scores import avg_at_k
+from llmrca.evaluate.scores import avg_at_k, chance_avg_at_k
 from llmrca.methods import causal_graphs as cg
 from llmrca.methods import entry, get_method, method_class
 from llmrca.methods.graph_heads import pagerank_head, random_walk_head
@@ -352,7 +353,16 @@ def test_bad_parameters_raise_method_error(cases):
 
 # --- accuracy on planted cases ------------------------------------------------------------------------------
 
-ACC_SEEDS = range(6)
+ACC_SEEDS = range(20)
+# 5 services: a random ranking's Avg@5 is 0.6 on average, and over 6 cases it exceeds 0.6 in about 4 draws of 10.
+# The floor is what a random ranking reaches over these 20 cases with probability 1e-3 (0.80; tests/_chance.py).
+ACC_FLOOR = random_avg_at_k_floor(5, len(ACC_SEEDS))
+# PageRank on a PC/FCI/Granger graph scores a node's place in the learned graph, not how much it moved at the
+# fault: on planted cases with a random root it is no better than chance (Avg@5 over these 20 cases: pc 0.60,
+# fci 0.61, granger 0.73). Strict: the day one of them clears the floor, this list must shrink.
+AT_CHANCE = {"pc-pagerank", "fci-pagerank", "granger-pagerank"}
+# The methods whose model matches the data (intervention node, linear non-Gaussian order) must be nearly perfect.
+NEAR_PERFECT = {"causalai", "rcd", "lingam-randomwalk"}
 
 
 @pytest.fixture(scope="module")
@@ -360,16 +370,30 @@ def planted_set():
     return [small_case(100 + s) for s in ACC_SEEDS]
 
 
-@pytest.mark.parametrize("name", METHODS)
+def _accuracy_params():
+    for name in METHODS:
+        marks = [pytest.mark.xfail(strict=True, reason=f"{name} is at chance on planted cases")] \
+            if name in AT_CHANCE else []
+        yield pytest.param(name, marks=marks)
+
+
+@pytest.mark.parametrize("name", list(_accuracy_params()))
 def test_accuracy_on_planted_cases(name, planted_set):
     ranks = [get_method(name).rank(c.observation, seed=0).rank_of(c.truth.service) for c in planted_set]
     a1, a5 = avg_at_k(ranks, 1), avg_at_k(ranks, 5)
-    print(f"\n{name}: service ranks {ranks}  AC@1={a1:.2f}  Avg@5={a5:.2f}")
-    # 5 services: chance Avg@5 is 0.6. Every method must beat chance on linear planted data; the methods whose
-    # model matches the data (intervention node, linear non-Gaussian order) must be nearly perfect.
-    assert a5 > 0.6, (name, ranks)
-    if name in ("causalai", "rcd", "lingam-randomwalk"):
-        assert a5 >= 0.9, (name, ranks)
+    print(f"\n{name}: service ranks {ranks}  AC@1={a1:.2f}  Avg@5={a5:.2f} (floor {ACC_FLOOR:.2f})")
+    assert a5 >= ACC_FLOOR, (name, ranks)
+    if name in NEAR_PERFECT:
+        assert a5 >= 0.95, (name, ranks)
+
+
+def test_the_accuracy_floor_fails_a_random_ranker():
+    """A uniformly random ranking over the same 20 cases fails the floor for each of 20 seeds (the old `> 0.6`
+    let 11 of 20 through)."""
+    chance = chance_avg_at_k([5] * len(ACC_SEEDS), 5)
+    assert chance == pytest.approx(0.6) and ACC_FLOOR >= chance + 0.15
+    passed = [s for s in range(20) if avg_at_k(random_ranks(5, len(ACC_SEEDS), s), 5) >= ACC_FLOOR]
+    assert passed == []
 
 
 def test_rcd_reaches_the_issue_target_on_the_planted_benchmark():

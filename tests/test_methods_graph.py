@@ -9,6 +9,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 import pytest
+from _chance import random_avg_at_k_floor
 
 from llmrca.case import Case, Observation, Topology
 from llmrca.errors import MethodError
@@ -51,14 +52,23 @@ def as_call_graph(case: Case) -> Case:
     return case.with_observation(topology=topo)
 
 
-def avg5(m, cases: list[Case]) -> float:
-    ranks = []
+def truth_ranks(m, cases: list[Case]) -> list[int | None]:
+    """The truth's service rank per case; None (a miss) where the method finds nothing to rank."""
+    ranks: list[int | None] = []
     for c in cases:
         try:
             ranks.append(m.rank(c.observation, seed=0).rank_of(c.truth.service))
         except MethodError:
             ranks.append(None)
+    return ranks
+
+
+def avg5_of(ranks: list[int | None]) -> float:
     return float(np.mean([np.mean([r is not None and r <= k for r in ranks]) for k in range(1, 6)]))
+
+
+def avg5(m, cases: list[Case]) -> float:
+    return avg5_of(truth_ranks(m, cases))
 
 
 def small_case(**kw) -> Case:
@@ -197,6 +207,9 @@ def test_constant_columns(name):
 
 @pytest.mark.parametrize("name", MINE)
 def test_two_columns(name):
+    """The smallest system: b's latency steps up at the fault and a's follows it. Every method ranks both columns;
+    all but CausalRCA put b first (CausalRCA's PageRank over a learned two-node graph gives both the same score, so
+    it can only be held to a full ranking)."""
     rng = np.random.default_rng(1)
     lat_b = rng.normal(size=80)
     lat_b[40:] += 5
@@ -205,11 +218,10 @@ def test_two_columns(name):
         metrics=pd.DataFrame({"time": np.arange(80.0), "a_latency": lat_a, "b_latency": lat_b}),
         inject_time=40.0, topology=Topology(services=("a", "b"), edges=(("a", "b"),), entry="a"),
     )
-    try:
-        r = method(name).rank(obs, seed=0)
-    except MethodError:
-        return
-    assert sorted(r.candidates) == ["a_latency", "b_latency"]
+    r = method(name).rank(obs, seed=0)
+    assert sorted(r.candidates) == ["a_latency", "b_latency"] and all(np.isfinite(r.scores))
+    if name != "causalrca":
+        assert r.candidates[0] == "b_latency" and r.scores[0] > r.scores[1], (r.candidates, r.scores)
 
 
 @pytest.mark.parametrize("name", MINE)
@@ -227,15 +239,15 @@ def test_nans_and_an_all_nan_column(name):
 
 
 @pytest.mark.parametrize("name", MINE)
-def test_very_short_window_raises_method_error_or_ranks(name):
+def test_very_short_window_raises_method_error(name):
+    """Two samples before the fault and one at it: too few to model the normal state, for every method here. The
+    answer is a MethodError naming the shortfall, never a ranking made of nothing."""
     obs = small_case().observation
     t = obs.metrics["time"].to_numpy()
     short = obs.metrics[(t >= obs.inject_time - 2 * obs.interval) & (t <= obs.inject_time)].reset_index(drop=True)
-    try:
-        r = method(name).rank(Observation(metrics=short, inject_time=obs.inject_time, topology=obs.topology))
-    except MethodError:
-        return
-    assert sorted(r.candidates) == sorted(obs.metric_columns)
+    assert len(short) == 3
+    with pytest.raises(MethodError, match=r"only \d sample\(s\) (before|from) inject_time"):
+        method(name).rank(Observation(metrics=short, inject_time=obs.inject_time, topology=obs.topology))
 
 
 @pytest.mark.parametrize("name", ["microrca", "microscope", "monitorrank"])
@@ -266,32 +278,72 @@ def test_bad_parameter_is_a_method_error():
 
 def test_circa_planted_accuracy():
     """The issue's target: Avg@5 ≥ 0.8 at service level, linear and non-linear, with the planted DAG as the
-    topology; and with the DAG read as a call graph; and PC in place of the structural graph."""
+    topology; and with the DAG read as a call graph; and PC in place of the structural graph. Chance is 0.375 for
+    8 services; over 12 cases a random ranking reaches 0.73 with probability 1e-3."""
+    assert random_avg_at_k_floor(8, 12) < 0.8
     circa = get_method("circa")
     for nonlinear in (False, True):
         cases = [planted_case(seed=s, nonlinear=nonlinear) for s in range(12)]
         as_is, calls = avg5(circa, cases), avg5(circa, [as_call_graph(c) for c in cases])
-        pc = avg5(get_method("circa", graph="pc"), cases[:6])
+        pc = avg5(get_method("circa", graph="pc"), cases)
         print(f"circa planted nonlinear={nonlinear}: Avg@5 {as_is:.2f} (topology), {calls:.2f} (as call graph), "
               f"{pc:.2f} (PC)")
-        assert as_is >= 0.8 and calls >= 0.8 and pc >= 0.6
+        assert as_is >= 0.8 and calls >= 0.8 and pc >= 0.8
 
 
-@pytest.mark.parametrize(("name", "floor"), [("microrca", 0.6), ("microscope", 0.6), ("monitorrank", 0.5)])
-def test_call_graph_methods_planted_accuracy(name, floor):
-    """On the planted DAG read as a call graph. Chance Avg@5 for 8 services is 0.375."""
+def _gateway_over_a_slow_backend(seed: int) -> Observation:
+    """gw calls db and cache; db's latency steps up at the fault and gw's grows faster than linearly with it (a
+    queue in front of a slower backend): linear enough in the normal range that the regression fitted there
+    predicts little of gw's rise after the fault, so gw's residual dwarfs db's own."""
+    rng = np.random.default_rng(seed)
+    n, k = 160, 80
+    db = 10 + rng.normal(size=n)
+    db[k:] += 4.0
+    cache = 5 + rng.normal(size=n)
+    gw = 20 + np.exp(db - 10) + cache + 0.3 * rng.normal(size=n)
+    t = 1_700_000_000.0 + 5.0 * np.arange(n)
+    return Observation(metrics=pd.DataFrame({"time": t, "gw_latency": gw, "db_latency": db, "cache_latency": cache}),
+                       inject_time=float(t[k]), topology=Topology(services=("gw", "db", "cache"),
+                                                                  edges=(("gw", "db"), ("gw", "cache")), entry="gw"))
+
+
+def test_circa_descendant_adjustment_lifts_the_root_over_its_louder_effect():
+    """Where the effect's residual is larger than the root's, only the descendant adjustment (an anomalous node
+    gets its largest child's score added) puts the root first: with it db ranks first in every case, without it
+    gw does."""
+    cases = [_gateway_over_a_slow_backend(s) for s in range(8)]
+    on, off = get_method("circa"), get_method("circa", da_threshold=1e300)  # a threshold nothing reaches: off
+    ranks_on = [on.rank(obs, seed=0).rank_of("db") for obs in cases]
+    tops_off = [off.rank(obs, seed=0).services()[0] for obs in cases]
+    assert ranks_on == [1] * len(cases), ranks_on
+    assert tops_off == ["gw"] * len(cases), tops_off
+
+
+@pytest.mark.parametrize("name", ["microrca", "microscope", "monitorrank"])
+def test_call_graph_methods_planted_accuracy(name):
+    """On the planted DAG read as a call graph. Chance Avg@5 for 8 services is 0.375; each set of 12 cases must
+    clear what a random ranking reaches with probability 1e-2 (0.65), both sets together its 1e-3 tail (0.62)."""
     m = get_method(name)
-    scores = {}
+    ranks: dict[bool, list[int | None]] = {}
     for nonlinear in (False, True):
-        scores[nonlinear] = avg5(m, [as_call_graph(planted_case(seed=s, nonlinear=nonlinear)) for s in range(12)])
-    print(f"{name} planted Avg@5: linear {scores[False]:.2f}, non-linear {scores[True]:.2f}")
-    assert min(scores.values()) >= floor
+        ranks[nonlinear] = truth_ranks(m, [as_call_graph(planted_case(seed=s, nonlinear=nonlinear))
+                                           for s in range(12)])
+    scores = {k: avg5_of(r) for k, r in ranks.items()}
+    pooled = avg5_of(ranks[False] + ranks[True])
+    print(f"{name} planted Avg@5: linear {scores[False]:.2f}, non-linear {scores[True]:.2f}, both {pooled:.2f}")
+    assert min(scores.values()) >= random_avg_at_k_floor(8, 12, alpha=1e-2), scores
+    assert pooled >= random_avg_at_k_floor(8, 24), pooled
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch extra not installed")
 def test_causalrca_planted_accuracy():
-    cases = [planted_case(seed=s, nonlinear=bool(s % 2)) for s in range(3)]
-    print(f"causalrca planted Avg@5 (3 cases; chance 0.375): {avg5(get_method('causalrca'), cases):.2f}")
+    """CausalRCA (full training) on 20 planted cases of 8 services, half non-linear: chance Avg@5 is 0.375 and a
+    random ranking reaches 0.64 with probability 1e-3; CausalRCA scores 0.74 here."""
+    cases = [planted_case(seed=s, nonlinear=bool(s % 2)) for s in range(20)]
+    floor = random_avg_at_k_floor(8, len(cases))
+    score = avg5(get_method("causalrca"), cases)
+    print(f"causalrca planted Avg@5 ({len(cases)} cases; chance 0.375, floor {floor:.2f}): {score:.2f}")
+    assert score >= floor
 
 
 # --- causalrca and its optional torch ------------------------------------------------------------------------

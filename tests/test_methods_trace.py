@@ -112,8 +112,9 @@ def test_microrank_spectra(chain):
 
 
 def test_strong_network_delay_on_a_replica():
-    """A 5 s delay towards one vLLM replica stands far out of the latency spread (the paper's 1 s does not,
-    see test_paper_strength_delay_is_reported): both trace methods must point at the delayed replica."""
+    """A 5 s delay towards one vLLM replica stands far out of the latency spread (the paper's 1 s does not, see
+    test_paper_strength_delay_stays_in_the_spread_and_both_methods_abstain): both trace methods must point at the
+    delayed replica."""
     case = simulated("network", "ray-replicas-1", latency_ms=5000.0, jitter_ms=500.0)
     tr = get_method("tracerca").rank(case.observation)
     mr = get_method("microrank").rank(case.observation)
@@ -121,16 +122,20 @@ def test_strong_network_delay_on_a_replica():
     assert mr.candidates[0] == "ray-replicas-1_llm_request"
 
 
-def test_paper_strength_delay_is_reported(capsys):
-    # Honest numbers, no assertion on accuracy: on the shallow serving chain a 1 s delay is within ~2σ of the
-    # request latencies, and the study found the trace methods weak there.
+def test_paper_strength_delay_stays_in_the_spread_and_both_methods_abstain():
+    """The paper's 1 s delay on the shallow serving chain stays inside the spread of the request latencies (no span
+    after the fault exceeds its operation's mean + 3σ before it), which is where the study found the trace methods
+    weak: both must say they found nothing to localize, not rank services by name or by noise."""
     case = simulated("network", "ray-replicas-1")
+    obs = case.observation
+    assert case.truth.params["latency_s"] == 1.0
+    tr = obs.traces
+    start, dur = tr["start_time_us"] / 1e6, tr["duration_us"] / 1e6
+    before = start < obs.inject_time
+    for op, d in dur.groupby([tr["service"], tr["operation"]]):
+        pre, post = d[before[d.index]], d[~before[d.index]]
+        assert len(pre) > 100 and len(post) > 50, op
+        assert post.max() < pre.mean() + 3 * pre.std(), (op, post.max(), pre.mean(), pre.std())
     for name in TRACE_METHODS:
-        try:
-            r = get_method(name).rank(case.observation)
-            outcome = f"rank {r.rank_of('ray-replicas-1')} of {len(r.services())}"
-            assert set(r.services()) == set(case.observation.services)
-        except MethodError as e:
-            outcome = f"no answer ({e})"
-        with capsys.disabled():
-            print(f"\n{name}: paper-strength network delay on ray-replicas-1 → {outcome}")
+        with pytest.raises(MethodError, match="nothing to localize"):
+            get_method(name).rank(obs)
