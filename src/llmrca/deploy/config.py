@@ -173,19 +173,21 @@ class DeployConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DeployConfig:
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UnknownNameError(f"deploy config: unknown field(s) {', '.join(unknown)}; "
-                                   f"known: {', '.join(sorted(known))}")
+        check_fields(cls, d, "deploy config")
         return cls(**d)
 
     def with_(self, **changes: Any) -> DeployConfig:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise UnknownNameError(f"deploy config: unknown field(s) {', '.join(unknown)}")
+        check_fields(type(self), changes, "deploy config")
         return replace(self, **changes)
+
+
+def check_fields(cls: type, given: dict[str, Any], what: str, hint: str = "") -> None:
+    """Refuse keys of ``given`` that are not fields of the dataclass ``cls``, naming them and the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise UnknownNameError(f"{what}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                               + hint)
 
 
 # ------------------------------------------------------------------------------------ scenario-table layout

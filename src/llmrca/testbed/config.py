@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import psutil
 
-from llmrca.deploy.config import DeployConfig
-from llmrca.errors import LlmrcaError, UnknownNameError
+from llmrca.deploy.config import DeployConfig, check_fields
+from llmrca.errors import LlmrcaError
 
 STUDY_POD_CPU = 8.0  # cores per Ray pod in the study
 STUDY_POD_MEMORY_GIB = 16.0
@@ -98,20 +98,13 @@ class TestbedConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TestbedConfig:
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UnknownNameError(f"testbed config: unknown field(s) {', '.join(unknown)}; "
-                                   f"known: {', '.join(sorted(known))} (deployment fields go in 'deploy')")
+        check_fields(cls, d, "testbed config", " (deployment fields go in 'deploy')")
         if isinstance(d.get("deploy"), dict):
             d["deploy"] = DeployConfig.from_dict(d["deploy"])
         return cls(**d)
 
     def with_(self, **changes: Any) -> TestbedConfig:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise UnknownNameError(f"testbed config: unknown field(s) {', '.join(unknown)}")
+        check_fields(type(self), changes, "testbed config", " (deployment fields go in 'deploy')")
         return replace(self, **changes)
 
 
