@@ -18,7 +18,8 @@ def deployment_problems(fault: str, params: Mapping[str, Any], deploy: DeployCon
     per problem naming the scenario key (``faults.<fault>.<param>``); empty when they can.
 
     - a GPU power cap in watts must be one the GPU accepts (``nvidia-smi -pl`` refuses anything outside
-      ``min_power_w .. tdp_w``); a cap given as a fraction is held to that range by the fault itself;
+      ``min_power_w .. tdp_w``); a cap given as a fraction or a depth is checked by the fault registry
+      (``FaultSpec.applied``) when the case is made, since a depth needs the target's draw;
     - a memory hog cannot be larger than the pod's memory limit (the pod would be OOM-killed before the hog holds
       its size, so the case would not be the fault it claims).
     """
