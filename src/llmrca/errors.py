@@ -41,6 +41,14 @@ class MethodError(LlmrcaError):
     """An RCA method cannot run on the observation it was given."""
 
 
+class NoAnswer(MethodError):
+    """A method ran and found nothing to blame (e.g. no abnormal trace): an abstention, not a crash.
+
+    The evaluation records it as status ``no-answer: <reason>``, scores it as a miss and reports it apart from
+    errors. It is a ``MethodError`` so callers that only know that class still stop on it.
+    """
+
+
 @contextlib.contextmanager
 def naming(path: str | Path) -> Iterator[None]:
     """Give an ``OSError`` raised inside the file or folder being written, where it names none (``os.write``
