@@ -67,7 +67,7 @@ def test_ok_rows_match_the_ranking_computed_in_process(cases, tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["methods"] == ["fake-mutate", "fake-shift", "fake-short", "fake-touch"]
     assert info["status"] == "finished" and info["counts"]["ok"] == 12
-    assert info["tasks"] == {"grid": 12, "resumed": 0, "to_run": 12}
+    assert info["tasks"] == {"grid": 12, "resumed": 0, "replaced": 0, "to_run": 12}
     assert info["llmrca_version"] and info["finished"] and info["params"]["jobs"] == 2
 
 
@@ -104,7 +104,8 @@ def test_resume_after_sigkill_computes_only_missing_rows(tmp_path):
     root = tmp_path / "cases"
     paths = [str(save_case(planted_case(seed=s, n_services=4, n_rows=60, inject_row=30), root / f"c{s}"))
              for s in range(6)]
-    out, first_marker, second_marker = tmp_path / "run", tmp_path / "first.txt", tmp_path / "second.txt"
+    out, marker = tmp_path / "run", tmp_path / "marker.txt"
+    # Both runs use the same parameters: a row is reused only when its content hash (parameters included) matches.
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(TESTS)!r})
@@ -112,7 +113,7 @@ def test_resume_after_sigkill_computes_only_missing_rows(tmp_path):
         register_fakes()
         from llmrca.evaluate import evaluate
         evaluate({paths!r}, ["fake-count"], {str(out)!r}, jobs=1, progress=False,
-                 method_params={{"fake-count": {{"marker": {str(first_marker)!r}, "delay": 0.3}}}})
+                 method_params={{"fake-count": {{"marker": {str(marker)!r}, "delay": 0.3}}}})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     journal = out / JOURNAL
@@ -129,15 +130,16 @@ def test_resume_after_sigkill_computes_only_missing_rows(tmp_path):
     with open(journal, "ab") as f:  # a write cut short by the kill
         f.write(b'{"method":"fake-count","case_id":"planted-')
 
+    runs_before = len(marker.read_text().splitlines())
     df = evaluate(paths, ["fake-count"], out, jobs=1, progress=False,
-                  method_params={"fake-count": {"marker": str(second_marker), "delay": 0.0}})
-    assert len(second_marker.read_text().splitlines()) == 6 - len(before)
+                  method_params={"fake-count": {"marker": str(marker), "delay": 0.3}})
+    assert len(marker.read_text().splitlines()) - runs_before == 6 - len(before)
     assert len(df) == 6 and df["case_id"].is_unique and set(df["status"]) == {"ok"}
     after, _ = read_journal(journal)
     assert len(after) == 6 and journal.read_bytes().endswith(b"\n")
     assert after[: len(before)] == before  # rows already there are untouched
     info = json.loads((out / "run.json").read_text())
-    assert info["tasks"] == {"grid": 6, "resumed": len(before), "to_run": 6 - len(before)}
+    assert info["tasks"] == {"grid": 6, "resumed": len(before), "replaced": 0, "to_run": 6 - len(before)}
     assert info["previous"][0]["status"] == "running"  # the killed run never finished
 
 

@@ -11,6 +11,7 @@ out.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,8 +88,12 @@ class TruthRanks:
 
 
 def truth_ranks(ranking: Ranking, truth: GroundTruth, obs: Observation) -> TruthRanks:
+    return rank_of_truth(ranking, truth, set(obs.metric_columns))
+
+
+def rank_of_truth(ranking: Ranking, truth: GroundTruth, columns: AbstractSet[str]) -> TruthRanks:
+    """``truth_ranks`` given the observation's metric column names only (all the grid's runner keeps)."""
     rank = ranking.rank_of(truth.service) if truth.service is not None else None
-    columns = set(obs.metric_columns)
     fine = truth.indicator is not None and any(c in columns for c in ranking.candidates)
     rank_fine = ranking.rank_of(truth.indicator, level="fine") if fine else None
     return TruthRanks(rank, rank_fine, fine)

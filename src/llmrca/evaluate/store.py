@@ -59,9 +59,11 @@ COLUMNS: dict[str, str] = {
     "top5": "string",  # JSON list of the method's top-5 services
     "runtime_s": "float64",  # wall time of rank() alone
     "peak_mem_mb": "float64",  # peak RSS growth of the worker during rank()
-    "status": "string",  # "ok", "error: <Type>: <message>" or "timeout"
+    "status": "string",  # "ok", "no-answer: <reason>", "error: <Type>: <message>" or "timeout"
     "seed": "int64",
     "case_path": "string",
+    "input_hash": "string",  # content hash of what made the row (llmrca.evaluate.desk); a resume reuses a row
+    # only when it matches
 }
 KEY = ("method", "case_id", "seed")
 
