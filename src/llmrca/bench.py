@@ -71,6 +71,8 @@ def run_bench(
     retry_failed: bool = False,
     progress: bool = True,
     console: Console | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> BenchResult:
     """Simulate the suite of scenario ``name`` (a shipped name such as ``paper``, or a TOML file) into OUT/cases
     (unless there), evaluate ``methods`` under each of ``views``
@@ -83,7 +85,8 @@ def run_bench(
     (``full``, ``all``); the default ``"light"`` leaves out the ``COLUMN_HEAVY`` causal-discovery methods,
     whose cost on the full view's ~270 columns (6–14 s per case each, see ``llmrca.methods.registry``) would
     take the benchmark far past its 15-minute budget; ``"all"`` runs them too. A folder made with another
-    suite, reps, seed, overrides or scenario content is refused.
+    suite, reps, seed, overrides or scenario content is refused. ``executor``/``ray_address``: where the tasks
+    run (``llmrca.evaluate.evaluate``); the rows are the same either way.
     """
     from llmrca.case.views import VIEWS
     from llmrca.evaluate import evaluate
@@ -132,7 +135,8 @@ def run_bench(
         folder = out / f"results-{view}"
         results[view] = evaluate(cases, view_methods[view], folder, jobs=jobs, timeout=timeout,
                                  memory_limit_mb=memory_limit_mb, seed=seed, progress=progress,
-                                 retry_failed=retry_failed, root=out / CASES, view=view)
+                                 retry_failed=retry_failed, root=out / CASES, view=view, executor=executor,
+                                 ray_address=ray_address)
         computed[view] = _tasks_run(folder)
 
     seconds = time.perf_counter() - t0

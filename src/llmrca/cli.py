@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -118,6 +119,33 @@ def rank_cmd(
     out.print("services: " + ", ".join(ranking.services()[:top]), highlight=False)
 
 
+MemoryOpt = Annotated[float | None, typer.Option(
+    "--memory-limit", help="MB of memory each task may add while ranking (0 = no cap); default: three quarters "
+                           "of the available memory shared among the workers.")]
+ExecutorOpt = Annotated[str, typer.Option(help="Where tasks run: local (worker processes) or ray (Ray actors; "
+                                               "needs the ray extra).")]
+AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto, ray://head:10001); "
+                                                     "default: a local Ray for the run.")]
+
+
+def _memory_limit(mb: float | None) -> float | None:
+    if mb is not None and not (math.isfinite(mb) and mb >= 0):
+        raise LlmrcaError(f"--memory-limit: must be a finite number of MB, 0 for no cap, is {mb:g}")
+    return mb
+
+
+def _say_tasks(folder: Path) -> None:
+    """One line on what a resumed run reused, recomputed as stale, and ran."""
+    try:
+        tasks = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("tasks", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    parts = [f"resumed: {tasks.get('resumed', 0)}", f"to_run: {tasks.get('to_run', 0)}"]
+    if tasks.get("replaced"):
+        parts.append(f"replaced: {tasks['replaced']} (stale: case, view or parameters changed)")
+    out.print(", ".join(parts), highlight=False, soft_wrap=True)
+
+
 @app.command("evaluate")
 @_handled
 def evaluate_cmd(
@@ -129,6 +157,9 @@ def evaluate_cmd(
         "results"),
     seed: Annotated[int, typer.Option(help="Seed passed to every method.")] = 0,
     view: Annotated[str, typer.Option(help="Metric view for simulated cases: all, study or full.")] = "all",
+    memory_limit: MemoryOpt = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run methods over cases; results go to OUT/results.parquet and a killed run resumes.
@@ -150,7 +181,9 @@ def evaluate_cmd(
     tops = [p.parent.parent if p in cases else p for p in paths]  # a case folder's id keeps <svc>_<fault>/<rep>
     root = os.path.commonpath([os.path.abspath(t) for t in tops])
     results = evaluate(cases, names, out_dir, jobs=jobs, timeout=timeout, seed=seed, progress=progress,
-                       view=view, root=root)
+                       view=view, root=root, memory_limit_mb=_memory_limit(memory_limit), executor=executor,
+                       ray_address=address)
+    _say_tasks(out_dir)
     print_table(summarize(results), out)
     out.print(f"results: {out_dir / 'results.parquet'}", highlight=False)
 
@@ -382,6 +415,9 @@ def bench_cmd(
     seed: Annotated[int | None, typer.Option(help="Seed of the suite and the methods; default: the scenario's."
                                              )] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run failed and timed-out tasks again.")] = False,
+    memory_limit: MemoryOpt = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Simulate a scenario's suite, run the methods under each view, write report.html and the results, print
@@ -400,7 +436,8 @@ def bench_cmd(
     run_bench(name, out_dir or Path(f"bench-{Path(name).stem}"), reps=reps, jobs=jobs, timeout=timeout,
               methods=methods, views=[v.strip() for v in views.split(",") if v.strip()], full_methods=full_methods,
               seed=seed, overrides=overrides, sets=sets,
-              retry_failed=retry_failed, progress=progress, console=out)
+              retry_failed=retry_failed, progress=progress, console=out,
+              memory_limit_mb=_memory_limit(memory_limit), executor=executor, ray_address=address)
 
 
 app.add_typer(testbed_app, name="testbed")
