@@ -77,10 +77,13 @@ class CausalRCA(BaseMethod):
         p = self.params
         self._check(p)
         torch = import_torch()
-        w = finite_window(metric_window(obs, window=p["window"], min_pre=2, min_post=3))
+        raw = metric_window(obs, window=p["window"], min_pre=2, min_post=3)
+        w = finite_window(raw)
         x = w.values if p["train_on"] == "window" else w.post
         sd = x.std(axis=0)
         keep = np.flatnonzero(sd > 0)  # constant series carry no dependency: not in the graph, score 0
+        if len(keep) == 0 and np.isfinite(raw.values).all(axis=0).any():  # data, but nothing moves
+            raise NoAnswer("causalrca: every series is constant in the rows it trains on; nothing to blame")
         if len(keep) < 2:
             raise MethodError(f"causalrca: {len(keep)} non-constant series in the window; need at least 2")
         if x.shape[0] < 4:
