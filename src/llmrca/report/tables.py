@@ -265,7 +265,8 @@ def _time_cells(r: Any) -> list[str]:
 
 
 def print_table(summary: pd.DataFrame, console: Any = None, *, title: str = "RCA accuracy") -> None:
-    """The summary as a rich table (one block of rows per method) on ``console`` (default: stdout)."""
+    """The summary as a rich table (one block of rows per method) on ``console`` (default: stdout); errors,
+    timeouts and no-answers share one ``E/T/N`` column."""
     from rich.console import Console
     from rich.table import Table
 
@@ -277,20 +278,19 @@ def print_table(summary: pd.DataFrame, console: Any = None, *, title: str = "RCA
         table.add_column(label, justify="right")
     table.add_column("Time/case (s)", justify="right")
     table.add_column("Cases", justify="right")
-    for label in FAILURE_LABELS:
-        table.add_column(label, justify="right")
+    table.add_column("E/T/N", justify="right")  # one column keeps the table inside 80 terminal columns
     methods = list(dict.fromkeys(summary["method"]))
     for i, m in enumerate(methods):
         rows = summary[summary["method"] == m]
         for j, (_, r) in enumerate(rows.iterrows()):
             table.add_row(
                 m if j == 0 else "", str(r["fault_type"]), _fmt(r["ac1"]), _fmt(r["ac3"]), _fmt(r["avg5"]),
-                _fmt_time(r["time_s"]), str(int(r["n"])), *failure_cells(r),
+                _fmt_time(r["time_s"]), str(int(r["n"])), "/".join(failure_cells(r, chance_blank=True)).strip("/"),
                 style="dim" if m == CHANCE else ("bold" if r["fault_type"] == ALL else None),
                 end_section=(j == len(rows) - 1 and i < len(methods) - 1),
             )
     console.print(table)
-    console.print(FAILURE_NOTE, style="dim", highlight=False)
+    console.print("E/T/N: errors/timeouts/no answer. " + FAILURE_NOTE, style="dim", highlight=False)
 
 
 def failure_cells(r: Any, *, chance_blank: bool = False) -> list[str]:
