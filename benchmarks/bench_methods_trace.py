@@ -20,7 +20,7 @@ import statistics
 import time
 from collections import defaultdict
 
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.evaluate.scores import ac_at_k, avg_at_k
 from llmrca.methods import get_method
 
@@ -71,30 +71,34 @@ def accuracy(suite: str, view: str) -> None:
     ranks: dict[str, dict[str, list]] = {m: defaultdict(list) for m in methods}
     seconds: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
+    abstained: dict[str, int] = defaultdict(int)
     for case in load_suite(suite):
         obs = select_view(case.observation, view) if view != "all" else case.observation
         for m in methods:
             t0 = time.perf_counter()
             try:
                 rank = get_method(m).rank(obs, seed=0).rank_of(case.truth.service)
+            except NoAnswer:
+                rank = None  # an abstention: a miss at every k, as the evaluation counts it
+                abstained[m] += 1
             except MethodError:
-                rank = None  # no answer: a miss at every k, as the evaluation counts it
+                rank = None  # cannot run: a miss too, counted apart
                 errors[m] += 1
             seconds[m].append(time.perf_counter() - t0)
             ranks[m][case.truth.fault_type].append(rank)
     faults = sorted({f for m in methods for f in ranks[m]})
     n = len(next(iter(seconds.values())))
-    print(f"\n{suite}: {n} cases, {view} view; cells AC@1 / AC@3 / Avg@5 at service level; a MethodError "
-          "('no answer') counts as a miss")
+    print(f"\n{suite}: {n} cases, {view} view; cells AC@1 / AC@3 / Avg@5 at service level; a no answer "
+          "(NoAnswer) and an error (another MethodError) count as misses")
     head = [f"{f:>16s}" for f in [*faults, "all"]]
-    print(f"{'method':11s}", *head, f"{'s/case':>8s}", f"{'no answer':>10s}")
+    print(f"{'method':11s}", *head, f"{'s/case':>8s}", f"{'no answer':>10s}", f"{'errors':>7s}")
     for m in methods:
         cells = []
         for f in [*faults, "all"]:
             r = [x for v in ranks[m].values() for x in v] if f == "all" else ranks[m][f]
             cells.append(f"{ac_at_k(r, 1):.2f}/{ac_at_k(r, 3):.2f}/{avg_at_k(r, 5):.2f}")
         print(f"{m:11s}", *(f"{c:>16s}" for c in cells), f"{statistics.mean(seconds[m]):8.3f}",
-              f"{errors[m]:>10d}")
+              f"{abstained[m]:>10d}", f"{errors[m]:>7d}")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import pandas as pd
 from rich.console import Console
 
 from llmrca.bench import run_bench
+from llmrca.report.status import status_kinds
 
 BUDGET_S = 15 * 60
 
@@ -30,15 +31,16 @@ BUDGET_S = 15 * 60
 def _per_method(results: dict[str, pd.DataFrame]) -> pd.DataFrame:
     frames = []
     for view, df in results.items():
-        status = df["status"].astype(str)
-        g = df.assign(ok=status == "ok", timeout=status == "timeout",
-                      error=status.str.startswith("error")).groupby("method", sort=False)
+        kind = status_kinds(df["status"])
+        g = df.assign(ok=kind == "ok", timeout=kind == "timeout", no_answer=kind == "no-answer",
+                      error=kind == "error").groupby("method", sort=False)
         part = pd.DataFrame({
             "view": view,
             "mean_s": g["runtime_s"].mean(),
             "max_s": g["runtime_s"].max(),
             "sum_s": g["runtime_s"].sum(),
             "ok": g["ok"].sum(), "error": g["error"].sum(), "timeout": g["timeout"].sum(),
+            "no_answer": g["no_answer"].sum(),
         })
         frames.append(part.reset_index())
     table = pd.concat(frames, ignore_index=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import multigammaln
 
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.bocpd import (
     change_probabilities,
     detect_change_point,
@@ -148,8 +148,10 @@ def test_standardize_project_whitens_noise_and_drops_constant_columns():
 
 
 def test_degenerate_inputs_raise():
-    with pytest.raises(MethodError, match="constant"):
+    with pytest.raises(NoAnswer, match="constant"):
         standardize_project(np.ones((50, 3)))
+    with pytest.raises(MethodError, match="non-finite"):
+        standardize_project(np.full((50, 3), np.nan))
     with pytest.raises(MethodError, match="at least 3 rows"):
         standardize_project(np.ones((2, 3)))
     with pytest.raises(MethodError, match="components"):

@@ -63,7 +63,8 @@ def test_report_json_and_markdown(evaluated):
     r = run("report", out, "--format", "json")
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
-    assert all(set(row) == {"method", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", "errors"} for row in rows)
+    assert all(set(row) == {"method", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", "errors",
+                                  "timeouts", "no_answer"} for row in rows)
     overall = {row["method"]: row for row in rows if row["fault_type"] == "all"}
     assert overall["baro"]["ac1"] >= 0.9 and overall["baro"]["n"] == len(truths)
     assert overall["baro"]["ac1"] > overall["dummy"]["ac1"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from llmrca.case import Observation
-from llmrca.errors import MethodError, UnknownNameError
+from llmrca.errors import MethodError, NoAnswer, UnknownNameError
 from llmrca.methods import Ranking, entry, get_method, method_class
 from llmrca.methods.baro import Baro
 from llmrca.methods.ediagnosis import energy_test
@@ -155,7 +155,7 @@ def test_baro_detect_onset_overrides_inject_time():
 def test_baro_without_inject_time_and_without_a_change_raises():
     rng = np.random.default_rng(0)
     obs = replace(_obs({f"s{i}_m": rng.normal(size=240) for i in range(6)}, 120), inject_time=None)
-    with pytest.raises(MethodError, match="BOCPD found no change point"):
+    with pytest.raises(NoAnswer, match="BOCPD found no change point"):
         Baro().rank(obs)
 
 

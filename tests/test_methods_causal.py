@@ -13,7 +13,7 @@ import pytest
 from _chance import random_avg_at_k_floor, random_ranks
 
 from llmrca.case import Observation, Topology
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.evaluate.scores import avg_at_k, chance_avg_at_k
 from llmrca.methods import causal_graphs as cg
 from llmrca.methods import entry, get_method, method_class
@@ -304,8 +304,8 @@ def test_walks_need_a_varying_sli(name, cases):
     obs = cases[0].observation
     m = obs.metrics.copy()
     sli = f"{obs.topology.entry}_latency"
-    m[sli] = 2.0
-    with pytest.raises(MethodError, match="SLI"):
+    m[sli] = 2.0  # a symptom that does not move: nothing to explain, an abstention
+    with pytest.raises(NoAnswer, match="SLI"):
         get_method(name).rank(replace(obs, metrics=m), seed=0)
 
 

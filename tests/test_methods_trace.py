@@ -5,7 +5,7 @@ import pytest
 from _trace_cases import T0, chain_observation, chain_traces, simulated
 
 from llmrca.case import empty_traces
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.microrank import spectrum_score
 from llmrca.methods.registry import entry, get_method
 from llmrca.methods.tracerca import frequent_sets
@@ -81,9 +81,9 @@ def test_full_ranking_and_determinism(name, chain):
 
 
 @pytest.mark.parametrize("name", TRACE_METHODS)
-def test_nothing_abnormal_is_an_error_not_a_name_ordered_ranking(name):
+def test_nothing_abnormal_is_no_answer_not_a_name_ordered_ranking(name):
     obs = chain_observation(chain_traces(), INJECT)
-    with pytest.raises(MethodError, match="nothing to localize"):
+    with pytest.raises(NoAnswer, match="nothing to localize"):
         get_method(name).rank(obs)
 
 
@@ -137,5 +137,5 @@ def test_paper_strength_delay_stays_in_the_spread_and_both_methods_abstain():
         assert len(pre) > 100 and len(post) > 50, op
         assert post.max() < pre.mean() + 3 * pre.std(), (op, post.max(), pre.mean(), pre.std())
     for name in TRACE_METHODS:
-        with pytest.raises(MethodError, match="nothing to localize"):
+        with pytest.raises(NoAnswer, match="nothing to localize"):
             get_method(name).rank(obs)

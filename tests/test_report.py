@@ -48,7 +48,7 @@ def _get(summary, method, fault):
 def test_summary_values_per_fault_and_overall(results):
     s = summarize(results)
     assert list(s.columns) == ["method", "family", "fault_type", "ac1", "ac3", "avg5", "time_s", "n",
-                               "errors"]
+                               "errors", "timeouts", "no_answer"]
     r = _get(s, "a", "cpu")
     assert (r.ac1, r.ac3, r.avg5, r.time_s, r.n, r.errors) == pytest.approx((0.5, 1.0, 0.9, 2.0, 2, 0))
     r = _get(s, "a", "memory")  # ranks 4 and an error (miss): AC@1..5 = 0,0,0,.5,.5
@@ -56,7 +56,9 @@ def test_summary_values_per_fault_and_overall(results):
     r = _get(s, "a", "all")  # ranks 1, 2, 4, miss: AC@1..5 = .25,.5,.5,.75,.75
     assert (r.ac1, r.ac3, r.avg5, r.time_s, r.n, r.errors) == pytest.approx((0.25, 0.5, 0.55, 2.0, 4, 1))
     r = _get(s, "b", "all")  # ranks miss, 1, timeout, 3; time over ok rows only: (0.5 + 1 + 2) / 3
-    assert (r.ac1, r.ac3, r.avg5, r.time_s, r.n, r.errors) == pytest.approx((0.25, 0.5, 0.4, 3.5 / 3, 4, 1))
+    assert (r.ac1, r.ac3, r.avg5, r.time_s, r.n, r.errors) == pytest.approx((0.25, 0.5, 0.4, 3.5 / 3, 4, 0))
+    assert (r.timeouts, r.no_answer) == (1, 0)  # a timeout is counted as one, not as an error
+    assert (_get(s, "a", "all").timeouts, _get(s, "a", "all").no_answer) == (0, 0)
     assert "normal" not in set(s["fault_type"])
     assert list(dict.fromkeys(s["fault_type"])) == ["cpu", "memory", "all"]
 

@@ -309,9 +309,10 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
 def print_overview(summary: pd.DataFrame, console: Console | None = None, *,
                    title: str = "RCA accuracy") -> None:
     """One row per method in family blocks (chance last): Avg@5 per fault type, then AC@1 and Avg@5 over all
-    cases, time per case and errors. Narrow enough for an 80-column terminal (report.html has AC@3)."""
+    cases, time per case, and errors/timeouts/no-answers in one ``E/T/N`` column (no answer: the method found
+    nothing abnormal to blame). Narrow enough for an 80-column terminal (report.html has AC@3)."""
     from llmrca.report.html import FAMILY_LABELS
-    from llmrca.report.tables import ALL, CHANCE, _fault_order, _fmt, _fmt_time
+    from llmrca.report.tables import ALL, CHANCE, FAILURE_NOTE, _fault_order, _fmt, _fmt_time, failure_cells
 
     console = console or Console()
     if summary.empty:
@@ -323,7 +324,7 @@ def print_overview(summary: pd.DataFrame, console: Console | None = None, *,
     table.add_column("Method", style="bold", no_wrap=True, min_width=_name_width(summary["method"]))
     for f in faults:
         table.add_column(_short(f), justify="right")
-    for label in ("AC@1", "Avg@5", "s/case", "err"):
+    for label in ("AC@1", "Avg@5", "s/case", "E/T/N"):
         table.add_column(label, justify="right")
     family = None
     for m in dict.fromkeys(map(str, summary["method"])):
@@ -333,12 +334,12 @@ def print_overview(summary: pd.DataFrame, console: Console | None = None, *,
             table.add_row(f"[italic dim]{FAMILY_LABELS.get(fam, fam)}[/italic dim]")
             family = fam
         per = [_fmt(cell[(m, f)]["avg5"]) if (m, f) in cell else "" for f in faults]
-        errors = int(r["errors"]) if r is not None else 0
         table.add_row(m, *per, *(_fmt(r[k]) if r is not None else "" for k in ("ac1", "avg5")),
                       _fmt_time(r["time_s"]) if r is not None else "",
-                      "" if m == CHANCE else (f"[red]{errors}[/red]" if errors else "0"),
+                      "/".join(failure_cells(r, chance_blank=True)).strip("/"),
                       style="dim" if m == CHANCE else None)
     console.print(table)
+    console.print("E/T/N: errors/timeouts/no answer. " + FAILURE_NOTE, style="dim", highlight=False)
 
 
 def print_comparison(summaries: Mapping[str, pd.DataFrame], console: Console | None = None,

@@ -104,10 +104,18 @@ def rank_cmd(
     seed: Annotated[int, typer.Option(help="Seed for the method.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full ranking as JSON.")] = False,
 ) -> None:
-    """Rank root-cause candidates of one case with one method.  Example: llmrca rank cases/c1 -m baro"""
+    """Rank root-cause candidates of one case with one method.  Example: llmrca rank cases/c1 -m baro
+
+    A method that finds nothing abnormal to blame abstains: "no answer: <reason>" and exit status 3.
+    """
+    from llmrca.errors import NoAnswer
     from llmrca.evaluate.single import rank_case
 
-    ranking, seconds = rank_case(case, method, seed=seed)
+    try:
+        ranking, seconds = rank_case(case, method, seed=seed)
+    except NoAnswer as e:  # an abstention, not a crash: its own line and exit status
+        err.print(f"[yellow]no answer:[/yellow] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
     if as_json:
         _print_json({"method": method, "runtime_s": seconds, "services": ranking.services(),
                      "candidates": [{"name": c, "score": s} for c, s in zip(ranking.candidates, ranking.scores)]})

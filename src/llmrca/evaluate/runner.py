@@ -38,19 +38,10 @@ from llmrca.evaluate.desk import CaseDesk, GridTask, case_digest, input_hash
 from llmrca.evaluate.pool import LocalExecutor, run_grid
 from llmrca.evaluate.store import KEY, RUN_JSON, ResultStore, rows_to_frame, write_atomic
 from llmrca.methods.registry import entry, resolve
+from llmrca.report.status import KINDS, status_kind
 
 CHECKPOINT_EVERY_S = 30.0
 EXECUTORS = ("local", "ray")
-STATUS_KINDS = ("ok", "no-answer", "error", "timeout")
-
-
-def status_kind(status: str) -> str:
-    """'ok', 'no-answer', 'error' or 'timeout' of a row's status."""
-    if status in ("ok", "timeout"):
-        return status
-    return "no-answer" if status.startswith("no-answer") else "error"
-
-
 def default_memory_limit_mb(jobs: int) -> float:
     """Three quarters of the memory available now, shared among the workers, at least 1 GiB each."""
     import psutil
@@ -172,7 +163,7 @@ def _evaluate(paths: list[str], names: list[str], entries: dict[str, Any], out: 
                              "to_run": len(grid)}
         write_atomic(out / RUN_JSON, _json_bytes(run_info))
 
-        counts = dict.fromkeys(STATUS_KINDS, 0)
+        counts = dict.fromkeys(KINDS, 0)
         bar = _Progress(len(grid), resumed, replaced, enabled=progress)
         last_checkpoint = time.monotonic()
 

@@ -4,7 +4,7 @@ multivariate Bayesian online change-point detection when the injection time is u
 RobustScorer: per metric column, median and IQR (25th-75th percentile) of the normal window before the onset;
 score = ``max over the window after it of |x - median| / IQR``. Constant baselines (and IQR 0) follow
 ``llmrca.methods.scoring``. Onset: ``llmrca.methods.bocpd`` over all rows of the metrics (gaps filled); the onset is
-the most probable start of a new run, and the method fails with ``MethodError`` when BOCPD finds no confident one
+the most probable start of a new run, and the method abstains (``NoAnswer``) when BOCPD finds no confident one
 rather than guessing.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmrca.case import TIME, Observation, fill_gaps
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods import bocpd
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.params import check_bool, check_float, check_int
@@ -72,7 +72,7 @@ class Baro(BaseMethod):
         return Ranking.from_scores(w.columns, scores)
 
     def detect_onset(self, obs: Observation) -> Onset:
-        """The anomaly onset BOCPD finds in the whole metrics frame; ``MethodError`` when there is none."""
+        """The anomaly onset BOCPD finds in the whole metrics frame; ``NoAnswer`` when there is none."""
         p = self.params
         components = check_int(self.name, "bocpd_components", p["bocpd_components"], minimum=1, allow_none=True)
         expected_run = check_float(self.name, "bocpd_expected_run", p["bocpd_expected_run"], low=1.0,
@@ -90,7 +90,7 @@ class Baro(BaseMethod):
             threshold=threshold, max_runs=max_runs,
         )
         if cp is None:
-            raise MethodError(
+            raise NoAnswer(
                 f"baro: BOCPD found no change point with posterior probability >= {threshold:g} in "
                 f"{len(values)} rows; give inject_time or lower bocpd_threshold"
             )

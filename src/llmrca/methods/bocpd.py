@@ -43,7 +43,7 @@ import numpy as np
 import scipy.linalg
 from scipy.special import gammaln
 
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 
 DEFAULT_EXPECTED_RUN = 250.0  # rows; Adams & MacKay's examples use a 250-step timescale
 DEFAULT_LAG = 20  # rows of evidence after a candidate change (BARO's code reads 10; 20 finds weak shifts better)
@@ -80,9 +80,11 @@ def standardize_project(x: np.ndarray, components: int | None = DEFAULT_COMPONEN
     if components is not None and components < 1:
         raise MethodError(f"BOCPD: components must be >= 1 or None, got {components}")
     x = x[:, np.isfinite(x).all(axis=0)]
-    x = x[:, x.std(axis=0) > 0]
     if x.shape[1] == 0:
-        raise MethodError("BOCPD: every metric column is constant (or has missing values); nothing to detect")
+        raise MethodError("BOCPD: every metric column has missing or non-finite values")
+    x = x[:, x.std(axis=0) > 0]
+    if x.shape[1] == 0:  # data, but nothing moves: an abstention, not a failure
+        raise NoAnswer("BOCPD: every metric column is constant; there is no change to detect")
     z = (x - np.median(x, axis=0)) / noise_scale(x)
     z -= z.mean(axis=0)
     if components is not None and components < z.shape[1]:

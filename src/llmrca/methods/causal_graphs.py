@@ -53,6 +53,11 @@ class Usable:
     names: list[str]
     dropped: dict[str, str]  # name -> reason
 
+    def nothing_moves(self) -> bool:
+        """No usable column, yet some column holds data (constant): the window shows nothing to blame, which
+        is an abstention (``NoAnswer``); no data at all is a failure to run (``MethodError``)."""
+        return not self.names and "constant" in self.dropped.values()
+
 
 def usable_columns(X: np.ndarray, names: Sequence[str]) -> Usable:
     """Split columns into usable ones and constant / non-finite ones (see the module docstring)."""

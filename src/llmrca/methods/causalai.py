@@ -23,7 +23,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from llmrca.case import Observation
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.causal_graphs import pc_graph, usable_columns
 from llmrca.methods.window import DEFAULT_WINDOW, metric_window
@@ -62,8 +62,10 @@ class CausalAI(BaseMethod):
         w = metric_window(obs, window=p["window"])
         regime = (np.arange(len(w.times)) >= w.split).astype(float)
         u = usable_columns(w.values, w.columns)
+        if u.nothing_moves():
+            raise NoAnswer("causalai: every metric column with data is constant in the window")
         if not u.names:
-            raise MethodError("causalai: every metric column is constant or non-finite in the window")
+            raise MethodError("causalai: every metric column is non-finite in the window")
         data = np.column_stack([u.data, regime])
         names = [*u.names, REGIME]
         G = pc_graph(data, names, alpha=float(p["alpha"]), max_cond=p["max_cond"], seed=seed,

@@ -32,7 +32,7 @@ import networkx as nx
 import numpy as np
 
 from llmrca.case import Observation
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.by_service import finite_window
 from llmrca.methods.graph_heads import pagerank_head
@@ -77,10 +77,13 @@ class CausalRCA(BaseMethod):
         p = self.params
         self._check(p)
         torch = import_torch()
-        w = finite_window(metric_window(obs, window=p["window"], min_pre=2, min_post=3))
+        raw = metric_window(obs, window=p["window"], min_pre=2, min_post=3)
+        w = finite_window(raw)
         x = w.values if p["train_on"] == "window" else w.post
         sd = x.std(axis=0)
         keep = np.flatnonzero(sd > 0)  # constant series carry no dependency: not in the graph, score 0
+        if len(keep) == 0 and np.isfinite(raw.values).all(axis=0).any():  # data, but nothing moves
+            raise NoAnswer("causalrca: every series is constant in the rows it trains on; nothing to blame")
         if len(keep) < 2:
             raise MethodError(f"causalrca: {len(keep)} non-constant series in the window; need at least 2")
         if x.shape[0] < 4:
@@ -216,13 +219,13 @@ def fit_dag_gnn(
 def pagerank_on_causes(
     a: np.ndarray, names: list[str], *, threshold: float, damping: float
 ) -> dict[str, float]:
-    """PageRank over the learned graph turned around (effect → cause), weighted by |A|; raises when no edge
-    is left after ``threshold``."""
+    """PageRank over the learned graph turned around (effect → cause), weighted by |A|; abstains (``NoAnswer``)
+    when no edge is left after ``threshold``: the training found no dependency to follow."""
     wts = np.abs(a)
     np.fill_diagonal(wts, 0.0)
     src, dst = np.nonzero(wts > threshold)
     if len(src) == 0:
-        raise MethodError(f"causalrca: the learned graph has no edge with |weight| > {threshold:g}")
+        raise NoAnswer(f"causalrca: the learned graph has no edge with |weight| > {threshold:g}")
     g = nx.DiGraph()
     g.add_nodes_from(names)
     for i, j in zip(src.tolist(), dst.tolist()):

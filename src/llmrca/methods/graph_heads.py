@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 
 
 def pagerank_head(
@@ -52,6 +52,23 @@ def abs_correlation_with(X: np.ndarray, names: Sequence[str], target: str) -> di
     return {n: float(min(v, 1.0)) for n, v in zip(names, r)}
 
 
+def require_sli_node(G: nx.DiGraph, X: np.ndarray, names: Sequence[str], sli: str, method: str) -> None:
+    """Stop unless the SLI is a node of ``G``, from which a symptom-driven walk starts.
+
+    A graph builder leaves out constant and non-finite columns. A constant SLI means the symptom does not move
+    in the window, so there is nothing to explain: an abstention (``NoAnswer``). An SLI without finite values is
+    missing data: the method cannot run (``MethodError``).
+    """
+    if sli in G:
+        return
+    names = list(names)
+    col = np.asarray(X, dtype=float)[:, names.index(sli)] if sli in names else np.empty(0)
+    if len(col) and np.isfinite(col).all():
+        raise NoAnswer(f"{method}: the SLI column {sli!r} is constant in the window; no symptom to explain")
+    raise MethodError(f"{method}: the SLI column {sli!r} is missing or non-finite in the window; a walk from the "
+                      "symptom cannot start")
+
+
 def random_walk_head(
     G: nx.DiGraph,
     X: np.ndarray,
@@ -62,6 +79,7 @@ def random_walk_head(
     rho: float = 0.2,
     seed: int = 0,
     similarity: Mapping[str, float] | None = None,
+    method: str = "random walk",
 ) -> dict[str, float]:
     """Visit frequency of a seeded random walk of ``steps`` moves started at the SLI node.
 
@@ -70,12 +88,9 @@ def random_walk_head(
     ``rho`` * s(j) ("backward", to escape a wrong branch); to itself with weight max(0, s(i) − max over
     neighbours s(j)) (stay where the evidence peaks). A node whose weights are all zero stays put. Nodes never
     visited score 0. ``similarity`` replaces the default correlation (MicroCause passes partial correlations).
+    ``method`` names the caller in the messages; the SLI outside ``G`` is handled by ``require_sli_node``.
     """
-    if sli not in G:
-        raise MethodError(
-            f"the SLI column {sli!r} is not in the causal graph (constant or non-finite in the window?); "
-            "a walk from the symptom cannot start"
-        )
+    require_sli_node(G, X, names, sli, method)
     if steps < 1 or rho < 0:
         raise MethodError(f"random walk: need steps >= 1 and rho >= 0, got steps={steps}, rho={rho}")
     sim = dict(similarity) if similarity is not None else abs_correlation_with(X, names, sli)

@@ -90,7 +90,7 @@ class GraphHeadMethod(BaseMethod):
             scores = pagerank_head(G, alpha=float(p["damping"]))
         else:
             scores = random_walk_head(G, w.values, w.columns, sli, steps=int(p["steps"]), rho=float(p["rho"]),
-                                      seed=seed)
+                                      seed=seed, method=self.name)
         return full_ranking(w.columns, scores)
 
 

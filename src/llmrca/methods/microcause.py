@@ -24,7 +24,7 @@ from llmrca.case import Observation
 from llmrca.errors import MethodError
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.causal_graphs import pcmci_graph
-from llmrca.methods.graph_heads import random_walk_head
+from llmrca.methods.graph_heads import random_walk_head, require_sli_node
 from llmrca.methods.graph_rank import full_ranking, window_with_sli
 from llmrca.methods.window import DEFAULT_WINDOW
 
@@ -86,8 +86,7 @@ class MicroCause(BaseMethod):
         G = pcmci_graph(w.values, w.columns, tau_min=int(p["tau_min"]), tau_max=int(p["tau_max"]),
                         pc_alpha=float(p["pc_alpha"]), alpha_level=float(p["alpha_level"]),
                         max_conds_dim=p["max_conds_dim"], seed=seed, timeout_s=p["timeout_s"])
-        if sli not in G:
-            raise MethodError(f"microcause: the SLI column {sli!r} is constant or non-finite in the window")
+        require_sli_node(G, w.values, w.columns, sli, self.name)
         idx = {c: j for j, c in enumerate(w.columns)}
         t = idx[sli]
         sim = {}

@@ -25,8 +25,8 @@ analysis of which operations the anomalous traces cover.
    replaced by 1e-9, so an operation covered by exactly the anomalous traces ranks first.
 
 Candidates are operations (``service_operation``); services without any operation come last with score 0, by
-name. With no anomalous trace the method raises ``MethodError`` (a ranking of zeros would only be the name
-order). Deterministic (``seed`` unused).
+name. With no anomalous trace the method abstains (``NoAnswer``: a ranking of zeros would only be the name
+order); without traces before and after the injection it cannot run (``MethodError``). Deterministic (``seed`` unused).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from llmrca.case import Observation
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.params import check_float
 from llmrca.methods.spans import (
@@ -95,7 +95,7 @@ class MicroRank(BaseMethod):
         bad_t = trace_any(sp, slow | sp.error) & det_t
         good_t = det_t & ~bad_t
         if not bad_t.any():
-            raise MethodError(f"{self.name}: no anomalous trace after inject_time (no span above its "
+            raise NoAnswer(f"{self.name}: no anomalous trace after inject_time (no span above its "
                               f"operation's mean + {k:g}σ, none failed), so there is nothing to localize")
         pr = {"damping": damping, "phi": phi, "w_call": w_call}
         w_bad, cov_bad = operation_weights(sp, codes, len(ops), bad_t, anomalous=True, **pr)

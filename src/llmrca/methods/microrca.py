@@ -30,7 +30,7 @@ import pandas as pd
 from sklearn.cluster import Birch
 
 from llmrca.case import Observation
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.by_service import (
     abs_corr,
@@ -81,7 +81,7 @@ class MicroRCA(BaseMethod):
         share = {s: new_cluster_share(w, col[c], threshold, smoothing) for s, c in lat.items()}
         anomalous = {s for s, v in share.items() if v >= min_share}
         if not anomalous:
-            raise MethodError(f"microrca: BIRCH found no latency anomaly in the {len(lat)} service(s)")
+            raise NoAnswer(f"microrca: BIRCH found no latency anomaly in the {len(lat)} service(s)")
         anomalous_lat = [lat[a] for a in sorted(anomalous)]
         sub = nx.DiGraph()
         sub.add_nodes_from(sorted(anomalous))

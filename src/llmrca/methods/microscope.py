@@ -10,7 +10,7 @@ dependency graph from the frontend that follows anomalous callees, then a rankin
    the set of candidates is the same as one traversal's, which is what we compute.
 3. Ranking: candidates by the largest |Pearson r| between one of their series and the frontend SLI over the
    window. Services that are not candidates are not scored (0; last, by name). Within a service, series come
-   by their |r| with the SLI. No candidate at all raises ``MethodError``.
+   by their |r| with the SLI. No candidate at all: the method abstains (``NoAnswer``).
 
 Needs the call graph: ``topology.edges`` (caller → callee), else the traces' parent → child spans. The
 dependency graph is used as it is; the paper's PC refinement of it is not applied.
@@ -22,7 +22,7 @@ import networkx as nx
 import numpy as np
 
 from llmrca.case import Observation
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.by_service import (
     abs_corr,
@@ -59,7 +59,7 @@ class MicroScope(BaseMethod):
         anomalous = anomalous_services(w, k_sigma, min_share)
         candidates = traverse(g, entry, anomalous)
         if not candidates:
-            raise MethodError(
+            raise NoAnswer(
                 f"microscope: no anomalous service reachable from the entry {entry!r} through anomalous "
                 f"callees (anomalous services: {', '.join(sorted(anomalous)) or 'none'})"
             )

@@ -21,7 +21,7 @@ import networkx as nx
 import numpy as np
 
 from llmrca.case import Observation
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.by_service import abs_corr, finite_window, group_columns, service_first_ranking
 from llmrca.methods.call_graph import call_graph
@@ -93,7 +93,7 @@ def random_walk(
     idx = {n: i for i, n in enumerate(nodes)}
     pref = np.array([sim.get(n, 0.0) for n in nodes])
     if pref.sum() <= 0:
-        raise MethodError("monitorrank: no series correlates with the SLI in the window (all similarities 0)")
+        raise NoAnswer("monitorrank: no series correlates with the SLI in the window (all similarities 0)")
     pref_cum = np.cumsum(pref / pref.sum())
     weights = transition_weights(g, sim, rho)
     targets: list[np.ndarray] = []

@@ -28,7 +28,7 @@ from itertools import combinations
 import numpy as np
 
 from llmrca.case import Observation
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.causal_graphs import BudgetedCIT, BudgetExceeded, usable_columns
 from llmrca.methods.window import DEFAULT_WINDOW, metric_window
@@ -109,8 +109,10 @@ class RCD(BaseMethod):
         u = usable_columns(w.values, w.columns)
         codes = discretise(u.data, int(p["bins"]), str(p["strategy"])) if u.names else np.zeros((len(w.times), 0))
         varied = [j for j in range(codes.shape[1]) if len(np.unique(codes[:, j])) > 1]
+        if not varied and (u.names or u.nothing_moves()):  # data, but nothing moves
+            raise NoAnswer("rcd: no metric column varies in the window after discretisation")
         if not varied:
-            raise MethodError("rcd: no metric column varies in the window after discretisation")
+            raise MethodError("rcd: every metric column is non-finite in the window")
         names = [u.names[j] for j in varied]
         f_col = (np.arange(len(w.times)) >= w.split).astype(np.int64)
         data = np.column_stack([codes[:, varied], f_col])

@@ -28,7 +28,8 @@ cause.
 
 Candidates are services. Services without a score (not in the traces, or in no frequent set) come last with
 score 0, by name. When nothing is abnormal after the injection (or no service scores above 0) the method
-raises ``MethodError`` instead of returning a ranking that would only be the services' name order.
+abstains (``NoAnswer``) instead of returning a ranking that would only be the services' name order; without
+a normal history or traces after the injection it cannot run (``MethodError``).
 Deterministic, no randomness (``seed`` unused).
 """
 
@@ -40,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from llmrca.case import Observation
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.params import check_bool, check_float, check_int
 from llmrca.methods.spans import (
@@ -88,11 +89,11 @@ class TraceRCA(BaseMethod):
             raise MethodError(f"{self.name}: no trace after inject_time to diagnose")
         abnormal = abnormal_invocations(sp, hist_t, det_t, d_ad, d_fs)
         if not abnormal.any():
-            raise MethodError(f"{self.name}: no abnormal invocation after inject_time (no useful feature "
+            raise NoAnswer(f"{self.name}: no abnormal invocation after inject_time (no useful feature "
                               f"moved beyond {d_ad:g}σ), so there is nothing to localize")
         scores = microservice_scores(sp, det_t, abnormal, min_support, max_size, top_k, use_is)
         if not any(v > 0 for v in scores.values()):
-            raise MethodError(f"{self.name}: abnormal traces found, but no service scored above 0 (no "
+            raise NoAnswer(f"{self.name}: abnormal traces found, but no service scored above 0 (no "
                               "frequent set, or callers and callees of the abnormal calls balance out)")
         return full_ranking(scores, obs.services)
 

@@ -9,10 +9,15 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from llmrca.report import status
 from llmrca.report.tables import ALL, CHANCE, _fault_order, _fmt, _md_table
 
 # Codes of a per-case cell that holds no rank.
-ABSENT, ERROR, TIMEOUT, NOT_RUN = "–", "E", "T", ""
+ABSENT, ERROR, TIMEOUT, NO_ANSWER, NOT_RUN = "–", "E", "T", "N", ""
+CODES = {ABSENT: "ran, but did not rank the true service", NO_ANSWER: "no answer: the method found nothing "
+         "abnormal to blame", ERROR: "error: the method crashed or could not run", TIMEOUT: "timeout",
+         NOT_RUN: "blank: no result"}
+_CELL = {status.ERROR: ERROR, status.TIMEOUT: TIMEOUT, status.NO_ANSWER: NO_ANSWER}
 
 
 def compare_views(summaries: Mapping[str, pd.DataFrame], metric: str = "avg5") -> pd.DataFrame:
@@ -78,8 +83,8 @@ def case_ranks(results: pd.DataFrame) -> pd.DataFrame:
     """The rank each method gave the true root cause, one row per scored case.
 
     Columns: case_id, fault_type, root_cause, then one per method (in the results' order) holding the
-    1-based rank (int), ``–`` (ran, but the truth was not ranked), ``E`` (error), ``T`` (timeout) or an empty
-    string (no result for that method and case). Rows are ordered
+    1-based rank (int), ``–`` (ran, but the truth was not ranked), ``N`` (no answer: the method abstained),
+    ``E`` (error), ``T`` (timeout) or an empty string (no result for that method and case). Rows are ordered
     by fault type (the study's four first), true service and case id. Normal cases are left out.
     """
     cols = ["case_id", "fault_type", "root_cause"]
@@ -92,11 +97,11 @@ def case_ranks(results: pd.DataFrame) -> pd.DataFrame:
         cid = str(r["case_id"])
         row = table.setdefault(cid, {"case_id": cid, "fault_type": _str(r["fault_type"]),
                                      "root_cause": str(r["root_cause"])})
-        status = str(r["status"])
-        if status == "ok":
+        kind = status.status_kind(None if pd.isna(r["status"]) else r["status"])
+        if kind == status.OK:
             row[str(r["method"])] = ABSENT if pd.isna(r["rank"]) else int(r["rank"])
         else:
-            row[str(r["method"])] = TIMEOUT if status == "timeout" else ERROR
+            row[str(r["method"])] = _CELL[kind]
     order = {f: i for i, f in enumerate(_fault_order(row["fault_type"] for row in table.values()))}
     rows = sorted(table.values(), key=lambda row: (order.get(str(row["fault_type"]), len(order)),
                                                   str(row["root_cause"]), str(row["case_id"])))

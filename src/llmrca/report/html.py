@@ -2,7 +2,7 @@
 
 Sections: the views compared (a score per method × fault type under each view and the difference), the
 study-style accuracy table of each view (methods grouped by family, AC@1 / AC@3 / Avg@5 per fault type with
-bootstrap intervals, time per case, errors, the chance row), a heatmap of Avg@5 per view, and the rank each
+bootstrap intervals, time per case, errors, timeouts and no-answers, the chance row), a heatmap of Avg@5 per view, and the rank each
 method gave the true root cause in every case. Every name that comes from data is escaped.
 """
 
@@ -14,8 +14,20 @@ from html import escape
 
 import pandas as pd
 
-from llmrca.report.compare import ABSENT, ERROR, NOT_RUN, TIMEOUT, case_ranks, compare_views
-from llmrca.report.tables import ALL, CHANCE, CI_COLUMNS, METRICS, _fault_order, _fmt, _fmt_time, summarize
+from llmrca.report.compare import ABSENT, ERROR, NO_ANSWER, NOT_RUN, TIMEOUT, case_ranks, compare_views
+from llmrca.report.tables import (
+    ALL,
+    CHANCE,
+    CI_COLUMNS,
+    FAILURE_COLUMNS,
+    FAILURE_LABELS,
+    FAILURE_NOTE,
+    METRICS,
+    _fault_order,
+    _fmt,
+    _fmt_time,
+    summarize,
+)
 
 FAMILY_LABELS = {"metric": "Metric-based", "trace": "Trace-based", "multi-source": "Multi-source",
                  "baseline": "Baseline"}
@@ -41,6 +53,7 @@ td.err{color:#cf222e}
 .ranks th.m{writing-mode:vertical-rl;transform:rotate(180deg);text-align:left;padding:6px 2px;font-weight:500}
 .r1{background:#1a7f37;color:#fff}.r23{background:#7fcf8e}.r45{background:#f2d56b}.r6{background:#f6c2a2}
 .ra{background:#eaeef2;color:#8c959f}.re{background:#cf222e;color:#fff}.rt{background:#8250df;color:#fff}
+.rna{background:#d4a72c;color:#fff}td.na{color:#9a6700}
 .rn{background:#fff}
 .legend span{display:inline-block;padding:1px 8px;margin-right:6px;border:1px solid #d8dee4}
 p.note{color:#57606a;max-width:1100px}
@@ -112,8 +125,10 @@ def to_html(
     parts.append('<h2 id="cases">Rank of the true root cause, per case</h2>')
     parts.append('<p class="legend"><span class="r1">1</span><span class="r23">2–3</span>'
                  '<span class="r45">4–5</span><span class="r6">&gt; 5</span>'
-                 f'<span class="ra">{ABSENT} not ranked</span><span class="re">{ERROR} error</span>'
-                 f'<span class="rt">{TIMEOUT} timeout</span><span class="rn">blank: no result</span></p>')
+                 f'<span class="ra">{ABSENT} ran, did not rank the truth</span>'
+                 f'<span class="rna">{NO_ANSWER} no answer (nothing abnormal found)</span>'
+                 f'<span class="re">{ERROR} error</span><span class="rt">{TIMEOUT} timeout</span>'
+                 '<span class="rn">blank: no result</span></p>')
     for j, v in enumerate(views):
         opened = " open" if j == 0 else ""
         order = [str(m) for m in dict.fromkeys(summaries[v]["method"]) if m != CHANCE]  # family blocks
@@ -125,8 +140,9 @@ def to_html(
     for text in (
         ("AC@k is the share of cases whose true root cause (a service) is among a method's top k services; "
          "Avg@5 is the mean of AC@1 … AC@5. Rankings of metric columns are collapsed to services by first "
-         "occurrence. Errors and timeouts count as misses; time per case is the mean wall time of rank() "
-         "over the successful runs."),
+         "occurrence. " + FAILURE_NOTE + " A no-answer is an abstention: the method ran, found no "
+         "abnormal trace, service or change, and said so instead of ranking at random. Time per case is "
+         "the mean wall time of rank() over the successful runs."),
         (f"Small grey numbers are {level} intervals of a stratified percentile bootstrap over the "
          f"repetitions: each of {resamples} resamples (seed {seed}) redraws, with replacement, the cases of "
          "every fault type × target, so the mix of faults and targets stays the suite's. A zero-width "
@@ -211,10 +227,10 @@ def _accuracy_table(summary: pd.DataFrame, confidence: float) -> str:
             for f in faults for k in METRICS}
     head1 = '<tr><th class="name" rowspan="2">Method</th>' + "".join(
         f'<th colspan="{len(METRICS) + 1}">{escape(f)}</th>' for f in faults) + '<th rowspan="2">Cases</th>' \
-        '<th rowspan="2">Errors</th></tr>'
+        + "".join(f'<th rowspan="2">{lab}</th>' for lab in FAILURE_LABELS) + "</tr>"
     head2 = "<tr>" + "".join("".join(f"<th>{lab}</th>" for lab in METRICS.values()) + "<th>s/case</th>"
                              for _ in faults) + "</tr>"
-    width = 3 + len(faults) * (len(METRICS) + 1)
+    width = 2 + len(FAILURE_COLUMNS) + len(faults) * (len(METRICS) + 1)
     body = []
     for fam, block in _grouped(methods, family):
         if fam != "baseline":
@@ -239,9 +255,11 @@ def _accuracy_table(summary: pd.DataFrame, confidence: float) -> str:
                 tds.append(f"<td>{_fmt_time(r['time_s']) if r is not None else ''}</td>")
             total = cell.get((m, ALL))
             n = int(total["n"]) if total is not None else 0
-            errors = int(total["errors"]) if total is not None else 0
-            err_cls = ' class="err"' if errors else ""
-            tds.append(f"<td>{n}</td><td{err_cls}>{errors if m != CHANCE else ''}</td>")
+            tds.append(f"<td>{n}</td>")
+            for c, mark in zip(FAILURE_COLUMNS, ("err", "err", "na"), strict=True):
+                count = int(total[c]) if total is not None else 0
+                shown = "" if m == CHANCE else str(count)
+                tds.append(f'<td class="{mark}">{shown}</td>' if count else f"<td>{shown}</td>")
             body.append(f"<tr{cls}>{''.join(tds)}</tr>")
     ci_note = '<p class="note">Bold: best per column.'
     if with_ci:
@@ -321,6 +339,8 @@ def _rank_table(ranks: pd.DataFrame, order: Sequence[str] = ()) -> str:
 
 
 def _rank_class(v: object) -> str:
+    if v == NO_ANSWER:
+        return "rna"
     if v == ERROR:
         return "re"
     if v == TIMEOUT:

@@ -2,12 +2,14 @@
 
 Conventions:
 - Only fault cases are scored: rows of normal cases (no root cause) are left out of every table.
-- A failed task (``error: …`` or ``timeout``) counts as a miss in AC@k/Avg@k and once in ``errors``;
+- A task that gives no ranking counts as a miss in AC@k/Avg@k and once in its own column: ``errors``
+  (``error: …``, the method crashed or could not run), ``timeouts`` (``timeout``) or ``no_answer``
+  (``no-answer: …``, the method ran and abstained: nothing abnormal to blame; ``llmrca.report.status``);
   ``time_s`` is the mean runtime over the ``ok`` rows only.
 - ``n`` counts scored rows: cases, or (case, seed) pairs where a store holds several seeds.
 - Rows whose case was never loaded (no fault type known) are grouped under the fault type ``unknown``.
 - The ``chance`` row is the expected score of a uniformly random ranking of each case's candidate services
-  (per case min(k, n)/n), over the distinct cases of the results; it has no time and no errors.
+  (per case min(k, n)/n), over the distinct cases of the results; it has no time and no failures.
 - Fine-grained level (``level="fine"``): the rank of the true indicator, over cases whose indicator is known,
   for the methods that rank indicators; no chance row there.
 - ``summarize(..., ci=0.95)`` adds bounds ``<score>_lo``/``<score>_hi`` of a stratified bootstrap over cases
@@ -26,15 +28,20 @@ import pandas as pd
 
 from llmrca.evaluate.scores import ac_at_k, avg_at_k, chance_ac_at_k, chance_avg_at_k
 from llmrca.evaluate.store import load_results
+from llmrca.report.status import ERROR, NO_ANSWER, OK, TIMEOUT, status_kinds
 
 ALL = "all"
 CHANCE = "chance"
 UNKNOWN = "unknown"
 FAULT_ORDER = ("cpu", "memory", "network", "gpu")  # the reference study's four, first
 FAMILY_ORDER = ("metric", "trace", "multi-source")
-SUMMARY_COLUMNS = ["method", "family", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", "errors"]
+FAILURE_COLUMNS = ["errors", "timeouts", "no_answer"]  # counts of the rows without a ranking, by kind
+SUMMARY_COLUMNS = ["method", "family", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", *FAILURE_COLUMNS]
 CI_COLUMNS = ["ac1_lo", "ac1_hi", "ac3_lo", "ac3_hi", "avg5_lo", "avg5_hi"]
-JSON_KEYS = ("method", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", "errors")
+JSON_KEYS = ("method", "fault_type", "ac1", "ac3", "avg5", "time_s", "n", *FAILURE_COLUMNS)
+FAILURE_LABELS = ["Errors", "Timeouts", "No answer"]
+FAILURE_NOTE = ("Errors (the method crashed or could not run), timeouts and no-answers (the method ran and "
+                "found nothing abnormal to blame) count as misses.")
 METRICS = {"ac1": "AC@1", "ac3": "AC@3", "avg5": "Avg@5"}
 
 
@@ -46,14 +53,16 @@ def _fault_order(faults: Iterable[str]) -> list[str]:
 
 
 def _summary_row(method: str, family: str, fault: str, rows: pd.DataFrame, rank_col: str) -> dict[str, Any]:
-    ok = rows["status"] == "ok"
+    kind = status_kinds(rows["status"])
+    ok = kind == OK
     ranks = [None if (not good or pd.isna(r)) else int(r) for r, good in zip(rows[rank_col], ok, strict=True)]
     times = rows.loc[ok, "runtime_s"].astype(float)
     return {
         "method": method, "family": family, "fault_type": fault,
         "ac1": ac_at_k(ranks, 1), "ac3": ac_at_k(ranks, 3), "avg5": avg_at_k(ranks, 5),
         "time_s": float(times.mean()) if len(times) else float("nan"),
-        "n": len(rows), "errors": int((~ok).sum()),
+        "n": len(rows), "errors": int((kind == ERROR).sum()), "timeouts": int((kind == TIMEOUT).sum()),
+        "no_answer": int((kind == NO_ANSWER).sum()),
     }
 
 
@@ -62,7 +71,7 @@ def _chance_row(fault: str, cases: pd.DataFrame) -> dict[str, Any]:
     return {
         "method": CHANCE, "family": "baseline", "fault_type": fault,
         "ac1": chance_ac_at_k(n, 1), "ac3": chance_ac_at_k(n, 3), "avg5": chance_avg_at_k(n, 5),
-        "time_s": float("nan"), "n": len(cases), "errors": 0,
+        "time_s": float("nan"), "n": len(cases), "errors": 0, "timeouts": 0, "no_answer": 0,
     }
 
 
@@ -78,7 +87,7 @@ def summarize(
     """One row per method × fault type plus one ``all`` row per method (and the chance baseline).
 
     ``results``: a results frame (``llmrca.evaluate.evaluate``'s return value) or a results folder/file.
-    Columns: method, family, fault_type, ac1, ac3, avg5, time_s, n, errors.
+    Columns: method, family, fault_type, ac1, ac3, avg5, time_s, n, errors, timeouts, no_answer.
     ``ci``: a confidence level (e.g. 0.95) adds the columns ac1_lo, ac1_hi, ac3_lo, ac3_hi, avg5_lo, avg5_hi
     (stratified bootstrap over cases, ``resamples`` draws seeded by ``ci_seed``).
     """
@@ -122,7 +131,7 @@ def summarize(
                 out.append(_chance_row(f, part))
         if len(cases):
             out.append(_chance_row(ALL, cases))
-    summary = pd.DataFrame(out, columns=columns).astype({"n": "int64", "errors": "int64"})
+    summary = pd.DataFrame(out, columns=columns).astype({c: "int64" for c in ["n", *FAILURE_COLUMNS]})
     if ci is not None:
         summary.attrs["ci"] = float(ci)
     return summary
@@ -132,7 +141,7 @@ def _ci_cells(rows: pd.DataFrame, rank_col: str, confidence: float, resamples: i
               seed: int) -> dict[str, float]:
     from llmrca.report.ci import score_cis
 
-    ok = rows["status"] == "ok"
+    ok = status_kinds(rows["status"]) == OK
     ranks = [None if (not good or pd.isna(r)) else int(r) for r, good in zip(rows[rank_col], ok, strict=True)]
     strata = list(zip(rows["fault_type"].astype(str), rows["root_cause"].astype(str), strict=True))
     return score_cis(ranks, strata, confidence=confidence, resamples=resamples, seed=seed)
@@ -148,13 +157,14 @@ def _num(v: Any) -> float | None:
 
 
 def to_json(summary: pd.DataFrame) -> list[dict[str, Any]]:
-    """Records with exactly the keys method, fault_type, ac1, ac3, avg5, time_s, n, errors; NaN as None."""
+    """Records with exactly the keys method, fault_type, ac1, ac3, avg5, time_s, n, errors, timeouts,
+    no_answer; NaN as None."""
     return [
         {
             "method": str(r["method"]), "fault_type": str(r["fault_type"]),
             "ac1": _num(r["ac1"]), "ac3": _num(r["ac3"]), "avg5": _num(r["avg5"]),
             "time_s": _num(r["time_s"]),
-            "n": int(r["n"]), "errors": int(r["errors"]),
+            "n": int(r["n"]), **{c: int(r[c]) for c in FAILURE_COLUMNS},
         }
         for _, r in summary.iterrows()
     ]
@@ -188,7 +198,8 @@ def _best(values: list[float]) -> float | None:
 def to_markdown(summary: pd.DataFrame, *, layout: Literal["per-metric", "wide"] = "per-metric") -> str:
     """Markdown tables with methods as rows and fault types as columns, best value per column in bold.
 
-    ``per-metric``: one table per metric (AC@1, AC@3, Avg@5) plus one of time per case, cases and errors.
+    ``per-metric``: one table per metric (AC@1, AC@3, Avg@5) plus one of time per case, cases, errors,
+    timeouts and no-answers.
     ``wide``: one table, the fault types as column groups of AC@1 / AC@3 / Avg@5 (as the study lays it out).
     """
     if summary.empty:
@@ -220,7 +231,7 @@ def to_markdown(summary: pd.DataFrame, *, layout: Literal["per-metric", "wide"] 
     parts: list[str] = []
     if layout == "wide":
         header = ["Method", "Family"] + [f"{f} {label}" for f in faults for label in METRICS.values()]
-        header += ["Time/case (s)", "Cases", "Errors"]
+        header += ["Time/case (s)", "Cases", *FAILURE_LABELS]
         rows = []
         for m in methods:
             rows.append([m, str(family[m])] + [shown(m, f, k) for f in faults for k in METRICS]
@@ -233,10 +244,11 @@ def to_markdown(summary: pd.DataFrame, *, layout: Literal["per-metric", "wide"] 
                                                           ["l", "l"] + ["r"] * len(faults)))
         rows = [[m, str(family[m])] + _time_cells(cell.get((m, ALL))) for m in methods if m != CHANCE]
         parts.append("### Time per case and failures\n\n" + _md_table(
-            ["Method", "Family", "Time/case (s)", "Cases", "Errors"], rows, ["l", "l", "r", "r", "r"]))
+            ["Method", "Family", "Time/case (s)", "Cases", *FAILURE_LABELS], rows,
+            ["l", "l", "r", "r", *"r" * len(FAILURE_LABELS)]))
     else:
         raise ValueError(f"layout must be 'per-metric' or 'wide', got {layout!r}")
-    note = ("Errors and timeouts count as misses; time is the mean over successful runs; "
+    note = (FAILURE_NOTE + " Time is the mean over successful runs; "
             "chance = a uniformly random ranking of each case's services.")
     if with_ci:
         level = summary.attrs.get("ci")
@@ -248,12 +260,13 @@ def to_markdown(summary: pd.DataFrame, *, layout: Literal["per-metric", "wide"] 
 
 def _time_cells(r: Any) -> list[str]:
     if r is None:
-        return ["–", "–", "–"]
-    return [_fmt_time(r["time_s"]), str(int(r["n"])), str(int(r["errors"]))]
+        return ["–"] * (2 + len(FAILURE_COLUMNS))
+    return [_fmt_time(r["time_s"]), str(int(r["n"])), *(str(int(r[c])) for c in FAILURE_COLUMNS)]
 
 
 def print_table(summary: pd.DataFrame, console: Any = None, *, title: str = "RCA accuracy") -> None:
-    """The summary as a rich table (one block of rows per method) on ``console`` (default: stdout)."""
+    """The summary as a rich table (one block of rows per method) on ``console`` (default: stdout); errors,
+    timeouts and no-answers share one ``E/T/N`` column."""
     from rich.console import Console
     from rich.table import Table
 
@@ -265,17 +278,29 @@ def print_table(summary: pd.DataFrame, console: Any = None, *, title: str = "RCA
         table.add_column(label, justify="right")
     table.add_column("Time/case (s)", justify="right")
     table.add_column("Cases", justify="right")
-    table.add_column("Errors", justify="right")
+    table.add_column("E/T/N", justify="right")  # one column keeps the table inside 80 terminal columns
     methods = list(dict.fromkeys(summary["method"]))
     for i, m in enumerate(methods):
         rows = summary[summary["method"] == m]
         for j, (_, r) in enumerate(rows.iterrows()):
-            errors = int(r["errors"])
             table.add_row(
                 m if j == 0 else "", str(r["fault_type"]), _fmt(r["ac1"]), _fmt(r["ac3"]), _fmt(r["avg5"]),
-                _fmt_time(r["time_s"]), str(int(r["n"])), f"[red]{errors}[/red]" if errors else "0",
+                _fmt_time(r["time_s"]), str(int(r["n"])), "/".join(failure_cells(r, chance_blank=True)).strip("/"),
                 style="dim" if m == CHANCE else ("bold" if r["fault_type"] == ALL else None),
                 end_section=(j == len(rows) - 1 and i < len(methods) - 1),
             )
     console.print(table)
+    console.print("E/T/N: errors/timeouts/no answer. " + FAILURE_NOTE, style="dim", highlight=False)
+
+
+def failure_cells(r: Any, *, chance_blank: bool = False) -> list[str]:
+    """A summary row's errors, timeouts and no-answers for a rich table: errors and timeouts in red (the
+    method failed), no-answers in yellow (it abstained); blank on the chance row when ``chance_blank``."""
+    if r is None or (chance_blank and r["method"] == CHANCE):
+        return [""] * len(FAILURE_COLUMNS)
+    out = []
+    for c, colour in zip(FAILURE_COLUMNS, ("red", "red", "yellow"), strict=True):
+        v = int(r[c])
+        out.append(f"[{colour}]{v}[/{colour}]" if v else "0")
+    return out
 
