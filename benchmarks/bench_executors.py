@@ -12,10 +12,12 @@ for), simulated into a temporary folder that is removed afterwards. Each repeat 
   starts and stops its own local Ray, as ``llmrca evaluate --executor ray`` without ``--address`` does.
 The executors alternate which goes first from one repeat to the next, so a drift in the machine's load hits
 both. Printed: min and median over repeats of the wall times and of the marginal cost per task (the difference
-of the full and the small grid over the difference of their task counts: no fixed start-up in it), and the
+of the full and the small grid over the difference of their task counts: no fixed start-up in it; also without
+the methods' own time, Σ runtime_s / jobs, which the machine's load makes vary from run to run), and the
 ratios Ray/local, each taken within a repeat and then the median. Both executors must give the same rows
 (method, case_id, rank, status) in every repeat; the exit status is 1 if any differ, 2 if a grid row is not
 ``ok`` (a timeout near the limit could land on one executor only, which would make the comparison unfair).
+The defaults take about 5 minutes on 2 cores; without Ray installed the script says so and exits 0.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def main() -> int:
         wall_small: dict[str, list[float]] = {e: [] for e in EXECUTORS}
         runtime: dict[str, list[float]] = {e: [] for e in EXECUTORS}
         marginal: dict[str, list[float]] = {e: [] for e in EXECUTORS}
+        beyond: dict[str, list[float]] = {e: [] for e in EXECUTORS}
         start: dict[str, list[dict[str, float]]] = {e: [] for e in EXECUTORS}
         for r in range(args.repeat):
             order = EXECUTORS if r % 2 == 0 else EXECUTORS[::-1]
@@ -151,6 +154,11 @@ def main() -> int:
                 wall_small[e].append(w_small)
                 runtime[e].append(float(df["runtime_s"].sum()))
                 marginal[e].append((w_full - w_small) / (n_full - n_small))
+                # the same beyond the methods' own time (shared by the jobs): a load that slows the methods
+                # down on one executor's turn is taken out
+                rt_full, rt_small = float(df["runtime_s"].sum()), float(df_s["runtime_s"].sum())
+                beyond[e].append(((w_full - rt_full / args.jobs) - (w_small - rt_small / args.jobs))
+                                 / (n_full - n_small))
                 rows[e] = _rows(df) + _rows(df_s)
             same = rows["local"] == rows["ray"]
             if not same:
@@ -175,6 +183,7 @@ def main() -> int:
         line(f"full grid wall s ({n_full} tasks)", wall["local"], wall["ray"])
         line(f"small grid wall s ({n_small} tasks)", wall_small["local"], wall_small["ray"])
         line("marginal/task ms", marginal["local"], marginal["ray"], 1e3)
+        line("marginal/task beyond the methods ms", beyond["local"], beyond["ray"], 1e3)
         line("Σ runtime_s of the methods, s", runtime["local"], runtime["ray"])
         print(f"{'start-up: ray.init s':<40} {'-':>15} {_fmt(st('ray', 'init')):>15}")
         line("start-up: first slot ready s", st("local", "first"), st("ray", "first"))
