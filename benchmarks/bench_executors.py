@@ -95,7 +95,10 @@ def _grid(paths: list[str], methods: list[str], executor: str, jobs: int, timeou
 
 
 def _rows(df: pd.DataFrame) -> list[tuple[Any, ...]]:
-    return sorted(tuple(None if pd.isna(v) else v for v in r) for r in df[ROW].itertuples(index=False))
+    def plain(v: Any) -> Any:  # None for a missing rank, numpy scalars as Python's (readable when printed)
+        return None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)
+
+    return sorted(tuple(plain(v) for v in r) for r in df[ROW].itertuples(index=False))
 
 
 def _fmt(xs: list[float], unit: float = 1.0, digits: int = 2) -> str:
