@@ -130,6 +130,11 @@ def test_read_only_disk_while_writing_a_case_is_one_line(tmp_path, monkeypatch):
     (["generate", "--suite", "demo", "--jobs", "0", "--out", "{tmp}/g"], ["--jobs"]),
     (["bench", "demo", "--timeout", "0", "--out", "{tmp}/b"], ["--timeout"]),
     (["demo", "--jobs", "-2", "--out", "{tmp}/d"], ["--jobs"]),
+    (["evaluate", "{suite}", "--memory-limit", "-5"], ["--memory-limit", "finite number of MB"]),
+    (["evaluate", "{suite}", "--executor", "rayx"], ["--executor", "unknown executor"]),
+    (["bench", "demo", "--executor", "rayx", "--out", "{tmp}/b"], ["--executor", "rayx"]),
+    (["bench", "demo", "--address", "auto", "--out", "{tmp}/b"], ["--address", "--executor ray"]),
+    (["bench", "demo", "--memory-limit", "nan", "--out", "{tmp}/b"], ["--memory-limit"]),
 ])
 def test_bad_counts_and_durations_are_one_line(suite, tmp_path, args, words):
     r = run(*[a.format(suite=suite, tmp=tmp_path) for a in args])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -136,12 +135,6 @@ AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. 
                                                      "default: a local Ray for the run.")]
 
 
-def _memory_limit(mb: float | None) -> float | None:
-    if mb is not None and not (math.isfinite(mb) and mb >= 0):
-        raise LlmrcaError(f"--memory-limit: must be a finite number of MB, 0 for no cap, is {mb:g}")
-    return mb
-
-
 def _say_tasks(folder: Path) -> None:
     """One line on what a resumed run reused, recomputed as stale, and ran."""
     try:
@@ -181,6 +174,8 @@ def evaluate_cmd(
 
     options.jobs(jobs)
     options.seconds(timeout, "--timeout")
+    options.memory_mb(memory_limit)
+    options.executor(executor, address)
     names = resolve(methods)
     cases = [c for p in paths for c in find_cases(p)]
     if not cases:
@@ -189,7 +184,7 @@ def evaluate_cmd(
     tops = [p.parent.parent if p in cases else p for p in paths]  # a case folder's id keeps <svc>_<fault>/<rep>
     root = os.path.commonpath([os.path.abspath(t) for t in tops])
     results = evaluate(cases, names, out_dir, jobs=jobs, timeout=timeout, seed=seed, progress=progress,
-                       view=view, root=root, memory_limit_mb=_memory_limit(memory_limit), executor=executor,
+                       view=view, root=root, memory_limit_mb=memory_limit, executor=executor,
                        ray_address=address)
     _say_tasks(out_dir)
     print_table(summarize(results), out)
@@ -437,6 +432,8 @@ def bench_cmd(
 
     options.jobs(jobs)
     options.seconds(timeout, "--timeout")
+    options.memory_mb(memory_limit)
+    options.executor(executor, address)
     if suite is not None and scenario is not None and suite != scenario:
         raise LlmrcaError(f"two scenarios given: {suite!r} and --scenario {scenario!r}; give one")
     name = scenario or suite or "paper"
@@ -445,7 +442,7 @@ def bench_cmd(
               methods=methods, views=[v.strip() for v in views.split(",") if v.strip()], full_methods=full_methods,
               seed=seed, overrides=overrides, sets=sets,
               retry_failed=retry_failed, progress=progress, console=out,
-              memory_limit_mb=_memory_limit(memory_limit), executor=executor, ray_address=address)
+              memory_limit_mb=memory_limit, executor=executor, ray_address=address)
 
 
 app.add_typer(testbed_app, name="testbed")

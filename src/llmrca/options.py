@@ -27,3 +27,23 @@ def seconds(value: float | None, option: str, *, allow_none: bool = False, allow
         least = "0 or more" if allow_zero else "more than 0"
         raise LlmrcaError(f"{option}: must be a finite number of seconds, {least}, is {value!r}")
     return v
+
+
+EXECUTORS = ("local", "ray")
+
+
+def executor(name: str, address: str | None = None, option: str = "--executor") -> str:
+    """Where the grid's tasks run: 'local' or 'ray'; an address only with 'ray'."""
+    if name not in EXECUTORS:
+        raise LlmrcaError(f"{option}: unknown executor {name!r}; known: {', '.join(EXECUTORS)}")
+    if address is not None and name != "ray":
+        raise LlmrcaError(f"--address: only with {option} ray (it names a Ray cluster)")
+    return name
+
+
+def memory_mb(value: float | None, option: str = "--memory-limit") -> float | None:
+    """A memory cap in MB: finite and ≥ 0 (0 = no cap), or None for the default."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or value < 0):
+        raise LlmrcaError(f"{option}: must be a finite number of MB, 0 for no cap, is {value!r}")
+    return value

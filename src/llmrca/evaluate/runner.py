@@ -20,7 +20,6 @@ regenerated case, other parameters) is recomputed and counted as replaced; the n
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
@@ -41,7 +40,6 @@ from llmrca.methods.registry import entry, resolve
 from llmrca.report.status import KINDS, status_kind
 
 CHECKPOINT_EVERY_S = 30.0
-EXECUTORS = ("local", "ray")
 def default_memory_limit_mb(jobs: int) -> float:
     """Three quarters of the memory available now, shared among the workers, at least 1 GiB each."""
     import psutil
@@ -92,12 +90,8 @@ def evaluate(
         raise UnknownNameError(f"method_params names method(s) not in the run: {', '.join(unknown)}")
     options.jobs(jobs, "jobs")
     options.seconds(timeout, "timeout", allow_none=True)
-    if memory_limit_mb is not None and not (math.isfinite(memory_limit_mb) and memory_limit_mb >= 0):
-        raise LlmrcaError(f"memory_limit_mb: must be > 0, 0 (no cap) or None (default), is {memory_limit_mb!r}")
-    if executor not in EXECUTORS:
-        raise UnknownNameError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
-    if ray_address is not None and executor != "ray":
-        raise LlmrcaError("ray_address: only with executor='ray'")
+    options.memory_mb(memory_limit_mb, "memory_limit_mb")
+    options.executor(executor, ray_address, "executor")
     seed = int(seed)
     from llmrca.case.views import VIEWS
 
