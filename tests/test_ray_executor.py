@@ -6,7 +6,6 @@ Runs on a local Ray (2 CPUs) that the run starts and stops; CI installs the ``ra
 import json
 
 import pytest
-from _fake_methods import register_fakes, unregister_fakes
 
 from llmrca.evaluate import evaluate, load_results
 from llmrca.io import save_case
@@ -18,11 +17,7 @@ METHODS = ["fake-shift", "fake-short", "fake-raise", "fake-abstain", "fake-sleep
            "nsigma"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fakes():
-    register_fakes()
-    yield
-    unregister_fakes()
+pytestmark = pytest.mark.usefixtures("fakes")  # the test-only methods (tests/conftest.py)
 
 
 def test_ray_rows_equal_local_rows(tmp_path):

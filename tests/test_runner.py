@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-from _fake_methods import MeanShift, register_fakes, unregister_fakes
+from _fake_methods import MeanShift
 
 from llmrca.errors import CaseError, LlmrcaError, UnknownNameError
 from llmrca.evaluate import COLUMNS, ResultStore, evaluate, load_results
@@ -21,11 +21,7 @@ from llmrca.synthetic import planted_case
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fakes():
-    register_fakes()
-    yield
-    unregister_fakes()
+pytestmark = pytest.mark.usefixtures("fakes")  # the test-only methods (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,13 @@ import time
 import pandas as pd
 import psutil
 import pytest
-from _fake_methods import Peeker, register_fakes, unregister_fakes
+from _fake_methods import Peeker
 
 from llmrca.evaluate import evaluate, load_results
 from llmrca.io import load_case, save_case
 from llmrca.synthetic import planted_case
 
-
-@pytest.fixture(scope="module", autouse=True)
-def fakes():
-    register_fakes()
-    yield
-    unregister_fakes()
+pytestmark = pytest.mark.usefixtures("fakes")  # the test-only methods (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -102,9 +102,7 @@ class _RaySlot:
         ref, self.ref = self.ref, None
         try:
             value = ray.get(ref)
-        except ray.exceptions.RayActorError as e:
-            return [(self, "died", self._died(e))]
-        except ray.exceptions.RayError as e:  # our wrapper failed (not the method: Runner catches that)
+        except ray.exceptions.RayError as e:  # the actor died, or our wrapper failed (Runner catches the method's)
             return [(self, "died", self._died(e))]
         if kind == "ping":
             return [(self, "ready", None)]
