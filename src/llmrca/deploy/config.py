@@ -21,6 +21,7 @@ from llmrca.sim.hardware import GIB, gpu_kind, model_spec
 ROUTING = ("least-loaded", "power-of-two", "round-robin")
 ARRIVALS = ("constant", "poisson", "bursty")
 MESH_QUANTILES = ("exact", "istio")
+ENGINES = ("emulated", "vllm")  # the live testbed's replicas: llmrca's model of vLLM, or a real vLLM server
 NOISE_LEVELS = ("realistic", "none")  # background activity not caused by any fault
 # The scenario tables a field may belong to, in the order a scenario file lists them.
 TABLES = ("deployment", "workload", "telemetry", "noise", "timing")
@@ -83,10 +84,15 @@ class DeployConfig:
     variability: bool = _f(True, "noise", "per-run differences (load, hardware speed, thermal start, baselines)")
     noise: str = _f("realistic", "noise", "background activity not caused by the fault: realistic (neighbours, "
                     "GC-like spikes, scrape gaps, unrelated warnings) or none (measurement noise only)")
+    # Added after the fields above, so that a config recorded before them keeps its order.
+    engine: str = _f("emulated", "deployment", "the live testbed's engine: emulated (llmrca's model of vLLM, any "
+                     "machine) or vllm (a real vLLM OpenAI server); the simulator models vLLM either way")
+    kv_cache_tokens: int | None = _f(None, "deployment", "KV-cache capacity of each replica, tokens; absent: what "
+                                     "gpu_memory_utilization leaves after the weights")
 
     def __post_init__(self) -> None:
         for n, allowed in (("routing", ROUTING), ("arrival", ARRIVALS), ("mesh_quantiles", MESH_QUANTILES),
-                           ("noise", NOISE_LEVELS)):
+                           ("noise", NOISE_LEVELS), ("engine", ENGINES)):
             if getattr(self, n) not in allowed:
                 raise UnknownNameError(f"deploy config: {n} must be one of {', '.join(allowed)}, "
                                        f"is {getattr(self, n)!r}")
@@ -122,10 +128,14 @@ class DeployConfig:
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
                 out.append((n, f"{n} must be in [{lo}, {hi}], is {v!r}"))
+        v = self.kv_cache_tokens
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < self.block_size):
+            out.append(("kv_cache_tokens", (f"kv_cache_tokens must be a whole number of at least block_size "
+                                            f"({self.block_size}) tokens, or absent; is {v!r}")))
         if out:
             return out
         for n, allowed in (("routing", ROUTING), ("arrival", ARRIVALS), ("mesh_quantiles", MESH_QUANTILES),
-                           ("noise", NOISE_LEVELS)):
+                           ("noise", NOISE_LEVELS), ("engine", ENGINES)):
             if getattr(self, n) not in allowed:
                 out.append((n, f"{n} must be one of {', '.join(allowed)}, is {getattr(self, n)!r}"))
         try:

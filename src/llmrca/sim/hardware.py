@@ -106,6 +106,9 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("meta-llama/Meta-Llama-3-8B-Instruct", 8.03e9, 2 * 32 * 8 * 128 * 2, 32, 8192),
     # Gemma-2-27B: 46 layers, 16 KV heads x 128 (half its layers use a 4k sliding window; counted in full here).
     ModelSpec("google/gemma-2-27b-it", 27.2e9, 2 * 46 * 16 * 128 * 2, 46, 8192),
+    # llmrca's own tiny Llama (llmrca.testbed.tiny_model), served by the real-engine testbed: 2 layers, 4 KV heads
+    # x 64, 2,048-token vocabulary with tied embeddings (1.84 M parameters).
+    ModelSpec("llmrca/tiny-llama", 1.84e6, 2 * 2 * 4 * 64 * 2, 2, 4096),
 )}
 _MODEL_ALIASES = {
     "7b": "tiiuae/Falcon-H1-7B-Instruct", "falcon-h1-7b": "tiiuae/Falcon-H1-7B-Instruct",
@@ -117,6 +120,7 @@ _MODEL_ALIASES = {
     "0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "qwen-2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
     "llama-3-8b": "meta-llama/Meta-Llama-3-8B-Instruct",
     "27b": "google/gemma-2-27b-it", "gemma-2-27b": "google/gemma-2-27b-it",
+    "tiny": "llmrca/tiny-llama", "tiny-llama": "llmrca/tiny-llama",
 }
 
 
