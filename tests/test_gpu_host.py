@@ -151,6 +151,10 @@ def test_setup_gives_the_real_engine_a_gpu_per_replica_and_the_emulated_only_the
     assert gpu_host.setup("emulated", ["replica-0", "replica-1"], {"replica-1": "0"}).assigned == {"replica-1": "0"}
     with pytest.raises(GpuHostError, match="3 replicas need a GPU each but this host has 2"):
         gpu_host.setup("vllm", ["replica-0", "replica-1", "replica-2"], {})
+    # the engine is given the GPU by UUID: CUDA's device order need not be nvidia-smi's
+    state = {"real_gpus": hg.assigned, "gpu_host": hg.to_state()}
+    assert gpu_host.cuda_visible_devices(state, "replica-1") == "GPU-00000001-aaaa"
+    assert gpu_host.cuda_visible_devices({"real_gpus": {}}, "replica-1") is None
 
 
 def _exposition(collector) -> str:
@@ -226,12 +230,7 @@ def test_a_hung_nvidia_smi_times_out_and_is_killed_never_hangs(smi):
     with pytest.raises(GpuHostError, match=r"no answer within 1 s \(killed\)"):
         gpu_host.run(["--query-gpu=index", "--format=csv,noheader,nounits"], timeout=1.0)
     assert time.monotonic() - t0 < 5.0
-    child = int(Path(str(smi.state) + ".child").read_text())
-    deadline = time.monotonic() + 5
-    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE  # killed too
+    assert _gone(int(Path(str(smi.state) + ".child").read_text()))  # the fake's child went with its group
 
 
 def test_the_poller_survives_a_failing_nvidia_smi_and_exports_nothing_stale(smi):
@@ -281,31 +280,53 @@ def _state(engine: str, real_gpus: dict[str, str], host_gpus=None):
     return st
 
 
-def _inject(tmp_path, smi, params):
+def _inject(tmp_path, smi, params, duration=30.0):
     from llmrca.testbed.injectors import Injector, plan
 
     hg = gpu_host.setup("vllm", ["replica-0", "replica-1"], {})
     host = _Host(tmp_path, _state("vllm", hg.assigned, hg))
     now = time.time()
-    live = plan("gpu", "replica-1", params, "a100-80gb", host.scaling, now, now + 30, state=host.state)
-    return Injector(host, live, end=now + 30), live
+    live = plan("gpu", "replica-1", params, "a100-80gb", host.scaling, now, now + duration, state=host.state)
+    return Injector(host, live, end=now + duration), live
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_power_cap_on_a_real_gpu_uses_its_range_and_restores_the_drivers_default(tmp_path, smi):
-    inj, live = _inject(tmp_path, smi, {"power_limit_w": 300.0})
-    assert live.applied["power_limit_w"] == 300.0  # 300 W: below an A100's range check would not matter here
+    # 500 W: in the H100's range (200-700 W), above the emulated A100's 400 W: the real GPU's range decides
+    inj, live = _inject(tmp_path, smi, {"power_limit_w": 500.0})
+    assert live.applied["power_limit_w"] == 500.0
     n = len(smi.calls())
     inj.apply()
-    assert smi.read()["gpus"][1]["power.limit"] == 300.0
-    assert ["-i", "1", "-pl", "300"] in smi.calls()[n:]
-    assert inj.method == "nvidia-smi -i 1 -pl 300"
+    assert smi.read()["gpus"][1]["power.limit"] == 500.0
+    assert ["-i", "1", "-pl", "500"] in smi.calls()[n:]
+    assert inj.method == "nvidia-smi -i 1 -pl 500"
     assert inj.notes["default_watts"] == 700.0 and inj.notes["limit_before_w"] == 650.0
     inj.undo()
     assert smi.calls()[-1] == ["-i", "1", "-pl", "700"]  # the default read before the fault, not 650 W or a constant
     assert smi.read()["gpus"][1]["power.limit"] == 700.0
     assert smi.read()["gpus"][0]["power.limit"] == 650.0  # the other GPU untouched
+    assert _gone(inj.notes["restore_pid"])  # its last-resort restore is stopped: it cannot fire later
     inj.undo()  # idempotent
     assert smi.calls()[-1] == ["-i", "1", "-pl", "700"] and sum(a[-2:] == ["-pl", "700"] for a in smi.calls()) == 1
+
+
+def test_a_real_cap_expires_by_itself_when_nothing_undoes_it(tmp_path, smi, monkeypatch):
+    from llmrca.testbed import injectors
+
+    monkeypatch.setattr(injectors, "SAFETY_MARGIN_S", 0.0)  # expire at the planned end (3 s), not 15 s after
+    inj, _ = _inject(tmp_path, smi, {"power_limit_w": 300.0}, duration=3.0)
+    inj.apply()  # and then the supervisor is killed: no undo, no cleanup registry
+    assert smi.read()["gpus"][1]["power.limit"] == 300.0
+    assert _gone(inj.notes["restore_pid"], within=20.0)
+    assert smi.calls()[-1] == ["-i", "1", "-pl", "700"] and smi.read()["gpus"][1]["power.limit"] == 700.0
 
 
 def test_relative_caps_use_the_real_gpus_limits_and_draw(tmp_path, smi):
@@ -328,7 +349,7 @@ def test_the_cleanup_registry_restores_the_default_when_the_supervisor_stops(tmp
     reg.register(inj.undo, "undo gpu")
     reg.run_all()
     assert smi.calls()[-1] == ["-i", "1", "-pl", "700"] and smi.read()["gpus"][1]["power.limit"] == 700.0
-    assert inj.undone
+    assert inj.undone and _gone(inj.notes["restore_pid"])
 
 
 def test_nvidia_smi_refusals_are_one_clear_line(tmp_path, smi):

@@ -251,6 +251,17 @@ def facts_gpu(state: Mapping[str, Any], index: str) -> Gpu:
     raise GpuHostError(f"nvidia-smi lists no GPU {index}")
 
 
+def cuda_visible_devices(state: Mapping[str, Any], replica: str) -> str | None:
+    """The real engine's ``CUDA_VISIBLE_DEVICES`` for ``replica``: its GPU's UUID. CUDA numbers GPUs fastest
+    first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, nvidia-smi by PCI bus: an index could name another GPU than the
+    one the power cap goes to, a UUID names the same one. None: the replica has no GPU (a CPU host)."""
+    index = (state.get("real_gpus") or {}).get(replica)
+    if index is None:
+        return None
+    rec = (state.get("gpu_host") or {}).get("gpus", {}).get(str(index))
+    return str(rec["uuid"]) if rec and rec.get("uuid") else str(index)
+
+
 def read_one(index: str, field: str) -> float:
     """One field of one GPU (``power.draw``, ``power.default_limit`` …), a number."""
     out = run(["-i", str(index), f"--query-gpu={field}", "--format=csv,noheader,nounits"])
@@ -270,6 +281,19 @@ def set_power_limit(index: str, watts: float) -> list[str]:
     args = power_limit_args(index, watts)
     run(args)
     return ["nvidia-smi", *args]
+
+
+def restore_later(index: str, watts: float, after_s: float, out: Any = None) -> int:
+    """A process of its own session (it outlives a supervisor killed with SIGKILL) that sets GPU ``index``'s limit
+    back to ``watts`` after ``after_s`` seconds: a real cap's last-resort expiry, as the emulated cap's
+    ``expires_at``. Its pid; stop it (``kill_tree``) once the limit is restored."""
+    from llmrca.testbed.procs import spawn
+
+    exe = nvidia_smi()
+    if exe is None:
+        raise GpuHostError("nvidia-smi not found on PATH (no NVIDIA driver on this host)")
+    script = f'sleep {max(1.0, after_s):g} && exec "$0" {" ".join(power_limit_args(index, watts))}'
+    return spawn(["sh", "-c", script, exe], out=out, die_with_parent=False, new_session=True).pid
 
 
 # -- the poller --------------------------------------------------------------------------------------------

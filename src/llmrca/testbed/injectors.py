@@ -3,7 +3,7 @@ perturbations of causes by its spec, exactly as in the simulator (``spec.applied
 module maps each *cause* to one live mechanism, scales it to this machine once, and undoes it whatever happens:
 on schedule, on request, when the process that asked for it goes away, when the supervisor stops (its cleanup
 registry), and, as a last resort, by itself (a stressor's own ``--timeout``, the engine's and the mesh's expiry of
-a power cap or a delay).
+a power cap or a delay, a real GPU's restore process).
 
 * ``cpu_stress``: ``stress-ng --cpu W --cpu-load L`` in the target's container (its cgroup, or pinned with it);
   workers scaled by pod CPU / 8 (the study's pods).
@@ -315,6 +315,8 @@ class Injector:
             self.notes["default_watts"] = nvidia_default_limit(real)
             self.notes["limit_before_w"] = gpu_host.read_one(real, "power.limit")
             self.method = " ".join(gpu_host.set_power_limit(real, v["watts"]))
+            self.notes["restore_pid"] = gpu_host.restore_later(real, self.notes["default_watts"], self._timeout(),
+                                                               out=self.host.out_path(f"gpu-restore-{self.target}"))
             return
         port = self.host.state["ports"][f"engine:{self.target}"]
         self._control("POST", f"http://{LOOPBACK}:{port}/control/power-limit",
@@ -327,6 +329,8 @@ class Injector:
             if "default_watts" in self.notes:  # else apply failed before it read (and changed) anything
                 gpu_host.set_power_limit(real, self.notes["default_watts"])
                 self.notes["restored_w"] = self.notes["default_watts"]
+                # restored: its last-resort restore must not fire later (under a next fault's cap); kept if not
+                kill_tree(self.notes.get("restore_pid"), timeout=3.0)
             return
         port = self.host.state["ports"][f"engine:{self.target}"]
         try:
