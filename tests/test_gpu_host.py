@@ -352,11 +352,15 @@ def test_the_cleanup_registry_restores_the_default_when_the_supervisor_stops(tmp
     assert inj.undone and _gone(inj.notes["restore_pid"])
 
 
-def test_nvidia_smi_refusals_are_one_clear_line(tmp_path, smi):
+def test_nvidia_smi_refusals_are_one_clear_line(tmp_path, smi, monkeypatch):
     inj, _ = _inject(tmp_path, smi, {"power_limit_w": 300.0})
     smi.update(root=False)
+    started, restore_later = [], gpu_host.restore_later
+    monkeypatch.setattr(gpu_host, "restore_later", lambda *a, **k: started.append(restore_later(*a, **k)) or started[-1])
     with pytest.raises(GpuHostError) as e:
         inj.apply()
+    assert smi.read()["gpus"][1]["power.limit"] == 650.0  # nothing changed, and nothing left to restore it later
+    assert len(started) == 1 and _gone(started[0]) and "restore_pid" not in inj.notes
     msg = str(e.value)
     assert "\n" not in msg and "nvidia-smi -i 1 -pl 300 failed (exit 4)" in msg
     assert "Insufficient Permissions" in msg and "needs root, or persistence mode: nvidia-smi -pm 1" in msg

@@ -153,8 +153,10 @@ def plan(fault: str, target: str, params: dict[str, Any] | None, gpu: str, scali
         missing = [c for c in spec.causes if c not in MECHANISMS]
         raise UnknownNameError(f"no live mechanism for fault {fault!r} (cause {', '.join(missing)}); live faults: "
                                f"{', '.join(live_faults())}")
-    facts = target_facts(fault, target, gpu, state, power_draw_w) if "power_limit" in spec.causes else \
-        _emulated_facts(gpu, power_draw_w)
+    if "power_limit" in spec.causes:
+        facts = target_facts(fault, target, gpu, state, power_draw_w)
+    else:
+        facts = _emulated_facts(gpu, power_draw_w)
     applied = spec.applied(params, facts)
     effects, machine = [], {}
     for p in spec.effect(applied, target, start, end):
@@ -314,9 +316,14 @@ class Injector:
             # The default limit as the driver reports it now (not a number of ours): what undo restores.
             self.notes["default_watts"] = nvidia_default_limit(real)
             self.notes["limit_before_w"] = gpu_host.read_one(real, "power.limit")
-            self.method = " ".join(gpu_host.set_power_limit(real, v["watts"]))
+            # Its last-resort restore first: a cap is never set without one.
             self.notes["restore_pid"] = gpu_host.restore_later(real, self.notes["default_watts"], self._timeout(),
                                                                out=self.host.out_path(f"gpu-restore-{self.target}"))
+            try:
+                self.method = " ".join(gpu_host.set_power_limit(real, v["watts"]))
+            except gpu_host.GpuHostError:
+                kill_tree(self.notes.pop("restore_pid"), timeout=3.0)  # nothing changed: nothing to restore
+                raise
             return
         port = self.host.state["ports"][f"engine:{self.target}"]
         self._control("POST", f"http://{LOOPBACK}:{port}/control/power-limit",
