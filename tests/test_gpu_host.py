@@ -507,3 +507,40 @@ def test_the_emulated_engine_keeps_its_emulated_gpu(tmp_path, smi):
     sup._gpu_host()
     assert sup.gpu_poller is None and sup.state["real_gpus"] == {}
     assert "DCGM_FI_" not in _exposition(sup)
+
+
+def _testbed_missing() -> str | None:
+    from llmrca.testbed.nginx import nginx_binary
+    from llmrca.testbed.prometheus import prometheus_binary
+
+    if prometheus_binary() is None or nginx_binary() is None:
+        return "the live testbed needs the Debian packages prometheus and nginx (apt-get install -y prometheus nginx)"
+    if __import__("os").environ.get("LLMRCA_SKIP_TESTBED") == "1":
+        return "LLMRCA_SKIP_TESTBED=1"
+    return None
+
+
+def test_a_testbed_caps_its_real_gpu_and_down_restores_the_default(tmp_path, smi):
+    """The whole path on a running testbed (the emulated engine, one replica on fake GPU 1): inject through the
+    control API, then `down` while the fault holds — the supervisor's cleanup registry puts the default back."""
+    why = _testbed_missing()
+    if why:
+        pytest.skip(why)
+    from llmrca.testbed import control
+    from llmrca.testbed.config import TestbedConfig
+
+    run = tmp_path / "run"
+    cfg = TestbedConfig.from_dict({"deploy": {"replicas": 2}, "load": False})
+    st = control.up(cfg, run, detach=True, real_gpus={"ray-replicas-0": "1"})
+    try:
+        assert st["real_gpus"] == {"ray-replicas-0": "1"} and st["gpu_host"]["gpus"]["1"]["default_limit_w"] == 700.0
+        rec = control.inject("gpu", "ray-replicas-0", 300.0, {"depth": 1.0}, run, wait=False)
+        assert rec["method"] == "nvidia-smi -i 1 -pl 262.5"  # 37.5 % of the real GPU's 700 W, under its 413.5 W
+        assert smi.read()["gpus"][1]["power.limit"] == 262.5
+    finally:
+        control.down(run)
+    assert ["-i", "1", "-pl", "700"] in smi.calls() and smi.read()["gpus"][1]["power.limit"] == 700.0
+    assert _gone(rec["notes"]["restore_pid"])
+    assert not any(a[:2] == ["-i", "0"] for a in smi.calls())  # no replica on GPU 0: never touched
+    done = [json.loads(x) for x in (run / "injections.jsonl").read_text().splitlines()][-1]
+    assert done["status"] == "done" and done["undo_reason"] == "the testbed stopped"
