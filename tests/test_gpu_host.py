@@ -489,6 +489,7 @@ def test_the_supervisors_agent_exports_the_real_engines_gpus(tmp_path, smi):
     try:
         sup._gpu_host()
         assert sup.state["real_gpus"] == {r: str(i) for i, r in enumerate(sup.state["replicas"])}
+        assert sup.rd.read_state()["real_gpus"] == sup.state["real_gpus"]  # on disk before any engine starts
         assert sup.gpu_poller is not None
         deadline = time.monotonic() + 10
         while not sup.gpu_poller.sample and time.monotonic() < deadline:

@@ -169,6 +169,7 @@ class Supervisor:
         self.host_gpus = hg
         self.state["real_gpus"] = dict(hg.assigned)
         self.state["gpu_host"] = hg.to_state()
+        self.rd.write_state(self.state)  # before any engine starts: an engine reads its GPU from the run's state
         if self.cfg.deploy.engine == "vllm" and hg.assigned:  # the emulated engine exports its emulated GPU
             self.gpu_poller = gpu_host.Poller(hg, self.cfg.deploy.step, self.state["node"], dcgm=hg.dcgm_url is None,
                                               log=self.tlog).start()
