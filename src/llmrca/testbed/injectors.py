@@ -3,14 +3,15 @@ perturbations of causes by its spec, exactly as in the simulator (``spec.applied
 module maps each *cause* to one live mechanism, scales it to this machine once, and undoes it whatever happens:
 on schedule, on request, when the process that asked for it goes away, when the supervisor stops (its cleanup
 registry), and, as a last resort, by itself (a stressor's own ``--timeout``, the engine's and the mesh's expiry of
-a power cap or a delay).
+a power cap or a delay, a real GPU's restore process).
 
 * ``cpu_stress``: ``stress-ng --cpu W --cpu-load L`` in the target's container (its cgroup, or pinned with it);
   workers scaled by pod CPU / 8 (the study's pods).
 * ``memory_hog``: ``stress-ng --vm W --vm-bytes B --vm-hang 0`` (allocate, touch, hold) there; bytes scaled by pod
   memory / 16 GiB and never more than 30 % of the free memory.
 * ``ingress_delay``: a delay on the mesh links towards the target (netem's latency/jitter/correlation).
-* ``power_limit``: the emulated GPU's control endpoint (``nvidia-smi -pl`` on a real GPU).
+* ``power_limit``: the emulated GPU's control endpoint; on a real GPU (``llmrca.testbed.gpu_host``)
+  ``nvidia-smi -i N -pl W``, the driver's default limit restored after. Refused for the real engine on a CPU host.
 * ``process_kill``: SIGKILL of the target's engine; the supervisor starts it again after ``load_s``.
 
 The live faults are the registry's faults whose causes all have a mechanism here (``live_faults()``). A case
@@ -24,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -39,6 +39,7 @@ from llmrca import faults as fault_registry
 from llmrca.errors import UnknownNameError
 from llmrca.faults import FaultParamError, Perturbation, TargetFacts
 from llmrca.sim.hardware import gpu_kind
+from llmrca.testbed import gpu_host
 from llmrca.testbed.config import Scaling
 from llmrca.testbed.procs import Containment, alive, kill_tree, spawn
 from llmrca.testbed.rundir import LOOPBACK
@@ -143,22 +144,55 @@ class LivePlan:
 
 def plan(fault: str, target: str, params: dict[str, Any] | None, gpu: str, scaling: Scaling, start: float,
          end: float, *, available_bytes: int | None = None,
-         power_draw_w: Callable[[], float] | None = None) -> LivePlan:
+         power_draw_w: Callable[[], float] | None = None, state: dict[str, Any] | None = None) -> LivePlan:
     """``fault`` on ``target`` as this machine does it: the registry's parameters checked and applied (a cap must be
-    one the GPU accepts), its perturbations, each scaled to the machine by its cause's mechanism."""
+    one the GPU accepts), its perturbations, each scaled to the machine by its cause's mechanism. ``state``: the
+    run's state (its engine and real GPUs), which decides what GPU a power cap acts on (:func:`target_facts`)."""
     spec = fault_registry.get(fault)
     if fault not in live_faults():
         missing = [c for c in spec.causes if c not in MECHANISMS]
         raise UnknownNameError(f"no live mechanism for fault {fault!r} (cause {', '.join(missing)}); live faults: "
                                f"{', '.join(live_faults())}")
-    g = gpu_kind(gpu)
-    applied = spec.applied(params, TargetFacts(g.name, g.min_power_w, g.tdp_w, power_draw_w))
+    if "power_limit" in spec.causes:
+        facts = target_facts(fault, target, gpu, state, power_draw_w)
+    else:
+        facts = _emulated_facts(gpu, power_draw_w)
+    applied = spec.applied(params, facts)
     effects, machine = [], {}
     for p in spec.effect(applied, target, start, end):
         values, how = MECHANISMS[p.cause].scale(dict(p.values), scaling, available_bytes)
         effects.append(Perturbation(p.cause, p.service, p.start, p.end, values))
         machine[p.cause] = how
     return LivePlan(fault, target, applied, tuple(effects), machine)
+
+
+def _emulated_facts(gpu: str, power_draw_w: Callable[[], float] | None) -> TargetFacts:
+    g = gpu_kind(gpu)
+    return TargetFacts(g.name, g.min_power_w, g.tdp_w, power_draw_w)
+
+
+def real_gpu_of(state: dict[str, Any] | None, target: str) -> str | None:
+    """The real GPU index ``target`` runs on (``state["real_gpus"]``), or None."""
+    return ((state or {}).get("real_gpus") or {}).get(target)
+
+
+def target_facts(fault: str, target: str, gpu: str, state: dict[str, Any] | None,
+                 power_draw_w: Callable[[], float] | None) -> TargetFacts:
+    """The GPU a power cap on ``target`` acts on. A real GPU: its own accepted range (``nvidia-smi``'s min and
+    default limit, as recorded at start) and its draw now. The real engine with no GPU (a CPU host): refused,
+    never emulated. Otherwise the emulated GPU of ``deploy.gpu`` and the engine's own power gauge."""
+    real = real_gpu_of(state, target)
+    if real is not None:
+        g = gpu_host.facts_gpu(state or {}, real)
+        return TargetFacts(g.name, g.min_limit_w, g.default_limit_w,
+                           lambda: gpu_host.read_one(real, "power.draw"))
+    engine = (((state or {}).get("config") or {}).get("deploy") or {}).get("engine", "emulated")
+    if engine == "vllm":
+        raise FaultParamError(
+            f"fault {fault!r} on {target}: the real engine runs on CPU here: no GPU to cap "
+            f"({'nvidia-smi not found' if gpu_host.nvidia_smi() is None else 'no GPU assigned to ' + target}); "
+            "GPU faults on the real engine need a GPU host and are never emulated")
+    return _emulated_facts(gpu, power_draw_w)
 
 
 _POWER_LINE = re.compile(r"^DCGM_FI_DEV_POWER_USAGE(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.MULTILINE)
@@ -279,9 +313,17 @@ class Injector:
     def _apply_power(self, v: dict[str, Any]) -> None:
         real = self._real_gpu()
         if real is not None:
+            # The default limit as the driver reports it now (not a number of ours): what undo restores.
             self.notes["default_watts"] = nvidia_default_limit(real)
-            run_nvidia_smi(nvidia_smi_power_limit(real, v["watts"]))
-            self.method = " ".join(nvidia_smi_power_limit(real, v["watts"]))
+            self.notes["limit_before_w"] = gpu_host.read_one(real, "power.limit")
+            # Its last-resort restore first: a cap is never set without one.
+            self.notes["restore_pid"] = gpu_host.restore_later(real, self.notes["default_watts"], self._timeout(),
+                                                               out=self.host.out_path(f"gpu-restore-{self.target}"))
+            try:
+                self.method = " ".join(gpu_host.set_power_limit(real, v["watts"]))
+            except gpu_host.GpuHostError:
+                kill_tree(self.notes.pop("restore_pid"), timeout=3.0)  # nothing changed: nothing to restore
+                raise
             return
         port = self.host.state["ports"][f"engine:{self.target}"]
         self._control("POST", f"http://{LOOPBACK}:{port}/control/power-limit",
@@ -291,7 +333,11 @@ class Injector:
     def _undo_power(self, v: dict[str, Any]) -> None:
         real = self._real_gpu()
         if real is not None:
-            run_nvidia_smi(nvidia_smi_power_limit(real, self.notes["default_watts"]))
+            if "default_watts" in self.notes:  # else apply failed before it read (and changed) anything
+                gpu_host.set_power_limit(real, self.notes["default_watts"])
+                self.notes["restored_w"] = self.notes["default_watts"]
+                # restored: its last-resort restore must not fire later (under a next fault's cap); kept if not
+                kill_tree(self.notes.get("restore_pid"), timeout=3.0)
             return
         port = self.host.state["ports"][f"engine:{self.target}"]
         try:
@@ -311,21 +357,12 @@ class Injector:
 
 
 def nvidia_smi_power_limit(gpu_index: str, watts: float) -> list[str]:
-    return ["nvidia-smi", "-i", str(gpu_index), "-pl", f"{watts:g}"]
+    return ["nvidia-smi", *gpu_host.power_limit_args(gpu_index, watts)]
 
 
 def nvidia_default_limit(gpu_index: str) -> float:
-    r = subprocess.run(["nvidia-smi", "-i", str(gpu_index), "--query-gpu=power.default_limit",
-                        "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20, check=False)
-    if r.returncode != 0:
-        raise FaultParamError(f"nvidia-smi could not read GPU {gpu_index}'s default power limit: {r.stderr.strip()}")
-    return float(r.stdout.strip().splitlines()[0])
-
-
-def run_nvidia_smi(argv: list[str]) -> None:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-    if r.returncode != 0:
-        raise FaultParamError(f"{' '.join(argv)} failed: {(r.stderr or r.stdout).strip()}")
+    """GPU ``gpu_index``'s default power limit (W), read from the driver."""
+    return gpu_host.read_one(gpu_index, "power.default_limit")
 
 
 def stop_pid(pid: int) -> None:

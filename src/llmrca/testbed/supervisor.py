@@ -42,6 +42,7 @@ from llmrca import faults as fault_registry
 from llmrca.errors import LlmrcaError, UnknownNameError
 from llmrca.sim.deployment import GATEWAY, HEAD, replica_names
 from llmrca.sim.run import derive_seed
+from llmrca.testbed import gpu_host
 from llmrca.testbed import injectors as injmod
 from llmrca.testbed import nginx as nginxmod
 from llmrca.testbed import prometheus as prom
@@ -123,6 +124,8 @@ class Supervisor:
         self.stopping = False
         self._nginx_pos = 0
         self._undo_reason: dict[str, str] = {}
+        self.gpu_poller: gpu_host.Poller | None = None  # the real engine's GPUs under DCGM names (no dcgm-exporter)
+        self.host_gpus: gpu_host.HostGpus | None = None
 
     # -- Host interface for injectors ----------------------------------------------------------------------
     def service_pids(self, service: str) -> list[int]:
@@ -159,7 +162,23 @@ class Supervisor:
             m.held = False
 
     # -- processes -----------------------------------------------------------------------------------------
+    def _gpu_host(self) -> None:
+        """The host's GPUs, before any engine starts: which replica runs on which (``state["real_gpus"]``, what a
+        real engine's CUDA_VISIBLE_DEVICES and a power cap use), and who exports their DCGM series."""
+        hg = gpu_host.setup(self.cfg.deploy.engine, self.state["replicas"], self.state.get("real_gpus"))
+        self.host_gpus = hg
+        self.state["real_gpus"] = dict(hg.assigned)
+        self.state["gpu_host"] = hg.to_state()
+        self.rd.write_state(self.state)  # before any engine starts: an engine reads its GPU from the run's state
+        if self.cfg.deploy.engine == "vllm" and hg.assigned:  # the emulated engine exports its emulated GPU
+            self.gpu_poller = gpu_host.Poller(hg, self.cfg.deploy.step, self.state["node"], dcgm=hg.dcgm_url is None,
+                                              log=self.tlog).start()
+            self.cleanup.register(self.gpu_poller.stop, "stop the GPU poller")
+            self.tlog.write("INFO", "GPUs {}; DCGM series from {}.", hg.assigned,
+                            hg.dcgm_url or "nvidia-smi --query-gpu (no dcgm-exporter)")
+
     def _define(self) -> None:
+        self._gpu_host()
         py = sys.executable
         rd = str(self.rd.path)
         ports = self.state["ports"]
@@ -189,7 +208,10 @@ class Supervisor:
             "llmrca-agent": [(ports["agent"], {})],
         }
         pconf = self.rd.path / "prometheus.yml"
-        pconf.write_text(prom.scrape_config(self.cfg.deploy.step, jobs))
+        pconf_text = prom.scrape_config(self.cfg.deploy.step, jobs)
+        if self.host_gpus is not None and self.host_gpus.dcgm_url:  # a dcgm-exporter serves the real GPUs
+            pconf_text += gpu_host.dcgm_scrape_job(self.host_gpus.dcgm_url, self.host_gpus.assigned)
+        pconf.write_text(pconf_text)
         self.procs["prometheus"] = Managed("prometheus", None, prom.command(pb, pconf, self.rd.prometheus,
                                                                               ports["prometheus"]), ports["prometheus"])
         if self.cfg.load:
@@ -346,6 +368,8 @@ class Supervisor:
                 c = CounterMetricFamily(name, "Packets over all interfaces.", labels=["instance", "device"])
                 c.add_metric([node, "all"], n[key])
                 yield c
+        if self.gpu_poller is not None:  # the real engine's GPUs (last sample only: never waits on nvidia-smi)
+            yield from self.gpu_poller.collect()
 
     def _agent_app(self) -> Any:
         from aiohttp import web
@@ -401,7 +425,7 @@ class Supervisor:
         inject_time = time.time()
         port = self.state["ports"][f"engine:{target}"]
         live = injmod.plan(fault, target, params, self.cfg.deploy.gpu, self.scaling, inject_time, inject_time + duration,
-                           power_draw_w=lambda: injmod.engine_power_w(port))
+                           power_draw_w=lambda: injmod.engine_power_w(port), state=self.state)
         iid = f"{fault}-{target}-{int(inject_time)}"
         inj = Injector(self, live, end=inject_time + duration, seed=derive_seed(self.cfg.seed, iid),
                        injection_id=iid)
