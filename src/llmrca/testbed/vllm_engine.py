@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -267,8 +268,7 @@ class JsonLinesHandler(logging.Handler):
             line = head + part
             rec: dict[str, Any] = {"time": record.created, "service": self.service, "logger": record.name,
                                    "level": record.levelname, "message": prefix + line}
-            kind = next(((k.name, t) for k in LINES.values() if k.program == "vllm"
-                         for t in (k.match(line), k.match(part)) if t is not None), None)
+            kind = _catalogued(LINES, record, clock, part)
             # the header's clock masked as the catalogue masks it; file and line name the call site: kept
             body = kind[1] if kind else (f"{record.levelname} {CLOCKS['vllm'][1]} [{record.filename}:{record.lineno}] "
                                          + mask(part))
@@ -283,6 +283,24 @@ class JsonLinesHandler(logging.Handler):
             os.close(self._fd)
         self._fd = None
         super().close()
+
+
+_WHERE = re.compile(r"\[([^\]:]+):(\d+)\] ")
+
+
+def _catalogued(lines: dict[str, Any], record: logging.LogRecord, clock: str, text: str) -> tuple[str, str] | None:
+    """(kind, template) of a vLLM line of a catalogued kind: the same file and text, whatever the line number (the
+    catalogue names the call site of one vLLM version; the template keeps this one's)."""
+    for k in lines.values():
+        if k.program != "vllm":
+            continue
+        m = _WHERE.search(k.fmt)
+        if m is None or m.group(1) != record.filename:
+            continue
+        t = k.match(f"{record.levelname} {clock} [{m.group(1)}:{m.group(2)}] {text}")
+        if t is not None:
+            return k.name, t.replace(f"[{m.group(1)}:{m.group(2)}]", f"[{record.filename}:{record.lineno}]", 1)
+    return None
 
 
 def engine_processes(api_pid: int) -> list[Any]:
