@@ -112,6 +112,12 @@ def test_shipped_scenarios_load_and_round_trip_through_their_toml(tmp_path):
         assert again.sha256() == s.sha256()
     live = load("live").deploy
     assert (live.step, live.rate_window) == (1.0, 5.0) and Timing.of(live) == Timing(120.0, 60.0, 60.0)
+    real = load("live-vllm")
+    assert (real.deploy.engine, real.deploy.model, real.deploy.replicas) == ("vllm", "llmrca/tiny-llama", 2)
+    assert Timing.of(real.deploy) == Timing.of(live) and (real.deploy.step, real.deploy.rate_window) == (1.0, 5.0)
+    from llmrca.testbed.injectors import live_faults
+
+    assert set(real.faults) <= set(live_faults()) and "gpu" not in real.faults  # no GPU to cap on a CPU host
 
 
 def test_integers_in_float_fields_make_the_same_config(tmp_path):
@@ -189,7 +195,7 @@ def test_bad_scenarios_give_one_line_naming_the_key(sets, message):
 
 
 def test_unknown_scenarios_and_bad_toml(tmp_path):
-    with pytest.raises(UnknownNameError, match="unknown scenario 'nope'.*shipped: demo, live, paper"):
+    with pytest.raises(UnknownNameError, match="unknown scenario 'nope'.*shipped: demo, live, live-vllm, paper"):
         load("nope")
     with pytest.raises(FileNotFoundError, match="no such file"):
         load(tmp_path / "missing.toml")
