@@ -79,7 +79,7 @@ class TickLog:
 
     FIELDS = ("t", "running", "waiting", "kv_usage", "clock", "power", "temp", "mem_temp", "busy", "mem_share",
               "comp_share", "steps", "gen_tokens", "prompt_tokens", "active", "engine_cpu", "capped", "energy",
-              "power_violation", "preemptions", "prefix_queries", "prefix_hits", "limit", "cpu_demand")
+              "power_violation", "preemptions", "prefix_queries", "prefix_hits", "limit", "cpu_demand", "fb_used")
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
@@ -611,7 +611,7 @@ class ReplicaEngine:
                          gs.mem_temp_c, busy, mem_share, comp_share, a[3], a[4], a[5],
                          min(tick, a[6]), min(tick, a[7]), 1.0 if gs.capped else 0.0,
                          gs.energy_j, gs.power_violation_s, self._preempt_total, self._prefix_q, self._prefix_h,
-                         limit, demand))
+                         limit, demand, self.fb_used_bytes))
             self.next_tick = end + tick
         self._set_factors(self.next_tick - 0.5 * tick)
 
