@@ -128,3 +128,33 @@ def test_kv_cache_fraction_and_strength():
 def test_deploy_kv_cache_tokens_sizes_every_replica():
     sim = run(SimConfig(duration=60.0, inject_at=30.0, kv_cache_tokens=4096), None, 1)
     assert {e.cap for e in sim.engines.values()} == {4096}
+
+
+def test_registry_lists_both_outside_the_paper_suite_and_live():
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmrca.cli import app
+    from llmrca.scenarios import load as load_scenario
+    from llmrca.testbed.injectors import kv_tokens_in_exposition, live_faults
+
+    out = CliRunner().invoke(app, ["faults", "--json"])
+    assert out.exit_code == 0, out.output
+    rows = {r["id"]: r for r in json.loads(out.output)}
+    assert rows["engine-hang"]["causes"] == "engine_stall" and "stall_s=90 s" in rows["engine-hang"]["parameters"]
+    assert rows["kv-cache-pressure"]["causes"] == "kv_cache_limit"
+    assert "tokens=2048" in rows["kv-cache-pressure"]["parameters"]
+    assert {"engine-hang", "kv-cache-pressure"} <= set(live_faults())
+    assert not {"engine-hang", "kv-cache-pressure"} & set(load_scenario("paper").faults)
+    for fault, bad in (("engine-hang", {"stall_s": 0.0}), ("kv-cache-pressure", {"fraction": 1.5}),
+                       ("kv-cache-pressure", {"tokens": 2.5})):
+        try:
+            faults.get(fault).resolve(bad)
+        except faults.FaultParamError as e:
+            assert next(iter(bad)) in str(e)
+        else:
+            raise AssertionError(f"{fault} {bad} accepted")
+    text = ('vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="0",num_gpu_blocks="128",'
+            'prefix="{\\"a\\"}"} 1.0\n')
+    assert kv_tokens_in_exposition(text) == 2048 and kv_tokens_in_exposition("x 1\n") is None

@@ -123,6 +123,17 @@ def test_emulated_engine_stall_freezes_stepping_and_metrics_while_health_answers
         # a stall ends by itself at its expiry, should the undo never come
         _req(stall, {"stalled": True, "expires_at": time.time() + 1.0}, token)
         _wait(lambda: json.loads(_req(url + "/control")[1])["stalled"] is False, 10, "the stall's expiry")
+        # the injector's emulated branch: the endpoint, with the stall's end as its expiry
+        host = _Host(tmp_path, None)
+        host.state = {"ports": state["ports"], "run_dir": str(rd.path)}
+        now = time.time()
+        inj = injmod.Injector(host, injmod.plan("engine-hang", HEAD, {"stall_s": 30.0}, "a100", host.scaling, now,
+                                                now + 60), end=now + 60, injection_id="engine-hang-ray-head-2")
+        inj.apply()
+        st = json.loads(_req(url + "/control")[1])
+        assert st["stalled"] is True and abs(st["stall_expires_at"] - (now + 30.0)) < 2.0
+        inj.undo()
+        assert json.loads(_req(url + "/control")[1])["stalled"] is False
     finally:
         p.terminate()
         try:
@@ -241,7 +252,15 @@ def test_restart_engine_with_a_small_kv_cache_preempts_under_load(tmp_path):
             await loop.run_in_executor(None, _wait, lambda: port_open(port), 30, "the engine")
             normal = kv()
             assert normal > 100_000
-            old = await loop.run_in_executor(None, sup.restart_engine, HEAD, 2048, 0.0)
+            # through the injector, as an injection does it: the supervisor is its host
+            now = time.time()
+            live = injmod.plan("kv-cache-pressure", HEAD, {"tokens": 2048, "load_s": 0.5}, "a100", sup.scaling,
+                               now, now + 60)
+            assert live.recorded() == {"tokens": 2048, "fraction": None, "load_s": 0.5}
+            inj = injmod.Injector(sup, live, end=now + 60)
+            old = m.popen.pid
+            await loop.run_in_executor(None, inj.apply)
+            assert inj.notes["restarted_pid"] == old and inj.notes["kv_cache_tokens"] == 2048
             await loop.run_in_executor(None, _wait, lambda: m.popen.pid != old and port_open(port), 30, "restart")
             assert kv() == 2048 and "--kv-cache-tokens" in m.argv
             threads = [_chat(url, 200, 200) for _ in range(6)]  # 6 x 400 tokens > 2,048
@@ -249,7 +268,8 @@ def test_restart_engine_with_a_small_kv_cache_preempts_under_load(tmp_path):
                 await loop.run_in_executor(None, th.join, 60)
             await asyncio.sleep(1.5)  # the last tick reaches the counters
             assert _metric(_req(url + "/metrics")[1], "vllm:num_preemptions_total") > 0
-            old = await loop.run_in_executor(None, sup.restart_engine, HEAD, None, 0.0)
+            old = m.popen.pid
+            await loop.run_in_executor(None, inj.undo)
             await loop.run_in_executor(None, _wait, lambda: m.popen.pid != old and port_open(port), 30, "restart")
             assert kv() == normal and "--kv-cache-tokens" not in m.argv
             log = rd.log(f"engine-{HEAD}").read_text()

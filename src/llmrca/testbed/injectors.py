@@ -185,7 +185,7 @@ def power_in_exposition(text: str, where: str) -> float:
     return float(m.group(1))
 
 
-_CACHE_INFO = re.compile(r"^vllm:cache_config_info\{([^}]*)\}", re.MULTILINE)
+_CACHE_INFO = re.compile(r"^vllm:cache_config_info\{(.*)\}\s+\S+\s*$", re.MULTILINE)
 
 
 def kv_tokens_in_exposition(text: str) -> int | None:
@@ -193,7 +193,7 @@ def kv_tokens_in_exposition(text: str) -> int | None:
     m = _CACHE_INFO.search(text)
     if m is None:
         return None
-    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+    labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1)))
     try:
         return int(labels["num_gpu_blocks"]) * int(labels["block_size"])
     except (KeyError, ValueError):
