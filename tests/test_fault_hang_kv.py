@@ -58,6 +58,7 @@ def test_engine_hang_freezes_the_target_and_times_its_requests_out_at_the_gatewa
 def test_a_hang_shorter_than_the_read_timeout_is_a_latency_spike_not_504s():
     sim = run(SimConfig(**CFG), Injection("engine-hang", T, {"stall_s": 20.0}), 3)
     (a, b), = sim.env.stalls[T]
+    assert np.isclose(b - a, 20.0)
     req = sim.record.requests
     mine = req[req["replica"] == T]
     assert (req["http_status"] == 200).all()
@@ -75,7 +76,7 @@ def test_engine_hang_is_deterministic_per_seed():
 
 def test_kv_cache_pressure_restarts_the_target_small_and_it_preempts_under_normal_load():
     sim = run(SimConfig(**CFG), Injection("kv-cache-pressure", T, {"tokens": 2048, "load_s": 10.0}), 3)
-    ((d1, b1, tok, frac), (d2, b2, tok2, frac2)) = sim.env.restarts[T]
+    ((d1, b1, tok, frac), (d2, _, tok2, frac2)) = sim.env.restarts[T]
     assert (tok, frac, tok2, frac2) == (2048, None, None, None) and np.isclose(b1 - d1, 10.0)
     during = _window(sim, b1 + 5.0, d2)
     tgt = during[T]
@@ -158,3 +159,7 @@ def test_registry_lists_both_outside_the_paper_suite_and_live():
     text = ('vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="0",num_gpu_blocks="128",'
             'prefix="{\\"a\\"}"} 1.0\n')
     assert kv_tokens_in_exposition(text) == 2048 and kv_tokens_in_exposition("x 1\n") is None
+    # vLLM 0.32.0 (measured): the size in tokens is a label of its own
+    real = ('vllm:cache_config_info{block_size="32",engine="0",kv_cache_size_tokens="32768",num_gpu_blocks="1024",'
+            'kv_cache_dtype_skip_layers="[]"} 1.0\n')
+    assert kv_tokens_in_exposition(real) == 32768

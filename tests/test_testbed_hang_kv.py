@@ -17,7 +17,6 @@ import urllib.error
 import urllib.request
 
 import psutil
-import pytest
 
 from llmrca.sim.hardware import GIB
 from llmrca.testbed import auth

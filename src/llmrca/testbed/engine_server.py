@@ -5,9 +5,11 @@ It exports vLLM's metrics (``vllm:*``) and the DCGM fields of its emulated GPU (
 ``ray_node_gpus_utilization``) on ``/metrics``, an ``llm_request`` SERVER span per request with vLLM's ``gen_ai.*``
 attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and lines are the catalogue's
 (``llmrca.deploy.telemetry``), rendered as the simulator renders them. ``/control/power-limit`` is the emulated GPU's
-``nvidia-smi -pl`` (it needs the run's token; each change it accepts goes to the run's injection log). Requests are
-checked as vLLM checks them (``max_tokens``, prompt + answer within the model's context: 400 otherwise), and a
-request whose client hangs up is aborted. Run as ``python -m llmrca.testbed.engine_server RUN_DIR SERVICE``.
+``nvidia-smi -pl`` and ``/control/stall`` a SIGSTOP of vLLM's worker (stepping stops, the ``vllm:*`` gauges and
+counters freeze, ``/health`` still answers); both need the run's token and every change they accept goes to the run's
+injection log. Requests are checked as vLLM checks them (``max_tokens``, prompt + answer within the model's context:
+400 otherwise), and a request whose client hangs up is aborted. Run as ``python -m llmrca.testbed.engine_server
+RUN_DIR SERVICE [--kv-cache-tokens N]`` (a KV cache of N tokens: a restart with another cache size).
 """
 
 from __future__ import annotations

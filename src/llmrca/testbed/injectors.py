@@ -189,12 +189,15 @@ _CACHE_INFO = re.compile(r"^vllm:cache_config_info\{(.*)\}\s+\S+\s*$", re.MULTIL
 
 
 def kv_tokens_in_exposition(text: str) -> int | None:
-    """The KV cache in tokens from vLLM's ``vllm:cache_config_info`` (num_gpu_blocks × block_size), if shown."""
+    """The KV cache in tokens from vLLM's ``vllm:cache_config_info`` (its kv_cache_size_tokens, else num_gpu_blocks ×
+    block_size), if shown."""
     m = _CACHE_INFO.search(text)
     if m is None:
         return None
     labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1)))
     try:
+        if labels.get("kv_cache_size_tokens", "None") != "None":  # vLLM 0.32 states it
+            return int(labels["kv_cache_size_tokens"])
         return int(labels["num_gpu_blocks"]) * int(labels["block_size"])
     except (KeyError, ValueError):
         return None
