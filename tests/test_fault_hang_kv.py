@@ -163,3 +163,13 @@ def test_registry_lists_both_outside_the_paper_suite_and_live():
     real = ('vllm:cache_config_info{block_size="32",engine="0",kv_cache_size_tokens="32768",num_gpu_blocks="1024",'
             'kv_cache_dtype_skip_layers="[]"} 1.0\n')
     assert kv_tokens_in_exposition(real) == 32768
+
+
+def test_both_differ_from_their_fault_free_twin_where_expected():
+    from llmrca.sim import twin
+
+    cfg = SimConfig(duration=240.0, inject_at=60.0, fault_duration=60.0)
+    for fault, column in (("engine-hang", f"{T}_generation_tokens"), ("kv-cache-pressure", f"{T}_num_preemptions")):
+        case = simulate(cfg, Injection(fault, T, faults.get(fault).scaled(1.0)), 2, logs=False, traces=False)
+        hits = twin.check(case, cfg, 2)
+        assert column in {m.column for m in hits}, (fault, [m.column for m in hits[:8]])
