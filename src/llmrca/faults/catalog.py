@@ -246,9 +246,10 @@ ENGINE_HANG = FaultSpec(
     description="the target's engine stops stepping (its worker process is stopped, SIGSTOP) while its API server "
                 "still answers /health with 200, so the proxy keeps routing to it: no token is generated, running "
                 "requests stall and new ones queue, the engine's /metrics still answers but its vllm:* gauges and "
-                "counters freeze (they come from the stopped engine core) while the GPU goes idle; a request "
-                "that gets nothing for proxy_read_timeout fails with 504 at the gateway (a hang shorter than the "
-                "timeout is a latency spike only); on SIGCONT the engine resumes. As measured on vLLM 0.32.0 "
+                "counters freeze (they come from the stopped engine core) while the GPU goes idle; nginx gives up "
+                "on a request that gets nothing for proxy_read_timeout ('upstream timed out' in its error log; "
+                "504, or a cut stream where the response header had gone out) — a hang shorter than the timeout "
+                "is a latency spike only; on SIGCONT the engine resumes. As measured on vLLM 0.32.0 "
                 "(SIGSTOP of the worker: /health 200, metrics frozen, requests stall)",
     live="SIGSTOP of the engine's worker processes (real vLLM: the EngineCore/worker children of the API server; "
          "emulated engine: its /control/stall endpoint), SIGCONT at the end, on undo and when the testbed stops",
