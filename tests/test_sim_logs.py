@@ -100,14 +100,23 @@ def test_engine_stats_lines_follow_vllm_and_go_quiet_when_idle():
     assert stats["template"].nunique() == 1
 
 
-def test_preemption_warning_is_rate_limited_like_vllm():
+def test_preemptions_log_no_line_of_their_own_only_a_count_in_the_stats_line():
+    # vLLM V1 (0.32.0): no warning per preemption; the periodic stats line adds "Preemptions: N" for its interval.
     rows = [(START + 5 + 0.01 * j, "ray-replicas-1", "preemption", {"request_id": 1, "num_preempted": 1})
             for j in range(120)]
+    base = logs_from_record(_with_events(make_record(n=8, failures=False), []))
     logs = logs_from_record(_with_events(make_record(n=8, failures=False), rows))
-    warn = logs[logs["level"] == "WARNING"]
-    assert len(warn) == 3 and warn["service"].eq("ray-replicas-1").all()
-    assert [int(m.rsplit("=", 1)[1]) for m in warn["message"]] == [1, 51, 101]
-    assert warn["message"].str.contains("is preempted by PreemptionMode.RECOMPUTE mode").all()
+    assert list(logs["template"]) == list(base["template"])
+    assert not logs["message"].str.contains("preempted", case=False).any()
+    stats = {"prompt_tps": 10.0, "gen_tps": 5.0, "running": 3, "waiting": 4, "kv_usage_perc": 0.99,
+             "prefix_cache_hit_rate": 0.0}
+    logs = logs_from_record(_with_events(make_record(n=8, failures=False), [
+        (START + 10, "ray-replicas-1", "engine_stats", {**stats, "preemptions": 27}),
+        (START + 20, "ray-replicas-1", "engine_stats", stats)]))
+    lines = logs[logs["message"].str.contains("Engine 000")]["message"].tolist()
+    assert lines[0].endswith("Running: 3 reqs, Waiting: 4 reqs, Preemptions: 27, GPU KV cache usage: 99.0%, "
+                             "Prefix cache hit rate: 0.0%")
+    assert "Preemptions" not in lines[1]
 
 
 def test_faults_the_real_system_does_not_log_add_no_lines():

@@ -112,7 +112,7 @@ def _live_lines(tmp_path):
     es.log_finished(log, rid, 200, "length")
     es.log_finished(log, rid, 504, "abort")
     es.log_stats(log, 512.0, 255.75, 4, 2, 0.4567, 0.25)
-    es.log_preemption(log, rid, 1)
+    es.log_stats(log, 10.0, 5.0, 3, 4, 0.99, 0.0, preemptions=27)
     es.log_replica_access(log, "abcd1234", "8c1e9a2e-8f7e-4d49-9b1a-0d6f5b1c2d3e", 200, 812.3)
     log.line(line("serve.proxy_access"), "127.0.0.1", "8c1e9a2e-8f7e-4d49-9b1a-0d6f5b1c2d3e", 200, "812.9")
     log.close()

@@ -180,10 +180,10 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
     _vllm_line("vllm.engine_stats", "INFO", "loggers.py:123",
                "Engine {}: Avg prompt throughput: {} tokens/s, Avg generation throughput: {} tokens/s, Running: {} "
                "reqs, Waiting: {} reqs, GPU KV cache usage: {}%, Prefix cache hit rate: {}%"),
-    _vllm_line("vllm.preemption", "WARNING", "scheduler.py:1560",
-               "Sequence group {} is preempted by PreemptionMode.RECOMPUTE mode because there is not enough KV cache "
-               "space. This can affect the end-to-end performance. Increase gpu_memory_utilization or "
-               "tensor_parallel_size to provide more KV cache memory. total_num_cumulative_preemption={}"),
+    # V1 logs no line per preemption (V0's scheduler warning is gone); its stats line counts those of the interval.
+    _vllm_line("vllm.engine_stats_preempted", "INFO", "loggers.py:123",
+               "Engine {}: Avg prompt throughput: {} tokens/s, Avg generation throughput: {} tokens/s, Running: {} "
+               "reqs, Waiting: {} reqs, Preemptions: {}, GPU KV cache usage: {}%, Prefix cache hit rate: {}%"),
     # a warning unrelated to any fault: a client sent fields the OpenAI server does not use
     _vllm_line("vllm.ignored_fields", "WARNING", "protocol.py:72",
                "The following fields were present in the request but ignored: {{'{}'}}"),

@@ -1,4 +1,5 @@
-"""The study's four faults (suite ``paper``), with its exact parameters as defaults, and ``replica-kill``."""
+"""The study's four faults (suite ``paper``), with its exact parameters as defaults, and the extra faults:
+``replica-kill``, ``engine-hang``, ``kv-cache-pressure``."""
 
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ def _gpu(p: Mapping[str, Any], target: str, start: float, end: float) -> list[Pe
 def _kill(p: Mapping[str, Any], target: str, start: float, end: float) -> list[Perturbation]:
     # The process is down from the kill until its model is loaded again, whatever the fault's nominal window.
     return [Perturbation("process_kill", target, start, start + p["load_s"], {"load_s": p["load_s"]})]
+
+
+def _hang(p: Mapping[str, Any], target: str, start: float, end: float) -> list[Perturbation]:
+    # The worker stays stopped for stall_s, whatever the fault's nominal window (an undo resumes it earlier live).
+    return [Perturbation("engine_stall", target, start, start + p["stall_s"], {"stall_s": p["stall_s"]})]
+
+
+def _kv(p: Mapping[str, Any], target: str, start: float, end: float) -> list[Perturbation]:
+    # Restarted with the small cache at the start, restarted with the normal one at the end.
+    return [Perturbation("kv_cache_limit", target, start, end, {
+        "fraction": p["fraction"], "tokens": None if p["fraction"] is not None else p["tokens"], "load_s": p["load_s"],
+    })]
 
 
 def study_cap_w(facts: TargetFacts) -> float:
@@ -208,5 +221,78 @@ REPLICA_KILL = FaultSpec(
     scale=_scale_kill,
 )
 
+def _scale_hang(p: Mapping[str, Any], s: float) -> dict[str, Any]:
+    return {**p, "stall_s": p["stall_s"] * s}
+
+
+def _scale_kv(p: Mapping[str, Any], s: float) -> dict[str, Any]:
+    # Strength divides the capacity: 2 = half of the reference cache, towards 0 = a cache too large to matter.
+    out = {**p, "tokens": max(16, round(p["tokens"] / s))}
+    if p.get("fraction") is not None:
+        out["fraction"] = min(1.0, p["fraction"] / s)
+    return out
+
+
+ENGINE_HANG = FaultSpec(
+    id="engine-hang",
+    layer="process",
+    targets="replicas",
+    params=(
+        # Longer than nginx's proxy_read_timeout (60 s in the study's gateway): requests stuck in the hang's first
+        # 30 s time out with 504 at the gateway; a hang shorter than the timeout shows as a latency spike only.
+        Param("stall_s", 90.0, " s", "how long the engine's worker stays stopped (SIGSTOP until SIGCONT); an undo "
+                                     "resumes it earlier", minimum=0.1, maximum=86400.0),
+    ),
+    description="the target's engine stops stepping (its worker process is stopped, SIGSTOP) while its API server "
+                "still answers /health with 200, so the proxy keeps routing to it: no token is generated, running "
+                "requests stall and new ones queue, the engine's /metrics still answers but its vllm:* gauges and "
+                "counters freeze (they come from the stopped engine core) while the GPU goes idle; nginx gives up "
+                "on a request that gets nothing for proxy_read_timeout ('upstream timed out' in its error log; "
+                "504, or a cut stream where the response header had gone out) — a hang shorter than the timeout "
+                "is a latency spike only; on SIGCONT the engine resumes. As measured on vLLM 0.32.0 "
+                "(SIGSTOP of the worker: /health 200, metrics frozen, requests stall)",
+    live="SIGSTOP of the engine's worker processes (real vLLM: the EngineCore/worker children of the API server; "
+         "emulated engine: its /control/stall endpoint), SIGCONT at the end, on undo and when the testbed stops",
+    kubernetes="a privileged ephemeral container (kubectl debug --profile=sysadmin --target=<engine container>) "
+               "or a node-level Job with hostPID that runs kill -STOP on the engine's worker pid, kill -CONT after "
+               "(Chaos Mesh's PodChaos only fails or kills pods and containers; chaosd, its agent for physical "
+               "machines, has 'attack process stop')",
+    indicator="generation_tokens",
+    effect=_hang,
+    causes=("engine_stall",),
+    scale=_scale_hang,
+)
+
+KV_CACHE_PRESSURE = FaultSpec(
+    id="kv-cache-pressure",
+    layer="config",
+    targets="replicas",
+    params=(
+        # As measured on vLLM 0.32.0: a 2,048-token KV cache under 8 clients preempts (27 preemptions, TTFT p50
+        # 2.85 s).
+        Param("tokens", 2048, " tokens", "KV-cache capacity the replica restarts with", kind=int, minimum=16),
+        Param("fraction", None, "", "capacity as a fraction of the replica's normal KV cache (overrides tokens)",
+              optional=True, minimum=1e-6, maximum=1.0),
+        Param("load_s", 30.0, " s", "restart time of the replica (model load), at the start and again at the end",
+              minimum=0.0),
+    ),
+    description="the target replica is rolled out with too little KV cache (a gpu_memory_utilization / "
+                "--kv-cache-memory-bytes misconfiguration): it restarts (in-flight requests fail with 502 at the "
+                "proxy, load shifts to its peers for load_s, its log prints the new 'GPU KV cache size'), then "
+                "under normal load its scheduler preempts running requests for recomputation "
+                "(vllm:num_preemptions rises; vLLM V1 prints no per-preemption warning, only 'Preemptions: N' in "
+                "its periodic stats line), requests queue, TTFT rises, throughput falls, KV-cache usage sits near "
+                "1 and its GPU uses less memory; when it is undone the replica restarts again with its normal "
+                "cache (a second restart). vLLM docs: Optimization and Tuning, preemption",
+    live="the supervisor restarts the target's engine with --kv-cache-tokens N (emulated engine) or "
+         "--kv-cache-memory-bytes (real vLLM), and again without it at the end",
+    kubernetes="a changed Deployment / RayService spec of the target (vLLM's gpu_memory_utilization or "
+               "--kv-cache-memory-bytes) rolled out to that replica, rolled back after",
+    indicator="num_preemptions",
+    effect=_kv,
+    causes=("kv_cache_limit",),
+    scale=_scale_kv,
+)
+
 PAPER_FAULTS = (CPU, MEMORY, NETWORK, GPU)
-EXTRA_FAULTS = (REPLICA_KILL,)
+EXTRA_FAULTS = (REPLICA_KILL, ENGINE_HANG, KV_CACHE_PRESSURE)

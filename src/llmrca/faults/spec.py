@@ -27,6 +27,12 @@ CAUSES: dict[str, tuple[str, ...]] = {
     "ingress_delay": ("latency_s", "jitter_s", "correlation"),  # netem delay on packets towards the target pod
     "power_limit": ("watts",),  # GPU power cap in watts, inside the GPU's accepted range
     "process_kill": ("load_s",),  # the engine process dies; the replica comes back after load_s of model loading
+    # the engine stops stepping (its worker stopped) while its API server answers: nothing is scheduled or generated,
+    # its engine-side gauges and counters freeze; it resumes when the perturbation ends
+    "engine_stall": ("stall_s",),
+    # the replica restarts (down for load_s) with a KV cache of `tokens` (or `fraction` of its normal capacity),
+    # and restarts again with its normal capacity when the perturbation ends
+    "kv_cache_limit": ("fraction", "tokens", "load_s"),
 }
 
 
@@ -44,6 +50,7 @@ class Param:
     kind: type = float  # int or float; values are checked and cast on resolve
     optional: bool = False  # None allowed
     minimum: float | None = None
+    maximum: float | None = None
 
 
 @dataclass(frozen=True)
@@ -206,4 +213,6 @@ def _check(fault: str, p: Param, v: Any) -> Any:
         v = float(v)
     if p.minimum is not None and v < p.minimum:
         raise FaultParamError(f"{where}: must be at least {p.minimum:g}, is {v:g}")
+    if p.maximum is not None and v > p.maximum:
+        raise FaultParamError(f"{where}: must be at most {p.maximum:g}, is {v:g}")
     return v

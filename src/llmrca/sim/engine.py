@@ -44,6 +44,7 @@ STEP_PER_PREFILL_TOKEN_S = 1.5e-6
 # #14538) and it spins while it waits for the GPU.
 ENGINE_CORE_CORES = 1.0
 ACTIVATION_RESERVE = 1.5 * GIB  # CUDA context, activations and graphs vLLM keeps out of the KV pool
+READ_TIMEOUT_S = 60.0  # the gateway's proxy_read_timeout: a stalled stream that sends nothing this long is cut
 
 
 class RequestTable:
@@ -78,7 +79,7 @@ class TickLog:
 
     FIELDS = ("t", "running", "waiting", "kv_usage", "clock", "power", "temp", "mem_temp", "busy", "mem_share",
               "comp_share", "steps", "gen_tokens", "prompt_tokens", "active", "engine_cpu", "capped", "energy",
-              "power_violation", "preemptions", "prefix_queries", "prefix_hits", "limit", "cpu_demand")
+              "power_violation", "preemptions", "prefix_queries", "prefix_hits", "limit", "cpu_demand", "fb_used")
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
@@ -114,6 +115,8 @@ class ReplicaEngine:
         events: list | None = None,
         background_cores: float = 0.0,
         frontend_costs: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        kv_cache_tokens: int | None = None,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ):
         self.name = name
         self.gpu = gpu
@@ -137,9 +140,11 @@ class ReplicaEngine:
         self._fe = [0, 0]  # requests and prompt tokens handed to the engine in this tick
         kv_bytes = gpu_memory_utilization * gpu.hbm_bytes - model.weight_bytes - ACTIVATION_RESERVE
         self.block_size = block_size
-        self.blocks_total = max(1, int(kv_bytes // (model.kv_bytes_per_token * block_size)))
-        self.cap = self.blocks_total * block_size  # tokens
-        self.fb_used_bytes = gpu_memory_utilization * gpu.hbm_bytes + 0.5 * GIB  # vLLM preallocates its pool
+        # What gpu_memory_utilization leaves after weights and activations: the replica's normal cache.
+        self.normal_blocks = max(1, int(kv_bytes // (model.kv_bytes_per_token * block_size)))
+        self.read_timeout_s = read_timeout_s
+        self._pool_bytes = gpu_memory_utilization * gpu.hbm_bytes
+        self.set_kv_capacity(kv_cache_tokens)
         # State
         self.t = t_start
         self.D = 0
@@ -155,6 +160,10 @@ class ReplicaEngine:
         self.plan: list | None = None  # [t0, t1, k, s, gpu, mem, comp, cpu]
         self.done: list[int] = []  # finished or abandoned rids, for the router to collect
         self.down_until = -INF  # a killed process: requests reaching it before this fail at once
+        # Stopped engine (SIGSTOP of its worker): windows [from, until) still to come, the current one first.
+        self.stalls: list[list[float]] = sorted([float(a), float(b)] for a, b in getattr(env, "stalls", {}).get(name, ()))
+        self._frozen: tuple[int, int, float] | None = None  # gauges as the engine last published them
+        self._giveups: list[tuple[float, int]] = []  # (the client's timeout strikes, rid) while stalled
         # Tick state
         self.next_tick = t_start + tick
         self.log = TickLog()
@@ -202,6 +211,10 @@ class ReplicaEngine:
             t = self.t
             if t > until:
                 return
+            if self.stalls and t >= self.stalls[0][0]:
+                if self._stalled(until):
+                    return
+                continue
             if t >= self.next_tick:
                 self._ticks()
             inc = self.incoming
@@ -232,6 +245,104 @@ class ReplicaEngine:
 
     def ongoing_tokens(self) -> int:
         return self.n + len(self.prefilling) + len(self.waiting) + len(self.incoming)
+
+    # -- capacity and stalls ------------------------------------------------------------------------------
+    def set_kv_capacity(self, tokens: int | None = None, fraction: float | None = None) -> int:
+        """The KV cache the engine starts with: ``tokens`` (vLLM's --kv-cache-memory-bytes, in tokens), a
+        ``fraction`` of what gpu_memory_utilization leaves, or all of that; returns the capacity in tokens. Only a
+        starting engine takes it (a restart)."""
+        if tokens is not None:
+            blocks = max(1, int(tokens) // self.block_size)
+        elif fraction is not None:
+            blocks = max(1, int(self.normal_blocks * float(fraction)))
+        else:
+            blocks = self.normal_blocks
+        self.blocks_total = blocks
+        self.cap = blocks * self.block_size  # tokens
+        if tokens is None and fraction is None:
+            self.fb_used_bytes = self._pool_bytes + 0.5 * GIB  # vLLM preallocates its pool
+        else:  # a pool sized in bytes: weights, activations, the cache asked for
+            self.fb_used_bytes = self.W + ACTIVATION_RESERVE + self.cap * self.kvb + 0.5 * GIB
+        return self.cap
+
+    def stall(self, t: float, until: float = INF) -> None:
+        """The engine's worker stops at ``t`` (SIGSTOP) until ``until``: a planned decode stretch ends at the step
+        boundary after ``t``."""
+        p = self.plan
+        if p is not None and t < p[1]:
+            k = max(1, math.ceil((t - p[0]) / p[3]))
+            if k < p[2]:
+                p[2] = k
+                p[1] = p[0] + k * p[3]
+        self.stalls.append([t, until])
+        self.stalls.sort()
+
+    def resume(self, t: float) -> None:
+        """The worker continues at ``t`` (SIGCONT): ends the current (or next) stall there."""
+        if self.stalls:
+            self.stalls[0][1] = max(t, self.stalls[0][0])
+
+    def stalled(self, t: float) -> bool:
+        return bool(self.stalls) and self.stalls[0][0] <= t < self.stalls[0][1]
+
+    def _gauges(self) -> tuple[int, int, float]:
+        n_run = self.n + len(self.prefilling)
+        used = self._used() / self.block_size + 0.5 * n_run
+        return n_run, len(self.waiting), used / self.blocks_total
+
+    def _giveup_at(self, rid: int, a: float) -> float:
+        # nginx's read timeout counts from the last byte: the request's wait deadline before its first token, the
+        # stall's start (its last token) after it.
+        d = self.R.deadline[rid]
+        return d if d < INF else a + self.read_timeout_s
+
+    def _stalled(self, until: float) -> bool:
+        """One step of a stopped engine: ticks with frozen engine gauges, arrivals queued, clients that time out
+        failed (504); at the stall's end the engine forgets the requests whose clients left and resumes. True when
+        ``until`` is reached."""
+        a, b = self.stalls[0]
+        R = self.R
+        g = self._giveups
+        if self._frozen is None:  # the worker stops now: its last published stats stay on /metrics
+            self._frozen = self._gauges()
+            for rid in [*self.running, *(e[0] for e in self.prefilling), *self.waiting]:
+                heappush(g, (self._giveup_at(rid, a), rid))
+        t = self.t
+        if t >= self.next_tick:
+            self._ticks()
+        inc = self.incoming
+        while inc and inc[0][0] <= t:
+            rid = heappop(inc)[1]
+            self.waiting.append(rid)
+            heappush(g, (self._giveup_at(rid, a), rid))
+        while g and g[0][0] <= t:
+            at, rid = heappop(g)
+            if R.failed[rid] == 0 and R.t_end[rid] != R.t_end[rid] and at < b:
+                self._abandon(rid, at, 504)
+        if t >= b:
+            self._forget_failed()
+            self.stalls.pop(0)
+            self._frozen = None
+            self._giveups = []
+            return False
+        nxt = min(self.next_tick, b, g[0][0] if g else INF, inc[0][0] if inc else INF)
+        if nxt > until:
+            return True
+        self.t = nxt
+        return False
+
+    def _forget_failed(self) -> None:
+        """The aborts of clients that left reach the resumed engine: their slots and KV blocks are freed."""
+        R = self.R
+        for rid in [r for r in self.running if R.failed[r]]:
+            self.A -= self.running.pop(rid)
+            self.n -= 1
+            self.ver[rid] = self.ver.get(rid, 0) + 1  # its completion entry becomes stale
+        for e in [e for e in self.prefilling if R.failed[e[0]]]:
+            self.prefilling.remove(e)
+            self.kv_pref -= e[2]
+        if any(R.failed[r] for r in self.waiting):
+            self.waiting = deque(r for r in self.waiting if not R.failed[r])
 
     # -- actions ------------------------------------------------------------------------------------------
     def _set_factors(self, t: float) -> None:
@@ -378,6 +489,8 @@ class ReplicaEngine:
         horizon = self.next_tick
         if self.incoming and self.incoming[0][0] < horizon:
             horizon = self.incoming[0][0]
+        if self.stalls and self.t < self.stalls[0][0] < horizon:
+            horizon = self.stalls[0][0]
         k_h = math.ceil((horizon - self.t) / s)
         if k_h < k:
             k = max(1, k_h)
@@ -493,14 +606,12 @@ class ReplicaEngine:
             f_used = gs.f
             if self._demand_sink is not None and i < len(self._shares):
                 self._shares[i] = self._demand_sink(self.name, i, demand)
-            n_run = self.n + len(self.prefilling)
-            used = self._used() / self.block_size + 0.5 * n_run
-            kv = used / self.blocks_total
-            rows.append((end, n_run, len(self.waiting), min(1.0, kv), f_used, gs.power_w, gs.temp_c,
+            n_run, waiting, kv = self._frozen or self._gauges()
+            rows.append((end, n_run, waiting, min(1.0, kv), f_used, gs.power_w, gs.temp_c,
                          gs.mem_temp_c, busy, mem_share, comp_share, a[3], a[4], a[5],
                          min(tick, a[6]), min(tick, a[7]), 1.0 if gs.capped else 0.0,
                          gs.energy_j, gs.power_violation_s, self._preempt_total, self._prefix_q, self._prefix_h,
-                         limit, demand))
+                         limit, demand, self.fb_used_bytes))
             self.next_tick = end + tick
         self._set_factors(self.next_tick - 0.5 * tick)
 

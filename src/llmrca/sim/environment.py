@@ -45,6 +45,10 @@ class Environment:
     power_limit: dict[str, np.ndarray] = field(default_factory=dict)
     delays: dict[str, list[_Delay]] = field(default_factory=dict)
     kills: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # pod -> [(dies at, serves again at)]
+    stalls: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # pod -> [(stops at, resumes at)]
+    # pod -> [(restarts at, serves again at, KV tokens or None, fraction of the normal cache or None)]; (None, None)
+    # is the normal cache
+    restarts: dict[str, list[tuple[float, float, int | None, float | None]]] = field(default_factory=dict)
     events: list[tuple[float, str, str, dict]] = field(default_factory=list)
     rng: np.random.Generator | None = None
 
@@ -149,6 +153,18 @@ def build(
             if pt.service not in env.power_limit:
                 raise FaultParamError(f"process kill on {pt.service!r}, which runs no engine")
             env.kills.setdefault(pt.service, []).append((pt.start, pt.start + v["load_s"]))
+        elif pt.cause == "engine_stall":
+            if pt.service not in env.power_limit:
+                raise FaultParamError(f"engine stall on {pt.service!r}, which runs no engine")
+            env.stalls.setdefault(pt.service, []).append((pt.start, pt.end))
+        elif pt.cause == "kv_cache_limit":
+            if pt.service not in env.power_limit:
+                raise FaultParamError(f"KV-cache limit on {pt.service!r}, which runs no engine")
+            load = float(v["load_s"])
+            tokens = None if v.get("tokens") is None else int(v["tokens"])
+            frac = None if v.get("fraction") is None else float(v["fraction"])
+            env.restarts.setdefault(pt.service, []).extend([(pt.start, pt.start + load, tokens, frac),
+                                                            (pt.end, pt.end + load, None, None)])
     _oom(env, grid, perturbations)
     for p in pods:
         demand = env.own_demand[p] + env.stress_cores[p] + env.hog_cores[p]

@@ -10,7 +10,8 @@ a traceback is split per line, as a line-based shipper like Fluent Bit does with
   client-disconnect line when nginx gives up, and the controller's replica health / restart lines.
 - replicas: vLLM V1's ``Received request`` / ``Added request`` / ``Generated response`` (``Aborted request`` when
   the caller hung up) lines, its periodic ``Engine 000: Avg prompt throughput: …`` line (every 10 s, at DEBUG
-  only while idle), the preemption warning (on the 1st and every 50th preemption), engine failure lines, and Ray
+  only while idle; with ``Preemptions: N`` when the interval had any: V1 logs no line per preemption), engine
+  failure lines, and Ray
   Serve's replica access line (plus ``Request failed.`` on a 5xx).
 - nodes (``topology.hosts``): kernel lines for GPU Xid errors and kernel OOM kills.
 
@@ -52,7 +53,6 @@ _STREAM_UNRELATED = 0x0DD5
 # (value and source in docs/simulator.md, "Realistic noise").
 UNRELATED_WARNINGS_PER_HOUR = 2.0
 _JITTER_MEAN_S = 0.0006  # between the event and the line being written
-_PREEMPTION_LOG_EVERY = 50  # vLLM's scheduler warns on every 50th preemption only
 # CUDA's error string after a GPU fault, by Xid (NVIDIA's Xid catalogue).
 _CUDA_ERROR_BY_XID = {
     13: "an illegal memory access was encountered",
@@ -434,11 +434,9 @@ def _finish_reasons(req: pd.DataFrame, rows: np.ndarray) -> list[str]:
 
 def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, Any]]], out: _Lines) -> None:
     """Lines from the record's events; kinds not listed here are things the real system does not log."""
-    vid = ctx.ident.vllm_ids
     proxy = ctx.path.proxy
     hosts = ctx.record.topology.hosts
     block_size = int((ctx.record.config or {}).get("block_size", 16))
-    preempted: dict[str, int] = {}
     idle: dict[str, bool] = {}
     crashed: set[str] = set()
     # time, service, level, clock style, text before the clock, text after it, template; clocks are formatted
@@ -473,17 +471,13 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
                 continue
             kv = 100.0 * float(f.get("kv_usage_perc", 0.0))
             hit = 100.0 * max(float(f.get("prefix_cache_hit_rate", 0.0)), 0.0)
-            emit(t, svc, "vllm.engine_stats", f"{VLLM_ENGINE_INDEX:03d}", f"{p:.1f}", f"{g:.1f}",
-                 int(f.get("running", 0)), int(f.get("waiting", 0)), f"{kv:.1f}", f"{hit:.1f}")
-        elif kind == "preemption":
-            before = preempted.get(svc, 0)
-            k = max(int(f.get("num_preempted", 1)), 1)
-            preempted[svc] = before + k
-            rid = int(f.get("request_id", -1))
-            name = vid[rid] if 0 <= rid < len(vid) else str(rid)
-            for c in range(before, before + k):
-                if c % _PREEMPTION_LOG_EVERY == 0:
-                    emit(t, svc, "vllm.preemption", name, c + 1)
+            head = (f"{VLLM_ENGINE_INDEX:03d}", f"{p:.1f}", f"{g:.1f}", int(f.get("running", 0)),
+                    int(f.get("waiting", 0)))
+            npre = int(f.get("preemptions", 0))
+            if npre > 0:  # vLLM V1 logs no line per preemption; its stats line counts them
+                emit(t, svc, "vllm.engine_stats_preempted", *head, npre, f"{kv:.1f}", f"{hit:.1f}")
+            else:
+                emit(t, svc, "vllm.engine_stats", *head, f"{kv:.1f}", f"{hit:.1f}")
         elif kind == "fault_start" and f.get("type") == "gpu-xid":
             xid = int((f.get("params") or {}).get("xid", f.get("xid", 79)))
             text = _XID_TEXT.get(xid)

@@ -322,7 +322,9 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
         steps = G.rate(lg["steps"], ph)
         tok = G.rate(lg["gen_tokens"], ph)
         ptok = G.rate(lg["prompt_tokens"], ph)
-        fb_used = np.full(G.n, np.floor(e.fb_used_bytes / 2**20))
+        # A restart with a differently sized KV pool (kv-cache-pressure) changes what the GPU holds.
+        fb_used = np.floor(G.gauge(lg["fb_used"], ph) / 2**20) if "fb_used" in lg else \
+            np.full(G.n, np.floor(e.fb_used_bytes / 2**20))
         cols[f"{r}_gpu_util"] = np.round(100.0 * busy)
         cols[f"{r}_mem_copy_util"] = np.round(100.0 * dram)
         cols[f"{r}_fb_used"] = fb_used
@@ -524,8 +526,10 @@ def engine_stats_events(dep: Deployment, logs: dict[str, dict[str, np.ndarray]],
         cp, cg = np.cumsum(lg["prompt_tokens"]), np.cumsum(lg["gen_tokens"])
         dq = lg["prefix_queries"][i] - lg["prefix_queries"][i0]
         dh = lg["prefix_hits"][i] - lg["prefix_hits"][i0]
+        npre = lg["preemptions"][i] - lg["preemptions"][i0]
         for k in range(len(times)):
-            out.append((float(times[k]), r, "engine_stats", {
+            extra = {"preemptions": int(npre[k])} if npre[k] > 0 else {}
+            out.append((float(times[k]), r, "engine_stats", {**extra,
                 "prompt_tps": round(float(cp[i[k]] - cp[i0[k]]) / 10.0, 1),
                 "gen_tps": round(float(cg[i[k]] - cg[i0[k]]) / 10.0, 1),
                 "running": int(lg["running"][i[k]]), "waiting": int(lg["waiting"][i[k]]), "swapped": 0,

@@ -178,7 +178,8 @@ def run(config: SimConfig | None = None, fault: Injection | None = None, seed: i
             block_size=cfg.block_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
             shared_prefix_tokens=cfg.shared_prefix_tokens, bw_speed=var.bw_speed[r],
             flops_speed=var.flops_speed[r], cpu_speed=var.cpu_speed[r], events=events,
-            background_cores=base[r], frontend_costs=frontend,
+            background_cores=base[r], frontend_costs=frontend, kv_cache_tokens=cfg.kv_cache_tokens,
+            read_timeout_s=NGINX_READ_TIMEOUT_S,
         )
 
     paths = _route_all(cfg, dep, env, engines, table, wl, var, seed)
@@ -288,8 +289,11 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             heappush(ends[r], te + back)
             return
         if table.failed[rid]:
-            # nginx gave up (or the engine refused): the proxy sees the client go at nginx's timeout.
+            # nginx gave up (or the engine refused): the proxy sees the client go at nginx's timeout, counted
+            # from the request or, for a stream stalled mid-way (a stopped engine), from its last token.
             g_end = tg[rid] + NGINX_READ_TIMEOUT_S
+            if te > g_end + 2 * hop + 1e-9:
+                g_end = te
             P.t_gateway_end[rid] = g_end
             P.t_proxy_end[rid] = g_end + hop
             P.t_proxy_server_end[rid] = g_end + hop
@@ -315,17 +319,24 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
                     finish(r, rid)
                 e.done.clear()
 
-    kills = sorted((t_die, back, names.index(pod)) for pod, ks in env.kills.items() for t_die, back in ks)
+    # Kills, and restarts with a new KV cache (a config rollout): (dies at, serves again, replica, new cache or None)
+    kills = sorted([(t_die, back, names.index(pod), None) for pod, ks in env.kills.items() for t_die, back in ks]
+                   + [(t_die, back, names.index(pod), (tok, frac))
+                      for pod, rs in env.restarts.items() for t_die, back, tok, frac in rs])
     out_of_routing: dict[int, tuple[float, float]] = {}  # replica -> (noticed dead, serves again)
 
     def kill_due(t: float) -> None:
         while kills and kills[0][0] <= t:
-            t_die, back, k = kills.pop(0)
+            t_die, back, k, cache = kills.pop(0)
             eng[k].advance(t_die)
             eng[k].kill(t_die, back)
             out_of_routing[k] = (t_die + SERVE_DEATH_NOTICE_S, back)
+            ok: dict[str, Any] = {"ok": True, "load_s": back - t_die}
+            if cache is not None:
+                eng[k].set_kv_capacity(*cache)
+                ok["num_gpu_blocks"] = eng[k].blocks_total  # vLLM prints its cache size when it starts
             env.events.append((t_die + SERVE_DEATH_NOTICE_S, names[k], "replica_health", {"ok": False}))
-            env.events.append((back, names[k], "replica_health", {"ok": True, "load_s": back - t_die}))
+            env.events.append((back, names[k], "replica_health", ok))
 
     order = np.argsort(ts, kind="stable")
     for i in order.tolist():

@@ -5,9 +5,11 @@ It exports vLLM's metrics (``vllm:*``) and the DCGM fields of its emulated GPU (
 ``ray_node_gpus_utilization``) on ``/metrics``, an ``llm_request`` SERVER span per request with vLLM's ``gen_ai.*``
 attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and lines are the catalogue's
 (``llmrca.deploy.telemetry``), rendered as the simulator renders them. ``/control/power-limit`` is the emulated GPU's
-``nvidia-smi -pl`` (it needs the run's token; each change it accepts goes to the run's injection log). Requests are
-checked as vLLM checks them (``max_tokens``, prompt + answer within the model's context: 400 otherwise), and a
-request whose client hangs up is aborted. Run as ``python -m llmrca.testbed.engine_server RUN_DIR SERVICE``.
+``nvidia-smi -pl`` and ``/control/stall`` a SIGSTOP of vLLM's worker (stepping stops, the ``vllm:*`` gauges and
+counters freeze, ``/health`` still answers); both need the run's token and every change they accept goes to the run's
+injection log. Requests are checked as vLLM checks them (``max_tokens``, prompt + answer within the model's context:
+400 otherwise), and a request whose client hangs up is aborted. Run as ``python -m llmrca.testbed.engine_server
+RUN_DIR SERVICE [--kv-cache-tokens N]`` (a KV cache of N tokens: a restart with another cache size).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from llmrca.testbed.realtime import RealtimeEngine
 from llmrca.testbed.telemetry import WeightedHistograms, extract, tracer
 
 STATS_EVERY_S = 10.0
-PREEMPTION_LOG_EVERY = 50  # the scheduler's warning on the 1st and every 50th preemption, as the simulator's
 _ANSWER = re.compile(r"Answer in (\d+) words\.")
 _VOCAB = ("the", "model", "token", "serving", "latency", "cache", "batch", "GPU", "request", "stream", "of", "and",
           "a", "to", "is", "prefill", "decode", "queue", "replica", "power")
@@ -56,10 +57,14 @@ def log_finished(log: JsonLog, req_id: str, status: int, reason: str) -> str:
 
 
 def log_stats(log: JsonLog, prompt_tps: float, gen_tps: float, running: int, waiting: int, kv_usage: float,
-              hit_rate: float) -> str:
-    """vLLM V1's periodic line; ``kv_usage`` and ``hit_rate`` as fractions."""
-    return log.line(line("vllm.engine_stats"), f"{VLLM_ENGINE_INDEX:03d}", f"{prompt_tps:.1f}", f"{gen_tps:.1f}",
-                    int(running), int(waiting), f"{100 * kv_usage:.1f}", f"{100 * max(hit_rate, 0.0):.1f}")
+              hit_rate: float, preemptions: int = 0) -> str:
+    """vLLM V1's periodic line; ``kv_usage`` and ``hit_rate`` as fractions; ``Preemptions: N`` when the interval
+    had any (V1 logs no line per preemption)."""
+    head = (f"{VLLM_ENGINE_INDEX:03d}", f"{prompt_tps:.1f}", f"{gen_tps:.1f}", int(running), int(waiting))
+    tail = (f"{100 * kv_usage:.1f}", f"{100 * max(hit_rate, 0.0):.1f}")
+    if preemptions > 0:
+        return log.line(line("vllm.engine_stats_preempted"), *head, int(preemptions), *tail)
+    return log.line(line("vllm.engine_stats"), *head, *tail)
 
 
 def log_replica_access(log: JsonLog, tag: str, serve_id: str, status: int, ms: float) -> str:
@@ -68,10 +73,6 @@ def log_replica_access(log: JsonLog, tag: str, serve_id: str, status: int, ms: f
     if status >= 500:
         log.line(line("serve.replica_failed"), tag, serve_id)
     return log.line(line("serve.replica_access"), tag, serve_id, code, f"{ms:.1f}")
-
-
-def log_preemption(log: JsonLog, req_id: str, cumulative: int) -> str:
-    return log.line(line("vllm.preemption"), req_id, cumulative)
 
 
 def span_attributes(model: str, req_id: str, *, temperature: float, top_p: float, n: int, max_tokens: int,
@@ -181,8 +182,23 @@ def checked_limit(watts: Any, expires_at: Any, gpu: Any, now: float) -> tuple[fl
     return w, e
 
 
+def checked_expiry(expires_at: Any, stalled: bool, now: float) -> float | None:
+    """A stall request's ``expires_at``: required with ``stalled`` true (every stop carries its own end), a finite
+    time within a day; a ``ValueError`` naming the field otherwise."""
+    if expires_at is None:
+        if stalled:
+            raise ValueError("expires_at is required with stalled: every stop carries its own end, should the undo "
+                             "fail")
+        return None
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or not math.isfinite(expires_at):
+        raise ValueError(f"expires_at must be a finite number or null, is {expires_at!r}")
+    if not (now < expires_at <= now + MAX_EXPIRY_S):
+        raise ValueError(f"expires_at must lie in the next {MAX_EXPIRY_S:g} s, is {expires_at!r}")
+    return float(expires_at)
+
+
 class Engine:
-    def __init__(self, service_name: str, state: dict[str, Any], rd: Any):
+    def __init__(self, service_name: str, state: dict[str, Any], rd: Any, kv_cache_tokens: int | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.service = service_name
@@ -197,12 +213,17 @@ class Engine:
             max_num_batched_tokens=self.cfg.deploy.max_num_batched_tokens, block_size=self.cfg.deploy.block_size,
             gpu_memory_utilization=self.cfg.deploy.gpu_memory_utilization,
             shared_prefix_tokens=self.cfg.deploy.shared_prefix_tokens, ambient_c=27.0 + float(self.rng.normal(0, 1.5)),
+            # --kv-cache-tokens (a restart with another cache) wins over the deployment's value
+            kv_cache_tokens=kv_cache_tokens if kv_cache_tokens is not None else self.cfg.deploy.kv_cache_tokens,
+            read_timeout_s=self.cfg.read_timeout_s,
         )
         self.log = JsonLog(rd.log(f"engine-{service_name}"), service_name, "vllm")
         self.provider, self.tracer = tracer(service_name, "engine", state.get("otlp_endpoint"))
         self.rd = rd
         self.limit_expires: float | None = None
         self.limit_injection: str | None = None  # the injection that set the current cap (recorded with changes)
+        self.stall_expires: float | None = None  # a stopped engine continues by itself then (should the undo fail)
+        self.stall_injection: str | None = None
         # Metrics
         reg = self.registry = CollectorRegistry()
         m = {"model_name": self.model.name}
@@ -254,9 +275,8 @@ class Engine:
         self._energy = 0.0
         self._violation = 0.0
         self._pq = self._ph = self._preempt = 0
-        self._preempt_events = 0
         self._last_tps = (0.0, 0.0)
-        self._stats = {"prompt": 0.0, "gen": 0.0, "t": time.time(), "pq": 0, "ph": 0}
+        self._stats = {"prompt": 0.0, "gen": 0.0, "t": time.time(), "pq": 0, "ph": 0, "pre": 0}
         self._next_stats = time.time() + STATS_EVERY_S * (0.5 + float(self.rng.random()))
         self._changed: asyncio.Future = asyncio.get_running_loop().create_future()
         self._wake = asyncio.Event()
@@ -274,6 +294,8 @@ class Engine:
             fut.set_result(None)
             if self.limit_expires is not None and time.time() >= self.limit_expires:
                 self.set_limit(None, reason="expired", injection=self.limit_injection)
+            if self.stall_expires is not None and time.time() >= self.stall_expires:
+                self.set_stall(False, reason="expired", injection=self.stall_injection)
             delay = min(0.05, max(0.0005, nxt - self.rt.now()))
             self._wake.clear()
             try:
@@ -295,6 +317,19 @@ class Engine:
                               injection=injection, reason=reason)
         return w
 
+    def set_stall(self, stalled: bool, *, expires_at: float | None = None, reason: str = "control",
+                  injection: str | None = None) -> bool:
+        """Stop the engine's stepping (a SIGSTOP of vLLM's worker: /health still answers, the vllm:* gauges and
+        counters freeze, no token comes) or let it continue. Recorded in the injection log only: a stopped
+        process writes no log line."""
+        on = self.rt.set_stalled(stalled)
+        self.stall_expires = expires_at if on else None
+        self.stall_injection = injection if on else None
+        self.rd.record_change(self.service, {"stalled": on, "expires_at": self.stall_expires}, injection=injection,
+                              reason=reason)
+        self._wake.set()
+        return on
+
     def _metrics_from_engine(self) -> None:
         ticks = self.rt.drain_ticks()
         itl_v, itl_w, it_v, it_w = self.rt.drain_steps()
@@ -302,11 +337,7 @@ class Engine:
             self.h.observe("vllm:inter_token_latency_seconds", itl_v, itl_w)
         if it_v:
             self.h.observe("vllm:iteration_tokens_total", it_v, it_w)
-        for ev in self.rt.events:
-            if ev[2] == "preemption":
-                if self._preempt_events % PREEMPTION_LOG_EVERY == 0:
-                    log_preemption(self.log, f"chatcmpl-{ev[3]['request_id']}", self._preempt_events + 1)
-                self._preempt_events += 1
+        # vLLM V1 logs no line per preemption (vllm:num_preemptions counts them, from the tick rows below).
         self.rt.events.clear()
         if not ticks:
             return
@@ -373,9 +404,9 @@ class Engine:
             dq, dh = self._pq - self._stats["pq"], self._ph - self._stats["ph"]
             if any(tps) or any(self._last_tps):  # vLLM logs an idle engine at DEBUG only
                 log_stats(self.log, tps[0], tps[1], row["running"], row["waiting"], row["kv_usage"],
-                          dh / dq if dq > 0 else 0.0)
+                          dh / dq if dq > 0 else 0.0, preemptions=self._preempt - self._stats["pre"])
             self._last_tps = tps
-            self._stats = {"prompt": 0.0, "gen": 0.0, "t": now, "pq": self._pq, "ph": self._ph}
+            self._stats = {"prompt": 0.0, "gen": 0.0, "t": now, "pq": self._pq, "ph": self._ph, "pre": self._preempt}
             self._next_stats = now + STATS_EVERY_S
 
     # -- HTTP ---------------------------------------------------------------------------------------------
@@ -522,7 +553,9 @@ class Engine:
     def control_state(self) -> dict[str, Any]:
         return {"service": self.service, "power_limit_w": self.rt.power_limit, "default_limit_w": self.gpu.tdp_w,
                 "min_limit_w": self.gpu.min_power_w, "limit_expires_at": self.limit_expires,
-                "cpu_share": self.rt.share.value, "requests": self._n_requests, "gpu": self.gpu.name}
+                "cpu_share": self.rt.share.value, "requests": self._n_requests, "gpu": self.gpu.name,
+                "stalled": self.rt.stalled, "stall_expires_at": self.stall_expires,
+                "kv_cache_tokens": int(self.rt.engine.cap)}
 
     async def control_power(self, request: Any) -> Any:
         from aiohttp import web
@@ -535,6 +568,26 @@ class Engine:
                 raise TypeError("the body must be a JSON object")
             watts, expires = checked_limit(body.get("watts"), body.get("expires_at"), self.gpu, time.time())
             self.set_limit(watts, expires_at=expires, reason=str(body.get("reason", "control endpoint")),
+                           injection=request.headers.get(INJECTION_HEADER) or None)
+        except (ValueError, TypeError, AttributeError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(self.control_state())
+
+    async def control_stall(self, request: Any) -> Any:
+        """``{"stalled": bool, "expires_at": unix time | null}``: stop or continue the engine (engine-hang)."""
+        from aiohttp import web
+
+        from llmrca.testbed.auth import INJECTION_HEADER
+
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("the body must be a JSON object")
+            stalled = body.get("stalled")
+            if not isinstance(stalled, bool):
+                raise TypeError(f"stalled must be true or false, is {stalled!r}")
+            expires = checked_expiry(body.get("expires_at"), stalled, time.time())
+            self.set_stall(stalled, expires_at=expires, reason=str(body.get("reason", "control endpoint")),
                            injection=request.headers.get(INJECTION_HEADER) or None)
         except (ValueError, TypeError, AttributeError) as e:
             return web.json_response({"error": str(e)}, status=400)
@@ -560,14 +613,15 @@ def make_app(eng: Engine, token: str) -> Any:
     app.router.add_get("/health", eng.health)
     app.router.add_get("/control", eng.control_get)
     app.router.add_post("/control/power-limit", eng.control_power)
+    app.router.add_post("/control/stall", eng.control_stall)
     return app
 
 
-async def _main(run_dir: str, service_name: str, stop: asyncio.Event) -> None:
+async def _main(run_dir: str, service_name: str, stop: asyncio.Event, kv_cache_tokens: int | None = None) -> None:
     from llmrca.testbed import auth
 
     rd, state = service.settings(run_dir, service_name)
-    eng = Engine(service_name, state, rd)
+    eng = Engine(service_name, state, rd, kv_cache_tokens=kv_cache_tokens)
     app = make_app(eng, auth.read_token(rd.path))
     port = state["ports"][f"engine:{service_name}"]
     driver = asyncio.create_task(eng.drive(stop))
@@ -582,11 +636,31 @@ async def _main(run_dir: str, service_name: str, stop: asyncio.Event) -> None:
     eng.log.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+USAGE = "usage: python -m llmrca.testbed.engine_server RUN_DIR SERVICE [--kv-cache-tokens N]"
+
+
+def parse_args(args: list[str]) -> tuple[str, str, int | None]:
+    """RUN_DIR, SERVICE and ``--kv-cache-tokens N`` (the replica's KV cache in tokens, over the deployment's
+    ``kv_cache_tokens``: what a restart with another cache size passes); a ``SystemExit`` naming the problem."""
+    args = list(args)
+    tokens = None
+    if "--kv-cache-tokens" in args:
+        i = args.index("--kv-cache-tokens")
+        try:
+            tokens = int(args[i + 1])
+        except (IndexError, ValueError):
+            raise SystemExit(f"--kv-cache-tokens needs a whole number of tokens; {USAGE}") from None
+        if tokens < 1:
+            raise SystemExit(f"--kv-cache-tokens must be at least 1, is {tokens}")
+        del args[i:i + 2]
     if len(args) != 2:
-        sys.exit("usage: python -m llmrca.testbed.engine_server RUN_DIR SERVICE")
-    service.run(lambda stop: _main(args[0], args[1], stop))
+        raise SystemExit(USAGE)
+    return args[0], args[1], tokens
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_dir, name, tokens = parse_args(sys.argv[1:] if argv is None else argv)
+    service.run(lambda stop: _main(run_dir, name, stop, kv_cache_tokens=tokens))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ a power cap or a delay, a real GPU's restore process).
 * ``power_limit``: the emulated GPU's control endpoint; on a real GPU (``llmrca.testbed.gpu_host``)
   ``nvidia-smi -i N -pl W``, the driver's default limit restored after. Refused for the real engine on a CPU host.
 * ``process_kill``: SIGKILL of the target's engine; the supervisor starts it again after ``load_s``.
+* ``engine_stall``: the emulated engine's ``/control/stall`` (it stops stepping, its gauges freeze, ``/health`` stays
+  200); on the real engine SIGSTOP of its worker processes (``vllm_engine.worker_pids``), SIGCONT after
+  ``stall_s``, on undo, and when the supervisor stops.
+* ``kv_cache_limit``: the supervisor restarts the target's engine with a KV cache of N tokens
+  (``--kv-cache-tokens``; the real engine's ``--kv-cache-memory-bytes``) and again with its normal cache on undo.
 
 The live faults are the registry's faults whose causes all have a mechanism here (``live_faults()``). A case
 records the values applied on this machine under the causes' names, the same names a simulated case uses.
@@ -26,6 +31,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -64,6 +70,10 @@ class Host(Protocol):
     def kill_engine(self, service: str, restart_after_s: float) -> int | None: ...
 
     def ensure_engine(self, service: str) -> None: ...
+
+    def engine_pid(self, service: str) -> int | None: ...
+
+    def restart_engine(self, service: str, kv_cache_tokens: int | None, down_s: float = 0.0) -> int | None: ...
 
     def out_path(self, name: str) -> Any: ...
 
@@ -116,6 +126,9 @@ MECHANISMS: dict[str, Mechanism] = {
     "ingress_delay": Mechanism("mesh delay towards the target", _as_given, "_apply_delay", "_undo_delay"),
     "power_limit": Mechanism("engine control endpoint / nvidia-smi -pl", _as_given, "_apply_power", "_undo_power"),
     "process_kill": Mechanism("SIGKILL of the engine, restart after load_s", _as_given, "_apply_kill", "_undo_kill"),
+    "engine_stall": Mechanism("engine stall endpoint / SIGSTOP of the engine's workers", _as_given, "_apply_stall",
+                              "_undo_stall"),
+    "kv_cache_limit": Mechanism("restart of the engine with a smaller KV cache", _as_given, "_apply_kv", "_undo_kv"),
 }
 
 
@@ -206,6 +219,45 @@ def power_in_exposition(text: str, where: str) -> float:
     return float(m.group(1))
 
 
+_CACHE_INFO = re.compile(r"^vllm:cache_config_info\{(.*)\}\s+\S+\s*$", re.MULTILINE)
+
+
+def kv_tokens_in_exposition(text: str) -> int | None:
+    """The KV cache in tokens from vLLM's ``vllm:cache_config_info`` (its kv_cache_size_tokens, else num_gpu_blocks ×
+    block_size), if shown."""
+    m = _CACHE_INFO.search(text)
+    if m is None:
+        return None
+    labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1)))
+    try:
+        if labels.get("kv_cache_size_tokens", "None") != "None":  # vLLM 0.32 states it
+            return int(labels["kv_cache_size_tokens"])
+        return int(labels["num_gpu_blocks"]) * int(labels["block_size"])
+    except (KeyError, ValueError):
+        return None
+
+
+def engine_kv_tokens(port: int) -> int:
+    """The engine's KV-cache capacity now, in tokens: vLLM's cache_config_info on /metrics, or the emulated
+    engine's /control."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5.0) as r:  # loopback only
+        tokens = kv_tokens_in_exposition(r.read().decode(errors="replace"))
+    if tokens is None:
+        tokens = _http("GET", f"http://{LOOPBACK}:{port}/control").get("kv_cache_tokens")
+    if not tokens:
+        raise FaultParamError(f"the engine on port {port} reports no KV-cache size: a fraction of it is unknown")
+    return int(tokens)
+
+
+def _worker_pids(api_pid: int) -> list[int]:
+    """The real engine's processes that step the model (its workers, or the EngineCore that runs it)."""
+    try:
+        from llmrca.testbed.vllm_engine import worker_pids
+    except ImportError as e:  # the real engine's module is not in this build
+        raise FaultParamError(f"engine-hang on a real engine needs llmrca.testbed.vllm_engine: {e}") from None
+    return worker_pids(api_pid)
+
+
 def engine_power_w(port: int) -> float:
     """The emulated GPU's power draw now, read from its engine's ``/metrics`` (what a relative cap goes under)."""
     with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5.0) as r:  # loopback only
@@ -226,6 +278,8 @@ class Injector:
     notes: dict[str, Any] = field(default_factory=dict)  # what the mechanisms learnt (a killed pid, a default)
     _pids: list[int] = field(default_factory=list)
     _pinned: dict[int, list[int]] = field(default_factory=dict)
+    _stopped: list[Any] = field(default_factory=list)  # psutil.Process of the real engine's stopped workers
+    _resume_timer: Any = None
 
     @property
     def target(self) -> str:
@@ -362,6 +416,82 @@ class Injector:
 
     def _undo_kill(self, v: dict[str, Any]) -> None:
         self.host.ensure_engine(self.target)
+
+    def _real_engine(self) -> bool:
+        return (self.host.state.get("engine") or {}).get("kind") == "vllm"
+
+    def _engine_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.host.state['ports'][f'engine:{self.target}']}"
+
+    # -- a stopped engine (engine-hang) ---------------------------------------------------------------------
+    def _apply_stall(self, v: dict[str, Any]) -> None:
+        # It ends by itself after stall_s (or at the injection's end and a margin, whichever first): the emulated
+        # engine's own expiry, a timer here for the real one.
+        until = min(time.time() + float(v["stall_s"]), self.end + SAFETY_MARGIN_S)
+        self.notes["stall_until"] = until
+        if not self._real_engine():
+            self._control("POST", self._engine_url() + "/control/stall",
+                          {"stalled": True, "expires_at": until, "reason": "fault injection"})
+            self.method = f"emulated engine's stall endpoint: stopped for {v['stall_s']:g} s"
+            return
+        api = self.host.engine_pid(self.target)
+        if api is None:
+            raise FaultParamError(f"the engine of {self.target!r} is not running: nothing to stop")
+        pids = _worker_pids(api)
+        if not pids:
+            raise FaultParamError(f"the engine of {self.target!r} (pid {api}) has no worker process to stop")
+        self.stop_processes(pids)
+        self.notes["stopped_pids"] = pids
+        self.method = f"SIGSTOP of vLLM worker pid(s) {', '.join(map(str, pids))} for {v['stall_s']:g} s"
+        self._resume_timer = threading.Timer(max(0.0, until - time.time()), self.continue_processes)
+        self._resume_timer.daemon = True
+        self._resume_timer.start()
+
+    def stop_processes(self, pids: list[int]) -> None:
+        """SIGSTOP each of ``pids``, remembered by process identity (a pid reused later is never signalled)."""
+        for pid in pids:
+            try:
+                p = psutil.Process(pid)
+                self._stopped.append(p)  # first: should the stop race with anything, the undo still continues it
+                p.suspend()
+            except psutil.NoSuchProcess:
+                continue
+
+    def continue_processes(self) -> None:
+        """SIGCONT every process this injection stopped (idempotent; a process gone meanwhile is skipped)."""
+        for p in self._stopped:
+            try:
+                p.resume()
+            except psutil.NoSuchProcess:
+                continue
+
+    def _undo_stall(self, v: dict[str, Any]) -> None:
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+        if self._stopped or self._real_engine():
+            self.continue_processes()
+            return
+        try:
+            self._control("POST", self._engine_url() + "/control/stall", {"stalled": False, "reason": "fault undone"})
+        except (OSError, FaultParamError):
+            pass  # the engine is gone (and comes back running)
+
+    # -- a smaller KV cache (kv-cache-pressure) ---------------------------------------------------------------
+    def _apply_kv(self, v: dict[str, Any]) -> None:
+        if v.get("tokens") is not None:
+            tokens = int(v["tokens"])
+        else:
+            normal = engine_kv_tokens(self.host.state["ports"][f"engine:{self.target}"])
+            tokens = max(1, int(normal * float(v["fraction"])))
+            self.notes["normal_kv_cache_tokens"] = normal
+        # The emulated engine loads its model in load_s; the real one takes its own (real) load time.
+        down = 0.0 if self._real_engine() else float(v["load_s"])
+        pid = self.host.restart_engine(self.target, tokens, down)
+        self.notes.update(kv_cache_tokens=tokens, restarted_pid=pid)
+        self.method = f"restart of {self.target}'s engine (pid {pid}) with a KV cache of {tokens} tokens"
+
+    def _undo_kv(self, v: dict[str, Any]) -> None:
+        self.host.restart_engine(self.target, None, 0.0 if self._real_engine() else float(v["load_s"]))
 
 
 def nvidia_smi_power_limit(gpu_index: str, watts: float) -> list[str]:

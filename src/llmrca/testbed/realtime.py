@@ -169,7 +169,7 @@ class RealtimeEngine:
     def __init__(self, name: str, *, gpu: GpuKind, model: ModelSpec, max_num_seqs: int, max_num_batched_tokens: int,
                  block_size: int, gpu_memory_utilization: float, shared_prefix_tokens: int,
                  ambient_c: float = 27.0, clock: Callable[[], float] = time.monotonic,
-                 measure_cpu: bool = True):
+                 measure_cpu: bool = True, kv_cache_tokens: int | None = None, read_timeout_s: float = 60.0):
         self.name = name
         self.gpu = gpu
         self.model = model
@@ -189,7 +189,8 @@ class RealtimeEngine:
             name, gpu=gpu, model=model, env=self.causes, requests=self.table, gpu_state=self.gpu_state,
             t_start=0.0, tick=TICK_S, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-            shared_prefix_tokens=shared_prefix_tokens, events=self.events,
+            shared_prefix_tokens=shared_prefix_tokens, events=self.events, kv_cache_tokens=kv_cache_tokens,
+            read_timeout_s=read_timeout_s,
         )
         # The engine's CPU share: its container's throttling where it has a CPU-limited cgroup, else the kernel's
         # run-queue accounting of this thread (which also counts load from anything else on the machine).
@@ -221,6 +222,22 @@ class RealtimeEngine:
             raise ValueError(f"power limit {w:g} W is outside what a {g.name} accepts ({g.min_power_w:g}-{g.tdp_w:g} W)")
         self.power.value = w
         return w
+
+    @property
+    def stalled(self) -> bool:
+        return self.engine.stalled(self.now())
+
+    def set_stalled(self, stalled: bool) -> bool:
+        """Stop the engine now (as a SIGSTOP of vLLM's worker: no step, no token, its gauges and counters frozen)
+        or let it continue; returns whether it is stopped."""
+        v = self.now()
+        self.engine.advance(v)
+        if stalled and not self.engine.stalled(v):
+            self.engine.stall(v)
+        elif not stalled and self.engine.stalled(v):
+            self.engine.resume(v)
+            self.engine.advance(v)
+        return self.engine.stalled(v)
 
     # -- requests ---------------------------------------------------------------------------------------------
     def submit(self, prompt_tokens: int, output_tokens: int, timeout_s: float) -> int:

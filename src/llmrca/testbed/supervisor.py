@@ -30,6 +30,7 @@ import functools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -62,6 +63,7 @@ CONFIG_FILE = "config.json"
 CRASH_RESTART_S = 1.0
 VLLM_START_S = 900.0  # a real server loads in 25-75 s on an idle core, several minutes on a shared, busy machine
 VLLM_DEATH_GRACE_S = 30.0  # a server whose worker was killed exits on its own in ~10 s; after this it is killed
+ENGINE_STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL: vLLM shuts its EngineCore and workers down within this
 MAX_FAULT_S = 86400.0  # a fault longer than a day is a typo (or Infinity), not an experiment
 
 
@@ -172,6 +174,37 @@ class Supervisor:
             m.restart_at = time.time()
         if m is not None:
             m.held = False
+
+    def engine_pid(self, service: str) -> int | None:
+        """The pid of ``service``'s engine process (the real engine's API server), None while it is down."""
+        m = self.procs.get(f"engine:{service}")
+        if m is None:
+            raise UnknownNameError(f"no engine for {service!r}")
+        return m.popen.pid if m.popen is not None and m.popen.poll() is None else None
+
+    def restart_engine(self, service: str, kv_cache_tokens: int | None, down_s: float = 0.0) -> int | None:
+        """A changed engine configuration rolled out to one replica: stop ``service``'s engine (SIGTERM, SIGKILL
+        after a grace), start it again ``down_s`` later with a KV cache of ``kv_cache_tokens`` (None: the
+        deployment's). Returns the pid it stopped."""
+        m = self.procs.get(f"engine:{service}")
+        if m is None:
+            raise UnknownNameError(f"no engine for {service!r}")
+        argv, env = self.engine_argv(service, kv_cache_tokens)
+        pid = m.popen.pid if m.popen is not None else None
+        m.held = True
+        m.restart_at = math.inf  # not before it is down (the monitor runs meanwhile)
+        m.extra["death_seen"] = True  # a planned stop, not a crash: no "died unexpectedly" line
+        if m.popen is not None and m.popen.poll() is None:
+            kill_tree(m.popen.pid, timeout=ENGINE_STOP_GRACE_S, sig=signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                m.popen.wait(timeout=1.0)
+        m.argv = argv
+        m.env = env
+        m.restart_at = time.time() + max(0.0, down_s)
+        self.tlog.write("INFO", "restarting {} (pid {}) with a KV cache of {} in {} s", service, pid,
+                        "the deployment's size" if kv_cache_tokens is None else f"{kv_cache_tokens} tokens",
+                        f"{down_s:g}")
+        return pid
 
     # -- processes -----------------------------------------------------------------------------------------
     def _gpu_host(self) -> None:
