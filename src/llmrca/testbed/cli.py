@@ -193,7 +193,7 @@ def status_cmd(run_dir: RunDirOpt = None,
 @testbed_app.command("inject")
 @_handled
 def inject_cmd(
-    fault: Annotated[str, typer.Argument(help="cpu, memory, network, gpu or replica-kill.")],
+    fault: Annotated[str, typer.Argument(help="A fault of the registry (llmrca faults): cpu, memory, network, gpu, replica-kill, engine-hang, kv-cache-pressure.")],
     target: Annotated[str, typer.Option("--target", "-t", help="The replica to hit, e.g. ray-replicas-1.")],
     duration: Annotated[float, typer.Option("--duration", "-d", help="Seconds.")] = 60.0,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE fault parameter "
