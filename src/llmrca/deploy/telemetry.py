@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ROUTE = "/v1/chat/completions"
+COMPLETIONS_ROUTE = "/v1/completions"
+MODELS_ROUTE = "/v1/models"
 REQUEST_LINE = f"POST {ROUTE} HTTP/1.1"
 SERVE_APP = "default"
 SERVE_DEPLOYMENT = "VLLMDeployment"
@@ -177,7 +179,9 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
     _vllm_line("vllm.request_finished", "INFO", "logger.py:71",
                "Generated response {} (streaming complete): output: '', output_token_ids: [], finish_reason: {}"),
     _vllm_line("vllm.request_aborted", "INFO", "async_llm.py:420", "Aborted request {}."),
-    _vllm_line("vllm.engine_stats", "INFO", "loggers.py:123",
+    # vLLM 0.32.0's line, as recorded (tests/fixtures/vllm_0.32.0/engine_stats.log; a bare `vllm serve` prints it
+    # behind "(APIServer pid=N) ", see strip_process_prefix; "GPU" is "CPU" on a CPU build)
+    _vllm_line("vllm.engine_stats", "INFO", "loggers.py:335",
                "Engine {}: Avg prompt throughput: {} tokens/s, Avg generation throughput: {} tokens/s, Running: {} "
                "reqs, Waiting: {} reqs, GPU KV cache usage: {}%, Prefix cache hit rate: {}%"),
     _vllm_line("vllm.preemption", "WARNING", "scheduler.py:1560",
@@ -244,6 +248,15 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
 )}
 # nginx's phase while it failed a request: before the response header, or while relaying the stream
 NGINX_PHASES = ("response header from upstream", "upstream")
+
+
+_PROCESS_PREFIX = re.compile(r"^\((?:APIServer|EngineCore[\w]*|VllmWorker[\w-]*) pid=\d+\) ")
+
+
+def strip_process_prefix(text: str) -> str:
+    """A line of a bare vLLM server's stdout without the process tag vLLM puts before it (``(APIServer
+    pid=15347) INFO ...``); a vLLM engine inside a Serve replica logs the line without it."""
+    return _PROCESS_PREFIX.sub("", text, count=1)
 
 
 def line(name: str) -> LineKind:
