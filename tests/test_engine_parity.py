@@ -24,7 +24,7 @@ pytest.importorskip("prometheus_client", reason="the testbed extra is not instal
 pytest.importorskip("opentelemetry.sdk", reason="the testbed extra is not installed")
 pytest.importorskip("openai", reason="the official openai client is not installed (pip install -e '.[test]')")
 
-from llmrca.testbed import parity  # noqa: E402
+from llmrca.testbed import parity
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm_0.32.0"
 MODEL = "llmrca/tiny-llama"
@@ -57,7 +57,7 @@ def test_parity_shapes_are_the_recorded_answers():
     assert all(tuple(c["choices"][0]) == parity.SHAPES["chat.token.choice"] for c in tokens)
     assert tuple(fin) == parity.SHAPES["chat.finish"] and tuple(fin["choices"][0]) == parity.SHAPES["chat.finish.choice"]
     _, ev = _fixture("chat_stream_usage")
-    *_, fin, usage, done = ev
+    *_, fin, usage, _ = ev
     assert tuple(fin) == parity.SHAPES["chat.finish_before_usage"] and tuple(usage) == parity.SHAPES["usage_chunk"]
     assert tuple(usage["usage"]) == parity.SHAPES["usage_chunk.usage"] and usage["choices"] == []
     _, ev = _fixture("completion_stream")
@@ -71,14 +71,18 @@ def test_parity_shapes_are_the_recorded_answers():
     for name, fx in (("empty_messages", "err_empty_messages"), ("unknown_model", "err_unknown_model"),
                      ("unknown_model_completion", "err_unknown_model_completion"),
                      ("max_tokens_zero", "err_max_tokens_zero"),
-                     ("stream_options_without_stream", "err_stream_nonstream_opts")):
+                     ("stream_options_without_stream", "err_stream_nonstream_opts"), ("n_zero", "err_n_zero"),
+                     ("temperature_high", "err_temperature_high"), ("max_tokens_float", "err_max_tokens_float")):
         idx, body = _fixture(fx)
         path, _, status, type_, param, msg = parity.ERRORS[name]
         assert (idx["path"], idx["status"]) == (path, status), name
+        sent = parity.ERRORS[name][1]
+        assert {k: v for k, v in idx["body"].items() if k != "model" or "model" in sent} == sent, name
         assert tuple(body["error"]) == parity.SHAPES["error"]
-        assert body["error"] == {"message": msg.format(model=MODEL), "type": type_, "param": param, "code": status}
+        assert body["error"] == {"message": parity.fill(msg, model=MODEL), "type": type_, "param": param,
+                                 "code": status}
     idx, body = _fixture("err_max_tokens_context")
-    assert body["error"]["message"] == parity.ERRORS["max_tokens_context"][5].format(ctx=2048, mt=5000)
+    assert body["error"]["message"] == parity.fill(parity.ERRORS["max_tokens_context"][5], ctx=2048, mt=5000)
     assert _fixture("version")[1] == {"version": parity.VERSION} and _fixture("health")[1] == ""
     assert _fixture("chat_stream")[0]["content_type"] == parity.SSE_TYPE
     assert _fixture("chat")[0]["content_type"] == parity.JSON_TYPE
@@ -227,7 +231,7 @@ def emulated(tmp_path_factory):
 def test_openai_client_streams_lists_and_completes_through_every_hop(emulated):
     import openai
 
-    urls, eng = emulated
+    urls, _ = emulated
     for hop, url in urls.items():
         client = openai.OpenAI(base_url=url + "/v1", api_key="EMPTY", max_retries=0, timeout=60)
         assert [m.id for m in client.models.list()] == [MODEL], hop
@@ -334,7 +338,7 @@ def _vllm_python() -> str | None:
     except ImportError:
         pass
     if Path(VLLM_PYTHON).is_file() and subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True,
-                                                      timeout=120).returncode == 0:
+                                                      timeout=120, check=False).returncode == 0:
         return VLLM_PYTHON
     return None
 
@@ -353,7 +357,7 @@ def test_check_server_finds_no_difference_in_a_real_vllm(tmp_path):
     env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind"),
            "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_OMP_THREADS_BIND": "0",
            "HF_HOME": str(tmp_path / "hf")}
-    log = open(tmp_path / "vllm.log", "wb")
+    log = open(tmp_path / "vllm.log", "wb")  # noqa: SIM115 - the server writes to it until the finally below
     proc = subprocess.Popen([py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                              "--served-model-name", MODEL, "--load-format", "dummy", "--enforce-eager",
                              "--kv-cache-memory-bytes", str(64 * 2**20), "--host", "127.0.0.1", "--port", str(port),
@@ -381,3 +385,34 @@ def test_check_server_finds_no_difference_in_a_real_vllm(tmp_path):
             proc.wait(10)
         log.close()
         shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_an_aborted_request_is_not_counted_as_vllm_does_not_count_it(emulated):
+    """Recorded on vLLM 0.32.0: two requests whose clients left mid-answer left ``request_success_total`` (every
+    finished_reason, "abort" included) and the e2e histogram's count unchanged."""
+    import urllib.request
+
+    urls, eng = emulated
+
+    def counts() -> tuple[float, float]:
+        text = parity.http("GET", urls["engine"] + "/metrics")[2]
+        fams = parity.parse_metrics(text)
+        e2e = next(float(ln.split()[-1]) for ln in text.splitlines()
+                   if ln.startswith("vllm:e2e_request_latency_seconds_count"))
+        assert fams["vllm:request_success_total"]["samples"]
+        ok = sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("vllm:request_success_total{"))
+        return ok, e2e
+
+    before = counts()
+    aborted = len(eng.rt.aborted)
+    req = urllib.request.Request(urls["engine"] + "/v1/chat/completions", data=json.dumps({
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:  # the first event, then the client hangs up
+        assert r.readline().startswith(b"data: ")
+    end = time.monotonic() + 10
+    while time.monotonic() < end and len(eng.rt.aborted) == aborted:
+        time.sleep(0.05)
+    assert len(eng.rt.aborted) == aborted + 1, "the engine did not abort the request"
+    time.sleep(0.2)
+    assert counts() == before

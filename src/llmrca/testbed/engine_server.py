@@ -423,10 +423,10 @@ class Engine:
         e2e = t_end - t_arrival
         if t_first is not None:
             self.vm.h.observe("vllm:time_to_first_token_seconds", ttft)
-        # vLLM counts every request that leaves the engine under its finish reason, an aborted one included
-        self.vm.finished(reason, n=int(sampling["n"]), max_tokens=max_tokens, prompt=n_prompt, generated=n_out,
-                         e2e=e2e, queue=queue, prefill=prefill, decode=decode,
-                         preemptions=int(times["preemptions"]))
+        if status == 200:  # vLLM counts and times finished requests only: an aborted one leaves no trace here
+            self.vm.finished(reason, n=int(sampling["n"]), max_tokens=max_tokens, prompt=n_prompt, generated=n_out,
+                             e2e=e2e, queue=queue, prefill=prefill, decode=decode,
+                             preemptions=int(times["preemptions"]))
         log_finished(self.log, req_id, status, reason)
         log_replica_access(self.log, self.replica_tag, sampling["serve_id"], status, 1000.0 * e2e)
         attrs = span_attributes(m, req_id, max_tokens=max_tokens, prompt_tokens=n_prompt, completion_tokens=n_out,

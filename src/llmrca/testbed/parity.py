@@ -72,6 +72,15 @@ ERRORS: dict[str, tuple[str, dict[str, Any], int, str, str | None, str]] = {
     "max_tokens_zero": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0},
                         400, "BadRequestError", "max_tokens",
                         "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"),
+    "n_zero": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 0},
+               400, "BadRequestError", None, "n must be at least 1, got 0."),
+    "temperature_high": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                                                  "temperature": 5}, 400, "BadRequestError", "temperature",
+                         "temperature must be in [0, 2], got 5.0. (parameter=temperature, value=5.0)"),
+    "max_tokens_float": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2.5},
+                         400, "Bad Request", "body.max_tokens",
+                         ("1 validation error:\n  {'type': 'int_from_float', 'loc': 'body.max_tokens', 'msg': 'Input "
+                          "should be a valid integer, got a number with a fractional part', 'input': '2.5'}")),
     "stream_options_without_stream": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                                                "max_tokens": 3, "stream_options": {
                                                                    "include_usage": True}},
@@ -140,6 +149,13 @@ BUCKETS: dict[str, tuple[float, ...] | str] = {
                                      "request_max_num_generation_tokens", "request_params_max_tokens",
                                      "request_prefill_kv_computed_tokens")},
 }
+
+
+def fill(text: str, **values: Any) -> str:
+    """A recorded message with ``{model}``, ``{ctx}``, ``{mt}`` filled (and every other brace kept)."""
+    for k, v in values.items():
+        text = text.replace("{" + k + "}", str(v))
+    return text
 
 
 def token_buckets(max_model_len: int) -> tuple[int, ...]:
@@ -299,7 +315,7 @@ def check_server(base_url: str, model: str, *, metrics_url: str | None = None, t
         d.equal(f"{where} type", e.get("type"), want_type)
         d.equal(f"{where} param", e.get("param"), want_param)
         d.equal(f"{where} code", e.get("code"), want_status)
-        d.equal(f"{where} message", e.get("message"), want_msg.format(model=model, ctx=ctx, mt=mt))
+        d.equal(f"{where} message", e.get("message"), fill(want_msg, model=model, ctx=ctx, mt=mt))
     if metrics_url is not None:
         _check_metrics(d, metrics_url, model, ctx, timeout)
     return d.items

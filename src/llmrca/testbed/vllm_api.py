@@ -52,12 +52,34 @@ def bad_request(message: str, param: str | None = None, value: Any = None, *, sh
     return ApiError(400, message, "BadRequestError", param)
 
 
+def _shown(value: Any) -> str:
+    # vLLM prints a validation error's input as a string, a container by its size
+    if isinstance(value, (dict, list)):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    return str(value)
+
+
 def validation_error(kind: str, loc: str, msg: str, value: Any) -> ApiError:
     """FastAPI's request validation error as vLLM reports it (400, type ``Bad Request``, the pydantic error
-    printed as a Python dict; an object input is shown by its size)."""
-    shown = f"<dict of {len(value)} items>" if isinstance(value, dict) else value
-    err = {"type": kind, "loc": loc, "msg": msg, "input": shown}
+    printed as a Python dict)."""
+    err = {"type": kind, "loc": loc, "msg": msg, "input": _shown(value)}
     return ApiError(400, f"1 validation error:\n  {err}", "Bad Request", loc)
+
+
+_MESSAGE_PARAMS = ("ChatCompletionDeveloperMessageParam", "ChatCompletionSystemMessageParam",
+                   "ChatCompletionUserMessageParam", "ChatCompletionAssistantMessageParam",
+                   "ChatCompletionToolMessageParam", "ChatCompletionFunctionMessageParam",
+                   "CustomChatCompletionMessageParam")
+
+
+def invalid_message(i: int, value: Any) -> ApiError:
+    """A message that is not an object: pydantic tries each message type of vLLM's union (8 errors)."""
+    errs = [{"type": "dict_type", "loc": f"body.messages.{i}.{t}", "msg": "Input should be a valid dictionary",
+             "input": _shown(value)} for t in _MESSAGE_PARAMS]
+    errs.append({"type": "model_attributes_type", "loc": f"body.messages.{i}.Message",
+                 "msg": "Input should be a valid dictionary or object to extract fields from", "input": _shown(value)})
+    text = "".join(f"\n  {e}" for e in errs)
+    return ApiError(400, f"{len(errs)} validation errors:{text}", "Bad Request", errs[0]["loc"])
 
 
 def invalid_json(e: json.JSONDecodeError) -> ApiError:
@@ -144,9 +166,11 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     temperature = _float(body, "temperature", 1.0)
     top_p = _float(body, "top_p", 1.0)
     if n is None or n < 1:
-        raise bad_request(f"n must be at least 1, got {n}.", "n", n)
+        raise bad_request(f"n must be at least 1, got {n}.")  # recorded: no parameter named
     if temperature < 0.0:
         raise bad_request(f"temperature must be non-negative, got {temperature}.", "temperature", temperature)
+    if temperature > 2.0:
+        raise bad_request(f"temperature must be in [0, 2], got {temperature}.", "temperature", temperature)
     if not 0.0 < top_p <= 1.0:
         raise bad_request(f"top_p must be in (0, 1], got {top_p}.", "top_p", top_p)
     return {"n": n, "temperature": temperature, "top_p": top_p}
@@ -190,7 +214,7 @@ def parse_chat(body: Any, context: int, served: str) -> dict[str, Any]:
         raise validation_error("list_type", "body.messages", "Input should be a valid list", msgs)
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
-            raise validation_error("model_type", f"body.messages.{i}", "Input should be a valid dictionary", m)
+            raise invalid_message(i, m)
     stream, usage, continuous = _stream(body)
     mt = _int(body, "max_completion_tokens", None)
     mt = _int(body, "max_tokens", mt)
