@@ -109,18 +109,23 @@ def test_parity_metric_families_are_the_recorded_ones():
 
 
 def test_emulated_buckets_and_lines_are_vllms():
-    from llmrca.deploy.telemetry import line, strip_process_prefix
+    from llmrca.deploy.telemetry import line, strip_process_prefix, template_of
     from llmrca.testbed import vllm_metrics
 
     assert vllm_metrics.token_buckets(2048) == parity.token_buckets(2048) == (1, 2, 5, 10, 20, 50, 100, 200, 500,
                                                                               1000, 2000)
     assert vllm_metrics.ITERATION_BUCKETS == parity.BUCKETS["vllm:iteration_tokens_total"]
-    # the periodic stats line: the recorded text (a CPU build says "CPU KV cache"; the emulated GPU says "GPU")
-    rec = (FIXTURES / "engine_stats.log").read_text().splitlines()[2]
-    bare = strip_process_prefix(rec)
-    assert bare.startswith("INFO 12-07 ") and not bare.startswith("(")
-    ours = line("vllm.engine_stats").at(0.0, "000", "31.7", "98.5", 1, 0, "4.3", "0.0")
-    assert ours[len("INFO 01-01 00:00:00"):] == bare[len("INFO 12-07 02:30:59"):].replace("CPU KV", "GPU KV")
+    # the periodic stats line: the recorded text, its catalogue template (the device is "CPU" on vLLM's CPU build,
+    # "GPU" on the emulated GPU and in the simulator)
+    kind = line("vllm.engine_stats")
+    for rec in (FIXTURES / "engine_stats.log").read_text().splitlines():
+        bare = strip_process_prefix(rec)
+        assert rec.startswith("(APIServer pid=") and bare.startswith("INFO 12-07 ")
+        assert template_of(bare) == kind.template(device="CPU") != kind.template()
+    rec = strip_process_prefix((FIXTURES / "engine_stats.log").read_text().splitlines()[2])
+    ours = kind.at(0.0, "000", "31.7", "98.5", 1, 0, "4.3", "0.0", device="CPU")
+    assert ours[len("INFO 01-01 00:00:00"):] == rec[len("INFO 12-07 02:30:59"):]
+    assert "GPU KV cache usage: 4.3%" in kind.at(0.0, "000", "31.7", "98.5", 1, 0, "4.3", "0.0")
 
 
 # -- a light deployment: the emulated engine, the Serve-like proxy, nginx -------------------------------------------

@@ -82,9 +82,14 @@ class LineKind:
     level: str
     clock: str  # a key of CLOCKS, or "" for a line without a header (a traceback line)
     fmt: str
+    variants: tuple[tuple[str, str], ...] = ()  # named variants with their default (the deployment's own)
+
+    def _fixed(self, fixed: dict[str, Any]) -> dict[str, Any]:
+        return {**dict(self.variants), **fixed} if self.variants else fixed
 
     def template(self, **fixed: str) -> str:
         """The masked form: clock and values as ``<*>``, named variants filled from ``fixed``."""
+        fixed = self._fixed(fixed)
         out = []
         for literal, field, _, _ in string.Formatter().parse(self.fmt):
             out.append(literal)
@@ -100,10 +105,11 @@ class LineKind:
 
     def render(self, time_text: str, *values: Any, **fixed: Any) -> str:
         """The line, with the clock already printed (``clock_text``) and the values in order."""
-        return self.fmt.format(*values, time=time_text, **fixed)
+        return self.fmt.format(*values, time=time_text, **self._fixed(fixed))
 
     def split(self, *values: Any, **fixed: Any) -> tuple[str, str]:
         """The line as (text before the clock, text after it), for callers that print clocks in bulk."""
+        fixed = self._fixed(fixed)
         head, sep, tail = self.fmt.partition("{time}")
         if not sep:
             return "", self.fmt.format(*values, **fixed)
@@ -145,9 +151,10 @@ _DEPLOYMENT = f"Deployment(name='{SERVE_DEPLOYMENT}', app='{SERVE_APP}')"
 _NGINX_ERROR_TAIL = ', client: {}, server: {}, request: "' + REQUEST_LINE + '", upstream: "{}", host: "{}"'
 
 
-def _vllm_line(name: str, level: str, where: str, text: str) -> LineKind:
+def _vllm_line(name: str, level: str, where: str, text: str, variants: tuple[tuple[str, str], ...] = ()
+               ) -> LineKind:
     # vLLM's logging format: "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s"
-    return LineKind(name, "vllm", level, "vllm", f"{level} {{time}} [{where}] {text}")
+    return LineKind(name, "vllm", level, "vllm", f"{level} {{time}} [{where}] {text}", variants)
 
 
 def _serve_line(name: str, level: str, logger: str, text: str, request: bool = True) -> LineKind:
@@ -180,10 +187,11 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
                "Generated response {} (streaming complete): output: '', output_token_ids: [], finish_reason: {}"),
     _vllm_line("vllm.request_aborted", "INFO", "async_llm.py:420", "Aborted request {}."),
     # vLLM 0.32.0's line, as recorded (tests/fixtures/vllm_0.32.0/engine_stats.log; a bare `vllm serve` prints it
-    # behind "(APIServer pid=N) ", see strip_process_prefix; "GPU" is "CPU" on a CPU build)
+    # behind "(APIServer pid=N) ", see strip_process_prefix); its device is "CPU" on vLLM's CPU build
     _vllm_line("vllm.engine_stats", "INFO", "loggers.py:335",
                "Engine {}: Avg prompt throughput: {} tokens/s, Avg generation throughput: {} tokens/s, Running: {} "
-               "reqs, Waiting: {} reqs, GPU KV cache usage: {}%, Prefix cache hit rate: {}%"),
+               "reqs, Waiting: {} reqs, {device} KV cache usage: {}%, Prefix cache hit rate: {}%",
+               (("device", "GPU"),)),
     _vllm_line("vllm.preemption", "WARNING", "scheduler.py:1560",
                "Sequence group {} is preempted by PreemptionMode.RECOMPUTE mode because there is not enough KV cache "
                "space. This can affect the end-to-end performance. Increase gpu_memory_utilization or "
