@@ -424,3 +424,23 @@ def test_an_aborted_request_is_not_counted_as_vllm_does_not_count_it(emulated):
     assert len(eng.rt.aborted) == aborted + 1, "the engine did not abort the request"
     time.sleep(0.2)
     assert counts() == before
+
+
+def test_access_lines_name_the_method_and_route(emulated):
+    """Ray Serve's access lines through the proxy: the method (``GET /`` for /v1/models) and, on the replica, the
+    route of the call (``/v1/completions``), each with the catalogue's template for that variant."""
+    from llmrca.deploy.telemetry import line, template_of
+
+    urls, eng = emulated
+    assert parity.http("GET", urls["proxy"] + "/v1/models")[0] == 200
+    assert parity.http("POST", urls["proxy"] + "/v1/completions", {"model": MODEL, "prompt": "a b", "max_tokens": 2}
+                       )[0] == 200
+    time.sleep(0.2)
+    proxy_lines = [json.loads(x) for x in eng.rd.log("proxy").read_text().splitlines()]
+    engine_lines = [json.loads(x) for x in eng.rd.log(f"engine-{eng.service}").read_text().splitlines()]
+    get = [r for r in proxy_lines if r.get("kind") == "serve.proxy_access" and " -- GET / 200 " in r["message"]]
+    assert get and get[-1]["template"] == line("serve.proxy_access").template(method="GET")
+    assert template_of(get[-1]["message"]) == get[-1]["template"]
+    comp = [r for r in engine_lines if r.get("kind") == "serve.replica_access"
+            and " -- POST /v1/completions 200 " in r["message"]]
+    assert comp and comp[-1]["template"] == line("serve.replica_access").template(route="/v1/completions")

@@ -157,10 +157,11 @@ def _vllm_line(name: str, level: str, where: str, text: str, variants: tuple[tup
     return LineKind(name, "vllm", level, "vllm", f"{level} {{time}} [{where}] {text}", variants)
 
 
-def _serve_line(name: str, level: str, logger: str, text: str, request: bool = True) -> LineKind:
+def _serve_line(name: str, level: str, logger: str, text: str, request: bool = True,
+                variants: tuple[tuple[str, str], ...] = ()) -> LineKind:
     # Ray Serve's format: "LEVEL asctime <component> <component id> [<request id>] -- message"
     rid = " {}" if request else ""
-    return LineKind(name, "ray-serve", level, "python", f"{level} {{time}} {logger} {{}}{rid} -- {text}")
+    return LineKind(name, "ray-serve", level, "python", f"{level} {{time}} {logger} {{}}{rid} -- {text}", variants)
 
 
 def _nginx_error(name: str, text: str) -> LineKind:
@@ -206,11 +207,12 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
                "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) "
                "for the root cause."),
     # -- Ray Serve -----------------------------------------------------------------------------------------------
-    _serve_line("serve.proxy_access", "INFO", "proxy", "POST / {} {}ms"),
+    # the method and the route of the request (the generation routes' POST by default)
+    _serve_line("serve.proxy_access", "INFO", "proxy", "{method} / {} {}ms", variants=(("method", "POST"),)),
     _serve_line("serve.proxy_disconnect", "INFO", "proxy",
                 "Client for request {} disconnected, cancelling request."),
     _serve_line("serve.proxy_call_failed", "ERROR", "proxy", "Request to replica {} failed: {}."),
-    _serve_line("serve.replica_access", "INFO", SERVE_REPLICA, "POST " + ROUTE + " {} {}ms"),
+    _serve_line("serve.replica_access", "INFO", SERVE_REPLICA, "POST {route} {} {}ms", variants=(("route", ROUTE),)),
     _serve_line("serve.replica_failed", "ERROR", SERVE_REPLICA, "Request failed."),
     _serve_line("serve.replica_health_failed", "WARNING", SERVE_REPLICA, "Replica health check failed.",
                 request=False),

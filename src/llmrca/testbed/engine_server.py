@@ -72,12 +72,12 @@ def log_stats(log: JsonLog, prompt_tps: float, gen_tps: float, running: int, wai
                     int(running), int(waiting), f"{100 * kv_usage:.1f}", f"{100 * max(hit_rate, 0.0):.1f}")
 
 
-def log_replica_access(log: JsonLog, tag: str, serve_id: str, status: int, ms: float) -> str:
+def log_replica_access(log: JsonLog, tag: str, serve_id: str, status: int, ms: float, route: str = ROUTE) -> str:
     """Ray Serve's replica access line (after ``Request failed.`` when the call raised)."""
     code = "CANCELLED" if status == 499 else str(status)
     if status >= 500:
         log.line(line("serve.replica_failed"), tag, serve_id)
-    return log.line(line("serve.replica_access"), tag, serve_id, code, f"{ms:.1f}")
+    return log.line(line("serve.replica_access"), tag, serve_id, code, f"{ms:.1f}", route=route)
 
 
 def log_preemption(log: JsonLog, req_id: str, cumulative: int) -> str:
@@ -338,6 +338,7 @@ class Engine:
         self._n_requests += 1
         req_id = f"{'chatcmpl' if chat else 'cmpl'}-{self.rng.bytes(8).hex()}"
         sampling["serve_id"] = request.headers.get("X-Request-ID", "-")
+        sampling["route"] = ROUTE if chat else COMPLETIONS_ROUTE
         span = self.tracer.start_span("llm_request", context=extract(request.headers), kind=SpanKind.SERVER,
                                       start_time=int(t_arrival * 1e9))
         log_received(self.log, req_id, sampling["n"], sampling["temperature"], sampling["top_p"], max_tokens)
@@ -428,7 +429,7 @@ class Engine:
                              e2e=e2e, queue=queue, prefill=prefill, decode=decode,
                              preemptions=int(times["preemptions"]))
         log_finished(self.log, req_id, status, reason)
-        log_replica_access(self.log, self.replica_tag, sampling["serve_id"], status, 1000.0 * e2e)
+        log_replica_access(self.log, self.replica_tag, sampling["serve_id"], status, 1000.0 * e2e, sampling["route"])
         attrs = span_attributes(m, req_id, max_tokens=max_tokens, prompt_tokens=n_prompt, completion_tokens=n_out,
                                 queue=queue, ttft=ttft, e2e=e2e, prefill=prefill, decode=decode,
                                 **{k: sampling[k] for k in ("n", "temperature", "top_p")})

@@ -213,8 +213,8 @@ class Proxy:
             self.c_serve.labels(path, request.method, APP, str(status)).inc()
             if status == 499:
                 self.log.line(line("serve.proxy_disconnect"), LOOPBACK, serve_id, serve_id)
-            if request.method == "POST":  # the catalogue's access line is the generation routes' (POST /)
-                self.log.line(line("serve.proxy_access"), LOOPBACK, serve_id, status, f"{1000 * (t1 - t0):.1f}")
+            self.log.line(line("serve.proxy_access"), LOOPBACK, serve_id, status, f"{1000 * (t1 - t0):.1f}",
+                          method=request.method)
 
     async def metrics(self, request: Any) -> Any:
         from aiohttp import web
