@@ -81,6 +81,12 @@ def test_parity_shapes_are_the_recorded_answers():
         assert tuple(body["error"]) == parity.SHAPES["error"]
         assert body["error"] == {"message": parity.fill(msg, model=MODEL), "type": type_, "param": param,
                                  "code": status}
+    idx, body = _fixture("err_no_messages")
+    assert body["error"]["message"] == parity.ERRORS["missing_messages"][5] and idx["status"] == 400
+    assert {k for k in idx["body"] if k != "model"} == set(parity.ERRORS["missing_messages"][1])
+    idx, body = _fixture("err_long_prompt")
+    assert body["error"]["message"] == parity.fill(parity.ERRORS["long_prompt"][5], ctx=2048, ctx1=2049)
+    assert body["error"]["param"] == parity.ERRORS["long_prompt"][4] and idx["path"] == parity.ERRORS["long_prompt"][0]
     idx, body = _fixture("err_max_tokens_context")
     assert body["error"]["message"] == parity.fill(parity.ERRORS["max_tokens_context"][5], ctx=2048, mt=5000)
     assert _fixture("version")[1] == {"version": parity.VERSION} and _fixture("health")[1] == ""

@@ -501,17 +501,19 @@ def _like_uvicorn_factory() -> Any:
 
     @web.middleware
     async def like_uvicorn(request: Any, handler: Any) -> Any:
-        """FastAPI's bodies for an unknown path (404) or method (405), and uvicorn's Server header."""
+        """FastAPI's bodies for an unknown path (404) or method (405)."""
         try:
-            resp = await handler(request)
+            return await handler(request)
         except web.HTTPNotFound:
-            resp = _json(api.not_found_detail(), 404)
+            return _json(api.not_found_detail(), 404)
         except web.HTTPMethodNotAllowed:
-            resp = _json(api.method_not_allowed_detail(), 405)
-        resp.headers["Server"] = "uvicorn"
-        return resp
+            return _json(api.method_not_allowed_detail(), 405)
 
     return like_uvicorn
+
+
+async def _server_header(request: Any, response: Any) -> None:
+    response.headers["Server"] = "uvicorn"  # vLLM's server, on every answer (streams included)
 
 
 def make_app(eng: Engine, token: str) -> Any:
@@ -523,6 +525,7 @@ def make_app(eng: Engine, token: str) -> Any:
 
     app = web.Application(client_max_size=16 * 2**20, middlewares=[_like_uvicorn_factory(), auth.middleware(
         token, lambda method, path: method == "POST" and path.startswith("/control"))])
+    app.on_response_prepare.append(_server_header)
     app.router.add_post(ROUTE, eng.chat)
     app.router.add_post(COMPLETIONS_ROUTE, eng.completions)
     app.router.add_get(MODELS_ROUTE, eng.models)

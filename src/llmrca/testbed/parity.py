@@ -81,6 +81,13 @@ ERRORS: dict[str, tuple[str, dict[str, Any], int, str, str | None, str]] = {
                          400, "Bad Request", "body.max_tokens",
                          ("1 validation error:\n  {'type': 'int_from_float', 'loc': 'body.max_tokens', 'msg': 'Input "
                           "should be a valid integer, got a number with a fractional part', 'input': '2.5'}")),
+    "missing_messages": ("/v1/chat/completions", {"max_tokens": 3}, 400, "Bad Request", "body.messages",
+                         ("1 validation error:\n  {'type': 'missing', 'loc': 'body.messages', 'msg': 'Field required', "
+                         "'input': '<dict of 2 items>'}")),
+    "long_prompt": ("/v1/completions", {"prompt": "{long}", "max_tokens": 3}, 400, "BadRequestError", "input_tokens",
+                    ("This model's maximum context length is {ctx} tokens. However, your prompt contains at least "
+                    "{ctx1} input tokens, which exceeds this limit even without any output tokens. Please reduce the "
+                    "length of the input prompt. (parameter=input_tokens, value={ctx1})")),
     "stream_options_without_stream": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                                                "max_tokens": 3, "stream_options": {
                                                                    "include_usage": True}},
@@ -297,7 +304,9 @@ def check_server(base_url: str, model: str, *, metrics_url: str | None = None, t
     _check_client(d, client, model)
     for name, (path, body, want_status, want_type, want_param, want_msg) in ERRORS.items():
         mt = 2 * ctx + 1000
-        filled = json.loads(json.dumps(body).replace('"{mt}"', str(mt)))
+        # a prompt past the context in any tokenizer (a word is at least one token)
+        long = " ".join(["word"] * (ctx + 52))
+        filled = json.loads(json.dumps(body).replace('"{mt}"', str(mt)).replace('"{long}"', json.dumps(long)))
         filled.setdefault("model", model)
         status, ctype, text = http("POST", base + path, filled, timeout)
         where = f"error {name}"
@@ -315,7 +324,7 @@ def check_server(base_url: str, model: str, *, metrics_url: str | None = None, t
         d.equal(f"{where} type", e.get("type"), want_type)
         d.equal(f"{where} param", e.get("param"), want_param)
         d.equal(f"{where} code", e.get("code"), want_status)
-        d.equal(f"{where} message", e.get("message"), fill(want_msg, model=model, ctx=ctx, mt=mt))
+        d.equal(f"{where} message", e.get("message"), fill(want_msg, model=model, ctx=ctx, mt=mt, ctx1=ctx + 1))
     if metrics_url is not None:
         _check_metrics(d, metrics_url, model, ctx, timeout)
     return d.items
