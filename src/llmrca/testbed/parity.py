@@ -5,8 +5,9 @@ and compares the answers field by field with the shapes recorded from the real s
 
 Compared: status codes; the JSON keys of every answer (``/v1/models`` and its permission card, chat and text
 completions, each kind of stream chunk, the usage chunk of ``stream_options.include_usage``); fixed values (object
-names, ``owned_by``, ``/version``, an empty ``/health``); the error body and message of an empty ``messages`` list,
-an unknown model (404), ``max_tokens`` beyond the context, ``max_tokens`` 0, ``stream_options`` without ``stream``;
+names, ``owned_by``, ``/version``, an empty ``/health``); the error body, type, param and message of each request
+in :data:`ERRORS` (an empty or missing ``messages``, an unknown model: 404, ``max_tokens`` beyond the context, 0 or
+fractional, a prompt past the context, ``n`` 0, ``temperature`` above 2, ``stream_options`` without ``stream``);
 usage arithmetic; and, given a replica's ``/metrics``, every ``vllm:*`` family with its type, label names, label
 values and bucket edges. Not compared: generated text, token counts (tokenizers differ), ids, times.
 """
