@@ -3,9 +3,9 @@ and ``/v1/completions``, streamed or whole, ``stream_options.include_usage``, ``
 ``/health``; its answers and error bodies are ``llmrca.testbed.vllm_api``'s), whose token timing is the simulator's
 engine and GPU model on the wall clock (``llmrca.testbed.realtime``).
 
-It exports vLLM's metrics (``vllm:*``, ``llmrca.testbed.vllm_metrics``) and the DCGM fields of its emulated GPU (``DCGM_FI_*``, plus Ray's
-``ray_node_gpus_utilization``) on ``/metrics``, an ``llm_request`` SERVER span per request with vLLM's ``gen_ai.*``
-attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and lines are the catalogue's
+It exports vLLM's metrics (``vllm:*``, ``llmrca.testbed.vllm_metrics``) and the DCGM fields of its emulated GPU
+(``DCGM_FI_*``, plus Ray's ``ray_node_gpus_utilization``) on ``/metrics``, an ``llm_request`` SERVER span per
+request with vLLM's ``gen_ai.*`` attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and lines are the catalogue's
 (``llmrca.deploy.telemetry``), rendered as the simulator renders them. ``/control/power-limit`` is the emulated GPU's
 ``nvidia-smi -pl`` (it needs the run's token; each change it accepts goes to the run's injection log). Requests are
 checked as vLLM checks them (400 with vLLM's message, 404 for another model), and a request whose client hangs up
