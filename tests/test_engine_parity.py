@@ -55,7 +55,8 @@ def test_parity_shapes_are_the_recorded_answers():
     assert tuple(first["choices"][0]) == parity.SHAPES["chat.first.choice"]
     assert all(tuple(c) == parity.SHAPES["chat.token"] for c in tokens)
     assert all(tuple(c["choices"][0]) == parity.SHAPES["chat.token.choice"] for c in tokens)
-    assert tuple(fin) == parity.SHAPES["chat.finish"] and tuple(fin["choices"][0]) == parity.SHAPES["chat.finish.choice"]
+    assert tuple(fin) == parity.SHAPES["chat.finish"]
+    assert tuple(fin["choices"][0]) == parity.SHAPES["chat.finish.choice"]
     _, ev = _fixture("chat_stream_usage")
     *_, fin, usage, _ = ev
     assert tuple(fin) == parity.SHAPES["chat.finish_before_usage"] and tuple(usage) == parity.SHAPES["usage_chunk"]

@@ -5,11 +5,11 @@ engine and GPU model on the wall clock (``llmrca.testbed.realtime``).
 
 It exports vLLM's metrics (``vllm:*``, ``llmrca.testbed.vllm_metrics``) and the DCGM fields of its emulated GPU
 (``DCGM_FI_*``, plus Ray's ``ray_node_gpus_utilization``) on ``/metrics``, an ``llm_request`` SERVER span per
-request with vLLM's ``gen_ai.*`` attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and lines are the catalogue's
-(``llmrca.deploy.telemetry``), rendered as the simulator renders them. ``/control/power-limit`` is the emulated GPU's
-``nvidia-smi -pl`` (it needs the run's token; each change it accepts goes to the run's injection log). Requests are
-checked as vLLM checks them (400 with vLLM's message, 404 for another model), and a request whose client hangs up
-is aborted. Run as ``python -m llmrca.testbed.engine_server RUN_DIR SERVICE``.
+request with vLLM's ``gen_ai.*`` attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and
+lines are the catalogue's (``llmrca.deploy.telemetry``), rendered as the simulator renders them.
+``/control/power-limit`` is the emulated GPU's ``nvidia-smi -pl`` (it needs the run's token; each change it accepts
+goes to the run's injection log). Requests are checked as vLLM checks them (400 with vLLM's message, 404 for another
+model), and a request whose client hangs up is aborted. Run as ``python -m llmrca.testbed.engine_server RUN_DIR SERVICE``.
 """
 
 from __future__ import annotations
@@ -251,7 +251,8 @@ class Engine:
             dq = int(row["prefix_queries"]) - self._pq
             dh = int(row["prefix_hits"]) - self._ph
             self.vm.tick(row["prompt_tokens"], row["gen_tokens"], dp, dq, dh)
-            self._preempt, self._pq, self._ph = int(row["preemptions"]), int(row["prefix_queries"]), int(row["prefix_hits"])
+            self._preempt, self._pq = int(row["preemptions"]), int(row["prefix_queries"])
+            self._ph = int(row["prefix_hits"])
         row = ticks[-1]
         self.vm.gauges(row["running"], row["waiting"], row["kv_usage"])
         # DCGM: the emulated GPU's fields; NVML samples its activity counters, so readings scatter a little.
