@@ -361,10 +361,16 @@ def test_check_server_finds_no_difference_in_a_real_vllm(tmp_path):
     py = _vllm_python()
     if py is None:
         pytest.skip("vLLM is not importable here nor at $LLMRCA_VLLM_PYTHON (/tmp/vv/bin/python)")
-    from llmrca.testbed import tiny_model
     from llmrca.testbed.rundir import free_ports
 
-    model_dir = tiny_model.build(tmp_path / "models")
+    # the model folder is built by the vLLM interpreter (it has the tokenizers package) from this checkout
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    code = "import sys; from llmrca.testbed import tiny_model as t; print(t.build(sys.argv[1]))"
+    path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    built = subprocess.run([py, "-c", code, str(tmp_path / "models")], capture_output=True, text=True, timeout=300,
+                           check=False, env={**os.environ, "PYTHONPATH": path})
+    assert built.returncode == 0, built.stderr[-2000:]
+    model_dir = built.stdout.strip().splitlines()[-1]
     port = free_ports(1)[0]
     env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind"),
            "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_OMP_THREADS_BIND": "0",
