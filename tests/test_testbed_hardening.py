@@ -210,27 +210,39 @@ def test_client_refuses_an_infinite_duration_before_asking(tmp_path, monkeypatch
 
 # -- the engine ----------------------------------------------------------------------------------------------------
 def test_requests_are_checked_against_the_models_context():
+    """As vLLM 0.32.0 checks them (tests/fixtures/vllm_0.32.0): max_tokens above the context or a prompt longer
+    than it is a 400; prompt + max_tokens beyond it runs with max_tokens cut to what the prompt leaves."""
     from llmrca.sim.hardware import model_spec
-    from llmrca.testbed.engine_server import BadRequest, parse_request
+    from llmrca.testbed.vllm_api import ApiError, parse_chat
 
     assert model_spec("llama-3.1-8b").context_tokens == 131072 and model_spec("gemma-2-9b").context_tokens == 8192
     msg = {"messages": [{"role": "user", "content": "one two three"}]}
-    ok = parse_request({**msg, "max_tokens": 100}, 1000, 256)
-    assert ok["prompt_tokens"] == 3 and ok["max_tokens"] == 100
-    assert parse_request(msg, 1000, 256)["max_tokens"] == 256  # the deployment's answer length by default
-    assert parse_request(msg, 100, 256)["max_tokens"] == 97  # ... at most what the context leaves
-    for bad, why in ((10**9, "maximum context length is 1000 tokens"), (998, "1001 tokens"), (0, "at least 1"),
-                     (-5, "at least 1"), ("abc", "integer"), (2.5, "integer"), (True, "integer")):
-        with pytest.raises(BadRequest, match=why):
-            parse_request({**msg, "max_tokens": bad}, 1000, 256)
-    with pytest.raises(BadRequest, match="3 input tokens"):
-        parse_request(msg, 3, 256)
-    for body in (None, [], {"messages": "hi"}, {"messages": ["hi"]}):
-        with pytest.raises(BadRequest, match="message"):
-            parse_request(body, 1000, 256)
-    for key, value in (("temperature", "hot"), ("top_p", 5), ("n", 0)):
-        with pytest.raises(BadRequest, match=key if key != "n" else "n must"):
-            parse_request({**msg, key: value}, 1000, 256)
+    ok = parse_chat({**msg, "max_tokens": 100}, 1000, "m")
+    assert ok["prompt_tokens"] == 3 and ok["max_tokens"] == 100 and ok["max_tokens_set"]
+    unset = parse_chat(msg, 1000, "m")
+    assert unset["max_tokens"] == 997 and not unset["max_tokens_set"]  # vLLM's default: what the context leaves
+    assert parse_chat({**msg, "max_tokens": 998}, 1000, "m")["max_tokens"] == 997  # cut, not refused
+    for bad, why in ((10**9, "cannot be greater than max_model_len=1000"), (0, "at least 1, got 0"),
+                     (-5, "at least 1, got -5"), ("abc", "valid integer"), (2.5, "fractional part")):
+        with pytest.raises(ApiError, match=why) as e:
+            parse_chat({**msg, "max_tokens": bad}, 1000, "m")
+        assert e.value.status == 400 and "\n" not in e.value.message.split(":", 1)[0], bad
+    with pytest.raises(ApiError, match="at least 1, got 0"):  # a prompt that fills the context leaves nothing
+        parse_chat(msg, 3, "m")
+    with pytest.raises(ApiError, match="contains at least 3 input tokens"):
+        parse_chat(msg, 2, "m")
+    for body, why in ((None, "valid dictionary"), ([], "valid dictionary"), ({"messages": "hi"}, "valid list"),
+                      ({"messages": ["hi"]}, "valid dictionary"), ({}, "Field required"),
+                      ({"messages": []}, "empty conversation")):
+        with pytest.raises(ApiError, match=why):
+            parse_chat(body, 1000, "m")
+    for key, value, why in (("temperature", "hot", "valid number"), ("temperature", -1, "non-negative"),
+                            ("top_p", 5, r"top_p must be in \(0, 1\]"), ("n", 0, "n must be at least 1")):
+        with pytest.raises(ApiError, match=why):
+            parse_chat({**msg, key: value}, 1000, "m")
+    with pytest.raises(ApiError, match="does not exist") as e:
+        parse_chat({**msg, "model": "other"}, 1000, "m")
+    assert e.value.status == 404 and e.value.body()["error"]["type"] == "NotFoundError"
 
 
 def test_engine_answers_400_guards_its_control_and_aborts_abandoned_requests(tmp_path):
@@ -254,10 +266,10 @@ def test_engine_answers_400_guards_its_control_and_aborts_abandoned_requests(tmp
             for mt in ('"abc"', "-5", "1000000000", "2.5"):
                 code, msg = await _call(chat, '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": '
                                               + mt + "}")
-                assert code == 400 and msg["type"] == "BadRequestError", (mt, code, msg)
-            long = " ".join(["w"] * ctx)
+                assert code == 400 and msg["error"]["type"] in ("BadRequestError", "Bad Request"), (mt, code, msg)
+            long = " ".join(["w"] * (ctx + 1))
             code, msg = await _call(chat, json.dumps({"messages": [{"role": "user", "content": long}]}))
-            assert code == 400 and f"{ctx} input tokens" in msg["message"]
+            assert code == 400 and f"at least {ctx + 1} input tokens" in msg["error"]["message"]
 
             # The power cap: no token, a wrong one, then non-finite values, refused, nothing changed.
             cap = {"watts": 150, "expires_at": time.time() + 60}
@@ -469,7 +481,7 @@ def test_live_control_needs_the_token_and_abandoned_requests_stop(tmp_path):
         ctx = model_spec(cfg.deploy.model).context_tokens
         code, msg = _post(gateway, json.dumps({"messages": [{"role": "user", "content": "hi"}],
                                                "max_tokens": 10**9}))
-        assert code == 400 and "maximum context length" in msg["message"]
+        assert code == 400 and f"cannot be greater than max_model_len={ctx}" in msg["error"]["message"]
 
         # A long answer through nginx, the proxy and the mesh; the client leaves after 3 s: the engine stops.
         def client() -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ROUTE = "/v1/chat/completions"
+COMPLETIONS_ROUTE = "/v1/completions"
+MODELS_ROUTE = "/v1/models"
 REQUEST_LINE = f"POST {ROUTE} HTTP/1.1"
 SERVE_APP = "default"
 SERVE_DEPLOYMENT = "VLLMDeployment"
@@ -80,9 +82,14 @@ class LineKind:
     level: str
     clock: str  # a key of CLOCKS, or "" for a line without a header (a traceback line)
     fmt: str
+    variants: tuple[tuple[str, str], ...] = ()  # named variants with their default (the deployment's own)
+
+    def _fixed(self, fixed: dict[str, Any]) -> dict[str, Any]:
+        return {**dict(self.variants), **fixed} if self.variants else fixed
 
     def template(self, **fixed: str) -> str:
         """The masked form: clock and values as ``<*>``, named variants filled from ``fixed``."""
+        fixed = self._fixed(fixed)
         out = []
         for literal, field, _, _ in string.Formatter().parse(self.fmt):
             out.append(literal)
@@ -98,10 +105,11 @@ class LineKind:
 
     def render(self, time_text: str, *values: Any, **fixed: Any) -> str:
         """The line, with the clock already printed (``clock_text``) and the values in order."""
-        return self.fmt.format(*values, time=time_text, **fixed)
+        return self.fmt.format(*values, time=time_text, **self._fixed(fixed))
 
     def split(self, *values: Any, **fixed: Any) -> tuple[str, str]:
         """The line as (text before the clock, text after it), for callers that print clocks in bulk."""
+        fixed = self._fixed(fixed)
         head, sep, tail = self.fmt.partition("{time}")
         if not sep:
             return "", self.fmt.format(*values, **fixed)
@@ -143,15 +151,17 @@ _DEPLOYMENT = f"Deployment(name='{SERVE_DEPLOYMENT}', app='{SERVE_APP}')"
 _NGINX_ERROR_TAIL = ', client: {}, server: {}, request: "' + REQUEST_LINE + '", upstream: "{}", host: "{}"'
 
 
-def _vllm_line(name: str, level: str, where: str, text: str) -> LineKind:
+def _vllm_line(name: str, level: str, where: str, text: str, variants: tuple[tuple[str, str], ...] = ()
+               ) -> LineKind:
     # vLLM's logging format: "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s"
-    return LineKind(name, "vllm", level, "vllm", f"{level} {{time}} [{where}] {text}")
+    return LineKind(name, "vllm", level, "vllm", f"{level} {{time}} [{where}] {text}", variants)
 
 
-def _serve_line(name: str, level: str, logger: str, text: str, request: bool = True) -> LineKind:
+def _serve_line(name: str, level: str, logger: str, text: str, request: bool = True,
+                variants: tuple[tuple[str, str], ...] = ()) -> LineKind:
     # Ray Serve's format: "LEVEL asctime <component> <component id> [<request id>] -- message"
     rid = " {}" if request else ""
-    return LineKind(name, "ray-serve", level, "python", f"{level} {{time}} {logger} {{}}{rid} -- {text}")
+    return LineKind(name, "ray-serve", level, "python", f"{level} {{time}} {logger} {{}}{rid} -- {text}", variants)
 
 
 def _nginx_error(name: str, text: str) -> LineKind:
@@ -177,13 +187,17 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
     _vllm_line("vllm.request_finished", "INFO", "logger.py:71",
                "Generated response {} (streaming complete): output: '', output_token_ids: [], finish_reason: {}"),
     _vllm_line("vllm.request_aborted", "INFO", "async_llm.py:420", "Aborted request {}."),
-    _vllm_line("vllm.engine_stats", "INFO", "loggers.py:123",
+    # vLLM 0.32.0's line, as recorded (tests/fixtures/vllm_0.32.0/engine_stats.log; a bare `vllm serve` prints it
+    # behind "(APIServer pid=N) ", see strip_process_prefix); its device is "CPU" on vLLM's CPU build
+    _vllm_line("vllm.engine_stats", "INFO", "loggers.py:335",
                "Engine {}: Avg prompt throughput: {} tokens/s, Avg generation throughput: {} tokens/s, Running: {} "
-               "reqs, Waiting: {} reqs, GPU KV cache usage: {}%, Prefix cache hit rate: {}%"),
+               "reqs, Waiting: {} reqs, {device} KV cache usage: {}%, Prefix cache hit rate: {}%",
+               (("device", "GPU"),)),
     # V1 logs no line per preemption (V0's scheduler warning is gone); its stats line counts those of the interval.
-    _vllm_line("vllm.engine_stats_preempted", "INFO", "loggers.py:123",
+    _vllm_line("vllm.engine_stats_preempted", "INFO", "loggers.py:335",
                "Engine {}: Avg prompt throughput: {} tokens/s, Avg generation throughput: {} tokens/s, Running: {} "
-               "reqs, Waiting: {} reqs, Preemptions: {}, GPU KV cache usage: {}%, Prefix cache hit rate: {}%"),
+               "reqs, Waiting: {} reqs, Preemptions: {}, {device} KV cache usage: {}%, Prefix cache hit rate: {}%",
+               (("device", "GPU"),)),
     # a warning unrelated to any fault: a client sent fields the OpenAI server does not use
     _vllm_line("vllm.ignored_fields", "WARNING", "protocol.py:72",
                "The following fields were present in the request but ignored: {{'{}'}}"),
@@ -194,11 +208,12 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
                "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) "
                "for the root cause."),
     # -- Ray Serve -----------------------------------------------------------------------------------------------
-    _serve_line("serve.proxy_access", "INFO", "proxy", "POST / {} {}ms"),
+    # the method and the route of the request (the generation routes' POST by default)
+    _serve_line("serve.proxy_access", "INFO", "proxy", "{method} / {} {}ms", variants=(("method", "POST"),)),
     _serve_line("serve.proxy_disconnect", "INFO", "proxy",
                 "Client for request {} disconnected, cancelling request."),
     _serve_line("serve.proxy_call_failed", "ERROR", "proxy", "Request to replica {} failed: {}."),
-    _serve_line("serve.replica_access", "INFO", SERVE_REPLICA, "POST " + ROUTE + " {} {}ms"),
+    _serve_line("serve.replica_access", "INFO", SERVE_REPLICA, "POST {route} {} {}ms", variants=(("route", ROUTE),)),
     _serve_line("serve.replica_failed", "ERROR", SERVE_REPLICA, "Request failed."),
     _serve_line("serve.replica_health_failed", "WARNING", SERVE_REPLICA, "Replica health check failed.",
                 request=False),
@@ -244,6 +259,15 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
 )}
 # nginx's phase while it failed a request: before the response header, or while relaying the stream
 NGINX_PHASES = ("response header from upstream", "upstream")
+
+
+_PROCESS_PREFIX = re.compile(r"^\((?:APIServer|EngineCore[\w]*|VllmWorker[\w-]*) pid=\d+\) ")
+
+
+def strip_process_prefix(text: str) -> str:
+    """A line of a bare vLLM server's stdout without the process tag vLLM puts before it (``(APIServer
+    pid=15347) INFO ...``); a vLLM engine inside a Serve replica logs the line without it."""
+    return _PROCESS_PREFIX.sub("", text, count=1)
 
 
 def line(name: str) -> LineKind:

@@ -299,7 +299,7 @@ def _emit(out: _Lines, ctx: _Context, kind: LineKind, times: np.ndarray, service
     if not len(values):
         return
     clocks = ctx.clock.python(times) if kind.clock == "python" else ctx.clock(times, kind.clock)
-    if fixed:  # a named variant
+    if fixed or kind.variants:  # a named variant
         msgs = [kind.render(c, *v, **fixed) for c, v in zip(clocks, values)]
     else:  # one positional pattern, the clock in its place among the values (nginx prints two values before it)
         head, tail = kind.fmt.partition("{time}")[::2]

@@ -1,15 +1,18 @@
-"""One live engine replica: an HTTP server with OpenAI's streaming ``/v1/chat/completions``, whose token timing is
-the simulator's engine and GPU model on the wall clock (``llmrca.testbed.realtime``).
+"""One live engine replica: an HTTP server that speaks as vLLM 0.32.0's OpenAI server (``/v1/chat/completions``
+and ``/v1/completions``, streamed or whole, ``stream_options.include_usage``, ``/v1/models``, ``/version``,
+``/health``; its answers and error bodies are ``llmrca.testbed.vllm_api``'s), whose token timing is the simulator's
+engine and GPU model on the wall clock (``llmrca.testbed.realtime``).
 
-It exports vLLM's metrics (``vllm:*``) and the DCGM fields of its emulated GPU (``DCGM_FI_*``, plus Ray's
-``ray_node_gpus_utilization``) on ``/metrics``, an ``llm_request`` SERVER span per request with vLLM's ``gen_ai.*``
-attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and lines are the catalogue's
-(``llmrca.deploy.telemetry``), rendered as the simulator renders them. ``/control/power-limit`` is the emulated GPU's
-``nvidia-smi -pl`` and ``/control/stall`` a SIGSTOP of vLLM's worker (stepping stops, the ``vllm:*`` gauges and
-counters freeze, ``/health`` still answers); both need the run's token and every change they accept goes to the run's
-injection log. Requests are checked as vLLM checks them (``max_tokens``, prompt + answer within the model's context:
-400 otherwise), and a request whose client hangs up is aborted. Run as ``python -m llmrca.testbed.engine_server
-RUN_DIR SERVICE [--kv-cache-tokens N]`` (a KV cache of N tokens: a restart with another cache size).
+It exports vLLM's metrics (``vllm:*``, ``llmrca.testbed.vllm_metrics``) and the DCGM fields of its emulated GPU
+(``DCGM_FI_*``, plus Ray's ``ray_node_gpus_utilization``) on ``/metrics``, an ``llm_request`` SERVER span per
+request with vLLM's ``gen_ai.*`` attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and
+lines are the catalogue's (``llmrca.deploy.telemetry``), rendered as the simulator renders them.
+``/control/power-limit`` is the emulated GPU's ``nvidia-smi -pl`` and ``/control/stall`` a SIGSTOP of vLLM's
+worker (stepping stops, the ``vllm:*`` gauges and counters freeze, ``/health`` still answers); both need the run's
+token and every change they accept goes to the run's injection log. Requests are checked as vLLM checks them (400
+with vLLM's message, 404 for another model), and a request whose client hangs up is aborted. Run as ``python -m
+llmrca.testbed.engine_server RUN_DIR SERVICE [--kv-cache-tokens N]`` (a KV cache of N tokens: a restart with
+another cache size).
 """
 
 from __future__ import annotations
@@ -24,15 +27,23 @@ from typing import Any
 
 import numpy as np
 
-from llmrca.deploy.telemetry import ENGINE_SPAN, ROUTE, VLLM_ENGINE_INDEX, line
+from llmrca.deploy.telemetry import (
+    COMPLETIONS_ROUTE,
+    ENGINE_SPAN,
+    MODELS_ROUTE,
+    ROUTE,
+    VLLM_ENGINE_INDEX,
+    line,
+)
 from llmrca.sim.gpu import CLOCK_REASON_IDLE, CLOCK_REASON_SW_POWER_CAP
 from llmrca.sim.hardware import GIB, gpu_kind, model_spec
-from llmrca.sim.metrics import ITL_BUCKETS, REQUEST_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS
 from llmrca.testbed import service
+from llmrca.testbed import vllm_api as api
 from llmrca.testbed.config import NODE, TestbedConfig
 from llmrca.testbed.logs import JsonLog
 from llmrca.testbed.realtime import RealtimeEngine
-from llmrca.testbed.telemetry import WeightedHistograms, extract, tracer
+from llmrca.testbed.telemetry import extract, tracer
+from llmrca.testbed.vllm_metrics import VllmMetrics, cache_config_info
 
 STATS_EVERY_S = 10.0
 _ANSWER = re.compile(r"Answer in (\d+) words\.")
@@ -67,12 +78,12 @@ def log_stats(log: JsonLog, prompt_tps: float, gen_tps: float, running: int, wai
     return log.line(line("vllm.engine_stats"), *head, *tail)
 
 
-def log_replica_access(log: JsonLog, tag: str, serve_id: str, status: int, ms: float) -> str:
+def log_replica_access(log: JsonLog, tag: str, serve_id: str, status: int, ms: float, route: str = ROUTE) -> str:
     """Ray Serve's replica access line (after ``Request failed.`` when the call raised)."""
     code = "CANCELLED" if status == 499 else str(status)
     if status >= 500:
         log.line(line("serve.replica_failed"), tag, serve_id)
-    return log.line(line("serve.replica_access"), tag, serve_id, code, f"{ms:.1f}")
+    return log.line(line("serve.replica_access"), tag, serve_id, code, f"{ms:.1f}", route=route)
 
 
 def span_attributes(model: str, req_id: str, *, temperature: float, top_p: float, n: int, max_tokens: int,
@@ -97,57 +108,7 @@ def span_attributes(model: str, req_id: str, *, temperature: float, top_p: float
 
 def prompt_tokens_of(text: str) -> int:
     """Our tokenizer: one token per whitespace-separated word (the load generator writes prompts to length)."""
-    return len(text.split())
-
-
-class BadRequest(ValueError):
-    """A request the engine refuses with 400, as vLLM's OpenAI server does (its message, one line)."""
-
-
-def _integer(body: dict[str, Any], key: str, default: int) -> int:
-    v = body.get(key)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        raise BadRequest(f"{key} must be an integer, is {v!r}")
-    return int(v)
-
-
-def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
-    v = body.get(key)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= float(v) <= hi):
-        raise BadRequest(f"{key} must be a number in [{lo:g}, {hi:g}], is {v!r}")
-    return float(v)
-
-
-def parse_request(body: Any, context_tokens: int, default_max_tokens: int) -> dict[str, Any]:
-    """The fields of a chat request the emulated model uses, checked as vLLM checks them: ``max_tokens`` a
-    positive integer, and prompt plus answer within the model's context (``max_model_len``); without
-    ``max_tokens``, the deployment's answer length, at most what the context leaves. Raises ``BadRequest``."""
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        raise BadRequest("body must be a JSON object with a 'messages' list")
-    if not all(isinstance(m, dict) for m in body["messages"]):
-        raise BadRequest("every message must be an object with a 'content'")
-    text = "\n".join(str(m.get("content", "")) for m in body["messages"])
-    n_prompt = prompt_tokens_of(text)
-    if n_prompt >= context_tokens:
-        raise BadRequest(f"This model's maximum context length is {context_tokens} tokens. However, your request "
-                         f"has {n_prompt} input tokens. Please reduce the length of the input messages.")
-    max_tokens = _integer(body, "max_tokens", min(default_max_tokens, context_tokens - n_prompt))
-    if max_tokens < 1:
-        raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}.")
-    if n_prompt + max_tokens > context_tokens:
-        raise BadRequest(f"This model's maximum context length is {context_tokens} tokens. However, you requested "
-                         f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the "
-                         "completion). Please reduce the length of the messages or completion.")
-    n = _integer(body, "n", 1)
-    if n < 1:
-        raise BadRequest(f"n must be at least 1, got {n}.")
-    return {"text": text, "prompt_tokens": n_prompt, "max_tokens": max_tokens, "n": n,
-            "temperature": _number(body, "temperature", 1.0, 0.0, 2.0), "top_p": _number(body, "top_p", 1.0, 0.0, 1.0),
-            "stream": bool(body.get("stream", False))}
+    return api.words(text)
 
 
 def wanted_tokens(text: str, max_tokens: int) -> int:
@@ -199,7 +160,7 @@ def checked_expiry(expires_at: Any, stalled: bool, now: float) -> float | None:
 
 class Engine:
     def __init__(self, service_name: str, state: dict[str, Any], rd: Any, kv_cache_tokens: int | None = None):
-        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client import Gauge
 
         self.service = service_name
         self.cfg = TestbedConfig.from_dict(state["config"])
@@ -224,39 +185,9 @@ class Engine:
         self.limit_injection: str | None = None  # the injection that set the current cap (recorded with changes)
         self.stall_expires: float | None = None  # a stopped engine continues by itself then (should the undo fail)
         self.stall_injection: str | None = None
-        # Metrics
-        reg = self.registry = CollectorRegistry()
-        m = {"model_name": self.model.name}
-        lm = ["model_name"]
-        self.g_running = Gauge("vllm:num_requests_running", "Requests in model execution batches.", lm, registry=reg)
-        self.g_waiting = Gauge("vllm:num_requests_waiting", "Requests waiting to be processed.", lm, registry=reg)
-        self.g_kv = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent usage.", lm,
-                          registry=reg)
-        self.c_prompt = Counter("vllm:prompt_tokens", "Prefill tokens processed.", lm, registry=reg)
-        self.c_gen = Counter("vllm:generation_tokens", "Generation tokens processed.", lm, registry=reg)
-        self.c_preempt = Counter("vllm:num_preemptions", "Cumulative number of preemptions.", lm, registry=reg)
-        self.c_success = Counter("vllm:request_success", "Successfully processed requests.",
-                                 ["model_name", "finished_reason"], registry=reg)
-        self.c_pq = Counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", lm, registry=reg)
-        self.c_ph = Counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", lm, registry=reg)
-        for c in (self.c_prompt, self.c_gen, self.c_preempt, self.c_pq, self.c_ph):
-            c.labels(self.model.name)  # a counter exists (at 0) before its first event, as vLLM's do
-        for reason in ("length", "stop"):
-            self.c_success.labels(self.model.name, reason)
-        self.h = WeightedHistograms()
-        for name, doc, bounds in (
-            ("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS),
-            ("vllm:inter_token_latency_seconds", "Inter-token latency.", ITL_BUCKETS),
-            ("vllm:e2e_request_latency_seconds", "End-to-end request latency.", REQUEST_BUCKETS),
-            ("vllm:request_queue_time_seconds", "Time spent in the WAITING phase.", REQUEST_BUCKETS),
-            ("vllm:request_prefill_time_seconds", "Time spent in the PREFILL phase.", REQUEST_BUCKETS),
-            ("vllm:request_decode_time_seconds", "Time spent in the DECODE phase.", REQUEST_BUCKETS),
-            ("vllm:request_prompt_tokens", "Prompt tokens per request.", TOKEN_BUCKETS),
-            ("vllm:request_generation_tokens", "Generation tokens per request.", TOKEN_BUCKETS),
-            ("vllm:iteration_tokens_total", "Tokens per engine step.", TOKEN_BUCKETS),
-        ):
-            self.h.define(name, doc, bounds, m)
-        reg.register(self.h)
+        # Metrics: vLLM 0.32.0's vllm:* families, label sets and bucket edges (tests/fixtures/vllm_0.32.0).
+        self.vm = VllmMetrics(self.model.name, context=self.model.context_tokens, config_info=self._cache_info())
+        reg = self.registry = self.vm.registry
         gpu_labels = ["gpu", "UUID", "device", "modelName", "Hostname"]
         self.gpu_label_values = ["0", f"GPU-{abs(hash((service_name, self.cfg.seed))) % 10**12:012d}", "nvidia0",
                                  self.gpu.name, NODE]
@@ -283,6 +214,8 @@ class Engine:
         self._n_requests = 0
         # Ray Serve's replica id: 8 lower-case letters and digits
         self.replica_tag = "".join(self.rng.choice(list("abcdefghijklmnopqrstuvwxyz0123456789"), 8).tolist())
+        # vLLM's system_fingerprint: its version and 8 hex digits drawn once per server start
+        self.fingerprint = f"vllm-{api.VLLM_VERSION}-{self.rng.bytes(4).hex()}"
 
     # -- the driver loop ------------------------------------------------------------------------------------
     async def drive(self, stop: asyncio.Event) -> None:
@@ -334,37 +267,26 @@ class Engine:
         ticks = self.rt.drain_ticks()
         itl_v, itl_w, it_v, it_w = self.rt.drain_steps()
         if itl_v:
-            self.h.observe("vllm:inter_token_latency_seconds", itl_v, itl_w)
+            self.vm.h.observe("vllm:inter_token_latency_seconds", itl_v, itl_w)
         if it_v:
-            self.h.observe("vllm:iteration_tokens_total", it_v, it_w)
+            self.vm.h.observe("vllm:iteration_tokens_total", it_v, it_w)
         # vLLM V1 logs no line per preemption (vllm:num_preemptions counts them, from the tick rows below).
         self.rt.events.clear()
         if not ticks:
             return
-        m = self.model.name
         g = self.gpu
         lv = self.gpu_label_values
         for row in ticks:
-            self.c_prompt.labels(m).inc(row["prompt_tokens"])
-            self.c_gen.labels(m).inc(row["gen_tokens"])
             self._stats["prompt"] += row["prompt_tokens"]
             self._stats["gen"] += row["gen_tokens"]
-            d = int(row["preemptions"]) - self._preempt
-            if d > 0:
-                self.c_preempt.labels(m).inc(d)
-            self._preempt = int(row["preemptions"])
-            d = int(row["prefix_queries"]) - self._pq
-            if d > 0:
-                self.c_pq.labels(m).inc(d)
-            self._pq = int(row["prefix_queries"])
-            d = int(row["prefix_hits"]) - self._ph
-            if d > 0:
-                self.c_ph.labels(m).inc(d)
+            dp = int(row["preemptions"]) - self._preempt
+            dq = int(row["prefix_queries"]) - self._pq
+            dh = int(row["prefix_hits"]) - self._ph
+            self.vm.tick(row["prompt_tokens"], row["gen_tokens"], dp, dq, dh)
+            self._preempt, self._pq = int(row["preemptions"]), int(row["prefix_queries"])
             self._ph = int(row["prefix_hits"])
         row = ticks[-1]
-        self.g_running.labels(m).set(row["running"])
-        self.g_waiting.labels(m).set(row["waiting"])
-        self.g_kv.labels(m).set(row["kv_usage"])
+        self.vm.gauges(row["running"], row["waiting"], row["kv_usage"])
         # DCGM: the emulated GPU's fields; NVML samples its activity counters, so readings scatter a little.
         busy = min(1.0, max(0.0, row["busy"] + float(self.rng.normal(0.0, 0.015))))
         idle = row["busy"] < 0.02
@@ -410,7 +332,20 @@ class Engine:
             self._next_stats = now + STATS_EVERY_S
 
     # -- HTTP ---------------------------------------------------------------------------------------------
+    def _cache_info(self) -> dict[str, str]:
+        d = self.cfg.deploy
+        return cache_config_info(block_size=d.block_size, gpu_memory_utilization=d.gpu_memory_utilization,
+                                 kv_tokens=int(self.rt.engine.cap), context=self.model.context_tokens)
+
     async def chat(self, request: Any) -> Any:
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request: Any) -> Any:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: Any, *, chat: bool) -> Any:
+        """One chat or text completion, streamed or whole, timed by the emulated engine; refused as vLLM refuses
+        (``vllm_api``)."""
         from aiohttp import web
         from opentelemetry.trace import SpanKind
 
@@ -418,19 +353,25 @@ class Engine:
         v_arrival = self.rt.now()
         try:
             try:
-                body = await request.json()
-            except ValueError:
-                raise BadRequest("body must be JSON with 'messages'") from None
-            req = parse_request(body, self.model.context_tokens, self.cfg.deploy.output_tokens)
-        except BadRequest as e:
-            return web.json_response({"object": "error", "message": str(e), "type": "BadRequestError",
-                                      "param": None, "code": 400}, status=400)
-        text, max_tokens, stream, n_prompt = req["text"], req["max_tokens"], req["stream"], req["prompt_tokens"]
+                body = json.loads(await request.read() or b"null")
+            except json.JSONDecodeError as e:
+                raise api.invalid_json(e) from None
+            except UnicodeDecodeError:
+                raise api.validation_error("json_invalid", "body", "JSON decode error", "") from None
+            parse = api.parse_chat if chat else api.parse_completion
+            req = parse(body, self.model.context_tokens, self.model.name)
+        except api.ApiError as e:
+            return _json(e.body(), e.status)
+        text, max_tokens, n_prompt = req["text"], req["max_tokens"], req["prompt_tokens"]
         sampling = {k: req[k] for k in ("n", "temperature", "top_p")}
-        n_out = wanted_tokens(text, max_tokens)
+        if req["max_tokens_set"] or _ANSWER.search(text):
+            n_out = wanted_tokens(text, max_tokens)
+        else:  # no limit asked: the emulated model stops on its own after the deployment's answer length
+            n_out = max(1, min(self.cfg.deploy.output_tokens, max_tokens))
         self._n_requests += 1
-        req_id = f"chatcmpl-{self.rng.bytes(16).hex()}"
+        req_id = f"{'chatcmpl' if chat else 'cmpl'}-{self.rng.bytes(8).hex()}"
         sampling["serve_id"] = request.headers.get("X-Request-ID", "-")
+        sampling["route"] = ROUTE if chat else COMPLETIONS_ROUTE
         span = self.tracer.start_span("llm_request", context=extract(request.headers), kind=SpanKind.SERVER,
                                       start_time=int(t_arrival * 1e9))
         log_received(self.log, req_id, sampling["n"], sampling["temperature"], sampling["top_p"], max_tokens)
@@ -438,31 +379,30 @@ class Engine:
         log_added(self.log, req_id)
         self._wake.set()
         created = int(t_arrival)
-        head = ('data: {"id":"' + req_id + '","object":"chat.completion.chunk","created":' + str(created)
-                + ',"model":' + json.dumps(self.model.name) + ',"choices":[{"index":0,"delta":{')
+        out = api.Stream(chat, req_id, created, self.model.name, self.fingerprint, n_prompt, req["include_usage"],
+                         req["continuous_usage"])
         t_first_wall = None
         sent = 0
         status, reason = 200, ""
         resp = None
         words: list[str] = []
         try:
-            if stream:
-                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            if req["stream"]:
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
                 await resp.prepare(request)
+                await resp.write(out.first().encode())
             while True:
                 st = self.rt.state(rid)
                 k = self.rt.tokens(rid)
                 if k > sent:
-                    new = [_VOCAB[(rid * 7 + i) % len(_VOCAB)] for i in range(sent, k)]
+                    new = [" " + _VOCAB[(rid * 7 + i) % len(_VOCAB)] for i in range(sent, k)]
                     words.extend(new)
                     if resp is not None:
-                        chunks = []
-                        if sent == 0:
-                            chunks.append(head + '"role":"assistant","content":""},"logprobs":null,'
-                                                 '"finish_reason":null}]}\n\n')
-                        for w in new:
-                            chunks.append(head + '"content":" ' + w + '"},"logprobs":null,"finish_reason":null}]}\n\n')
-                        await resp.write("".join(chunks).encode())
+                        # the request's last token goes out with its finish reason, as vLLM sends it
+                        held = 1 if k >= n_out else 0
+                        chunk = "".join(out.token(w) for w in new[:len(new) - held])
+                        if chunk:
+                            await resp.write(chunk.encode())
                     if t_first_wall is None:
                         t_first_wall = time.time()
                     sent = k
@@ -477,26 +417,23 @@ class Engine:
             R = self.rt.table
             if st == "failed":
                 status = 504 if R.failed[rid] == 504 else 500
-                reason = "abort"
+                reason = "abort" if status == 504 else "error"
             else:
                 reason = "length" if sent >= max_tokens else "stop"
             if resp is not None:
                 if status == 200:
-                    await resp.write((head + '},"logprobs":null,"finish_reason":"' + reason + '"}]}\n\ndata: [DONE]\n\n')
-                                     .encode())
+                    if out.sent < sent - 1:  # tokens not yet written (the last is held for the finish chunk)
+                        await resp.write("".join(out.token(w) for w in words[out.sent:sent - 1]).encode())
+                    await resp.write(out.finish(words[sent - 1] if sent else "", reason, sent).encode())
                 else:
-                    await resp.write(b'data: {"error":{"message":"request failed","code":' + str(status).encode()
-                                     + b'}}\n\ndata: [DONE]\n\n')
+                    await resp.write(api.Stream.error(_FAILED[status], "InternalServerError", status).encode())
                 await resp.write_eof()
                 return resp
             if status != 200:
-                return web.json_response({"object": "error", "message": "request failed", "code": status},
-                                         status=status)
-            return web.json_response({
-                "id": req_id, "object": "chat.completion", "created": created, "model": self.model.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
-                             "finish_reason": reason}],
-                "usage": {"prompt_tokens": n_prompt, "completion_tokens": sent, "total_tokens": n_prompt + sent}})
+                return _json(api.error_body(_FAILED[status], "InternalServerError", None, status), status)
+            make = api.chat_response if chat else api.completion_response
+            return _json(make(req_id, created, self.model.name, "".join(words), reason, n_prompt, sent,
+                              self.fingerprint), 200)
         except (ConnectionResetError, asyncio.CancelledError):
             self.rt.abort(rid)
             status, reason = 499, "abort"
@@ -519,16 +456,13 @@ class Engine:
         ttft = (t_first - t_arrival) if t_first is not None else math.nan
         e2e = t_end - t_arrival
         if t_first is not None:
-            self.h.observe("vllm:time_to_first_token_seconds", ttft)
-        if status == 200:
-            self.c_success.labels(m, reason).inc()
-            for name, v in (("vllm:e2e_request_latency_seconds", e2e), ("vllm:request_queue_time_seconds", queue),
-                            ("vllm:request_prefill_time_seconds", prefill),
-                            ("vllm:request_decode_time_seconds", decode),
-                            ("vllm:request_prompt_tokens", n_prompt), ("vllm:request_generation_tokens", n_out)):
-                self.h.observe(name, v)
+            self.vm.h.observe("vllm:time_to_first_token_seconds", ttft)
+        if status == 200:  # vLLM counts and times finished requests only: an aborted one leaves no trace here
+            self.vm.finished(reason, n=int(sampling["n"]), max_tokens=max_tokens, prompt=n_prompt, generated=n_out,
+                             e2e=e2e, queue=queue, prefill=prefill, decode=decode,
+                             preemptions=int(times["preemptions"]))
         log_finished(self.log, req_id, status, reason)
-        log_replica_access(self.log, self.replica_tag, sampling["serve_id"], status, 1000.0 * e2e)
+        log_replica_access(self.log, self.replica_tag, sampling["serve_id"], status, 1000.0 * e2e, sampling["route"])
         attrs = span_attributes(m, req_id, max_tokens=max_tokens, prompt_tokens=n_prompt, completion_tokens=n_out,
                                 queue=queue, ttft=ttft, e2e=e2e, prefill=prefill, decode=decode,
                                 **{k: sampling[k] for k in ("n", "temperature", "top_p")})
@@ -538,6 +472,13 @@ class Engine:
         if status >= 400:
             span.set_status(Status(StatusCode.ERROR, reason))
         span.end(end_time=int(t_end * 1e9))
+
+    async def models(self, request: Any) -> Any:
+        return _json(api.models(self.model.name, self.model.name, self.model.context_tokens, int(time.time()),
+                                self.rng.bytes(8).hex()), 200)
+
+    async def version(self, request: Any) -> Any:
+        return _json({"version": api.VLLM_VERSION}, 200)
 
     async def metrics(self, request: Any) -> Any:
         from aiohttp import web
@@ -594,21 +535,56 @@ class Engine:
         return web.json_response(self.control_state())
 
     async def health(self, request: Any) -> Any:
+        """vLLM's /health: 200 with an empty body while the engine lives."""
         from aiohttp import web
 
-        return web.json_response({"status": "ok"})
+        return web.Response(status=200)
+
+
+_FAILED = {500: "EngineCore encountered an issue.", 504: "The request was aborted: its deadline passed."}
+
+
+def _json(obj: Any, status: int) -> Any:
+    """A JSON answer as vLLM's server sends it (compact, ``application/json`` without a charset)."""
+    from aiohttp import web
+
+    return web.Response(body=api.dumps(obj).encode(), status=status, content_type="application/json")
+
+
+def _like_uvicorn_factory() -> Any:
+    from aiohttp import web
+
+    @web.middleware
+    async def like_uvicorn(request: Any, handler: Any) -> Any:
+        """FastAPI's bodies for an unknown path (404) or method (405)."""
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return _json(api.not_found_detail(), 404)
+        except web.HTTPMethodNotAllowed:
+            return _json(api.method_not_allowed_detail(), 405)
+
+    return like_uvicorn
+
+
+async def _server_header(request: Any, response: Any) -> None:
+    response.headers["Server"] = "uvicorn"  # vLLM's server, on every answer (streams included)
 
 
 def make_app(eng: Engine, token: str) -> Any:
-    """The engine's HTTP app: the OpenAI route, ``/metrics``, ``/health`` open; ``POST /control/*`` needs the
-    run's token (``llmrca.testbed.auth``)."""
+    """The engine's HTTP app: vLLM's OpenAI routes (chat and text completions, models, ``/version``),
+    ``/metrics``, ``/health`` open; ``POST /control/*`` needs the run's token (``llmrca.testbed.auth``)."""
     from aiohttp import web
 
     from llmrca.testbed import auth
 
-    app = web.Application(client_max_size=16 * 2**20, middlewares=[auth.middleware(
+    app = web.Application(client_max_size=16 * 2**20, middlewares=[_like_uvicorn_factory(), auth.middleware(
         token, lambda method, path: method == "POST" and path.startswith("/control"))])
+    app.on_response_prepare.append(_server_header)
     app.router.add_post(ROUTE, eng.chat)
+    app.router.add_post(COMPLETIONS_ROUTE, eng.completions)
+    app.router.add_get(MODELS_ROUTE, eng.models)
+    app.router.add_get("/version", eng.version)
     app.router.add_get("/metrics", eng.metrics)
     app.router.add_get("/health", eng.health)
     app.router.add_get("/control", eng.control_get)

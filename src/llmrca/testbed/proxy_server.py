@@ -21,7 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from llmrca.deploy.telemetry import CLIENT_SPAN, PROXY_SPAN, ROUTE, SERVE_APP, SERVE_DEPLOYMENT, line
+from llmrca.deploy.telemetry import (
+    CLIENT_SPAN,
+    COMPLETIONS_ROUTE,
+    MODELS_ROUTE,
+    PROXY_SPAN,
+    ROUTE,
+    SERVE_APP,
+    SERVE_DEPLOYMENT,
+    line,
+)
 from llmrca.testbed import service
 from llmrca.testbed.config import TestbedConfig
 from llmrca.testbed.logs import JsonLog
@@ -31,6 +40,8 @@ from llmrca.testbed.telemetry import MESH_BUCKETS_MS, extract, inject, tracer
 DEPLOYMENT = SERVE_DEPLOYMENT
 APP = SERVE_APP
 DOWN_AFTER_ERROR_S = 2.0
+GENERATION_ROUTES = (ROUTE, COMPLETIONS_ROUTE)
+REPLICA_GET_ROUTES = (MODELS_ROUTE, "/version", "/health")
 
 
 class Router:
@@ -73,8 +84,8 @@ class Proxy:
         self.replicas = list(state["replicas"])
         ports = state["ports"]
         # The head's own replica is called inside the pod; the others through the mesh link towards them.
-        self.url = {r: f"http://{LOOPBACK}:{ports['engine:' + r] if r == self.service else ports['link:' + r]}{ROUTE}"
-                    for r in self.replicas}
+        self.base = {r: f"http://{LOOPBACK}:{ports['engine:' + r] if r == self.service else ports['link:' + r]}"
+                     for r in self.replicas}
         self.health_url = {r: f"http://{LOOPBACK}:{ports['engine:' + r]}/health" for r in self.replicas}
         self.router = Router(self.replicas, self.cfg.deploy.routing, np.random.default_rng([self.cfg.seed, 0x5E7]))
         self.log = JsonLog(rd.log("proxy"), self.service, "ray.serve")
@@ -127,12 +138,13 @@ class Proxy:
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         t0 = time.time()
+        path = request.rel_url.path
         body = await request.read()
         serve_id = str(uuid.UUID(bytes=self.router.rng.bytes(16), version=4))
         server = self.tracer.start_span("proxy_http_request", context=extract(request.headers), kind=SpanKind.SERVER,
                                         start_time=int(t0 * 1e9))
         for k, v in PROXY_SPAN.attributes({"request_id": serve_id, "deployment": DEPLOYMENT, "app": APP,
-                                           "request_type": "http", "request_method": "POST",
+                                           "request_type": "http", "request_method": request.method,
                                            "request_route_path": "/"}).items():
             server.set_attribute(k, v)
         replica = self.router.choose(t0)
@@ -149,15 +161,18 @@ class Proxy:
             t_send = time.time()
             client = self.tracer.start_span("process_request", context=trace.set_span_in_context(server),
                                             kind=SpanKind.CLIENT, start_time=int(t_send * 1e9))
-            for k, v in CLIENT_SPAN.attributes({"vllm.backend_url": self.url[replica].removesuffix(ROUTE),
+            for k, v in CLIENT_SPAN.attributes({"vllm.backend_url": self.base[replica],
                                                 "peer.service": replica}).items():
                 client.set_attribute(k, v)
-            headers = inject(client, {"Content-Type": "application/json", "X-Request-ID": serve_id})
+            headers = inject(client, {"Content-Type": request.headers.get("Content-Type", "application/json"),
+                                      "X-Request-ID": serve_id})
             try:
-                async with self.session.post(self.url[replica], data=body, headers=headers) as up:
+                async with self.session.request(request.method, self.base[replica] + str(request.rel_url),
+                                                data=body if request.method == "POST" else None,
+                                                headers=headers) as up:
                     client_status = up.status
                     resp = web.StreamResponse(status=up.status, headers={
-                        "Content-Type": up.headers.get("Content-Type", "application/json")})
+                        k: up.headers[k] for k in ("Content-Type",) if k in up.headers})
                     await resp.prepare(request)
                     async for chunk in up.content.iter_any():
                         await resp.write(chunk)
@@ -195,10 +210,11 @@ class Proxy:
             if status >= 400:
                 server.set_status(Status(StatusCode.ERROR))
             server.end(end_time=int(t1 * 1e9))
-            self.c_serve.labels(ROUTE, "POST", APP, str(status)).inc()
+            self.c_serve.labels(path, request.method, APP, str(status)).inc()
             if status == 499:
                 self.log.line(line("serve.proxy_disconnect"), LOOPBACK, serve_id, serve_id)
-            self.log.line(line("serve.proxy_access"), LOOPBACK, serve_id, status, f"{1000 * (t1 - t0):.1f}")
+            self.log.line(line("serve.proxy_access"), LOOPBACK, serve_id, status, f"{1000 * (t1 - t0):.1f}",
+                          method=request.method)
 
     async def metrics(self, request: Any) -> Any:
         from aiohttp import web
@@ -212,16 +228,26 @@ class Proxy:
         return web.json_response({"status": "ok", "ongoing": self.router.ongoing})
 
 
-async def _main(run_dir: str, stop: asyncio.Event) -> None:
+def make_app(proxy: Proxy) -> Any:
+    """The proxy's HTTP app. vLLM's routes go to a replica, as through a Serve deployment whose ingress is vLLM's
+    OpenAI app; ``/metrics`` and ``/-/healthz`` (Ray Serve's proxy health route) are the proxy's own."""
     from aiohttp import web
 
+    app = web.Application(client_max_size=16 * 2**20)
+    for route in GENERATION_ROUTES:
+        app.router.add_post(route, proxy.handle)
+    for route in REPLICA_GET_ROUTES:
+        app.router.add_get(route, proxy.handle)
+    app.router.add_get("/metrics", proxy.metrics)
+    app.router.add_get("/-/healthz", proxy.health)
+    return app
+
+
+async def _main(run_dir: str, stop: asyncio.Event) -> None:
     rd, state = service.settings(run_dir, "proxy")
     proxy = Proxy(state, rd)
     await proxy.start()
-    app = web.Application(client_max_size=16 * 2**20)
-    app.router.add_post(ROUTE, proxy.handle)
-    app.router.add_get("/metrics", proxy.metrics)
-    app.router.add_get("/-/healthz", proxy.health)
+    app = make_app(proxy)
     runner = await service.start_site(app, state["ports"]["proxy"])
     health = asyncio.create_task(proxy.health_loop(stop))
     proxy.log.line(line("serve.proxy_started"), os.getpid(), state["node"], state["ports"]["proxy"])
