@@ -202,3 +202,19 @@ def test_both_differ_from_their_fault_free_twin_where_expected():
         case = simulate(cfg, Injection(fault, T, faults.get(fault).scaled(1.0)), 2, logs=False, traces=False)
         hits = twin.check(case, cfg, 2)
         assert column in {m.column for m in hits}, (fault, [m.column for m in hits[:8]])
+
+
+def test_a_request_held_on_the_wire_past_the_read_timeout_is_nginxs_504_before_any_header():
+    # nginx gives up before the replica has the request: no header ever came, so nginx answers 504 itself
+    case = simulate(SimConfig(**CFG), Injection("network", T, {"latency_ms": 61000.0, "jitter_ms": 0.0}), 3)
+    logs, spans, m = case.observation.logs, case.observation.traces, case.observation.metrics
+    gw = logs[logs["service"] == "nginx-proxy"]["message"]
+    n = gw.str.contains(r"upstream timed out \(110: Connection timed out\) while reading response header from "
+                        r"upstream,").sum()
+    assert n >= 3 and not gw.str.contains("while reading upstream,").any()
+    gateway = spans[spans["service"] == "nginx-proxy"]
+    assert ((gateway["http_status"] == 504) & (gateway["status"] == "ERROR")).sum() == n
+    calls = spans[(spans["operation"] == "process_request") & spans["trace_id"].isin(
+        gateway[gateway["http_status"] == 504]["trace_id"])]
+    assert calls["http_status"].isna().all()  # the proxy's call never had a header
+    assert m["nginx-proxy_requests_5xx"].max() > 0 and m[f"{T}_requests_5xx"].fillna(0).max() == 0
