@@ -28,11 +28,13 @@ def make_record(
     delay_s: float = 1.0,
     failures: bool = True,
     events: bool = True,
+    cut: bool = False,
 ) -> SimRecord:
     """``n`` requests at 5/s over the four replicas in turn; ``delayed`` gains ``delay_s`` on the wire to it.
 
     With ``failures``: request 3 times out at the gateway (504), request 5 hits a dead engine (500), request 7
-    never reaches the proxy (502).
+    never reaches the proxy (502). With ``cut`` (``n`` > 11): nginx's read timeout cuts two streams whose header had
+    gone out (nginx's status 200): request 9 after 40 tokens (its engine stopped), request 11 before its first token.
     """
     rng = np.random.default_rng(seed)
     t0 = START + 1.0 + np.arange(n) * 0.2
@@ -52,6 +54,7 @@ def make_record(
     proxy_server_end = proxy_end + 0.0002
     gateway_end = proxy_server_end + 0.0005
     out_tok = np.full(n, 256)
+    streamed = out_tok.copy()
     status = np.array(["OK"] * n, dtype=object)
     http = np.full(n, 200)
     error = np.array([""] * n, dtype=object)
@@ -81,6 +84,20 @@ def make_record(
         frame["t_gateway_end"][7] = t0[7] + 0.003
         prefill[7] = decode[7] = queue[7] = np.nan
         out_tok[7], status[7], http[7], error[7] = 0, "ERROR", 502, "connection refused"
+        streamed[[3, 5, 7]] = 0
+    if cut and n > 11:
+        # 9: 40 tokens, then the engine stops; nginx gives up 60 s after the last byte, the engine forgets it.
+        stall = first[9] + 40 * 0.02
+        # 11: waits in the engine's queue (its header went out at once) until nginx gives up after 60 s.
+        for c in ("t_scheduled", "t_first_token"):
+            frame[c][11] = np.nan
+        for i, last in ((9, stall), (11, ready[11])):
+            frame["t_engine_end"][i] = frame["t_gateway_end"][i] = last + 60.0
+            frame["t_proxy_end"][i] = frame["t_proxy_server_end"][i] = last + 60.0 + 0.0003
+            decode[i] = np.nan
+            out_tok[i], status[i], http[i], error[i] = 0, "ERROR", 200, "upstream timed out"
+        prefill[11] = queue[11] = np.nan
+        streamed[9], streamed[11] = 40, 0
     requests = pd.DataFrame({
         "request_id": np.arange(n, dtype=np.int64),
         "trace_id": [rng.bytes(16).hex() for _ in range(n)],
@@ -93,6 +110,7 @@ def make_record(
         "num_preemptions": np.zeros(n, dtype=np.int64),
         "status": status.astype(str), "http_status": http.astype(np.int64), "error": error.astype(str),
         "finished_reason": np.where(status == "OK", "length", ""),
+        "streamed_tokens": streamed.astype(np.int64),
     })
     ev = _events(n) if events else pd.DataFrame({"time": [], "service": [], "kind": [], "fields": []})
     return SimRecord(requests=requests, events=ev, topology=topology(), start=START, duration=360.0, seed=seed,

@@ -132,6 +132,33 @@ def test_faults_the_real_system_does_not_log_add_no_lines():
     assert list(faulty["template"]) == list(base["template"])
 
 
+def test_a_stream_cut_by_the_read_timeout_is_200_at_nginx_with_the_bytes_sent_so_far():
+    # Measured on the live testbed: a streamed response's 200 header goes out before its first token, so when
+    # proxy_read_timeout fires nginx logs 200 (upstream 200) with the bytes it relayed and "while reading upstream".
+    from llmrca.testbed.nginx import parse_access_line
+
+    rec = make_record(n=12, cut=True)
+    logs = logs_from_record(rec)
+    gw = logs[logs["service"] == "nginx-proxy"]["message"]
+    access = {r["trace_id"]: r for r in map(parse_access_line, gw) if r is not None}
+    tid = rec.requests["trace_id"]
+    mid, queued, timeout, full = (access[tid.iloc[i]] for i in (9, 11, 3, 0))
+    assert (mid["status"], mid["upstream_status"], queued["status"], queued["upstream_status"]) == (200, "200",
+                                                                                                   200, "200")
+    assert timeout["status"] == 504 and timeout["upstream_status"] == "504"
+    assert queued["bytes"] == 0  # the header only: vLLM sends its first chunk with the first token
+    assert 40 * 100 < mid["bytes"] < full["bytes"]  # 40 tokens' chunks, no stop chunk, no [DONE]
+    assert mid["request_time"] == pytest.approx(rec.requests["t_gateway_end"].iloc[9] - rec.requests[
+        "t_gateway_start"].iloc[9], abs=2e-3)
+    err = gw[gw.str.contains(r"\[error\]")]
+    assert err.str.contains(r"upstream timed out \(110: Connection timed out\) while reading upstream,").sum() == 2
+    assert err.str.contains("upstream timed out .* while reading response header from upstream,").sum() == 1
+    head = logs[logs["service"] == "ray-head"]["message"]
+    assert head.str.contains("disconnected, cancelling request.").sum() == 3  # nginx hung up on 3, 9 and 11
+    assert head.str.contains(r"-- POST / 499 ").sum() == 3
+    assert logs["message"].str.contains("Aborted request chatcmpl-").sum() == 3  # the client left: 3, 9, 11
+
+
 def test_failures_log_where_the_real_software_does():
     logs = logs_from_record(make_record(n=12))
     gw_err = logs[(logs["service"] == "nginx-proxy") & (logs["level"] == "ERROR")]["message"]

@@ -116,6 +116,23 @@ def test_failed_requests_are_error_spans_with_5xx():
     assert (ok["status"] == "OK").all()
 
 
+def test_a_stream_cut_after_its_header_is_a_200_gateway_span_as_nginx_logs_it():
+    # The live testbed builds the gateway span from nginx's access line (200: status OK); the Serve proxy saw nginx
+    # hang up (499) after its call had the replica's 200 header; a 504 (no header yet) leaves that call statusless.
+    rec = make_record(n=12, cut=True)
+    spans = spans_from_record(rec)
+    for i in (9, 11):
+        tr = _trace(spans, rec, i).set_index("operation")
+        assert (tr.loc[GATEWAY_OPERATION, "status"], tr.loc[GATEWAY_OPERATION, "http_status"]) == ("OK", 200)
+        assert (tr.loc[PROXY_OPERATION, "status"], tr.loc[PROXY_OPERATION, "http_status"]) == ("ERROR", 499)
+        assert (tr.loc[CLIENT_OPERATION, "status"], tr.loc[CLIENT_OPERATION, "http_status"]) == ("ERROR", 200)
+        assert tr.loc[ENGINE_OPERATION, "status"] == "ERROR"
+        assert json.loads(tr.loc[GATEWAY_OPERATION, "attributes"])["http.status_code"] == 200
+    timeout = _trace(spans, rec, 3).set_index("operation")
+    assert (timeout.loc[GATEWAY_OPERATION, "status"], timeout.loc[GATEWAY_OPERATION, "http_status"]) == ("ERROR", 504)
+    assert pd.isna(timeout.loc[CLIENT_OPERATION, "http_status"])
+
+
 def test_network_delay_shows_on_the_client_span_not_on_llm_request():
     rec = make_record(n=40, failures=False, delayed="ray-replicas-1", delay_s=1.0)
     spans = spans_from_record(rec)

@@ -239,7 +239,8 @@ ENGINE_HANG = FaultSpec(
     targets="replicas",
     params=(
         # Longer than nginx's proxy_read_timeout (60 s in the study's gateway): requests stuck in the hang's first
-        # 30 s time out with 504 at the gateway; a hang shorter than the timeout shows as a latency spike only.
+        # 30 s time out at the gateway; their streams' header went out at once, so nginx cuts them (200 in its access
+        # log, 'while reading upstream'); a hang shorter than the timeout shows as a latency spike only.
         Param("stall_s", 90.0, " s", "how long the engine's worker stays stopped (SIGSTOP until SIGCONT); an undo "
                                      "resumes it earlier", minimum=0.1, maximum=86400.0),
     ),

@@ -318,6 +318,8 @@ class ReplicaEngine:
         while g and g[0][0] <= t:
             at, rid = heappop(g)
             if R.failed[rid] == 0 and R.t_end[rid] != R.t_end[rid] and at < b:
+                if rid in self.running:  # the tokens it streamed before the stop (the client got them)
+                    R.gen[rid] = int(self.running[rid] + self.D - R.prompt[rid])
                 self._abandon(rid, at, 504)
         if t >= b:
             self._forget_failed()

@@ -5,7 +5,8 @@ an event has one template in a simulated and a live case. Sources (one line per 
 a traceback is split per line, as a line-based shipper like Fluent Bit does without a multiline parser):
 
 - gateway (nginx): an access line per request (the catalogue's ``NGINX_LOG_FORMAT``) and ``[error]`` lines where
-  nginx itself fails a request (upstream timed out → 504, connection refused / premature close → 502).
+  nginx itself fails a request (connection refused / premature close → 502; upstream timed out → 504 before
+  the response header, or a 200 access line with the bytes sent so far when it cuts a stream whose header went out).
 - Serve proxy (on the head pod, also home of the Serve controller): an access line per request, the
   client-disconnect line when nginx gives up, and the controller's replica health / restart lines.
 - replicas: vLLM V1's ``Received request`` / ``Added request`` / ``Generated response`` (``Aborted request`` when
@@ -41,6 +42,7 @@ from llmrca.sim.traces import (
     check_requests,
     gateway_span_ids,
     hex_ids,
+    read_timeouts,
     request_identities,
     serving_path,
     stages,
@@ -322,6 +324,7 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     vids = ctx.ident.vllm_ids
     sids = ctx.ident.serve_ids
     client = ctx.ip("client")
+    timeout, cut = read_timeouts(req)  # nginx's read timeout fired; cut: after the header (nginx logs 200)
     # Line times follow the span intervals, so a line and its span agree.
     st = stages(req)
     ok = ~st.failed
@@ -352,15 +355,16 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     worker = 29 + (np.arange(n) % 2)  # two worker processes; connections alternate between them
     streaming = out_tok > 0
     cases = [
-        (http == 504, "nginx.upstream_timeout"),
-        ((http == 502) & ~has_p, "nginx.upstream_refused"),
-        ((http == 502) & has_p, "nginx.upstream_closed"),
+        (timeout, cut, "nginx.upstream_timeout"),
+        ((http == 502) & ~has_p, streaming, "nginx.upstream_refused"),
+        ((http == 502) & has_p, streaming, "nginx.upstream_closed"),
     ]
-    for sel, name in cases:
+    for sel, relaying, name in cases:
         kind = line(name)
         for in_stream in (False, True):
-            # nginx names the phase it was in: before the response header, or while relaying the stream.
-            idx = np.nonzero(sel & (streaming == in_stream))[0]
+            # nginx names the phase it was in: before the response header, or while relaying the stream (a
+            # streamed response's header goes out before its first token, so a timeout after it says "upstream").
+            idx = np.nonzero(sel & (relaying == in_stream))[0]
             if not len(idx):
                 continue
             fixed = {"phase": NGINX_PHASES[int(in_stream)]} if "{phase}" in kind.fmt else {}
@@ -372,15 +376,15 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     # Serve proxy: client-disconnect line (nginx gave up) and the access line.
     idx = np.nonzero(has_p & (http != 502))[0]
     proxy_ip = ctx.ip(proxy)
-    gone = idx[http[idx] == 504]
+    gone = idx[timeout[idx]]
     t_gone = g1 + ctx.jitter(n)
     if len(gone):
         _emit(out, ctx, line("serve.proxy_disconnect"), t_gone[gone], proxy,
               [(proxy_ip, sids[i], sids[i]) for i in gone.tolist()])
     if len(idx):
         # After a disconnect the access line follows the disconnect line.
-        t = np.where(http[idx] == 504, t_gone[idx] + 0.0002, p1[idx]) + ctx.jitter(len(idx))
-        code = np.where(http[idx] == 504, 499, http[idx]).tolist()
+        t = np.where(timeout[idx], t_gone[idx] + 0.0002, p1[idx]) + ctx.jitter(len(idx))
+        code = np.where(timeout[idx], 499, http[idx]).tolist()
         lat = ((p1[idx] - p0[idx]) * 1000).tolist()
         _emit(out, ctx, line("serve.proxy_access"), t, proxy,
               [(proxy_ip, sids[i], s, f"{m:.1f}") for i, s, m in zip(idx.tolist(), code, lat)])
@@ -398,7 +402,7 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
         # Finished (the response went out, with its finish reason) or aborted (the caller hung up); a failed
         # engine logs no per-request line.
         done = idx[ok[idx] & np.isfinite(f["t_engine_end"][idx])]
-        aborted = idx[~ok[idx] & np.isin(http[idx], (502, 504))]
+        aborted = idx[~ok[idx] & (timeout[idx] | (http[idx] == 502))]
         if len(done):
             reasons = _finish_reasons(req, done)
             _emit(out, ctx, line("vllm.request_finished"), e1[done] + ctx.jitter(len(done)), replica[done],
@@ -410,13 +414,13 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
         # Ray Serve's replica: "Request failed." on an exception, then its access line.
         t_acc = e1[idx] + 0.0005 + ctx.jitter(len(idx))
         tags = ctx.tags_at(replica[idx], e0[idx])
-        code = np.where(ok[idx], "200", np.where(np.isin(http[idx], (502, 504)),
+        code = np.where(ok[idx], "200", np.where(timeout[idx] | (http[idx] == 502),
                                                  np.where(streaming[idx], "200", "CANCELLED"),
                                                  http[idx].astype(str))).tolist()
         lat = ((e1[idx] - e0[idx]) * 1000).tolist()
         _emit(out, ctx, line("serve.replica_access"), t_acc, replica[idx],
               [(g, sids[i], s, f"{m:.1f}") for g, i, s, m in zip(tags, idx.tolist(), code, lat)])
-        failed = np.nonzero(~ok[idx] & ~np.isin(http[idx], (502, 504)))[0]
+        failed = np.nonzero(~ok[idx] & ~timeout[idx] & (http[idx] != 502))[0]
         if len(failed):
             _emit(out, ctx, line("serve.replica_failed"), t_acc[failed] - 0.0001, replica[idx[failed]],
                   [(tags[j], sids[idx[j]]) for j in failed.tolist()])

@@ -398,6 +398,13 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
         sel = rep_of == r
         mesh[r] = (np.where(sel, paths.t_stream_end + hop, np.nan),
                    np.where(sel, paths.t_stream_end + hop - paths.t_send, np.nan), sel)
+    # The response_code of each mesh series is the status its caller saw (llmrca.testbed: the gateway's and the
+    # head's series come from nginx's access log, the replicas' from the Serve proxy). nginx logs a stream its read
+    # timeout cut after the header as 200 (upstream status 200); the proxy reports a replica's 200 once it had the
+    # header, else its own 499 (nginx hung up): a timeout is never a 5xx towards a replica.
+    timeout = res["failed"] == 504
+    cut = timeout & runmod.header_sent(res, paths)
+    err = {dep.gateway: ~ok & ~cut, head: ~ok & ~cut}
     for svc, (tt, dur, sel) in mesh.items():
         tt = np.where(sel, tt, np.nan)
         ms = 1000.0 * dur
@@ -409,7 +416,7 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
         cols[f"{svc}_request_duration_milliseconds_p50"] = q[:, 0]
         cols[f"{svc}_request_duration_milliseconds_p90"] = q[:, 1]
         cols[f"{svc}_requests"] = G.counter_of_events(tt, ph)
-        cols[f"{svc}_requests_5xx"] = G.counter_of_events(np.where(~ok, tt, np.nan), ph)
+        cols[f"{svc}_requests_5xx"] = G.counter_of_events(np.where(err.get(svc, ~ok & ~timeout), tt, np.nan), ph)
 
     # ---- nodes (node-exporter) --------------------------------------------------------------------------
     for node in dep.nodes:

@@ -37,13 +37,18 @@ REQUEST_COLUMNS: dict[str, str] = {
     "queue_s": "float64",  # t_scheduled - t_engine_arrival (tokenization included, as vLLM counts it)
     "num_preemptions": "int64",
     "status": "object",  # "OK" or "ERROR"
-    "http_status": "int64",  # 200, or 500/502/504
-    "error": "object",  # "" or a short reason
+    "http_status": "int64",  # nginx's status: 200 (also a stream cut by its read timeout), or 500/502/504
+    "error": "object",  # "" or a short reason (UPSTREAM_TIMEOUT where nginx's read timeout fired)
     # Added by the core beyond the first contract (see /tmp/sim_contract.md notes):
     "t_ready": "float64",  # tokenized and handed to the engine core (the engine's waiting queue)
     "t_proxy_server_end": "float64",  # the proxy has forwarded the last chunk to nginx (its SERVER span end)
     "finished_reason": "object",  # "length" (hit max_tokens), "stop" (EOS) or "" on error
+    "streamed_tokens": "int64",  # tokens the client received: output_tokens, those before the cut, or 0
 }
+
+# The error of a request on which nginx's proxy_read_timeout fired. With ``http_status`` 504 nginx never had the
+# response header; with 200 the header (and maybe tokens) had gone out and nginx cut the stream.
+UPSTREAM_TIMEOUT = "upstream timed out"
 
 EVENT_COLUMNS = ("time", "service", "kind", "fields")
 

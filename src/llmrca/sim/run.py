@@ -23,7 +23,7 @@ from llmrca.sim.deployment import Deployment, deployment
 from llmrca.sim.engine import ENGINE_CORE_CORES, ReplicaEngine, RequestTable
 from llmrca.sim.gpu import GpuState, busy_power
 from llmrca.sim.hardware import GIB
-from llmrca.sim.record import REQUEST_COLUMNS, SimRecord, events_frame
+from llmrca.sim.record import REQUEST_COLUMNS, UPSTREAM_TIMEOUT, SimRecord, events_frame
 
 BASE_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; runs start at a seeded offset from it
 
@@ -401,6 +401,20 @@ def _route_around(policy: str, cand: list[int], inflight: list[int], rr: list[in
     return best[0] if len(best) == 1 else best[int(route.integers(len(best)))]
 
 
+def header_sent(res: dict[str, np.ndarray], P: _Paths) -> np.ndarray:
+    """Per request: nginx had the response's header before it gave up (its ``t_gateway_end``).
+
+    A streamed chat completion's 200 header goes out once the replica has tokenized the request, before its first
+    token: vLLM returns Starlette's StreamingResponse, whose ``http.response.start`` uvicorn writes at once (the
+    emulated engine calls aiohttp's ``StreamResponse.prepare``, which sends it too), and the Serve proxy prepares its
+    own response as soon as its call has the replica's header. So nginx lacks the header only when it gives up
+    before the replica had the request ready; the header's way back takes about what the request's way in took.
+    """
+    back = P.t_arrival - P.t_gateway_start
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(res["t_ready"]) & (res["t_ready"] + back < P.t_gateway_end)
+
+
 def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, start: float,
                     seed: int) -> pd.DataFrame:
     n = len(wl)
@@ -410,8 +424,10 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
     t_first = res["t_first_token"]
     t_end = res["t_engine_end"]
     out_tok = np.where(ok, res["generated"], 0).astype(np.int64)
+    cut = (failed == 504) & header_sent(res, P)
+    streamed = np.where(ok | cut, res["generated"], 0).astype(np.int64)
     reason = np.where(~ok, "", np.where(wl.output_tokens >= wl.max_tokens, "length", "stop"))
-    error = np.where(failed == 504, "upstream timed out", np.where(failed == 0, "", np.where(
+    error = np.where(failed == 504, UPSTREAM_TIMEOUT, np.where(failed == 0, "", np.where(
         failed == 502, "EngineDeadError", "EngineCoreError")))
     ids = np.frombuffer(stream(seed, _S_IDS).bytes(16 * n), dtype=np.uint8).reshape(n, 16)
     trace_ids = [bytes(row).hex() for row in ids]
@@ -436,11 +452,12 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
         "queue_s": res["t_scheduled"] - P.t_arrival,
         "num_preemptions": res["num_preemptions"],
         "status": np.where(ok, "OK", "ERROR").astype(object),
-        "http_status": np.where(ok, 200, failed).astype(np.int64),
+        "http_status": np.where(ok | cut, 200, failed).astype(np.int64),
         "error": error.astype(object),
         "t_ready": res["t_ready"] + start,
         "t_proxy_server_end": P.t_proxy_server_end + start,
         "finished_reason": reason.astype(object),
+        "streamed_tokens": streamed,
     }
     frame = pd.DataFrame({c: cols[c] for c in REQUEST_COLUMNS})
     keep = frame["t_gateway_start"].to_numpy() >= start

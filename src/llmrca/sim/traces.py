@@ -6,9 +6,10 @@ with vLLM's ``gen_ai.*`` attributes. Each span covers the stage timestamps of th
 wire towards a replica lengthens ``process_request`` and everything above it, never ``llm_request``.
 
 Failed requests keep the spans of the stages they reached. How the layers see a failure follows the real software:
-a gateway timeout (504) is a client disconnect for the Serve proxy (status 499, as Ray Serve logs it) and a
-cancelled call without a status for ``process_request``; a 502 means the proxy answered nothing; other 5xx pass
-up unchanged. A callee's span of a failed request is cut at its caller's end (the caller hung up).
+nginx's read timeout is a client disconnect for the Serve proxy (status 499, as Ray Serve logs it); a 504 from
+nginx (no response header yet) is a cancelled call without a status for ``process_request``, while a stream cut
+after its header (nginx's status 200, an OK gateway span, as llmrca.testbed's nginx log gives it) keeps the
+replica's 200 on ``process_request``; a 502 means the proxy answered nothing; other 5xx pass up unchanged. A callee's span of a failed request is cut at its caller's end (the caller hung up).
 
 Everything is built column-wise with numpy; ids come from a generator seeded by the record's seed, so the same
 record gives the same bytes.
@@ -37,6 +38,7 @@ from llmrca.deploy.telemetry import (
     SERVE_DEPLOYMENT,
 )
 from llmrca.errors import CaseError
+from llmrca.sim.record import UPSTREAM_TIMEOUT
 
 GATEWAY_OPERATION = GATEWAY_SPAN.operation
 PROXY_OPERATION = PROXY_SPAN.operation
@@ -52,7 +54,7 @@ REQUEST_COLUMNS = (
     "num_preemptions", "status", "http_status", "error",
 )
 # Added by the sim core after the first contract; used where present.
-OPTIONAL_COLUMNS = ("t_ready", "t_proxy_server_end", "finished_reason")
+OPTIONAL_COLUMNS = ("t_ready", "t_proxy_server_end", "finished_reason", "streamed_tokens")
 
 # Independent random streams per use, so adding one never shifts another's ids.
 _STREAM_SPAN_IDS = 0x5A11
@@ -193,6 +195,23 @@ def stages(requests: pd.DataFrame) -> Stages:
     return Stages((g0, g1), (p0, p1), (c0, c1), (e0, e1), has_p, has_c, has_e, failed)
 
 
+def read_timeouts(requests: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(timed_out, cut)`` per request: nginx's read timeout fired on it; ``cut``: after the response header had
+    gone out, so nginx logs 200 and the client gets a stream cut short (else nginx answered 504 itself)."""
+    http = requests["http_status"].to_numpy(dtype=np.int64)
+    failed = requests["status"].to_numpy() != "OK"
+    timed_out = failed & ((requests["error"].to_numpy(dtype=object) == UPSTREAM_TIMEOUT) | (http == 504))
+    return timed_out, timed_out & (http == 200)
+
+
+def streamed_tokens(requests: pd.DataFrame) -> np.ndarray:
+    """Tokens the client received: the record's ``streamed_tokens``, else a successful request's output."""
+    if "streamed_tokens" in requests.columns:
+        return requests["streamed_tokens"].to_numpy(dtype=np.int64)
+    ok = requests["status"].to_numpy() == "OK"
+    return np.where(ok, requests["output_tokens"].to_numpy(dtype=np.int64), 0)
+
+
 def hex_ids(rng: np.random.Generator, n: int, nbytes: int) -> list[str]:
     """``n`` random lower-case hex strings of ``2 * nbytes`` characters, in one draw."""
     return _split(rng.bytes(n * nbytes).hex(), 2 * nbytes)
@@ -252,14 +271,19 @@ def request_identities(record: Any) -> RequestIdentities:
         f'"created":1700000000,"model":"{model}","choices":[{{"index":0,"delta":{{"content":""}},'
         f'"logprobs":null,"finish_reason":null}}]}}\n\n'
     ) + 7  # chunked transfer framing: size line and CRLFs
+    # A stream nginx cut (its read timeout, after the header) has the role chunk and the tokens before the cut,
+    # without the stop chunk, "data: [DONE]" and the chunked terminator; none at all before a first token.
+    _, cut = read_timeouts(req)
+    got = np.where(cut, streamed_tokens(req), out_tok)
     brng = _rng(record.seed, _STREAM_BYTES)
-    text = brng.poisson(4.2 * np.maximum(out_tok, 0)) if n else np.zeros(0, dtype=np.int64)
+    text = brng.poisson(4.2 * np.maximum(got, 0)) if n else np.zeros(0, dtype=np.int64)
     body = np.where(out_tok > 0, (out_tok + 2) * envelope + text + 14 + 5, 0).astype(np.int64)
+    body = np.where(cut, np.where(got > 0, (got + 1) * envelope + text, 0), body).astype(np.int64)
     # Before the first byte of a stream, an error is nginx's own error page (or the upstream's JSON error).
     page = {502: _nginx_error_page_len(502), 504: _nginx_error_page_len(504)}
     for code, size in page.items():
-        body = np.where((out_tok <= 0) & (status == code), size, body)
-    body = np.where((out_tok <= 0) & (status >= 400) & ~np.isin(status, list(page)), 145, body)
+        body = np.where((out_tok <= 0) & ~cut & (status == code), size, body)
+    body = np.where((out_tok <= 0) & ~cut & (status >= 400) & ~np.isin(status, list(page)), 145, body)
     services = list(record.topology.services) or sorted(set(req["replica"].unique().tolist()))
     return RequestIdentities(vllm_ids, serve_ids, body, _pod_addresses(services, record.seed))
 
@@ -300,10 +324,10 @@ def spans_from_record(record: Any) -> pd.DataFrame:
     has_p, has_c, has_e = st.has_proxy, st.has_client, st.has_engine
 
     # HTTP status per layer (see module docstring).
-    timeout = http == 504
+    timeout, cut = read_timeouts(req)
     bad_gw = http == 502
     http_p = np.where(timeout, 499.0, np.where(bad_gw, np.nan, http))
-    http_c = np.where(timeout | bad_gw, np.nan, http)
+    http_c = np.where((timeout & ~cut) | bad_gw, np.nan, http)
 
     addr = ident.addresses
     client = addr.get("client", "10.42.0.2")
@@ -359,6 +383,7 @@ def spans_from_record(record: Any) -> pd.DataFrame:
     attrs = np.empty((4, n), dtype=object)
     attrs[0], attrs[1], attrs[2], attrs[3] = attrs_g, attrs_p, attrs_c, attrs_e
     status = np.where(np.broadcast_to(failed, (4, n)), "ERROR", "OK").astype(object)
+    status[0] = np.where(failed & ~cut, "ERROR", "OK")  # nginx's span follows its status: a cut stream is a 200
     trace = np.broadcast_to(req["trace_id"].to_numpy(dtype=object), (4, n))
 
     keep = present.T.ravel()
