@@ -123,6 +123,7 @@ class VllmMetrics:
             self.h.define(f"vllm:{name}", doc, bounds, base)
         reg.register(self.h)
         self._labels = (eng, model)
+        self.gauges(0, 0, 0.0)  # the engine's gauges exist (at 0) from the start, as vLLM's do
 
     def tick(self, prompt: float, generation: float, preempted: int, queries: int, hits: int) -> None:
         """One engine tick's increments: prefill tokens computed, decode tokens, preemptions, prefix-cache queries
