@@ -161,3 +161,42 @@ def test_the_supervisor_refuses_a_gpu_fault_on_a_real_engine_on_cpu(tmp_path):
     argv, env = sup.engine_argv("ray-head", kv_cache_tokens=512)
     assert argv[1:3] == ["-m", "llmrca.testbed.engine_server"] and argv[-2:] == ["--kv-cache-tokens", "512"]
     assert env is None
+
+
+def test_without_cgroups_a_stressor_runs_on_the_real_engines_core(monkeypatch, tmp_path):
+    """A real engine's threads are bound to their core (VLLM_CPU_OMP_THREADS_BIND): moving its main thread, as the
+    emulated engine's pinning does, would leave them where they are, so the stressor goes to that core instead."""
+    from llmrca.testbed import injectors
+    from llmrca.testbed.procs import Containment
+
+    calls = []
+
+    class _P:
+        pid = 4242
+
+    def fake_spawn(argv, **kw):
+        calls.append(kw)
+        return _P()
+
+    class Host:
+        def __init__(self):
+            self.state = {"engine": {"kind": "vllm", "cores": {"ray-head": 1}}}
+            self.containment = Containment("affinity")
+
+        def service_pids(self, service):  # pinning must not be asked for
+            raise AssertionError("the real engine's processes must not be re-pinned")
+
+        def attach(self, service, pid):
+            pass
+
+        def engine_core(self, service):
+            return self.state["engine"]["cores"].get(service)
+
+        def out_path(self, name):
+            return tmp_path / name
+
+    monkeypatch.setattr(injectors, "spawn", fake_spawn)
+    plan = injectors.LivePlan("cpu", "ray-head", {}, (), {})
+    inj = injectors.Injector(Host(), plan, end=time.time() + 5)
+    inj._stressor(["stress-ng", "--cpu", "1"], "stress-cpu-ray-head")
+    assert calls[0]["cpus"] == [1] and inj._pinned == {}

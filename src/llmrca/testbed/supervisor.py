@@ -16,8 +16,8 @@ Processes (all on 127.0.0.1, ports chosen free at start, recorded in the run fol
 Every child dies with the supervisor (``PR_SET_PDEATHSIG``); a child that exits on its own is restarted (an
 emulated engine after the model's load time, a real one at once: its load is real). With ``deploy.engine = "vllm"``
 each replica is a real vLLM OpenAI server (``llmrca.testbed.vllm_engine``) in a process group of its own, so that
-its EngineCore and worker processes are stopped with it whatever happens to the server. The control API's changes (``/inject``, ``/undo``, ``/shutdown``) need the
-run's token (``llmrca.testbed.auth``); the supervisor inherits the run folder's lock from ``up`` and holds it
+its EngineCore and worker processes are stopped with it whatever happens to the server. The control API's
+changes (``/inject``, ``/undo``, ``/shutdown``) need the run's token (``llmrca.testbed.auth``); the supervisor inherits the run folder's lock from ``up`` and holds it
 until it exits. Run as ``python -m llmrca.testbed.supervisor RUN_DIR`` (``llmrca testbed up``
 does it).
 """
@@ -170,7 +170,7 @@ class Supervisor:
 
     def ensure_engine(self, service: str) -> None:
         m = self.procs.get(f"engine:{service}")
-        if m is not None and (m.popen is None or m.popen.poll() is not None) and m.restart_at is None:
+        if m is not None and (m.popen is None or m.popen.poll() is not None):
             m.restart_at = time.time()
         if m is not None:
             m.held = False
