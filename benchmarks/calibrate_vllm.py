@@ -95,14 +95,25 @@ def series_of(metrics: pd.DataFrame, metric: str) -> pd.Series | None:
     return x.mean(axis=1) if ("seconds" in metric or metric == "latency") else x.sum(axis=1, min_count=1)
 
 
+def canonical(column: str) -> str | None:
+    """The name a study-view column is compared under: the live testbed's one node (``node-local``) and the
+    simulator's node of the replicas (``node-gpu-0``) are both ``node``; the simulator's gateway node (its own
+    machine in the modelled cluster, none on the testbed) is left out."""
+    svc, metric = column.split("_", 1)
+    if svc.startswith("node-cpu"):
+        return None
+    return f"node_{metric}" if svc.startswith("node-") else column
+
+
 def study_cv(metrics: pd.DataFrame, t_inject: float) -> dict[str, float]:
     """Pre-fault coefficient of variation (sd / |mean|) of every study-view column."""
     pre = metrics[metrics[TIME] < t_inject]
     out = {}
     for c in view_columns([c for c in metrics.columns if c != TIME], "study"):
         x = pre[c].dropna().to_numpy(dtype=float)
-        if len(x) > 2 and abs(x.mean()) > 0:
-            out[c] = float(x.std(ddof=1) / abs(x.mean()))
+        name = canonical(c)
+        if name and len(x) > 2 and abs(x.mean()) > 0:
+            out[name] = float(x.std(ddof=1) / abs(x.mean()))
     return out
 
 
@@ -122,7 +133,8 @@ def effect_sizes(metrics: pd.DataFrame, t_inject: float, t_end: float, indicator
         sd = a.std(ddof=1)
         out[name] = {"pre": float(a.mean()), "fault": float(b.mean()),
                      "ratio": float(b.mean() / a.mean()) if a.mean() else math.nan,
-                     "z": float((b.mean() - a.mean()) / sd) if sd > 0 else math.nan}
+                     # a series flat before the fault (a histogram quantile stuck in one bucket) has no z
+                     "z": float((b.mean() - a.mean()) / sd) if sd > 1e-9 * abs(a.mean()) else math.nan}
     return out
 
 
@@ -262,7 +274,7 @@ def _f(x: float) -> str:
 
 def print_phase(name: str, live: dict[str, Any], sim: dict[str, Any]) -> None:
     print(f"\n== {name}")
-    print(f"{'':22s}{'live pre':>11s}{'sim pre':>11s}{'live fault':>12s}{'sim fault':>11s}")
+    print(f"{'':22s}{'live pre':>12s}{'sim pre':>12s}{'live fault':>12s}{'sim fault':>12s}")
     rows = [(f"{k} {s} (ms)", k, s, 1e3) for k in HISTOGRAMS for s in ("mean", "p50", "p90", "p99")]
     rows += [("gen tokens/s", "gen_tps", None, 1.0), ("prompt tokens/s", "prompt_tps", None, 1.0),
              ("preemptions", "preemptions", None, 1.0), ("requests done", "requests", None, 1.0)]
@@ -272,16 +284,16 @@ def print_phase(name: str, live: dict[str, Any], sim: dict[str, Any]) -> None:
             for side in (live, sim):
                 v = side["parts"][part][k]
                 vals.append((v.get(s, math.nan) if s else v) * scale)
-        print(f"{label:22s}{_f(vals[0]):>11s}{_f(vals[1]):>11s}{_f(vals[2]):>12s}{_f(vals[3]):>11s}")
+        print(f"{label:22s}" + "".join(f"{_f(v):>12s}" for v in vals))
     if live["effects"] or sim["effects"]:
         print(f"{'effect (fault/pre, z)':36s}{'live':>18s}{'sim':>18s}")
         for k in dict.fromkeys([*live["effects"], *sim["effects"]]):
             cell = [f"{_f(e[k]['ratio'])} / {_f(e[k]['z'])}" if k in e else "-" for e in (live["effects"],
                                                                                         sim["effects"])]
             print(f"  {k:34s}{cell[0]:>18s}{cell[1]:>18s}")
-    print(f"{'pre-fault CV (study view)':36s}{'live':>9s}{'sim':>9s}")
+    print(f"{'pre-fault CV (study view)':36s}{'live':>10s}{'sim':>10s}")
     for k in sorted(set(live["cv"]) | set(sim["cv"])):
-        print(f"  {k:34s}{_f(live['cv'].get(k, math.nan)):>9s}{_f(sim['cv'].get(k, math.nan)):>9s}")
+        print(f"  {k:34s}{_f(live['cv'].get(k, math.nan)):>10s}{_f(sim['cv'].get(k, math.nan)):>10s}")
 
 
 def _jsonable(x: Any) -> Any:
