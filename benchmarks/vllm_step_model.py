@@ -154,14 +154,39 @@ def summarize(rs: list[dict[str, float]], before: dict[str, float], after: dict[
             "preemptions": d("vllm:num_preemptions_total")}
 
 
-def measure(url: str, name: str, concurrency: int, n: int, prompt: int, out: int, seed: int) -> dict[str, float]:
-    before = scrape(url)
+def cpu_times(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of the server's processes: the API server (frontend) and the rest (the
+    EngineCore process that schedules and runs the model)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    out = {"frontend": 0.0, "engine": 0.0}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            out["frontend" if p.pid == pid else "engine"] += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def measure(url: str, pid: int, name: str, concurrency: int, n: int, prompt: int, out: int,
+            seed: int) -> dict[str, float]:
+    """One closed-loop point. Wall-clock latencies depend on what else the shared machine runs; the CPU seconds
+    the engine spends per step do not (much): they are what the step costs on a core of its own."""
+    before, c0 = scrape(url), cpu_times(pid)
     rs = asyncio.run(closed_loop(url, concurrency, n, prompt, out, seed))
-    res = summarize(rs, before, scrape(url))
-    res.update(concurrency=concurrency, prompt=prompt, out=out)
+    after, c1 = scrape(url), cpu_times(pid)
+    res = summarize(rs, before, after)
+    steps = after.get("vllm:iteration_tokens_total_count", 0.0) - before.get("vllm:iteration_tokens_total_count", 0.0)
+    res.update(concurrency=concurrency, prompt=prompt, out=out, steps=steps,
+               engine_cpu_per_step=(c1["engine"] - c0["engine"]) / steps if steps else float("nan"),
+               frontend_cpu_per_request=(c1["frontend"] - c0["frontend"]) / max(1, len(rs)))
     print(f"{name:18s} c={concurrency:<3d} prompt={prompt:<5d} out={out:<3d} ttft {1e3 * res['ttft_mean']:7.2f} ms  "
           f"itl {1e3 * res['itl_mean']:6.3f} ms (server {1e3 * res['server_itl_mean']:6.3f})  "
-          f"tokens/step {res['tokens_per_step']:6.2f}", flush=True)
+          f"tokens/step {res['tokens_per_step']:6.2f}  engine CPU/step {1e3 * res['engine_cpu_per_step']:6.3f} ms  "
+          f"frontend CPU/request {1e3 * res['frontend_cpu_per_request']:6.2f} ms  load {os.getloadavg()[0]:.1f}",
+          flush=True)
     return res
 
 
@@ -181,29 +206,35 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result["startup_s"] = wait_ready(url, server, a.timeout)
         print(f"server up in {result['startup_s']:.0f} s (log {root / 'server.log'})", flush=True)
-        measure(url, "warm-up", 2, 6, 128, 16, 99)
+        measure(url, server.pid, "warm-up", 2, 6, 128, 16, 99)
         pts: dict[str, Any] = {}
         for c in (1, 4, 16):
-            pts[f"decode c{c}"] = measure(url, "decode", c, max(a.requests, 2 * c), 128, 64, c)
+            pts[f"decode c{c}"] = measure(url, server.pid, "decode", c, max(a.requests, 2 * c), 128, 64, c)
         for p in (16, 512, 1536):
-            pts[f"prefill p{p}"] = measure(url, "prefill", 1, max(6, a.requests // 3), p, 2, p)
+            pts[f"prefill p{p}"] = measure(url, server.pid, "prefill", 1, max(6, a.requests // 3), p, 2, p)
         # A / B / A: a baseline right before and after each stress level, so a drift of the shared machine's
         # load does not read as the stress's effect.
-        pts["base 0"] = measure(url, "baseline", 1, a.requests // 2, 128, 64, 200)
+        pts["base 0"] = measure(url, server.pid, "baseline", 1, a.requests // 2, 128, 64, 200)
         for w in (1, 2):
             stress = subprocess.Popen(["stress-ng", "--cpu", str(w), "--taskset", str(a.core), "--quiet",
                                        "--timeout", "120s"], start_new_session=True)
             try:
                 time.sleep(1.0)
-                pts[f"stress {w}"] = measure(url, f"stress-ng --cpu {w}", 1, a.requests // 2, 128, 64, 100 + w)
+                pts[f"stress {w}"] = measure(url, server.pid, f"stress-ng --cpu {w}", 1, a.requests // 2, 128, 64, 100 + w)
             finally:
                 os.killpg(stress.pid, signal.SIGKILL)
                 stress.wait()
-            pts[f"base {w}"] = measure(url, "baseline", 1, a.requests // 2, 128, 64, 200 + w)
+            pts[f"base {w}"] = measure(url, server.pid, "baseline", 1, a.requests // 2, 128, 64, 200 + w)
         result["points"] = pts
     finally:
         stop_server(server)
     dec = [pts[f"decode c{c}"] for c in (1, 4, 16)]
+    # The contention-free step: engine CPU seconds per decode step against the batch (decode points: 64 steps of
+    # a request, one of them its prefill).
+    b_cpu, a_cpu = np.polyfit([d["concurrency"] for d in dec], [d["engine_cpu_per_step"] for d in dec], 1)
+    pre_cpu = [pts[f"prefill p{p}"] for p in (16, 512, 1536)]
+    # prefill points: 2 steps per request (the prefill and one decode step)
+    d_cpu, c_cpu = np.polyfit([d["prompt"] for d in pre_cpu], [2 * d["engine_cpu_per_step"] for d in pre_cpu], 1)
     # closed-loop clients keep about `concurrency` sequences in the batch while they decode
     b_itl, a_itl = np.polyfit([d["concurrency"] for d in dec], [d["itl_mean"] for d in dec], 1)
     pre = [pts[f"prefill p{p}"] for p in (16, 512, 1536)]
@@ -211,7 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     def base(w: int) -> float:
         return 0.5 * (pts[f"base {w - 1}"]["itl_mean"] + pts[f"base {w}"]["itl_mean"])
 
-    result["fit"] = {"itl_at_batch_0_s": a_itl, "itl_per_batch_token_s": b_itl, "ttft_at_prompt_0_s": c_ttft,
+    result["fit"] = {"cpu_step_at_batch_0_s": a_cpu, "cpu_step_per_sequence_s": b_cpu,
+                     "cpu_prefill_pair_at_0_s": c_cpu, "cpu_per_prompt_token_s": d_cpu,
+                     "frontend_cpu_per_request_s": float(np.mean([d["frontend_cpu_per_request"] for d in dec])),
+                     "itl_at_batch_0_s": a_itl, "itl_per_batch_token_s": b_itl, "ttft_at_prompt_0_s": c_ttft,
                      "ttft_per_prompt_token_s": d_ttft,
                      "stress_slowdown": {w: pts[f"stress {w}"]["itl_mean"] / base(w) for w in (1, 2)}}
     result["loadavg_after"] = os.getloadavg()
