@@ -18,9 +18,9 @@ GIB = 1024**3
 # is the achieved number), achieved bytes/s of a decode step's weight and KV reads, and the per-step time of the
 # PyTorch eager forward and vLLM's CPU model runner that does not scale with tokens (what dominates a 2-layer
 # model's step).
-CPU_FLOPS = 20e9
+CPU_FLOPS = 13e9
 CPU_MEM_BW = 10e9
-CPU_STEP_OVERHEAD_S = 1.0e-3
+CPU_STEP_OVERHEAD_S = 0.67e-3
 
 
 @dataclass(frozen=True)
