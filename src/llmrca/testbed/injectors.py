@@ -212,7 +212,10 @@ class Injector:
     def _stressor(self, argv: list[str], name: str) -> None:
         c = self.host.containment
         cpus = None
-        if c.mode == "affinity":
+        core = getattr(self.host, "engine_core", lambda s: None)(self.target)
+        if c.mode == "affinity" and core is not None:
+            cpus = [core]  # a real engine's threads are bound to their core: the stressor goes there
+        elif c.mode == "affinity":
             self._pinned = c.pin(self.host.service_pids(self.target))
             cpus = sorted(os.sched_getaffinity(0))[-1:]
         p = spawn(argv, out=self.host.out_path(name), cgroup_procs=c.procs_files(self.target),
@@ -304,7 +307,12 @@ class Injector:
     def _apply_kill(self, v: dict[str, Any]) -> None:
         pid = self.host.kill_engine(self.target, v["load_s"])
         self.notes["killed_pid"] = pid
-        self.method = f"SIGKILL pid {pid}; restart after {v['load_s']:g} s"
+        if (self.host.state.get("engine") or {}).get("kind") == "vllm":
+            # the real death path: the server logs the worker's death and exits; its restart loads the model for real
+            self.method = f"SIGKILL of vLLM worker pid {pid}; the server exits, restarted at once (real model load)"
+            self.notes["emulated_load_s_ignored"] = v["load_s"]
+        else:
+            self.method = f"SIGKILL pid {pid}; restart after {v['load_s']:g} s"
 
     def _undo_kill(self, v: dict[str, Any]) -> None:
         self.host.ensure_engine(self.target)

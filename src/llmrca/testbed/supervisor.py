@@ -8,13 +8,15 @@ Processes (all on 127.0.0.1, ports chosen free at start, recorded in the run fol
 |------------------------|----------------|---------------------------------------------------------------|
 | ``nginx``              | nginx-proxy    | the gateway (real nginx)                                      |
 | ``proxy``              | ray-head       | the Serve-like HTTP proxy and router                          |
-| ``engine:<replica>``   | each replica   | a vLLM-like engine on an emulated GPU                          |
+| ``engine:<replica>``   | each replica   | a vLLM-like engine on an emulated GPU, or a real vLLM server   |
 | ``mesh``               | (node)         | the pod-to-pod links where network faults act                 |
 | ``prometheus``         | (node)         | real Prometheus, scraping every ``deploy.step``                |
 | ``loadgen``            | (client)       | the open-loop load                                            |
 
 Every child dies with the supervisor (``PR_SET_PDEATHSIG``); a child that exits on its own is restarted (an
-engine after the model's load time). The control API's changes (``/inject``, ``/undo``, ``/shutdown``) need the
+emulated engine after the model's load time, a real one at once: its load is real). With ``deploy.engine = "vllm"``
+each replica is a real vLLM OpenAI server (``llmrca.testbed.vllm_engine``) in a process group of its own, so that
+its EngineCore and worker processes are stopped with it whatever happens to the server. The control API's changes (``/inject``, ``/undo``, ``/shutdown``) need the
 run's token (``llmrca.testbed.auth``); the supervisor inherits the run folder's lock from ``up`` and holds it
 until it exits. Run as ``python -m llmrca.testbed.supervisor RUN_DIR`` (``llmrca testbed up``
 does it).
@@ -45,6 +47,7 @@ from llmrca.sim.run import derive_seed
 from llmrca.testbed import injectors as injmod
 from llmrca.testbed import nginx as nginxmod
 from llmrca.testbed import prometheus as prom
+from llmrca.testbed import vllm_engine
 from llmrca.testbed.cleanup import CleanupRegistry
 from llmrca.testbed.config import NODE, TestbedConfig, scaling
 from llmrca.testbed.injectors import Injector
@@ -57,6 +60,8 @@ from llmrca.testbed.telemetry import MESH_BUCKETS_MS
 
 CONFIG_FILE = "config.json"
 CRASH_RESTART_S = 1.0
+VLLM_START_S = 900.0  # a real server loads in 25-75 s on an idle core, several minutes on a shared, busy machine
+VLLM_DEATH_GRACE_S = 30.0  # a server whose worker was killed exits on its own in ~10 s; after this it is killed
 MAX_FAULT_S = 86400.0  # a fault longer than a day is a typo (or Infinity), not an experiment
 
 
@@ -73,6 +78,10 @@ class Managed:
     restarts: int = 0
     held: bool = False  # deliberately down (a replica-kill fault holds it until its restart time)
     extra: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] | None = None  # None: the supervisor's
+    health: bool = False  # ready = GET /health answers 200 (a real engine listens before its model is loaded)
+    own_group: bool = False  # in a process group of its own, swept whole when it stops
+    pgid: int | None = None
 
 
 def plan_state(rd: RunDir, cfg: TestbedConfig, *, real_gpus: dict[str, str] | None = None) -> dict[str, Any]:
@@ -123,6 +132,8 @@ class Supervisor:
         self.stopping = False
         self._nginx_pos = 0
         self._undo_reason: dict[str, str] = {}
+        self.build: vllm_engine.Build | None = None  # the real engine's vLLM build (deploy.engine = "vllm")
+        self.model_dir: Any = None
 
     # -- Host interface for injectors ----------------------------------------------------------------------
     def service_pids(self, service: str) -> list[int]:
@@ -143,6 +154,8 @@ class Supervisor:
         m = self.procs.get(f"engine:{service}")
         if m is None:
             raise UnknownNameError(f"no engine for {service!r}")
+        if self.build is not None:
+            return self._kill_vllm(m)
         pid = m.popen.pid if m.popen is not None else None
         m.held = True
         m.restart_at = time.time() + restart_after_s
@@ -153,19 +166,90 @@ class Supervisor:
 
     def ensure_engine(self, service: str) -> None:
         m = self.procs.get(f"engine:{service}")
-        if m is not None and (m.popen is None or m.popen.poll() is not None):
+        if m is not None and (m.popen is None or m.popen.poll() is not None) and m.restart_at is None:
             m.restart_at = time.time()
         if m is not None:
             m.held = False
 
     # -- processes -----------------------------------------------------------------------------------------
+    def engine_core(self, service: str) -> int | None:
+        """The CPU core a real engine's threads are bound to (CPU host), where a stressor must run to compete with
+        them when there are no cgroups; None for an emulated engine."""
+        return (self.state.get("engine") or {}).get("cores", {}).get(service)
+
+    def engine_argv(self, replica: str, kv_cache_tokens: int | None = None) -> tuple[list[str], dict[str, str] | None]:
+        """The command line and environment (None: the supervisor's) of ``replica``'s engine; ``kv_cache_tokens``
+        overrides the deployment's KV-cache capacity (a restart with a smaller cache)."""
+        py = sys.executable
+        port = self.state["ports"][f"engine:{replica}"]
+        if self.build is None:
+            argv = [py, "-m", "llmrca.testbed.engine_server", str(self.rd.path), replica]
+            if kv_cache_tokens is not None:
+                argv += ["--kv-cache-tokens", str(int(kv_cache_tokens))]
+            return argv, None
+        argv = vllm_engine.engine_argv(self.build, self.model_dir, self.cfg.deploy.model_spec.name, self.cfg.deploy, port,
+                                       otlp_endpoint=self.state["otlp_endpoint"], kv_cache_tokens=kv_cache_tokens)
+        log_config = vllm_engine.write_logging_config(self.rd.path / "engine-logging" / f"{replica}.json",
+                                                      self.rd.log(f"engine-{replica}"), replica)
+        env = vllm_engine.engine_env(self.build, self.rd.path, replica, log_config,
+                                     core=self.engine_core(replica),
+                                     gpu=(self.state.get("real_gpus") or {}).get(replica))
+        return argv, env
+
+    def _prepare_vllm(self) -> None:
+        """Find the vLLM build, build the model once for every replica, and bind each replica to a core."""
+        from llmrca.testbed import procs as procmod
+        from llmrca.testbed import tiny_model
+
+        if self.cfg.deploy.model_spec.name != tiny_model.NAME:
+            raise TestbedError(f"deployment.model is {self.cfg.deploy.model!r}: the real engine serves only "
+                               f"{tiny_model.NAME}, the model built here (nothing is downloaded)")
+        self.build = vllm_engine.detect()
+        self.model_dir = vllm_engine.build_model(self.rd.path / "models")
+        cores = procmod._cores()
+        replicas = self.state["replicas"]
+        bound = {r: vllm_engine.core_of(i, cores) for i, r in enumerate(replicas)} if self.build.device == "cpu" \
+            else {}
+        self.state["engine"] = {"kind": "vllm", "build": self.build.to_dict(), "model": str(self.model_dir),
+                                "block_size": vllm_engine.block_size(self.cfg.deploy, self.build),
+                                "cores": bound, "cores_shared": len(replicas) > len(cores) and bool(bound),
+                                "traces": bool(self.build.otlp)}
+        self.tlog.write("INFO", "real engine: {} {} on {}, model {}, cores {}", self.build.package,
+                        self.build.version, self.build.device, self.model_dir, bound)
+
+    def _kill_vllm(self, m: Managed) -> int | None:
+        """The real engine's death: SIGKILL of the process that steps the model (an OOM kill, a crashed GPU
+        worker). The server then logs the worker's death and ``EngineDeadError`` and exits on its own; the monitor
+        starts a new one at once (its model load is real) and kills it if it lingers."""
+        if m.popen is None or m.popen.poll() is not None:
+            return None
+        workers = vllm_engine.worker_pids(m.popen.pid)
+        if not workers:
+            raise TestbedError(f"{m.name}: no vLLM worker process found below pid {m.popen.pid}")
+        now = time.time()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        m.restart_at = now + CRASH_RESTART_S
+        m.extra.update(killed_at=now, kill_deadline=now + VLLM_DEATH_GRACE_S, awaiting_restart=True)
+        self.tlog.write("INFO", "SIGKILL of the vLLM worker(s) {} of {} (server pid {})", workers, m.service,
+                        m.popen.pid)
+        return workers[0]
+
     def _define(self) -> None:
         py = sys.executable
         rd = str(self.rd.path)
         ports = self.state["ports"]
+        real = self.cfg.deploy.engine == "vllm"
+        if real:
+            self._prepare_vllm()
+        else:
+            self.state["engine"] = {"kind": "emulated"}
         for r in self.state["replicas"]:
-            self.procs[f"engine:{r}"] = Managed(f"engine:{r}", r, [py, "-m", "llmrca.testbed.engine_server", rd, r],
-                                                ports[f"engine:{r}"], restart_after_s=self.cfg.model_load_s)
+            argv, env = self.engine_argv(r)
+            self.procs[f"engine:{r}"] = Managed(f"engine:{r}", r, argv, ports[f"engine:{r}"],
+                                                restart_after_s=CRASH_RESTART_S if real else self.cfg.model_load_s,
+                                                env=env, health=real, own_group=real)
         self.procs["mesh"] = Managed("mesh", None, [py, "-m", "llmrca.testbed.mesh", rd], ports["mesh"])
         self.procs["proxy"] = Managed("proxy", HEAD, [py, "-m", "llmrca.testbed.proxy_server", rd], ports["proxy"])
         ng = nginxmod.nginx_binary()
@@ -198,18 +282,20 @@ class Supervisor:
     def _start(self, m: Managed) -> None:
         files = self.containment.procs_files(m.service) if m.service else []
         m.popen = spawn(m.argv, out=self.rd.out(m.name.replace(":", "-")), cgroup_procs=files,
-                        die_with_parent=True)
+                        die_with_parent=True, env=m.env, new_session=m.own_group)
+        m.pgid = m.popen.pid if m.own_group else None
         try:
             m.create_time = psutil.Process(m.popen.pid).create_time()
         except psutil.NoSuchProcess:
             m.create_time = 0.0
         m.restart_at = None
+        m.extra["started_at"] = time.time()
         self._record_processes()
 
     def _record_processes(self) -> None:
         self.state["processes"] = {
             name: {"pid": m.popen.pid if m.popen else None, "create_time": m.create_time, "service": m.service,
-                   "restarts": m.restarts}
+                   "restarts": m.restarts, "pgid": m.pgid}
             for name, m in self.procs.items()}
         self.rd.write_state(self.state)
 
@@ -222,11 +308,15 @@ class Supervisor:
                 if m.popen.poll() is not None:
                     tail = _tail(self.rd.out(n.replace(":", "-")))
                     raise TestbedError(f"{n} exited with code {m.popen.returncode} while starting:\n{tail}")
-                if port_open(m.ready_port):
+                if (vllm_engine.wait_health(m.ready_port) if m.health else port_open(m.ready_port)):
                     pending.remove(n)
+                    if m.health:
+                        self.tlog.write("INFO", "{} healthy {} s after its start", n,
+                                        f"{time.time() - m.extra['started_at']:.1f}")
             if pending and time.monotonic() > end:
-                raise TestbedError(f"{', '.join(pending)} did not open their ports within {timeout:g} s")
-            await asyncio.sleep(0.1)
+                what = "answer GET /health" if any(self.procs[n].health for n in pending) else "open their ports"
+                raise TestbedError(f"{', '.join(pending)} did not {what} within {timeout:g} s")
+            await asyncio.sleep(0.1 if not any(self.procs[n].health for n in pending) else 0.5)
 
     async def _monitor(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -234,8 +324,16 @@ class Supervisor:
             for m in self.procs.values():
                 if m.popen is None or self.stopping:
                     continue
+                deadline = m.extra.get("kill_deadline")
+                if deadline is not None and m.popen.poll() is None and now > deadline:
+                    self.tlog.write("WARNING", "{} still runs {} s after its worker was killed; stopping it", m.name,
+                                    f"{VLLM_DEATH_GRACE_S:g}")
+                    m.extra["kill_deadline"] = None
+                    await asyncio.get_running_loop().run_in_executor(None, self._kill_group, m, 5.0)
                 if m.popen.poll() is not None and not m.extra.get("death_seen"):
                     m.extra["death_seen"] = True
+                    m.extra["died_at"] = now
+                    m.extra["kill_deadline"] = None
                     if m.restart_at is None:
                         m.restart_at = now + (m.restart_after_s if m.name.startswith("engine:") else CRASH_RESTART_S)
                     if m.name.startswith("engine:"):
@@ -249,9 +347,13 @@ class Supervisor:
                     m.held = False
                     m.extra["death_seen"] = False
                     self._start(m)
+                    m.extra["restarting"] = m.health
                     if m.name.startswith("engine:"):
                         self.log.write("INFO", "Replica {} of deployment {} started; loading the model.", m.service,
                                        "VLLMDeployment")
+                if m.extra.get("restarting") and m.popen.poll() is None and vllm_engine.wait_health(m.ready_port, 0.5):
+                    m.extra["restarting"] = False
+                    self._restarted(m)
             for iid, (inj, rec, _) in list(self.injections.items()):
                 if not inj.undone and now >= inj.end and not rec.get("lease"):
                     await self.undo(iid, "scheduled end")
@@ -259,6 +361,32 @@ class Supervisor:
                 await asyncio.wait_for(stop.wait(), 0.25)
             except TimeoutError:
                 pass
+
+    def _restarted(self, m: Managed) -> None:
+        """A real engine serves again: record how long its death and its restart took, in the testbed log and in
+        the notes of the replica-kill injection that caused it (appended again if that one has ended)."""
+        now = time.time()
+        killed = m.extra.pop("killed_at", None)
+        died = m.extra.get("died_at")
+        load = now - m.extra["started_at"]
+        self.tlog.write("INFO", "{} healthy again: model load {} s after its start", m.name, f"{load:.1f}")
+        if killed is None:
+            return
+        for inj, rec, _ in reversed(list(self.injections.values())):
+            if rec["target"] == m.service and "killed_pid" in inj.notes and "restart_s" not in inj.notes:
+                inj.notes.update(server_exit_s=round(died - killed, 2) if died else None,
+                                 model_load_s=round(load, 2), restart_s=round(now - killed, 2))
+                if inj.undone:
+                    self.rd.append_injection(rec)
+                break
+
+    def _kill_group(self, m: Managed, timeout: float = 5.0) -> None:
+        """Stop ``m`` and everything below it, then every process left in its process group (a vLLM EngineCore or
+        worker whose server is gone is no longer below it)."""
+        if m.popen is not None:
+            kill_tree(m.popen.pid, timeout=timeout)
+        if m.pgid:
+            sweep_group(m.pgid, m.create_time)
 
     # -- telemetry agent -----------------------------------------------------------------------------------
     def members(self) -> dict[str, list[int]]:
@@ -381,13 +509,17 @@ class Supervisor:
                            "port": m.ready_port}
         return {"status": self.state["status"], "run_dir": str(self.rd.path), "run_id": self.state["run_id"],
                 "ports": self.state["ports"], "processes": procs, "containment": self.containment.mode,
+                "engine": self.state.get("engine") or {"kind": "emulated"},
                 "injections": [rec for _, rec, _ in self.injections.values() if rec.get("status") == "active"],
                 "spans": self.spans.count, "prometheus": f"http://{LOOPBACK}:{self.state['ports']['prometheus']}",
                 "gateway": f"http://{LOOPBACK}:{self.state['ports']['gateway']}", "scaling": self.state["scaling"]}
 
     async def inject(self, fault: str, target: str, params: dict[str, Any] | None, duration: float,
                      lease: bool) -> dict[str, Any]:
-        fault_registry.get(fault)  # an unknown fault: the registry's error, before anything else
+        spec = fault_registry.get(fault)  # an unknown fault: the registry's error, before anything else
+        if self.build is not None and self.build.device == "cpu" and "power_limit" in spec.causes:
+            raise TestbedError(f"fault {fault!r}: the real engine runs on CPU here: no GPU to cap; use --engine "
+                               "emulated")
         if target not in self.state["replicas"]:
             raise UnknownNameError(f"fault {fault!r} cannot target {target!r}; its targets (replicas) are: "
                                    f"{', '.join(self.state['replicas'])}")
@@ -546,7 +678,7 @@ class Supervisor:
             engines = [n for n in self.procs if n.startswith("engine:")]
             for n in ["mesh", *engines]:
                 self._start(self.procs[n])
-            await self._wait_ready(["mesh", *engines], 60.0)
+            await self._wait_ready(["mesh", *engines], VLLM_START_S if self.build is not None else 60.0)
             for n in ("proxy", "nginx"):
                 self._start(self.procs[n])
             await self._wait_ready(["proxy", "nginx"], 30.0)
@@ -593,12 +725,32 @@ class Supervisor:
         for n in order:
             m = self.procs.get(n)
             if m is not None and m.popen is not None:
-                kill_tree(m.popen.pid, timeout=10.0 if n == "prometheus" else 5.0)
+                self._kill_group(m, timeout=10.0 if n == "prometheus" else 5.0)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     m.popen.wait(timeout=1.0)
         for pids in self.extra_members.values():
             for pid in pids:
                 kill_tree(pid, timeout=3.0)
+
+
+def sweep_group(pgid: int, since: float) -> list[int]:
+    """SIGKILL every process of process group ``pgid`` started at or after ``since`` (its leader's start: an
+    unrelated process that later reused the id is older than nothing we started, so it is left alone)."""
+    out = []
+    for p in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if p.pid == os.getpid() or os.getpgid(p.pid) != pgid or p.info["create_time"] < since - 1.0:
+                continue
+            p.kill()
+            out.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
+            continue
+    left = []
+    for pid in out:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            left.append(psutil.Process(pid))
+    psutil.wait_procs(left, timeout=3.0)
+    return out
 
 
 def duration_of(value: Any) -> float:
