@@ -57,7 +57,7 @@ def scenario(engine: str, *, kv_cache_tokens: int | None = None, rate: float = 2
     """The calibration deployment (the live run's timing: a case is ``duration`` s, the fault at ``inject_at``)."""
     return DeployConfig(replicas=2, gpu="cpu", model="llmrca/tiny-llama", engine=engine, gpus_per_node=2,
                         rate=rate, users=users, prompt_tokens=prompt, output_tokens=output, eos_share=0.0,
-                        max_num_seqs=64, max_num_batched_tokens=2048, step=1.0, rate_window=5.0,
+                        max_num_seqs=64, max_num_batched_tokens=2048, block_size=32, step=1.0, rate_window=5.0,
                         duration=duration, warmup=30.0, inject_at=inject_at, fault_duration=fault,
                         kv_cache_tokens=kv_cache_tokens)
 
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kv-cache-tokens", type=int, default=2048, help="KV cache of the KV-pressure phase")
     ap.add_argument("--no-kv", action="store_true", help="skip the KV-pressure phase")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds the testbed may take to come up")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds the testbed may take to come up")
     ap.add_argument("--run-dir", type=Path, help="testbed run folder (default: a fresh temporary one)")
     ap.add_argument("--out", type=Path, help="write every number as JSON here")
     a = ap.parse_args(argv)
