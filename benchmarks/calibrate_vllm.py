@@ -169,6 +169,9 @@ class Live:
         out["prompt_tps"] = self._scalar(f"sum(increase(vllm:prompt_tokens_total[{w}]))", t1) / span
         out["preemptions"] = self._scalar(f"sum(increase(vllm:num_preemptions_total[{w}]))", t1)
         out["requests"] = self._scalar(f"sum(increase(vllm:request_success_total[{w}]))", t1)
+        n = self._scalar(f"sum(increase(vllm:request_prompt_tokens_count[{w}]))", t1)
+        out["prompt_per_request"] = self._scalar(f"sum(increase(vllm:request_prompt_tokens_sum[{w}]))", t1) / n \
+            if n > 0 else math.nan
         return out
 
 
@@ -250,7 +253,8 @@ def sim_case(cfg: DeployConfig, fault: str | None, target: str, params: dict[str
             c = lg["preemptions"]
             pre_ += float(np.interp(b, t, c) - np.interp(a, t, c))
         req_n = float(me.sum())
-        out.update(gen_tps=gen / (b - a), prompt_tps=prompt / (b - a), preemptions=pre_, requests=req_n)
+        out.update(gen_tps=gen / (b - a), prompt_tps=prompt / (b - a), preemptions=pre_, requests=req_n,
+                   prompt_per_request=float(req["prompt_tokens"].to_numpy()[me].mean()) if me.any() else math.nan)
         return out
 
     return {"fault": fault, "target": target, "params": params, "t0": start, "t_inject": t_inj,
@@ -277,12 +281,13 @@ def print_phase(name: str, live: dict[str, Any], sim: dict[str, Any]) -> None:
     print(f"{'':22s}{'live pre':>12s}{'sim pre':>12s}{'live fault':>12s}{'sim fault':>12s}")
     rows = [(f"{k} {s} (ms)", k, s, 1e3) for k in HISTOGRAMS for s in ("mean", "p50", "p90", "p99")]
     rows += [("gen tokens/s", "gen_tps", None, 1.0), ("prompt tokens/s", "prompt_tps", None, 1.0),
+             ("prompt tokens/request", "prompt_per_request", None, 1.0),
              ("preemptions", "preemptions", None, 1.0), ("requests done", "requests", None, 1.0)]
     for label, k, s, scale in rows:
         vals = []
         for part in ("pre", "fault"):
             for side in (live, sim):
-                v = side["parts"][part][k]
+                v = side["parts"][part].get(k, math.nan)
                 vals.append((v.get(s, math.nan) if s else v) * scale)
         print(f"{label:22s}" + "".join(f"{_f(v):>12s}" for v in vals))
     if live["effects"] or sim["effects"]:
@@ -317,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu-workers", default="16,48", help="deployed stress workers of the two CPU levels")
     ap.add_argument("--kv-cache-tokens", type=int, default=2048, help="KV cache of the KV-pressure phase")
     ap.add_argument("--no-kv", action="store_true", help="skip the KV-pressure phase")
+    ap.add_argument("--no-match-prompt", dest="match_prompt", action="store_false",
+                    help="simulate the scenario's prompt_tokens, not the prompt tokens the live engine counted")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds the testbed may take to come up")
     ap.add_argument("--run-dir", type=Path, help="testbed run folder (default: a fresh temporary one)")
@@ -336,8 +343,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, cfg, faults in phases:
         lv = live_phases(cfg, faults, root / name, a.seed, a.timeout)
         pod_cpu = float((lv.get("scaling") or {}).get("pod_cpu") or cfg.pod_cpu)
-        # The simulator sees the live machine: the live pod CPU limit and the live fault's applied parameters.
-        scfg = cfg.with_(pod_cpu=pod_cpu, engine="emulated")
+        # The simulator sees the live machine: the live pod CPU limit and the live fault's applied parameters; and
+        # the prompt as the engine counts it (the load generator writes `prompt_tokens` words; the real tokenizer
+        # and chat template make more tokens of them).
+        seen = [c["parts"]["pre"].get("prompt_per_request", math.nan) for c in lv["cases"]]
+        seen = [x for x in seen if math.isfinite(x)]
+        prompt = round(float(np.mean(seen))) if seen and a.match_prompt else cfg.prompt_tokens
+        scfg = cfg.with_(pod_cpu=pod_cpu, engine="emulated", prompt_tokens=prompt)
         for c in lv["cases"]:
             applied = c["record"].get("params") or {} if c["fault"] else {}
             params = {k: applied[k] for k in ("workers", "load") if k in applied} if c["fault"] == "cpu" else applied
@@ -347,7 +359,8 @@ def main(argv: list[str] | None = None) -> None:
             print_phase(label, ls, ss)
             result["phases"][label] = {"live": ls, "sim": ss, "live_record": c["record"], "sim_params": params,
                                        "pod_cpu": pod_cpu, "up_s": lv.get("up_s"), "scaling": lv.get("scaling"),
-                                       "config": scfg.to_dict()}
+                                       "config": scfg.to_dict(), "bounds": lv.get("bounds"),
+                                       "loadavg": os.getloadavg()}
     result["loadavg_after"] = os.getloadavg()
     if a.out:
         a.out.write_text(json.dumps(_jsonable(result), indent=1, sort_keys=True))
