@@ -42,6 +42,7 @@ from llmrca.deploy.config import DeployConfig
 from llmrca.faults import Injection
 from llmrca.sim import run as simrun
 from llmrca.sim.hardware import model_spec
+from llmrca.testbed.rundir import TestbedError
 
 HISTOGRAMS = {"ttft": "vllm:time_to_first_token_seconds", "itl": "vllm:inter_token_latency_seconds",
               "e2e": "vllm:e2e_request_latency_seconds"}
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, cfg, faults in phases:
         try:
             lv = live_phases(cfg, faults, root / name, a.seed, a.timeout)
-        except Exception as e:  # a phase that cannot run live (the engine refused the deployment): say so, go on
+        except TestbedError as e:  # a phase that cannot run live (the engine refused the deployment): say so, go on
             print(f"\n== {name}: the live run failed: {str(e).splitlines()[0]}")
             result["phases"][name] = {"error": str(e)[:2000]}
             continue
