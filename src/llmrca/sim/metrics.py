@@ -290,10 +290,13 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
         cols[f"{p}_network_receive_packets"] = nrx
 
     # ---- GPUs: Ray's utilisation (study view) and DCGM (full view) --------------------------------------
+    # A replica on the host CPU (device "cpu") has neither: Ray reports no GPU and there is no DCGM exporter.
     for r in replicas:
         lg = {k: v[:n_ticks] for k, v in logs[r].items()}
         e = engines[r]
         g = e.gpu
+        if not g.is_gpu:
+            continue
         ph_ray = phase()
         util_ray = 100.0 * G.recent_mean(lg["busy"], ph_ray)
         ph = phase()

@@ -115,6 +115,9 @@ def _resolve_injection(config: SimConfig, dep: Deployment, injection: Injection 
     start = config.inject_at if injection.start is None else float(injection.start)
     duration = config.fault_duration if injection.duration is None else float(injection.duration)
     gpu = config.gpu_kind
+    if not gpu.is_gpu and "power_limit" in spec.causes:
+        raise fault_registry.FaultParamError(
+            f"fault {spec.id!r} acts on a GPU power limit; deployment.gpu = {gpu.name!r} is not a GPU")
 
     def draw() -> float:  # the target GPU's draw before the fault, from the fault-free twin (same seed)
         from llmrca.sim import twin

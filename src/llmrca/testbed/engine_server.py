@@ -192,17 +192,20 @@ class Engine:
         self.gpu_label_values = ["0", f"GPU-{abs(hash((service_name, self.cfg.seed))) % 10**12:012d}", "nvidia0",
                                  self.gpu.name, NODE]
         self.dcgm: dict[str, Any] = {}
-        for field in ("GPU_UTIL", "MEM_COPY_UTIL", "FB_USED", "FB_FREE", "GPU_TEMP", "MEMORY_TEMP", "POWER_USAGE",
+        # A replica on the host CPU (device "cpu") has no GPU: no DCGM exporter and no Ray GPU gauge, as live.
+        has_gpu = self.gpu.is_gpu
+        for field in () if not has_gpu else (
+                      "GPU_UTIL", "MEM_COPY_UTIL", "FB_USED", "FB_FREE", "GPU_TEMP", "MEMORY_TEMP", "POWER_USAGE",
                       "TOTAL_ENERGY_CONSUMPTION", "SM_CLOCK", "MEM_CLOCK", "XID_ERRORS", "PCIE_TX_THROUGHPUT",
                       "PCIE_RX_THROUGHPUT", "CLOCKS_EVENT_REASONS", "POWER_VIOLATION", "THERMAL_VIOLATION",
                       "POWER_MANAGEMENT_LIMIT"):
             self.dcgm[field] = Gauge(f"DCGM_FI_DEV_{field}", f"DCGM field {field} of the emulated GPU.", gpu_labels,
                                      registry=reg)
-        for field in ("GR_ENGINE_ACTIVE", "PIPE_TENSOR_ACTIVE", "DRAM_ACTIVE"):
+        for field in ("GR_ENGINE_ACTIVE", "PIPE_TENSOR_ACTIVE", "DRAM_ACTIVE") if has_gpu else ():
             self.dcgm[field] = Gauge(f"DCGM_FI_PROF_{field}", f"DCGM profiling field {field}.", gpu_labels,
                                      registry=reg)
         self.g_ray_gpu = Gauge("ray_node_gpus_utilization", "Ray's GPU utilisation (%).", ["GpuIndex", "GpuDeviceName"],
-                               registry=reg)
+                               registry=reg) if has_gpu else None
         self._energy = 0.0
         self._violation = 0.0
         self._pq = self._ph = self._preempt = 0
@@ -274,8 +277,6 @@ class Engine:
         self.rt.events.clear()
         if not ticks:
             return
-        g = self.gpu
-        lv = self.gpu_label_values
         for row in ticks:
             self._stats["prompt"] += row["prompt_tokens"]
             self._stats["gen"] += row["gen_tokens"]
@@ -287,6 +288,23 @@ class Engine:
             self._ph = int(row["prefix_hits"])
         row = ticks[-1]
         self.vm.gauges(row["running"], row["waiting"], row["kv_usage"])
+        if self.g_ray_gpu is not None:
+            self._export_gpu(ticks, row)
+        now = time.time()
+        if now >= self._next_stats:
+            span = max(1e-9, now - self._stats["t"])
+            tps = (self._stats["prompt"] / span, self._stats["gen"] / span)
+            dq, dh = self._pq - self._stats["pq"], self._ph - self._stats["ph"]
+            if any(tps) or any(self._last_tps):  # vLLM logs an idle engine at DEBUG only
+                log_stats(self.log, tps[0], tps[1], row["running"], row["waiting"], row["kv_usage"],
+                          dh / dq if dq > 0 else 0.0, preemptions=self._preempt - self._stats["pre"])
+            self._last_tps = tps
+            self._stats = {"prompt": 0.0, "gen": 0.0, "t": now, "pq": self._pq, "ph": self._ph, "pre": self._preempt}
+            self._next_stats = now + STATS_EVERY_S
+
+    def _export_gpu(self, ticks: list[dict[str, Any]], row: dict[str, Any]) -> None:
+        g = self.gpu
+        lv = self.gpu_label_values
         # DCGM: the emulated GPU's fields; NVML samples its activity counters, so readings scatter a little.
         busy = min(1.0, max(0.0, row["busy"] + float(self.rng.normal(0.0, 0.015))))
         idle = row["busy"] < 0.02
@@ -319,17 +337,6 @@ class Engine:
         for k, v in vals.items():
             self.dcgm[k].labels(*lv).set(v)
         self.g_ray_gpu.labels("0", self.gpu.name).set(round(100.0 * busy))
-        now = time.time()
-        if now >= self._next_stats:
-            span = max(1e-9, now - self._stats["t"])
-            tps = (self._stats["prompt"] / span, self._stats["gen"] / span)
-            dq, dh = self._pq - self._stats["pq"], self._ph - self._stats["ph"]
-            if any(tps) or any(self._last_tps):  # vLLM logs an idle engine at DEBUG only
-                log_stats(self.log, tps[0], tps[1], row["running"], row["waiting"], row["kv_usage"],
-                          dh / dq if dq > 0 else 0.0, preemptions=self._preempt - self._stats["pre"])
-            self._last_tps = tps
-            self._stats = {"prompt": 0.0, "gen": 0.0, "t": now, "pq": self._pq, "ph": self._ph, "pre": self._preempt}
-            self._next_stats = now + STATS_EVERY_S
 
     # -- HTTP ---------------------------------------------------------------------------------------------
     def _cache_info(self) -> dict[str, str]:
