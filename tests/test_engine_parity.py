@@ -1,18 +1,16 @@
 """The emulated engine speaks like vLLM 0.32.0's OpenAI server, alone and through the gateway (proxy and nginx):
 the official ``openai`` client streams with usage, lists models, completes; ``parity.check_server`` finds no
 difference from the recorded real server (``tests/fixtures/vllm_0.32.0``) and does find them in a server that
-answers otherwise; its recorded shapes are the fixtures'. With vLLM importable (``/tmp/vv``), one bare real server
-is compared too."""
+answers otherwise; its recorded shapes are the fixtures'. The real engine is compared in ``test_vllm_e2e`` (through the gateway,
+with one real replica's /metrics)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -336,76 +334,6 @@ def test_check_server_reports_a_server_that_answers_otherwise(tmp_path):
                      "POST /v1/chat/completions stream content type", "usage chunk",
                      "error empty_messages", "error unknown_model status", "metric vllm:num_requests_running"):
         assert expected in text, (expected, text)
-
-
-# -- a real vLLM, where one is installed ------------------------------------------------------------------------
-VLLM_PYTHON = os.environ.get("LLMRCA_VLLM_PYTHON", "/tmp/vv/bin/python")
-
-
-def _vllm_python() -> str | None:
-    try:
-        import vllm  # noqa: F401
-
-        return sys.executable
-    except ImportError:
-        pass
-    if Path(VLLM_PYTHON).is_file() and subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True,
-                                                      timeout=120, check=False).returncode == 0:
-        return VLLM_PYTHON
-    return None
-
-
-def test_check_server_finds_no_difference_in_a_real_vllm(tmp_path):
-    """One bare real vLLM (CPU build, the tiny model, dummy weights): check_server reports nothing. Starts in
-    30-75 s on one core; skipped without vLLM."""
-    py = _vllm_python()
-    if py is None:
-        pytest.skip("vLLM is not importable here nor at $LLMRCA_VLLM_PYTHON (/tmp/vv/bin/python)")
-    from llmrca.testbed.rundir import free_ports
-
-    # the model folder is built by the vLLM interpreter (it has the tokenizers package) from this checkout
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    code = "import sys; from llmrca.testbed import tiny_model as t; print(t.build(sys.argv[1]))"
-    path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
-    built = subprocess.run([py, "-c", code, str(tmp_path / "models")], capture_output=True, text=True, timeout=300,
-                           check=False, env={**os.environ, "PYTHONPATH": path})
-    assert built.returncode == 0, built.stderr[-2000:]
-    model_dir = built.stdout.strip().splitlines()[-1]
-    port = free_ports(1)[0]
-    env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind"),
-           "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_OMP_THREADS_BIND": "0",
-           "HF_HOME": str(tmp_path / "hf")}
-    log = open(tmp_path / "vllm.log", "wb")  # noqa: SIM115 - the server writes to it until the finally below
-    proc = subprocess.Popen([py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                             "--served-model-name", MODEL, "--load-format", "dummy", "--enforce-eager",
-                             "--kv-cache-memory-bytes", str(64 * 2**20), "--host", "127.0.0.1", "--port", str(port),
-                             "--max-model-len", "2048"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + 240  # 30-75 s on an idle core
-        up = False
-        while not up and time.monotonic() < end and proc.poll() is None:
-            try:
-                up = parity.http("GET", url + "/health", timeout=2)[0] == 200
-            except OSError:
-                pass
-            if not up:
-                time.sleep(1)
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM exited ({proc.returncode}): {(tmp_path / 'vllm.log').read_text()[-2000:]}")
-        if not up:  # alive but still loading: a machine shared with other servers, not a difference of the API
-            pytest.skip(f"vLLM did not answer /health within 240 s (load average {os.getloadavg()[0]:.1f})")
-        assert parity.check_server(url, MODEL, metrics_url=url + "/metrics") == []
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
-        shutil.rmtree(tmp_path / "cache", ignore_errors=True)
 
 
 def test_an_aborted_request_is_not_counted_as_vllm_does_not_count_it(emulated):
