@@ -649,3 +649,13 @@ def test_environment_does_not_leak(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "tb"))
     assert RunDir().path == tmp_path / "tb"
     assert os.environ[ENV_VAR] == str(tmp_path / "tb")
+
+
+def test_a_relative_run_folder_is_made_absolute(tmp_path, monkeypatch):
+    """nginx and the engines resolve paths against their own prefix or working folder: the run folder a user names
+    relative to the shell's folder reaches them absolute."""
+    from llmrca.testbed.rundir import RunDir
+
+    monkeypatch.chdir(tmp_path)
+    rd = RunDir("runs/tb")
+    assert rd.path.is_absolute() and rd.path == tmp_path / "runs" / "tb"

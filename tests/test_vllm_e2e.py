@@ -36,8 +36,8 @@ pytestmark = [
 
 TARGET = "ray-replicas-0"  # the replica behind the mesh (ray-head also hosts the proxy)
 MODEL = "llmrca/tiny-llama"
-BASELINE_ROWS = 30
-FAULT_S = 20.0
+BASELINE_ROWS = 20
+FAULT_S = 15.0
 AFTER_ROWS = 6
 
 
@@ -199,11 +199,15 @@ def test_replica_kill_on_a_real_replica(real):
     assert mine.str.contains(r"Worker proc VllmWorker-\d+ died unexpectedly").any()
     assert mine.str.contains("EngineDeadError").any()
     _baro_top2(case)
-    # the supervisor starts a new server at once; its model load is real (its time is in the injection's notes)
-    port = real["state"]["ports"][f"engine:{TARGET}"]
-    assert _wait(lambda: vllm_engine.wait_health(port), 900, every=2.0), "the killed replica never came back"
-    st = control.status(real["run_dir"])
-    assert st["processes"][f"engine:{TARGET}"]["restarts"] >= 1
+    # the supervisor starts a new server at once (its model load is real and takes a minute or more: the test
+    # does not wait for it; `down` below then stops a server that is still loading)
+    killed = real["state"]["processes"][f"engine:{TARGET}"]["pid"]
+
+    def restarted() -> bool:
+        p = control.status(real["run_dir"])["processes"][f"engine:{TARGET}"]
+        return p["restarts"] >= 1 and p["running"] and p["pid"] != killed
+
+    assert _wait(restarted, 120, every=1.0), "the supervisor started no new server for the killed replica"
 
 
 def test_down_leaves_no_vllm_process_and_no_port(real):

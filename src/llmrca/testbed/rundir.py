@@ -32,7 +32,8 @@ def default_run_dir() -> Path:
 
 class RunDir:
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else default_run_dir()
+        # absolute: nginx and the servers resolve a relative path against their own prefix or working folder
+        self.path = (Path(path) if path is not None else default_run_dir()).absolute()
 
     # Layout
     @property
