@@ -200,3 +200,33 @@ def test_without_cgroups_a_stressor_runs_on_the_real_engines_core(monkeypatch, t
     inj = injectors.Injector(Host(), plan, end=time.time() + 5)
     inj._stressor(["stress-ng", "--cpu", "1"], "stress-cpu-ray-head")
     assert calls[0]["cpus"] == [1] and inj._pinned == {}
+
+
+def test_installed_finds_the_package_without_importing_it(tmp_path):
+    """``installed`` answers from the package's presence (the e2e test's skip), where ``detect`` imports it."""
+    import sys
+
+    from llmrca.testbed import vllm_engine as ve
+
+    fake = tmp_path / "site"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text("raise ImportError('broken on purpose')\n")
+    py = tmp_path / "py"
+    py.write_text(f"#!/bin/sh\nPYTHONPATH={fake} exec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
+    assert ve.installed(str(py))  # present, though importing it would fail
+    absent = tmp_path / "site0"
+    absent.mkdir()
+    py0 = tmp_path / "py0"
+    py0.write_text(f"#!/bin/sh\nPYTHONPATH={absent} exec {sys.executable} -S \"$@\"\n")  # -S: no site-packages
+    py0.chmod(0o755)
+    assert not ve.installed(str(py0))
+    assert not ve.installed(str(tmp_path / "no-such-python"))
+
+
+def test_installed_in_this_interpreter_is_find_spec():
+    import importlib.util
+
+    from llmrca.testbed import vllm_engine as ve
+
+    assert ve.installed(ve.sys.executable) == (importlib.util.find_spec("vllm") is not None)

@@ -13,6 +13,7 @@ supervisor (so the same virtual environment), unless ``LLMRCA_VLLM_PYTHON`` name
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -105,6 +106,19 @@ def available(python: str | None = None) -> bool:
     except VllmUnavailable:
         return False
     return True
+
+
+def installed(python: str | None = None) -> bool:
+    """Whether a vLLM package is installed for ``python`` (found, not imported: a second or less, where
+    :func:`detect` imports vLLM and torch). An installed but broken vLLM is then :func:`detect`'s error."""
+    py = python or engine_python()
+    if py == sys.executable:
+        return importlib.util.find_spec("vllm") is not None
+    code = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        return subprocess.run([py, "-c", code], capture_output=True, timeout=60, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def build_model(root: Path, *, weights: bool = False) -> Path:
