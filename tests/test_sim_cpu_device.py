@@ -4,8 +4,6 @@ GPU telemetry (simulator and emulated engine), refuses GPU faults, and CPU stres
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from llmrca.case import catalog as cat
@@ -99,29 +97,8 @@ def test_cpu_stress_slows_decode_on_the_cpu_device():
 def test_emulated_engine_exports_no_dcgm_for_a_cpu_device(tmp_path):
     pytest.importorskip("prometheus_client", reason="the testbed extra is not installed")
     pytest.importorskip("opentelemetry.sdk", reason="the testbed extra is not installed")
-    import asyncio
+    from _engine_exposition import served_series
 
-    from prometheus_client import generate_latest
-
-    from llmrca.testbed.config import TestbedConfig
-    from llmrca.testbed.engine_server import Engine
-
-    class RunDir:
-        def log(self, name: str):
-            return tmp_path / f"{name}.jsonl"
-
-    async def exposition() -> str:
-        cfg = TestbedConfig(deploy=_cfg(), seed=1)
-        state = {"config": cfg.to_dict(), "replicas": ["ray-head"], "otlp_endpoint": None}
-        eng = Engine("ray-head", state, RunDir())
-        for _ in range(3):
-            await asyncio.sleep(0.6)
-            eng.rt.poll()
-            eng._metrics_from_engine()
-        eng.log.close()
-        return generate_latest(eng.registry).decode()
-
-    text = asyncio.run(exposition())
-    served = {re.split(r"[{ ]", ln, maxsplit=1)[0] for ln in text.splitlines() if ln and not ln.startswith("#")}
+    served = served_series(tmp_path, _cfg())
     assert "vllm:num_requests_running" in served
     assert not [s for s in served if s.startswith(("DCGM_", "ray_node_gpus"))], sorted(served)

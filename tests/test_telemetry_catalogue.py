@@ -180,29 +180,9 @@ def test_live_engine_exports_the_catalogues_engine_and_gpu_series(tmp_path):
     """What the live engine serves on /metrics is what the catalogue's vLLM, DCGM and Ray entries query."""
     pytest.importorskip("prometheus_client", reason="the testbed extra is not installed")
     pytest.importorskip("opentelemetry.sdk", reason="the testbed extra is not installed")
-    import asyncio
+    from _engine_exposition import served_series
 
-    from prometheus_client import generate_latest
-
-    from llmrca.testbed.config import TestbedConfig
-    from llmrca.testbed.engine_server import Engine
-
-    class RunDir:
-        def log(self, name: str):
-            return tmp_path / f"{name}.jsonl"
-
-    async def exposition() -> str:
-        state = {"config": TestbedConfig(seed=1).to_dict(), "replicas": ["ray-head"], "otlp_endpoint": None}
-        eng = Engine("ray-head", state, RunDir())
-        for _ in range(3):  # the engine ticks once per second of wall clock; each tick is read into the exporters
-            await asyncio.sleep(0.6)
-            eng.rt.poll()
-            eng._metrics_from_engine()
-        eng.log.close()
-        return generate_latest(eng.registry).decode()
-
-    text = asyncio.run(exposition())
-    served = {re.split(r"[{ ]", ln, maxsplit=1)[0] for ln in text.splitlines() if ln and not ln.startswith("#")}
+    served = served_series(tmp_path)
     wanted = {m.series + ("_bucket" if m.kind == "histogram" else "") for m in cat.CATALOG
               if m.source in ("vllm", "dcgm", "ray")}
     assert wanted <= served, sorted(wanted - served)
