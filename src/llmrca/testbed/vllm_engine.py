@@ -83,11 +83,57 @@ def engine_python() -> str:
     return os.environ.get(PYTHON_ENV) or sys.executable
 
 
-def detect(python: str | None = None, timeout: float = 300.0) -> Build:
+# What identifies an interpreter's installed vLLM without importing it: where vLLM, torch and transformers are and
+# when their files and the folders holding them last changed (pip adding or removing any package changes its
+# site-packages folder). A probe result is reused only for the same fingerprint.
+_FINGERPRINT = r"""
+import importlib.util as u, json, os, sys
+out = {"exe": os.path.realpath(sys.executable), "prefix": sys.prefix}
+for m in ("vllm", "torch", "transformers"):
+    s = u.find_spec(m)
+    o = s.origin if s is not None else None
+    out[m] = None if o is None else [o, os.stat(o).st_mtime_ns, os.stat(os.path.dirname(os.path.dirname(o))).st_mtime_ns]
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def _probe_cache() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "llmrca" / "engine-probe.json"
+
+
+def _fingerprint(py: str, env: dict[str, str]) -> str | None:
+    try:
+        r = subprocess.run([py, "-c", _FINGERPRINT], capture_output=True, text=True, timeout=60, env=env, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    return None if d.get("vllm") is None else json.dumps([py, d], sort_keys=True)
+
+
+def detect(python: str | None = None, timeout: float = 300.0, *, cached: bool = True) -> Build:
     """The vLLM build of ``python`` (default: :func:`engine_python`), probed in a subprocess (importing vLLM and
-    torch takes seconds and must not touch this process). Raises :class:`VllmUnavailable` naming the fix."""
+    torch takes 10-30 s and must not touch this process). Raises :class:`VllmUnavailable` naming the fix.
+
+    ``cached``: reuse the last successful probe of the same installation (same files, same site-packages folder:
+    ``_FINGERPRINT``), kept in ``$XDG_CACHE_HOME/llmrca/engine-probe.json``; a failed probe is never kept."""
     py = python or engine_python()
     env = dict(os.environ, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    key = _fingerprint(py, env)
+    store: dict[str, Any] = {}
+    cache = _probe_cache()
+    if key is not None:
+        try:
+            store = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            store = {}
+        if cached and isinstance(store.get(key), dict):
+            try:
+                return Build.from_dict(store[key])
+            except (KeyError, TypeError, ValueError):
+                pass
     try:
         r = subprocess.run([py, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, env=env,
                            check=False)
@@ -97,7 +143,18 @@ def detect(python: str | None = None, timeout: float = 300.0) -> Build:
         last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise VllmUnavailable(f"the real engine needs vLLM, and {py} cannot import it ({last}): {INSTALL_HINT}")
     d = json.loads(r.stdout.strip().splitlines()[-1])
-    return Build(python=py, **d)
+    build = Build(python=py, **d)
+    if key is not None:
+        try:  # one entry per installation; written whole (a reader never sees half a file)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            store = {k: v for k, v in store.items() if isinstance(v, dict) and json.loads(k)[0] != py}
+            store[key] = build.to_dict()
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(store, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, cache)
+        except (OSError, ValueError):
+            pass  # no cache: the next call probes again
+    return build
 
 
 def available(python: str | None = None) -> bool:
