@@ -5,7 +5,7 @@ The public API (everything else is internal and may change)::
     import llmrca
     case = llmrca.simulate(fault=llmrca.Injection("cpu", "ray-head"), seed=0)   # or llmrca.load_case("path")
     ranking = llmrca.get_method("baro").rank(case.observation, seed=0)
-    rows = llmrca.evaluate(["cases/a", "cases/b"], ["baro", "nsigma"], "results")
+    rows = llmrca.evaluate(llmrca.find_cases("suites/paper"), ["baro", "nsigma"], "results")
 
 Names are imported when first used, so ``import llmrca`` stays light (no numpy/pandas until needed).
 """
