@@ -18,34 +18,32 @@ def fakes():
 
 
 # Parallel runs (pytest-xdist, `-n auto --dist loadfile` in pyproject.toml): each module runs whole on one worker
-# (its module fixtures are built once). The modules that start processes listening on ports (a testbed, servers,
-# Ray, a real vLLM) hold one lock while they run, so they run one after another whatever worker has them: a testbed
-# plans its ports before it binds them, two at once could take each other's, and the fault tests measure the
-# machine they share.
+# (its module fixtures are built once). Two locks in the workers' shared folder order the rest:
+# - SERIAL modules start processes listening on ports (a testbed, servers, Ray, a real vLLM): they run one after
+#   another, since a testbed plans its ports before it binds them and two at once could take each other's;
+# - ALONE modules measure the machine (the real engine's inter-token latency before and during a cpu fault): they
+#   run with no other module beside them (every other module holds the machine lock shared, they hold it alone).
 SERIAL = {"test_engine_parity", "test_gpu_host", "test_ray_executor", "test_testbed_e2e", "test_testbed_hang_kv",
           "test_testbed_hardening", "test_testbed_units", "test_vllm_e2e", "test_vllm_engine_units"}
+ALONE = {"test_vllm_e2e"}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_process_module_at_a_time(request, tmp_path_factory):
+def _modules_in_order(request, tmp_path_factory):
     import fcntl
     import os
+    from contextlib import ExitStack
 
-    if Path(str(request.node.fspath)).stem not in SERIAL or "PYTEST_XDIST_WORKER" not in os.environ:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
         yield
         return
-    # the workers' base folders share this parent (pytest-of-<user>/pytest-<n>)
-    with open(tmp_path_factory.getbasetemp().parent / "process-tests.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def pytest_collection_modifyitems(config, items):
-    # a module of SERIAL may first wait for the lock while another runs (a real-engine testbed: ~5 min), and
-    # pytest-timeout counts that wait in its first test's set-up: such tests get 1,200 s unless they set a limit
-    for item in items:
-        if Path(str(item.fspath)).stem in SERIAL and item.get_closest_marker("timeout") is None:
-            item.add_marker(pytest.mark.timeout(1200))
+    module = Path(str(request.node.fspath)).stem
+    shared = tmp_path_factory.getbasetemp().parent  # the workers' base folders share it (pytest-of-<user>/pytest-N)
+    with ExitStack() as stack:
+        # always the process lock first, then the machine lock: a waiter holds nothing the other waits for
+        if module in SERIAL:
+            f = stack.enter_context(open(shared / "process-tests.lock", "w"))
+            fcntl.flock(f, fcntl.LOCK_EX)
+        g = stack.enter_context(open(shared / "machine.lock", "w"))
+        fcntl.flock(g, fcntl.LOCK_EX if module in ALONE else fcntl.LOCK_SH)
+        yield  # closing the files releases the locks
