@@ -18,6 +18,9 @@ import time
 
 import psutil
 import pytest
+from _live import rows as _rows
+from _live import tree as _tree
+from _live import wait as _wait
 
 pytest.importorskip("aiohttp", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
 pytest.importorskip("prometheus_client", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
@@ -36,38 +39,6 @@ TARGET = "ray-replicas-1"
 BASELINE_ROWS = 30  # scrapes of the target before the fault (the study's 5 min at 5 s is 60)
 FAULT_S = 20.0
 AFTER_ROWS = 8  # scrapes after the fault was undone
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        p = psutil.Process(pid)
-        return [p, *p.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _wait(cond, timeout: float, every: float = 0.2) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(every)
-    return cond()
-
-
-def _rows(run_dir, start: float, columns: list[str]) -> int:
-    """How many scrape steps since ``start`` Prometheus holds a value for every one of ``columns`` (0 while the
-    series do not exist yet)."""
-    from llmrca.errors import CaseError
-    from llmrca.testbed.collector import collect_case
-
-    try:
-        m = collect_case(run_dir, start, time.time(), traces=False, logs=False).observation.metrics
-    except CaseError:
-        return 0
-    if not set(columns) <= set(m.columns):
-        return 0
-    return int(m[columns].notna().all(axis=1).sum())
 
 
 def _memory_rise(obs, rec) -> dict[str, float]:

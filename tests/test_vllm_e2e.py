@@ -15,6 +15,9 @@ import time
 
 import psutil
 import pytest
+from _live import rows as _rows
+from _live import tree as _tree
+from _live import wait
 
 pytest.importorskip("aiohttp", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
 pytest.importorskip("openai", reason="the openai client is not installed (pip install -e '.[test]')")
@@ -43,20 +46,7 @@ AFTER_ROWS = 6
 
 
 def _wait(cond, timeout: float, every: float = 1.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(every)
-    return bool(cond())
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        p = psutil.Process(pid)
-        return [p, *p.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+    return wait(cond, timeout, every)
 
 
 def gateway_url(state: dict) -> str:
@@ -88,19 +78,6 @@ def real(tmp_path_factory):
 def gateway(real) -> str:
     """The gateway URL of the running real-engine testbed (for checks that speak to it as a client would)."""
     return gateway_url(real["state"])
-
-
-def _rows(run_dir, start: float, columns: list[str]) -> int:
-    from llmrca.errors import CaseError
-    from llmrca.testbed.collector import collect_case
-
-    try:
-        m = collect_case(run_dir, start, time.time(), traces=False, logs=False).observation.metrics
-    except CaseError:
-        return 0
-    if not set(columns) <= set(m.columns):
-        return 0
-    return int(m[columns].notna().all(axis=1).sum())
 
 
 def _fault_case(real, fault: str, cols: list[str]):
