@@ -269,14 +269,14 @@ def faults_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
     """List the fault catalogue (one spec per fault type, shared by the simulator and injectors)."""
     from llmrca.faults import get, rows
 
-    items = [{"id": i, "layer": layer, "causes": ", ".join(get(i).causes), "parameters": p, "description": d}
-             for i, layer, p, d in rows()]
+    items = [{"id": i, "kind": get(i).fault_kind, "layer": layer, "causes": ", ".join(get(i).causes),
+              "parameters": p, "description": d} for i, layer, p, d in rows()]
     if as_json:
         _print_json(items)
         return
-    t = Table("id", "layer", "cause", "parameters (defaults)", "what it does")
+    t = Table("id", "kind", "layer", "cause", "parameters (defaults)", "what it does")
     for r in items:
-        t.add_row(r["id"], r["layer"], r["causes"], r["parameters"], r["description"])
+        t.add_row(r["id"], r["kind"], r["layer"], r["causes"], r["parameters"], r["description"])
     out.print(t)
 
 

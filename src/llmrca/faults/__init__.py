@@ -53,6 +53,18 @@ def rows() -> list[tuple[str, str, str, str]]:
     return [(s.id, s.layer, s.param_text(), s.description) for s in _SPECS.values()]
 
 
+def kinds() -> dict[str, str]:
+    """Fault id -> its kind (what a diagnosis names), every registered fault."""
+    return {s.id: s.fault_kind for s in _SPECS.values()}
+
+
+def kind_of(fault_type: str) -> str:
+    """The kind of a case's fault type: the registry's kind, ``normal`` / ``unknown`` as they are, and an id the
+    registry does not know (a case from elsewhere) as itself."""
+    spec = _SPECS.get(fault_type)
+    return spec.fault_kind if spec is not None else fault_type
+
+
 __all__ = [
     "CAUSES",
     "STUDY_POWER_FRACTION",
@@ -65,6 +77,8 @@ __all__ = [
     "TargetFacts",
     "get",
     "ids",
+    "kind_of",
+    "kinds",
     "recorded",
     "register",
     "rows",
