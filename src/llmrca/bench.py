@@ -300,6 +300,12 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
     for v in views:
         md.append(f"## {v} view\n")
         md.append(to_markdown(summaries[v]))
+    from llmrca.report.separation import has_normal_cases, separation, separation_markdown
+
+    for v in views:
+        if has_normal_cases(results[v]):
+            md.append(f"## Fault-free runs, {v} view: does the top score see the fault?\n")
+            md.append(separation_markdown(separation(results[v])))
     md.append("The rank each method gave the true root cause in every case is in report.html.\n")
     md_path = out / "report.md"
     _write_atomic(md_path, "\n".join(md).encode("utf-8"))

@@ -202,12 +202,22 @@ def report_cmd(
     from llmrca.evaluate import load_results
     from llmrca.report import print_table, summarize, to_json, to_markdown
 
-    summary = summarize(load_results(result_dir))
+    from llmrca.report.separation import has_normal_cases, separation, separation_markdown
+
+    results = load_results(result_dir)
+    summary = summarize(results)
+    normal = has_normal_cases(results)
     if fmt == "table":
         print_table(summary, out)
+        if normal:
+            out.print("Fault-free runs: AUROC of the top score, fault vs normal cases (docs/evaluation.md)")
+            out.print(separation_markdown(separation(results)))
         return
     if fmt == "md":
         text = to_markdown(summary)
+        if normal:
+            text += "\n## Fault-free runs: does the top score see the fault?\n\n" + separation_markdown(
+                separation(results))
     elif fmt == "json":
         text = json.dumps(to_json(summary), indent=2) + "\n"
     else:

@@ -159,6 +159,8 @@ def answered_row(task: GridTask, prepared: Prepared, answer: dict[str, Any]) -> 
     row = base_row(task, prepared)
     row.update(status=answer["status"], runtime_s=answer.get("runtime_s"), peak_mem_mb=answer.get("peak_mem_mb"))
     cands = answer.get("candidates")
+    if row["status"] == "ok" and answer.get("top_score") is not None:
+        row["top_score"] = float(answer["top_score"])
     if row["status"] == "ok" and cands is not None and prepared.truth is not None:
         try:
             ranking = Ranking(tuple(cands), (0.0,) * len(cands))

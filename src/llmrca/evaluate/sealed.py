@@ -176,7 +176,7 @@ class Runner:
         """One method on the held observation → an answer (plain JSON values; see ``answer_bytes``).
 
         Keys: ``status`` ("ok", "no-answer: …", "error: …"), ``runtime_s``, ``peak_mem_mb``, ``candidates``
-        (when ok), ``trace`` (a failure's traceback), ``restart`` (the process's state is suspect: replace it).
+        and ``top_score`` (when ok; None when the best score is not finite), ``trace`` (a failure's traceback), ``restart`` (the process's state is suspect: replace it).
         """
         if self._obs is None:
             return {"status": "error: RuntimeError: no observation held", "restart": True}
@@ -202,7 +202,10 @@ class Runner:
             answer.update(status=f"error: {one_line(e)}", trace=trace_text(e))
         else:
             if isinstance(ranking, Ranking):
-                answer.update(status="ok", candidates=[str(c) for c in ranking.candidates])
+                # The top score too: on a fault-free case it says how sure the method was that something broke.
+                top = ranking.scores[0] if ranking.scores else math.nan
+                answer.update(status="ok", candidates=[str(c) for c in ranking.candidates],
+                              top_score=float(top) if math.isfinite(top) else None)
             else:
                 answer.update(status=f"error: MethodError: rank() returned {type(ranking).__name__}, "
                                      "not a Ranking")
@@ -224,6 +227,9 @@ def read_answer(data: bytes) -> dict[str, Any]:
     cands = answer.get("candidates")
     if cands is not None and not (isinstance(cands, list) and all(isinstance(c, str) for c in cands)):
         raise ValueError("a worker answer's 'candidates' must be a list of strings")
+    top = answer.get("top_score")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, (int, float))):
+        raise ValueError("a worker answer's 'top_score' must be a number or null")
     return answer
 
 

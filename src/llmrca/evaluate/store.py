@@ -57,6 +57,7 @@ COLUMNS: dict[str, str] = {
     "fine_level": "boolean",  # the case is scored at fine-grained level for this method; null when not ok
     "n_candidates": "Int64",  # number of candidate services of the case
     "top5": "string",  # JSON list of the method's top-5 services
+    "top_score": "float64",  # the ranking's highest score (its scale is the method's own); null when not finite
     "runtime_s": "float64",  # wall time of rank() alone
     "peak_mem_mb": "float64",  # peak RSS growth of the worker during rank()
     "status": "string",  # "ok", "no-answer: <reason>", "error: <Type>: <message>" or "timeout"
