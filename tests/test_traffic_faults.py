@@ -217,3 +217,16 @@ def test_each_is_deterministic_per_seed_and_its_case_is_valid(fault, target, tmp
     spec = faults.get(fault)
     assert spec.kubernetes and spec.live and spec.description and all(p.unit or p.kind is int or p.name == "share"
                                                                       for p in spec.params)
+
+
+def test_a_suite_plans_the_traffic_faults_on_their_own_targets():
+    from llmrca.scenarios import load
+    from llmrca.sim.suites import plan_of
+
+    base = load("demo", ["faults.types=[\"proxy-overload\", \"routing-skew\"]", "reps=1", "normal=0"])
+    assert [c.injection.target for c in plan_of(base)] == [HEAD, HEAD]
+    with pytest.raises(UnknownNameError, match="no workload node"):
+        plan_of(load("demo", ["faults.types=[\"prompt-surge\"]", "reps=1"]))
+    surge = plan_of(load("demo", ["faults.types=[\"prompt-surge\"]", "reps=1", "normal=0",
+                                  "workload.workload_node=true"]))
+    assert [c.case_id for c in surge] == ["prompt-surge/loadgen/rep-00"]
