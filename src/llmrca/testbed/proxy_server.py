@@ -212,15 +212,18 @@ class Proxy:
                                            "request_type": "http", "request_method": request.method,
                                            "request_route_path": "/"}).items():
             server.set_attribute(k, v)
-        if request.method == "POST":
-            await self.admit()  # behind a saturated proxy the request waits here (proxy-overload)
-        self.pin()
-        replica = self.router.choose(time.time())
+        replica = None
         status, client_status = 200, None
         resp = None
         t_client_end = None
         client = None
         try:
+            if request.method == "POST":
+                # behind a saturated proxy the request waits here (proxy-overload); a client that hangs up
+                # meanwhile is cancelled here and logged as a disconnect (499), never dispatched
+                await self.admit()
+            self.pin()
+            replica = self.router.choose(time.time())
             if replica is None:
                 status = 503
                 return web.json_response({"error": "no healthy replica"}, status=503)
