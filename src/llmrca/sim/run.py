@@ -275,12 +275,11 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
     P.t_proxy_start = tp
     ts = tp + PROXY_REQUEST_S * jit[:, 2] * env.slowdowns(proxy, tp)
     if env.proxy_caps:  # a saturated proxy: requests wait in its queue before it dispatches them
-        ts = proxy_queue(tp, ts, env.proxy_caps)
+        # nginx gives up (proxy_read_timeout) on a request still waiting there: the proxy sees its client go one
+        # hop later and drops it undispatched (NaN: no replica ever sees it)
+        ts = proxy_queue(tp, ts, env.proxy_caps, tg + NGINX_READ_TIMEOUT_S + hop)
+    dropped = np.isnan(ts)
     deadline = tg + NGINX_READ_TIMEOUT_S + 2 * hop
-    # nginx gave up (proxy_read_timeout) while the request still waited in the proxy: the proxy sees its client
-    # go and drops it undispatched (no replica ever sees it); it can only happen behind a proxy queue
-    dropped = (ts + hop > tg + NGINX_READ_TIMEOUT_S) if env.proxy_caps else np.zeros(n, dtype=bool)
-    ts = np.where(dropped, np.nan, ts)
     P.t_send = ts
     table.deadline = deadline.tolist()
 
@@ -415,11 +414,14 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
     return P
 
 
-def proxy_queue(tp: np.ndarray, ts: np.ndarray, caps: list[tuple[float, float, float]]) -> np.ndarray:
+def proxy_queue(tp: np.ndarray, ts: np.ndarray, caps: list[tuple[float, float, float]],
+                cancel: np.ndarray) -> np.ndarray:
     """Dispatch times behind a saturated proxy (``proxy_capacity``): while a cap acts, the proxy dispatches one
     request at a time, each taking ``dispatch_s`` of its event loop on top of its normal handling, in arrival order
     (FIFO); a request that arrives to a backlog waits for it, also after the cap has lifted, when the backlog drains
-    at the normal handling time. ``tp``: arrivals at the proxy, ``ts``: dispatch times of a free proxy."""
+    at the normal handling time. ``tp``: arrivals at the proxy, ``ts``: dispatch times of a free proxy, ``cancel``:
+    when each request's client goes away: one not dispatched by then is dropped (NaN) and frees the proxy then (a
+    cancelled wait takes no more of its time)."""
     out = ts.copy()
     free = -math.inf
     for i in np.argsort(tp, kind="stable").tolist():
@@ -428,8 +430,12 @@ def proxy_queue(tp: np.ndarray, ts: np.ndarray, caps: list[tuple[float, float, f
         if extra == 0.0 and free <= a:
             continue  # no cap and no backlog: the proxy handles it at once, as always
         begin = max(a, free)
-        free = begin + (float(ts[i]) - a) + extra
-        out[i] = free
+        end = begin + (float(ts[i]) - a) + extra
+        if end <= cancel[i]:
+            out[i] = free = end
+        else:
+            out[i] = np.nan
+            free = max(begin, min(end, float(cancel[i])))
     return out
 
 
