@@ -141,6 +141,11 @@ def proxy_testbed(tmp_path):
             assert wait(lambda n=name: port_open(ports[n]), 60), name
         url = f"http://127.0.0.1:{ports['proxy']}"
         assert wait(lambda: _req(url + "/-/healthz")[0] == 200, 30)
+        # both replicas healthy in the proxy's eyes (its health loop marks a replica up once /health answers)
+        assert wait(lambda: _req(url + "/v1/chat/completions", {"messages": [{"role": "user", "content": "w"}],
+                                                            "max_tokens": 1})[0] == 200, 90, every=1.0)
+        assert wait(lambda: all(port_open(ports["engine:" + r]) for r in state["replicas"]), 30)
+        time.sleep(2.5)  # the health loop's next round sees both
         _chat(url)  # every link warm
         yield rd, state, url
     finally:
