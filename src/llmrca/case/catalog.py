@@ -28,10 +28,12 @@ SOURCES = {
     "ray": "Ray metrics agent",
     "node": "node-exporter",
     "mesh": "Istio (ztunnel / waypoint)",
+    "loadgen": "the load generator's /metrics (a Locust-like client; only where the deployment has a workload "
+               "node)",
 }
 # Which services of a deployment export a metric: every pod (its container), every vLLM replica (engine, GPU),
-# every mesh destination (services called over the mesh), every node.
-SCOPES = ("pod", "replica", "mesh", "node")
+# every mesh destination (services called over the mesh), every node, the workload's client (where modelled).
+SCOPES = ("pod", "replica", "mesh", "node", "client")
 KINDS = ("gauge", "counter", "histogram")
 VIEW_NAMES = ("study", "full")
 
@@ -152,6 +154,16 @@ def _build() -> tuple[Metric, ...]:
         _counter("network_transmit_packets", N, "node_network_transmit_packets_total", "packets/s", "node"),
         _counter("network_receive_packets", N, "node_network_receive_packets_total", "packets/s", "node"),
     ]
+    # -- the workload's client (workload.workload_node): what it sent and what it got back, client-side ----------
+    L = "loadgen"
+    out += [
+        _counter("requests_sent", L, "loadgen_requests_total", "requests/s", "client"),
+        _counter("prompt_tokens_sent", L, "loadgen_prompt_tokens_total", "tokens/s", "client"),
+        _counter("request_failures", L, "loadgen_request_failures_total", "requests/s", "client"),
+        _gauge("requests_in_flight", L, "loadgen_requests_in_flight", "requests", "client"),
+    ]
+    out += _histogram("response_time_seconds", L, "loadgen_response_time_seconds", "s", "client", MESH_QUANTILES)
+    out += _histogram("prompt_length", L, "loadgen_prompt_length_tokens", "tokens", "client", (0.5,))
     return tuple(out)
 
 

@@ -27,6 +27,9 @@ NOISE_LEVELS = ("realistic", "none")  # background activity not caused by any fa
 TABLES = ("deployment", "workload", "telemetry", "noise", "timing")
 # Fields whose scenario key differs from the field name (``[noise] level`` reads better than ``[noise] noise``).
 _KEYS = {"noise": "level"}
+# Fields left out of a recorded config (``to_dict``) and a scenario document while they hold their default: added
+# later, they keep every config recorded before them (the paper suite's cases and scenario hashes) byte for byte.
+_OMITTED_AT_DEFAULT = ("workload_node",)
 
 
 class ConfigError(LlmrcaError, ValueError):
@@ -90,6 +93,9 @@ class DeployConfig:
                      "machine) or vllm (a real vLLM OpenAI server); the simulator models vLLM either way")
     kv_cache_tokens: int | None = _f(None, "deployment", "KV-cache capacity of each replica, tokens; absent: what "
                                      "gpu_memory_utilization leaves after the weights")
+    workload_node: bool = _f(False, "workload", "the load generator is a service of the deployment (`loadgen`, "
+                             "calling the gateway) with its own client-side telemetry (requests and prompt tokens "
+                             "sent, response times, failures); a workload fault (prompt-surge) needs it")
 
     def __post_init__(self) -> None:
         for n, allowed in (("routing", ROUTING), ("arrival", ARRIVALS), ("mesh_quantiles", MESH_QUANTILES),
@@ -133,6 +139,8 @@ class DeployConfig:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < self.block_size):
             out.append(("kv_cache_tokens", (f"kv_cache_tokens must be a whole number of at least block_size "
                                             f"({self.block_size}) tokens, or absent; is {v!r}")))
+        if not isinstance(self.workload_node, bool):
+            out.append(("workload_node", f"workload_node must be true or false, is {self.workload_node!r}"))
         if out:
             return out
         for n, allowed in (("routing", ROUTING), ("arrival", ARRIVALS), ("mesh_quantiles", MESH_QUANTILES),
@@ -177,6 +185,9 @@ class DeployConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        for name in _OMITTED_AT_DEFAULT:
+            if d[name] == default_of(_field(name)):
+                del d[name]
         d["gpu"] = self.gpu_kind.name
         d["model"] = self.model_spec.name
         return d

@@ -16,6 +16,7 @@ from llmrca.faults.spec import (
     TargetFacts,
     recorded,
 )
+from llmrca.faults.traffic_faults import TRAFFIC_FAULTS
 
 _SPECS: dict[str, FaultSpec] = {}
 
@@ -29,7 +30,7 @@ def register(spec: FaultSpec) -> None:
     _SPECS[spec.id] = spec
 
 
-for _s in (*PAPER_FAULTS, *EXTRA_FAULTS):
+for _s in (*PAPER_FAULTS, *EXTRA_FAULTS, *TRAFFIC_FAULTS):
     register(_s)
 
 
@@ -69,6 +70,7 @@ __all__ = [
     "CAUSES",
     "STUDY_POWER_FRACTION",
     "TARGET_RULES",
+    "TRAFFIC_FAULTS",
     "FaultParamError",
     "FaultSpec",
     "Injection",

@@ -33,6 +33,15 @@ CAUSES: dict[str, tuple[str, ...]] = {
     # the replica restarts (down for load_s) with a KV cache of `tokens` (or `fraction` of its normal capacity),
     # and restarts again with its normal capacity when the perturbation ends
     "kv_cache_limit": ("fraction", "tokens", "load_s"),
+    # -- traffic faults above the replicas (faults/traffic_faults.py) --
+    # the workload node's client sends a `share` of its requests with prompts `factor` times as long
+    "prompt_surge": ("factor", "share"),
+    # the Serve proxy dispatches one request at a time, each taking dispatch_s of its event loop (a cap of
+    # 1/dispatch_s requests/s): requests queue in the proxy before any replica sees them
+    "proxy_capacity": ("dispatch_s",),
+    # the proxy's router pins a `share` of requests to replica number `hot_replica` (0 = the head's own replica),
+    # the rest routed by its normal policy
+    "routing_weights": ("hot_replica", "share"),
 }
 
 
@@ -91,6 +100,15 @@ TARGET_RULES: dict[str, Callable[[Topology], list[str]]] = {
     "gpu": lambda t: [s for s in t.services if s in t.gpus],
     "entry": lambda t: [t.entry_service()] if t.entry_service() else [],
     "any": lambda t: [s for s in t.services if s not in set(t.hosts.values())],
+    # the service the entry calls: the Serve HTTP proxy (the Ray head pod)
+    "proxy": lambda t: t.callees(t.entry_service())[:1] if t.entry_service() else [],
+    # the workload's client (a load generator calling the entry), where the deployment models one
+    "workload": lambda t: t.callers(t.entry_service()) if t.entry_service() else [],
+}
+# Why a rule can come back empty, for the error that says so.
+TARGET_HINTS: dict[str, str] = {
+    "workload": "the deployment has no workload node (set workload.workload_node = true: the load generator "
+                "becomes a service with its own telemetry)",
 }
 
 
@@ -138,6 +156,10 @@ class FaultSpec:
 
     def check_target(self, target: str, topology: Topology) -> None:
         allowed = self.target_services(topology)
+        if not allowed:
+            why = TARGET_HINTS.get(self.targets, f"the topology has no service its targets rule ({self.targets}) "
+                                                 "picks")
+            raise UnknownNameError(f"fault {self.id!r} cannot target {target!r}: {why}")
         if target not in allowed:
             raise UnknownNameError(
                 f"fault {self.id!r} cannot target {target!r}; its targets ({self.targets}) are: {', '.join(allowed)}"

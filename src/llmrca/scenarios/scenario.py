@@ -59,7 +59,8 @@ class Scenario:
                                "reps": self.reps, "normal": self.normal}
         values = self.deploy.to_dict()
         for table in TABLES:
-            doc[table] = {k: values[f.name] for k, f in table_fields(table).items()}
+            # a field the recorded config leaves out at its default is left out here too (the same bytes)
+            doc[table] = {k: values[f.name] for k, f in table_fields(table).items() if f.name in values}
         faults: dict[str, Any] = {"types": list(self.faults),
                                   "targets": list(self.targets) if self.targets is not None else None,
                                   "strength": self.strength}

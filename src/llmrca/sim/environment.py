@@ -51,6 +51,11 @@ class Environment:
     restarts: dict[str, list[tuple[float, float, int | None, float | None]]] = field(default_factory=dict)
     events: list[tuple[float, str, str, dict]] = field(default_factory=list)
     rng: np.random.Generator | None = None
+    # traffic faults (faults/traffic_faults.py): the workload's prompt surges [(start, end, factor, share)], the
+    # proxy's dispatch capacity [(start, end, seconds per dispatch)], its routing [(start, end, replica, share)]
+    surges: list[tuple[float, float, float, float]] = field(default_factory=list)
+    proxy_caps: list[tuple[float, float, float]] = field(default_factory=list)
+    skews: list[tuple[float, float, int, float]] = field(default_factory=list)
 
     # Derived per-tick factors
     cpu_share: dict[str, np.ndarray] = field(default_factory=dict)  # share of a core each busy thread gets
@@ -113,6 +118,8 @@ def build(
     own_demand: dict[str, float],
     perturbations: list[Perturbation],
     rng: np.random.Generator,
+    proxy: str | None = None,
+    client: str | None = None,
 ) -> Environment:
     n = math.ceil((t1 - t0) / tick)
     env = Environment(t0, tick, n, pods, pod_cpu, pod_memory, dict(base_memory), dict(own_demand), rng=rng)
@@ -126,6 +133,12 @@ def build(
     for pt in perturbations:
         if pt.cause not in CAUSES:
             raise FaultParamError(f"perturbation of unknown cause {pt.cause!r} (known: {', '.join(CAUSES)})")
+        if pt.cause == "prompt_surge":  # acts on the workload's client, not on a pod
+            if client is None or pt.service != client:
+                raise FaultParamError(f"prompt surge on {pt.service!r}: the deployment's workload node is "
+                                      f"{client!r} (workload.workload_node)")
+            env.surges.append((pt.start, pt.end, float(pt.values["factor"]), float(pt.values["share"])))
+            continue
         if pt.service not in pods:
             raise FaultParamError(f"perturbation {pt.cause!r} names {pt.service!r}, not a pod of this deployment")
         on = (grid >= pt.start) & (grid < pt.end)
@@ -165,6 +178,14 @@ def build(
             frac = None if v.get("fraction") is None else float(v["fraction"])
             env.restarts.setdefault(pt.service, []).extend([(pt.start, pt.start + load, tokens, frac),
                                                             (pt.end, pt.end + load, None, None)])
+        elif pt.cause in ("proxy_capacity", "routing_weights"):
+            if pt.service != proxy:
+                raise FaultParamError(f"{pt.cause} on {pt.service!r}, which runs no Serve proxy (it runs on "
+                                      f"{proxy!r})")
+            if pt.cause == "proxy_capacity":
+                env.proxy_caps.append((pt.start, pt.end, float(v["dispatch_s"])))
+            else:
+                env.skews.append((pt.start, pt.end, int(v["hot_replica"]), float(v["share"])))
     _oom(env, grid, perturbations)
     for p in pods:
         demand = env.own_demand[p] + env.stress_cores[p] + env.hog_cores[p]

@@ -212,7 +212,9 @@ def logs_from_record(record: Any) -> pd.DataFrame:
 
     events = [(float(t), str(s), str(k), _fields(f)) for t, s, k, f in zip(
         ev["time"].tolist(), ev["service"].tolist(), ev["kind"].tolist(), ev["fields"].tolist())]
-    replicas = sorted(set(req["replica"].unique().tolist()) | {s for _, s, k, _ in events if k in _REPLICA_KINDS})
+    # ("" is a request the proxy never dispatched: its client left while it queued there, proxy-overload)
+    replicas = sorted((set(req["replica"].unique().tolist()) - {""})
+                      | {s for _, s, k, _ in events if k in _REPLICA_KINDS})
     # A replica gets a new Serve id each time it is started again (a healthy report after a failure).
     restarts: dict[str, list[float]] = {r: [] for r in replicas}
     down: set[str] = set()

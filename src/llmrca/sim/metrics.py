@@ -199,7 +199,7 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
     brng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0]) if cfg.noise == "realistic" else None
     replicas = list(dep.replicas)
     head = dep.proxy
-    names = np.array(paths.names, dtype=object)
+    names = np.array([*paths.names, ""], dtype=object)  # index -1: never dispatched (proxy-overload)
     rep_of = names[paths.replica]
     ok = res["failed"] == 0
     cols: dict[str, np.ndarray] = {}
@@ -498,9 +498,51 @@ def missed_scrapes(cols: dict[str, np.ndarray], dep: Deployment, rng: np.random.
 def catalogue_columns(dep: Deployment) -> list[str]:
     """The columns the metric catalogue gives this deployment: container series for every pod, engine and GPU
     series for every replica, mesh series for every service called over the mesh (the gateway, the Serve proxy's
-    pod, the replicas outside it), node series for every node."""
+    pod, the replicas outside it), node series for every node, client series for the workload node (if any)."""
     mesh = [dep.gateway, dep.proxy, *(r for r in dep.replicas if r != dep.proxy)]
-    return cat.expected_columns({"pod": dep.pods, "replica": dep.replicas, "mesh": mesh, "node": dep.nodes})
+    scopes = {"pod": dep.pods, "replica": dep.replicas, "mesh": mesh, "node": dep.nodes}
+    if dep.client:
+        scopes["client"] = [dep.client]
+    return cat.expected_columns(scopes)
+
+
+def with_client_metrics(metrics: pd.DataFrame, cfg: SimConfig, dep: Deployment, engines: dict[str, Any],
+                        env: Environment, wl: Any, res: dict[str, np.ndarray], paths: Any, var: Any,
+                        rng: np.random.Generator) -> pd.DataFrame:
+    """``metrics`` with the workload node's own series appended: what the load generator counts on its side, as a
+    Locust-like client exports it (requests and prompt tokens it sent, failures and response times it saw, requests
+    waiting for an answer), scraped at its own phase. The other columns are untouched."""
+    n_ticks = min(len(e.log.arrays()["t"]) for e in engines.values())
+    G = _Grid(cfg, env.t0, n_ticks)
+    ph = float(rng.uniform(0.0, cfg.step))
+    svc = dep.client
+    hop = runmod.HOP_S * var.hop_factor
+    sent = np.asarray(paths.t_gateway_start, dtype=float)
+    # The client's answer ends one hop after the gateway's (its response time spans both hops).
+    back = np.asarray(paths.t_gateway_end, dtype=float) + hop
+    took = back - sent + hop
+    failed = res["failed"] != 0
+    cut = (res["failed"] == 504) & runmod.header_sent(res, paths)
+    bad = failed & ~cut  # a stream nginx cut after its 200 header reads as a short answer, not a failure
+    cols = {
+        f"{svc}_requests_sent": G.counter_of_events(sent, ph),
+        f"{svc}_prompt_tokens_sent": G.rate(G.per_tick(sent, wl.prompt_tokens.astype(float)), ph),
+        f"{svc}_request_failures": G.counter_of_events(np.where(bad, back, np.nan), ph),
+        f"{svc}_requests_in_flight": G.gauge(np.cumsum(G.per_tick(sent)) - np.cumsum(G.per_tick(back)), ph),
+    }
+    _histogram_columns(cols, svc, "loadgen_response_time_seconds", "client", G, back, took, None, REQUEST_BUCKETS,
+                       ph)
+    _histogram_columns(cols, svc, "loadgen_prompt_length_tokens", "client", G, sent,
+                       wl.prompt_tokens.astype(float), None, TOKEN_BUCKETS, ph)
+    extra = set(cols) - set(catalogue_columns(dep))
+    if extra:
+        raise AssertionError(f"sim metrics: column(s) not in the metric catalogue: {', '.join(sorted(extra))}")
+    out = metrics.copy()
+    for c, x in cols.items():
+        x = np.asarray(x, dtype=float)
+        if not np.isnan(x).all():
+            out[c] = x
+    return out
 
 
 def _frame(dep: Deployment, cols: dict[str, np.ndarray], times: np.ndarray) -> pd.DataFrame:

@@ -44,6 +44,7 @@ SERVE_DEATH_NOTICE_S = 2.0
 
 # Streams of randomness, each from (seed, stream): adding a use never shifts another's numbers.
 _S_WORKLOAD, _S_VAR, _S_ROUTE, _S_NET, _S_ENV, _S_NOISE, _S_IDS, _S_FAULT, _S_STATS = range(1, 10)
+_S_SURGE, _S_SKEW, _S_CLIENT = 10, 11, 12  # the traffic faults' draws and the workload node's telemetry
 
 
 def stream(seed: int, which: int) -> np.random.Generator:
@@ -162,8 +163,10 @@ def run(config: SimConfig | None = None, fault: Injection | None = None, seed: i
     env = envmod.build(
         t0=t_sim0, t1=cfg.duration + 900.0, tick=cfg.tick, pods=dep.pods, gpu_pods=dep.replicas, gpu=gpu,
         pod_cpu=cfg.pod_cpu, pod_memory=cfg.pod_memory_gib * GIB, base_memory=var.base_memory, own_demand=own,
-        perturbations=perts, rng=stream(seed, _S_ENV),
+        perturbations=perts, rng=stream(seed, _S_ENV), proxy=dep.proxy, client=dep.client,
     )
+    for a, b, factor, share in env.surges:  # the workload's client sends longer prompts (prompt-surge)
+        wl = wlmod.surge(wl, a, b, factor, share, model.context_tokens - cfg.output_tokens, stream(seed, _S_SURGE))
 
     events: list[tuple[float, str, str, dict]] = []
     table = RequestTable(wl.prompt_tokens, wl.output_tokens, np.full(n, math.inf))
@@ -224,6 +227,9 @@ def run(config: SimConfig | None = None, fault: Injection | None = None, seed: i
         fault=truth.to_dict() if finfo else None,
     )
     metrics = metmod.build_metrics(cfg, dep, engines, env, wl, res, paths, var, start, stream(seed, _S_NOISE))
+    if dep.client:  # the workload node's own series, from their own stream (every other column unchanged)
+        metrics = metmod.with_client_metrics(metrics, cfg, dep, engines, env, wl, res, paths, var,
+                                             stream(seed, _S_CLIENT))
     return SimRun(cfg, dep, record, metrics, truth, inject_time, engines, env)
 
 
@@ -268,8 +274,13 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             tp[i] += env.delay_towards(proxy, tp[i])
     P.t_proxy_start = tp
     ts = tp + PROXY_REQUEST_S * jit[:, 2] * env.slowdowns(proxy, tp)
-    P.t_send = ts
+    if env.proxy_caps:  # a saturated proxy: requests wait in its queue before it dispatches them
+        # nginx gives up (proxy_read_timeout) on a request still waiting there: the proxy sees its client go one
+        # hop later and drops it undispatched (NaN: no replica ever sees it)
+        ts = proxy_queue(tp, ts, env.proxy_caps, tg + NGINX_READ_TIMEOUT_S + hop)
+    dropped = np.isnan(ts)
     deadline = tg + NGINX_READ_TIMEOUT_S + 2 * hop
+    P.t_send = ts
     table.deadline = deadline.tolist()
 
     R = len(names)
@@ -341,7 +352,19 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             env.events.append((t_die + SERVE_DEATH_NOTICE_S, names[k], "replica_health", {"ok": False}))
             env.events.append((back, names[k], "replica_health", ok))
 
-    order = np.argsort(ts, kind="stable")
+    for i in np.flatnonzero(dropped).tolist():
+        g_end = tg[i] + NGINX_READ_TIMEOUT_S
+        table.failed[i] = 504
+        P.t_gateway_end[i] = g_end
+        P.t_proxy_end[i] = P.t_proxy_server_end[i] = g_end + hop
+    skew = stream(seed, _S_SKEW)
+    for _, _, hot, _ in env.skews:
+        if not 0 <= hot < R:
+            raise fault_registry.FaultParamError(
+                f"fault 'routing-skew' parameter 'hot_replica': {hot} is not a replica index of this deployment "
+                f"(0..{R - 1}: {', '.join(names)})")
+
+    order = np.argsort(ts, kind="stable")[: n - int(dropped.sum())]  # NaN (dropped) sorts last
     for i in order.tolist():
         t = ts[i]
         kill_due(t)
@@ -354,7 +377,11 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
                 heappop(h)
                 inflight[r] -= 1
         out = [k for k, (a, b) in out_of_routing.items() if a <= t < b]
-        if out and len(out) < R:
+        pinned = next((hot for a, b, hot, share in env.skews if a <= t < b and hot not in out
+                       and skew.random() < share), None)
+        if pinned is not None:  # a misconfigured router pins this request to the hot replica (routing-skew)
+            r = pinned
+        elif out and len(out) < R:
             r = _route_around(policy, [k for k in range(R) if k not in out], inflight, rr, route)
         elif policy == "round-robin":
             r = rr[0] % R
@@ -385,6 +412,31 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
     kill_due(math.inf)
     P.collect_all = collect
     return P
+
+
+def proxy_queue(tp: np.ndarray, ts: np.ndarray, caps: list[tuple[float, float, float]],
+                cancel: np.ndarray) -> np.ndarray:
+    """Dispatch times behind a saturated proxy (``proxy_capacity``): while a cap acts, the proxy dispatches one
+    request at a time, each taking ``dispatch_s`` of its event loop on top of its normal handling, in arrival order
+    (FIFO); a request that arrives to a backlog waits for it, also after the cap has lifted, when the backlog drains
+    at the normal handling time. ``tp``: arrivals at the proxy, ``ts``: dispatch times of a free proxy, ``cancel``:
+    when each request's client goes away: one not dispatched by then is dropped (NaN) and frees the proxy then (a
+    cancelled wait takes no more of its time)."""
+    out = ts.copy()
+    free = -math.inf
+    for i in np.argsort(tp, kind="stable").tolist():
+        a = float(tp[i])
+        extra = next((d for s, e, d in caps if s <= max(a, free) < e), 0.0)
+        if extra == 0.0 and free <= a:
+            continue  # no cap and no backlog: the proxy handles it at once, as always
+        begin = max(a, free)
+        end = begin + (float(ts[i]) - a) + extra
+        if end <= cancel[i]:
+            out[i] = free = end
+        else:
+            out[i] = np.nan
+            free = max(begin, min(end, float(cancel[i])))
+    return out
 
 
 def _route_around(policy: str, cand: list[int], inflight: list[int], rr: list[int],
@@ -423,7 +475,7 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
     n = len(wl)
     failed = res["failed"]
     ok = failed == 0
-    names = np.array(P.names, dtype=object)
+    names = np.array([*P.names, ""], dtype=object)  # index -1: never dispatched (proxy-overload)
     t_first = res["t_first_token"]
     t_end = res["t_engine_end"]
     out_tok = np.where(ok, res["generated"], 0).astype(np.int64)

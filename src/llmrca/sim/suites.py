@@ -141,6 +141,8 @@ def plan_of(s: Scenario) -> list[CaseSpec]:
     for f in s.faults:
         spec = fault_registry.get(f)
         params = s.params(f)
+        if not spec.target_services(topo):  # e.g. prompt-surge without a workload node: say why, not 0 cases
+            spec.check_target("", topo)
         targets = [t for t in spec.target_services(topo) if s.targets is None or t in s.targets]
         for target in targets:
             for rep in range(s.reps):

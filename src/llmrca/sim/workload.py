@@ -103,3 +103,15 @@ def generate(config: SimConfig, rate: float, t0: float, t1: float, rng: np.rando
     want = np.rint(config.output_tokens * rng.uniform(0.35, 1.0, n) * (1.0 + sp * rng.standard_normal(n)))
     out = np.where(stops, np.clip(want, 1, config.output_tokens - 1), max_tok).astype(np.int64)
     return Workload(t, prompt, max_tok, out)
+
+
+def surge(wl: Workload, start: float, end: float, factor: float, share: float, limit: int,
+          rng: np.random.Generator) -> Workload:
+    """The workload with a prompt surge (``prompt-surge``): of the requests sent in ``[start, end)``, a ``share``
+    (drawn per request) carry prompts ``factor`` times as long, held to ``limit`` tokens (the model's context less
+    the answer: a client truncates what the server would refuse). Arrival times and answers are unchanged."""
+    sent = (wl.arrivals >= start) & (wl.arrivals < end)
+    hit = sent & (rng.random(len(wl)) < share)
+    longer = np.minimum(np.rint(wl.prompt_tokens * factor), max(int(limit), 8)).astype(np.int64)
+    prompt = np.where(hit, np.maximum(longer, wl.prompt_tokens), wl.prompt_tokens).astype(np.int64)
+    return Workload(wl.arrivals, prompt, wl.max_tokens, wl.output_tokens)

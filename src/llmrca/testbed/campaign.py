@@ -57,6 +57,21 @@ def plan(faults: list[str], targets: list[str], reps: int) -> list[tuple[str, st
     return [(f, t, r) for r in range(reps) for f in faults for t in targets]
 
 
+def own_targets(fault: str, state: dict) -> list[str] | None:
+    """The targets of a fault whose targets rule is not the replicas (proxy-overload: the Serve proxy; prompt-surge:
+    the workload node), from the live topology; None for a replica fault (the campaign's targets apply)."""
+    from llmrca import faults as fault_registry
+    from llmrca.testbed.collector import topology_of
+
+    spec = fault_registry.get(fault)
+    if spec.targets == "replicas":
+        return None
+    got = spec.target_services(topology_of(state))
+    if not got:
+        spec.check_target("", topology_of(state))  # the rule's own one-line reason (no workload node)
+    return got
+
+
 def case_id(fault: str, target: str, rep: int) -> str:
     return f"{fault}/{target}/rep-{rep:02d}"
 
@@ -97,7 +112,10 @@ def run_campaign(out_dir: str | Path, *, suite: str = "live", reps: int = 1, fau
         bad = [t for t in tgts if t not in state["replicas"]]
         if bad:
             raise LlmrcaError(f"unknown target(s) {', '.join(bad)}; replicas: {', '.join(state['replicas'])}")
-        items = plan(faults, tgts, reps)
+        # a fault above the replicas (the proxy, the workload's client) runs on its own target(s), in plan's order
+        own = {f: own_targets(f, state) for f in faults}
+        items = [(f, t, r) for f, t, r in plan(faults, tgts, reps) if own[f] is None or t == tgts[0]]
+        items = [(f, t, r) for f, t0, r in items for t in (own[f] if own[f] is not None else [t0])]
         items += [("normal", "", r) for r in range(normal_cases)]
         out.mkdir(parents=True, exist_ok=True)
         _write_manifest(out, suite, reps, faults, tgts, tm, state, [case_id(*i) if i[0] != "normal"

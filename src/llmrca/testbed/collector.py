@@ -53,7 +53,7 @@ class LabelMap:
 
     labels: dict[str, str] = field(default_factory=lambda: {"container": "service", "vllm": "service",
                                                             "dcgm": "service", "ray": "service", "node": "instance",
-                                                            "mesh": "destination_workload"})
+                                                            "mesh": "destination_workload", "loadgen": "service"})
     rename: dict[str, str] = field(default_factory=dict)
     pattern: str | None = None
     selectors: dict[str, str] = field(default_factory=dict)
@@ -322,10 +322,15 @@ def truth_of(rec: dict[str, Any] | None) -> GroundTruth:
 
 
 def topology_of(state: dict[str, Any]) -> Topology:
+    """The live deployment's topology: the simulator's, with the workload node (``state["client"]``) where the
+    deployment has one (a caller of the gateway, hosted nowhere in it, as in the simulator)."""
     node = state["node"]
     replicas = list(state["replicas"])
     edges = [(state["gateway"], state["proxy"])] + [(state["proxy"], r) for r in replicas if r != state["proxy"]]
-    return Topology(services=(*state["services"], node), edges=tuple(edges), entry=state["gateway"],
+    client = (state["client"],) if state.get("client") else ()
+    if client:
+        edges.insert(0, (client[0], state["gateway"]))
+    return Topology(services=(*state["services"], node, *client), edges=tuple(edges), entry=state["gateway"],
                     hosts={s: node for s in state["services"]},
                     gpus={r: [f"{node}/gpu{i}"] for i, r in enumerate(replicas)}, replicas={"vllm": replicas})
 
@@ -344,7 +349,7 @@ def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_i
     cfg = TestbedConfig.from_dict(st["config"])
     step = step or cfg.deploy.step
     client = PromClient(f"http://{LOOPBACK}:{st['ports']['prometheus']}")
-    services = [*st["services"], st["node"]]
+    services = [*st["services"], st["node"], *([st["client"]] if st.get("client") else [])]
     metrics = collect_metrics(client, start, end, step, rate_window=cfg.deploy.rate_window,
                               labels=LabelMap(only=tuple(services)), services=services)
     if len(metrics.columns) <= 1:

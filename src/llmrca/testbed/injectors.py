@@ -19,6 +19,13 @@ a power cap or a delay, a real GPU's restore process).
 * ``kv_cache_limit``: the supervisor restarts the target's engine with a KV cache of N tokens
   (``--kv-cache-tokens``; the real engine's ``--kv-cache-memory-bytes``) and again with its normal cache on undo.
 
+* ``prompt_surge``: the load generator's ``/control/surge`` (the workload node's client sends the long prompts);
+  it expires by itself, undone by switching it off.
+* ``proxy_capacity``: the Serve-like proxy's ``/control/capacity`` (one dispatch at a time, ``dispatch_s`` each:
+  requests queue in the proxy); self-expiring.
+* ``routing_weights``: the proxy's ``/control/routing`` (a share of requests pinned to one replica);
+  self-expiring. The three act above the engines, so they are the same for the emulated and the real engine.
+
 The live faults are the registry's faults whose causes all have a mechanism here (``live_faults()``). A case
 records the values applied on this machine under the causes' names, the same names a simulated case uses.
 """
@@ -129,6 +136,10 @@ MECHANISMS: dict[str, Mechanism] = {
     "engine_stall": Mechanism("engine stall endpoint / SIGSTOP of the engine's workers", _as_given, "_apply_stall",
                               "_undo_stall"),
     "kv_cache_limit": Mechanism("restart of the engine with a smaller KV cache", _as_given, "_apply_kv", "_undo_kv"),
+    # -- traffic faults (faults/traffic_faults.py): controls of the load generator and the proxy --
+    "prompt_surge": Mechanism("load generator's surge control", _as_given, "_apply_surge", "_undo_surge"),
+    "proxy_capacity": Mechanism("proxy's capacity control", _as_given, "_apply_capacity", "_undo_capacity"),
+    "routing_weights": Mechanism("proxy's routing control", _as_given, "_apply_routing", "_undo_routing"),
 }
 
 
@@ -492,6 +503,54 @@ class Injector:
 
     def _undo_kv(self, v: dict[str, Any]) -> None:
         self.host.restart_engine(self.target, None, 0.0 if self._real_engine() else float(v["load_s"]))
+
+
+    # -- traffic faults: the load generator's and the proxy's self-expiring controls -------------------------------
+    def _service_url(self, port_name: str) -> str:
+        port = self.host.state["ports"].get(port_name)
+        if port is None:
+            raise FaultParamError(f"fault {self.plan.fault!r}: the testbed runs no {port_name} control (a workload "
+                                  "fault needs workload.workload_node = true)")
+        return f"http://{LOOPBACK}:{port}"
+
+    def _switch_off(self, port_name: str, path: str, body: dict[str, Any]) -> None:
+        try:
+            self._control("POST", self._service_url(port_name) + path, {**body, "reason": "fault undone"})
+        except (OSError, FaultParamError):
+            pass  # the service is gone (it comes back without the setting)
+
+    def _apply_surge(self, v: dict[str, Any]) -> None:
+        self._control("POST", self._service_url("loadgen") + "/control/surge",
+                      {"factor": v["factor"], "share": v["share"], "expires_at": self.end + SAFETY_MARGIN_S,
+                       "reason": "fault injection"})
+        self.method = f"load generator's surge control: {v['share']:g} of prompts x{v['factor']:g}"
+
+    def _undo_surge(self, v: dict[str, Any]) -> None:
+        self._switch_off("loadgen", "/control/surge", {"factor": None})
+
+    def _apply_capacity(self, v: dict[str, Any]) -> None:
+        self._control("POST", self._service_url("proxy") + "/control/capacity",
+                      {"dispatch_s": v["dispatch_s"], "expires_at": self.end + SAFETY_MARGIN_S,
+                       "reason": "fault injection"})
+        self.method = f"proxy's capacity control: one dispatch at a time, {v['dispatch_s']:.3g} s each"
+
+    def _undo_capacity(self, v: dict[str, Any]) -> None:
+        self._switch_off("proxy", "/control/capacity", {"dispatch_s": None})
+
+    def _apply_routing(self, v: dict[str, Any]) -> None:
+        replicas = list(self.host.state["replicas"])
+        k = int(v["hot_replica"])
+        if not 0 <= k < len(replicas):
+            raise FaultParamError(f"fault 'routing-skew' parameter 'hot_replica': {k} is not a replica index of this "
+                                  f"deployment (0..{len(replicas) - 1}: {', '.join(replicas)})")
+        self._control("POST", self._service_url("proxy") + "/control/routing",
+                      {"replica": replicas[k], "share": v["share"], "expires_at": self.end + SAFETY_MARGIN_S,
+                       "reason": "fault injection"})
+        self.notes["hot_replica_name"] = replicas[k]
+        self.method = f"proxy's routing control: {v['share']:g} of requests pinned to {replicas[k]}"
+
+    def _undo_routing(self, v: dict[str, Any]) -> None:
+        self._switch_off("proxy", "/control/routing", {"replica": None})
 
 
 def nvidia_smi_power_limit(gpu_index: str, watts: float) -> list[str]:

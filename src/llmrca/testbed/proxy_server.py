@@ -7,7 +7,10 @@ Spans: a SERVER span ``proxy_http_request`` (Ray Serve's name) and a CLIENT span
 mesh's link towards them (``llmrca.testbed.mesh``), where a network fault acts; the head's own replica is called
 inside the pod; the call names the Serve request id in ``X-Request-ID`` (the replica's access line carries it).
 Spans and log lines are the catalogue's (``llmrca.deploy.telemetry``): Ray Serve's proxy access and disconnect
-lines, the controller's health lines. Run as ``python -m llmrca.testbed.proxy_server RUN_DIR``.
+lines, the controller's health lines. Two token-protected, self-expiring controls act on the proxy itself (the
+traffic faults, ``llmrca.testbed.traffic_control``): ``/control/capacity`` makes it dispatch one request at a time,
+``dispatch_s`` each (proxy-overload: requests really queue in it), ``/control/routing`` pins a share of requests to
+one replica (routing-skew). Run as ``python -m llmrca.testbed.proxy_server RUN_DIR``.
 """
 
 from __future__ import annotations
@@ -55,11 +58,15 @@ class Router:
         self.ongoing = {r: 0 for r in replicas}
         self.down_until = {r: 0.0 for r in replicas}
         self._rr = 0
+        self.pinned: tuple[str, float] | None = None  # (replica, share) a misconfigured router sends there
+        self._pin_rng = np.random.default_rng([int(rng.integers(2**32)), 0x5CE])  # its own draws
 
     def choose(self, now: float) -> str | None:
         up = [r for r in self.replicas if self.down_until[r] <= now]
         if not up:
             return None
+        if self.pinned is not None and self.pinned[0] in up and self._pin_rng.random() < self.pinned[1]:
+            return self.pinned[0]
         if self.policy == "round-robin":
             r = up[self._rr % len(up)]
             self._rr += 1
@@ -100,6 +107,26 @@ class Proxy:
         self.g_ongoing = Gauge("ray_serve_replica_ongoing_requests", "Ongoing requests per replica (proxy's count).",
                                ["replica"], registry=reg)
         self.session: Any = None
+        from llmrca.testbed.traffic_control import Timed
+
+        self.rd = rd
+        self.capacity = Timed(rd, self.service, "capacity")
+        self.routing = Timed(rd, self.service, "routing")
+        self._dispatch = asyncio.Lock()  # the saturated proxy's one-at-a-time dispatch
+
+    async def admit(self) -> None:
+        """Wait for the proxy's dispatch while a capacity cap holds: one request at a time, ``dispatch_s`` each, in
+        arrival order (asyncio's lock is FIFO). A request whose client hangs up meanwhile is cancelled here."""
+        if self.capacity.current() is None and not self._dispatch.locked():
+            return
+        async with self._dispatch:
+            cap = self.capacity.current()
+            if cap is not None:
+                await asyncio.sleep(cap["dispatch_s"])
+
+    def pin(self) -> None:
+        r = self.routing.current()
+        self.router.pinned = (r["replica"], r["share"]) if r is not None else None
 
     async def start(self) -> None:
         import aiohttp
@@ -126,10 +153,48 @@ class Proxy:
                     if not was_down:
                         self.log.line(line("serve.controller_routing_around"), os.getpid(), r)
                     self.router.down_until[r] = time.time() + DOWN_AFTER_ERROR_S
+            self.capacity.current()  # a setting past its expiry ends (and is recorded) even with no traffic
+            self.pin()
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
             except TimeoutError:
                 pass
+
+    # -- the traffic faults' controls (token-protected) ---------------------------------------------------------
+    async def control_get(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response({**self.capacity.state(), **self.routing.state()})
+
+    async def _control(self, request: Any, timed: Any, check: Any) -> Any:
+        from aiohttp import web
+
+        from llmrca.testbed.auth import INJECTION_HEADER
+
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("the body must be a JSON object")
+            value, expires = check(body, time.time())
+        except (ValueError, TypeError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        timed.set(value, expires, reason=str(body.get("reason", "control endpoint")),
+                  injection=request.headers.get(INJECTION_HEADER) or None)
+        self.pin()
+        return web.json_response({**self.capacity.state(), **self.routing.state()})
+
+    async def control_capacity(self, request: Any) -> Any:
+        """``{"dispatch_s": s | null, "expires_at": t}``: dispatch one request at a time, s each (proxy-overload)."""
+        from llmrca.testbed.traffic_control import checked_capacity
+
+        return await self._control(request, self.capacity, checked_capacity)
+
+    async def control_routing(self, request: Any) -> Any:
+        """``{"replica": name | null, "share": 0..1, "expires_at": t}``: pin a share of requests (routing-skew)."""
+        from llmrca.testbed.traffic_control import checked_routing
+
+        return await self._control(request, self.routing,
+                                   lambda body, now: checked_routing(body, self.replicas, now))
 
     async def handle(self, request: Any) -> Any:
         import aiohttp
@@ -147,12 +212,18 @@ class Proxy:
                                            "request_type": "http", "request_method": request.method,
                                            "request_route_path": "/"}).items():
             server.set_attribute(k, v)
-        replica = self.router.choose(t0)
+        replica = None
         status, client_status = 200, None
         resp = None
         t_client_end = None
         client = None
         try:
+            if request.method == "POST":
+                # behind a saturated proxy the request waits here (proxy-overload); a client that hangs up
+                # meanwhile is cancelled here and logged as a disconnect (499), never dispatched
+                await self.admit()
+            self.pin()
+            replica = self.router.choose(time.time())
             if replica is None:
                 status = 503
                 return web.json_response({"error": "no healthy replica"}, status=503)
@@ -228,18 +299,25 @@ class Proxy:
         return web.json_response({"status": "ok", "ongoing": self.router.ongoing})
 
 
-def make_app(proxy: Proxy) -> Any:
+def make_app(proxy: Proxy, token: str) -> Any:
     """The proxy's HTTP app. vLLM's routes go to a replica, as through a Serve deployment whose ingress is vLLM's
-    OpenAI app; ``/metrics`` and ``/-/healthz`` (Ray Serve's proxy health route) are the proxy's own."""
+    OpenAI app; ``/metrics`` and ``/-/healthz`` (Ray Serve's proxy health route) are the proxy's own, ``/control``
+    its fault controls (a change needs the run's token)."""
     from aiohttp import web
 
-    app = web.Application(client_max_size=16 * 2**20)
+    from llmrca.testbed import auth
+
+    app = web.Application(client_max_size=16 * 2**20, middlewares=[auth.middleware(
+        token, lambda method, path: method == "POST" and path.startswith("/control"))])
     for route in GENERATION_ROUTES:
         app.router.add_post(route, proxy.handle)
     for route in REPLICA_GET_ROUTES:
         app.router.add_get(route, proxy.handle)
     app.router.add_get("/metrics", proxy.metrics)
     app.router.add_get("/-/healthz", proxy.health)
+    app.router.add_get("/control", proxy.control_get)
+    app.router.add_post("/control/capacity", proxy.control_capacity)
+    app.router.add_post("/control/routing", proxy.control_routing)
     return app
 
 
@@ -247,7 +325,9 @@ async def _main(run_dir: str, stop: asyncio.Event) -> None:
     rd, state = service.settings(run_dir, "proxy")
     proxy = Proxy(state, rd)
     await proxy.start()
-    app = make_app(proxy)
+    from llmrca.testbed import auth
+
+    app = make_app(proxy, auth.read_token(rd.path))
     runner = await service.start_site(app, state["ports"]["proxy"])
     health = asyncio.create_task(proxy.health_loop(stop))
     proxy.log.line(line("serve.proxy_started"), os.getpid(), state["node"], state["ports"]["proxy"])

@@ -43,7 +43,7 @@ import psutil
 from llmrca import __version__
 from llmrca import faults as fault_registry
 from llmrca.errors import LlmrcaError, UnknownNameError
-from llmrca.sim.deployment import GATEWAY, HEAD, replica_names
+from llmrca.sim.deployment import CLIENT, GATEWAY, HEAD, replica_names
 from llmrca.sim.run import derive_seed
 from llmrca.testbed import gpu_host, vllm_engine
 from llmrca.testbed import injectors as injmod
@@ -92,6 +92,9 @@ def plan_state(rd: RunDir, cfg: TestbedConfig, *, real_gpus: dict[str, str] | No
     remote = [r for r in replicas if r != HEAD]
     names = ["gateway", "proxy", "mesh", "prometheus", "agent", "control", "link:" + HEAD,
              *(f"engine:{r}" for r in replicas), *(f"link:{r}" for r in remote)]
+    client = CLIENT if cfg.deploy.workload_node else None
+    if client:  # the workload node: the load generator serves its own metrics and surge control
+        names.append("loadgen")
     ports = dict(zip(names, free_ports(len(names))))
     links = [{"name": HEAD, "src": GATEWAY, "dst": HEAD, "port": ports["link:" + HEAD], "upstream": ports["proxy"]}]
     links += [{"name": r, "src": HEAD, "dst": r, "port": ports["link:" + r], "upstream": ports["engine:" + r]}
@@ -102,7 +105,7 @@ def plan_state(rd: RunDir, cfg: TestbedConfig, *, real_gpus: dict[str, str] | No
         "run_dir": str(rd.path), "config": cfg.to_dict(), "scaling": sc.to_dict(), "gateway": GATEWAY, "proxy": HEAD,
         "replicas": replicas, "services": [GATEWAY, *replicas], "node": NODE, "ports": ports, "links": links,
         "otlp_endpoint": f"http://{LOOPBACK}:{ports['agent']}/v1/traces", "real_gpus": dict(real_gpus or {}),
-        "processes": {}, "status": "starting",
+        "processes": {}, "status": "starting", **({"client": client} if client else {}),
     }
 
 
@@ -323,6 +326,8 @@ class Supervisor:
             "serve-proxy": [(ports["proxy"], {"service": HEAD})],
             "llmrca-agent": [(ports["agent"], {})],
         }
+        if self.state.get("client"):  # the workload node's client-side series
+            jobs["loadgen"] = [(ports["loadgen"], {"service": self.state["client"]})]
         pconf = self.rd.path / "prometheus.yml"
         pconf_text = prom.scrape_config(self.cfg.deploy.step, jobs)
         if self.host_gpus is not None and self.host_gpus.dcgm_url:  # a dcgm-exporter serves the real GPUs
@@ -331,7 +336,8 @@ class Supervisor:
         self.procs["prometheus"] = Managed("prometheus", None, prom.command(pb, pconf, self.rd.prometheus,
                                                                               ports["prometheus"]), ports["prometheus"])
         if self.cfg.load:
-            self.procs["loadgen"] = Managed("loadgen", None, [py, "-m", "llmrca.testbed.loadgen", rd], None)
+            self.procs["loadgen"] = Managed("loadgen", None, [py, "-m", "llmrca.testbed.loadgen", rd],
+                                            ports.get("loadgen"))
 
     def _start(self, m: Managed) -> None:
         files = self.containment.procs_files(m.service) if m.service else []
@@ -576,9 +582,9 @@ class Supervisor:
         if self.build is not None and self.build.device == "cpu" and "power_limit" in spec.causes:
             raise TestbedError(f"fault {fault!r}: the real engine runs on CPU here: no GPU to cap; use --engine "
                                "emulated")
-        if target not in self.state["replicas"]:
-            raise UnknownNameError(f"fault {fault!r} cannot target {target!r}; its targets (replicas) are: "
-                                   f"{', '.join(self.state['replicas'])}")
+        from llmrca.testbed.collector import topology_of
+
+        spec.check_target(target, topology_of(self.state))  # the fault's targets rule, as in the simulator
         check_duration(duration)
         if not isinstance(params, dict):
             raise TestbedError(f"params must be an object of NAME: VALUE, is {type(params).__name__}")
@@ -587,7 +593,7 @@ class Supervisor:
                 raise TestbedError(f"fault {rec['fault']} on {rec['target']} is still active ({rec['id']}); "
                                    "one fault at a time")
         inject_time = time.time()
-        port = self.state["ports"][f"engine:{target}"]
+        port = self.state["ports"].get(f"engine:{target}")  # None: the target runs no engine (proxy, client)
         live = injmod.plan(fault, target, params, self.cfg.deploy.gpu, self.scaling, inject_time, inject_time + duration,
                            power_draw_w=lambda: injmod.engine_power_w(port), state=self.state)
         iid = f"{fault}-{target}-{int(inject_time)}"
