@@ -201,7 +201,6 @@ def report_cmd(
     """Accuracy (AC@1, AC@3, Avg@5) and time per method and fault type.  Example: llmrca report results -f md"""
     from llmrca.evaluate import load_results
     from llmrca.report import print_table, summarize, to_json, to_markdown
-
     from llmrca.report.separation import has_normal_cases, separation, separation_markdown
 
     results = load_results(result_dir)

@@ -38,7 +38,7 @@ def separation(results: pd.DataFrame) -> pd.DataFrame:
         if len(pos) and len(neg):
             auroc = float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
         rows.append({
-            "method": str(method), "fault_cases": int(len(pos)), "normal_cases": int(len(neg)), "auroc": auroc,
+            "method": str(method), "fault_cases": len(pos), "normal_cases": len(neg), "auroc": auroc,
             "normal_top_median": float(np.median(neg)) if len(neg) else float("nan"),
             "normal_top_p90": float(np.quantile(neg, 0.9)) if len(neg) else float("nan"),
             "fault_top_median": float(np.median(pos)) if len(pos) else float("nan"),
@@ -58,8 +58,8 @@ def _g(v: float) -> str:
 
 def separation_markdown(sep: pd.DataFrame) -> str:
     """The table, with n/a where a suite lacks the cases for a number."""
-    lines = ["| method | AUROC (fault vs normal) | fault / normal cases | top score on normal runs: median, p90 | "
-             "top score on fault runs: median | left out |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [("| method | AUROC (fault vs normal) | fault / normal cases | top score on normal runs: median, p90 | "
+             "top score on fault runs: median | left out |"), "|---|---:|---:|---:|---:|---:|"]
     for _, r in sep.iterrows():
         auroc = "n/a" if not np.isfinite(r["auroc"]) else f"{r['auroc']:.2f}"
         lines.append(f"| {r['method']} | {auroc} | {int(r['fault_cases'])} / {int(r['normal_cases'])} | "
