@@ -50,7 +50,7 @@ def test_only_the_cpu_device_polls_and_sees_cfs_periods():
 @pytest.mark.parametrize("phase", [ONE, FOUR])
 def test_throttled_itl_tail_matches_the_live_shape(recomputed, phase):
     """Under CPU stress the quota binds in the simulator too: most steps run at full speed, one per 100 ms period
-    waits out the throttled rest, so ITL p99 / p50 reaches the live engine's (19 at both levels) -- before this
+    waits out the throttled rest, so ITL p99 / p50 reaches the live engine's (19 and 12) -- before this
     model the simulator's was 2.0 and 4.4, outside the band."""
     live, sim = recomputed[phase]["live"], recomputed[phase]["sim"]
     live_tail = _itl(live, "fault", "p99") / _itl(live, "fault", "p50")
