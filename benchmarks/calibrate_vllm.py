@@ -20,6 +20,9 @@ and the same seed. Printed side by side, per phase and part (pre = before the fa
 The JSON (``--out``) holds every number, the machine's load average before and after, and the live scaling.
 With ``--engine emulated`` the live side is llmrca's emulated engine (the simulator's model run in real time):
 that tests the benchmark, it calibrates nothing (it would compare the simulator with itself).
+With ``--sim-only FIXTURE`` no testbed starts: the simulator side is recomputed against a stored run's live side
+(e.g. ``benchmarks/data/calib-vllm-2026-12-07.json``) and the same table printed; ``--out`` then also keeps the
+stored simulator columns as ``sim_before``.
 """
 
 from __future__ import annotations
