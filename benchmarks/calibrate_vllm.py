@@ -20,6 +20,9 @@ and the same seed. Printed side by side, per phase and part (pre = before the fa
 The JSON (``--out``) holds every number, the machine's load average before and after, and the live scaling.
 With ``--engine emulated`` the live side is llmrca's emulated engine (the simulator's model run in real time):
 that tests the benchmark, it calibrates nothing (it would compare the simulator with itself).
+With ``--sim-only FIXTURE`` no testbed starts: the simulator side is recomputed against a stored run's live side
+(e.g. ``benchmarks/data/calib-vllm-2026-12-07.json``) and the same table printed; ``--out`` then also keeps the
+stored simulator columns as ``sim_before``.
 """
 
 from __future__ import annotations
@@ -314,6 +317,29 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def sim_only(fixture: Path, out: Path | None) -> dict[str, Any]:
+    """Recompute every phase's simulator column against a stored run's live one (its config, parameters, bounds).
+
+    The live side is the fixture's as it was measured; the simulator side is today's code. Returns the result
+    in the benchmark's JSON layout (also written to ``out``)."""
+    stored = json.loads(fixture.read_text())
+    result: dict[str, Any] = {**{k: v for k, v in stored.items() if k != "phases"}, "sim_only": str(fixture),
+                              "phases": {}}
+    for label, ph in stored["phases"].items():
+        if "error" in ph:
+            continue
+        cfg = DeployConfig.from_dict(ph["config"])
+        fault = ph["live_record"].get("fault") if ph.get("sim_params") else None
+        target = ph["live_record"].get("target") or ""
+        s = sim_case(cfg, fault, target, ph.get("sim_params") or {}, int(stored.get("seed", 0)), ph["bounds"])
+        ss = summary(s)
+        print_phase(label, ph["live"], ss)
+        result["phases"][label] = {**ph, "sim": ss, "sim_before": ph["sim"]}
+    if out:
+        out.write_text(json.dumps(_jsonable(result), indent=1, sort_keys=True))
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=("vllm", "emulated"), default="vllm")
@@ -331,7 +357,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds the testbed may take to come up")
     ap.add_argument("--run-dir", type=Path, help="testbed run folder (default: a fresh temporary one)")
     ap.add_argument("--out", type=Path, help="write every number as JSON here")
+    ap.add_argument("--sim-only", type=Path, metavar="FIXTURE",
+                    help="no testbed: rerun the simulator side against the live columns stored in this JSON")
     a = ap.parse_args(argv)
+    if a.sim_only:
+        sim_only(a.sim_only, a.out)
+        return
     timing = {"duration": a.normal + a.fault + a.recovery, "inject_at": a.normal, "fault": a.fault}
     base = scenario(a.engine, **timing)
     levels = [int(w) for w in a.cpu_workers.split(",") if w]

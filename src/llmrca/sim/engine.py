@@ -517,9 +517,20 @@ class ReplicaEngine:
         if f < 1.0:
             a[10] += k * s
         it = self._itl
-        it[0].append(t1)
-        it[1].append(s)
-        it[2].append(n * k)
+        period = self.gpu.cfs_period_s
+        if period and self.share < 1.0 and k * s > 0.0:
+            # Under a CFS quota the pod's threads run at full speed until the period's quota is spent, then wait
+            # for the next period: most steps take their unthrottled time s * share, and one step per period
+            # also carries the throttled rest of it, period * (1 - share). The mean stays s.
+            fast = s * self.share
+            gaps = min(float(k), k * s / period)
+            it[0].extend((t1, t1))
+            it[1].extend((fast, fast + (s - fast) * k / gaps))
+            it[2].extend((n * (k - gaps), n * gaps))
+        else:
+            it[0].append(t1)
+            it[1].append(s)
+            it[2].append(n * k)
         ib = self._iter
         ib[0].append(t1)
         ib[1].append(n)
@@ -592,7 +603,11 @@ class ReplicaEngine:
         # What this pod's own processes wanted: the engine core while it had work, the frontend (one asyncio
         # thread: at most a core) for the requests and tokens it handled, and the pod's background.
         frontend = min(tick, c_req * fe_req + c_prompt * fe_prompt + c_tok * a[4])
-        demand = self.background_cores + (ENGINE_CORE_CORES * min(tick, a[6]) + frontend) / tick
+        engine_cores = ENGINE_CORE_CORES
+        if self.gpu.poll_cores and a[3] > 0:  # a busy-polling engine: its demand grows with the mean batch
+            engine_cores = max(engine_cores, self.gpu.poll_cores
+                               + self.gpu.poll_cores_per_seq * max(0.0, a[4] / a[3] - 1.0))
+        demand = self.background_cores + (engine_cores * min(tick, a[6]) + frontend) / tick
         rows = self.log.rows
         gs = self.gs
         limits = self._limits

@@ -21,6 +21,12 @@ GIB = 1024**3
 CPU_FLOPS = 13e9
 CPU_MEM_BW = 10e9
 CPU_STEP_OVERHEAD_S = 0.67e-3
+# vLLM's CPU engine (core + worker) CPU seconds per second of stepping, measured with benchmarks/vllm_step_model.py
+# and the cgroup's cpu.stat: 1.1 cores at batch 1, 1.6 at batch 16 (docs/simulator.md "The CPU device").
+CPU_POLL_CORES = 1.1
+CPU_POLL_CORES_PER_SEQ = (1.6 - 1.1) / 15
+# The kernel's default CFS period (cpu.cfs_period_us = 100000): a quota is spent in bursts within it.
+CFS_PERIOD_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,13 @@ class GpuKind:
     slowdown_c: float  # temperature at which hardware slowdown starts
     pcie_gbps: float  # PCIe bandwidth, GB/s
     device: str = "gpu"  # "gpu": an NVIDIA GPU (DCGM telemetry, power limits); "cpu": the host CPU, none of those
+    # An engine that busy-polls its worker (vLLM's CPU engine core spins on the worker's shared-memory queue while
+    # the worker computes): the engine's CPU demand in cores while it steps, at batch 1 and per further sequence in
+    # the batch. 0: the engine wants ENGINE_CORE_CORES (llmrca.sim.engine), as on every GPU.
+    poll_cores: float = 0.0
+    poll_cores_per_seq: float = 0.0
+    # The CFS quota period (s) whose burst throttling the ITL histogram shows (0: not modelled, the GPU hosts).
+    cfs_period_s: float = 0.0
 
     @property
     def is_gpu(self) -> bool:
@@ -95,7 +108,8 @@ RTXPRO6000 = GpuKind("rtx-pro-6000", 500e12, 1.792e12, 96 * GIB, 600.0, 150.0, 8
 # core per replica) by benchmarks/calibrate_vllm.py; docs/simulator.md ("The CPU device") lists the measurement.
 # The power fields are zero so the power model is inert (the limit never binds).
 CPU = GpuKind("cpu", CPU_FLOPS, CPU_MEM_BW, 8 * GIB, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0,
-              1.0, 1.0, 1.0, 0.0, 1.0, 1.0, CPU_STEP_OVERHEAD_S, 0.0, 1.0, 1000.0, 0.0, device="cpu")
+              1.0, 1.0, 1.0, 0.0, 1.0, 1.0, CPU_STEP_OVERHEAD_S, 0.0, 1.0, 1000.0, 0.0, device="cpu",
+              poll_cores=CPU_POLL_CORES, poll_cores_per_seq=CPU_POLL_CORES_PER_SEQ, cfs_period_s=CFS_PERIOD_S)
 
 GPU_KINDS: dict[str, GpuKind] = {g.name: g for g in (A100, H100, L4, A100_40, H100_PCIE, L40S, A40, RTX3090, RTXPRO6000,
                                                      CPU)}
