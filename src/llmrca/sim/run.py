@@ -24,6 +24,7 @@ from llmrca.sim.engine import ENGINE_CORE_CORES, ReplicaEngine, RequestTable
 from llmrca.sim.gpu import GpuState, busy_power
 from llmrca.sim.hardware import GIB
 from llmrca.sim.record import REQUEST_COLUMNS, UPSTREAM_TIMEOUT, SimRecord, events_frame
+from llmrca.sim.tcploss import request_segments
 
 BASE_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; runs start at a seeded offset from it
 
@@ -266,6 +267,9 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
     if env.delays.get(proxy):  # a delay towards the proxy's pod holds the request on its way in
         for i in range(n):
             tp[i] += env.delay_towards(proxy, tp[i])
+    if env.losses.get(proxy):  # loss towards the proxy's pod: the request waits for its retransmissions
+        for i in range(n):
+            tp[i] += env.loss_towards(proxy, tp[i], request_segments(wl.prompt_tokens[i]))
     P.t_proxy_start = tp
     ts = tp + PROXY_REQUEST_S * jit[:, 2] * env.slowdowns(proxy, tp)
     P.t_send = ts
@@ -308,6 +312,8 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
         pe = s_end + back
         if r != head_idx and proxy in env.delays:
             pe += env.delay_towards(proxy, s_end)
+        if r != head_idx and proxy in env.losses:
+            pe += _stream_loss(env, proxy, table.t_first[rid], s_end, table.gen[rid])
         pse = pe + PROXY_CHUNK_S * env.slowdown(proxy, pe) * jit[rid, 5]
         P.t_stream_end[rid] = s_end
         P.t_proxy_end[rid] = pe
@@ -375,6 +381,8 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             ta = t + hop * jit[i, 7]
             if name in env.delays:
                 ta += env.delay_towards(name, t)
+            if name in env.losses:
+                ta += env.loss_towards(name, t, request_segments(prompt[i]))
         P.t_arrival[i] = ta
         t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) * env.slowdown(name, ta) * jit[i, 3]
         if t_ready < eng[r].down_until:  # routed to a killed replica before the router knew
@@ -385,6 +393,20 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
     kill_due(math.inf)
     P.collect_all = collect
     return P
+
+
+def _stream_loss(env: envmod.Environment, pod: str, t_first: float, t_end: float, chunks: int) -> float:
+    """How much later a streamed response's end reaches ``pod`` through loss towards it: each token's SSE chunk is
+    a write of one segment, sent as the engine makes it; TCP hands the bytes over in order, so the end waits for
+    the slowest recovery among the chunks, less the time that chunk was sent before the end."""
+    n = max(1, int(chunks))
+    gap = (t_end - t_first) / (n - 1) if n > 1 and t_end > t_first else 0.0
+    late = 0.0
+    for j in range(n):
+        d = env.loss_towards(pod, t_end - (n - 1 - j) * gap, 1)
+        if d > 0.0:
+            late = max(late, d - (n - 1 - j) * gap)
+    return late
 
 
 def _route_around(policy: str, cand: list[int], inflight: list[int], rr: list[int],
