@@ -62,6 +62,7 @@ class Environment:
     # -- replica faults --
     device_slow: dict[str, np.ndarray] = field(default_factory=dict)  # pod -> kernel-time factor per tick (a slow GPU)
     losses: dict[str, list[_LossWindow]] = field(default_factory=dict)  # pod -> netem loss towards it
+    kill_backoff: dict[tuple[str, float], float] = field(default_factory=dict)  # (pod, dies at) -> back-off, s
 
     # Derived per-tick factors
     cpu_share: dict[str, np.ndarray] = field(default_factory=dict)  # share of a core each busy thread gets
@@ -171,7 +172,10 @@ def build(
         elif pt.cause == "process_kill":
             if pt.service not in env.power_limit:
                 raise FaultParamError(f"process kill on {pt.service!r}, which runs no engine")
-            env.kills.setdefault(pt.service, []).append((pt.start, pt.start + v["load_s"]))
+            back = pt.start + v.get("backoff_s", 0.0) + v["load_s"]  # after the kubelet's back-off, if any
+            env.kills.setdefault(pt.service, []).append((pt.start, back))
+            if v.get("backoff_s"):
+                env.kill_backoff[(pt.service, pt.start)] = float(v["backoff_s"])
         elif pt.cause == "engine_stall":
             if pt.service not in env.power_limit:
                 raise FaultParamError(f"engine stall on {pt.service!r}, which runs no engine")

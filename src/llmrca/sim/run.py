@@ -42,6 +42,7 @@ NGINX_READ_TIMEOUT_S = 60.0  # proxy_read_timeout: nginx gives up on an upstream
 # A killed replica: Ray sees its actor die at once, the Serve proxy's router learns it from the controller's next
 # long-poll update (our estimate); until then requests routed to it fail fast with 502.
 SERVE_DEATH_NOTICE_S = 2.0
+KUBELET_SYNC_S = 1.0  # a container's death -> the kubelet's pod sync that reports its back-off (PLEG relist: 1 s)
 
 # Streams of randomness, each from (seed, stream): adding a use never shifts another's numbers.
 _S_WORKLOAD, _S_VAR, _S_ROUTE, _S_NET, _S_ENV, _S_NOISE, _S_IDS, _S_FAULT, _S_STATS = range(1, 10)
@@ -340,7 +341,12 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             eng[k].advance(t_die)
             eng[k].kill(t_die, back)
             out_of_routing[k] = (t_die + SERVE_DEATH_NOTICE_S, back)
-            ok: dict[str, Any] = {"ok": True, "load_s": back - t_die}
+            wait = env.kill_backoff.get((names[k], t_die), 0.0)  # a crash loop's back-off before the restart
+            ok: dict[str, Any] = {"ok": True, "load_s": back - t_die - wait}
+            if wait:
+                ok["backoff_s"] = wait
+                # the kubelet finds the container dead and holds its restart back (its CrashLoopBackOff sync error)
+                env.events.append((t_die + KUBELET_SYNC_S, names[k], "restart_backoff", {"backoff_s": wait}))
             if cache is not None:
                 eng[k].set_kv_capacity(*cache)
                 ok["num_gpu_blocks"] = eng[k].blocks_total  # vLLM prints its cache size when it starts
