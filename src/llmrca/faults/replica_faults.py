@@ -108,7 +108,7 @@ STRAGGLER = FaultSpec(
     kubernetes="no Chaos Mesh kind slows a GPU; a privileged Job on the target's node that locks its clocks low "
                "(nvidia-smi -i <gpu> --lock-gpu-clocks=<min>,<low>, reset with --reset-gpu-clocks after) emulates a "
                "clock-degraded GPU; a real straggler is found, not injected (DCGM diagnostics, per-GPU step times)",
-    indicator="inter_token_latency_seconds_p50",
+    indicator="latency",
     effect=_straggler,
     causes=("device_slowdown",),
     scale=_scale_straggler,
