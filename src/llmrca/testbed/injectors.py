@@ -376,7 +376,11 @@ class Injector:
             self.undone = True
         if self._cancel is not None:
             self._cancel.set()
+        done: set[str] = set()
         for p in reversed(self.plan.effects):
+            if p.cause in done:  # a cause is restored once (a crash loop's kills: the engine is started once)
+                continue
+            done.add(p.cause)
             getattr(self, MECHANISMS[p.cause].undo)(p.values)
 
     # -- stress in the target's container --------------------------------------------------------------
