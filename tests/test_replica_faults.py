@@ -222,6 +222,16 @@ def test_tcp_loss_recovery_follows_linux_timers():
     dead = tcploss.Loss(1.0, 0.0, np.random.default_rng(0), rtt)
     given_up = dead.write_delay(1)
     assert dead.broken == 1 and given_up > 10 * NGINX_READ_TIMEOUT_S
+    # a token stream: a chunk in the middle is fast-retransmitted three chunks later and the end is not late; a
+    # dropped last chunk waits for the timer
+    mid = tcploss.Loss(0.5, 0.0, _Draws([kept, kept, lost, kept] + [kept] * 7), rtt)
+    assert mid.stream_delay(10, 0.02) == 0.0
+    last = tcploss.Loss(0.5, 0.0, _Draws([kept] * 9 + [lost, kept]), rtt)
+    assert last.stream_delay(10, 0.02) == pytest.approx(rto)
+    # a slow stream: the timer fires before the third duplicate ACK; a lost fast retransmission waits for the timer
+    assert last.by_fast_retransmit(0, 0.3) == pytest.approx(rto) and last.by_fast_retransmit(0, 0.05) == pytest.approx(
+        0.05 + rtt)
+    assert last.by_fast_retransmit(1, 0.0) == pytest.approx(rtt + rto) and last.by_timer(2) == pytest.approx(7 * rto)
     assert tcploss.Loss(0.0, 0.0, np.random.default_rng(0)).write_delay(3) == 0.0
     assert tcploss.request_segments(512) == 3 and tcploss.segments(1) == 1
     with pytest.raises(ValueError, match="loss"):

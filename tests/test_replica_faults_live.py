@@ -294,6 +294,31 @@ def test_mesh_link_loss_holds_chunks_for_their_retransmissions_in_order():
     assert loss.to_dict()["segments_dropped"] == loss.model.dropped
 
 
+def test_a_dropped_tail_is_fast_retransmitted_once_three_more_segments_arrive():
+    from llmrca.sim import tcploss
+    from llmrca.testbed.netloss import LinkLoss
+
+    class Draws:
+        def __init__(self, values):
+            self.values = list(values)
+
+        def random(self):
+            return self.values.pop(0)
+
+    loss = LinkLoss(0.5, 0.0, None, 0)
+    loss.model.rng = Draws([0.0, 0.9] + [0.9] * 3)  # the first chunk's segment dropped, its retransmission not
+    rto = tcploss.TCP_RTO_MIN_S + loss.model.rtt_s
+    first = [0.0, b"a"]
+    held = loss.admit(first, 100, 10.0)
+    assert held is not None and first[0] == pytest.approx(10.0 + rto)  # alone: the timer
+    for i, t in enumerate((10.02, 10.04, 10.06)):
+        entry = [t, b"b"]
+        assert loss.admit(entry, 100, t) is None and entry[0] == t
+        waiting = held.more(100, t)
+        assert waiting == (i < 2)
+    assert first[0] == pytest.approx(10.06 + loss.model.rtt_s)  # the third duplicate ACK: fast retransmit
+
+
 def test_mesh_loss_endpoint_sets_records_and_expires(tmp_path):
     rd, state = _run_dir(tmp_path, replicas=2)
     port = state["ports"]["mesh"]

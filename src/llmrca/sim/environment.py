@@ -111,6 +111,14 @@ class Environment:
                 return w.loss.write_delay(n_segments)
         return 0.0
 
+    def stream_loss_towards(self, pod: str, t: float, n_chunks: int, gap_s: float) -> float:
+        """How much later a stream of ``n_chunks`` one-segment chunks ``gap_s`` apart, ending at ``t``, is all
+        delivered to ``pod`` through its loss (0 outside any loss fault)."""
+        for w in self.losses.get(pod, ()):
+            if w.start <= t < w.end:
+                return w.loss.stream_delay(n_chunks, gap_s)
+        return 0.0
+
     def delay_active(self, pod: str) -> np.ndarray:
         out = np.zeros(self.n_ticks)
         t = self.t0 + self.tick * np.arange(self.n_ticks)

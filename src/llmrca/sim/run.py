@@ -403,16 +403,10 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
 
 def _stream_loss(env: envmod.Environment, pod: str, t_first: float, t_end: float, chunks: int) -> float:
     """How much later a streamed response's end reaches ``pod`` through loss towards it: each token's SSE chunk is
-    a write of one segment, sent as the engine makes it; TCP hands the bytes over in order, so the end waits for
-    the slowest recovery among the chunks, less the time that chunk was sent before the end."""
+    a one-segment write, sent as the engine makes it (``llmrca.sim.tcploss``, ``Loss.stream_delay``)."""
     n = max(1, int(chunks))
     gap = (t_end - t_first) / (n - 1) if n > 1 and t_end > t_first else 0.0
-    late = 0.0
-    for j in range(n):
-        d = env.loss_towards(pod, t_end - (n - 1 - j) * gap, 1)
-        if d > 0.0:
-            late = max(late, d - (n - 1 - j) * gap)
-    return late
+    return env.stream_loss_towards(pod, t_end, n, gap)
 
 
 def _route_around(policy: str, cand: list[int], inflight: list[int], rr: list[int],

@@ -73,28 +73,70 @@ class Loss:
         self.dropped += lost
         return lost
 
+    @property
+    def rto_s(self) -> float:
+        """The first retransmission timeout on an established connection: Linux's SRTT + max(4·RTTVAR, RTO_MIN)."""
+        return TCP_RTO_MIN_S + self.rtt_s
+
+    def retransmissions_lost(self) -> int | None:
+        """How many retransmissions of a dropped segment are dropped too (each one a fresh draw); None when
+        ``TCP_RETRIES2`` run out and the connection is given up (``broken`` counts it)."""
+        k = 0
+        while self.drop():
+            k += 1
+            if k >= TCP_RETRIES2:
+                self.broken += 1
+                return None
+        return k
+
+    def by_timer(self, k: int | None) -> float:
+        """Delay of a dropped segment recovered by the retransmission timer, ``k`` retransmissions lost as well:
+        RTO, then the doubled RTO for each of them (RFC 6298 §5.5); the time until the connection is given up when
+        ``k`` is None."""
+        n = TCP_RETRIES2 if k is None else k
+        out, step = 0.0, self.rto_s
+        for _ in range(n + 1):
+            out += step
+            step = min(2.0 * step, TCP_RTO_MAX_S)
+        return out
+
+    def by_fast_retransmit(self, k: int | None, dupacks_after_s: float) -> float:
+        """Delay of a dropped segment recovered by fast retransmit once the third segment after it has arrived
+        (``dupacks_after_s`` later): a round trip more, then the timer's steps for each lost retransmission;
+        never later than the timer alone would have been."""
+        if k is None:
+            return self.by_timer(None)
+        fast = dupacks_after_s + self.rtt_s + (self.by_timer(k - 1) if k > 0 else 0.0)
+        return min(fast, self.by_timer(k))
+
     def write_delay(self, n_segments: int) -> float:
-        """Extra time until a write of ``n_segments`` is all delivered (0 when nothing was lost). When a segment's
-        retransmissions run out the connection is given up: the time until then (``broken`` counts it); every
-        caller's timeout has fired long before."""
+        """Extra time until a write of ``n_segments`` sent back to back is all delivered (0 when nothing was lost):
+        a dropped segment with ``DUPTHRESH`` segments after it is fast-retransmitted, one at the write's tail waits
+        for the timer. When a segment's retransmissions run out the connection is given up: the time until then;
+        every caller's timeout has fired long before."""
         if self.loss <= 0.0:
             self.sent += n_segments
             return 0.0
         worst = 0.0
-        rto = TCP_RTO_MIN_S + self.rtt_s
         for i in range(int(n_segments)):
             if not self.drop():
                 continue
+            k = self.retransmissions_lost()
             fast = n_segments - 1 - i >= DUPTHRESH
-            wait = self.rtt_s if fast else rto  # fast retransmit, or the timer
-            nxt = rto if fast else min(2.0 * rto, TCP_RTO_MAX_S)
-            tries = 1
-            while self.drop():  # the retransmission is lost too: wait for the (doubled) timer again
-                if tries >= TCP_RETRIES2:
-                    self.broken += 1
-                    return wait
-                wait += nxt
-                nxt = min(2.0 * nxt, TCP_RTO_MAX_S)
-                tries += 1
-            worst = max(worst, wait)
+            worst = max(worst, self.by_fast_retransmit(k, 0.0) if fast else self.by_timer(k))
         return worst
+
+    def stream_delay(self, n_chunks: int, gap_s: float) -> float:
+        """How much later the end of a stream of ``n_chunks`` one-segment chunks, ``gap_s`` apart, is delivered:
+        a dropped chunk is fast-retransmitted once three later chunks have arrived (3·gap later), or recovered by
+        the timer if that comes first or fewer than three follow; TCP delivers in order, so the end waits for the
+        slowest recovery less the time its chunk was sent before the end."""
+        late = 0.0
+        for j in range(int(n_chunks)):
+            if not self.drop():
+                continue
+            k = self.retransmissions_lost()
+            after = n_chunks - 1 - j
+            d = self.by_fast_retransmit(k, DUPTHRESH * gap_s) if after >= DUPTHRESH else self.by_timer(k)
+            late = max(late, d - after * gap_s)
+        return late

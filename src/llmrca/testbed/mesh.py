@@ -26,7 +26,7 @@ from llmrca.faults import FaultParamError
 from llmrca.testbed import service
 from llmrca.testbed.delay import Delay
 from llmrca.testbed.logs import JsonLog
-from llmrca.testbed.netloss import LinkLoss, checked_loss
+from llmrca.testbed.netloss import Held, LinkLoss, checked_loss
 from llmrca.testbed.rundir import LOOPBACK
 
 READ_SIZE = 65536
@@ -83,9 +83,10 @@ def directions_towards(links: list[Link], target: str) -> list[tuple[Link, str]]
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link, direction: str) -> None:
     """Copy one direction of a connection, holding each chunk for the link's delay (if any) in order."""
-    pending: deque[tuple[float, bytes]] = deque()
+    pending: deque[list] = deque()  # [due, data]: a chunk's due may come sooner (a loss's fast retransmit)
     more = asyncio.Event()
     eof = False
+    held: list[Held] = []  # chunks of this direction waiting for duplicate ACKs (loss)
 
     async def release() -> None:
         while True:
@@ -97,7 +98,12 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link
             due, data = pending[0]
             wait = due - time.monotonic()
             if wait > 0:
-                await asyncio.sleep(wait)
+                more.clear()
+                try:  # woken early when a due time changes or a chunk arrives
+                    await asyncio.wait_for(more.wait(), wait)
+                except TimeoutError:
+                    pass
+                continue
             pending.popleft()
             writer.write(data)
             await writer.drain()
@@ -114,12 +120,19 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link
             now = time.monotonic()
             loss = link.loss_up if direction == "up" else link.loss_down
             if d is not None and d.active(time.time()):
-                pending.append((d.release_time(now), data))
+                pending.append([d.release_time(now), data])
             elif loss is not None and loss.active(time.time()):
-                # held for the retransmissions of its dropped segments; the chunks behind it wait (in order)
-                pending.append((max(pending[-1][0] if pending else now, now + loss.hold_s(len(data))), data))
+                # earlier dropped tails see this chunk's segments as duplicate ACKs; this chunk is held for the
+                # recovery of its own dropped segments; the queue releases in order (the chunks behind a held one
+                # wait for it, as TCP delivers)
+                held[:] = [h for h in held if h.more(len(data), now)]
+                entry = [now, data]
+                h = loss.admit(entry, len(data), now)
+                if h is not None and h.tails:
+                    held.append(h)
+                pending.append(entry)
             else:
-                pending.append((pending[-1][0] if pending else now, data))
+                pending.append([pending[-1][0] if pending else now, data])
             more.set()
             if sender.done():
                 break

@@ -1,7 +1,9 @@
 """Packet loss on a mesh link, emulated at the proxy level: loopback drops nothing without ``tc netem`` and
 privileges, so the link draws, for each chunk it forwards, which of the chunk's TCP segments netem would drop and
 holds the chunk for the retransmissions that would recover them (``llmrca.sim.tcploss``: the simulator's model).
-The bytes all arrive, in order, as TCP delivers them; only their timing follows the loss."""
+The bytes all arrive, in order, as TCP delivers them; only their timing follows the loss. A dropped segment at a
+chunk's tail is recovered by fast retransmit when three more segments follow on the connection (a token stream's
+next chunks), by the retransmission timer otherwise, as in the simulator's stream model."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrca.sim.tcploss import Loss, segments
+from llmrca.sim.tcploss import DUPTHRESH, Loss, segments
 
 
 @dataclass
@@ -29,8 +31,62 @@ class LinkLoss:
         return self.expires_at is None or now < self.expires_at
 
     def hold_s(self, nbytes: int) -> float:
-        """How long a chunk of ``nbytes`` waits for the recovery of its dropped segments (0 if none dropped)."""
+        """How long a chunk of ``nbytes`` on its own waits for the recovery of its dropped segments (0 if none)."""
         return self.model.write_delay(segments(nbytes))
+
+    def admit(self, entry: list, nbytes: int, now: float) -> Held | None:
+        """A chunk of ``nbytes`` arrives at ``now``; ``entry`` is its ``[due, data]`` in the link's queue. Draws
+        which of its segments netem drops and sets its due time for their recovery: a segment with three more of
+        the chunk behind it is fast-retransmitted, one at the chunk's tail waits for the timer unless later chunks
+        bring the three duplicate ACKs first (``Held.more``). None when nothing was dropped."""
+        m = self.model
+        n = segments(nbytes)
+        inner = 0.0
+        tails: list[list] = []
+        for i in range(n):
+            if not m.drop():
+                continue
+            k = m.retransmissions_lost()
+            after = n - 1 - i
+            if after >= DUPTHRESH:
+                inner = max(inner, m.by_fast_retransmit(k, 0.0))
+            else:
+                tails.append([k, after, now + m.by_timer(k)])
+        if not inner and not tails:
+            entry[0] = now
+            return None
+        held = Held(self, entry, now + inner, tails)
+        held.settle()
+        return held
+
+
+@dataclass
+class Held:
+    """A chunk waiting for the recovery of its dropped segments; its tail's may come sooner by fast retransmit."""
+
+    loss: LinkLoss
+    entry: list  # [due, data] in the link's queue
+    inner_due: float  # when its segments with three behind them in the chunk are recovered
+    tails: list[list]  # per dropped tail segment: [retransmissions lost, segments seen after it, due]
+
+    def settle(self) -> None:
+        self.entry[0] = max([self.inner_due, *(t[2] for t in self.tails)])
+
+    def more(self, nbytes: int, now: float) -> bool:
+        """A later chunk of ``nbytes`` arrived at ``now``: its segments are duplicate ACKs for the dropped tail;
+        at the third, a segment is fast-retransmitted (a round trip, and the timer's steps for any lost
+        retransmission). True while some tail segment still waits for its duplicate ACKs."""
+        m = self.loss.model
+        waiting = False
+        for t in self.tails:
+            if t[1] >= DUPTHRESH:
+                continue
+            t[1] += segments(nbytes)
+            if t[1] >= DUPTHRESH and t[0] is not None:
+                t[2] = min(t[2], now + m.rtt_s + (m.by_timer(t[0] - 1) if t[0] > 0 else 0.0))
+            waiting |= t[1] < DUPTHRESH
+        self.settle()
+        return waiting
 
     def to_dict(self) -> dict[str, Any]:
         m = self.model
