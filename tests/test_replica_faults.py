@@ -78,10 +78,14 @@ def test_the_three_faults_are_registered_with_checked_parameters():
 
 def test_kubelet_backoff_doubles_from_the_second_restart_and_is_capped():
     assert crash_loop_backoffs(8, 10.0, 300.0) == [0.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
-    perts = faults.get("replica-crash-loop").perturbations(T, 100.0, 160.0, {"crashes": 3, "uptime_s": 5.0,
-                                                                               "load_s": 20.0})
+    spec = faults.get("replica-crash-loop")
+    perts = spec.perturbations(T, 100.0, 200.0, {"crashes": 3, "uptime_s": 5.0, "load_s": 20.0})
     assert [(p.start, p.end, p.values["backoff_s"]) for p in perts] == [
         (100.0, 120.0, 0.0), (125.0, 155.0, 10.0), (160.0, 200.0, 20.0)]
+    # the loop stops when the fault ends (no crash after it), but always crashes once
+    assert [p.start for p in spec.perturbations(T, 100.0, 160.0, {"crashes": 3, "uptime_s": 5.0, "load_s": 20.0})] \
+        == [100.0, 125.0]
+    assert len(spec.perturbations(T, 100.0, 100.5, {"crashes": 3})) == 1
 
 
 # -- replica-crash-loop ------------------------------------------------------------------------------------------

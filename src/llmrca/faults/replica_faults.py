@@ -22,9 +22,12 @@ def crash_loop_backoffs(crashes: int, base_s: float, max_s: float) -> list[float
 
 def _crash_loop(p: Mapping[str, Any], target: str, start: float, end: float) -> list[Perturbation]:
     # Each crash kills the engine; it is down for the back-off and the model load, serves uptime_s, crashes again.
-    # The whole loop runs its `crashes`, whatever the fault's nominal window (as replica-kill's restart does).
+    # The loop stops at the fault's end (the fix is out: no crash after it; the last restart still takes its time,
+    # as replica-kill's does), or after `crashes`.
     out, t = [], start
     for b in crash_loop_backoffs(p["crashes"], p["backoff_s"], p["backoff_max_s"]):
+        if out and t >= end:
+            break
         down = b + p["load_s"]
         out.append(Perturbation("process_kill", target, t, t + down, {"load_s": p["load_s"], "backoff_s": b}))
         t += down + p["uptime_s"]
@@ -59,8 +62,9 @@ REPLICA_CRASH_LOOP = FaultSpec(
     layer="process",
     targets="replicas",
     params=(
-        Param("crashes", 3, "", "how many times the engine dies (the first restart is at once, each later one "
-                                "after the kubelet's back-off)", kind=int, minimum=1, maximum=100),
+        Param("crashes", 3, "", "how many times at most the engine dies while the fault lasts (the first restart "
+                                "is at once, each later one after the kubelet's back-off)", kind=int, minimum=1,
+              maximum=100),
         Param("uptime_s", 15.0, " s", "how long the restarted replica serves before it dies again (a crash at the "
                                       "first large batch, a leak that runs out)", minimum=0.0, maximum=3600.0),
         # As replica-kill: our estimate for a 7B model from local disk (weights into HBM, CUDA graph capture).
