@@ -358,3 +358,36 @@ def test_mesh_loss_endpoint_sets_records_and_expires(tmp_path):
         assert json.loads(_req(url + "/links")[1])[1]["loss_up"] is None
     finally:
         _stop(p)
+
+
+# -- a crash loop through a whole testbed --------------------------------------------------------------------------
+
+@pytest.mark.timeout(600)
+def test_crash_loop_on_a_live_testbed_restarts_the_target_each_time(tmp_path):
+    from llmrca.testbed.nginx import nginx_binary
+    from llmrca.testbed.prometheus import prometheus_binary
+
+    if prometheus_binary() is None or nginx_binary() is None or os.environ.get("LLMRCA_SKIP_TESTBED") == "1":
+        pytest.skip("the live testbed needs the Debian packages prometheus and nginx; LLMRCA_SKIP_TESTBED=1 skips it")
+    from llmrca.deploy import DeployConfig
+    from llmrca.testbed import control
+
+    run_dir = tmp_path / "tb"
+    cfg = TestbedConfig(deploy=DeployConfig(replicas=2, rate=1.0, prompt_tokens=64, output_tokens=16, step=1.0,
+                                            rate_window=5.0), model_load_s=2.0, seed=2)
+    target = "ray-replicas-0"
+    control.up(cfg, run_dir, detach=False, timeout=300)
+    try:
+        before = control.status(run_dir)["processes"][f"engine:{target}"]["restarts"]
+        p = {"crashes": 3, "uptime_s": 3.0, "load_s": 2.0, "backoff_s": 1.0}
+        # kills at 0, 5 and 11 s (down 2, 3 and 4 s); the fault lasts until the loop is through
+        rec = control.inject("replica-crash-loop", target, 17.0, p, run_dir=run_dir)
+        assert rec["status"] == "done" and len(rec["params"]["sequence"]) == 3
+        assert [k["backoff_s"] for k in rec["notes"]["kills"]] == [1.0, 2.0] and not rec["notes"].get("later_errors")
+        st = control.status(run_dir)
+        assert st["processes"][f"engine:{target}"]["running"]
+        assert st["processes"][f"engine:{target}"]["restarts"] - before == 3
+        text = RunDir(run_dir).log("controller").read_text(encoding="utf-8")
+        assert text.count(f"Replica {target} of deployment VLLMDeployment died unexpectedly") == 3
+    finally:
+        control.down(run_dir)
