@@ -182,6 +182,9 @@ def test_a_straggler_of_factor_one_is_the_fault_free_run():
 
 
 def test_straggler_needs_a_gpu_pod():
+    with pytest.raises(FaultParamError, match="slows a GPU's kernels"):
+        run(SimConfig(gpu="cpu", model="tiny", duration=60.0, inject_at=20.0, fault_duration=10.0),
+            Injection("straggler", T), 1)
     from llmrca.faults import Perturbation
     from llmrca.sim import environment as envmod
     from llmrca.sim.hardware import gpu_kind
