@@ -188,6 +188,8 @@ def test_straggler_is_refused_on_the_real_engine_with_the_reason():
     gpu = {"engine": {"kind": "vllm"}, "real_gpus": {"r1": "0"}}
     with pytest.raises(FaultParamError, match="no GPU clock lock"):
         injmod.plan("straggler", "r1", {}, "a100", sc, 0.0, 10.0, state=gpu)
+    with pytest.raises(FaultParamError, match="is not a GPU"):
+        injmod.plan("straggler", "r1", {}, "cpu", sc, 0.0, 10.0, state={"engine": {"kind": "emulated"}})
     live = injmod.plan("straggler", "r1", {"factor": 3.0}, "a100", sc, 0.0, 10.0, state={"engine": {"kind": "emulated"}})
     assert live.recorded() == {"factor": 3.0}
     assert set(injmod.live_faults()) >= {"replica-crash-loop", "straggler", "network-loss"}

@@ -181,6 +181,8 @@ def plan(fault: str, target: str, params: dict[str, Any] | None, gpu: str, scali
                                f"{', '.join(live_faults())}")
     if "device_slowdown" in spec.causes and _engine_kind(state) == "vllm":
         raise FaultParamError(refuse_slowdown(target, state))
+    if "device_slowdown" in spec.causes and not gpu_kind(gpu).is_gpu:
+        raise FaultParamError(f"fault {fault!r} slows a GPU's kernels; deployment.gpu = {gpu!r} is not a GPU")
     if "power_limit" in spec.causes:
         facts = target_facts(fault, target, gpu, state, power_draw_w)
     else:
