@@ -30,6 +30,11 @@ class LinkLoss:
     def active(self, now: float) -> bool:
         return self.expires_at is None or now < self.expires_at
 
+    def to_dict(self) -> dict[str, Any]:
+        m = self.model
+        return {"loss": self.loss, "correlation": self.correlation, "expires_at": self.expires_at, "seed": self.seed,
+                "segments_sent": m.sent, "segments_dropped": m.dropped, "connections_given_up": m.broken}
+
     def hold_s(self, nbytes: int) -> float:
         """How long a chunk of ``nbytes`` on its own waits for the recovery of its dropped segments (0 if none)."""
         return self.model.write_delay(segments(nbytes))
@@ -87,11 +92,6 @@ class Held:
             waiting |= t[1] < DUPTHRESH
         self.settle()
         return waiting
-
-    def to_dict(self) -> dict[str, Any]:
-        m = self.model
-        return {"loss": self.loss, "correlation": self.correlation, "expires_at": self.expires_at, "seed": self.seed,
-                "segments_sent": m.sent, "segments_dropped": m.dropped, "connections_given_up": m.broken}
 
 
 MAX_EXPIRY_S = 86400.0 + 600.0  # a loss expires within a day (the longest fault) and a margin
