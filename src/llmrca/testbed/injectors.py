@@ -598,7 +598,9 @@ class Injector:
                        f"emulated on {', '.join(r.get('links', []))}")
 
     def _undo_loss(self, v: dict[str, Any]) -> None:
-        self._control("DELETE", f"{self._mesh()}/loss/{self.target}")
+        r = self._control("DELETE", f"{self._mesh()}/loss/{self.target}")
+        # what the loss did on each link while it lasted (segments sent and dropped): the case records it
+        self.notes["mesh_loss"] = r.get("while_active", [])
 
     # -- a smaller KV cache (kv-cache-pressure) ---------------------------------------------------------------
     def _apply_kv(self, v: dict[str, Any]) -> None:
