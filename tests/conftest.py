@@ -24,7 +24,8 @@ def fakes():
 # - ALONE modules measure the machine (the real engine's inter-token latency before and during a cpu fault): they
 #   run with no other module beside them (every other module holds the machine lock shared, they hold it alone).
 SERIAL = {"test_engine_parity", "test_gpu_host", "test_ray_executor", "test_testbed_e2e", "test_testbed_hang_kv",
-          "test_testbed_hardening", "test_testbed_units", "test_vllm_e2e", "test_vllm_engine_units"}
+          "test_testbed_hardening", "test_testbed_units", "test_vllm_e2e", "test_vllm_engine_units",
+          "test_replica_faults_live"}
 ALONE = {"test_vllm_e2e"}
 
 

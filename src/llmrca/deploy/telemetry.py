@@ -253,6 +253,12 @@ LINES: dict[str, LineKind] = {k.name: k for k in (
             "perf: interrupt took too long ({} > {}), lowering kernel.perf_event_max_sample_rate to {}"),
     _kernel("kernel.oom_invoked", "WARNING",
             "{} invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj={}"),
+    # -- the kubelet of a node (its journal, beside the kernel's): a container in CrashLoopBackOff (klog's header:
+    # severity and month-day, time with microseconds, thread id, file:line; pod_workers.go's sync error) --------
+    LineKind("kubelet.crashloop_backoff", "kubelet", "ERROR", "syslog",
+             '{time} {} kubelet[{}]: E{} {} {} pod_workers.go:1301] "Error syncing pod, skipping" '
+             'err="failed to \\"StartContainer\\" for \\"{}\\" with CrashLoopBackOff: \\"back-off {}s '
+             'restarting failed container={} pod={}_{}({})\\"" pod="{}/{}" podUID="{}"'),
     _kernel("kernel.oom_killed", "ERROR",
             "Memory cgroup out of memory: Killed process {} ({}) total-vm:{}kB, anon-rss:{}kB, file-rss:{}kB, "
             "shmem-rss:{}kB, UID:{} pgtables:{}kB oom_score_adj:{}"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from llmrca.errors import UnknownNameError
 from llmrca.faults.catalog import EXTRA_FAULTS, PAPER_FAULTS, STUDY_POWER_FRACTION, study_cap_w
+from llmrca.faults.replica_faults import REPLICA_FAULTS
 from llmrca.faults.spec import (
     CAUSES,
     TARGET_RULES,
@@ -30,7 +31,7 @@ def register(spec: FaultSpec) -> None:
     _SPECS[spec.id] = spec
 
 
-for _s in (*PAPER_FAULTS, *EXTRA_FAULTS, *TRAFFIC_FAULTS):
+for _s in (*PAPER_FAULTS, *EXTRA_FAULTS, *REPLICA_FAULTS, *TRAFFIC_FAULTS):
     register(_s)
 
 

@@ -26,7 +26,9 @@ CAUSES: dict[str, tuple[str, ...]] = {
     "memory_hog": ("bytes", "workers"),  # resident bytes allocated in the target container
     "ingress_delay": ("latency_s", "jitter_s", "correlation"),  # netem delay on packets towards the target pod
     "power_limit": ("watts",),  # GPU power cap in watts, inside the GPU's accepted range
-    "process_kill": ("load_s",),  # the engine process dies; the replica comes back after load_s of model loading
+    # the engine process dies; the replica comes back after backoff_s (a kubelet's restart back-off; 0 if absent)
+    # and then load_s of model loading
+    "process_kill": ("load_s", "backoff_s"),
     # the engine stops stepping (its worker stopped) while its API server answers: nothing is scheduled or generated,
     # its engine-side gauges and counters freeze; it resumes when the perturbation ends
     "engine_stall": ("stall_s",),
@@ -42,6 +44,13 @@ CAUSES: dict[str, tuple[str, ...]] = {
     # the proxy's router pins a `share` of requests to replica number `hot_replica` (0 = the head's own replica),
     # the rest routed by its normal policy
     "routing_weights": ("hot_replica", "share"),
+    # -- replica faults (faults/replica_faults.py) --
+    # the replica's GPU runs its kernels `factor` times slower (memory-bound decode and compute-bound prefill alike):
+    # a degraded GPU, a slow-down the straggler fault gives one replica
+    "device_slowdown": ("factor",),
+    # netem loss on packets towards the target pod: each segment is dropped with probability `loss` (0..1), successive
+    # drops correlated by `correlation` (0..1); TCP recovers them (llmrca.sim.tcploss)
+    "ingress_loss": ("loss", "correlation"),
 }
 
 
@@ -204,6 +213,12 @@ def recorded(perturbations: list[Perturbation], applied: Mapping[str, Any]) -> d
     out: dict[str, Any] = {}
     for p in perturbations:
         out.update(p.values)
+    # Several perturbations of one cause (a crash loop's kills): each one's values and its offset from the first.
+    for cause in dict.fromkeys(p.cause for p in perturbations):
+        same = [p for p in perturbations if p.cause == cause]
+        if len(same) > 1:
+            out.setdefault("sequence", []).extend(
+                {"cause": cause, "at_s": round(p.start - same[0].start, 6), **p.values} for p in same)
     basis = {k: applied[k] for k in ("depth", "power_draw_w") if applied.get(k) is not None}
     if basis:
         out["basis"] = basis

@@ -181,6 +181,11 @@ class ReplicaEngine:
         self._shares = env.cpu_share[name].tolist()
         self._slows = env.slow[name].tolist()
         self._limits = env.power_limit[name].tolist()
+        # A slow device (straggler): its kernels take this factor longer; absent, they run at full speed (and the
+        # step times are exactly those of an engine without it).
+        dev = getattr(env, "device_slow", {}).get(name)
+        self._devs = dev.tolist() if dev is not None else None
+        self.dev = 1.0
         # A simulated environment derives the CPU share from what the pod wants; a live one measures it.
         self._demand_sink = getattr(env, "set_own_demand", None)
         self._set_factors(t_start)
@@ -355,6 +360,8 @@ class ReplicaEngine:
         self.inv_share = 1.0 / share
         self.cpu_factor = self._slows[i] / self.cpu_speed
         self.limit = self._limits[i]
+        if self._devs is not None:
+            self.dev = self._devs[i]
 
     def _used(self) -> float:
         return self.A + self.n * self.D + self.kv_pref
@@ -418,8 +425,8 @@ class ReplicaEngine:
         ctx = self.A + n * self.D + self.kv_pref
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * (n + len(in_step)) + STEP_PER_PREFILL_TOKEN_S * tokens) \
             * self.cpu_factor
-        f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit, (self.W + ctx * self.kvb) / self.bw,
-                                              self.flop_tok * (tokens + n) / self.fl, cpu * self.inv_share)
+        f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit, (self.W + ctx * self.kvb) / self.bw * self.dev,
+                                              self.flop_tok * (tokens + n) / self.fl * self.dev, cpu * self.inv_share)
         dur = (cpu + gpu) * self.inv_share
         t1 = t + dur
         a = self._acc
@@ -485,8 +492,8 @@ class ReplicaEngine:
         k = min(k, k_kv)
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * n) * self.cpu_factor
         f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit,
-                                              (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw,
-                                              self.flop_tok * n / self.fl, cpu * self.inv_share)
+                                              (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw * self.dev,
+                                              self.flop_tok * n / self.fl * self.dev, cpu * self.inv_share)
         s = (cpu + gpu) * self.inv_share
         horizon = self.next_tick
         if self.incoming and self.incoming[0][0] < horizon:

@@ -10,6 +10,7 @@ import numpy as np
 
 from llmrca.faults import CAUSES, FaultParamError, Perturbation
 from llmrca.sim.hardware import GIB, GpuKind
+from llmrca.sim.tcploss import Loss
 
 HOG_FILL_RATE = 2.5e9  # bytes/s one hog worker touches while allocating (page faults bound it)
 RECLAIM_START = 0.92  # working set / limit above which reclaim stalls CPU-side work
@@ -26,6 +27,13 @@ class _Delay:
     jitter: float
     correlation: float
     last: float = 0.5
+
+
+@dataclass
+class _LossWindow:
+    start: float
+    end: float
+    loss: Loss
 
 
 @dataclass
@@ -56,6 +64,10 @@ class Environment:
     surges: list[tuple[float, float, float, float]] = field(default_factory=list)
     proxy_caps: list[tuple[float, float, float]] = field(default_factory=list)
     skews: list[tuple[float, float, int, float]] = field(default_factory=list)
+    # -- replica faults --
+    device_slow: dict[str, np.ndarray] = field(default_factory=dict)  # pod -> kernel-time factor per tick (a slow GPU)
+    losses: dict[str, list[_LossWindow]] = field(default_factory=dict)  # pod -> netem loss towards it
+    kill_backoff: dict[tuple[str, float], float] = field(default_factory=dict)  # (pod, dies at) -> back-off, s
 
     # Derived per-tick factors
     cpu_share: dict[str, np.ndarray] = field(default_factory=dict)  # share of a core each busy thread gets
@@ -94,6 +106,22 @@ class Environment:
                 u = (1.0 - d.correlation) * float(self.rng.random()) + d.correlation * d.last
                 d.last = u
                 return max(0.0, d.latency + d.jitter * (2.0 * u - 1.0))
+        return 0.0
+
+    def loss_towards(self, pod: str, t: float, n_segments: int) -> float:
+        """Extra time a write of ``n_segments`` sent towards ``pod`` at ``t`` takes to get through its loss (TCP's
+        retransmissions, ``llmrca.sim.tcploss``); 0 outside any loss fault."""
+        for w in self.losses.get(pod, ()):
+            if w.start <= t < w.end:
+                return w.loss.write_delay(n_segments)
+        return 0.0
+
+    def stream_loss_towards(self, pod: str, t: float, n_chunks: int, gap_s: float) -> float:
+        """How much later a stream of ``n_chunks`` one-segment chunks ``gap_s`` apart, ending at ``t``, is all
+        delivered to ``pod`` through its loss (0 outside any loss fault)."""
+        for w in self.losses.get(pod, ()):
+            if w.start <= t < w.end:
+                return w.loss.stream_delay(n_chunks, gap_s)
         return 0.0
 
     def delay_active(self, pod: str) -> np.ndarray:
@@ -165,7 +193,10 @@ def build(
         elif pt.cause == "process_kill":
             if pt.service not in env.power_limit:
                 raise FaultParamError(f"process kill on {pt.service!r}, which runs no engine")
-            env.kills.setdefault(pt.service, []).append((pt.start, pt.start + v["load_s"]))
+            back = pt.start + v.get("backoff_s", 0.0) + v["load_s"]  # after the kubelet's back-off, if any
+            env.kills.setdefault(pt.service, []).append((pt.start, back))
+            if v.get("backoff_s"):
+                env.kill_backoff[(pt.service, pt.start)] = float(v["backoff_s"])
         elif pt.cause == "engine_stall":
             if pt.service not in env.power_limit:
                 raise FaultParamError(f"engine stall on {pt.service!r}, which runs no engine")
@@ -186,6 +217,21 @@ def build(
                 env.proxy_caps.append((pt.start, pt.end, float(v["dispatch_s"])))
             else:
                 env.skews.append((pt.start, pt.end, int(v["hot_replica"]), float(v["share"])))
+        # -- replica faults --
+        elif pt.cause == "device_slowdown":
+            if pt.service not in env.power_limit:
+                raise FaultParamError(f"device slow-down on {pt.service!r}, which holds no GPU")
+            f = float(v["factor"])
+            if not (math.isfinite(f) and f >= 1.0):
+                raise FaultParamError(f"device slow-down factor must be a finite number >= 1, is {f!r}")
+            slow = env.device_slow.setdefault(pt.service, np.ones(n))
+            env.device_slow[pt.service] = np.where(on, np.maximum(slow, f), slow)
+        elif pt.cause == "ingress_loss":
+            # Its own stream of draws (seeded from the run's environment stream), so a loss fault shifts no other
+            # cause's randomness.
+            rng = np.random.default_rng(int(env.rng.integers(0, 2**63 - 1)))
+            env.losses.setdefault(pt.service, []).append(
+                _LossWindow(pt.start, pt.end, Loss(float(v["loss"]), float(v["correlation"]), rng)))
     _oom(env, grid, perturbations)
     for p in pods:
         demand = env.own_demand[p] + env.stress_cores[p] + env.hog_cores[p]

@@ -259,6 +259,7 @@ def unrelated_warnings(record: Any, proxy: str, replicas: list[str]) -> list[tup
     return out
 
 
+K8S_NAMESPACE = "llm"  # the deployment's namespace (the collector's queries select it)
 _CONTROLLER = "\0controller"  # key of the Serve controller's pid (a process on the proxy's pod)
 _REPLICA_KINDS = frozenset({"engine_stats", "preemption", "replica_health", "engine_dead", "oom"})
 
@@ -498,6 +499,21 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
             elif what == "perf_interrupt":
                 limit, rate = ((2500, 79750), (3127, 63750), (3910, 51000))[k]
                 kernel(t, svc, "kernel.perf_interrupt", limit + 9 + 7 * k, limit, rate)
+        elif kind == "restart_backoff":
+            # the kubelet on the target's node: klog's own header inside the journal's line
+            host = hosts.get(svc)
+            if host:
+                kpid = 1800 + ctx.pids.get(svc, 1000) % 997
+                x = _time.gmtime(int(t))
+                usec = f"{x.tm_hour:02d}:{x.tm_min:02d}:{x.tm_sec:02d}.{int((t % 1) * 1e6):06d}"
+                uid = ctx.node_ids.get(svc, "0" * 28)
+                uid = f"{uid[:8]}-{uid[8:12]}-{uid[12:16]}-{uid[16:20]}-{uid[20:28]}0000"
+                container = "ray-head" if svc == proxy else "ray-worker"
+                kind_ = line("kubelet.crashloop_backoff")
+                head, tail = kind_.split(host, kpid, f"{x.tm_mon:02d}{x.tm_mday:02d}", usec, f"{kpid:>7}", container,
+                                         f"{float(f.get('backoff_s', 0.0)):g}", container, svc, K8S_NAMESPACE, uid,
+                                         K8S_NAMESPACE, svc, uid)
+                rows.append((t, host, kind_.level, kind_.clock, head, tail, kind_.template()))
         elif kind == "engine_dead":
             crashed.add(svc)
             xid = _xid_of(f)

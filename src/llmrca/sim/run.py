@@ -24,6 +24,7 @@ from llmrca.sim.engine import ENGINE_CORE_CORES, ReplicaEngine, RequestTable
 from llmrca.sim.gpu import GpuState, busy_power
 from llmrca.sim.hardware import GIB
 from llmrca.sim.record import REQUEST_COLUMNS, UPSTREAM_TIMEOUT, SimRecord, events_frame
+from llmrca.sim.tcploss import request_segments
 
 BASE_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; runs start at a seeded offset from it
 
@@ -41,6 +42,7 @@ NGINX_READ_TIMEOUT_S = 60.0  # proxy_read_timeout: nginx gives up on an upstream
 # A killed replica: Ray sees its actor die at once, the Serve proxy's router learns it from the controller's next
 # long-poll update (our estimate); until then requests routed to it fail fast with 502.
 SERVE_DEATH_NOTICE_S = 2.0
+KUBELET_SYNC_S = 1.0  # a container's death -> the kubelet's pod sync that reports its back-off (PLEG relist: 1 s)
 
 # Streams of randomness, each from (seed, stream): adding a use never shifts another's numbers.
 _S_WORKLOAD, _S_VAR, _S_ROUTE, _S_NET, _S_ENV, _S_NOISE, _S_IDS, _S_FAULT, _S_STATS = range(1, 10)
@@ -119,6 +121,9 @@ def _resolve_injection(config: SimConfig, dep: Deployment, injection: Injection 
     if not gpu.is_gpu and "power_limit" in spec.causes:
         raise fault_registry.FaultParamError(
             f"fault {spec.id!r} acts on a GPU power limit; deployment.gpu = {gpu.name!r} is not a GPU")
+    if not gpu.is_gpu and "device_slowdown" in spec.causes:  # a slow GPU, not a slow host CPU (that is the cpu fault)
+        raise fault_registry.FaultParamError(
+            f"fault {spec.id!r} slows a GPU's kernels; deployment.gpu = {gpu.name!r} is not a GPU")
 
     def draw() -> float:  # the target GPU's draw before the fault, from the fault-free twin (same seed)
         from llmrca.sim import twin
@@ -272,6 +277,9 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
     if env.delays.get(proxy):  # a delay towards the proxy's pod holds the request on its way in
         for i in range(n):
             tp[i] += env.delay_towards(proxy, tp[i])
+    if env.losses.get(proxy):  # loss towards the proxy's pod: the request waits for its retransmissions
+        for i in range(n):
+            tp[i] += env.loss_towards(proxy, tp[i], request_segments(wl.prompt_tokens[i]))
     P.t_proxy_start = tp
     ts = tp + PROXY_REQUEST_S * jit[:, 2] * env.slowdowns(proxy, tp)
     if env.proxy_caps:  # a saturated proxy: requests wait in its queue before it dispatches them
@@ -319,6 +327,8 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
         pe = s_end + back
         if r != head_idx and proxy in env.delays:
             pe += env.delay_towards(proxy, s_end)
+        if r != head_idx and proxy in env.losses:
+            pe += _stream_loss(env, proxy, table.t_first[rid], s_end, table.gen[rid])
         pse = pe + PROXY_CHUNK_S * env.slowdown(proxy, pe) * jit[rid, 5]
         P.t_stream_end[rid] = s_end
         P.t_proxy_end[rid] = pe
@@ -345,7 +355,12 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             eng[k].advance(t_die)
             eng[k].kill(t_die, back)
             out_of_routing[k] = (t_die + SERVE_DEATH_NOTICE_S, back)
-            ok: dict[str, Any] = {"ok": True, "load_s": back - t_die}
+            wait = env.kill_backoff.get((names[k], t_die), 0.0)  # a crash loop's back-off before the restart
+            ok: dict[str, Any] = {"ok": True, "load_s": back - t_die - wait}
+            if wait:
+                ok["backoff_s"] = wait
+                # the kubelet finds the container dead and holds its restart back (its CrashLoopBackOff sync error)
+                env.events.append((t_die + KUBELET_SYNC_S, names[k], "restart_backoff", {"backoff_s": wait}))
             if cache is not None:
                 eng[k].set_kv_capacity(*cache)
                 ok["num_gpu_blocks"] = eng[k].blocks_total  # vLLM prints its cache size when it starts
@@ -402,6 +417,8 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             ta = t + hop * jit[i, 7]
             if name in env.delays:
                 ta += env.delay_towards(name, t)
+            if name in env.losses:
+                ta += env.loss_towards(name, t, request_segments(prompt[i]))
         P.t_arrival[i] = ta
         t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) * env.slowdown(name, ta) * jit[i, 3]
         if t_ready < eng[r].down_until:  # routed to a killed replica before the router knew
@@ -437,6 +454,12 @@ def proxy_queue(tp: np.ndarray, ts: np.ndarray, caps: list[tuple[float, float, f
             out[i] = np.nan
             free = max(begin, min(end, float(cancel[i])))
     return out
+def _stream_loss(env: envmod.Environment, pod: str, t_first: float, t_end: float, chunks: int) -> float:
+    """How much later a streamed response's end reaches ``pod`` through loss towards it: each token's SSE chunk is
+    a one-segment write, sent as the engine makes it (``llmrca.sim.tcploss``, ``Loss.stream_delay``)."""
+    n = max(1, int(chunks))
+    gap = (t_end - t_first) / (n - 1) if n > 1 and t_end > t_first else 0.0
+    return env.stream_loss_towards(pod, t_end, n, gap)
 
 
 def _route_around(policy: str, cand: list[int], inflight: list[int], rr: list[int],

@@ -8,7 +8,8 @@ It exports vLLM's metrics (``vllm:*``, ``llmrca.testbed.vllm_metrics``) and the 
 request with vLLM's ``gen_ai.*`` attributes (OTLP/HTTP), and vLLM V1's log lines (as JSON records); spans and
 lines are the catalogue's (``llmrca.deploy.telemetry``), rendered as the simulator renders them.
 ``/control/power-limit`` is the emulated GPU's ``nvidia-smi -pl`` and ``/control/stall`` a SIGSTOP of vLLM's
-worker (stepping stops, the ``vllm:*`` gauges and counters freeze, ``/health`` still answers); both need the run's
+worker (stepping stops, the ``vllm:*`` gauges and counters freeze, ``/health`` still answers), ``/control/slowdown`` a
+degraded GPU (its kernels ``factor`` times slower: a straggler); all need the run's
 token and every change they accept goes to the run's injection log. Requests are checked as vLLM checks them (400
 with vLLM's message, 404 for another model), and a request whose client hangs up is aborted. Run as ``python -m
 llmrca.testbed.engine_server RUN_DIR SERVICE [--kv-cache-tokens N]`` (a KV cache of N tokens: a restart with
@@ -143,13 +144,13 @@ def checked_limit(watts: Any, expires_at: Any, gpu: Any, now: float) -> tuple[fl
     return w, e
 
 
-def checked_expiry(expires_at: Any, stalled: bool, now: float) -> float | None:
+def checked_expiry(expires_at: Any, stalled: bool, now: float, what: str = "stalled") -> float | None:
     """A stall request's ``expires_at``: required with ``stalled`` true (every stop carries its own end), a finite
     time within a day; a ``ValueError`` naming the field otherwise."""
     if expires_at is None:
         if stalled:
-            raise ValueError("expires_at is required with stalled: every stop carries its own end, should the undo "
-                             "fail")
+            raise ValueError(f"expires_at is required with {what}: every change carries its own end, should the "
+                             "undo fail")
         return None
     if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or not math.isfinite(expires_at):
         raise ValueError(f"expires_at must be a finite number or null, is {expires_at!r}")
@@ -185,6 +186,8 @@ class Engine:
         self.limit_injection: str | None = None  # the injection that set the current cap (recorded with changes)
         self.stall_expires: float | None = None  # a stopped engine continues by itself then (should the undo fail)
         self.stall_injection: str | None = None
+        self.slow_expires: float | None = None  # a slow GPU is healthy again then (should the undo fail)
+        self.slow_injection: str | None = None
         # Metrics: vLLM 0.32.0's vllm:* families, label sets and bucket edges (tests/fixtures/vllm_0.32.0).
         self.vm = VllmMetrics(self.model.name, context=self.model.context_tokens, config_info=self._cache_info())
         reg = self.registry = self.vm.registry
@@ -232,6 +235,8 @@ class Engine:
                 self.set_limit(None, reason="expired", injection=self.limit_injection)
             if self.stall_expires is not None and time.time() >= self.stall_expires:
                 self.set_stall(False, reason="expired", injection=self.stall_injection)
+            if self.slow_expires is not None and time.time() >= self.slow_expires:
+                self.set_slowdown(None, reason="expired", injection=self.slow_injection)
             delay = min(0.05, max(0.0005, nxt - self.rt.now()))
             self._wake.clear()
             try:
@@ -265,6 +270,17 @@ class Engine:
                               reason=reason)
         self._wake.set()
         return on
+
+    def set_slowdown(self, factor: float | None, *, expires_at: float | None = None, reason: str = "control",
+                     injection: str | None = None) -> float:
+        """Make the emulated GPU ``factor`` times slower (None: healthy): a degraded device, which logs nothing;
+        recorded in the injection log only."""
+        f = self.rt.set_device_slowdown(factor)
+        self.slow_expires = expires_at if factor is not None else None
+        self.slow_injection = injection if factor is not None else None
+        self.rd.record_change(self.service, {"device_slowdown": f, "expires_at": self.slow_expires},
+                              injection=injection, reason=reason)
+        return f
 
     def _metrics_from_engine(self) -> None:
         ticks = self.rt.drain_ticks()
@@ -503,7 +519,8 @@ class Engine:
                 "min_limit_w": self.gpu.min_power_w, "limit_expires_at": self.limit_expires,
                 "cpu_share": self.rt.share.value, "requests": self._n_requests, "gpu": self.gpu.name,
                 "stalled": self.rt.stalled, "stall_expires_at": self.stall_expires,
-                "kv_cache_tokens": int(self.rt.engine.cap)}
+                "kv_cache_tokens": int(self.rt.engine.cap), "device_slowdown": self.rt.device_slowdown,
+                "slowdown_expires_at": self.slow_expires}
 
     async def control_power(self, request: Any) -> Any:
         from aiohttp import web
@@ -537,6 +554,26 @@ class Engine:
             expires = checked_expiry(body.get("expires_at"), stalled, time.time())
             self.set_stall(stalled, expires_at=expires, reason=str(body.get("reason", "control endpoint")),
                            injection=request.headers.get(INJECTION_HEADER) or None)
+        except (ValueError, TypeError, AttributeError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(self.control_state())
+
+    async def control_slowdown(self, request: Any) -> Any:
+        """``{"factor": number >= 1 | null, "expires_at": unix time}``: slow the emulated GPU (straggler)."""
+        from aiohttp import web
+
+        from llmrca.testbed.auth import INJECTION_HEADER
+
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("the body must be a JSON object")
+            factor = body.get("factor")
+            if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))):
+                raise TypeError(f"factor must be a number or null, is {factor!r}")
+            expires = checked_expiry(body.get("expires_at"), factor is not None, time.time(), "factor")
+            self.set_slowdown(factor, expires_at=expires, reason=str(body.get("reason", "control endpoint")),
+                              injection=request.headers.get(INJECTION_HEADER) or None)
         except (ValueError, TypeError, AttributeError) as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response(self.control_state())
@@ -597,6 +634,7 @@ def make_app(eng: Engine, token: str) -> Any:
     app.router.add_get("/control", eng.control_get)
     app.router.add_post("/control/power-limit", eng.control_power)
     app.router.add_post("/control/stall", eng.control_stall)
+    app.router.add_post("/control/slowdown", eng.control_slowdown)
     return app
 
 

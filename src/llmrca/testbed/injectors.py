@@ -18,6 +18,13 @@ a power cap or a delay, a real GPU's restore process).
   ``stall_s``, on undo, and when the supervisor stops.
 * ``kv_cache_limit``: the supervisor restarts the target's engine with a KV cache of N tokens
   (``--kv-cache-tokens``; the real engine's ``--kv-cache-memory-bytes``) and again with its normal cache on undo.
+* ``device_slowdown``: the emulated GPU's ``/control/slowdown`` (its kernels ``factor`` times slower, self-expiring);
+  refused for the real engine (no honest way to slow its device here).
+* ``ingress_loss``: the mesh's links towards the target drop segments and hold each chunk for the TCP recovery of
+  its lost segments (``llmrca.sim.tcploss``, the simulator's model), self-expiring.
+
+A fault with several perturbations of a cause at different times (a crash loop's kills) applies the later ones
+from a thread of its injection, at their offsets (a real engine's next kill: its uptime after it serves again).
 
 * ``prompt_surge``: the load generator's ``/control/surge`` (the workload node's client sends the long prompts);
   it expires by itself, undone by switching it off.
@@ -59,6 +66,7 @@ from llmrca.testbed.rundir import LOOPBACK
 
 MEMORY_SHARE_OF_AVAILABLE = 0.3  # a memory hog never takes more than this share of the machine's free memory
 SAFETY_MARGIN_S = 15.0  # self-expiry after the planned end, should every other undo path fail
+SERVING_WAIT_S = 960.0  # the longest a crash loop waits for a real engine to serve again (its model load)
 
 
 class Host(Protocol):
@@ -74,7 +82,7 @@ class Host(Protocol):
 
     def detach(self, service: str, pid: int) -> None: ...
 
-    def kill_engine(self, service: str, restart_after_s: float) -> int | None: ...
+    def kill_engine(self, service: str, restart_after_s: float, backoff_s: float = 0.0) -> int | None: ...
 
     def ensure_engine(self, service: str) -> None: ...
 
@@ -140,7 +148,12 @@ MECHANISMS: dict[str, Mechanism] = {
     "prompt_surge": Mechanism("load generator's surge control", _as_given, "_apply_surge", "_undo_surge"),
     "proxy_capacity": Mechanism("proxy's capacity control", _as_given, "_apply_capacity", "_undo_capacity"),
     "routing_weights": Mechanism("proxy's routing control", _as_given, "_apply_routing", "_undo_routing"),
+    # -- replica faults (faults/replica_faults.py) --
+    "device_slowdown": Mechanism("emulated GPU's slow-down endpoint", _as_given, "_apply_slowdown", "_undo_slowdown"),
+    "ingress_loss": Mechanism("mesh loss towards the target (TCP recovery emulated)", _as_given, "_apply_loss",
+                              "_undo_loss"),
 }
+LATER_S = 0.5  # a perturbation that starts later than this after the injection is applied at its time (a crash loop)
 
 
 def live_faults() -> tuple[str, ...]:
@@ -177,6 +190,10 @@ def plan(fault: str, target: str, params: dict[str, Any] | None, gpu: str, scali
         missing = [c for c in spec.causes if c not in MECHANISMS]
         raise UnknownNameError(f"no live mechanism for fault {fault!r} (cause {', '.join(missing)}); live faults: "
                                f"{', '.join(live_faults())}")
+    if "device_slowdown" in spec.causes and _engine_kind(state) == "vllm":
+        raise FaultParamError(refuse_slowdown(target, state))
+    if "device_slowdown" in spec.causes and not gpu_kind(gpu).is_gpu:
+        raise FaultParamError(f"fault {fault!r} slows a GPU's kernels; deployment.gpu = {gpu!r} is not a GPU")
     if "power_limit" in spec.causes:
         facts = target_facts(fault, target, gpu, state, power_draw_w)
     else:
@@ -188,6 +205,21 @@ def plan(fault: str, target: str, params: dict[str, Any] | None, gpu: str, scali
         effects.append(Perturbation(p.cause, p.service, p.start, p.end, values))
         machine[p.cause] = how
     return LivePlan(fault, target, applied, tuple(effects), machine)
+
+
+def _engine_kind(state: dict[str, Any] | None) -> str:
+    return ((state or {}).get("engine") or {}).get("kind") or \
+        (((state or {}).get("config") or {}).get("deploy") or {}).get("engine", "emulated")
+
+
+def refuse_slowdown(target: str, state: dict[str, Any] | None) -> str:
+    """Why a slow GPU is not injected into the real engine: nothing here slows a device honestly."""
+    if real_gpu_of(state, target) is None:
+        return (f"fault 'straggler' on {target}: the real engine runs on CPU here: there is no GPU to slow down, and "
+                "throttling the engine's CPU quota would be CPU contention (the cpu fault), not a degraded GPU; use "
+                "--engine emulated")
+    return (f"fault 'straggler' on {target}: this testbed sets no GPU clock lock on a real GPU (the Kubernetes "
+            "expression is a privileged nvidia-smi --lock-gpu-clocks Job); use --engine emulated")
 
 
 def _emulated_facts(gpu: str, power_draw_w: Callable[[], float] | None) -> TargetFacts:
@@ -291,20 +323,77 @@ class Injector:
     _pinned: dict[int, list[int]] = field(default_factory=dict)
     _stopped: list[Any] = field(default_factory=list)  # psutil.Process of the real engine's stopped workers
     _resume_timer: Any = None
+    _cancel: Any = None  # set on undo: later effects (a crash loop's next kills) are not applied
+    _later: Any = None
+    _lock: Any = field(default_factory=threading.Lock)
 
     @property
     def target(self) -> str:
         return self.plan.target
 
     def apply(self) -> None:
+        """Every effect that starts now, at once; later ones (a crash loop's next kills) from a thread of this
+        injection, which undo stops."""
+        first = min((p.start for p in self.plan.effects), default=0.0)
+        now, later = [], []
         for p in self.plan.effects:
+            (later if p.start - first > LATER_S else now).append(p)
+        for p in now:
             getattr(self, MECHANISMS[p.cause].apply)(p.values)
+        if later:
+            self._cancel = threading.Event()
+            self._later = threading.Thread(target=self._run_later, args=(now[-1] if now else None, later, first),
+                                           daemon=True, name=f"later-{self.target}")
+            self._later.start()
+
+    def _run_later(self, prev: Perturbation | None, later: list[Perturbation], first: float) -> None:
+        """Apply ``later`` in order, each at its offset from the first effect (wall clock from the apply). A kill of
+        the real engine follows its previous restart instead: it comes its uptime after the engine serves again
+        (its model load is real, not the planned load_s)."""
+        t0 = time.time()
+        for p in later:
+            if self._real_engine() and p.cause == "process_kill" and prev is not None and prev.cause == p.cause:
+                uptime = p.start - prev.end  # the gap the plan leaves between serving again and the next death
+                if not self._wait_serving():
+                    return
+                due = time.time() + max(0.0, uptime)
+            else:
+                due = t0 + (p.start - first)
+            if self._cancel.wait(max(0.0, due - time.time())):
+                return
+            with self._lock:
+                if self.undone:
+                    return
+                try:
+                    getattr(self, MECHANISMS[p.cause].apply)(p.values)
+                except Exception as e:  # noqa: BLE001 - recorded, not raised: nobody waits on this thread
+                    self.notes.setdefault("later_errors", []).append(f"{p.cause} at +{p.start - first:g} s: {e}")
+                    return
+            prev = p
+
+    def _wait_serving(self) -> bool:
+        """Wait until the target's engine serves again (the supervisor's view); False if the injection is undone
+        first or the engine does not come back within the margin."""
+        serving = getattr(self.host, "engine_serving", None)
+        deadline = time.time() + SERVING_WAIT_S
+        while not self._cancel.is_set() and time.time() < deadline:
+            if serving is None or serving(self.target):
+                return True
+            self._cancel.wait(0.5)
+        return False
 
     def undo(self) -> None:
-        if self.undone:
-            return
-        self.undone = True
+        with self._lock:
+            if self.undone:
+                return
+            self.undone = True
+        if self._cancel is not None:
+            self._cancel.set()
+        done: set[str] = set()
         for p in reversed(self.plan.effects):
+            if p.cause in done:  # a cause is restored once (a crash loop's kills: the engine is started once)
+                continue
+            done.add(p.cause)
             getattr(self, MECHANISMS[p.cause].undo)(p.values)
 
     # -- stress in the target's container --------------------------------------------------------------
@@ -416,14 +505,23 @@ class Injector:
 
     # -- the process --------------------------------------------------------------------------------------
     def _apply_kill(self, v: dict[str, Any]) -> None:
-        pid = self.host.kill_engine(self.target, v["load_s"])
-        self.notes["killed_pid"] = pid
+        backoff = float(v.get("backoff_s") or 0.0)
+        if backoff:  # a crash loop's restart after the kubelet's back-off
+            pid = self.host.kill_engine(self.target, backoff + v["load_s"], backoff_s=backoff)
+            self.notes.setdefault("kills", []).append({"at": time.time(), "pid": pid, "backoff_s": backoff})
+        else:
+            pid = self.host.kill_engine(self.target, v["load_s"])
+            if "killed_pid" in self.notes:  # a crash loop's first kill was at once; its later ones are listed
+                self.notes.setdefault("kills", []).append({"at": time.time(), "pid": pid, "backoff_s": 0.0})
+        self.notes.setdefault("killed_pid", pid)
+        then = f" after a back-off of {backoff:g} s" if backoff else ""
         if (self.host.state.get("engine") or {}).get("kind") == "vllm":
             # the real death path: the server logs the worker's death and exits; its restart loads the model for real
-            self.method = f"SIGKILL of vLLM worker pid {pid}; the server exits, restarted at once (real model load)"
+            self.method = (f"SIGKILL of vLLM worker pid {pid}; the server exits, restarted{then or ' at once'} "
+                           "(real model load)")
             self.notes["emulated_load_s_ignored"] = v["load_s"]
         else:
-            self.method = f"SIGKILL pid {pid}; restart after {v['load_s']:g} s"
+            self.method = f"SIGKILL pid {pid}; restart after {v['load_s']:g} s{then}"
 
     def _undo_kill(self, v: dict[str, Any]) -> None:
         self.host.ensure_engine(self.target)
@@ -486,6 +584,34 @@ class Injector:
             self._control("POST", self._engine_url() + "/control/stall", {"stalled": False, "reason": "fault undone"})
         except (OSError, FaultParamError):
             pass  # the engine is gone (and comes back running)
+
+    # -- a slow GPU (straggler) ------------------------------------------------------------------------------
+    def _apply_slowdown(self, v: dict[str, Any]) -> None:
+        if self._real_engine():  # plan() refuses it before anything; a last guard, should a caller skip it
+            raise FaultParamError(refuse_slowdown(self.target, self.host.state))
+        self._control("POST", self._engine_url() + "/control/slowdown",
+                      {"factor": v["factor"], "expires_at": self.end + SAFETY_MARGIN_S, "reason": "fault injection"})
+        self.method = f"emulated GPU's slow-down endpoint: kernels {v['factor']:g}x slower"
+
+    def _undo_slowdown(self, v: dict[str, Any]) -> None:
+        if self._real_engine():
+            return
+        try:
+            self._control("POST", self._engine_url() + "/control/slowdown", {"factor": None, "reason": "fault undone"})
+        except (OSError, FaultParamError):
+            pass  # the engine is gone (and comes back healthy)
+
+    # -- packet loss on the mesh (network-loss) ------------------------------------------------------------------
+    def _apply_loss(self, v: dict[str, Any]) -> None:
+        body = {"target": self.target, **v, "expires_at": self.end + SAFETY_MARGIN_S, "seed": self.seed}
+        r = self._control("POST", self._mesh() + "/loss", body)
+        self.method = (f"mesh loss {100 * v['loss']:g} % (correlation {v['correlation']:g}) with TCP recovery "
+                       f"emulated on {', '.join(r.get('links', []))}")
+
+    def _undo_loss(self, v: dict[str, Any]) -> None:
+        r = self._control("DELETE", f"{self._mesh()}/loss/{self.target}")
+        # what the loss did on each link while it lasted (segments sent and dropped): the case records it
+        self.notes["mesh_loss"] = r.get("while_active", [])
 
     # -- a smaller KV cache (kv-cache-pressure) ---------------------------------------------------------------
     def _apply_kv(self, v: dict[str, Any]) -> None:

@@ -5,7 +5,9 @@ netem is not available everywhere; this needs nothing but loopback TCP).
 
 Links: ``nginx-proxy -> ray-head`` (into the head pod's Serve proxy) and ``ray-head -> <replica>`` for every remote
 replica. A delay on target ``T`` applies to every link whose destination is ``T`` (requests towards it) and to the
-return direction of every link whose source is ``T`` (streams flowing back to it). Control: an HTTP endpoint on
+return direction of every link whose source is ``T`` (streams flowing back to it); so does a loss (``POST /loss``,
+``DELETE /loss/{target}``: each chunk held for the TCP recovery of the segments netem would drop,
+``llmrca.testbed.netloss``). Control: an HTTP endpoint on
 loopback (``POST /delay``, ``DELETE /delay/{target}``: with the run's token, ``llmrca.testbed.auth``; ``GET
 /links``); every accepted change is recorded in the run's injection log. Run as ``python -m llmrca.testbed.mesh
 RUN_DIR``.
@@ -24,6 +26,7 @@ from llmrca.faults import FaultParamError
 from llmrca.testbed import service
 from llmrca.testbed.delay import Delay
 from llmrca.testbed.logs import JsonLog
+from llmrca.testbed.netloss import Held, LinkLoss, checked_loss
 from llmrca.testbed.rundir import LOOPBACK
 
 READ_SIZE = 65536
@@ -61,6 +64,8 @@ class Link:
     upstream: int
     delay_up: Delay | None = None  # bytes towards dst
     delay_down: Delay | None = None  # bytes back towards src
+    loss_up: LinkLoss | None = None  # segments towards dst dropped (TCP recovery emulated)
+    loss_down: LinkLoss | None = None
     stats: dict[str, int] = field(default_factory=lambda: {"connections": 0, "chunks_up": 0, "chunks_down": 0,
                                                            "bytes_up": 0, "bytes_down": 0})
 
@@ -78,9 +83,10 @@ def directions_towards(links: list[Link], target: str) -> list[tuple[Link, str]]
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link, direction: str) -> None:
     """Copy one direction of a connection, holding each chunk for the link's delay (if any) in order."""
-    pending: deque[tuple[float, bytes]] = deque()
+    pending: deque[list] = deque()  # [due, data]: a chunk's due may come sooner (a loss's fast retransmit)
     more = asyncio.Event()
     eof = False
+    held: list[Held] = []  # chunks of this direction waiting for duplicate ACKs (loss)
 
     async def release() -> None:
         while True:
@@ -92,7 +98,12 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link
             due, data = pending[0]
             wait = due - time.monotonic()
             if wait > 0:
-                await asyncio.sleep(wait)
+                more.clear()
+                try:  # woken early when a due time changes or a chunk arrives
+                    await asyncio.wait_for(more.wait(), wait)
+                except TimeoutError:
+                    pass
+                continue
             pending.popleft()
             writer.write(data)
             await writer.drain()
@@ -107,10 +118,21 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link
             link.stats[f"bytes_{direction}"] += len(data)
             d = link.delay_up if direction == "up" else link.delay_down
             now = time.monotonic()
+            loss = link.loss_up if direction == "up" else link.loss_down
             if d is not None and d.active(time.time()):
-                pending.append((d.release_time(now), data))
+                pending.append([d.release_time(now), data])
+            elif loss is not None and loss.active(time.time()):
+                # earlier dropped tails see this chunk's segments as duplicate ACKs; this chunk is held for the
+                # recovery of its own dropped segments; the queue releases in order (the chunks behind a held one
+                # wait for it, as TCP delivers)
+                held[:] = [h for h in held if h.more(len(data), now)]
+                entry = [now, data]
+                h = loss.admit(entry, len(data), now)
+                if h is not None and h.tails:
+                    held.append(h)
+                pending.append(entry)
             else:
-                pending.append((pending[-1][0] if pending else now, data))
+                pending.append([pending[-1][0] if pending else now, data])
             more.set()
             if sender.done():
                 break
@@ -175,19 +197,37 @@ class Mesh:
                           delay.jitter_s, delay.correlation, ", ".join(names))
         return names
 
+    def set_loss(self, target: str, loss: LinkLoss | None) -> list[str]:
+        hits = directions_towards(self.links, target)
+        if not hits:
+            raise FaultParamError(f"no mesh link carries traffic towards {target!r} "
+                                  f"(links: {', '.join(f'{x.src}->{x.dst}' for x in self.links)})")
+        for i, (link, direction) in enumerate(hits):
+            # each direction draws its own drops (its own seed), as each interface's netem does
+            one = None if loss is None else LinkLoss(loss.loss, loss.correlation, loss.expires_at, loss.seed + i)
+            setattr(link, f"loss_{direction}", one)
+        names = [f"{link.src}->{link.dst} ({direction})" for link, direction in hits]
+        if loss is None:
+            self.log.write("INFO", "loss towards {} removed on {}", target, ", ".join(names))
+        else:
+            self.log.write("INFO", "loss towards {}: {} % (correlation {}) on {}", target, 100 * loss.loss,
+                           loss.correlation, ", ".join(names))
+        return names
+
     async def expiry_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             now = time.time()
             for link in self.links:
                 for direction in ("up", "down"):
-                    d = getattr(link, f"delay_{direction}")
-                    if d is not None and not d.active(now):
-                        setattr(link, f"delay_{direction}", None)
-                        self.log.write("INFO", "delay on {}->{} ({}) expired", link.src, link.dst, direction)
-                        self.rd.record_change("mesh", {"link": f"{link.src}->{link.dst}", "direction": direction,
-                                                       "delay": None}, injection=self.injection.get(link.dst)
-                                              if direction == "up" else self.injection.get(link.src),
-                                              reason="expired")
+                    for what in ("delay", "loss"):
+                        d = getattr(link, f"{what}_{direction}")
+                        if d is not None and not d.active(now):
+                            setattr(link, f"{what}_{direction}", None)
+                            self.log.write("INFO", "{} on {}->{} ({}) expired", what, link.src, link.dst, direction)
+                            self.rd.record_change("mesh", {"link": f"{link.src}->{link.dst}", "direction": direction,
+                                                           what: None}, injection=self.injection.get(link.dst)
+                                                  if direction == "up" else self.injection.get(link.src),
+                                                  reason="expired")
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
@@ -228,13 +268,52 @@ class Mesh:
                               injection=request.headers.get(INJECTION_HEADER) or None, reason="control endpoint")
         return web.json_response({"target": target, "links": names})
 
+    async def post_loss(self, request: Any) -> Any:
+        from aiohttp import web
+
+        from llmrca.testbed.auth import INJECTION_HEADER
+
+        try:
+            b = await request.json()
+            loss = checked_loss(b, time.time())
+            if not isinstance(b.get("target"), str):
+                raise TypeError(f"target must be a service name, is {b.get('target')!r}")
+            names = self.set_loss(b["target"], loss)
+        except (ValueError, TypeError, FaultParamError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        iid = request.headers.get(INJECTION_HEADER) or None
+        self.injection[b["target"]] = iid
+        self.rd.record_change("mesh", {"target": b["target"], "links": names, "loss": loss.to_dict()},
+                              injection=iid, reason="control endpoint")
+        return web.json_response({"target": b["target"], "links": names, "loss": loss.to_dict()})
+
+    async def delete_loss(self, request: Any) -> Any:
+        from aiohttp import web
+
+        from llmrca.testbed.auth import INJECTION_HEADER
+
+        target = request.match_info["target"]
+        hits = directions_towards(self.links, target)
+        # what the loss did, before it is removed (recorded with the change)
+        counts = [getattr(link, f"loss_{d}").to_dict() for link, d in hits if getattr(link, f"loss_{d}")]
+        try:
+            names = self.set_loss(target, None)
+        except FaultParamError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        self.injection.pop(target, None)
+        self.rd.record_change("mesh", {"target": target, "links": names, "loss": None, "while_active": counts},
+                              injection=request.headers.get(INJECTION_HEADER) or None, reason="control endpoint")
+        return web.json_response({"target": target, "links": names, "while_active": counts})
+
     async def get_links(self, request: Any) -> Any:
         from aiohttp import web
 
         return web.json_response([{"name": x.name, "src": x.src, "dst": x.dst, "port": x.port,
                                    "upstream": x.upstream, "stats": x.stats,
                                    "delay_up": x.delay_up.to_dict() if x.delay_up else None,
-                                   "delay_down": x.delay_down.to_dict() if x.delay_down else None}
+                                   "delay_down": x.delay_down.to_dict() if x.delay_down else None,
+                                   "loss_up": x.loss_up.to_dict() if x.loss_up else None,
+                                   "loss_down": x.loss_down.to_dict() if x.loss_down else None}
                                   for x in self.links])
 
 
@@ -247,6 +326,8 @@ def make_app(mesh: Mesh, token: str) -> Any:
     app = web.Application(middlewares=[auth.middleware(token, auth.mutating)])
     app.router.add_post("/delay", mesh.post_delay)
     app.router.add_delete("/delay/{target}", mesh.delete_delay)
+    app.router.add_post("/loss", mesh.post_loss)
+    app.router.add_delete("/loss/{target}", mesh.delete_loss)
     app.router.add_get("/links", mesh.get_links)
     return app
 

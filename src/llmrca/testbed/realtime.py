@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from llmrca.sim.gpu import GpuState, busy_power
 from llmrca.sim.hardware import GpuKind, ModelSpec
 
 TICK_S = 1.0
+MAX_SLOWDOWN = 20.0  # the straggler fault's largest factor
 _HUGE = 1 << 62
 
 
@@ -52,6 +53,7 @@ class LiveCauses:
     cpu_share: dict[str, _LiveSeries]
     slow: dict[str, _LiveSeries]
     power_limit: dict[str, _LiveSeries]
+    device_slow: dict[str, _LiveSeries] = field(default_factory=dict)  # a slow GPU's kernel-time factor
 
 
 class GrowingRequestTable(RequestTable):
@@ -178,7 +180,9 @@ class RealtimeEngine:
         self.wall0 = time.time() - (clock() - self.t0)
         self.power = _LiveSeries(gpu.tdp_w)
         self.share = _LiveSeries(1.0)
-        self.causes = LiveCauses(0.0, TICK_S, {name: self.share}, {name: _LiveSeries(1.0)}, {name: self.power})
+        self.device = _LiveSeries(1.0)
+        self.causes = LiveCauses(0.0, TICK_S, {name: self.share}, {name: _LiveSeries(1.0)}, {name: self.power},
+                                 {name: self.device})
         self.table = GrowingRequestTable()
         self.events: list = []
         # The GPU starts warm, near the steady state of a light decode load (as in the simulator).
@@ -222,6 +226,20 @@ class RealtimeEngine:
             raise ValueError(f"power limit {w:g} W is outside what a {g.name} accepts ({g.min_power_w:g}-{g.tdp_w:g} W)")
         self.power.value = w
         return w
+
+    @property
+    def device_slowdown(self) -> float:
+        return self.device.value
+
+    def set_device_slowdown(self, factor: float | None) -> float:
+        """Slow the emulated GPU's kernels by ``factor`` (None: healthy, 1); from the next tick every step's memory
+        and compute time is that much longer, as in the simulator (a straggler). ``ValueError`` unless 1 <= factor
+        <= MAX_SLOWDOWN."""
+        f = 1.0 if factor is None else float(factor)
+        if not (math.isfinite(f) and 1.0 <= f <= MAX_SLOWDOWN):
+            raise ValueError(f"factor must be a finite number in [1, {MAX_SLOWDOWN:g}], is {factor!r}")
+        self.device.value = f
+        return f
 
     @property
     def stalled(self) -> bool:

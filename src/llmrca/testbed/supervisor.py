@@ -157,12 +157,14 @@ class Supervisor:
     def out_path(self, name: str) -> Any:
         return self.rd.out(name)
 
-    def kill_engine(self, service: str, restart_after_s: float) -> int | None:
+    def kill_engine(self, service: str, restart_after_s: float, backoff_s: float = 0.0) -> int | None:
+        """SIGKILL of ``service``'s engine; an emulated one starts again after ``restart_after_s`` (its model load,
+        and a crash loop's back-off), a real one after ``backoff_s`` (its load is real)."""
         m = self.procs.get(f"engine:{service}")
         if m is None:
             raise UnknownNameError(f"no engine for {service!r}")
         if self.build is not None:
-            return self._kill_vllm(m)
+            return self._kill_vllm(m, backoff_s)
         pid = m.popen.pid if m.popen is not None else None
         m.held = True
         m.restart_at = time.time() + restart_after_s
@@ -270,7 +272,16 @@ class Supervisor:
         self.tlog.write("INFO", "real engine: {} {} on {}, model {}, cores {}", self.build.package,
                         self.build.version, self.build.device, self.model_dir, bound)
 
-    def _kill_vllm(self, m: Managed) -> int | None:
+    def engine_serving(self, service: str) -> bool:
+        """``service``'s engine runs and serves: not held down, not waiting for a restart, not loading (a real
+        engine's restart is over once /health answers)."""
+        m = self.procs.get(f"engine:{service}")
+        if m is None:
+            raise UnknownNameError(f"no engine for {service!r}")
+        return bool(m.popen is not None and m.popen.poll() is None and not m.held and m.restart_at is None
+                    and "killed_at" not in m.extra and not m.extra.get("restarting"))
+
+    def _kill_vllm(self, m: Managed, backoff_s: float = 0.0) -> int | None:
         """The real engine's death: SIGKILL of the process that steps the model (an OOM kill, a crashed GPU
         worker). The server then logs the worker's death and ``EngineDeadError`` and exits on its own; the monitor
         starts a new one at once (its model load is real) and kills it if it lingers."""
@@ -283,7 +294,7 @@ class Supervisor:
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
-        m.restart_at = now + CRASH_RESTART_S
+        m.restart_at = now + CRASH_RESTART_S + max(0.0, float(backoff_s))  # a crash loop's back-off first
         m.extra.update(killed_at=now, kill_deadline=now + VLLM_DEATH_GRACE_S, awaiting_restart=True)
         self.tlog.write("INFO", "SIGKILL of the vLLM worker(s) {} of {} (server pid {})", workers, m.service,
                         m.popen.pid)
