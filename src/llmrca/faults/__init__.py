@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from llmrca.errors import UnknownNameError
 from llmrca.faults.catalog import EXTRA_FAULTS, PAPER_FAULTS, STUDY_POWER_FRACTION, study_cap_w
+from llmrca.faults.gpu_faults import GPU_FAULTS
 from llmrca.faults.spec import (
     CAUSES,
     TARGET_RULES,
@@ -29,7 +30,7 @@ def register(spec: FaultSpec) -> None:
     _SPECS[spec.id] = spec
 
 
-for _s in (*PAPER_FAULTS, *EXTRA_FAULTS):
+for _s in (*PAPER_FAULTS, *EXTRA_FAULTS, *GPU_FAULTS):
     register(_s)
 
 
