@@ -129,7 +129,7 @@ def test_gpu_ecc_refuses_other_xids_gpus_without_ecc_and_the_cpu_device():
         _case("gpu-ecc", {"xid": 94}, cfg=CFG.with_(gpu="rtx-3090"))
     for fid in ("gpu-xid", "gpu-ecc", "gpu-thermal"):
         with pytest.raises(FaultParamError, match="not a GPU|host CPU"):
-            _case(fid, cfg=CFG.with_(gpu="cpu", model="tiny", replicas=2))
+            _case(fid, cfg=CFG.with_(gpu="cpu", model="tiny", replicas=3))
 
 
 def test_no_ecc_columns_on_a_gpu_without_ecc_and_quiet_ones_elsewhere():
@@ -144,29 +144,49 @@ def test_no_ecc_columns_on_a_gpu_without_ecc_and_quiet_ones_elsewhere():
     assert not (reasons & (CLOCK_REASON_SW_THERMAL | CLOCK_REASON_HW_THERMAL)).any()
 
 
+def _per_token_ms(run_, lo, hi):
+    """Mean decode time per token and prefill time (ms) of the target's requests whose first token came in
+    [lo, hi) seconds after the injection (exact, from the record: vLLM's ITL buckets are too coarse for this)."""
+    q = run_.record.requests
+    t = q["t_first_token"] - run_.inject_time
+    sel = (q["replica"] == T) & (q["http_status"] == 200) & (t >= lo) & (t < hi)
+    dec = q["decode_s"][sel] / np.maximum(q["output_tokens"][sel] - 1, 1)
+    return 1000.0 * float(dec.mean()), 1000.0 * float(q["prefill_s"][sel].mean())
+
+
 def test_gpu_thermal_heats_the_gpu_and_its_thermal_control_clocks_it_down():
-    case = _case("gpu-thermal", {"r_factor": 4.0}, duration=200.0)
-    twin = simulate(CFG, seed=3, traces=False, logs=False).observation.metrics
-    m, t = _rel(case)
+    r = run(CFG, Injection("gpu-thermal", T, {"r_factor": 4.0}, duration=185.0), seed=3)
+    m = r.metrics
+    t = (m["time"] - r.inject_time).to_numpy()
     temp = m[f"{T}_gpu_temp"]
     assert temp[t < 0].max() < 60 and temp[(t > 50) & (t < 60)].mean() > temp[t < 0].mean() + 15
     # at its thermal target (slowdown 88 C - 3 C on an A100) the software slowdown holds it there
-    hot = (t > 140) & (t < 195)
+    hot = (t > 140) & (t < 185)
     assert 83 <= temp[hot].mean() <= 87 and temp[hot].max() < 88
     reasons = m[f"{T}_clocks_event_reasons"][hot].dropna().astype(int)
-    assert (reasons & CLOCK_REASON_SW_THERMAL).mean() > 0.8
+    assert (reasons & CLOCK_REASON_SW_THERMAL).mean() > 0.8 and not (reasons & CLOCK_REASON_HW_THERMAL).any()
     assert m[f"{T}_sm_clock"][hot].mean() < 0.85 * m[f"{T}_sm_clock"][t < 0].mean()
     assert m[f"{T}_power_usage"][hot].mean() < 0.8 * m[f"{T}_power_usage"][t < 0].mean()
     assert m[f"{T}_thermal_violation"][hot].mean() > 5e5  # us/s: throttled most of the time
-    itl = f"{T}_inter_token_latency_seconds_p50"
-    assert m[itl][hot].mean() > 1.2 * twin[itl][(twin["time"] - case.observation.inject_time > 140).to_numpy()
-                                                 & (twin["time"] - case.observation.inject_time < 195).to_numpy()].mean()
+    # slower decode and prefill on that replica: the clock the thermal budget allows, through the roofline
+    (d0, p0), (d1, p1) = _per_token_ms(r, -100, 0), _per_token_ms(r, 140, 185)
+    assert d1 > 1.2 * d0 and p1 > 2.0 * p0
+    ttft = f"{T}_time_to_first_token_seconds_p50"
+    assert m[ttft][hot].mean() > 1.5 * m[ttft][t < 0].mean()
     # cooling restored: it cools and clocks come back
-    late = t > 215
+    late = t >= 205
     assert m[f"{T}_sm_clock"][late].mean() > 0.95 * m[f"{T}_sm_clock"][t < 0].mean()
     # a peer is untouched
-    peer = "ray-replicas-2"
-    assert not (m[f"{peer}_clocks_event_reasons"].dropna().astype(int) & CLOCK_REASON_SW_THERMAL).any()
+    assert not (m["ray-replicas-2_clocks_event_reasons"].dropna().astype(int) & CLOCK_REASON_SW_THERMAL).any()
+
+
+def test_gpu_thermal_with_almost_no_cooling_ends_in_hardware_slowdown():
+    r = run(CFG, Injection("gpu-thermal", T, {"r_factor": 20.0}, duration=200.0), seed=3)
+    m = r.metrics
+    t = (m["time"] - r.inject_time).to_numpy()
+    reasons = m[f"{T}_clocks_event_reasons"][(t > 100) & (t < 195)].dropna().astype(int)
+    # even the lowest clock draws more than that cooling takes away: the slowdown temperature is passed
+    assert (reasons & CLOCK_REASON_HW_THERMAL).any() and m[f"{T}_gpu_temp"][(t > 100) & (t < 195)].max() >= 88
 
 
 def test_gpu_thermal_ramp_and_strength():
@@ -184,4 +204,3 @@ def test_gpu_faults_are_deterministic_per_seed():
         a = _case(fid, p, seed=11).observation.metrics
         b = _case(fid, p, seed=11).observation.metrics
         assert a.equals(b), fid
-        assert np.isfinite(a[f"{T}_xid_errors"]).all()
