@@ -194,6 +194,7 @@ class Engine:
         self.cooling_expires: float | None = None  # degraded cooling ends by itself then (gpu-thermal)
         self.cooling_injection: str | None = None
         self.cooling_ramp: tuple[float, float, float] | None = None  # (from, r_factor, ramp_s)
+        self.ras_dir = state.get("run_dir") or getattr(rd, "path", None)  # where the GPU's error state lives
         # Metrics: vLLM 0.32.0's vllm:* families, label sets and bucket edges (tests/fixtures/vllm_0.32.0).
         self.vm = VllmMetrics(self.model.name, context=self.model.context_tokens, config_info=self._cache_info())
         reg = self.registry = self.vm.registry
@@ -297,12 +298,16 @@ class Engine:
                                              "expires_at": self.cooling_expires}, injection=injection, reason=reason)
         return r
 
+    def gpu_ras(self) -> dict[str, Any]:
+        """The GPU's error state (healthy without a run directory to keep it in)."""
+        return gpu_ras.read(self.ras_dir, self.service) if self.ras_dir else dict(gpu_ras.HEALTHY)
+
     def gpu_fault(self, xid: int, *, injection: str | None = None) -> None:
         """The emulated GPU reports ``xid`` (79 off the bus, 48 / 94 uncorrectable ECC): the driver's Xid goes to
         the node's kernel log and the GPU's error state; the engine's next CUDA call fails, so vLLM's EngineCore
         dies (its fatal-error lines, EngineDeadError) and the server exits; the supervisor restarts it (or, on a
         cordoned node, holds it down)."""
-        run_dir = self.rd.path
+        run_dir = self.ras_dir
         gpu_ras.record_xid(run_dir, self.service, xid)
         gpu_ras.log_xid(run_dir, self.state.get("node", NODE), xid)
         self.rd.record_change(self.service, {"xid": int(xid)}, injection=injection, reason="gpu fault")
@@ -359,7 +364,7 @@ class Engine:
         tok = sum(r["gen_tokens"] for r in ticks) / len(ticks)
         ptok = sum(r["prompt_tokens"] for r in ticks) / len(ticks)
         fb_used = math.floor(self.rt.engine.fb_used_bytes / 2**20)
-        ras = gpu_ras.read(self.rd.path, self.service)
+        ras = self.gpu_ras()
         thermal = row.get("thermal", 0.0)
         vals = {
             "GPU_UTIL": round(100.0 * busy),
@@ -557,7 +562,7 @@ class Engine:
                 "cpu_share": self.rt.share.value, "requests": self._n_requests, "gpu": self.gpu.name,
                 "stalled": self.rt.stalled, "stall_expires_at": self.stall_expires,
                 "kv_cache_tokens": int(self.rt.engine.cap), "cooling_r_factor": self.rt.cooling.value,
-                "cooling_expires_at": self.cooling_expires, "gpu_ras": gpu_ras.read(self.rd.path, self.service)}
+                "cooling_expires_at": self.cooling_expires, "gpu_ras": self.gpu_ras()}
 
     async def control_power(self, request: Any) -> Any:
         from aiohttp import web
