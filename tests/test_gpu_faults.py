@@ -204,3 +204,16 @@ def test_gpu_faults_are_deterministic_per_seed():
         a = _case(fid, p, seed=11).observation.metrics
         b = _case(fid, p, seed=11).observation.metrics
         assert a.equals(b), fid
+
+
+def test_each_default_fault_moves_its_indicator_against_the_fault_free_twin():
+    """The study's run (a 60 s fault): each fault's indicator is among the series that differ from the twin beyond
+    noise (gpu-thermal's only: the temperature climbs before any throttling)."""
+    from llmrca.sim import twin
+
+    cfg = SimConfig()
+    for fid, p in (("gpu-xid", {}), ("gpu-ecc", {"xid": 48}), ("gpu-thermal", {})):
+        case = simulate(cfg, Injection(fid, T, p), seed=5, traces=False, logs=False)
+        moved = {m.column for m in twin.check(case, cfg, 5)}
+        assert case.truth.indicator in moved, (fid, sorted(moved)[:5])
+    assert f"{T}_sm_clock" not in moved  # a 60 s loss of cooling does not throttle an A100 at this load yet
