@@ -608,7 +608,9 @@ class Supervisor:
         await loop.run_in_executor(None, inj.apply)
         started = time.time()
         rec = {"id": iid, "fault": fault, "target": target, "params": live.recorded(), "notes": inj.notes,
-               "inject_time": inject_time, "start": started, "end": inject_time + duration, "duration": duration,
+               "inject_time": inject_time, "start": started,
+               # a mechanism may hold the fault longer than asked (a GPU fault: until the replica is back)
+               "end": max(inject_time + duration, inj.end), "duration": duration,
                "method": inj.method, "containment": self.containment.mode,
                "indicator": fault_registry.get(fault).indicator,
                "lease": lease, "status": "active", "scaling": self.state["scaling"]}
