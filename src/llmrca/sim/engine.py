@@ -30,7 +30,7 @@ from heapq import heappop, heappush
 import numpy as np
 
 from llmrca.sim.environment import Environment
-from llmrca.sim.gpu import GpuState, step_at_limit, step_capped, thermal_control
+from llmrca.sim.gpu import HW_SLOWDOWN_CLOCK, GpuState, step_at_limit, step_capped, thermal_control
 from llmrca.sim.hardware import GIB, GpuKind, ModelSpec
 
 INF = math.inf
@@ -367,7 +367,7 @@ class ReplicaEngine:
         state = 2 if self._f_cap < 1.0 else (1 if clipped_s >= 0.5 * self.tick else 0)
         budget, hw = thermal_control(self.gpu, gs.temp_c, gs.ambient_c, gs.r_factor)
         self._th_limit = budget
-        self._f_cap = 0.5 if hw else 1.0
+        self._f_cap = HW_SLOWDOWN_CLOCK if hw else 1.0
         nxt = self._thermal[min(max(i, 0), len(self._thermal) - 1)]
         gs.r_factor = float(nxt)
         return state
