@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 from llmrca.faults import FaultParamError
@@ -224,3 +225,38 @@ def test_the_real_engine_refuses_gpu_faults_with_the_reason():
             injmod.plan(fid, HEAD, {}, "a100", None, 0.0, 60.0, state=cpu_host)
         with pytest.raises(FaultParamError, match="refused on a real GPU: no honest mechanism"):
             injmod.plan(fid, HEAD, {}, "a100", None, 0.0, 60.0, state=gpu_host)
+
+
+def test_the_live_engines_gpu_model_heats_and_throttles_with_degraded_cooling():
+    """The emulated engine's GPU model on a virtual clock: the cooling factor set live drives the same thermal
+    control as the simulator (temperature to the target, SW thermal slowdown, a lower clock), and back."""
+    from llmrca.sim.hardware import gpu_kind, model_spec
+    from llmrca.testbed.realtime import RealtimeEngine
+
+    now = [0.0]
+    rt = RealtimeEngine(HEAD, gpu=gpu_kind("a100"), model=model_spec("7b"), max_num_seqs=256,
+                        max_num_batched_tokens=2048, block_size=16, gpu_memory_utilization=0.9,
+                        shared_prefix_tokens=32, clock=lambda: now[0], measure_cpu=False)
+
+    def run_for(seconds: float) -> list[dict]:
+        end = now[0] + seconds
+        while now[0] < end:
+            if len(rt.engine.running) + len(rt.engine.waiting) < 24:  # keep it decoding a busy batch
+                rt.submit(512, 256, 600.0)
+            now[0] += 0.05
+            rt.poll()
+        return rt.drain_ticks(keep=10_000)
+
+    healthy = run_for(60.0)
+    assert max(r["thermal"] for r in healthy) == 0 and healthy[-1]["temp"] < 70
+    with pytest.raises(ValueError, match="r_factor"):
+        rt.set_cooling(0.5)
+    rt.set_cooling(4.0)
+    hot = run_for(300.0)
+    late = hot[-60:]
+    assert 83 <= np.mean([r["temp"] for r in late]) <= 87
+    assert np.mean([r["thermal"] == 1 for r in late]) > 0.8
+    assert np.mean([r["clock"] for r in late]) < 0.85 * np.mean([r["clock"] for r in healthy[-30:]])
+    rt.set_cooling(1.0)
+    cooled = run_for(60.0)
+    assert max(r["thermal"] for r in cooled[-30:]) == 0 and cooled[-1]["temp"] < 80
