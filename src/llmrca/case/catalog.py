@@ -134,6 +134,11 @@ def _build() -> tuple[Metric, ...]:
     for field in ("SM_CLOCK", "MEM_CLOCK"):
         out.append(_gauge(field.lower(), D, dcgm + field, "MHz", "replica", "avg"))
     out.append(_gauge("xid_errors", D, dcgm + "XID_ERRORS", "xid", "replica", "max"))
+    # Memory RAS (GPUs with ECC memory): uncorrectable (double-bit) errors since the last reset, rows remapped for
+    # uncorrectable errors, and a remap waiting for the next GPU reset (DCGM fields 311, 393, 396).
+    for field, unit in (("ECC_DBE_VOL_TOTAL", "errors"), ("UNCORRECTABLE_REMAPPED_ROWS", "rows"),
+                        ("ROW_REMAP_PENDING", "flag")):
+        out.append(_gauge(field.lower(), D, dcgm + field, unit, "replica", "max"))
     for field in ("PCIE_TX_THROUGHPUT", "PCIE_RX_THROUGHPUT"):
         out.append(_gauge(field.lower(), D, dcgm + field, "KB/s", "replica"))
     for field in ("GR_ENGINE_ACTIVE", "PIPE_TENSOR_ACTIVE", "DRAM_ACTIVE"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from llmrca.errors import UnknownNameError
 from llmrca.faults.catalog import EXTRA_FAULTS, PAPER_FAULTS, STUDY_POWER_FRACTION, study_cap_w
+from llmrca.faults.gpu_faults import GPU_FAULTS
 from llmrca.faults.replica_faults import REPLICA_FAULTS
 from llmrca.faults.spec import (
     CAUSES,
@@ -31,7 +32,7 @@ def register(spec: FaultSpec) -> None:
     _SPECS[spec.id] = spec
 
 
-for _s in (*PAPER_FAULTS, *EXTRA_FAULTS, *REPLICA_FAULTS, *TRAFFIC_FAULTS):
+for _s in (*PAPER_FAULTS, *EXTRA_FAULTS, *GPU_FAULTS, *REPLICA_FAULTS, *TRAFFIC_FAULTS):
     register(_s)
 
 

@@ -51,6 +51,16 @@ CAUSES: dict[str, tuple[str, ...]] = {
     # netem loss on packets towards the target pod: each segment is dropped with probability `loss` (0..1), successive
     # drops correlated by `correlation` (0..1); TCP recovers them (llmrca.sim.tcploss)
     "ingress_loss": ("loss", "correlation"),
+    # -- GPU hardware faults (faults/gpu_faults.py) --
+    # the GPU falls off the bus (Xid 79): its engine dies, nothing reads the GPU (NVML/DCGM) until it is back after
+    # recover_s (reset / reboot), the replica serves again load_s later; cordoned: neither within the fault
+    "gpu_lost": ("xid", "recover_s", "load_s", "cordoned"),
+    # an uncorrectable ECC error (Xid 48 DBE, 94 contained): the process using the memory dies; ECC and row-remap
+    # counters move; the GPU is reset after reset_s (0: no reset, the contained case); the engine is back load_s later
+    "gpu_ecc": ("xid", "reset_s", "load_s"),
+    # the GPU's cooling degrades (failed fan, blocked intake): its thermal resistance to the air is multiplied by
+    # r_factor (reached over ramp_s); temperature, clocks and step times follow from the GPU model
+    "gpu_cooling": ("r_factor", "ramp_s"),
 }
 
 

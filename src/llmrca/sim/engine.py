@@ -30,7 +30,7 @@ from heapq import heappop, heappush
 import numpy as np
 
 from llmrca.sim.environment import Environment
-from llmrca.sim.gpu import GpuState, step_at_limit
+from llmrca.sim.gpu import HW_SLOWDOWN_CLOCK, GpuState, step_at_limit, step_capped, thermal_control
 from llmrca.sim.hardware import GIB, GpuKind, ModelSpec
 
 INF = math.inf
@@ -79,7 +79,8 @@ class TickLog:
 
     FIELDS = ("t", "running", "waiting", "kv_usage", "clock", "power", "temp", "mem_temp", "busy", "mem_share",
               "comp_share", "steps", "gen_tokens", "prompt_tokens", "active", "engine_cpu", "capped", "energy",
-              "power_violation", "preemptions", "prefix_queries", "prefix_hits", "limit", "cpu_demand", "fb_used")
+              "power_violation", "preemptions", "prefix_queries", "prefix_hits", "limit", "cpu_demand", "fb_used",
+              "thermal", "thermal_violation")  # thermal: 0, 1 software slowdown held the tick, 2 hardware slowdown
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
@@ -167,8 +168,9 @@ class ReplicaEngine:
         # Tick state
         self.next_tick = t_start + tick
         self.log = TickLog()
-        # busy, mem, comp, steps, gen, prompt, active, engine_cpu, busy energy, clock integral, clipped time
-        self._acc = [0.0] * 11
+        # busy, mem, comp, steps, gen, prompt, active, engine_cpu, busy energy, clock integral, time clipped by the
+        # power limit, time clipped by the thermal control
+        self._acc = [0.0] * 12
         self._preempt_total = 0
         self._prefix_q = 0
         self._prefix_h = 0
@@ -186,6 +188,13 @@ class ReplicaEngine:
         dev = getattr(env, "device_slow", {}).get(name)
         self._devs = dev.tolist() if dev is not None else None
         self.dev = 1.0
+        # Degraded cooling (gpu-thermal): the GPU's thermal resistance factor per tick; the driver's thermal control
+        # (llmrca.sim.gpu.thermal_control) runs where it is given.
+        th = getattr(env, "thermal_r", {}).get(name)
+        self._thermal = th.tolist() if th is not None else None
+        self._th_limit = INF  # the thermal control's power budget for this tick
+        self._th = 0  # 1 while that budget, not the power limit, binds
+        self._f_cap = 1.0  # hardware slowdown's clock ceiling
         # A simulated environment derives the CPU share from what the pod wants; a live one measures it.
         self._demand_sink = getattr(env, "set_own_demand", None)
         self._set_factors(t_start)
@@ -352,6 +361,22 @@ class ReplicaEngine:
             self.waiting = deque(r for r in self.waiting if not R.failed[r])
 
     # -- actions ------------------------------------------------------------------------------------------
+    def _capped(self, gpu: GpuKind, limit: float, mem1: float, comp1: float, other: float
+                ) -> tuple[float, float, float, float, float]:
+        return step_capped(gpu, limit, mem1, comp1, other, self._f_cap)
+
+    def _thermal_tick(self, i: int, clipped_s: float) -> int:
+        """The thermal control after a tick closed (``i``: the tick that starts now): the next tick's budget and
+        clock ceiling; returns the closed tick's thermal state (0, 1 software slowdown held it, 2 hardware)."""
+        gs = self.gs
+        state = 2 if self._f_cap < 1.0 else (1 if clipped_s >= 0.5 * self.tick else 0)
+        budget, hw = thermal_control(self.gpu, gs.temp_c, gs.ambient_c, gs.r_factor)
+        self._th_limit = budget
+        self._f_cap = HW_SLOWDOWN_CLOCK if hw else 1.0
+        nxt = self._thermal[min(max(i, 0), len(self._thermal) - 1)]
+        gs.r_factor = float(nxt)
+        return state
+
     def _set_factors(self, t: float) -> None:
         i = int((t - self._env_t0) / self.tick)
         i = 0 if i < 0 else (len(self._shares) - 1 if i >= len(self._shares) else i)
@@ -362,6 +387,11 @@ class ReplicaEngine:
         self.limit = self._limits[i]
         if self._devs is not None:
             self.dev = self._devs[i]
+        if self._th_limit < self.limit:
+            self.limit = self._th_limit
+            self._th = 1
+        else:
+            self._th = 0
 
     def _used(self) -> float:
         return self.A + self.n * self.D + self.kv_pref
@@ -425,8 +455,9 @@ class ReplicaEngine:
         ctx = self.A + n * self.D + self.kv_pref
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * (n + len(in_step)) + STEP_PER_PREFILL_TOKEN_S * tokens) \
             * self.cpu_factor
-        f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit, (self.W + ctx * self.kvb) / self.bw * self.dev,
-                                              self.flop_tok * (tokens + n) / self.fl * self.dev, cpu * self.inv_share)
+        f, gpu, mem, comp, pw = (step_at_limit if self._f_cap >= 1.0 else self._capped)(
+            self.gpu, self.limit, (self.W + ctx * self.kvb) / self.bw * self.dev,
+            self.flop_tok * (tokens + n) / self.fl * self.dev, cpu * self.inv_share)
         dur = (cpu + gpu) * self.inv_share
         t1 = t + dur
         a = self._acc
@@ -441,7 +472,7 @@ class ReplicaEngine:
         a[8] += pw * gpu
         a[9] += f * gpu
         if f < 1.0:
-            a[10] += dur
+            a[10 + self._th] += dur
         if n:
             self.D += 1
             it = self._itl
@@ -491,9 +522,9 @@ class ReplicaEngine:
             return
         k = min(k, k_kv)
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * n) * self.cpu_factor
-        f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit,
-                                              (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw * self.dev,
-                                              self.flop_tok * n / self.fl * self.dev, cpu * self.inv_share)
+        f, gpu, mem, comp, pw = (step_at_limit if self._f_cap >= 1.0 else self._capped)(
+            self.gpu, self.limit, (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw * self.dev,
+            self.flop_tok * n / self.fl * self.dev, cpu * self.inv_share)
         s = (cpu + gpu) * self.inv_share
         horizon = self.next_tick
         if self.incoming and self.incoming[0][0] < horizon:
@@ -522,7 +553,7 @@ class ReplicaEngine:
         a[8] += k * pw * gpu
         a[9] += k * f * gpu
         if f < 1.0:
-            a[10] += k * s
+            a[10 + self._th] += k * s
         it = self._itl
         period = self.gpu.cfs_period_s
         if period and self.share < 1.0 and k * s > 0.0:
@@ -603,7 +634,7 @@ class ReplicaEngine:
         tick = self.tick
         m = int((self.t - self.next_tick) // tick) + 1
         a = [x / m for x in self._acc]
-        self._acc = [0.0] * 11
+        self._acc = [0.0] * 12
         fe_req, fe_prompt = (x / m for x in self._fe)
         self._fe = [0, 0]
         c_req, c_prompt, c_tok = self.frontend_costs
@@ -628,6 +659,11 @@ class ReplicaEngine:
             limit = limits[i - 1 if 0 < i <= len(limits) else -1]  # the limit the closing tick ran under
             gs.close_tick(tick, min(a[0], tick), a[8], a[9], a[10])
             f_used = gs.f
+            thermal = 0
+            if self._thermal is not None:
+                hw = self._f_cap < 1.0
+                gs.thermal_violation_s += tick if hw else min(a[11], tick)
+                thermal = self._thermal_tick(i, a[11])
             if self._demand_sink is not None and i < len(self._shares):
                 self._shares[i] = self._demand_sink(self.name, i, demand)
             n_run, waiting, kv = self._frozen or self._gauges()
@@ -635,7 +671,7 @@ class ReplicaEngine:
                          gs.mem_temp_c, busy, mem_share, comp_share, a[3], a[4], a[5],
                          min(tick, a[6]), min(tick, a[7]), 1.0 if gs.capped else 0.0,
                          gs.energy_j, gs.power_violation_s, self._preempt_total, self._prefix_q, self._prefix_h,
-                         limit, demand, self.fb_used_bytes))
+                         limit, demand, self.fb_used_bytes, thermal, gs.thermal_violation_s))
             self.next_tick = end + tick
         self._set_factors(self.next_tick - 0.5 * tick)
 

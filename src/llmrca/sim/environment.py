@@ -68,6 +68,11 @@ class Environment:
     device_slow: dict[str, np.ndarray] = field(default_factory=dict)  # pod -> kernel-time factor per tick (a slow GPU)
     losses: dict[str, list[_LossWindow]] = field(default_factory=dict)  # pod -> netem loss towards it
     kill_backoff: dict[tuple[str, float], float] = field(default_factory=dict)  # (pod, dies at) -> back-off, s
+    # GPU hardware faults (gpu_lost, gpu_ecc, gpu_cooling)
+    gpu_off: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # pod -> [(off the bus, back)]
+    # pod -> [(time, what, value)]: ("xid", Xid), ("dbe", errors), ("reset", 0): what DCGM's RAS fields follow
+    gpu_ras: dict[str, list[tuple[float, str, int]]] = field(default_factory=dict)
+    thermal_r: dict[str, np.ndarray] = field(default_factory=dict)  # pod -> thermal resistance factor per tick
 
     # Derived per-tick factors
     cpu_share: dict[str, np.ndarray] = field(default_factory=dict)  # share of a core each busy thread gets
@@ -232,6 +237,8 @@ def build(
             rng = np.random.default_rng(int(env.rng.integers(0, 2**63 - 1)))
             env.losses.setdefault(pt.service, []).append(
                 _LossWindow(pt.start, pt.end, Loss(float(v["loss"]), float(v["correlation"]), rng)))
+        elif pt.cause in GPU_CAUSES:
+            _gpu_fault(env, grid, pt, n)
     _oom(env, grid, perturbations)
     for p in pods:
         demand = env.own_demand[p] + env.stress_cores[p] + env.hog_cores[p]
@@ -242,6 +249,43 @@ def build(
             * (1.0 + CPU_INTERFERENCE * np.minimum(env.stress_cores[p] + env.hog_cores[p], pod_cpu) / pod_cpu)
         env._slowdown[p] = (env.slow[p] / env.cpu_share[p]).tolist()
     return env
+
+
+# -- GPU hardware faults (faults/gpu_faults.py) -----------------------------------------------------------------
+GPU_CAUSES = ("gpu_lost", "gpu_ecc", "gpu_cooling")
+CUDA_ERROR_S = 0.05  # from the Xid to the engine's failing CUDA call and its EngineDeadError (its next step)
+
+
+def _gpu_fault(env: Environment, grid: np.ndarray, pt: Perturbation, n: int) -> None:
+    """A GPU fault: a lost GPU or an ECC error kills the engine (the process-kill path: requests fail, the proxy
+    routes around it, it restarts after the GPU is usable and the model loaded); DCGM's Xid / ECC / row-remap
+    fields and the node's kernel line follow from the events recorded here. Degraded cooling multiplies the GPU's
+    thermal resistance (the engine's GPU model heats and throttles by itself)."""
+    pod, v, t = pt.service, pt.values, pt.start
+    if pod not in env.power_limit:
+        raise FaultParamError(f"{pt.cause} on {pod!r}, which holds no GPU")
+    if pt.cause == "gpu_cooling":
+        r = float(v["r_factor"])
+        ramp = float(v.get("ramp_s") or 0.0)
+        rise = np.clip((grid - t) / ramp, 0.0, 1.0) if ramp > 0 else np.ones(n)
+        on = (grid >= t) & (grid < pt.end)
+        base = env.thermal_r.get(pod, np.ones(n))
+        env.thermal_r[pod] = np.where(on, np.maximum(base, 1.0 + (r - 1.0) * rise), base)
+        return
+    xid = int(v["xid"])
+    ras = env.gpu_ras.setdefault(pod, [])
+    ras.append((t, "xid", xid))
+    env.events.append((t, pod, "gpu_xid", {"xid": xid}))
+    env.events.append((t + CUDA_ERROR_S, pod, "engine_dead", {"xid": xid}))
+    if pt.cause == "gpu_lost":
+        back_on_bus = pt.end if v["cordoned"] else t + float(v["recover_s"])
+        env.gpu_off.setdefault(pod, []).append((t, back_on_bus))
+    else:
+        ras.append((t, "dbe", 1))
+        if float(v["reset_s"]) > 0:  # the reset clears the volatile ECC count and performs the pending remap
+            ras.append((t + float(v["reset_s"]), "reset", 0))
+    # the engine is gone from its CUDA error until the replica serves again (the perturbation's end)
+    env.kills.setdefault(pod, []).append((t + CUDA_ERROR_S, pt.end))
 
 
 def _oom(env: Environment, grid: np.ndarray, perturbations: list[Perturbation]) -> None:

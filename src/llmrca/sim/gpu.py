@@ -26,6 +26,8 @@ from llmrca.sim.hardware import GpuKind
 CLOCK_REASON_IDLE = 0x1
 CLOCK_REASON_SW_POWER_CAP = 0x4
 CLOCK_REASON_SW_THERMAL = 0x20
+CLOCK_REASON_HW_THERMAL = 0x40
+HW_SLOWDOWN_CLOCK = 0.5  # hardware thermal slowdown cuts the clock by half (NVML: "by a factor of two or more")
 
 
 def bandwidth_factor(f: float, knee: float) -> float:
@@ -92,6 +94,35 @@ def step_at_limit(gpu: GpuKind, limit_w: float, mem1: float, comp1: float, other
     return f, gpu_s, mem, comp, p
 
 
+def step_capped(gpu: GpuKind, limit_w: float, mem1: float, comp1: float, other_s: float, f_cap: float
+                ) -> tuple[float, float, float, float, float]:
+    """``step_at_limit`` with the clock held at or below ``f_cap`` (hardware thermal slowdown)."""
+    out = step_at_limit(gpu, limit_w, mem1, comp1, other_s)
+    if out[0] <= f_cap:
+        return out
+    f = max(f_cap, gpu.sm_clock_min_mhz / gpu.sm_clock_mhz)
+    mem, comp = mem1 / bandwidth_factor(f, gpu.knee), comp1 / f
+    gpu_s = max(comp, mem) + gpu.launch_s / f
+    return f, gpu_s, mem, comp, busy_power(gpu, f, mem / gpu_s, comp / gpu_s)
+
+
+def thermal_control(gpu: GpuKind, temp_c: float, ambient_c: float, r_factor: float) -> tuple[float, bool]:
+    """The driver's thermal control for the next tick: ``(power budget W, hardware slowdown)``.
+
+    Below the thermal target (``slowdown_c - SW_THERMAL_MARGIN_C``) nothing binds (an infinite budget). At or above
+    it the software control picks the clock whose draw brings the temperature back to the target: the steady-state
+    power ``(target - ambient) / R`` less what the excess needs to dissipate (``R`` the thermal resistance now); the
+    step's clock then follows from the power model as under a power cap. At the slowdown temperature (even the
+    lowest clock could not hold the target) hardware slowdown halves the clock as well."""
+    from llmrca.sim.hardware import SW_THERMAL_MARGIN_C
+
+    target = gpu.slowdown_c - SW_THERMAL_MARGIN_C
+    if temp_c < target - 0.5:
+        return math.inf, False
+    r = gpu.thermal_r * r_factor
+    return (2.0 * target - temp_c - ambient_c) / r, temp_c >= gpu.slowdown_c
+
+
 @dataclass
 class GpuState:
     """The GPU's slow state (power reading, energy, temperature), closed once per engine tick from its steps."""
@@ -105,6 +136,8 @@ class GpuState:
     capped: bool = False
     energy_j: float = 0.0
     power_violation_s: float = 0.0
+    r_factor: float = 1.0  # thermal resistance to the air as a multiple of the healthy one (degraded cooling)
+    thermal_violation_s: float = 0.0
     _dt: float = 0.0
     _a: float = 0.0
     _b: float = 0.0
@@ -125,5 +158,12 @@ class GpuState:
             self._a = 1.0 - math.exp(-dt / g.thermal_tau_s)
             self._b = 1.0 - math.exp(-dt / (1.5 * g.thermal_tau_s))
         a, b = self._a, self._b
+        rf = self.r_factor
+        if rf != 1.0:  # worse cooling: higher resistance, and a longer time constant (tau = R * C)
+            a = 1.0 - math.exp(-dt / (g.thermal_tau_s * rf))
+            b = 1.0 - math.exp(-dt / (1.5 * g.thermal_tau_s * rf))
+            self.temp_c += (self.ambient_c + g.thermal_r * rf * self.power_w - self.temp_c) * a
+            self.mem_temp_c += (self.ambient_c + 4.0 + 0.9 * g.thermal_r * rf * self.power_w - self.mem_temp_c) * b
+            return
         self.temp_c += (self.ambient_c + g.thermal_r * self.power_w - self.temp_c) * a
         self.mem_temp_c += (self.ambient_c + 4.0 + 0.9 * g.thermal_r * self.power_w - self.mem_temp_c) * b

@@ -111,6 +111,12 @@ CPU = GpuKind("cpu", CPU_FLOPS, CPU_MEM_BW, 8 * GIB, 1.0, 1.0, 0.0, 0.0, 0.0, 1.
               1.0, 1.0, 1.0, 0.0, 1.0, 1.0, CPU_STEP_OVERHEAD_S, 0.0, 1.0, 1000.0, 0.0, device="cpu",
               poll_cores=CPU_POLL_CORES, poll_cores_per_seq=CPU_POLL_CORES_PER_SEQ, cfs_period_s=CFS_PERIOD_S)
 
+# GPU kinds whose memory has no ECC (GeForce GDDR6X): they report no ECC errors, and DCGM no ECC or row-remap fields.
+NO_ECC_MEMORY = frozenset({"rtx-3090"})
+# The driver's software thermal control holds the GPU this far below its slowdown temperature (its "target
+# temperature"; our estimate of the gap, NVIDIA publishes the two per board in `nvidia-smi -q`).
+SW_THERMAL_MARGIN_C = 3.0
+
 GPU_KINDS: dict[str, GpuKind] = {g.name: g for g in (A100, H100, L4, A100_40, H100_PCIE, L40S, A40, RTX3090, RTXPRO6000,
                                                      CPU)}
 _GPU_ALIASES = {"a100": "a100-80gb", "a100-sxm": "a100-80gb", "h100-sxm": "h100", "h100-80gb": "h100",

@@ -261,7 +261,7 @@ def unrelated_warnings(record: Any, proxy: str, replicas: list[str]) -> list[tup
 
 K8S_NAMESPACE = "llm"  # the deployment's namespace (the collector's queries select it)
 _CONTROLLER = "\0controller"  # key of the Serve controller's pid (a process on the proxy's pod)
-_REPLICA_KINDS = frozenset({"engine_stats", "preemption", "replica_health", "engine_dead", "oom"})
+_REPLICA_KINDS = frozenset({"engine_stats", "preemption", "replica_health", "engine_dead", "oom", "gpu_xid"})
 
 
 class _Context:
@@ -466,6 +466,8 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
         head, tail = kind.split(host, *values, **fixed)
         rows.append((t, host, kind.level, kind.clock, head, tail, kind.template(**fixed)))
 
+    # The driver's own Xid events (gpu_xid); a record without them may still name an Xid fault (its start).
+    xid_logged = {s for _, s, k, _ in events if k == "gpu_xid"}
     jitter = ctx.jitter(len(events)).tolist()
     for (t0, svc, kind, f), dt in zip(events, jitter):
         t = t0 + dt
@@ -485,7 +487,11 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
                 emit(t, svc, "vllm.engine_stats_preempted", *head, npre, f"{kv:.1f}", f"{hit:.1f}")
             else:
                 emit(t, svc, "vllm.engine_stats", *head, f"{kv:.1f}", f"{hit:.1f}")
-        elif kind == "fault_start" and f.get("type") == "gpu-xid":
+        elif kind == "gpu_xid":
+            xid = int(f.get("xid", 0))
+            text = _XID_TEXT.get(xid)
+            kernel(t, svc, "kernel.xid", _pci_bus(svc, hosts), xid, detail=f", {text}" if text else "")
+        elif kind == "fault_start" and f.get("type") == "gpu-xid" and svc not in xid_logged:
             xid = int((f.get("params") or {}).get("xid", f.get("xid", 79)))
             text = _XID_TEXT.get(xid)
             kernel(t, svc, "kernel.xid", _pci_bus(svc, hosts), xid, detail=f", {text}" if text else "")

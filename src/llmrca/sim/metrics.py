@@ -23,8 +23,13 @@ from llmrca.sim import run as runmod
 from llmrca.sim.config import SimConfig
 from llmrca.sim.deployment import Deployment
 from llmrca.sim.environment import Environment
-from llmrca.sim.gpu import CLOCK_REASON_IDLE, CLOCK_REASON_SW_POWER_CAP
-from llmrca.sim.hardware import GIB
+from llmrca.sim.gpu import (
+    CLOCK_REASON_HW_THERMAL,
+    CLOCK_REASON_IDLE,
+    CLOCK_REASON_SW_POWER_CAP,
+    CLOCK_REASON_SW_THERMAL,
+)
+from llmrca.sim.hardware import GIB, NO_ECC_MEMORY
 
 QUANTILES = cat.QUANTILES
 MESH_QUANTILES = cat.MESH_QUANTILES
@@ -338,7 +343,12 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
         cols[f"{r}_total_energy_consumption"] = 1000.0 * G.rate_of_cumulative(lg["energy"], ph)
         cols[f"{r}_sm_clock"] = np.round(np.clip(clock, g.sm_clock_min_mhz, g.sm_clock_mhz))
         cols[f"{r}_mem_clock"] = np.full(G.n, g.mem_clock_mhz)
-        cols[f"{r}_xid_errors"] = np.zeros(G.n)
+        xid, dbe, remapped, pending = _ras(env.gpu_ras.get(r, ()), G.T - ph)
+        cols[f"{r}_xid_errors"] = xid
+        if g.name not in NO_ECC_MEMORY:
+            cols[f"{r}_ecc_dbe_vol_total"] = dbe
+            cols[f"{r}_uncorrectable_remapped_rows"] = remapped
+            cols[f"{r}_row_remap_pending"] = pending
         # PCIe: inputs and sampled tokens per step, prompt ids, plus the driver's own traffic (KB/s).
         pcie_base = 40.0 + (rng.normal(0.0, 4.0, G.n) if noise else 0.0)
         cols[f"{r}_pcie_tx_throughput"] = np.round(pcie_base + 1.5 * steps + 0.004 * tok)
@@ -346,10 +356,19 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
         cols[f"{r}_prof_gr_engine_active"] = np.round(0.97 * busy, 4)
         cols[f"{r}_prof_pipe_tensor_active"] = np.round(tensor, 4)
         cols[f"{r}_prof_dram_active"] = np.round(0.9 * dram, 4)
+        thermal = G.gauge(lg["thermal"], ph)
         cols[f"{r}_clocks_event_reasons"] = (np.where(capped, CLOCK_REASON_SW_POWER_CAP, 0)
-                                             | np.where(idle, CLOCK_REASON_IDLE, 0)).astype(float)
+                                             | np.where(idle, CLOCK_REASON_IDLE, 0)
+                                             | np.where(thermal >= 1, CLOCK_REASON_SW_THERMAL, 0)
+                                             | np.where(thermal >= 2, CLOCK_REASON_HW_THERMAL, 0)).astype(float)
         cols[f"{r}_power_violation"] = 1e6 * G.rate_of_cumulative(lg["power_violation"], ph)
-        cols[f"{r}_thermal_violation"] = np.zeros(G.n)
+        cols[f"{r}_thermal_violation"] = 1e6 * G.rate_of_cumulative(lg["thermal_violation"], ph)
+        off = env.gpu_off.get(r)
+        if off:  # a GPU off the bus: DCGM and Ray read nothing from it (DCGM keeps its last Xid)
+            for c in [c for c in cols if c.startswith(f"{r}_") and _REPLICA_SOURCE.get(c[len(r) + 1:]) == "dcgm"
+                      and not c.endswith("_xid_errors")]:
+                cols[c] = np.where(_within(off, G.T - ph), np.nan, cols[c])
+            cols[f"{r}_ctn_gpu"] = np.where(_within(off, G.T - ph_ray), np.nan, cols[f"{r}_ctn_gpu"])
 
     # ---- vLLM engines -----------------------------------------------------------------------------------
     t_first, t_end = res["t_first_token"], res["t_engine_end"]
@@ -454,6 +473,40 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
     if brng is not None:
         missed_scrapes(cols, dep, brng, G.n)
     return _frame(dep, cols, start + G.T)
+
+
+_REPLICA_SOURCE = {m.metric: m.source for m in cat.metrics(scope="replica")}  # column metric -> exporter
+
+
+def _within(windows: list[tuple[float, float]], s: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(s), dtype=bool)
+    for a, b in windows:
+        out |= (s >= a) & (s < b)
+    return out
+
+
+def _ras(events: Any, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """DCGM's RAS fields at scrape times ``s`` from a GPU's events (time, what, value): the last Xid; double-bit
+    errors since the last reset (volatile); rows remapped for uncorrectable errors (a reset performs a pending
+    remap); whether a remap is pending."""
+    n = len(s)
+    xid, dbe, remapped, pending = (np.zeros(n) for _ in range(4))
+    count = rows = 0
+    last = 0
+    for t, what, value in sorted(events):
+        now = s >= t
+        if what == "xid":
+            last = value
+        elif what == "dbe":
+            count += value
+        elif what == "reset":
+            rows += 1 if count else 0
+            count = 0
+        xid = np.where(now, last, xid)
+        dbe = np.where(now, count, dbe)
+        remapped = np.where(now, rows, remapped)
+        pending = np.where(now, 1.0 if count else 0.0, pending)
+    return xid, dbe, remapped, pending
 
 
 def gc_bursts(rng: np.random.Generator, n_ticks: int, tick: float) -> np.ndarray:

@@ -59,7 +59,10 @@ EVENT_COLUMNS = ("time", "service", "kind", "fields")
 #   fault_end      target;  type, params
 #   oom            target;  by ("kernel"), process, bytes
 #   replica_health replica; ok
-EVENT_KINDS = ("engine_stats", "preemption", "fault_start", "fault_end", "oom", "replica_health", "engine_dead")
+#   engine_dead    replica; xid (the GPU error that killed it) or reason
+#   gpu_xid        replica; xid (the driver's Xid, logged by the kernel of the replica's node)
+EVENT_KINDS = ("engine_stats", "preemption", "fault_start", "fault_end", "oom", "replica_health", "engine_dead",
+               "gpu_xid")
 
 
 @dataclass

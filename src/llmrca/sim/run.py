@@ -124,6 +124,9 @@ def _resolve_injection(config: SimConfig, dep: Deployment, injection: Injection 
     if not gpu.is_gpu and "device_slowdown" in spec.causes:  # a slow GPU, not a slow host CPU (that is the cpu fault)
         raise fault_registry.FaultParamError(
             f"fault {spec.id!r} slows a GPU's kernels; deployment.gpu = {gpu.name!r} is not a GPU")
+    if not gpu.is_gpu and set(spec.causes) & set(envmod.GPU_CAUSES):
+        raise fault_registry.FaultParamError(
+            f"fault {spec.id!r} is a GPU hardware fault; deployment.gpu = {gpu.name!r} is not a GPU")
 
     def draw() -> float:  # the target GPU's draw before the fault, from the fault-free twin (same seed)
         from llmrca.sim import twin

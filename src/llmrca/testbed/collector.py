@@ -373,7 +373,8 @@ def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_i
         tr = traces_frame(rows)
     if logs:
         paths = sorted(rd.logs.glob("engine-*.jsonl")) + [rd.log("proxy"), rd.log("controller")]
-        rows = read_json_logs(paths, start, end, st["services"])
+        # the node's kernel log (the driver's Xid lines) is the node's service
+        rows = read_json_logs([*paths, rd.log("node")], start, end, [*st["services"], st["node"]])
         rows += read_nginx_logs(rd.logs / "nginx-access.log", rd.logs / "nginx-error.log", st["gateway"], start, end)
         lg = logs_frame(rows)
     obs = Observation(metrics=metrics, traces=tr, logs=lg,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -36,9 +37,14 @@ from llmrca.deploy.telemetry import (
     VLLM_ENGINE_INDEX,
     line,
 )
-from llmrca.sim.gpu import CLOCK_REASON_IDLE, CLOCK_REASON_SW_POWER_CAP
-from llmrca.sim.hardware import GIB, gpu_kind, model_spec
-from llmrca.testbed import service
+from llmrca.sim.gpu import (
+    CLOCK_REASON_HW_THERMAL,
+    CLOCK_REASON_IDLE,
+    CLOCK_REASON_SW_POWER_CAP,
+    CLOCK_REASON_SW_THERMAL,
+)
+from llmrca.sim.hardware import GIB, NO_ECC_MEMORY, gpu_kind, model_spec
+from llmrca.testbed import gpu_ras, service
 from llmrca.testbed import vllm_api as api
 from llmrca.testbed.config import NODE, TestbedConfig
 from llmrca.testbed.logs import JsonLog
@@ -188,6 +194,10 @@ class Engine:
         self.stall_injection: str | None = None
         self.slow_expires: float | None = None  # a slow GPU is healthy again then (should the undo fail)
         self.slow_injection: str | None = None
+        self.cooling_expires: float | None = None  # degraded cooling ends by itself then (gpu-thermal)
+        self.cooling_injection: str | None = None
+        self.cooling_ramp: tuple[float, float, float] | None = None  # (from, r_factor, ramp_s)
+        self.ras_dir = state.get("run_dir") or getattr(rd, "path", None)  # where the GPU's error state lives
         # Metrics: vLLM 0.32.0's vllm:* families, label sets and bucket edges (tests/fixtures/vllm_0.32.0).
         self.vm = VllmMetrics(self.model.name, context=self.model.context_tokens, config_info=self._cache_info())
         reg = self.registry = self.vm.registry
@@ -201,7 +211,10 @@ class Engine:
                       "GPU_UTIL", "MEM_COPY_UTIL", "FB_USED", "FB_FREE", "GPU_TEMP", "MEMORY_TEMP", "POWER_USAGE",
                       "TOTAL_ENERGY_CONSUMPTION", "SM_CLOCK", "MEM_CLOCK", "XID_ERRORS", "PCIE_TX_THROUGHPUT",
                       "PCIE_RX_THROUGHPUT", "CLOCKS_EVENT_REASONS", "POWER_VIOLATION", "THERMAL_VIOLATION",
-                      "POWER_MANAGEMENT_LIMIT"):
+                      "POWER_MANAGEMENT_LIMIT",
+                      # memory RAS fields, on a GPU with ECC memory (gpu-ecc)
+                      *(() if self.gpu.name in NO_ECC_MEMORY else
+                        ("ECC_DBE_VOL_TOTAL", "UNCORRECTABLE_REMAPPED_ROWS", "ROW_REMAP_PENDING"))):
             self.dcgm[field] = Gauge(f"DCGM_FI_DEV_{field}", f"DCGM field {field} of the emulated GPU.", gpu_labels,
                                      registry=reg)
         for field in ("GR_ENGINE_ACTIVE", "PIPE_TENSOR_ACTIVE", "DRAM_ACTIVE") if has_gpu else ():
@@ -237,6 +250,11 @@ class Engine:
                 self.set_stall(False, reason="expired", injection=self.stall_injection)
             if self.slow_expires is not None and time.time() >= self.slow_expires:
                 self.set_slowdown(None, reason="expired", injection=self.slow_injection)
+            if self.cooling_expires is not None and time.time() >= self.cooling_expires:
+                self.set_cooling(1.0, reason="expired", injection=self.cooling_injection)
+            if self.cooling_ramp is not None:  # an intake clogging: the resistance rises over ramp_s
+                t0, r, ramp = self.cooling_ramp
+                self.rt.set_cooling(1.0 + (r - 1.0) * min(1.0, (time.time() - t0) / ramp))
             delay = min(0.05, max(0.0005, nxt - self.rt.now()))
             self._wake.clear()
             try:
@@ -281,6 +299,38 @@ class Engine:
         self.rd.record_change(self.service, {"device_slowdown": f, "expires_at": self.slow_expires},
                               injection=injection, reason=reason)
         return f
+    def set_cooling(self, r_factor: float, *, ramp_s: float = 0.0, expires_at: float | None = None,
+                    reason: str = "control", injection: str | None = None) -> float:
+        """Degrade (r_factor > 1) or restore (1) the emulated GPU's cooling; ``ramp_s`` > 0 reaches r_factor over
+        that time. Recorded in the injection log only: a fan's failure prints in none of the deployment's logs."""
+        r = float(r_factor)
+        self.rt.set_cooling(r if ramp_s <= 0 else 1.0)
+        self.cooling_ramp = (time.time(), r, float(ramp_s)) if ramp_s > 0 and r > 1.0 else None
+        on = r > 1.0
+        self.cooling_expires = expires_at if on else None
+        self.cooling_injection = injection if on else None
+        self.rd.record_change(self.service, {"r_factor": r, "ramp_s": float(ramp_s),
+                                             "expires_at": self.cooling_expires}, injection=injection, reason=reason)
+        return r
+
+    def gpu_ras(self) -> dict[str, Any]:
+        """The GPU's error state (healthy without a run directory to keep it in)."""
+        return gpu_ras.read(self.ras_dir, self.service) if self.ras_dir else dict(gpu_ras.HEALTHY)
+
+    def gpu_fault(self, xid: int, *, injection: str | None = None) -> None:
+        """The emulated GPU reports ``xid`` (79 off the bus, 48 / 94 uncorrectable ECC): the driver's Xid goes to
+        the node's kernel log and the GPU's error state; the engine's next CUDA call fails, so vLLM's EngineCore
+        dies (its fatal-error lines, EngineDeadError) and the server exits; the supervisor restarts it (or, on a
+        cordoned node, holds it down)."""
+        run_dir = self.ras_dir
+        gpu_ras.record_xid(run_dir, self.service, xid)
+        gpu_ras.log_xid(run_dir, self.state.get("node", NODE), xid)
+        self.rd.record_change(self.service, {"xid": int(xid)}, injection=injection, reason="gpu fault")
+        self.log.line(line("vllm.engine_fatal"))
+        self.log.line(line("vllm.cuda_error"), detail=gpu_ras.CUDA_ERROR.get(int(xid), "unspecified launch failure"))
+        self.log.line(line("vllm.engine_dead"))
+        # The API server exits on EngineDeadError; its open streams break (the proxy answers 502).
+        asyncio.get_running_loop().call_later(0.2, os._exit, 1)
 
     def _metrics_from_engine(self) -> None:
         ticks = self.rt.drain_ticks()
@@ -329,6 +379,8 @@ class Engine:
         tok = sum(r["gen_tokens"] for r in ticks) / len(ticks)
         ptok = sum(r["prompt_tokens"] for r in ticks) / len(ticks)
         fb_used = math.floor(self.rt.engine.fb_used_bytes / 2**20)
+        ras = self.gpu_ras()
+        thermal = row.get("thermal", 0.0)
         vals = {
             "GPU_UTIL": round(100.0 * busy),
             "MEM_COPY_UTIL": round(100.0 * min(1.0, max(0.0, row["busy"] * min(row["mem_share"], 1.0)
@@ -339,19 +391,24 @@ class Engine:
             "TOTAL_ENERGY_CONSUMPTION": round(1000.0 * row["energy"]),  # mJ since the (emulated) driver loaded
             "SM_CLOCK": g.sm_clock_min_mhz if idle else round(min(g.sm_clock_mhz, max(
                 g.sm_clock_min_mhz, row["clock"] * g.sm_clock_mhz + (float(self.rng.normal(0, 12)) if capped else 0)))),
-            "MEM_CLOCK": g.mem_clock_mhz, "XID_ERRORS": 0,
+            "MEM_CLOCK": g.mem_clock_mhz, "XID_ERRORS": ras["xid"],
             "PCIE_TX_THROUGHPUT": round(40.0 + float(self.rng.normal(0, 4)) + 1.5 * steps + 0.004 * tok),
             "PCIE_RX_THROUGHPUT": round(40.0 + float(self.rng.normal(0, 4)) + 2.0 * steps + 0.008 * ptok),
-            "CLOCKS_EVENT_REASONS": (CLOCK_REASON_SW_POWER_CAP if capped else 0) | (CLOCK_REASON_IDLE if idle else 0),
+            "CLOCKS_EVENT_REASONS": (CLOCK_REASON_SW_POWER_CAP if capped else 0) | (CLOCK_REASON_IDLE if idle else 0)
+            | (CLOCK_REASON_SW_THERMAL if thermal >= 1 else 0) | (CLOCK_REASON_HW_THERMAL if thermal >= 2 else 0),
             "POWER_VIOLATION": round(1e6 * row["power_violation"]),  # microseconds
-            "THERMAL_VIOLATION": 0, "POWER_MANAGEMENT_LIMIT": row["limit"] * 1000.0,  # mW, as NVML reports
+            "THERMAL_VIOLATION": round(1e6 * row.get("thermal_violation", 0.0)),
+            "POWER_MANAGEMENT_LIMIT": row["limit"] * 1000.0,  # mW, as NVML reports
+            "ECC_DBE_VOL_TOTAL": ras["dbe"], "UNCORRECTABLE_REMAPPED_ROWS": ras["remapped_rows"],
+            "ROW_REMAP_PENDING": ras["remap_pending"],
             "GR_ENGINE_ACTIVE": round(0.97 * busy, 4),
             "PIPE_TENSOR_ACTIVE": round(min(1.0, max(0.0, row["busy"] * (0.6 * min(row["comp_share"], 1.0) + 0.05)
                                                      + float(self.rng.normal(0.0, 0.005)))), 4),
             "DRAM_ACTIVE": round(0.9 * row["busy"] * min(row["mem_share"], 1.0), 4),
         }
         for k, v in vals.items():
-            self.dcgm[k].labels(*lv).set(v)
+            if k in self.dcgm:  # a GPU without ECC memory has no RAS fields
+                self.dcgm[k].labels(*lv).set(v)
         self.g_ray_gpu.labels("0", self.gpu.name).set(round(100.0 * busy))
 
     # -- HTTP ---------------------------------------------------------------------------------------------
@@ -520,7 +577,8 @@ class Engine:
                 "cpu_share": self.rt.share.value, "requests": self._n_requests, "gpu": self.gpu.name,
                 "stalled": self.rt.stalled, "stall_expires_at": self.stall_expires,
                 "kv_cache_tokens": int(self.rt.engine.cap), "device_slowdown": self.rt.device_slowdown,
-                "slowdown_expires_at": self.slow_expires}
+                "slowdown_expires_at": self.slow_expires, "cooling_r_factor": self.rt.cooling.value,
+                "cooling_expires_at": self.cooling_expires, "gpu_ras": self.gpu_ras()}
 
     async def control_power(self, request: Any) -> Any:
         from aiohttp import web
@@ -574,6 +632,57 @@ class Engine:
             expires = checked_expiry(body.get("expires_at"), factor is not None, time.time(), "factor")
             self.set_slowdown(factor, expires_at=expires, reason=str(body.get("reason", "control endpoint")),
                               injection=request.headers.get(INJECTION_HEADER) or None)
+        except (ValueError, TypeError, AttributeError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(self.control_state())
+
+    async def control_gpu_fault(self, request: Any) -> Any:
+        """``{"xid": 79 | 48 | 94}``: the emulated GPU fails (gpu-xid, gpu-ecc); the engine dies right after."""
+        from aiohttp import web
+
+        from llmrca.testbed.auth import INJECTION_HEADER
+
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("the body must be a JSON object")
+            xid = body.get("xid")
+            if isinstance(xid, bool) or xid not in (48, 79, 94):
+                raise ValueError(f"xid must be 79, 48 or 94, is {xid!r}")
+            if not self.gpu.is_gpu:
+                raise ValueError("this replica runs on the host CPU: it has no GPU to fail")
+            if xid != 79 and self.gpu.name in NO_ECC_MEMORY:
+                raise ValueError(f"a {self.gpu.name} has no ECC memory: it reports no Xid {xid}")
+        except (ValueError, TypeError, AttributeError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        self.gpu_fault(xid, injection=request.headers.get(INJECTION_HEADER) or None)
+        return web.json_response({"service": self.service, "xid": xid, "exiting": True})
+
+    async def control_cooling(self, request: Any) -> Any:
+        """``{"r_factor": x >= 1, "ramp_s": s, "expires_at": unix time | null}``: degrade or restore the GPU's
+        cooling (gpu-thermal); an r_factor above 1 needs expires_at."""
+        from aiohttp import web
+
+        from llmrca.testbed.auth import INJECTION_HEADER
+
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("the body must be a JSON object")
+            r, ramp = body.get("r_factor"), body.get("ramp_s", 0.0)
+            for name, v in (("r_factor", r), ("ramp_s", ramp)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ValueError(f"{name} must be a finite number, is {v!r}")
+            if not 1.0 <= r <= 50.0:
+                raise ValueError(f"r_factor must lie in [1, 50], is {r!r}")
+            if not 0.0 <= ramp <= MAX_EXPIRY_S:
+                raise ValueError(f"ramp_s must lie in [0, {MAX_EXPIRY_S:g}], is {ramp!r}")
+            if not self.gpu.is_gpu:
+                raise ValueError("this replica runs on the host CPU: it has no GPU to cool")
+            expires = checked_expiry(body.get("expires_at"), r > 1.0, time.time())
+            self.set_cooling(r, ramp_s=float(ramp), expires_at=expires,
+                             reason=str(body.get("reason", "control endpoint")),
+                             injection=request.headers.get(INJECTION_HEADER) or None)
         except (ValueError, TypeError, AttributeError) as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response(self.control_state())
@@ -635,6 +744,8 @@ def make_app(eng: Engine, token: str) -> Any:
     app.router.add_post("/control/power-limit", eng.control_power)
     app.router.add_post("/control/stall", eng.control_stall)
     app.router.add_post("/control/slowdown", eng.control_slowdown)
+    app.router.add_post("/control/gpu-fault", eng.control_gpu_fault)
+    app.router.add_post("/control/cooling", eng.control_cooling)
     return app
 
 

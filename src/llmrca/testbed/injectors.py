@@ -40,6 +40,7 @@ records the values applied on this machine under the causes' names, the same nam
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -83,6 +84,8 @@ class Host(Protocol):
     def detach(self, service: str, pid: int) -> None: ...
 
     def kill_engine(self, service: str, restart_after_s: float, backoff_s: float = 0.0) -> int | None: ...
+
+    def hold_engine(self, service: str, restart_after_s: float) -> int | None: ...
 
     def ensure_engine(self, service: str) -> None: ...
 
@@ -152,8 +155,31 @@ MECHANISMS: dict[str, Mechanism] = {
     "device_slowdown": Mechanism("emulated GPU's slow-down endpoint", _as_given, "_apply_slowdown", "_undo_slowdown"),
     "ingress_loss": Mechanism("mesh loss towards the target (TCP recovery emulated)", _as_given, "_apply_loss",
                               "_undo_loss"),
+    # -- GPU hardware faults (faults/gpu_faults.py): the emulated GPU's control endpoints only --
+    "gpu_lost": Mechanism("emulated GPU's /control/gpu-fault (Xid 79): the engine dies, restarted after "
+                          "recover_s + load_s (cordoned: on undo)", _as_given, "_apply_gpu_fault", "_undo_gpu_fault"),
+    "gpu_ecc": Mechanism("emulated GPU's /control/gpu-fault (Xid 48 / 94): the engine dies, restarted after "
+                         "reset_s + load_s", _as_given, "_apply_gpu_fault", "_undo_gpu_fault"),
+    "gpu_cooling": Mechanism("emulated GPU's /control/cooling (thermal resistance factor, with an expiry)", _as_given,
+                             "_apply_cooling", "_undo_cooling"),
 }
 LATER_S = 0.5  # a perturbation that starts later than this after the injection is applied at its time (a crash loop)
+GPU_FAULT_CAUSES = ("gpu_lost", "gpu_ecc", "gpu_cooling")
+
+
+def refuse_real_gpu_fault(fault: str, target: str, state: dict[str, Any] | None) -> None:
+    """GPU hardware faults act on the emulated GPU only: on the real engine they are refused, with the reason."""
+    engine = (((state or {}).get("config") or {}).get("deploy") or {}).get("engine", "emulated")
+    if engine != "vllm":
+        return
+    if real_gpu_of(state, target) is None:
+        raise FaultParamError(f"fault {fault!r} on {target}: the real engine runs on CPU here: there is no GPU to "
+                              "fail or to heat (GPU faults on the real engine are never emulated)")
+    why = ("no honest mechanism heats a real GPU: nvidia-smi can cap power or lock clocks, which is not thermal "
+           "throttling" if fault == "gpu-thermal" else
+           "no honest mechanism makes a real GPU fall off the bus or produce an ECC error (Dynamo's injector only "
+           "writes a fake Xid line and fails CUDA calls through a shim)")
+    raise FaultParamError(f"fault {fault!r} on {target}: refused on a real GPU: {why}")
 
 
 def live_faults() -> tuple[str, ...]:
@@ -194,6 +220,8 @@ def plan(fault: str, target: str, params: dict[str, Any] | None, gpu: str, scali
         raise FaultParamError(refuse_slowdown(target, state))
     if "device_slowdown" in spec.causes and not gpu_kind(gpu).is_gpu:
         raise FaultParamError(f"fault {fault!r} slows a GPU's kernels; deployment.gpu = {gpu!r} is not a GPU")
+    if set(spec.causes) & set(GPU_FAULT_CAUSES):
+        refuse_real_gpu_fault(fault, target, state)
     if "power_limit" in spec.causes:
         facts = target_facts(fault, target, gpu, state, power_draw_w)
     else:
@@ -677,6 +705,56 @@ class Injector:
 
     def _undo_routing(self, v: dict[str, Any]) -> None:
         self._switch_off("proxy", "/control/routing", {"replica": None})
+    # -- GPU hardware faults (gpu-xid, gpu-ecc, gpu-thermal) on the emulated GPU ----------------------------------
+    def _apply_gpu_fault(self, v: dict[str, Any]) -> None:
+        """The emulated GPU reports the Xid and its engine dies on its own death path; the supervisor holds it down
+        until the GPU is usable (recover_s / reset_s) and the model loaded (load_s), or until the undo (cordoned)."""
+        from llmrca.testbed import gpu_ras
+
+        if self._real_engine():
+            raise FaultParamError(f"GPU faults on {self.target}: refused on the real engine (never emulated)")
+        xid = int(v["xid"])
+        cordoned = bool(v.get("cordoned"))
+        down = math.inf if cordoned else float(v.get("recover_s", v.get("reset_s", 0.0))) + float(v["load_s"])
+        pid = self.host.hold_engine(self.target, down)
+        self.notes.update(xid=xid, held_pid=pid, down_s=None if cordoned else down)
+        if not cordoned:  # the replica is down for its recovery, whatever the nominal window (as in the simulator)
+            self.end = max(self.end, time.time() + down)
+        try:
+            self._control("POST", self._engine_url() + "/control/gpu-fault", {"xid": xid})
+        except (OSError, FaultParamError):
+            self.host.ensure_engine(self.target)  # nothing happened: release the hold
+            raise
+        reset_s = float(v.get("reset_s") or 0.0)
+        if reset_s > 0:  # the GPU reset (Xid 48): the remap is performed, the volatile ECC count clears
+            self._reset_timer = threading.Timer(reset_s, gpu_ras.reset, (self.host.state["run_dir"], self.target))
+            self._reset_timer.daemon = True
+            self._reset_timer.start()
+        self.method = (f"emulated GPU's Xid {xid}: engine pid {pid} died; "
+                       + ("node cordoned: held down until the undo" if cordoned else f"restart after {down:g} s"))
+
+    def _undo_gpu_fault(self, v: dict[str, Any]) -> None:
+        from llmrca.testbed import gpu_ras
+
+        if getattr(self, "_reset_timer", None) is not None:
+            self._reset_timer.cancel()
+        # The GPU reset or replaced before the next case: healthy again, and its replica serves (uncordoned).
+        gpu_ras.clear(self.host.state["run_dir"], self.target)
+        self.host.ensure_engine(self.target)
+
+    def _apply_cooling(self, v: dict[str, Any]) -> None:
+        if self._real_engine():
+            raise FaultParamError(f"gpu-thermal on {self.target}: refused on the real engine (never emulated)")
+        self._control("POST", self._engine_url() + "/control/cooling",
+                      {"r_factor": float(v["r_factor"]), "ramp_s": float(v.get("ramp_s") or 0.0),
+                       "expires_at": self.end + SAFETY_MARGIN_S, "reason": "fault injection"})
+        self.method = f"emulated GPU's cooling: thermal resistance x{float(v['r_factor']):g}"
+
+    def _undo_cooling(self, v: dict[str, Any]) -> None:
+        try:
+            self._control("POST", self._engine_url() + "/control/cooling", {"r_factor": 1.0, "reason": "fault undone"})
+        except (OSError, FaultParamError):
+            pass  # the engine is gone (and comes back with healthy cooling)
 
 
 def nvidia_smi_power_limit(gpu_index: str, watts: float) -> list[str]:

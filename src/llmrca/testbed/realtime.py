@@ -54,6 +54,9 @@ class LiveCauses:
     slow: dict[str, _LiveSeries]
     power_limit: dict[str, _LiveSeries]
     device_slow: dict[str, _LiveSeries] = field(default_factory=dict)  # a slow GPU's kernel-time factor
+    # the GPU's thermal resistance factor (gpu-thermal's degraded cooling; 1 = healthy): the engine's thermal
+    # control runs on it, as in a simulated run with a cooling fault
+    thermal_r: dict[str, _LiveSeries] | None = None
 
 
 class GrowingRequestTable(RequestTable):
@@ -181,8 +184,9 @@ class RealtimeEngine:
         self.power = _LiveSeries(gpu.tdp_w)
         self.share = _LiveSeries(1.0)
         self.device = _LiveSeries(1.0)
+        self.cooling = _LiveSeries(1.0)
         self.causes = LiveCauses(0.0, TICK_S, {name: self.share}, {name: _LiveSeries(1.0)}, {name: self.power},
-                                 {name: self.device})
+                                 device_slow={name: self.device}, thermal_r={name: self.cooling})
         self.table = GrowingRequestTable()
         self.events: list = []
         # The GPU starts warm, near the steady state of a light decode load (as in the simulator).
@@ -226,6 +230,15 @@ class RealtimeEngine:
             raise ValueError(f"power limit {w:g} W is outside what a {g.name} accepts ({g.min_power_w:g}-{g.tdp_w:g} W)")
         self.power.value = w
         return w
+
+    def set_cooling(self, r_factor: float) -> float:
+        """The GPU's thermal resistance to the air as a multiple of the healthy one (1: healthy cooling); from the
+        next tick its temperature follows it and the thermal control throttles the clock at the GPU's target."""
+        r = float(r_factor)
+        if not (math.isfinite(r) and 1.0 <= r <= 50.0):
+            raise ValueError(f"r_factor must lie in [1, 50], is {r_factor!r}")
+        self.cooling.value = r
+        return r
 
     @property
     def device_slowdown(self) -> float:

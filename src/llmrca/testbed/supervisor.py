@@ -173,6 +173,17 @@ class Supervisor:
         self.tlog.write("INFO", "killed {} (pid {}); restart after {} s", service, pid, f"{restart_after_s:g}")
         return pid
 
+    def hold_engine(self, service: str, restart_after_s: float) -> int | None:
+        """``service``'s engine is about to die by itself (a GPU fault): once it has, start it again only
+        ``restart_after_s`` from now (infinite: held until ``ensure_engine``). Returns its pid."""
+        m = self.procs.get(f"engine:{service}")
+        if m is None:
+            raise UnknownNameError(f"no engine for {service!r}")
+        m.held = True
+        m.restart_at = time.time() + restart_after_s
+        self.tlog.write("INFO", "holding {} down for {} s after its GPU fault", service, f"{restart_after_s:g}")
+        return m.popen.pid if m.popen is not None else None
+
     def ensure_engine(self, service: str) -> None:
         m = self.procs.get(f"engine:{service}")
         if m is not None and (m.popen is None or m.popen.poll() is not None):
@@ -614,7 +625,9 @@ class Supervisor:
         await loop.run_in_executor(None, inj.apply)
         started = time.time()
         rec = {"id": iid, "fault": fault, "target": target, "params": live.recorded(), "notes": inj.notes,
-               "inject_time": inject_time, "start": started, "end": inject_time + duration, "duration": duration,
+               "inject_time": inject_time, "start": started,
+               # a mechanism may hold the fault longer than asked (a GPU fault: until the replica is back)
+               "end": max(inject_time + duration, inj.end), "duration": duration,
                "method": inj.method, "containment": self.containment.mode,
                "indicator": fault_registry.get(fault).indicator,
                "lease": lease, "status": "active", "scaling": self.state["scaling"]}
