@@ -262,6 +262,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
                    timeout: float | None,
                    n_cases: int, view_methods: Mapping[str, list[str]] | None = None) -> tuple[Path, Path]:
     from llmrca.report import compare_views, comparison_markdown, to_html, to_markdown
+    from llmrca.report.detection import detection_markdown, diagnosis_markdown
     from llmrca.report.families import family_markdown
 
     last = history[-1]
@@ -300,6 +301,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
     for v in views:
         md.append(f"## {v} view\n")
         md.append(to_markdown(summaries[v]))
+        md.extend(t for t in (detection_markdown(results[v]), diagnosis_markdown(results[v])) if t)
     md.append("The rank each method gave the true root cause in every case is in report.html.\n")
     md_path = out / "report.md"
     _write_atomic(md_path, "\n".join(md).encode("utf-8"))

@@ -201,13 +201,16 @@ def report_cmd(
     """Accuracy (AC@1, AC@3, Avg@5) and time per method and fault type.  Example: llmrca report results -f md"""
     from llmrca.evaluate import load_results
     from llmrca.report import print_table, summarize, to_json, to_markdown
+    from llmrca.report.detection import detection_markdown, diagnosis_markdown
 
-    summary = summarize(load_results(result_dir))
+    results = load_results(result_dir)
+    summary = summarize(results)
     if fmt == "table":
         print_table(summary, out)
         return
     if fmt == "md":
-        text = to_markdown(summary)
+        text = "\n".join(t for t in (to_markdown(summary), detection_markdown(results),
+                                      diagnosis_markdown(results)) if t)
     elif fmt == "json":
         text = json.dumps(to_json(summary), indent=2) + "\n"
     else:
@@ -269,14 +272,14 @@ def faults_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
     """List the fault catalogue (one spec per fault type, shared by the simulator and injectors)."""
     from llmrca.faults import get, rows
 
-    items = [{"id": i, "layer": layer, "causes": ", ".join(get(i).causes), "parameters": p, "description": d}
+    items = [{"id": i, "kind": get(i).fault_kind, "layer": layer, "causes": ", ".join(get(i).causes), "parameters": p, "description": d}
              for i, layer, p, d in rows()]
     if as_json:
         _print_json(items)
         return
-    t = Table("id", "layer", "cause", "parameters (defaults)", "what it does")
+    t = Table("id", "kind", "layer", "cause", "parameters (defaults)", "what it does")
     for r in items:
-        t.add_row(r["id"], r["layer"], r["causes"], r["parameters"], r["description"])
+        t.add_row(r["id"], r["kind"], r["layer"], r["causes"], r["parameters"], r["description"])
     out.print(t)
 
 

@@ -75,10 +75,23 @@ class GroundTruth:
     start: float | None = None  # unix s
     end: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None  # the fault's kind where it differs from its type's registered kind; see fault_kind
 
     @property
     def is_normal(self) -> bool:
         return self.service is None
+
+    @property
+    def fault_kind(self) -> str:
+        """What a diagnosis should name: ``normal`` for a fault-free case, ``unknown`` where the truth is not
+        known, else the recorded kind or, when none is recorded, the registered kind of ``fault_type``."""
+        if self.fault_type in (NORMAL, UNKNOWN):
+            return self.fault_type
+        if self.kind:
+            return self.kind
+        from llmrca.faults import kind_of
+
+        return kind_of(self.fault_type)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +101,9 @@ class GroundTruth:
             "start": self.start,
             "end": self.end,
             "params": dict(self.params),
+            # Written only when it says more than the type does, so a case whose kind is its type's keeps its
+            # bytes (every case before kinds existed, and every fault whose kind is its id).
+            **({"kind": self.kind} if self.kind and self.kind != self.fault_type else {}),
         }
 
     @classmethod
@@ -100,6 +116,7 @@ class GroundTruth:
             start=_opt_float(d.get("start")),
             end=_opt_float(d.get("end")),
             params=dict(d.get("params") or {}),
+            kind=d.get("kind") or None,
         )
 
 

@@ -139,8 +139,8 @@ class CaseDesk:
             return Prepared(token, {}, None, frozenset(), error=f"error: case not loaded: {one_line(e)}",
                             trace=trace_text(e))
         truth = case.truth
-        info = {"fault_type": truth.fault_type, "root_cause": truth.service, "indicator": truth.indicator,
-                "n_candidates": len(obs.services)}
+        info = {"fault_type": truth.fault_type, "fault_kind": truth.fault_kind, "root_cause": truth.service,
+                "indicator": truth.indicator, "n_candidates": len(obs.services)}
         return Prepared(token, info, truth, frozenset(obs.metric_columns), blob=blob)
 
 
@@ -166,6 +166,8 @@ def answered_row(task: GridTask, prepared: Prepared, answer: dict[str, Any]) -> 
             row["status"] = f"error: MethodError: {e}"
             return row
         tr = rank_of_truth(ranking, prepared.truth, prepared.columns)
+        top = answer.get("top_score")
         row.update(rank=tr.rank, rank_fine=tr.rank_fine, fine_level=tr.fine_level,
-                   top5=json.dumps(ranking.services()[:5]))
+                   top5=json.dumps(ranking.services()[:5]),
+                   top_score=float("nan") if top is None else float(top), diagnosis=answer.get("diagnosis"))
     return row

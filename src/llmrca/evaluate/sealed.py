@@ -202,7 +202,10 @@ class Runner:
             answer.update(status=f"error: {one_line(e)}", trace=trace_text(e))
         else:
             if isinstance(ranking, Ranking):
-                answer.update(status="ok", candidates=[str(c) for c in ranking.candidates])
+                answer.update(status="ok", candidates=[str(c) for c in ranking.candidates],
+                              top_score=float(ranking.top_score),
+                              diagnosis=None if ranking.diagnosis is None else str(ranking.diagnosis),
+                              explanation=None if ranking.explanation is None else str(ranking.explanation))
             else:
                 answer.update(status=f"error: MethodError: rank() returned {type(ranking).__name__}, "
                                      "not a Ranking")
@@ -224,6 +227,12 @@ def read_answer(data: bytes) -> dict[str, Any]:
     cands = answer.get("candidates")
     if cands is not None and not (isinstance(cands, list) and all(isinstance(c, str) for c in cands)):
         raise ValueError("a worker answer's 'candidates' must be a list of strings")
+    top = answer.get("top_score")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, (int, float))):
+        raise ValueError("a worker answer's 'top_score' must be a number or null")
+    for key in ("diagnosis", "explanation"):
+        if answer.get(key) is not None and not isinstance(answer[key], str):
+            raise ValueError(f"a worker answer's {key!r} must be a string or null")
     return answer
 
 

@@ -64,6 +64,10 @@ COLUMNS: dict[str, str] = {
     "case_path": "string",
     "input_hash": "string",  # content hash of what made the row (llmrca.evaluate.desk); a resume reuses a row
     # only when it matches
+    # Added with fault kinds and fault-free scoring; absent (null) in results written before them, which still load.
+    "fault_kind": "string",  # the truth's kind (GroundTruth.fault_kind): what a diagnosis is scored against
+    "diagnosis": "string",  # the kind the method named (Ranking.diagnosis); null when it names none
+    "top_score": "float64",  # highest score of the ranking (Ranking.top_score); null when none / not ok
 }
 KEY = ("method", "case_id", "seed")
 

@@ -53,6 +53,15 @@ def rows() -> list[tuple[str, str, str, str]]:
     return [(s.id, s.layer, s.param_text(), s.description) for s in _SPECS.values()]
 
 
+def kind_of(fault_type: str | None) -> str:
+    """The kind of a case's fault type: ``normal``/``unknown`` as they are, a registered fault's ``fault_kind``,
+    and any other name (a fault of an imported data set) as itself."""
+    if not fault_type:
+        return "normal"
+    spec = _SPECS.get(fault_type)
+    return spec.fault_kind if spec is not None else fault_type
+
+
 __all__ = [
     "CAUSES",
     "STUDY_POWER_FRACTION",
@@ -65,6 +74,7 @@ __all__ = [
     "TargetFacts",
     "get",
     "ids",
+    "kind_of",
     "recorded",
     "register",
     "rows",

@@ -110,6 +110,12 @@ class FaultSpec:
     scale: Scale | None = None  # (params, strength) -> params: strength 1 = the defaults, 0 = no fault
     onset_lag_s: tuple[float, float] = (0.5, 1.5)  # manifest created -> effect begins (uniform range)
     end_lag_s: tuple[float, float] = (0.2, 1.0)  # fault's end -> effect removed
+    kind: str = ""  # the diagnosis class a method should name (several ids may share one); "" = the id
+
+    @property
+    def fault_kind(self) -> str:
+        """The fault's kind: ``kind`` where given, else its id (the one place this default is resolved)."""
+        return self.kind or self.id
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}

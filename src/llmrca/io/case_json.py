@@ -139,10 +139,11 @@ def _truth(r: _Reader, d: Any) -> GroundTruth | None:
     start = r.number(d, "start", "fault.start")
     end = r.number(d, "end", "fault.end")
     params = r.obj(d, "params", "fault.params")
+    kind = r.text(d, "kind", "fault.kind")
     if len(r.problems) > n:
         return None
     return GroundTruth(service=service, fault_type=ftype, indicator=indicator, start=start, end=end,
-                       params=dict(params))
+                       params=dict(params), kind=kind or None)
 
 
 def _topology(r: _Reader, d: Any) -> Topology:
