@@ -264,6 +264,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
     from llmrca.report import compare_views, comparison_markdown, to_html, to_markdown
     from llmrca.report.detection import detection_markdown, diagnosis_markdown
     from llmrca.report.families import family_markdown
+    from llmrca.report.multi import multi_markdown
 
     last = history[-1]
     total = sum(float(r.get("seconds", 0)) for r in history)
@@ -301,7 +302,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
     for v in views:
         md.append(f"## {v} view\n")
         md.append(to_markdown(summaries[v]))
-        md.extend(t for t in (detection_markdown(results[v]), diagnosis_markdown(results[v])) if t)
+        md.extend(t for t in (detection_markdown(results[v]), diagnosis_markdown(results[v]), multi_markdown(results[v])) if t)
     md.append("The rank each method gave the true root cause in every case is in report.html.\n")
     md_path = out / "report.md"
     _write_atomic(md_path, "\n".join(md).encode("utf-8"))

@@ -202,6 +202,7 @@ def report_cmd(
     from llmrca.evaluate import load_results
     from llmrca.report import print_table, summarize, to_json, to_markdown
     from llmrca.report.detection import detection_markdown, diagnosis_markdown
+    from llmrca.report.multi import multi_markdown
 
     results = load_results(result_dir)
     summary = summarize(results)
@@ -210,7 +211,7 @@ def report_cmd(
         return
     if fmt == "md":
         text = "\n".join(t for t in (to_markdown(summary), detection_markdown(results),
-                                      diagnosis_markdown(results)) if t)
+                                      diagnosis_markdown(results), multi_markdown(results)) if t)
     elif fmt == "json":
         text = json.dumps(to_json(summary), indent=2) + "\n"
     else:

@@ -140,7 +140,8 @@ class CaseDesk:
                             trace=trace_text(e))
         truth = case.truth
         info = {"fault_type": truth.fault_type, "fault_kind": truth.fault_kind, "root_cause": truth.service,
-                "indicator": truth.indicator, "n_candidates": len(obs.services)}
+                "indicator": truth.indicator, "n_candidates": len(obs.services),
+                "roots": json.dumps(list(truth.roots)) if truth.is_multi else None}
         return Prepared(token, info, truth, frozenset(obs.metric_columns), blob=blob)
 
 
@@ -169,5 +170,6 @@ def answered_row(task: GridTask, prepared: Prepared, answer: dict[str, Any]) -> 
         top = answer.get("top_score")
         row.update(rank=tr.rank, rank_fine=tr.rank_fine, fine_level=tr.fine_level,
                    top5=json.dumps(ranking.services()[:5]),
-                   top_score=float("nan") if top is None else float(top), diagnosis=answer.get("diagnosis"))
+                   top_score=float("nan") if top is None else float(top), diagnosis=answer.get("diagnosis"),
+                   rank_all=tr.rank_all)
     return row

@@ -68,6 +68,8 @@ COLUMNS: dict[str, str] = {
     "fault_kind": "string",  # the truth's kind (GroundTruth.fault_kind): what a diagnosis is scored against
     "diagnosis": "string",  # the kind the method named (Ranking.diagnosis); null when it names none
     "top_score": "float64",  # highest score of the ranking (Ranking.top_score); null when none / not ok
+    "roots": "string",  # JSON list of the root services of a multi-fault case; null for a single-fault one
+    "rank_all": "Int64",  # multi-fault: rank of the worst-placed root (all roots in top k); rank when one root
 }
 KEY = ("method", "case_id", "seed")
 
