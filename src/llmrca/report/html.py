@@ -16,6 +16,7 @@ import pandas as pd
 
 from llmrca.report.compare import ABSENT, ERROR, NO_ANSWER, NOT_RUN, TIMEOUT, case_ranks, compare_views
 from llmrca.report.detection import confusion, detection_summary, diagnosis_summary, has_diagnoses
+from llmrca.report.multi import multi_rows, multi_summary
 from llmrca.report.tables import (
     ALL,
     CHANCE,
@@ -109,6 +110,8 @@ def to_html(
     toc.append(("detection", "Fault-free runs: detection by top score"))
     if any(has_diagnoses(results[v]) for v in views):
         toc.append(("diagnosis", "Diagnosis accuracy per fault kind"))
+    if any(len(multi_rows(results[v])) for v in views):
+        toc.append(("multi", "Multi-fault cases"))
     toc += [("heatmap", "Heatmap of Avg@5"), ("cases", "Rank of the true root cause, per case"),
             ("how", "How to read this report")]
     parts.append("<ul>" + "".join(f'<li><a href="#{a}">{escape(t)}</a></li>' for a, t in toc) + "</ul>")
@@ -151,6 +154,12 @@ def to_html(
             for m in dict.fromkeys(diagnosis_summary(results[v])["method"]):
                 cm = confusion(results[v], m).reset_index().rename(columns={"fault_kind": "true \\ named"})
                 parts.append(f"<h4>{escape(m)}</h4>{_frame_table(cm)}")
+
+    if any(len(multi_rows(results[v])) for v in views):
+        parts.append('<h2 id="multi">Multi-fault cases</h2>')
+        parts.append('<p class="note">any: some root among the top k; all: every root among the top k.</p>')
+        for v in views:
+            parts.append(f"<h3>{escape(v)} view</h3>{_frame_table(multi_summary(results[v]))}")
 
     parts.append('<h2 id="heatmap">Heatmap of Avg@5 (method × fault type)</h2><div class="heatmaps">')
     for v in views:
