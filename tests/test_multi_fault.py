@@ -111,3 +111,23 @@ def test_report_has_a_multi_fault_section_and_keeps_it_out_of_the_main_tables():
                                                                                                0.5, 2)
     assert int(summarize(df, chance=False).query("fault_type == 'all'")["n"].iloc[0]) == 1
     assert "Multi-fault cases" in multi_markdown(df) and multi_markdown(df.iloc[:1]) == ""
+
+
+def test_suite_plans_multi_fault_cases_deterministically(tmp_path):
+    from llmrca.sim.suites import _make, plan
+
+    def multi(seed):
+        return [p for p in plan("demo", seed=seed, sets={"faults.multi": 2}) if p.case_id.startswith("multi/")]
+
+    first = multi(0)
+    assert [p.case_id for p in first] == [p.case_id for p in multi(0)]
+    assert [p.case_id for p in first] != [p.case_id for p in multi(1)]
+    assert not [p for p in plan("demo") if p.case_id.startswith("multi/")]  # no key, no multi-fault case
+    for p in first:
+        a, b = p.injection
+        assert a.target != b.target
+        assert p.case_id.startswith(f"multi/{a.fault}+{b.fault}/{a.target}+{b.target}/rep-")
+        assert b.start > p.config.inject_at and b.start + b.duration <= p.config.duration
+    path = _make(first[0], str(tmp_path), "demo", 0, {}, False)
+    case = load_case(path)
+    assert case.truth.roots == (first[0].injection[0].target, first[0].injection[1].target)
