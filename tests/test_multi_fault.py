@@ -131,3 +131,14 @@ def test_suite_plans_multi_fault_cases_deterministically(tmp_path):
     path = _make(first[0], str(tmp_path), "demo", 0, {}, False)
     case = load_case(path)
     assert case.truth.roots == (first[0].injection[0].target, first[0].injection[1].target)
+
+
+def test_rcaeval_export_warns_and_writes_the_first_root(tmp_path):
+    from llmrca.io.rcaeval import RcaevalWarning, write_case
+
+    case = planted_case(seed=4)
+    other = next(s for s in case.observation.services if s != case.truth.service)
+    multi = replace(case, truth=_two(case.truth, other))
+    with pytest.warns(RcaevalWarning, match=other):
+        folder = write_case(multi, tmp_path / "re")
+    assert folder.parent.name == f"{case.truth.service}_{case.truth.fault_type}"
