@@ -23,7 +23,8 @@ from llmrca.errors import LlmrcaError, UnknownNameError
 from llmrca.scenarios import toml_text
 
 TOP_KEYS = ("name", "description", "seed", "reps", "normal")
-FAULT_KEYS = ("types", "targets", "strength", "multi")
+FAULT_KEYS = ("types", "targets", "strength")
+MULTI_KEY = "multi"  # two-fault cases per repetition; kept out of FAULT_KEYS, whose text error messages list
 ALL_TABLES = (*TABLES, "faults")
 SUFFIX = ".toml"
 
@@ -235,7 +236,7 @@ def _with_faults(s: Scenario, doc: Mapping[str, Any], fail) -> Scenario:
     known_ids = registry.ids()
     given: dict[str, dict[str, Any]] = {}
     for k, v in doc.items():
-        if k in FAULT_KEYS:
+        if k in FAULT_KEYS or k == MULTI_KEY:
             continue
         if k not in known_ids:
             raise fail(f"unknown key faults.{k}: neither {', '.join(FAULT_KEYS)} nor a fault; known faults: "
