@@ -111,6 +111,9 @@ def test_report_has_a_multi_fault_section_and_keeps_it_out_of_the_main_tables():
                                                                                                0.5, 2)
     assert int(summarize(df, chance=False).query("fault_type == 'all'")["n"].iloc[0]) == 1
     assert "Multi-fault cases" in multi_markdown(df) and multi_markdown(df.iloc[:1]) == ""
+    from llmrca.report.html import to_html
+
+    assert 'id="multi"' in to_html({"all": df}) and 'id="multi"' not in to_html({"all": df.iloc[:1]})
 
 
 def test_suite_plans_multi_fault_cases_deterministically(tmp_path):
