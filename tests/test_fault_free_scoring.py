@@ -97,3 +97,16 @@ def test_html_report_shows_detection(run):
     df, _ = run
     page = to_html({"all": df})
     assert 'id="detection"' in page and "fake-shift" in page and 'id="diagnosis"' not in page
+
+
+def test_bench_prints_the_auroc(run):
+    from rich.console import Console
+
+    from llmrca.bench import print_detection
+
+    df, _ = run
+    console = Console(record=True, width=200)
+    print_detection(df, console)
+    text = console.export_text()
+    want = detection_summary(df).set_index("method").loc["fake-shift", "auroc"]
+    assert f"fake-shift {want:.2f}" in text and "fake-abstain n/a" in text
