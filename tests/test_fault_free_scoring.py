@@ -1,57 +1,112 @@
-"""Fault-free cases are scored: the top score of every ranking is stored, and the report gives, per method, the
-AUROC of that score separating fault cases from normal ones."""
+"""Fault-free cases are ranked too; the top score of each ranking separates fault from normal runs (AUROC)."""
 
-from __future__ import annotations
-
-import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
-from typer.testing import CliRunner
+import pytest
+from sklearn.metrics import roc_auc_score
 
-from llmrca import evaluate, find_cases, generate_suite
-from llmrca.cli import app
-from llmrca.report.separation import separation, separation_markdown
+from llmrca.case import GroundTruth
+from llmrca.evaluate import evaluate, load_results
+from llmrca.evaluate.store import rows_to_frame
+from llmrca.io import save_case
+from llmrca.methods.base import Ranking
+from llmrca.report import summarize
+from llmrca.report.detection import detection_markdown, detection_summary
+from llmrca.report.html import to_html
+from llmrca.synthetic import planted_case
 
-
-def _rows(method, kinds, tops, status="ok"):
-    return pd.DataFrame({"method": method, "fault_type": kinds, "top_score": tops, "status": status})
-
-
-def test_auroc_is_one_when_a_threshold_separates_and_half_when_scores_ignore_the_fault():
-    df = pd.concat([
-        _rows("sharp", ["cpu", "cpu", "normal", "normal"], [9.0, 7.0, 1.0, 2.0]),
-        _rows("blind", ["cpu", "cpu", "normal", "normal"], [3.0, 1.0, 3.0, 1.0]),
-        _rows("backwards", ["cpu", "normal"], [1.0, 5.0]),
-    ])
-    sep = separation(df).set_index("method")
-    assert sep.loc["sharp", "auroc"] == 1.0 and sep.loc["blind", "auroc"] == 0.5
-    assert sep.loc["backwards", "auroc"] == 0.0
-    assert sep.loc["sharp", "normal_top_median"] == 1.5 and sep.loc["sharp", "fault_top_median"] == 8.0
+pytestmark = pytest.mark.usefixtures("fakes")
 
 
-def test_failed_rows_and_non_finite_scores_are_left_out_and_counted():
-    df = pd.DataFrame({"method": "m", "fault_type": ["cpu", "cpu", "normal", "normal"],
-                       "top_score": [5.0, np.nan, 1.0, 9.0], "status": ["ok", "ok", "ok", "error: boom"]})
-    r = separation(df).iloc[0]
-    assert (r["fault_cases"], r["normal_cases"], r["left_out"], r["auroc"]) == (1, 1, 2, 1.0)
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ff")
+    paths = [str(save_case(planted_case(seed=s, fault_type="cpu"), root / f"fault{s}")) for s in range(3)]
+    for s in range(3):  # a normal case: no shift planted, no root cause
+        quiet = planted_case(seed=20 + s, shift=0.0)
+        quiet = replace(quiet, truth=GroundTruth(service=None))
+        paths.append(str(save_case(quiet, root / f"normal{s}")))
+    df = evaluate(paths, ["fake-shift", "fake-abstain"], root / "run", jobs=1, progress=False)
+    return df, root / "run"
 
 
-def test_no_normal_runs_gives_na_not_a_number():
-    r = separation(_rows("m", ["cpu", "gpu"], [1.0, 2.0])).iloc[0]
-    assert math.isnan(r["auroc"]) and "n/a" in separation_markdown(separation(_rows("m", ["cpu"], [1.0])))
+def test_top_score():
+    assert Ranking(("a", "b"), (0.5, 2.0)).top_score == 2.0
+    assert np.isnan(Ranking((), ()).top_score)
+    assert Ranking(("a", "b"), (float("nan"), 1.0)).top_score == 1.0
 
 
-def test_a_suite_with_normal_runs_is_scored_end_to_end(tmp_path):
-    generate_suite("demo", tmp_path / "cases", reps=1, normal=2, progress=False,
-                   sets=['faults.types=["cpu"]', 'faults.targets=["ray-replicas-0"]'])
-    cases = find_cases(tmp_path / "cases")
-    df = evaluate(cases, ["nsigma", "dummy"], tmp_path / "res", jobs=1, progress=False)
-    assert (df["fault_type"] == "normal").sum() == 4  # 2 normal runs x 2 methods, ranked like any case
-    ok = df[df["status"] == "ok"]
-    assert ok["top_score"].notna().all()
-    sep = separation(df).set_index("method")
-    assert sep.loc["nsigma", "normal_cases"] == 2 and np.isfinite(sep.loc["nsigma", "auroc"])
-    r = CliRunner().invoke(app, ["report", str(tmp_path / "res"), "-f", "md"])
-    assert r.exit_code == 0, r.output
-    assert "AUROC" in r.output and "nsigma" in r.output
+def test_normal_cases_are_ranked_and_keep_their_top_score(run):
+    df, _ = run
+    shift = df[df["method"] == "fake-shift"]
+    normal = shift[shift["fault_type"] == "normal"]
+    assert len(normal) == 3 and (normal["status"] == "ok").all() and normal["rank"].isna().all()
+    assert normal["fault_kind"].eq("normal").all()
+    assert np.isfinite(shift["top_score"].astype(float)).all()
+
+
+def test_auroc_is_that_of_the_top_scores(run):
+    df, folder = run
+    det = detection_summary(load_results(folder)).set_index("method")
+    shift = df[(df["method"] == "fake-shift")]
+    y = shift["root_cause"].notna().to_numpy(dtype=int)
+    want = roc_auc_score(y, shift["top_score"].astype(float))
+    assert det.loc["fake-shift", "auroc"] == pytest.approx(want)
+    assert det.loc["fake-shift", "auroc"] > 0.9  # a planted shift of 6 sigma against none
+    normal = shift.loc[shift["root_cause"].isna(), "top_score"].astype(float)
+    assert det.loc["fake-shift", "normal_median"] == pytest.approx(normal.median())
+    assert det.loc["fake-shift", "normal_p90"] == pytest.approx(np.percentile(normal, 90))
+    assert (det.loc["fake-shift", "n_fault"], det.loc["fake-shift", "n_normal"]) == (3, 3)
+    assert np.isnan(det.loc["fake-abstain", "auroc"])  # it never answers: no score, n/a
+    md = detection_markdown(df)
+    assert "| fake-abstain | metric | n/a |" in md
+
+
+def test_accuracy_tables_stay_on_fault_cases(run):
+    df, _ = run
+    summ = summarize(df)
+    assert int(summ[(summ["method"] == "fake-shift") & (summ["fault_type"] == "all")]["n"].iloc[0]) == 3
+
+
+def test_auroc_is_na_without_normal_runs(run):
+    df, _ = run
+    det = detection_summary(df[df["root_cause"].notna()])
+    assert det["auroc"].isna().all()
+    assert "n/a" in detection_markdown(df[df["root_cause"].notna()])
+
+
+def test_ties_count_half():
+    rows = [{"method": "m", "family": "metric", "case_id": f"c{i}", "seed": 0, "status": "ok",
+             "fault_type": "cpu" if i < 2 else "normal", "root_cause": "s" if i < 2 else None,
+             "top_score": 1.0} for i in range(4)]
+    assert detection_summary(rows_to_frame(rows))["auroc"].iloc[0] == 0.5
+
+
+def test_old_results_without_the_new_columns_load(tmp_path):
+    old = pd.DataFrame({"method": ["m"], "family": ["metric"], "case_id": ["c"], "seed": [0], "status": ["ok"],
+                        "fault_type": ["cpu"], "root_cause": ["s"], "rank": [1]})
+    old.to_parquet(tmp_path / "results.parquet")
+    df = load_results(tmp_path)
+    assert df["top_score"].isna().all() and df["diagnosis"].isna().all()
+    assert np.isnan(detection_summary(df)["auroc"].iloc[0])
+
+
+def test_html_report_shows_detection(run):
+    df, _ = run
+    page = to_html({"all": df})
+    assert 'id="detection"' in page and "fake-shift" in page and 'id="diagnosis"' not in page
+
+
+def test_bench_prints_the_auroc(run):
+    from rich.console import Console
+
+    from llmrca.bench import print_detection
+
+    df, _ = run
+    console = Console(record=True, width=200)
+    print_detection(df, console)
+    text = console.export_text()
+    want = detection_summary(df).set_index("method").loc["fake-shift", "auroc"]
+    assert f"fake-shift {want:.2f}" in text and "fake-abstain n/a" in text

@@ -150,6 +150,7 @@ def run_bench(
                                         view_methods=view_methods)
     for v in views:
         print_overview(summaries[v], console, title=f"{suite.name}: {v} view ({len(cases)} cases)")
+        print_detection(results[v], console)
     if len(views) > 1:
         print_comparison(summaries, console)
     done = ", ".join(f"{v}: {n} task(s) run" for v, n in computed.items())
@@ -262,7 +263,9 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
                    timeout: float | None,
                    n_cases: int, view_methods: Mapping[str, list[str]] | None = None) -> tuple[Path, Path]:
     from llmrca.report import compare_views, comparison_markdown, to_html, to_markdown
+    from llmrca.report.detection import detection_markdown, diagnosis_markdown
     from llmrca.report.families import family_markdown
+    from llmrca.report.multi import multi_markdown
 
     last = history[-1]
     total = sum(float(r.get("seconds", 0)) for r in history)
@@ -300,12 +303,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
     for v in views:
         md.append(f"## {v} view\n")
         md.append(to_markdown(summaries[v]))
-    from llmrca.report.separation import has_normal_cases, separation, separation_markdown
-
-    for v in views:
-        if has_normal_cases(results[v]):
-            md.append(f"## Fault-free runs, {v} view: does the top score see the fault?\n")
-            md.append(separation_markdown(separation(results[v])))
+        md.extend(t for t in (detection_markdown(results[v]), diagnosis_markdown(results[v]), multi_markdown(results[v])) if t)
     md.append("The rank each method gave the true root cause in every case is in report.html.\n")
     md_path = out / "report.md"
     _write_atomic(md_path, "\n".join(md).encode("utf-8"))
@@ -346,6 +344,19 @@ def print_overview(summary: pd.DataFrame, console: Console | None = None, *,
                       style="dim" if m == CHANCE else None)
     console.print(table)
     console.print("E/T/N: errors/timeouts/no answer. " + FAILURE_NOTE, style="dim", highlight=False)
+
+
+def print_detection(results: pd.DataFrame, console: Console | None = None) -> None:
+    """One line per suite: each method's AUROC of its top score, fault vs fault-free runs (n/a without any)."""
+    from llmrca.report.detection import detection_summary
+
+    console = console or Console()
+    det = detection_summary(results)
+    if det.empty:
+        return
+    cells = [f"{r['method']} {'n/a' if pd.isna(r['auroc']) else format(float(r['auroc']), '.2f')}"
+             for _, r in det.iterrows()]
+    console.print("Fault vs fault-free AUROC of the top score: " + ", ".join(cells), highlight=False)
 
 
 def print_comparison(summaries: Mapping[str, pd.DataFrame], console: Console | None = None,

@@ -201,22 +201,20 @@ def report_cmd(
     """Accuracy (AC@1, AC@3, Avg@5) and time per method and fault type.  Example: llmrca report results -f md"""
     from llmrca.evaluate import load_results
     from llmrca.report import print_table, summarize, to_json, to_markdown
-    from llmrca.report.separation import has_normal_cases, separation, separation_markdown
+    from llmrca.report.detection import detection_markdown, diagnosis_markdown
+    from llmrca.report.multi import multi_markdown
 
     results = load_results(result_dir)
     summary = summarize(results)
-    normal = has_normal_cases(results)
     if fmt == "table":
         print_table(summary, out)
-        if normal:
-            out.print("Fault-free runs: AUROC of the top score, fault vs normal cases (docs/evaluation.md)")
-            out.print(separation_markdown(separation(results)))
+        for extra in (detection_markdown(results), diagnosis_markdown(results), multi_markdown(results)):
+            if extra:  # the fault-free, diagnosis and multi-fault sections, when the results have such rows
+                out.print(extra)
         return
     if fmt == "md":
-        text = to_markdown(summary)
-        if normal:
-            text += "\n## Fault-free runs: does the top score see the fault?\n\n" + separation_markdown(
-                separation(results))
+        text = "\n".join(t for t in (to_markdown(summary), detection_markdown(results),
+                                      diagnosis_markdown(results), multi_markdown(results)) if t)
     elif fmt == "json":
         text = json.dumps(to_json(summary), indent=2) + "\n"
     else:
@@ -278,8 +276,8 @@ def faults_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
     """List the fault catalogue (one spec per fault type, shared by the simulator and injectors)."""
     from llmrca.faults import get, rows
 
-    items = [{"id": i, "kind": get(i).fault_kind, "layer": layer, "causes": ", ".join(get(i).causes),
-              "parameters": p, "description": d} for i, layer, p, d in rows()]
+    items = [{"id": i, "kind": get(i).fault_kind, "layer": layer, "causes": ", ".join(get(i).causes), "parameters": p, "description": d}
+             for i, layer, p, d in rows()]
     if as_json:
         _print_json(items)
         return

@@ -1,7 +1,7 @@
 """The case contract: telemetry + ground truth + topology, and its validation."""
 
 from llmrca.case.clean import constant_columns, fill_gaps
-from llmrca.case.model import NORMAL, Case, GroundTruth, Observation
+from llmrca.case.model import NORMAL, Case, FaultRecord, GroundTruth, Observation
 from llmrca.case.schema import (
     LOG_COLUMNS,
     TIME,
@@ -20,6 +20,7 @@ __all__ = [
     "TIME",
     "TRACE_COLUMNS",
     "Case",
+    "FaultRecord",
     "GroundTruth",
     "Observation",
     "Problem",

@@ -66,6 +66,37 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class FaultRecord:
+    """One fault of a case that holds several (a multi-fault case): what, where and when."""
+
+    fault_type: str
+    service: str
+    start: float | None = None
+    end: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    indicator: str | None = None
+    kind: str | None = None
+
+    @property
+    def fault_kind(self) -> str:
+        if self.kind:
+            return self.kind
+        from llmrca.faults import kind_of
+
+        return kind_of(self.fault_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.fault_type, "kind": self.fault_kind, "service": self.service,
+                "indicator": self.indicator, "start": self.start, "end": self.end, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FaultRecord:
+        return cls(fault_type=d.get("type") or UNKNOWN, service=d.get("service"), start=_opt_float(d.get("start")),
+                   end=_opt_float(d.get("end")), params=dict(d.get("params") or {}), indicator=d.get("indicator"),
+                   kind=d.get("kind") or None)
+
+
+@dataclass(frozen=True)
 class GroundTruth:
     """What was really done. Lives only in ``case.json``; methods never receive it."""
 
@@ -75,10 +106,37 @@ class GroundTruth:
     start: float | None = None  # unix s
     end: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None  # the fault's kind where it differs from its type's registered kind; see fault_kind
+    # A multi-fault case: every fault, the first being the one the fields above describe (kept for readers that
+    # know one root). Empty for a single-fault or normal case.
+    faults: tuple[FaultRecord, ...] = ()
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The root-cause services: every fault's, in order (one for a single-fault case, none when normal)."""
+        if self.faults:
+            return tuple(dict.fromkeys(f.service for f in self.faults))
+        return () if self.service is None else (self.service,)
+
+    @property
+    def is_multi(self) -> bool:
+        return len(self.faults) > 1
 
     @property
     def is_normal(self) -> bool:
         return self.service is None
+
+    @property
+    def fault_kind(self) -> str:
+        """What a diagnosis should name: ``normal`` for a fault-free case, ``unknown`` where the truth is not
+        known, else the recorded kind or, when none is recorded, the registered kind of ``fault_type``."""
+        if self.fault_type in (NORMAL, UNKNOWN):
+            return self.fault_type
+        if self.kind:
+            return self.kind
+        from llmrca.faults import kind_of
+
+        return kind_of(self.fault_type)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +146,11 @@ class GroundTruth:
             "start": self.start,
             "end": self.end,
             "params": dict(self.params),
+            # Written only when it says more than the type does, so a case whose kind is its type's keeps its
+            # bytes (every case before kinds existed, and every fault whose kind is its id).
+            **({"kind": self.kind} if self.kind and self.kind != self.fault_type else {}),
+            # Only a multi-fault case writes the list: a single-fault case.json keeps its bytes.
+            **({"faults": [f.to_dict() for f in self.faults]} if self.is_multi else {}),
         }
 
     @classmethod
@@ -100,6 +163,8 @@ class GroundTruth:
             start=_opt_float(d.get("start")),
             end=_opt_float(d.get("end")),
             params=dict(d.get("params") or {}),
+            kind=d.get("kind") or None,
+            faults=tuple(FaultRecord.from_dict(f) for f in d.get("faults") or ()),
         )
 
 

@@ -198,6 +198,7 @@ def validate_case(case) -> list[Problem]:
             out.append(_err("fault.service", f"{truth.service!r} contains '_' (service names use '-')"))
         elif truth.service not in case.observation.services:
             out.append(_warn("fault.service", f"{truth.service!r} appears in no metric, span or topology"))
+    out += _validate_faults(truth, case.observation.services)
     if _is_real(truth.start) and _is_real(truth.end) and truth.end < truth.start:
         out.append(_err("fault.end", f"{truth.end:g} is before fault.start {truth.start:g}"))
     return out
@@ -205,6 +206,29 @@ def validate_case(case) -> list[Problem]:
 
 def _is_real(v: object) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _validate_faults(truth, services: list[str]) -> list[Problem]:
+    """A multi-fault case: its first fault is the one the top-level fields describe, and each names a service
+    of the case (different services: two faults on one target are one fault to a ranking)."""
+    out: list[Problem] = []
+    if not truth.faults:
+        return out
+    first = truth.faults[0]
+    if (first.fault_type, first.service) != (truth.fault_type, truth.service):
+        out.append(_err("fault.faults[0]", f"is {first.fault_type!r} on {first.service!r} but fault.type/service "
+                                           f"are {truth.fault_type!r} on {truth.service!r} (the first fault is the "
+                                           "case's first root)"))
+    seen: set[str] = set()
+    for i, f in enumerate(truth.faults):
+        if f.service in seen:
+            out.append(_err(f"fault.faults[{i}].service", f"{f.service!r} is the target of an earlier fault"))
+        seen.add(f.service)
+        if f.service not in services:
+            out.append(_warn(f"fault.faults[{i}].service", f"{f.service!r} appears in no metric, span or topology"))
+        if _is_real(f.start) and _is_real(f.end) and f.end < f.start:
+            out.append(_err(f"fault.faults[{i}].end", f"{f.end:g} is before its start {f.start:g}"))
+    return out
 
 
 def _validate_truth(truth) -> list[Problem]:

@@ -139,8 +139,9 @@ class CaseDesk:
             return Prepared(token, {}, None, frozenset(), error=f"error: case not loaded: {one_line(e)}",
                             trace=trace_text(e))
         truth = case.truth
-        info = {"fault_type": truth.fault_type, "root_cause": truth.service, "indicator": truth.indicator,
-                "n_candidates": len(obs.services)}
+        info = {"fault_type": truth.fault_type, "fault_kind": truth.fault_kind, "root_cause": truth.service,
+                "indicator": truth.indicator, "n_candidates": len(obs.services),
+                "roots": json.dumps(list(truth.roots)) if truth.is_multi else None}
         return Prepared(token, info, truth, frozenset(obs.metric_columns), blob=blob)
 
 
@@ -159,8 +160,6 @@ def answered_row(task: GridTask, prepared: Prepared, answer: dict[str, Any]) -> 
     row = base_row(task, prepared)
     row.update(status=answer["status"], runtime_s=answer.get("runtime_s"), peak_mem_mb=answer.get("peak_mem_mb"))
     cands = answer.get("candidates")
-    if row["status"] == "ok" and answer.get("top_score") is not None:
-        row["top_score"] = float(answer["top_score"])
     if row["status"] == "ok" and cands is not None and prepared.truth is not None:
         try:
             ranking = Ranking(tuple(cands), (0.0,) * len(cands))
@@ -168,6 +167,9 @@ def answered_row(task: GridTask, prepared: Prepared, answer: dict[str, Any]) -> 
             row["status"] = f"error: MethodError: {e}"
             return row
         tr = rank_of_truth(ranking, prepared.truth, prepared.columns)
+        top = answer.get("top_score")
         row.update(rank=tr.rank, rank_fine=tr.rank_fine, fine_level=tr.fine_level,
-                   top5=json.dumps(ranking.services()[:5]))
+                   top5=json.dumps(ranking.services()[:5]),
+                   top_score=float("nan") if top is None else float(top), diagnosis=answer.get("diagnosis"),
+                   rank_all=tr.rank_all)
     return row

@@ -1,6 +1,8 @@
 """Accuracy scores of RCA rankings, as RCAEval defines them, and the chance baseline.
 
-AC@k  = share of cases whose true root cause is among the top k candidates.
+AC@k  = share of cases whose true root cause is among the top k candidates. A multi-fault case has several roots:
+        ``rank`` is the best root's ("any root in top k"), ``rank_all`` the worst's ("all roots in top k");
+        for a single-fault case both are the root's rank, so both read as the usual AC@k.
 Avg@k = mean of AC@1 .. AC@k.
 
 A case's rank is 1-based; a missing rank (None, NaN, pd.NA: the truth was absent from the ranking, or the
@@ -85,6 +87,17 @@ class TruthRanks:
     rank: int | None
     rank_fine: int | None
     fine_level: bool
+    rank_all: int | None = None  # multi-fault: the rank by which every root is in (worst root); = rank when one
+
+
+def _root_ranks(ranking: Ranking, truth: GroundTruth) -> tuple[int | None, int | None]:
+    """(any, all): the best root's rank and the worst root's (None if some root is absent). A single-fault case
+    has one root, so both are its rank; ``rank <= k`` is then "any root in top k", ``rank_all <= k`` "all"."""
+    ranks = [ranking.rank_of(s) for s in truth.roots]
+    found = [r for r in ranks if r is not None]
+    best = min(found) if found else None
+    worst = max(ranks) if ranks and all(r is not None for r in ranks) else None
+    return best, worst
 
 
 def truth_ranks(ranking: Ranking, truth: GroundTruth, obs: Observation) -> TruthRanks:
@@ -93,7 +106,7 @@ def truth_ranks(ranking: Ranking, truth: GroundTruth, obs: Observation) -> Truth
 
 def rank_of_truth(ranking: Ranking, truth: GroundTruth, columns: AbstractSet[str]) -> TruthRanks:
     """``truth_ranks`` given the observation's metric column names only (all the grid's runner keeps)."""
-    rank = ranking.rank_of(truth.service) if truth.service is not None else None
+    rank, rank_all = _root_ranks(ranking, truth)
     fine = truth.indicator is not None and any(c in columns for c in ranking.candidates)
     rank_fine = ranking.rank_of(truth.indicator, level="fine") if fine else None
-    return TruthRanks(rank, rank_fine, fine)
+    return TruthRanks(rank, rank_fine, fine, rank_all)

@@ -202,10 +202,10 @@ class Runner:
             answer.update(status=f"error: {one_line(e)}", trace=trace_text(e))
         else:
             if isinstance(ranking, Ranking):
-                # The top score too: on a fault-free case it says how sure the method was that something broke.
-                top = ranking.scores[0] if ranking.scores else math.nan
                 answer.update(status="ok", candidates=[str(c) for c in ranking.candidates],
-                              top_score=float(top) if math.isfinite(top) else None)
+                              top_score=float(ranking.top_score),
+                              diagnosis=None if ranking.diagnosis is None else str(ranking.diagnosis),
+                              explanation=None if ranking.explanation is None else str(ranking.explanation))
             else:
                 answer.update(status=f"error: MethodError: rank() returned {type(ranking).__name__}, "
                                      "not a Ranking")
@@ -230,6 +230,9 @@ def read_answer(data: bytes) -> dict[str, Any]:
     top = answer.get("top_score")
     if top is not None and (isinstance(top, bool) or not isinstance(top, (int, float))):
         raise ValueError("a worker answer's 'top_score' must be a number or null")
+    for key in ("diagnosis", "explanation"):
+        if answer.get(key) is not None and not isinstance(answer[key], str):
+            raise ValueError(f"a worker answer's {key!r} must be a string or null")
     return answer
 
 

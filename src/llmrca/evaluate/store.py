@@ -57,7 +57,6 @@ COLUMNS: dict[str, str] = {
     "fine_level": "boolean",  # the case is scored at fine-grained level for this method; null when not ok
     "n_candidates": "Int64",  # number of candidate services of the case
     "top5": "string",  # JSON list of the method's top-5 services
-    "top_score": "float64",  # the ranking's highest score (its scale is the method's own); null when not finite
     "runtime_s": "float64",  # wall time of rank() alone
     "peak_mem_mb": "float64",  # peak RSS growth of the worker during rank()
     "status": "string",  # "ok", "no-answer: <reason>", "error: <Type>: <message>" or "timeout"
@@ -65,6 +64,12 @@ COLUMNS: dict[str, str] = {
     "case_path": "string",
     "input_hash": "string",  # content hash of what made the row (llmrca.evaluate.desk); a resume reuses a row
     # only when it matches
+    # Added with fault kinds and fault-free scoring; absent (null) in results written before them, which still load.
+    "fault_kind": "string",  # the truth's kind (GroundTruth.fault_kind): what a diagnosis is scored against
+    "diagnosis": "string",  # the kind the method named (Ranking.diagnosis); null when it names none
+    "top_score": "float64",  # highest score of the ranking (Ranking.top_score); null when none / not ok
+    "roots": "string",  # JSON list of the root services of a multi-fault case; null for a single-fault one
+    "rank_all": "Int64",  # multi-fault: rank of the worst-placed root (all roots in top k); rank when one root
 }
 KEY = ("method", "case_id", "seed")
 

@@ -56,14 +56,11 @@ def rows() -> list[tuple[str, str, str, str]]:
     return [(s.id, s.layer, s.param_text(), s.description) for s in _SPECS.values()]
 
 
-def kinds() -> dict[str, str]:
-    """Fault id -> its kind (what a diagnosis names), every registered fault."""
-    return {s.id: s.fault_kind for s in _SPECS.values()}
-
-
-def kind_of(fault_type: str) -> str:
-    """The kind of a case's fault type: the registry's kind, ``normal`` / ``unknown`` as they are, and an id the
-    registry does not know (a case from elsewhere) as itself."""
+def kind_of(fault_type: str | None) -> str:
+    """The kind of a case's fault type: ``normal``/``unknown`` as they are, a registered fault's ``fault_kind``,
+    and any other name (a fault of an imported data set) as itself."""
+    if not fault_type:
+        return "normal"
     spec = _SPECS.get(fault_type)
     return spec.fault_kind if spec is not None else fault_type
 
@@ -82,7 +79,6 @@ __all__ = [
     "get",
     "ids",
     "kind_of",
-    "kinds",
     "recorded",
     "register",
     "rows",

@@ -147,12 +147,11 @@ class FaultSpec:
     scale: Scale | None = None  # (params, strength) -> params: strength 1 = the defaults, 0 = no fault
     onset_lag_s: tuple[float, float] = (0.5, 1.5)  # manifest created -> effect begins (uniform range)
     end_lag_s: tuple[float, float] = (0.2, 1.0)  # fault's end -> effect removed
-    # The fault type a diagnosing method's verdict is compared with; empty = the fault's id. Two faults share a
-    # kind only when no telemetry could tell them apart by cause (none do yet).
-    kind: str = ""
+    kind: str = ""  # the diagnosis class a method should name (several ids may share one); "" = the id
 
     @property
     def fault_kind(self) -> str:
+        """The fault's kind: ``kind`` where given, else its id (the one place this default is resolved)."""
         return self.kind or self.id
 
     def defaults(self) -> dict[str, Any]:

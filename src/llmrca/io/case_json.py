@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrca.case import NORMAL, GroundTruth, Topology
-from llmrca.case.model import UNKNOWN
+from llmrca.case.model import UNKNOWN, FaultRecord
 from llmrca.case.validation import Problem
 from llmrca.errors import CaseError
 
@@ -139,10 +139,40 @@ def _truth(r: _Reader, d: Any) -> GroundTruth | None:
     start = r.number(d, "start", "fault.start")
     end = r.number(d, "end", "fault.end")
     params = r.obj(d, "params", "fault.params")
+    kind = r.text(d, "kind", "fault.kind")
+    faults = _faults(r, d.get("faults"))
     if len(r.problems) > n:
         return None
     return GroundTruth(service=service, fault_type=ftype, indicator=indicator, start=start, end=end,
-                       params=dict(params))
+                       params=dict(params), kind=kind or None, faults=faults)
+
+
+def _faults(r: _Reader, items: Any) -> tuple[FaultRecord, ...]:
+    """``fault.faults`` of a multi-fault case: a list of objects each with a type and a service (optional)."""
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        r.bad("fault.faults", f"must be a list, is {_kind(items)}")
+        return ()
+    out = []
+    for i, f in enumerate(items):
+        where = f"fault.faults[{i}]"
+        if not isinstance(f, dict):
+            r.bad(where, f"must be an object, is {_kind(f)}")
+            continue
+        ftype, service = r.text(f, "type", f"{where}.type"), r.text(f, "service", f"{where}.service")
+        if not ftype:
+            r.bad(f"{where}.type", "missing; every fault of a multi-fault case names its type")
+        if not service:
+            r.bad(f"{where}.service", "missing; every fault of a multi-fault case names its service")
+        n = len(r.problems)
+        rec = FaultRecord(fault_type=ftype or "", service=service or "", start=r.number(f, "start", f"{where}.start"),
+                          end=r.number(f, "end", f"{where}.end"), params=dict(r.obj(f, "params", f"{where}.params")),
+                          indicator=r.text(f, "indicator", f"{where}.indicator"),
+                          kind=r.text(f, "kind", f"{where}.kind") or None)
+        if len(r.problems) == n and ftype and service:
+            out.append(rec)
+    return tuple(out)
 
 
 def _topology(r: _Reader, d: Any) -> Topology:

@@ -632,6 +632,10 @@ def write_case(case: Case, out_dir: str | Path, *, overwrite: bool = False) -> P
     if obs.inject_time is None:
         raise CaseError([Problem("error", "inject_time", "RCAEval's layout needs an injection time")],
                         where=f"case {case.id!r}")
+    if case.truth.is_multi:  # RCAEval's folder names carry one root cause
+        warnings.warn(f"case {case.id!r} holds {len(case.truth.faults)} faults (roots "
+                      f"{', '.join(case.truth.roots)}); RCAEval's layout names one root cause, so only the first "
+                      f"({case.truth.fault_type} on {case.truth.service}) is written", RcaevalWarning, stacklevel=2)
     group, renamed_fault = _group_name(case)
     group_dir = Path(out_dir) / group
     rep = _repetition(case.id, group_dir)

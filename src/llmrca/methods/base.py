@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol, runtime_checkable
@@ -24,6 +25,8 @@ class Ranking:
 
     candidates: tuple[str, ...]
     scores: tuple[float, ...]
+    diagnosis: str | None = None  # the fault kind the method names (``llmrca faults`` lists kinds), if it does
+    explanation: str | None = None  # why, in words, for a reader of the report
 
     def __post_init__(self) -> None:
         if len(self.candidates) != len(self.scores):
@@ -40,6 +43,12 @@ class Ranking:
         key = np.where(np.isnan(s), -np.inf, s)
         order = sorted(range(len(names)), key=lambda i: (-key[i], names[i]))
         return cls(tuple(names[i] for i in order), tuple(float(s[i]) for i in order))
+
+    @property
+    def top_score(self) -> float:
+        """The highest score of the ranking (how sure the method is that something is wrong); NaN if none."""
+        finite = [s for s in self.scores if not math.isnan(s)]
+        return max(finite) if finite else float("nan")
 
     def __len__(self) -> int:
         return len(self.candidates)

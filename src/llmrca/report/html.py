@@ -15,6 +15,8 @@ from html import escape
 import pandas as pd
 
 from llmrca.report.compare import ABSENT, ERROR, NO_ANSWER, NOT_RUN, TIMEOUT, case_ranks, compare_views
+from llmrca.report.detection import confusion, detection_summary, diagnosis_summary, has_diagnoses
+from llmrca.report.multi import multi_rows, multi_summary
 from llmrca.report.tables import (
     ALL,
     CHANCE,
@@ -61,6 +63,19 @@ details summary{cursor:pointer;font-weight:600;margin:8px 0}
 """
 
 
+def _frame_table(frame: pd.DataFrame) -> str:
+    """A small frame as a plain HTML table (floats to 3 significant digits, NaN as n/a)."""
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else f"{v:.3g}"
+        return escape(str(v))
+
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>"
+                   for r in frame.itertuples(index=False))
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def to_html(
     results: Mapping[str, pd.DataFrame],
     *,
@@ -92,6 +107,11 @@ def to_html(
         toc.append(("compare", f"{' vs '.join(views)}: side by side"))
     toc.append(("families", "Method families"))
     toc += [(f"acc-{i}", f"Accuracy, {v} view") for i, v in enumerate(views)]
+    toc.append(("detection", "Fault-free runs: detection by top score"))
+    if any(has_diagnoses(results[v]) for v in views):
+        toc.append(("diagnosis", "Diagnosis accuracy per fault kind"))
+    if any(len(multi_rows(results[v])) for v in views):
+        toc.append(("multi", "Multi-fault cases"))
     toc += [("heatmap", "Heatmap of Avg@5"), ("cases", "Rank of the true root cause, per case"),
             ("how", "How to read this report")]
     parts.append("<ul>" + "".join(f'<li><a href="#{a}">{escape(t)}</a></li>' for a, t in toc) + "</ul>")
@@ -116,6 +136,30 @@ def to_html(
     for i, v in enumerate(views):
         parts.append(f'<h2 id="acc-{i}">Accuracy, {escape(v)} view</h2>')
         parts.append(_accuracy_table(summaries[v], confidence))
+
+    parts.append('<h2 id="detection">Fault-free runs: detection by top score</h2>')
+    parts.append('<p class="note">AUROC of each method\'s top score separating fault cases (positive) from '
+                 "normal cases (negative): scale-free, so it compares methods whose scores are on different "
+                 "scales; n/a without normal runs. Median and p90: the top score on normal runs.</p>")
+    for v in views:
+        parts.append(f"<h3>{escape(v)} view</h3>{_frame_table(detection_summary(results[v]))}")
+    if any(has_diagnoses(results[v]) for v in views):
+        parts.append('<h2 id="diagnosis">Diagnosis accuracy per fault kind</h2>')
+        parts.append('<p class="note">Share of fault runs whose diagnosis names the fault\'s kind (no '
+                     "diagnosis counts as wrong), and each method's confusion matrix (rows: true kind).</p>")
+        for v in views:
+            if not has_diagnoses(results[v]):
+                continue
+            parts.append(f"<h3>{escape(v)} view</h3>{_frame_table(diagnosis_summary(results[v]))}")
+            for m in dict.fromkeys(diagnosis_summary(results[v])["method"]):
+                cm = confusion(results[v], m).reset_index().rename(columns={"fault_kind": "true \\ named"})
+                parts.append(f"<h4>{escape(m)}</h4>{_frame_table(cm)}")
+
+    if any(len(multi_rows(results[v])) for v in views):
+        parts.append('<h2 id="multi">Multi-fault cases</h2>')
+        parts.append('<p class="note">any: some root among the top k; all: every root among the top k.</p>')
+        for v in views:
+            parts.append(f"<h3>{escape(v)} view</h3>{_frame_table(multi_summary(results[v]))}")
 
     parts.append('<h2 id="heatmap">Heatmap of Avg@5 (method × fault type)</h2><div class="heatmaps">')
     for v in views:

@@ -1,7 +1,8 @@
 """Accuracy tables of evaluation results: per method × fault type and overall, as the reference study has.
 
 Conventions:
-- Only fault cases are scored: rows of normal cases (no root cause) are left out of every table.
+- Only fault cases are scored: rows of normal cases (no root cause) are left out of every table, and so are rows
+  of multi-fault cases (``llmrca.report.multi`` scores those; ``llmrca.report.detection`` the normal ones).
 - A task that gives no ranking counts as a miss in AC@k/Avg@k and once in its own column: ``errors``
   (``error: …``, the method crashed or could not run), ``timeouts`` (``timeout``) or ``no_answer``
   (``no-answer: …``, the method ran and abstained: nothing abnormal to blame; ``llmrca.report.status``);
@@ -100,6 +101,8 @@ def summarize(
     df = df.copy()
     df["fault_type"] = df["fault_type"].astype(object).where(df["fault_type"].notna(), UNKNOWN)
     df = df[df["root_cause"].notna() | (df["fault_type"] == UNKNOWN)]  # normal cases are not scored
+    if "roots" in df.columns:  # multi-fault cases have their own section (llmrca.report.multi)
+        df = df[df["roots"].isna()]
     rank_col = "rank"
     if level == "fine":
         rank_col = "rank_fine"

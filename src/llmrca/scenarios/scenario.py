@@ -24,6 +24,7 @@ from llmrca.scenarios import toml_text
 
 TOP_KEYS = ("name", "description", "seed", "reps", "normal")
 FAULT_KEYS = ("types", "targets", "strength")
+MULTI_KEY = "multi"  # two-fault cases per repetition; kept out of FAULT_KEYS, whose text error messages list
 ALL_TABLES = (*TABLES, "faults")
 SUFFIX = ".toml"
 
@@ -45,6 +46,7 @@ class Scenario:
     reps: int = 1  # repetitions per (fault, target)
     normal: int = 0  # fault-free runs
     seed: int = 0  # suite seed: every case's seed derives from it
+    multi: int = 0  # two-fault cases per repetition ([faults] multi; llmrca.sim.suites.multi_specs)
     source: str = field(default="", compare=False)  # where it was read from, for messages
 
     def params(self, fault: str) -> dict[str, Any]:
@@ -64,6 +66,8 @@ class Scenario:
         faults: dict[str, Any] = {"types": list(self.faults),
                                   "targets": list(self.targets) if self.targets is not None else None,
                                   "strength": self.strength}
+        if self.multi:  # written only when set, so a scenario without multi-fault cases keeps its text
+            faults["multi"] = self.multi
         for fid, given in self.fault_params.items():
             faults[fid] = dict(given)
         doc["faults"] = faults
@@ -233,7 +237,7 @@ def _with_faults(s: Scenario, doc: Mapping[str, Any], fail) -> Scenario:
     known_ids = registry.ids()
     given: dict[str, dict[str, Any]] = {}
     for k, v in doc.items():
-        if k in FAULT_KEYS:
+        if k in FAULT_KEYS or k == MULTI_KEY:
             continue
         if k not in known_ids:
             raise fail(f"unknown key faults.{k}: neither {', '.join(FAULT_KEYS)} nor a fault; known faults: "
@@ -254,7 +258,10 @@ def _with_faults(s: Scenario, doc: Mapping[str, Any], fail) -> Scenario:
     targets = doc.get("targets")
     if targets is not None:
         targets = tuple(_typed_list(targets, "faults.targets", fail))
-    s = replace(s, targets=targets, strength=strength, fault_params=given)
+    multi = int(_typed(doc.get("multi", 0), "faults.multi", int, fail))
+    if multi < 0:
+        raise fail(f"faults.multi must be >= 0, is {multi}")
+    s = replace(s, targets=targets, strength=strength, fault_params=given, multi=multi)
     topo = deployment(s.deploy).topology()
     for fid in dict.fromkeys((*s.faults, *given)):
         try:

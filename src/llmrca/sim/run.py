@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Any
@@ -14,7 +15,7 @@ import pandas as pd
 
 from llmrca import __version__
 from llmrca import faults as fault_registry
-from llmrca.case import Case, GroundTruth, Observation
+from llmrca.case import Case, FaultRecord, GroundTruth, Observation
 from llmrca.faults import Injection, Perturbation
 from llmrca.sim import environment as envmod
 from llmrca.sim import workload as wlmod
@@ -143,14 +144,45 @@ def _resolve_injection(config: SimConfig, dep: Deployment, injection: Injection 
     return perts, info, applied
 
 
-def run(config: SimConfig | None = None, fault: Injection | None = None, seed: int = 0) -> SimRun:
-    """Simulate one run and build its metrics; traces and logs come from the record (see ``simulate``)."""
+Faults = Injection | Sequence[Injection] | None
+
+
+def _injections(fault: Faults) -> list[Injection]:
+    """One injection, a list of them (a multi-fault run: each on its own target) or none, as a list."""
+    if fault is None:
+        return []
+    items = [fault] if isinstance(fault, Injection) else list(fault)
+    bad = [type(i).__name__ for i in items if not isinstance(i, Injection)]
+    if bad:
+        raise TypeError(f"fault: expected Injection(s), got {', '.join(bad)}")
+    targets = [i.target for i in items]
+    dup = sorted({t for t in targets if targets.count(t) > 1})
+    if dup:
+        raise fault_registry.FaultParamError(f"fault: two faults target {', '.join(dup)}; a multi-fault run puts "
+                                             "each fault on a different target")
+    return items
+
+
+def run(config: SimConfig | None = None, fault: Faults = None, seed: int = 0) -> SimRun:
+    """Simulate one run and build its metrics; traces and logs come from the record (see ``simulate``).
+
+    ``fault``: one ``Injection``, or a list of them on different targets (a multi-fault run: the perturbations of
+    all go into the one environment; the first is the truth's first root). A list of one is the single run.
+    """
     cfg = config or SimConfig()
     dep = deployment(cfg)
     gpu = cfg.gpu_kind
     model = cfg.model_spec
     var = draw_variation(cfg, dep, stream(seed, _S_VAR))
-    perts, finfo, params = _resolve_injection(cfg, dep, fault, stream(seed, _S_FAULT), seed)
+    injections = _injections(fault)
+    fault = injections[0] if injections else None
+    frng = stream(seed, _S_FAULT)
+    perts, finfo, params = _resolve_injection(cfg, dep, fault, frng, seed)
+    # Later faults draw their lags from the same stream after the first's, so the first fault (and a
+    # single-fault run) is drawn exactly as before.
+    more = [(inj, *_resolve_injection(cfg, dep, inj, frng, seed)) for inj in injections[1:]]
+    for _, p2, _, _ in more:
+        perts = perts + p2
 
     # The simulated span: the load starts `warmup` before t=0; engines run from a rate window earlier still.
     t_sim0 = -max(cfg.warmup, cfg.rate_window + cfg.step)
@@ -213,6 +245,11 @@ def run(config: SimConfig | None = None, fault: Injection | None = None, seed: i
         base = {"type": spec.id, "params": dict(params), "inject_time": inject_time, "injector": spec.kubernetes}
         events.append((finfo["on"], tgt, "fault_start", base))
         events.append((finfo["off"], tgt, "fault_end", {"type": spec.id, "params": dict(params)}))
+        for inj, _, fi, pa in more:
+            ev_base = {"type": fi["spec"].id, "params": dict(pa), "inject_time": start + fi["start"],
+                       "injector": fi["spec"].kubernetes}
+            events.append((fi["on"], inj.target, "fault_start", ev_base))
+            events.append((fi["off"], inj.target, "fault_end", {"type": fi["spec"].id, "params": dict(pa)}))
     from llmrca.sim import metrics as metmod
 
     logs = {r: e.log.arrays() for r, e in engines.items()}
@@ -222,9 +259,16 @@ def run(config: SimConfig | None = None, fault: Injection | None = None, seed: i
 
     if finfo:
         spec = finfo["spec"]
+        records: tuple[FaultRecord, ...] = ()
+        if more:
+            records = (FaultRecord(spec.id, fault.target, inject_time, inject_time + finfo["duration"],
+                                   dict(params), f"{fault.target}_{spec.indicator}"),)
+            records += tuple(FaultRecord(fi["spec"].id, inj.target, start + fi["start"],
+                                         start + fi["start"] + fi["duration"], dict(pa),
+                                         f"{inj.target}_{fi['spec'].indicator}") for inj, _, fi, pa in more)
         truth = GroundTruth(
             service=fault.target, fault_type=spec.id, indicator=f"{fault.target}_{spec.indicator}",
-            start=inject_time, end=inject_time + finfo["duration"], params=dict(params),
+            start=inject_time, end=inject_time + finfo["duration"], params=dict(params), faults=records,
         )
     else:
         truth = GroundTruth(service=None)
@@ -561,14 +605,16 @@ def _jsonable(f: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def simulate(config: SimConfig | None = None, fault: Injection | None = None, seed: int = 0, *,
+def simulate(config: SimConfig | None = None, fault: Faults = None, seed: int = 0, *,
              traces: bool = True, logs: bool = True, case_id: str | None = None,
              provenance: dict[str, Any] | None = None) -> Case:
     """One run as a native ``Case``: metrics (study and full view), traces and logs, ground truth, topology.
 
     ``traces``/``logs`` False leave those frames empty (a metrics-only case is faster to make).
     """
-    sim = run(config, fault, seed)
+    injections = _injections(fault)
+    sim = run(config, injections, seed)
+    fault = injections[0] if injections else None
     cfg = sim.config
     rec = sim.record
     obs_traces = obs_logs = None
@@ -589,5 +635,8 @@ def simulate(config: SimConfig | None = None, fault: Injection | None = None, se
     prov = {"generator": "llmrca.sim", "version": __version__, "seed": int(seed), "config": cfg.to_dict()}
     if fault is not None:
         prov["fault"] = {"fault": fault.fault, "target": fault.target, "params": dict(sim.truth.params)}
+    if len(injections) > 1:
+        prov["faults"] = [{"fault": i.fault, "target": i.target, "params": dict(f.params)}
+                          for i, f in zip(injections, sim.truth.faults, strict=True)]
     prov.update(provenance or {})
     return Case(id=case_id, observation=obs, truth=sim.truth, system="llmrca-sim", provenance=prov)

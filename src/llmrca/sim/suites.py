@@ -54,7 +54,7 @@ def get_suite(name: str) -> Scenario:
 class CaseSpec:
     case_id: str  # also the folder, relative to the suite's root
     config: SimConfig
-    injection: Injection | None
+    injection: Injection | tuple[Injection, ...] | None  # a tuple: a multi-fault case
     seed: int
     rep: int
 
@@ -149,9 +149,57 @@ def plan_of(s: Scenario) -> list[CaseSpec]:
                 cid = f"{f}/{target}/rep-{rep:0{width}d}"
                 out.append(CaseSpec(cid, config, Injection(f, target, params), derive_seed(s.seed, f, target, rep),
                                     rep))
+    out += multi_specs(s, width)
     for rep in range(s.normal):
         out.append(CaseSpec(f"normal/rep-{rep:0{width}d}", config, None, derive_seed(s.seed, "normal", "", rep),
                             rep))
+    return out
+
+
+PLACEMENTS = ("overlap", "sequence")
+
+
+def multi_specs(s: Scenario, width: int = 2) -> list[CaseSpec]:
+    """``multi`` two-fault cases per repetition: the pair of fault types (two different ones where the scenario
+    has two), their targets (different services) and the placement drawn from the suite seed. ``overlap``: the
+    second fault starts halfway through the first; ``sequence``: when the first ends. The second lasts the
+    fault duration, cut to end with the run. Named ``multi/<f1>+<f2>/<t1>+<t2>/rep-NN``, NN counting the
+    repetition's cases (rep × multi + i)."""
+    import numpy as np
+
+    from llmrca.sim.run import derive_seed
+
+    if not s.multi or not s.faults:
+        return []
+    config = s.deploy
+    topo = deployment(config).topology()
+    start, dur, end = float(config.inject_at), float(config.fault_duration), float(config.duration)
+    targets = {f: [t for t in fault_registry.get(f).target_services(topo) if s.targets is None or t in s.targets]
+               for f in s.faults}
+    width = max(width, len(str(max(s.reps * s.multi, 1) - 1)))
+    out: list[CaseSpec] = []
+    for rep in range(s.reps):
+        for i in range(s.multi):
+            rng = np.random.default_rng(derive_seed(s.seed, "multi", rep, i))
+            kinds = list(s.faults)
+            f1 = kinds[int(rng.integers(len(kinds)))]
+            rest = [f for f in kinds if f != f1] or kinds
+            f2 = rest[int(rng.integers(len(rest)))]
+            t1 = targets[f1][int(rng.integers(len(targets[f1])))]
+            others = [t for t in targets[f2] if t != t1]
+            if not others:
+                raise UnknownNameError(f"faults.multi: the {f2} fault has no target other than {t1}")
+            t2 = others[int(rng.integers(len(others)))]
+            placement = PLACEMENTS[int(rng.integers(len(PLACEMENTS)))]
+            second = start + (dur / 2 if placement == "overlap" else dur)
+            if second >= end:
+                raise UnknownNameError(f"faults.multi: a {placement} second fault would start at {second:g} s, "
+                                       f"after the run's end ({end:g} s)")
+            n = rep * s.multi + i
+            cid = f"multi/{f1}+{f2}/{t1}+{t2}/rep-{n:0{width}d}"
+            pair = (Injection(f1, t1, s.params(f1)),
+                    Injection(f2, t2, s.params(f2), start=second, duration=min(dur, end - second)))
+            out.append(CaseSpec(cid, config, pair, derive_seed(s.seed, "multi", f1, f2, t1, t2, n), rep))
     return out
 
 
