@@ -1,6 +1,6 @@
 """GPU hardware faults: a GPU that falls off the bus (Xid 79), an uncorrectable ECC error (Xid 48 / 94), and thermal
 throttling from degraded cooling. Each perturbs one cause of the system model (``gpu_lost``, ``gpu_ecc``,
-``gpu_cooling``); what the telemetry shows follows from the model (docs/faults.d/gpu.md).
+``gpu_cooling``); what the telemetry shows follows from the model (docs/faults.md, "GPU hardware faults").
 
 Sources: NVIDIA's Xid catalogue (Xid 79 "GPU has fallen off the bus", 48 "DBE", 94 "contained ECC error", 95
 "uncontained"), its A100/H100 memory error management notes (row remapping, pending until a GPU reset) and the DCGM

@@ -1,6 +1,6 @@
 """Replica-level faults: a replica whose engine crashes again and again (``replica-crash-loop``), one replica slower
 than its peers (``straggler``), packet loss towards one replica (``network-loss``). Documented in
-docs/faults.d/replica.md."""
+docs/faults.md, "Replica faults"."""
 
 from __future__ import annotations
 

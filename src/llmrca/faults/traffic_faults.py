@@ -3,7 +3,7 @@ Serve proxy (``proxy-overload``) and a misconfigured router (``routing-skew``).
 
 Their root causes are not replicas: the workload's client (the ``loadgen`` node, present when the deployment sets
 ``workload.workload_node``) and the Serve HTTP proxy in the Ray head pod. What each does to the replicas follows
-from the model: longer prefills, a queue in the proxy, one replica's queue. Docs: docs/faults.d/traffic.md.
+from the model: longer prefills, a queue in the proxy, one replica's queue. Docs: docs/faults.md, "Traffic faults".
 """
 
 from __future__ import annotations
