@@ -25,7 +25,7 @@ def fakes():
 #   run with no other module beside them (every other module holds the machine lock shared, they hold it alone).
 SERIAL = {"test_engine_parity", "test_gpu_host", "test_ray_executor", "test_testbed_e2e", "test_testbed_hang_kv",
           "test_testbed_hardening", "test_testbed_units", "test_vllm_e2e", "test_vllm_engine_units",
-          "test_replica_faults_live"}
+          "test_replica_faults_live", "test_gpu_faults_live", "test_traffic_faults_live"}
 ALONE = {"test_vllm_e2e"}
 
 
