@@ -145,3 +145,24 @@ def test_rcaeval_export_warns_and_writes_the_first_root(tmp_path):
     with pytest.warns(RcaevalWarning, match=other):
         folder = write_case(multi, tmp_path / "re")
     assert folder.parent.name == f"{case.truth.service}_{case.truth.fault_type}"
+
+
+def test_each_fault_of_a_two_fault_case_must_show_against_the_run_without_it():
+    """The second fault of a pair is checked on its own: a pair with an invisible fault (a power cap above the
+    GPU's draw) is refused, naming that fault, though the other fault is loud."""
+    import pytest
+
+    from llmrca.faults import Injection
+    from llmrca.sim.config import SimConfig
+    from llmrca.sim.run import simulate
+    from llmrca.sim.twin import NoObservableEffectError, check
+
+    cfg = SimConfig(duration=240.0, inject_at=120.0, fault_duration=60.0)
+    loud = Injection("cpu", "ray-replicas-1")
+    pair = [loud, Injection("network", "ray-replicas-2")]
+    case = simulate(cfg, pair, 3)
+    moved = check(case, cfg, 3, pair)
+    assert {m.column.split("_", 1)[0] for m in moved} >= {"ray-replicas-1"}
+    silent = [loud, Injection("gpu", "ray-replicas-2", {"power_limit_w": 400.0})]
+    with pytest.raises(NoObservableEffectError, match=r"'gpu' on 'ray-replicas-2' \(fault 2 of 2\)"):
+        check(simulate(cfg, silent, 3), cfg, 3, silent)

@@ -214,7 +214,8 @@ def _make(spec: CaseSpec, root: str, suite: str, suite_seed: int, overrides: dic
     case.validate()
     from llmrca.sim.twin import check as check_against_twin
 
-    check_against_twin(case, spec.config, spec.seed)  # a fault case must differ from its fault-free twin
+    # A fault case must differ from its fault-free twin; a multi-fault case, for each fault, from the run without it.
+    check_against_twin(case, spec.config, spec.seed, spec.injection)
     return str(save_case(case, Path(root) / spec.case_id, overwrite=overwrite))
 
 

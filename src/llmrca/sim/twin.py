@@ -35,6 +35,7 @@ import pandas as pd
 
 from llmrca.case import TIME, Case
 from llmrca.errors import LlmrcaError
+from llmrca.faults import Injection
 from llmrca.sim.config import SimConfig
 
 NOISE_SIGMAS = 3.0
@@ -177,16 +178,39 @@ def _aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
     return a, b
 
 
-def check(case: Case, config: SimConfig, seed: int) -> list[Move]:
+def check(case: Case, config: SimConfig, seed: int, injections: Any = None) -> list[Move]:
     """The columns of ``case`` (a simulated fault case) that moved beyond noise against its twin; raises
-    :class:`NoObservableEffectError` when none did. Fault-free cases pass unchecked (an empty list)."""
+    :class:`NoObservableEffectError` when none did. Fault-free cases pass unchecked (an empty list).
+
+    A multi-fault case (``injections``: the list it was simulated with) is checked once per fault, each against
+    the run with the *other* faults only (same seed), over that fault's own window: a fault whose removal changes
+    nothing beyond noise is not shown by the case's telemetry, however loud the other fault is."""
     truth = case.truth
     if truth.service is None:
         return []
-    twin = fault_free(config, seed)
+    faults = list(truth.faults) if len(truth.faults) > 1 else []
+    if not faults or injections is None or isinstance(injections, Injection) or len(injections) < 2:
+        return _hits(case, fault_free(config, seed), float(case.observation.inject_time),
+                     float(truth.end) + config.rate_window, config, seed,
+                     f"fault {truth.fault_type!r} on {truth.service!r} with {_params_text(truth.params)}",
+                     "its fault-free twin")
+    from llmrca.sim.run import run
+
+    out: list[Move] = []
+    injections = list(injections)
+    for i, f in enumerate(faults):
+        others = injections[:i] + injections[i + 1:]
+        twin = run(config, others if len(others) > 1 else others[0], seed)
+        out += _hits(case, twin, float(f.start), float(f.end) + config.rate_window, config, seed,
+                     f"fault {f.fault_type!r} on {f.service!r} (fault {i + 1} of {len(faults)}) with "
+                     f"{_params_text(dict(f.params))}", "the same run without it")
+    return out
+
+
+def _hits(case: Case, twin: Any, start: float, end: float, config: SimConfig, seed: int, what: str,
+          against: str) -> list[Move]:
     obs = case.observation
-    end = float(truth.end) + config.rate_window
-    got = moves(obs.metrics, twin.metrics, float(obs.inject_time), end)
+    got = moves(obs.metrics, twin.metrics, start, end)
     hits = [m for m in got if moved(m)]
     if not hits and obs.traces is not None and len(obs.traces):
         from llmrca.sim.traces import spans_from_record
@@ -194,7 +218,7 @@ def check(case: Case, config: SimConfig, seed: int) -> list[Move]:
         times = obs.metrics[TIME].to_numpy(dtype=float)
         mine = span_series(obs.traces, times, config.step)
         theirs = span_series(spans_from_record(twin.record), times, config.step)
-        got = moves(*_aligned(mine, theirs), float(obs.inject_time), end) + got
+        got = moves(*_aligned(mine, theirs), start, end) + got
         got.sort(key=lambda m: -m.ratio)
         hits = [m for m in got if moved(m)]
     if not hits:
@@ -202,9 +226,8 @@ def check(case: Case, config: SimConfig, seed: int) -> list[Move]:
         near = (f"; the largest change is {best.column} by {best.delta:.4g} (noise {best.noise:.3g}, resolution "
                 f"{best.resolution:.3g})" if best else "")
         raise NoObservableEffectError(
-            f"fault {truth.fault_type!r} on {truth.service!r} with {_params_text(truth.params)} changes no metric "
-            f"or trace series beyond noise against its fault-free twin (seed {seed}){near}: the case would carry a label its "
-            "telemetry does not show; choose a stronger fault")
+            f"{what} changes no metric or trace series beyond noise against {against} (seed {seed}){near}: the "
+            "case would carry a label its telemetry does not show; choose a stronger fault")
     return hits
 
 
