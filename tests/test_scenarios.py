@@ -195,7 +195,7 @@ def test_bad_scenarios_give_one_line_naming_the_key(sets, message):
 
 
 def test_unknown_scenarios_and_bad_toml(tmp_path):
-    with pytest.raises(UnknownNameError, match="unknown scenario 'nope'.*shipped: demo, live, live-vllm, paper"):
+    with pytest.raises(UnknownNameError, match="unknown scenario 'nope'.*shipped: demo, live, live-vllm, llm, paper"):
         load("nope")
     with pytest.raises(FileNotFoundError, match="no such file"):
         load(tmp_path / "missing.toml")

@@ -162,8 +162,9 @@ PLACEMENTS = ("overlap", "sequence")
 def multi_specs(s: Scenario, width: int = 2) -> list[CaseSpec]:
     """``multi`` two-fault cases per repetition: the pair of fault types (two different ones where the scenario
     has two), their targets (different services) and the placement drawn from the suite seed. ``overlap``: the
-    second fault starts halfway through the first; ``sequence``: when the first ends. The second lasts the
-    fault duration, cut to end with the run. Named ``multi/<f1>+<f2>/<t1>+<t2>/rep-NN``, NN counting the
+    second fault starts halfway through the first; ``sequence``: when the first ends, the pair moved earlier where
+    needed so that the second lasts the whole fault duration. The second fault is cut to end with the run. Named
+    ``multi/<f1>+<f2>/<t1>+<t2>/rep-NN``, NN counting the
     repetition's cases (rep × multi + i)."""
     import numpy as np
 
@@ -191,13 +192,17 @@ def multi_specs(s: Scenario, width: int = 2) -> list[CaseSpec]:
                 raise UnknownNameError(f"faults.multi: the {f2} fault has no target other than {t1}")
             t2 = others[int(rng.integers(len(others)))]
             placement = PLACEMENTS[int(rng.integers(len(PLACEMENTS)))]
-            second = start + (dur / 2 if placement == "overlap" else dur)
+            # In sequence the pair is moved earlier, as far as needed for the second fault to last its whole
+            # duration (the study's timing leaves 15 s after a first fault at 285 s): a cut-short second fault may
+            # show nothing, and the case would carry a label its telemetry does not show.
+            first = max(min(start, end - 2 * dur), dur) if placement == "sequence" else start
+            second = first + (dur / 2 if placement == "overlap" else dur)
             if second >= end:
                 raise UnknownNameError(f"faults.multi: a {placement} second fault would start at {second:g} s, "
                                        f"after the run's end ({end:g} s)")
             n = rep * s.multi + i
             cid = f"multi/{f1}+{f2}/{t1}+{t2}/rep-{n:0{width}d}"
-            pair = (Injection(f1, t1, s.params(f1)),
+            pair = (Injection(f1, t1, s.params(f1), start=None if first == start else first),
                     Injection(f2, t2, s.params(f2), start=second, duration=min(dur, end - second)))
             out.append(CaseSpec(cid, config, pair, derive_seed(s.seed, "multi", f1, f2, t1, t2, n), rep))
     return out
