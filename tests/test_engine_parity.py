@@ -197,7 +197,7 @@ def emulated(tmp_path_factory):
         r1 = await start_site(engine_app(eng, auth.read_token(rd.path)), ports[f"engine:{state['proxy']}"])
         proxy = Proxy(state, rd)
         await proxy.start()
-        r2 = await start_site(proxy_app(proxy), ports["proxy"])
+        r2 = await start_site(proxy_app(proxy, auth.read_token(rd.path)), ports["proxy"])
         return eng, driver, proxy, (r1, r2)
 
     eng, driver, proxy, runners = lp.run(up())
