@@ -184,7 +184,8 @@ def _ensure_suite(out: Path, settings: dict[str, Any], scenario: Any, *, jobs: i
                               ) from None
         have = {"suite": made.get("suite"), "reps": made.get("reps"), "seed": made.get("seed"),
                 "overrides": made.get("overrides") or {}}
-        if made.get("normal"):
+        if made.get("normal") and "normal" in settings:
+            # No --normal asked means the scenario's own count, which is what a suite of that scenario holds.
             have["normal"] = made.get("normal")
         if "scenario" in settings:
             have["scenario"] = made.get("scenario_sha256")
