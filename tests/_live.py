@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import psutil
@@ -39,3 +40,9 @@ def rows(run_dir, start: float, columns: list[str]) -> int:
     if not set(columns) <= set(m.columns):
         return 0
     return int(m[columns].notna().all(axis=1).sum())
+
+
+def src_env() -> dict[str, str]:
+    """The environment for a subprocess of a test: this checkout's ``src`` first on PYTHONPATH."""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}

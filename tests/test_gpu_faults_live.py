@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from _live import src_env as _env
 
 from llmrca.faults import FaultParamError
 from llmrca.testbed import auth, gpu_ras
@@ -39,11 +39,6 @@ def _run_dir(tmp_path, **deploy):
     state["otlp_endpoint"] = None
     rd.write_state(state)
     return rd, state
-
-
-def _env() -> dict[str, str]:
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def _req(url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 10.0) -> tuple[int, str]:

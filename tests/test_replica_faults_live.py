@@ -19,6 +19,8 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
 
+from _live import src_env as _env
+
 from llmrca.faults import FaultParamError
 from llmrca.sim.hardware import GIB
 from llmrca.testbed import auth
@@ -42,11 +44,6 @@ def _run_dir(tmp_path, replicas: int = 1):
     state["otlp_endpoint"] = None
     rd.write_state(state)
     return rd, state
-
-
-def _env() -> dict[str, str]:
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def _req(url: str, body: dict | None = None, headers: dict | None = None, method: str | None = None,

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from _live import src_env as _env
 from _live import wait
 
 from llmrca import faults
@@ -43,11 +44,6 @@ def _run_dir(tmp_path, **deploy):
     state["otlp_endpoint"] = None
     rd.write_state(state)
     return rd, state
-
-
-def _env() -> dict[str, str]:
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def _start(*argv: str) -> subprocess.Popen:
