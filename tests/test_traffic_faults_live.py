@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -301,69 +300,3 @@ def test_a_campaign_runs_each_traffic_fault_on_its_own_target(tmp_path):
         own_targets("prompt-surge", state)
     _, state = _run_dir(tmp_path / "w", replicas=2, workload_node=True)
     assert own_targets("prompt-surge", state) == ["loadgen"]
-
-
-@pytest.mark.timeout(1200)
-@pytest.mark.skipif(not (os.path.exists("/usr/sbin/nginx") or os.path.exists("/usr/bin/nginx"))
-                    or os.environ.get("LLMRCA_SKIP_TESTBED") == "1",
-                    reason="the live testbed needs nginx and prometheus; LLMRCA_SKIP_TESTBED=1 skips it")
-def test_live_testbed_with_a_workload_node_surge_and_overload(tmp_path):
-    """The whole testbed with a workload node: Prometheus scrapes the client's series, a surge injected through
-    the supervisor shows in them and on the replicas, a proxy-overload's CLI killed mid-fault is undone at once."""
-    import signal
-
-    import psutil
-    from _live import rows, tree
-
-    from llmrca.deploy import DeployConfig
-    from llmrca.testbed import control
-    from llmrca.testbed.collector import collect_case
-    from llmrca.testbed.prometheus import prometheus_binary
-
-    if prometheus_binary() is None:
-        pytest.skip("the live testbed needs the Debian package prometheus")
-    run_dir = tmp_path / "tb"
-    cfg = TestbedConfig(deploy=DeployConfig(replicas=2, rate=2.0, prompt_tokens=64, output_tokens=16, step=1.0,
-                                            rate_window=5.0, workload_node=True), model_load_s=2.0, seed=1)
-    started: list[psutil.Process] = []
-    try:
-        st = control.up(cfg, run_dir, detach=False, timeout=300)
-        started = tree(st["supervisor"]["pid"])
-        cols = ["loadgen_prompt_tokens_sent", "loadgen_requests_sent", f"{HOT}_prompt_tokens"]
-        t0 = time.time()
-        assert wait(lambda: rows(run_dir, t0, cols) >= 15, 300, every=2.0), "no client series scraped"
-        rec = control.inject("prompt-surge", "loadgen", 15.0, run_dir=run_dir)
-        assert rec["status"] == "done" and rec["params"] == {"factor": 8.0, "share": 1.0}
-        after = time.time()
-        assert wait(lambda: rows(run_dir, after, cols) >= 6, 120, every=2.0)
-        case = collect_case(run_dir, t0, time.time(), traces=False, logs=False)
-        assert case.truth.service == "loadgen" and ("loadgen", "nginx-proxy") in case.observation.topology.edges
-        m = case.observation.metrics
-        t = m["time"]
-        before = t < rec["inject_time"]
-        during = (t > rec["inject_time"] + 6) & (t < rec["undone_at"])
-        sent = m["loadgen_prompt_tokens_sent"]
-        assert sent[during].median() > 4 * sent[before].median()
-        assert m[f"{HOT}_prompt_tokens"][during].median() > 3 * m[f"{HOT}_prompt_tokens"][before].median()
-        # a CLI holding a proxy-overload, killed: the supervisor undoes it at once, the proxy's cap is gone
-        env = dict(os.environ, LLMRCA_TESTBED_DIR=str(run_dir))
-        cli = subprocess.Popen([sys.executable, "-m", "llmrca.cli", "testbed", "inject", "proxy-overload",
-                                "--target", HEAD, "--duration", "120"], env={**_env(), **env},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        proxy = f"http://127.0.0.1:{st['ports']['proxy']}/control"
-        try:
-            assert wait(lambda: control.status(run_dir)["injections"], 120), "the fault never became active"
-            assert json.loads(_req(proxy)[1])["capacity"] == {"dispatch_s": pytest.approx(1 / 3.0)}
-            cli.send_signal(signal.SIGKILL)
-            cli.wait(timeout=10)
-            assert wait(lambda: not control.status(run_dir)["injections"], 60), "the fault outlived its CLI"
-            assert json.loads(_req(proxy)[1])["capacity"] is None
-        finally:
-            if cli.poll() is None:
-                cli.kill()
-        started = tree(st["supervisor"]["pid"])
-    finally:
-        if (run_dir / "state.json").exists():
-            report = control.down(run_dir)
-            assert report["open_ports"] == [] and report["killed_leftovers"] == []
-    assert [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []

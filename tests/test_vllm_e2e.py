@@ -155,15 +155,29 @@ def test_parity_check_against_the_real_engine(real, gateway):
     assert parity.check_server(gateway, MODEL, metrics_url=f"http://127.0.0.1:{port}/metrics") == []
 
 
-def test_cpu_fault_on_a_real_replica(real):
+def _mean_itl(real, start: float, end: float) -> float:
+    """The target's mean inter-token latency from start to end: the histogram's sum over its count in Prometheus.
+    (The case's quantile columns are interpolated within vLLM's buckets, 10-25 ms holding most tokens here, so a
+    p50 moves far less than the time per token does: 18.0 -> 21.7 ms in one CI run where the fault was there.)"""
+    from llmrca.testbed.prometheus import PromClient
+
+    prom = PromClient(f"http://127.0.0.1:{real['state']['ports']['prometheus']}")
+    span = f"{max(1, int(end - start))}s"
+    sel = f'{{service="{TARGET}"}}'
+    q = (f"sum(increase(vllm:inter_token_latency_seconds_sum{sel}[{span}])) / "
+         f"sum(increase(vllm:inter_token_latency_seconds_count{sel}[{span}]))")
+    res = prom.query(q, time=end)
+    assert res, f"no inter-token latency for {TARGET} from {start:.0f} to {end:.0f}"
+    return float(res[0]["value"][1])
+
+
+def test_cpu_fault_on_a_real_replica(real, machine_alone):
     case, rec = _fault_case(real, "cpu", [f"{TARGET}_ctn_cpu", f"{TARGET}_latency"])
-    m = case.observation.metrics
-    itl = f"{TARGET}_inter_token_latency_seconds_p50"
-    t = m["time"]
-    before = m[itl][t < rec["inject_time"]].median()
-    during = m[itl][(t >= rec["inject_time"] + 5.0) & (t <= rec["undone_at"])].median()
-    print(f"\n{rec['method']}: {itl} {before * 1e3:.1f} -> {during * 1e3:.1f} ms")
-    assert during > 1.3 * before, (before, during)  # the stressor takes the replica's CPU from vLLM's threads
+    t_in, t_out = float(rec["inject_time"]), float(rec["undone_at"])
+    before = _mean_itl(real, t_in - 20.0, t_in)
+    during = _mean_itl(real, t_in + 3.0, t_out)
+    print(f"\n{rec['method']}: mean inter-token latency {before * 1e3:.1f} -> {during * 1e3:.1f} ms")
+    assert during > 1.25 * before, (before, during)  # the stressor takes the replica's CPU from vLLM's threads
     _baro_top2(case)
 
 

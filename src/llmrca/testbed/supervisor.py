@@ -61,6 +61,7 @@ from llmrca.testbed.telemetry import MESH_BUCKETS_MS
 
 CONFIG_FILE = "config.json"
 CRASH_RESTART_S = 1.0
+ENSURE_GRACE_S = 5.0  # how long after ensure_engine an engine's own death is taken as the one it answered
 VLLM_START_S = 900.0  # a real server loads in 25-75 s on an idle core, several minutes on a shared, busy machine
 VLLM_DEATH_GRACE_S = 30.0  # a server whose worker was killed exits on its own in ~10 s; after this it is killed
 ENGINE_STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL: vLLM shuts its EngineCore and workers down within this
@@ -185,11 +186,18 @@ class Supervisor:
         return m.popen.pid if m.popen is not None else None
 
     def ensure_engine(self, service: str) -> None:
+        """``service``'s engine serves again as soon as it can: started now if it is down; if it still runs, its
+        hold is released, and a death within ENSURE_GRACE_S (a GPU fault's engine exits a moment after the fault,
+        so an undo can come first) is restarted at once rather than after the hold's or a crash's delay."""
         m = self.procs.get(f"engine:{service}")
-        if m is not None and (m.popen is None or m.popen.poll() is not None):
+        if m is None:
+            return
+        if m.popen is None or m.popen.poll() is not None:
             m.restart_at = time.time()
-        if m is not None:
-            m.held = False
+        else:
+            m.restart_at = None  # a later death is the monitor's to schedule
+            m.extra["restart_at_once_until"] = time.time() + ENSURE_GRACE_S
+        m.held = False
 
     def engine_pid(self, service: str) -> int | None:
         """The pid of ``service``'s engine process (the real engine's API server), None while it is down."""
@@ -416,7 +424,9 @@ class Supervisor:
                     m.extra["death_seen"] = True
                     m.extra["died_at"] = now
                     m.extra["kill_deadline"] = None
-                    if m.restart_at is None:
+                    if m.restart_at is None and m.extra.pop("restart_at_once_until", 0.0) >= now:
+                        m.restart_at = now  # the death an undo already answered (ensure_engine)
+                    elif m.restart_at is None:
                         m.restart_at = now + (m.restart_after_s if m.name.startswith("engine:") else CRASH_RESTART_S)
                     if m.name.startswith("engine:"):
                         self.log.write("ERROR", "Replica {} of deployment {} died unexpectedly (exit code {}); "
@@ -622,7 +632,11 @@ class Supervisor:
         inj = Injector(self, live, end=inject_time + duration, seed=derive_seed(self.cfg.seed, iid),
                        injection_id=iid)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, inj.apply)
+        try:
+            await loop.run_in_executor(None, inj.apply)
+        except OSError as e:  # a process the mechanism drives did not answer: one line, not a 500 with a trace
+            raise TestbedError(f"fault {fault} on {target}: {getattr(e, 'reason', None) or e} (is {target} down "
+                               "or restarting? `llmrca testbed status` shows it)") from None
         started = time.time()
         rec = {"id": iid, "fault": fault, "target": target, "params": live.recorded(), "notes": inj.notes,
                "inject_time": inject_time, "start": started,

@@ -1,0 +1,207 @@
+"""The LLM fault catalogue on one whole live testbed (emulated engine, 3 replicas, a workload node): a prompt surge
+shows in the client's and the replicas' series, a network loss gives the target's calls a retransmission tail, a
+crash loop restarts the target each time, and every new fault that the emulated engine supports, held by a
+`testbed inject` CLI that is then killed with SIGKILL, is undone at once: every control it touched (the engines',
+the proxy's, the load generator's, the mesh's) is back to what it was before, and every process runs.
+
+One testbed for the module (its start and stop are a third of each whole-testbed test). Every wait is on an event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+from _live import rows, tree, wait
+from _live import src_env as _env
+
+pytest.importorskip("aiohttp", reason="the testbed extra is not installed (pip install -e '.[testbed]')")
+
+from llmrca.testbed.nginx import nginx_binary
+from llmrca.testbed.prometheus import prometheus_binary
+from llmrca.testbed.rundir import RunDir
+
+pytestmark = pytest.mark.skipif(
+    prometheus_binary() is None or nginx_binary() is None or os.environ.get("LLMRCA_SKIP_TESTBED") == "1",
+    reason="the live testbed needs the Debian packages prometheus and nginx (apt-get install -y prometheus nginx "
+           "stress-ng); LLMRCA_SKIP_TESTBED=1 skips it",
+)
+
+HEAD, HOT, OTHER, LAST = "ray-head", "ray-replicas-0", "ray-replicas-1", "ray-replicas-1"
+
+
+@pytest.fixture(scope="module")
+def tb(tmp_path_factory):
+    from llmrca.deploy import DeployConfig
+    from llmrca.testbed import control
+    from llmrca.testbed.config import TestbedConfig
+
+    run_dir = tmp_path_factory.mktemp("catalogue") / "tb"
+    cfg = TestbedConfig(deploy=DeployConfig(replicas=3, rate=3.0, prompt_tokens=64, output_tokens=16, step=1.0,
+                                            rate_window=5.0, workload_node=True), model_load_s=2.0, seed=3)
+    started: list[psutil.Process] = []
+    try:
+        st = control.up(cfg, run_dir, detach=False, timeout=300)
+        started = tree(st["supervisor"]["pid"])
+        yield {"run_dir": run_dir, "state": st}
+        started += tree(st["supervisor"]["pid"])
+    finally:
+        if (run_dir / "state.json").exists():
+            report = control.down(run_dir)
+            assert report["open_ports"] == [] and report["killed_leftovers"] == []
+    assert [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def _get(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.timeout(600)
+def test_a_surge_at_the_workload_node_shows_in_the_clients_and_the_replicas_series(tb):
+    from llmrca.testbed import control
+    from llmrca.testbed.collector import collect_case
+
+    run_dir = tb["run_dir"]
+    cols = ["loadgen_prompt_tokens_sent", "loadgen_requests_sent", f"{HOT}_prompt_tokens"]
+    t0 = time.time()
+    assert wait(lambda: rows(run_dir, t0, cols) >= 15, 300, every=2.0), "no client series scraped"
+    rec = control.inject("prompt-surge", "loadgen", 15.0, run_dir=run_dir)
+    assert rec["status"] == "done" and rec["params"] == {"factor": 8.0, "share": 1.0}
+    after = time.time()
+    assert wait(lambda: rows(run_dir, after, cols) >= 6, 120, every=2.0)
+    case = collect_case(run_dir, t0, time.time(), traces=False, logs=False)
+    assert case.truth.service == "loadgen" and ("loadgen", "nginx-proxy") in case.observation.topology.edges
+    m = case.observation.metrics
+    t = m["time"]
+    before = t < rec["inject_time"]
+    during = (t > rec["inject_time"] + 6) & (t < rec["undone_at"])
+    sent = m["loadgen_prompt_tokens_sent"]
+    assert sent[during].median() > 4 * sent[before].median()
+    assert m[f"{HOT}_prompt_tokens"][during].median() > 3 * m[f"{HOT}_prompt_tokens"][before].median()
+
+
+@pytest.mark.timeout(600)
+def test_network_loss_gives_the_targets_calls_a_retransmission_tail(tb):
+    from llmrca.testbed import control
+    from llmrca.testbed.collector import collect_case
+
+    run_dir = tb["run_dir"]
+    rec = control.inject("network-loss", HOT, 20.0, {"loss_pct": 50.0, "correlation": 0.0}, run_dir=run_dir)
+    assert rec["status"] == "done" and rec["params"] == {"loss": 0.5, "correlation": 0.0}
+    assert "TCP recovery emulated" in rec["method"]
+    (link,) = rec["notes"]["mesh_loss"]
+    assert link["segments_sent"] > 20 and 0.3 < link["segments_dropped"] / link["segments_sent"] < 0.7
+    time.sleep(3.0)  # the last spans are exported
+    case = collect_case(run_dir, rec["inject_time"] + 2.0, float(rec["undone_at"]), case_id="loss", logs=False,
+                        injection_id=rec["id"])
+    spans = case.observation.traces
+    calls = spans[spans["operation"] == "process_request"]
+    child = spans[spans["operation"] == "llm_request"][["parent_span_id", "service"]]
+    calls = calls.merge(child, left_on="span_id", right_on="parent_span_id", suffixes=("", "_replica"))
+    dur = {r: calls[calls["service_replica"] == r]["duration_us"] / 1e6 for r in (HOT, OTHER)}
+    assert len(dur[HOT]) >= 5 and len(dur[OTHER]) >= 5
+    # about half of the calls to the target wait for the 200 ms retransmission timer; none to its peer
+    assert dur[HOT].quantile(0.9) > dur[OTHER].quantile(0.9) + 0.15, (dur[HOT].describe(), dur[OTHER].describe())
+    assert (dur[HOT] > dur[OTHER].median() + 0.18).mean() > 0.2
+
+
+@pytest.mark.timeout(600)
+def test_a_crash_loop_restarts_the_target_each_time(tb):
+    from llmrca.testbed import control
+
+    run_dir = tb["run_dir"]
+    before = control.status(run_dir)["processes"][f"engine:{HOT}"]["restarts"]
+    p = {"crashes": 3, "uptime_s": 3.0, "load_s": 2.0, "backoff_s": 1.0}
+    # kills at 0, 5 and 11 s (down 2, 3 and 4 s); the fault lasts until the loop is through
+    rec = control.inject("replica-crash-loop", HOT, 17.0, p, run_dir=run_dir)
+    assert rec["status"] == "done" and len(rec["params"]["sequence"]) == 3
+    assert [k["backoff_s"] for k in rec["notes"]["kills"]] == [1.0, 2.0] and not rec["notes"].get("later_errors")
+    st = control.status(run_dir)
+    assert st["processes"][f"engine:{HOT}"]["running"]
+    assert st["processes"][f"engine:{HOT}"]["restarts"] - before == 3
+    text = RunDir(run_dir).log("controller").read_text(encoding="utf-8")
+    assert text.count(f"Replica {HOT} of deployment VLLMDeployment died unexpectedly") == 3
+
+
+# -- a CLI holding each new fault, killed: the supervisor undoes it, every control is as before -----------------
+def _controls(st: dict) -> dict:
+    """What the faults change, read from the running processes: each engine's /control (or "down"), the proxy's
+    and the load generator's controls, the mesh's link faults, and which processes run."""
+    from llmrca.testbed import control
+
+    ports = st["ports"]
+    out: dict = {}
+    for r in st["replicas"]:
+        try:
+            c = _get(f"http://127.0.0.1:{ports['engine:' + r]}/control")
+        except (urllib.error.URLError, OSError, ValueError):
+            out[r] = "down"
+            continue
+        c.pop("requests", None)  # the load's count, not a control
+        out[r] = c
+    out["proxy"] = _get(f"http://127.0.0.1:{ports['proxy']}/control")
+    out["loadgen"] = _get(f"http://127.0.0.1:{ports['loadgen']}/control")
+    out["links"] = {x["name"]: (x["delay_up"], x["delay_down"], x["loss_up"], x["loss_down"])
+                    for x in _get(f"http://127.0.0.1:{ports['mesh']}/links")}
+    out["running"] = {k: p["running"] for k, p in control.status(st["run_dir"])["processes"].items()}
+    return out
+
+
+# (fault, target, parameters): model loads of a second, so that each restart an undo makes is quick
+NEW_FAULTS = [("gpu-xid", LAST, ["load_s=1"]), ("gpu-ecc", LAST, ["load_s=1"]), ("gpu-thermal", LAST, []),
+              ("kv-cache-pressure", LAST, ["load_s=1"]), ("engine-hang", LAST, []),
+              ("replica-crash-loop", LAST, ["load_s=1", "uptime_s=2", "backoff_s=1"]), ("straggler", LAST, []),
+              ("network-loss", LAST, []), ("prompt-surge", "loadgen", []), ("proxy-overload", HEAD, []),
+              ("routing-skew", HEAD, [])]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("fault", "target", "params"), NEW_FAULTS, ids=[f for f, _, _ in NEW_FAULTS])
+def test_a_killed_cli_leaves_no_trace_of_its_fault(tb, fault, target, params):
+    from llmrca.testbed import control
+
+    run_dir, st = tb["run_dir"], tb["state"]
+    st = {**st, "run_dir": str(run_dir)}
+    # every process runs and every engine answers before (an earlier fault's restart is through)
+    def serving() -> bool:
+        try:
+            c = _controls(st)
+        except (urllib.error.URLError, OSError, ValueError):  # the load generator's control opens after `up`
+            return False
+        return "down" not in c.values() and all(c["running"].values())
+
+    assert wait(serving, 60, 0.5), _controls(st)
+    before = _controls(st)
+    env = {**_env(), "LLMRCA_TESTBED_DIR": str(run_dir)}
+    cli = subprocess.Popen([sys.executable, "-m", "llmrca.cli", "testbed", "inject", fault, "--target", target,
+                            "--duration", "120", *[a for p in params for a in ("--param", p)]],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait(lambda: control.status(run_dir)["injections"] or cli.poll() is not None, 60), \
+            f"{fault}: the fault never became active"
+        assert cli.poll() is None, cli.stderr.read().decode()[-2000:] if cli.stderr else ""
+        # the fault is there: some control differs from before
+        assert wait(lambda: _controls(st) != before, 30, 0.3), f"{fault}: active, but no control changed"
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(timeout=10)
+        assert wait(lambda: not control.status(run_dir)["injections"], 60), f"{fault}: the fault outlived its CLI"
+        assert wait(lambda: _controls(st) == before, 90, 0.5), (fault, before, _controls(st))
+        # and stays so: an engine a GPU fault killed exits a moment after its fault, which the undo may precede
+        time.sleep(1.0)
+        assert wait(lambda: _controls(st) == before, 90, 0.5), (fault, before, _controls(st))
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.wait(timeout=10)
+    recs = [json.loads(x) for x in (run_dir / "injections.jsonl").read_text().splitlines() if x.strip()]
+    last = [r for r in recs if r.get("fault") == fault][-1]
+    assert last["status"] == "done" and last["undo_reason"] == "the client went away", last
