@@ -396,7 +396,11 @@ def _check_stream(d: _Diffs, base: str, kind: str, body: dict[str, Any], usage: 
         d.add(where, "no token chunks")
         return
     *tokens, fin = chunks
-    d.equal(f"{where} token chunks", len(tokens) + 1, body["max_tokens"])
+    # One chunk per token at rest; a server whose loop falls behind its client merges the deltas not yet sent
+    # into one chunk (vLLM's output collector does: 1 chunk for 4 tokens on a loaded 2-core machine), so fewer
+    # chunks than tokens is vLLM's behaviour too, more is not.
+    if not 1 <= len(tokens) + 1 <= body["max_tokens"]:
+        d.add(f"{where} token chunks", f"{len(tokens) + 1}, vLLM 0.32.0 answers 1 to {body['max_tokens']}")
     for i, c in enumerate(tokens):
         d.keys(f"{where} token chunk {i}", c, f"{kind}.token")
         d.keys(f"{where} token chunk {i} choice", (c.get("choices") or [{}])[0], f"{kind}.token.choice")
