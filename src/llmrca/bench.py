@@ -93,7 +93,7 @@ def run_bench(
     """
     from llmrca.case.views import VIEWS
     from llmrca.evaluate import evaluate
-    from llmrca.methods import resolve
+    from llmrca.methods import entry, resolve
     from llmrca.methods.params import checked_params
     from llmrca.scenarios import shipped
     from llmrca.sim.suites import resolve as resolve_scenario
@@ -111,6 +111,8 @@ def run_bench(
     params = checked_params(method_params, names)
     wide_spec = full_methods if isinstance(full_methods, str) else ",".join(full_methods)
     wide = set(resolve(wide_spec))
+    if wide_spec.strip() in ("light", "all"):  # these leave out built-in methods only: a plug-in named in
+        wide |= {n for n in names if entry(n).origin != "built-in"}  # `methods` runs under every view
     view_methods = {v: names if v == "study" else [n for n in names if n in wide] for v in views}
     empty = [v for v in views if not view_methods[v]]
     if empty:
