@@ -58,7 +58,7 @@ def test_a_params_file_gives_the_same_and_a_param_wins_over_it(cases, tmp_path):
                                           'got "three"')),
     (["--param", "nsigma.two_sided=1"], "parameter two_sided must be true or false (default true), got 1"),
     (["--param", "nsigma=3"], "--param 'nsigma=3': expected METHOD.KEY=VALUE (e.g. baro.window=30)"),
-    (["--param", "baro.window=3"], "parameters given for method(s) not in the run: baro; the run's: nsigma"),
+    (["--param", "baro.window=3"], "given for method(s) not in the run: baro; the run's: nsigma"),
     (["--param", "nosuch.window=3"], "unknown method 'nosuch'"),
 ])
 def test_a_bad_param_is_one_line_before_anything_runs(cases, tmp_path, args, message):

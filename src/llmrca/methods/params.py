@@ -89,8 +89,8 @@ def checked_params(method_params: Mapping[str, Mapping[str, object]] | None, nam
         by_name.setdefault(entry(str(ref)).name, {}).update(ps)
     unknown = sorted(set(by_name) - set(names))
     if unknown:
-        raise UnknownNameError(f"parameters given for method(s) not in the run: {', '.join(unknown)}; "
-                               f"the run's: {', '.join(names)}")
+        raise UnknownNameError(f"parameters (method_params) given for method(s) not in the run: "
+                               f"{', '.join(unknown)}; the run's: {', '.join(names)}")
     return {n: check_params(n, method_class(n), ps) for n, ps in by_name.items() if ps}
 
 
