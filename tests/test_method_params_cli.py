@@ -158,3 +158,25 @@ def test_retry_failed_reruns_the_failed_rows_only(cases, tmp_path, monkeypatch):
     # the table that a report reads was rewritten too, not only the journal
     assert set(load_results(out / "results.parquet").set_index("method").loc["flaky", "status"]) == {"ok"}
     sys.modules.pop("flakymod", None)
+
+
+def test_bench_passes_params_per_view_and_reports_them(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from llmrca.bench import run_bench
+
+    res = run_bench("demo", tmp_path / "b", reps=1, jobs=1, methods="nsigma,baro", views=("study",),
+                    overrides={"faults": ["cpu"]}, progress=False, console=Console(file=io.StringIO()),
+                    method_params={"nsigma": {"window": 5}})
+    info = json.loads((tmp_path / "b" / "results-study" / "run.json").read_text())
+    assert info["params"]["method_params"] == {"nsigma": {"window": 5}}
+    assert "**Method parameters**: nsigma: window=5" in res.report_md.read_text(encoding="utf-8")
+    assert "nsigma: window=5" in res.report_html.read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["runs"][-1]["method_params"] == {
+        "nsigma": {"window": 5}}
+    r = run("bench", "demo", "-o", tmp_path / "b", "--reps", "1", "--faults", "cpu", "--views", "study",
+            "-m", "nsigma,baro", "--param", "nsigma.window=6", "--no-progress", "-j", "1")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["runs"][-1]["computed"] == {"study": 4}

@@ -221,3 +221,14 @@ def test_a_suite_folder_where_a_case_belongs_is_refused(cases, tmp_path):
         llmrca.evaluate(cases[:1], ["nsigma"], cases[1], progress=False)
     assert not (tmp_path / "out").exists()
     assert not (cases[1] / "results.jsonl").exists()
+
+
+def test_demo_takes_methods_and_refuses_a_bad_one_before_simulating(plugin, tmp_path):
+    mod, _ = plugin
+    for spec in (f"baro,{mod}:Nope", "nosuch"):
+        r = runner.invoke(app, ["demo", "-o", str(tmp_path / "d"), "-m", spec, "--no-progress"])
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    r = runner.invoke(app, ["demo", "-o", str(tmp_path / "d"), "-m", f"{mod}:Shift", "--param",
+                            "nsigma.window=3", "--no-progress"])
+    assert r.exit_code == 1 and "not in the run: nsigma" in r.output
+    assert not (tmp_path / "d").exists()
