@@ -178,19 +178,46 @@ def test_the_long_commands_name_the_24_and_the_plugin(guide):
             assert len(picked) == 25 and picked[-1] == "mean-shift", cmd
 
 
+def install(project_dir, site):
+    """``pip install`` of the guide's package into ``site``: its wheel built from the pyproject (setuptools, no
+    network) and unpacked, which is what installing a wheel amounts to. Without setuptools at hand, the record
+    pip would write (a dist-info with the pyproject's entry points) is written directly."""
+    import zipfile
+
+    site.mkdir(parents=True)
+    try:
+        import setuptools  # noqa: F401 - only whether it is there
+    except ImportError:
+        project = tomllib.loads((project_dir / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+        info = site / f"{project['name']}-{project['version']}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
+                                       f"Version: {project['version']}\n")
+        (info / "entry_points.txt").write_text("[llmrca.methods]\n" + "".join(
+            f"{k} = {v}\n" for k, v in project["entry-points"]["llmrca.methods"].items()))
+        (site / "mymod.py").write_bytes((project_dir / "mymod.py").read_bytes())
+        return
+    wheels = site.parent / "wheels"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                        "-q", "-w", str(wheels), str(project_dir)], capture_output=True, text=True,
+                       timeout=TIMEOUT_S, check=False)
+    assert r.returncode == 0, f"the guide's pyproject.toml does not build:\n{r.stdout}\n{r.stderr}"
+    (wheel,) = wheels.glob("*.whl")
+    zipfile.ZipFile(wheel).extractall(site)
+
+
 def test_the_packaged_method_is_found_by_its_entry_point(guide, tmp_path, monkeypatch):
-    """pip install -e . records the pyproject's entry points in a dist-info; write that record and use it."""
     work, _, _, env = guide
     project = tomllib.loads((work / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     site = tmp_path / "site"
-    info = site / f"{project['name']}-{project['version']}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    eps = project["entry-points"]["llmrca.methods"]
-    (info / "entry_points.txt").write_text("[llmrca.methods]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
+    install(work, site)
+    assert (site / "mymod.py").is_file()
+    elsewhere = tmp_path / "elsewhere"  # no mymod.py here: the installed module is the one found
+    elsewhere.mkdir()
+    (elsewhere / "suite").symlink_to(work / "suite")
     monkeypatch.syspath_prepend(str(site))
-    listed = {r["name"]: r for r in json.loads(cli(["methods", "--json"], work))}
+    listed = {r["name"]: r for r in json.loads(cli(["methods", "--json"], elsewhere))}
     assert listed["mean-shift"]["origin"] == f"entry point of {project['name']}"
     env = {**env, "PYTHONPATH": f"{site}{os.pathsep}{env['PYTHONPATH']}"}  # a fresh process finds it by name
-    out = llmrca(["rank", "suite/cpu/ray-replicas-0/rep-00", "-m", "mean-shift"], work, env)
+    out = llmrca(["rank", "suite/cpu/ray-replicas-0/rep-00", "-m", "mean-shift"], elsewhere, env)
     assert "services: ray-replicas-0," in out
