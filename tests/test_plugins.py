@@ -144,6 +144,17 @@ def test_worker_processes_run_a_plugin_from_the_current_folder(plugin, cases, tm
     assert "resumed: 6, to_run: 0" in r.output
 
 
+def test_editing_the_plugin_recomputes_its_rows(plugin, cases, tmp_path):
+    mod, name = plugin
+    out = tmp_path / "out"
+    llmrca.evaluate(cases[:2], [f"{mod}:Shift", "nsigma"], out, progress=False)
+    source = tmp_path / f"{mod}.py"
+    source.write_text(source.read_text() + "\n# a changed method: its stored rows no longer say what it does\n")
+    llmrca.evaluate(cases[:2], [f"{mod}:Shift", "nsigma"], out, progress=False)
+    tasks = json.loads((out / "run.json").read_text())["tasks"]
+    assert tasks == {"grid": 4, "resumed": 2, "replaced": 2, "to_run": 2}  # nsigma's rows are kept
+
+
 def test_the_cli_names_a_bad_spec_in_one_line(plugin, cases):
     mod, _ = plugin
     r = runner.invoke(app, ["rank", str(cases[0]), "-m", f"{mod}:Nope"])

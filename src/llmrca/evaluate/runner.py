@@ -129,6 +129,12 @@ def _evaluate(paths: list[str], names: list[str], entries: dict[str, Any], out: 
               params: dict[str, dict[str, Any]], retry_failed: bool, root: str | Path | None, view: str,
               executor: str, ray_address: str | None) -> pd.DataFrame:
     root_s = str(root) if root is not None else None
+    # A plug-in changes with its file, not with llmrca's version: its source's hash is part of its rows' key, so an
+    # edited method is recomputed rather than its old rows reused.
+    from llmrca.methods.plugins import code_digest
+
+    code_keys = {n: e.target if e.origin == "built-in" else f"{e.target}#{code_digest(e.target)}"
+                 for n, e in entries.items()}
     with ResultStore(out) as store:
         ids = _case_ids(paths, store.case_ids_by_path(), root)
         digests = {p: case_digest(p) for p in paths}
@@ -138,7 +144,7 @@ def _evaluate(paths: list[str], names: list[str], entries: dict[str, Any], out: 
             cid = ids.get(p) or Path(p).name
             for n in names:
                 e = entries[n]
-                h = input_hash(digests[p], method=n, target=e.target, params=params.get(n, {}), seed=seed,
+                h = input_hash(digests[p], method=n, target=code_keys[n], params=params.get(n, {}), seed=seed,
                                view=view)
                 old = store.get((n, cid, seed))
                 if old is not None and old.get("input_hash") == h and (old["status"] == "ok" or not retry_failed):

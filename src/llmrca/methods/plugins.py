@@ -110,6 +110,22 @@ def check_method_class(cls: object, where: str) -> None:
         pass
 
 
+def code_digest(target: str) -> str:
+    """SHA-256 of the source file of the module ``target`` names (its imports are not included); "" when the
+    module has no file (built into the interpreter, made at run time)."""
+    import hashlib
+
+    module = importlib.import_module(target.partition(":")[0])
+    path = getattr(module, "__file__", None)
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
+
+
 def summary_of(cls: type) -> str:
     """The first line of the class's docstring (what ``llmrca methods`` shows)."""
     doc = inspect.getdoc(cls) or ""
