@@ -145,7 +145,7 @@ def test_worker_processes_run_a_plugin_from_the_current_folder(plugin, cases, tm
 
 
 def test_editing_the_plugin_recomputes_its_rows(plugin, cases, tmp_path):
-    mod, name = plugin
+    mod, _ = plugin
     out = tmp_path / "out"
     llmrca.evaluate(cases[:2], [f"{mod}:Shift", "nsigma"], out, progress=False)
     source = tmp_path / f"{mod}.py"
