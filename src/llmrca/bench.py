@@ -73,6 +73,7 @@ def run_bench(
     console: Console | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> BenchResult:
     """Simulate the suite of scenario ``name`` (a shipped name such as ``paper``, or a TOML file) into OUT/cases
     (unless there), evaluate ``methods`` under each of ``views``
@@ -86,11 +87,14 @@ def run_bench(
     whose cost on the full view's ~270 columns (6–14 s per case each, see ``llmrca.methods.registry``) would
     take the benchmark far past its 15-minute budget; ``"all"`` runs them too. A folder made with another
     suite, reps, seed, overrides or scenario content is refused. ``executor``/``ray_address``: where the tasks
-    run (``llmrca.evaluate.evaluate``); the rows are the same either way.
+    run (``llmrca.evaluate.evaluate``); the rows are the same either way. ``methods`` may name plug-ins
+    (``module:Class``); ``method_params``: method → parameters, as ``evaluate`` takes them (a stored row made
+    with other parameters is recomputed); the report lists them.
     """
     from llmrca.case.views import VIEWS
     from llmrca.evaluate import evaluate
-    from llmrca.methods import resolve
+    from llmrca.methods import entry, resolve
+    from llmrca.methods.params import checked_params
     from llmrca.scenarios import shipped
     from llmrca.sim.suites import resolve as resolve_scenario
 
@@ -104,8 +108,11 @@ def run_bench(
     if bad:
         raise LlmrcaError(f"unknown view(s) {', '.join(bad)}; known: {', '.join(VIEWS)}")
     names = resolve(methods if isinstance(methods, str) else list(methods))
+    params = checked_params(method_params, names)
     wide_spec = full_methods if isinstance(full_methods, str) else ",".join(full_methods)
     wide = set(resolve(wide_spec))
+    if wide_spec.strip() in ("light", "all"):  # these leave out built-in methods only: a plug-in named in
+        wide |= {n for n in names if entry(n).origin != "built-in"}  # `methods` runs under every view
     view_methods = {v: names if v == "study" else [n for n in names if n in wide] for v in views}
     empty = [v for v in views if not view_methods[v]]
     if empty:
@@ -136,18 +143,19 @@ def run_bench(
         results[view] = evaluate(cases, view_methods[view], folder, jobs=jobs, timeout=timeout,
                                  memory_limit_mb=memory_limit_mb, seed=seed, progress=progress,
                                  retry_failed=retry_failed, root=out / CASES, view=view, executor=executor,
-                                 ray_address=ray_address)
+                                 ray_address=ray_address,
+                                 method_params={n: p for n, p in params.items() if n in view_methods[view]})
         computed[view] = _tasks_run(folder)
 
     seconds = time.perf_counter() - t0
     history = _record_run(out, settings, {"started": started, "seconds": round(seconds, 3),
                                           "generated": generated, "computed": computed, "jobs": jobs,
                                           "timeout": timeout, "methods": names, "views": list(views),
-                                          "view_methods": view_methods})
+                                          "view_methods": view_methods, "method_params": params})
     summaries = {v: _summary(results[v], seed) for v in views}
     html_path, md_path = _write_reports(out, suite.description, settings, names, views, results, summaries,
                                         history, jobs=jobs, timeout=timeout, n_cases=len(cases),
-                                        view_methods=view_methods)
+                                        view_methods=view_methods, method_params=params)
     for v in views:
         print_overview(summaries[v], console, title=f"{suite.name}: {v} view ({len(cases)} cases)")
         print_detection(results[v], console)
@@ -262,7 +270,9 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
                    views: tuple[str, ...], results: dict[str, pd.DataFrame],
                    summaries: dict[str, pd.DataFrame], history: list[dict[str, Any]], *, jobs: int,
                    timeout: float | None,
-                   n_cases: int, view_methods: Mapping[str, list[str]] | None = None) -> tuple[Path, Path]:
+                   n_cases: int, view_methods: Mapping[str, list[str]] | None = None,
+                   method_params: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Path, Path]:
+    from llmrca.methods.params import describe
     from llmrca.report import compare_views, comparison_markdown, to_html, to_markdown
     from llmrca.report.detection import detection_markdown, diagnosis_markdown
     from llmrca.report.families import family_markdown
@@ -279,6 +289,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
         ("Views", ", ".join(views)),
         *((f"Not run in the {v} view", ", ".join(n for n in names if n not in ms) + f" ({LEFT_OUT_WHY})")
           for v, ms in (view_methods or {}).items() if len(ms) < len(names)),
+        *((("Method parameters", describe(method_params)),) if method_params else ()),
         ("Run", f"{jobs} job(s), timeout {_secs(timeout)} per method and case"),
         ("Wall time", f"last invocation {float(last['seconds']):.1f} s (simulated the suite: "
                       f"{'yes' if last['generated'] else 'no'}; tasks run: "

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmrca import options
+from llmrca.demo import DEMO_METHODS
 from llmrca.errors import LlmrcaError, naming
 from llmrca.testbed.cli import testbed_app
 
@@ -78,19 +79,42 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
+# --- method parameters and plug-in methods (llmrca.methods.params, llmrca.methods.plugins), shared by the commands
+METHODS_HELP = ("'all' (the built-in methods), a family (metric, trace, multi-source), or a comma list of names "
+                "and plug-ins' module:Class (e.g. baro,mymod:MeanShift).")
+ParamOpt = Annotated[list[str] | None, typer.Option(
+    "--param", help="A method parameter, METHOD.KEY=VALUE with a TOML value, e.g. baro.window=30 (repeatable; "
+                    "wins over --params).")]
+ParamsFileOpt = Annotated[list[Path] | None, typer.Option(
+    "--params", help="A TOML file of method parameters: a [METHOD] table of KEY = VALUE lines (repeatable).")]
+
+
+def _method_params(items: list[str] | None, files: list[Path] | None) -> dict[str, dict[str, Any]]:
+    from llmrca.methods.params import from_options
+
+    return from_options(items, files)
+# --- end of method parameters and plug-in methods
+
+
 @app.command("methods")
 @_handled
 def methods_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List the RCA methods.  Example: llmrca methods --json"""
-    from llmrca.methods import entries
+    from llmrca.methods import entries, installed
 
-    rows = [{"name": e.name, "family": e.family, "needs": sorted(e.needs)} for e in entries()]
+    plugged, broken = installed()  # installed packages' methods (entry points); one line per broken one
+    for line in broken:
+        err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+    every = [*entries(), *plugged]
+    # a plug-in's row says where it comes from; built-in rows keep their three keys
+    rows = [{"name": e.name, "family": e.family, "needs": sorted(e.needs),
+             **({"origin": e.origin} if e.origin != "built-in" else {})} for e in every]
     if as_json:
         _print_json(rows)
         return
-    t = Table("name", "family", "needs", "what it does")
-    for e in entries():
-        t.add_row(e.name, e.family, ",".join(sorted(e.needs)), e.summary)
+    t = Table("name", "family", "needs", "what it does", *(["origin"] if plugged else []))
+    for e in every:
+        t.add_row(e.name, e.family, ",".join(sorted(e.needs)), e.summary, *([e.origin] if plugged else []))
     out.print(t)
 
 
@@ -98,10 +122,13 @@ def methods_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
 @_handled
 def rank_cmd(
     case: Annotated[Path, typer.Argument(help="A case folder (native or RCAEval layout).")],
-    method: Annotated[str, typer.Option("--method", "-m", help="Method name (see `llmrca methods`).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Method name (see `llmrca methods`) or a plug-in's "
+                                                               "module:Class.")],
     top: Annotated[int, typer.Option("--top", "-k", help="How many candidates to show.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for the method.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full ranking as JSON.")] = False,
+    param: ParamOpt = None,
+    params_files: ParamsFileOpt = None,
 ) -> None:
     """Rank root-cause candidates of one case with one method.  Example: llmrca rank cases/c1 -m baro
 
@@ -109,9 +136,13 @@ def rank_cmd(
     """
     from llmrca.errors import NoAnswer
     from llmrca.evaluate.single import rank_case
+    from llmrca.methods import entry
+    from llmrca.methods.params import checked_params
 
+    name = entry(method).name
+    ps = checked_params(_method_params(param, params_files), [name]).get(name, {})
     try:
-        ranking, seconds = rank_case(case, method, seed=seed)
+        ranking, seconds = rank_case(case, method, seed=seed, **ps)
     except NoAnswer as e:  # an abstention, not a crash: its own line and exit status
         err.print(f"[yellow]no answer:[/yellow] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(3) from None
@@ -151,7 +182,7 @@ def _say_tasks(folder: Path) -> None:
 @_handled
 def evaluate_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Suite folders and/or case folders.")],
-    methods: Annotated[str, typer.Option("--methods", "-m", help="'all', a family, or a comma list.")] = "all",
+    methods: Annotated[str, typer.Option("--methods", "-m", help=METHODS_HELP)] = "all",
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 1,
     timeout: Annotated[float, typer.Option(help="Per (method, case) time limit, seconds.")] = 600.0,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Result folder (resumed if it exists).")] = Path(
@@ -162,6 +193,10 @@ def evaluate_cmd(
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    param: ParamOpt = None,
+    params_files: ParamsFileOpt = None,
+    retry_failed: Annotated[bool, typer.Option(help="Run again the stored tasks whose status is not ok (errors, "
+                                                    "timeouts, no-answers); the other rows are kept.")] = False,
 ) -> None:
     """Run methods over cases; results go to OUT/results.parquet and a killed run resumes.
 
@@ -185,7 +220,8 @@ def evaluate_cmd(
     root = os.path.commonpath([os.path.abspath(t) for t in tops])
     results = evaluate(cases, names, out_dir, jobs=jobs, timeout=timeout, seed=seed, progress=progress,
                        view=view, root=root, memory_limit_mb=memory_limit, executor=executor,
-                       ray_address=address)
+                       ray_address=address, method_params=_method_params(param, params_files),
+                       retry_failed=retry_failed)
     _say_tasks(out_dir)
     print_table(summarize(results), out)
     out.print(f"results: {out_dir / 'results.parquet'}", highlight=False)
@@ -391,12 +427,18 @@ def demo_cmd(
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the suite and the methods.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    methods: Annotated[str, typer.Option("--methods", "-m", help=METHODS_HELP)] = ",".join(DEMO_METHODS),
+    param: ParamOpt = None,
+    params_files: ParamsFileOpt = None,
 ) -> None:
-    """Simulate a small suite, evaluate dummy/nsigma/baro/e-diagnosis, print the table, write report.md."""
+    """Simulate a small suite, evaluate dummy/nsigma/baro/e-diagnosis (or --methods), print the table, write
+    report.md."""
     from llmrca.demo import run_demo
+    from llmrca.methods import resolve
 
     options.jobs(jobs)
-    run_demo(out_dir, jobs=jobs, seed=seed, console=out, progress=progress)
+    run_demo(out_dir, jobs=jobs, seed=seed, console=out, progress=progress, methods=resolve(methods),
+             method_params=_method_params(param, params_files))
 
 
 @app.command("bench")
@@ -413,8 +455,7 @@ def bench_cmd(
                                              )] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 2,
     timeout: Annotated[float, typer.Option(help="Per (method, case) time limit, seconds.")] = 60.0,
-    methods: Annotated[str, typer.Option("--methods", "-m", help="'all', a family, or a comma list."
-                                         )] = "all",
+    methods: Annotated[str, typer.Option("--methods", "-m", help=METHODS_HELP)] = "all",
     views: Annotated[str, typer.Option(help="Metric views, comma-separated: study, full, all.")] = (
         "study,full"),
     full_methods: Annotated[str, typer.Option(
@@ -429,6 +470,8 @@ def bench_cmd(
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    param: ParamOpt = None,
+    params_files: ParamsFileOpt = None,
 ) -> None:
     """Simulate a scenario's suite, run the methods under each view, write report.html and the results, print
     the tables.
@@ -449,7 +492,8 @@ def bench_cmd(
               methods=methods, views=[v.strip() for v in views.split(",") if v.strip()], full_methods=full_methods,
               seed=seed, overrides=overrides, sets=sets,
               retry_failed=retry_failed, progress=progress, console=out,
-              memory_limit_mb=memory_limit, executor=executor, ray_address=address)
+              memory_limit_mb=memory_limit, executor=executor, ray_address=address,
+              method_params=_method_params(param, params_files))
 
 
 app.add_typer(testbed_app, name="testbed")

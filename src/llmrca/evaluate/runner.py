@@ -36,6 +36,7 @@ from llmrca.errors import CaseError, FormatError, LlmrcaError, UnknownNameError
 from llmrca.evaluate.desk import CaseDesk, GridTask, case_digest, input_hash
 from llmrca.evaluate.pool import LocalExecutor, run_grid
 from llmrca.evaluate.store import KEY, RUN_JSON, ResultStore, rows_to_frame, write_atomic
+from llmrca.methods.params import checked_params
 from llmrca.methods.registry import entry, resolve
 from llmrca.report.status import KINDS, status_kind
 
@@ -75,7 +76,8 @@ def evaluate(
     ``memory_limit_mb``: address space a method may add during ``rank`` (see ``llmrca.evaluate.sealed``);
     None = ``default_memory_limit_mb(jobs)`` (on Ray: the cluster's memory resource shared by the actors),
     0 = no cap.
-    ``method_params``: method name → keyword parameters for its constructor.
+    ``method_params``: method (a name or ``module:Class``) → keyword parameters for its constructor, checked
+    before the run against the parameters the method declares (``llmrca.methods.params.checked_params``).
     ``retry_failed``: on resume, run again the tasks whose stored status is not ``ok``.
     ``view``: which metric columns methods see ('all', 'study' or 'full'; see ``llmrca.case.views``). A result
     folder holds one view: resuming it with another is refused.
@@ -84,10 +86,7 @@ def evaluate(
     Rows already in ``out_dir`` for the same (method, case_id, seed) and content hash are not recomputed.
     """
     names = resolve(list(methods) if not isinstance(methods, str) else methods)
-    params = dict(method_params or {})
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise UnknownNameError(f"method_params names method(s) not in the run: {', '.join(unknown)}")
+    params = checked_params(method_params, names)
     options.jobs(jobs, "jobs")
     options.seconds(timeout, "timeout", allow_none=True)
     options.memory_mb(memory_limit_mb, "memory_limit_mb")
@@ -100,6 +99,7 @@ def evaluate(
     paths = _case_paths(cases)
     entries = {n: entry(n) for n in names}
     out = Path(out_dir)
+    _refuse_case_as_out(out)
     _check_same_view(out, view)
     pool = _executor(executor, jobs, ray_address)  # before the store: a Ray that cannot start writes nothing
     try:
@@ -129,6 +129,12 @@ def _evaluate(paths: list[str], names: list[str], entries: dict[str, Any], out: 
               params: dict[str, dict[str, Any]], retry_failed: bool, root: str | Path | None, view: str,
               executor: str, ray_address: str | None) -> pd.DataFrame:
     root_s = str(root) if root is not None else None
+    # A plug-in changes with its file, not with llmrca's version: its source's hash is part of its rows' key, so an
+    # edited method is recomputed rather than its old rows reused.
+    from llmrca.methods.plugins import code_digest
+
+    code_keys = {n: e.target if e.origin == "built-in" else f"{e.target}#{code_digest(e.target)}"
+                 for n, e in entries.items()}
     with ResultStore(out) as store:
         ids = _case_ids(paths, store.case_ids_by_path(), root)
         digests = {p: case_digest(p) for p in paths}
@@ -138,7 +144,7 @@ def _evaluate(paths: list[str], names: list[str], entries: dict[str, Any], out: 
             cid = ids.get(p) or Path(p).name
             for n in names:
                 e = entries[n]
-                h = input_hash(digests[p], method=n, target=e.target, params=params.get(n, {}), seed=seed,
+                h = input_hash(digests[p], method=n, target=code_keys[n], params=params.get(n, {}), seed=seed,
                                view=view)
                 old = store.get((n, cid, seed))
                 if old is not None and old.get("input_hash") == h and (old["status"] == "ok" or not retry_failed):
@@ -213,8 +219,33 @@ def _case_paths(cases: Sequence[str | Path]) -> list[str]:
         p = os.path.abspath(c)
         if not os.path.isdir(p):
             raise FormatError(f"{c}: no such case folder")
+        _refuse_suite(c)
         out[p] = None
     return list(out)
+
+
+def _refuse_suite(path: str | Path) -> None:
+    """A folder that is no case but holds cases is a suite given where a case belongs: say so, rather than
+    store an error row for it ("not a case folder") and leave its cases out."""
+    from llmrca.io import case_format, find_cases
+
+    if case_format(path) is not None:
+        return
+    inside = find_cases(path)
+    if inside:
+        raise FormatError(f"{path}: a suite folder ({len(inside)} case folder(s) below it), not a case folder; "
+                          f"pass its cases: llmrca.find_cases({str(path)!r})")
+
+
+def _refuse_case_as_out(out: Path) -> None:
+    """Results written into a case or suite folder would become part of it (its content hash, its listing)."""
+    from llmrca.io import case_format
+    from llmrca.sim.suites import MANIFEST
+
+    if case_format(out) is not None:
+        raise FormatError(f"{out}: a case folder; write the results elsewhere")
+    if (out / MANIFEST).is_file():
+        raise FormatError(f"{out}: a suite folder (it has {MANIFEST}); write the results elsewhere")
 
 
 def _peek_id(path: str, root: str | Path | None = None) -> str | None:

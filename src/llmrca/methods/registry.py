@@ -17,6 +17,7 @@ class Entry:
     family: Family
     needs: frozenset[str]
     summary: str
+    origin: str = "built-in"  # or "plug-in module:Class", "entry point of <package>" (llmrca.methods.plugins)
 
 
 _ENTRIES: dict[str, Entry] = {}
@@ -80,10 +81,29 @@ def entries() -> list[Entry]:
 
 
 def entry(name: str) -> Entry:
-    try:
-        return _ENTRIES[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown method {name!r}; known: {', '.join(_ENTRIES)}") from None
+    """A method by name: built-in (or ``register``ed), a ``module:Class`` spec, a spec's class already resolved
+    here by its name, or an installed package's entry point (``llmrca.methods.plugins``)."""
+    # --- plug-in methods (llmrca.methods.plugins): everything a built-in name is not
+    found = _ENTRIES.get(name)
+    if found is not None:
+        return found
+    from llmrca.methods import plugins
+
+    if plugins.is_spec(name):
+        return plugins.resolve_spec(name, _ENTRIES)
+    found = plugins.resolved(name) or plugins.entry_point(name, _ENTRIES)
+    if found is None:
+        raise UnknownNameError(f"unknown method {name!r}; known: {', '.join(_ENTRIES)}; or a plug-in's "
+                               "module:Class (e.g. mymod:MeanShift)")
+    return found
+
+
+def installed() -> tuple[list[Entry], list[str]]:
+    """The methods of installed packages (entry-point group ``llmrca.methods``) and one line per broken one."""
+    from llmrca.methods import plugins
+
+    return plugins.installed(_ENTRIES)
+    # --- end of plug-in methods
 
 
 def method_class(name: str) -> type[BaseMethod]:
