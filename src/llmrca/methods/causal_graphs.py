@@ -272,22 +272,21 @@ def _pc_stable(data: np.ndarray, names: list[str], cit: BudgetedCIT, alpha: floa
     ``uc_sepset`` (priority 2, as ``pc``'s default), then Meek's rules. The same steps and decisions as
     ``causallearn...PC.pc(stable=True, uc_rule=0, uc_priority=2, max_k=max_cond)``; ``pc``'s own skeleton loop
     keeps its removed edges in a list and so grows quadratically (75 s of 90 at 200 columns), and its orientation
-    steps deep-copy the graph together with the CI test's cache. Returns the CPDAG's endpoint matrix."""
-    from causallearn.graph.GraphClass import CausalGraph
+    steps deep-copy the graph together with the CI test's cache. The orientation runs on budgeted subclasses of
+    causal-learn's graphs (``pc_orient``). Returns the CPDAG's endpoint matrix."""
     from causallearn.graph.GraphNode import GraphNode
     from causallearn.utils.FAS import fas
-    from causallearn.utils.PCUtils import Meek, UCSepset
+
+    from llmrca.methods.pc_orient import budgeted_graph, orient
 
     nodes = [GraphNode(n) for n in names]
     G, sep_sets, _ = fas(data, nodes, cit, alpha=float(alpha), depth=-1 if max_cond is None else int(max_cond),
                          stable=True, show_progress=False)
-    cg = CausalGraph(len(names), names)
-    cg.G = G
+    # the orientation steps keep to the same budget as the CI tests (causal-learn's take none: pc_orient.py)
+    cg = budgeted_graph(list(names), G, cit.deadline)
     for (x, y), S in sep_sets.items():
         cg.sepset[x, y] = [tuple(sorted(S))]
-    cg = UCSepset.uc_sepset(cg, 2)
-    cg = Meek.meek(cg)
-    return cg.G.graph
+    return orient(cg, 2).G.graph
 
 
 def _as_codes(data: np.ndarray) -> np.ndarray:

@@ -1,0 +1,59 @@
+"""PC's orientation phase (uc_sepset + Meek's rules) on llmrca's budgeted graphs against causal-learn's own, side
+by side on the same random skeletons and separating sets (the same CPDAG is checked each time).
+
+    python benchmarks/pc_orient_speed.py [--nodes 100,200,400] [--degree 3] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_pc_orient import _budgeted, _reference  # noqa: E402  (the test's graph builders)
+
+from causallearn.graph.GeneralGraph import GeneralGraph  # noqa: E402
+from causallearn.graph.GraphNode import GraphNode  # noqa: E402
+from causallearn.utils.PCUtils import Meek, UCSepset  # noqa: E402
+
+from llmrca.methods.pc_orient import orient  # noqa: E402
+
+
+def skeleton(n: int, degree: float, rng: np.random.Generator) -> tuple[GeneralGraph, dict]:
+    g = GeneralGraph([GraphNode(f"X{i}") for i in range(n)])
+    adj = np.triu(rng.random((n, n)) < degree / (n - 1), 1)
+    for i, j in zip(*np.nonzero(adj)):
+        g.graph[i, j] = g.graph[j, i] = -1
+    sep = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            if not adj[i, j]:
+                sep[(i, j)] = sep[(j, i)] = tuple(sorted(int(k) for k in rng.choice(n, size=1) if k not in (i, j)))
+    return g, sep
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", default="100,200,400")
+    ap.add_argument("--degree", type=float, default=3.0, help="mean degree of the skeleton")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    print(f"{'nodes':>6} {'edges':>6} {'causal-learn s':>15} {'llmrca s':>9} {'ratio':>6}")
+    for n in (int(x) for x in a.nodes.split(",")):
+        g, sep = skeleton(n, a.degree, np.random.default_rng(a.seed))
+        t0 = time.perf_counter()
+        want = Meek.meek(UCSepset.uc_sepset(_reference(g, sep, n), 2))
+        t1 = time.perf_counter()
+        got = orient(_budgeted(g, sep, n), 2)
+        t2 = time.perf_counter()
+        assert np.array_equal(got.G.graph, want.G.graph), "the CPDAGs differ"
+        edges = int((g.graph != 0).sum() // 2)
+        print(f"{n:>6} {edges:>6} {t1 - t0:>15.2f} {t2 - t1:>9.2f} {(t1 - t0) / max(t2 - t1, 1e-9):>6.1f}")
+
+
+if __name__ == "__main__":
+    main()
