@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_pc_orient import _budgeted, _reference  # noqa: E402  (the test's graph builders)
+from causallearn.graph.GeneralGraph import GeneralGraph
+from causallearn.graph.GraphNode import GraphNode
+from causallearn.utils.PCUtils import Meek, UCSepset
+from test_pc_orient import _budgeted, _reference
 
-from causallearn.graph.GeneralGraph import GeneralGraph  # noqa: E402
-from causallearn.graph.GraphNode import GraphNode  # noqa: E402
-from causallearn.utils.PCUtils import Meek, UCSepset  # noqa: E402
-
-from llmrca.methods.pc_orient import orient  # noqa: E402
+from llmrca.methods.pc_orient import orient
 
 
 def skeleton(n: int, degree: float, rng: np.random.Generator) -> tuple[GeneralGraph, dict]:
