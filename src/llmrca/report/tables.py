@@ -283,11 +283,19 @@ def print_table(summary: pd.DataFrame, console: Any = None, *, title: str = "RCA
     table.add_column("Cases", justify="right")
     table.add_column("E/T/N", justify="right")  # one column keeps the table inside 80 terminal columns
     methods = list(dict.fromkeys(summary["method"]))
+    with_ci = all(c in summary.columns for c in CI_COLUMNS)
+
+    def score(r: Any, key: str) -> str:  # the value, and its interval where the summary has one (--ci)
+        lo, hi = (r.get(f"{key}_lo"), r.get(f"{key}_hi")) if with_ci else (None, None)
+        if lo is None or hi is None or math.isnan(float(lo)) or math.isnan(float(hi)):
+            return _fmt(r[key])
+        return f"{_fmt(r[key])} ({_fmt(lo)}–{_fmt(hi)})"
+
     for i, m in enumerate(methods):
         rows = summary[summary["method"] == m]
         for j, (_, r) in enumerate(rows.iterrows()):
             table.add_row(
-                m if j == 0 else "", str(r["fault_type"]), _fmt(r["ac1"]), _fmt(r["ac3"]), _fmt(r["avg5"]),
+                m if j == 0 else "", str(r["fault_type"]), score(r, "ac1"), score(r, "ac3"), score(r, "avg5"),
                 _fmt_time(r["time_s"]), str(int(r["n"])), "/".join(failure_cells(r, chance_blank=True)).strip("/"),
                 style="dim" if m == CHANCE else ("bold" if r["fault_type"] == ALL else None),
                 end_section=(j == len(rows) - 1 and i < len(methods) - 1),

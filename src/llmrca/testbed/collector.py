@@ -348,6 +348,10 @@ def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_i
     st = rd.read_state()
     cfg = TestbedConfig.from_dict(st["config"])
     step = step or cfg.deploy.step
+    asked_start, start = start, window_start(st, start)  # no rows from before the testbed existed
+    if not end > start:
+        raise LlmrcaError(f"collect: the window ends at {end:.0f}, before the testbed came up at {start:.0f} "
+                          f"({rd.path / 'state.json'}: up_since); collect a later window")
     client = PromClient(f"http://{LOOPBACK}:{st['ports']['prometheus']}")
     services = [*st["services"], st["node"], *([st["client"]] if st.get("client") else [])]
     metrics = collect_metrics(client, start, end, step, rate_window=cfg.deploy.rate_window,
@@ -387,7 +391,18 @@ def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_i
             "rate_window": cfg.deploy.rate_window, "containment": (st.get("containment") or {}).get("mode")}
     if rec:
         prov["injection"] = rec
+    if start > asked_start:
+        prov["trimmed"] = {"asked_start": asked_start, "up_since": start}
     return Case(id=case_id, observation=obs, truth=truth, system="llmrca-testbed", provenance=prov)
+
+
+def window_start(state: dict[str, Any], start: float) -> float:
+    """``start``, or the time the testbed came up (``state["up_since"]``) where the window begins earlier:
+    Prometheus holds nothing from before, and rows of nothing are NaN padding, not a normal period."""
+    up = state.get("up_since")
+    if isinstance(up, (int, float)) and math.isfinite(up) and up > start:
+        return float(up)
+    return start
 
 
 def collect_prometheus_case(url: str, start: float, end: float, *, step: float = 5.0, rate_window: float = 15.0,
