@@ -292,6 +292,17 @@ def _reporter(progress: bool | Progress) -> Progress:
         return progress
     if not progress:
         return lambda i, n, cid: None
+    from llmrca.progress import PlainProgress, is_terminal
+
+    if not is_terminal():  # off a terminal a \r-rewritten line never ends: plain lines every 10 s
+        plain: list[PlainProgress] = []
+
+        def lines(i: int, n: int, cid: str) -> None:
+            if not plain:
+                plain.append(PlainProgress("simulate", n))
+            plain[0].update(i, cid)
+
+        return lines
 
     def show(i: int, n: int, cid: str) -> None:
         end = "\n" if i == n else ""
