@@ -1,6 +1,6 @@
 """Cases without an inject time (a case collected from a user's Prometheus): every registered method either
 estimates the onset and ranks, or says in one line (a MethodError) that it needs the injection time. Never a
-traceback: not on NaN-padded rows, not on a column that repeats one float (whose std is ~1e-17, not 0)."""
+traceback: not on NaN-padded rows, not on a column that repeats one float (whose std is ~1e-16, not 0)."""
 
 import dataclasses
 
@@ -27,12 +27,12 @@ def _case(view: str = "study"):
 
 def _without_inject_time(view: str = "study", *, padded: bool = False):
     """The case with inject_time None; ``padded``: 10 all-NaN rows before it (a window that began before the
-    deployment) and a constant column of 0.1 (which a std test takes for a moving one)."""
+    deployment) and a constant column of 1.1 (which a std test takes for a moving one)."""
     c = _case(view)
     obs = dataclasses.replace(c.observation, inject_time=None)
     if padded:
         m = obs.metrics.copy()
-        m[f"{c.truth.service}_fb_free"] = 0.1
+        m[f"{c.truth.service}_fb_free"] = 1.1  # over these rows its std is ~2e-16 from rounding, not 0
         pad = m.iloc[:10].copy()
         pad[[x for x in m.columns if x != "time"]] = np.nan
         pad["time"] = m["time"].iloc[0] - obs.interval * np.arange(10, 0, -1)
