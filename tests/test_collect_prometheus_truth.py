@@ -26,7 +26,7 @@ def _value(query: str, service: str, t: float) -> float | None:
     """A deterministic cluster: noisy CPU and memory per replica, the root's CPU up 1.5 cores from ONSET, and a
     GPU gauge that repeats one float (1.1: over these 121 rows its std is 4e-16 from rounding, not 0), the column
     that once crashed BOCPD."""
-    i = int(round((t - T0) / STEP))
+    i = round((t - T0) / STEP)
     k = SERVICES.index(service)
     noise = np.random.default_rng([i, k, len(query) % 97]).normal(0, 0.02)
     if "container_cpu_usage_seconds_total" in query:
