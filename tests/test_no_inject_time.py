@@ -8,15 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 from _trace_cases import simulated
+from test_methods_doc import needs_table
 from typer.testing import CliRunner
 
 import llmrca
 from llmrca.cli import app
 from llmrca.methods import names
 
-# Methods that must rank without an inject time: the chance baseline needs none, and BARO's (and its
-# multi-source variant's) onset comes from BOCPD when the case has no injection time.
-ESTIMATE_THE_ONSET = ("dummy", "baro", "mm-baro")
+# What docs/methods.md says of each method's inject_time ("needed", "estimated", "not used"): the test holds
+# every method to it, so the page and the code agree.
+NEEDS = {name: row["inject_time"] for name, row in needs_table().items()}
+ESTIMATE_THE_ONSET = tuple(n for n, v in NEEDS.items() if v != "needed")  # dummy needs none, BARO uses BOCPD
+
+
+def test_the_page_says_which_methods_rank_without_an_inject_time():
+    assert set(NEEDS) == set(names())
+    assert {"dummy", "baro", "mm-baro"} <= set(ESTIMATE_THE_ONSET)
 
 
 def _case(view: str = "study"):
