@@ -219,6 +219,9 @@ def test_plain_progress_prints_the_first_every_ten_seconds_and_the_last():
     lines = buf.getvalue().splitlines()
     assert [ln.split(" (")[0] for ln in lines] == ["evaluate: 1/5", "evaluate: 3/5", "evaluate: 5/5"]
     assert lines[-1].endswith("13 s") and "left" in lines[0]
+    late = io.StringIO()  # a reporter made when the work began, its first line after the first item
+    PlainProgress("simulate", 4, stream=late, clock=lambda: 8.0, started=0.0).update(1)
+    assert late.getvalue() == "simulate: 1/4, 8 s, ~24 s left\n"
 
 
 def test_generate_and_evaluate_print_plain_lines_off_a_terminal(suite, tmp_path, capsys):

@@ -280,7 +280,7 @@ def report_cmd(
     from llmrca.report.detection import detection_markdown, diagnosis_markdown
     from llmrca.report.empty import why_empty
     from llmrca.report.multi import multi_markdown
-    from llmrca.report.results_view import results_folder
+    from llmrca.report.results_view import results_folder, view_title
 
     if ci is not None and not 0.0 < ci < 1.0:
         raise LlmrcaError(f"--ci: a confidence level between 0 and 1 (e.g. 0.95), is {ci!r}")
@@ -288,7 +288,7 @@ def report_cmd(
     results = load_results(folder)
     summary = summarize(results, ci=ci) if ci is not None else summarize(results)
     why = why_empty(results)
-    title = f"RCA accuracy, {used} view"
+    title = f"RCA accuracy, {view_title(used)}"
     if as_json:
         fmt = "json"
     if fmt == "table":

@@ -28,13 +28,13 @@ class PlainProgress:
     always."""
 
     def __init__(self, label: str, total: int, *, stream: TextIO | None = None, every_s: float = EVERY_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, started: float | None = None) -> None:
         self.label = label
         self.total = total
         self.stream = stream
         self.every_s = every_s
         self.clock = clock
-        self.t0 = clock()
+        self.t0 = clock() if started is None else started  # ``started``: when the work began, on ``clock``
         self._last: float | None = None
 
     def update(self, done: int, note: str = "") -> None:

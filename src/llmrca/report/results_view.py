@@ -12,6 +12,8 @@ from pathlib import Path
 from llmrca.errors import FormatError, LlmrcaError
 from llmrca.evaluate.store import JOURNAL, PARQUET, RUN_JSON
 
+UNRECORDED = "unrecorded"  # a folder whose run.json names no view (written by hand or by an older llmrca)
+
 
 def folder_view(folder: Path) -> str | None:
     """The view recorded in ``folder/run.json`` (None when it records none: an older or hand-made folder)."""
@@ -49,4 +51,9 @@ def results_folder(path: str | Path, view: str | None = None) -> tuple[Path, str
     own = folder_view(folder)
     if view is not None and own is not None and view != own:
         raise LlmrcaError(f"{p}: its results were computed under the {own} view, not {view}; pass --view {own}")
-    return p, (own or view or "unrecorded")
+    return p, (own or view or UNRECORDED)
+
+
+def view_title(view: str) -> str:
+    """How a report's title names the view of its rows."""
+    return "view not recorded" if view == UNRECORDED else f"{view} view"
