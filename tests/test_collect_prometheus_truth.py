@@ -39,6 +39,8 @@ def _value(query: str, service: str, t: float) -> float | None:
 
 
 class _Prom(BaseHTTPRequestHandler):
+    data_from = T0  # no series has a value before this (a cluster younger than the window)
+
     def do_GET(self):
         q = parse_qs(urlparse(self.path).query)
         query = q["query"][0]
@@ -47,7 +49,7 @@ class _Prom(BaseHTTPRequestHandler):
         label = "service"
         for s in SERVICES:
             values = [[float(t), str(v)] for t in np.arange(start, end + 1e-9, step)
-                      if (v := _value(query, s, float(t))) is not None]
+                      if t >= self.data_from and (v := _value(query, s, float(t))) is not None]
             if values:
                 result.append({"metric": {label: s}, "values": values})
         body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
@@ -156,3 +158,16 @@ def test_collect_trims_rows_from_before_the_testbed_came_up(prom, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["trimmed"]["up_since"] == up
     assert "window starts at the testbed's start" in r.stderr
+
+
+def test_collect_from_prometheus_starts_at_the_first_row_with_data(prom, tmp_path, monkeypatch):
+    monkeypatch.setattr(_Prom, "data_from", T0 + 100.0)
+    r = run("--prometheus", prom, "--since", T0, "--until", T1, "--out", tmp_path / "c", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["trimmed"] == {"asked_start": T0, "first_data": T0 + 100.0}
+    assert "case starts at the first row with data" in r.stderr
+    m = llmrca.load_case(tmp_path / "c").observation.metrics
+    assert m["time"].iloc[0] == T0 + 100.0 and m.drop(columns="time").iloc[0].notna().all()
+    r = run("--prometheus", prom, "--since", T0, "--until", T1, "--inject-time", T0 + 50, "--fault", "cpu",
+            "--target", ROOT, "--out", tmp_path / "d")
+    assert r.exit_code == 1 and "is not after the first row with data" in r.output

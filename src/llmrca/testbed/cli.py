@@ -311,10 +311,14 @@ def collect_cmd(
     o = case.observation
     con = _con(as_json)
     trimmed = case.provenance.get("trimmed")
-    if trimmed:
+    if trimmed and "up_since" in trimmed:
         con.print(f"window starts at the testbed's start ({time.ctime(trimmed['up_since'])}), "
                   f"{trimmed['up_since'] - trimmed['asked_start']:.0f} s after --since: Prometheus holds nothing "
                   "from before", highlight=False)
+    elif trimmed:
+        con.print(f"case starts at the first row with data ({time.ctime(trimmed['first_data'])}), "
+                  f"{trimmed['first_data'] - trimmed['asked_start']:.0f} s after --since: no series had a value "
+                  "before", highlight=False)
     t = case.truth
     truth_text = (f"{t.fault_type} on {t.service} from {o.inject_time:.0f}" if t.service is not None else
                   "none given: recorded as a fault-free case" + (
