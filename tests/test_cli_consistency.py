@@ -191,6 +191,24 @@ def test_export_of_a_suite(suite, tmp_path):
     r = run("export", clash, "--out", tmp_path / "re2")
     assert r.exit_code == 1 and "would both be written to" in r.output
     assert not (tmp_path / "re2").exists()
+    # a suite's multi-fault case has no RCAEval folder (one root cause per folder): left out, and said
+    import dataclasses
+
+    from llmrca.case import FaultRecord
+
+    one = planted_case(seed=5)
+    t = one.truth
+    two = dataclasses.replace(t, faults=(FaultRecord(t.fault_type, t.service, t.start, t.end),
+                                         FaultRecord("memory", "svc-0" if t.service != "svc-0" else "svc-1",
+                                                     t.start, t.end)))
+    mixed = tmp_path / "mixed"
+    llmrca.save_case(one, mixed / "single")
+    llmrca.save_case(dataclasses.replace(one, id="multi-1", truth=two), mixed / "multi")
+    r = run("export", mixed, "--out", tmp_path / "re3", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [Path(c["case"]).name for c in doc["cases"]] == ["single"]
+    assert [Path(c["case"]).name for c in doc["left_out"]] == ["multi"] and "one root cause" in r.stderr
 
 
 def test_bench_takes_a_view_list_and_names_each_view(suite, tmp_path):

@@ -338,19 +338,24 @@ def export_cmd(
 
     Example: llmrca export suites/paper --format rcaeval --out re-out --view full
     """
-    from llmrca.io.export import export_cases
+    from llmrca.io.export import Skipped, export_cases
 
     options.view(view)
-    written = export_cases(case, out_dir, fmt=fmt, view=view, overwrite=overwrite)
+    skipped: list[Skipped] = []
+    written = export_cases(case, out_dir, fmt=fmt, view=view, overwrite=overwrite, skipped=skipped)
     con = _console(as_json)
     for w in written:
         con.print(f"wrote {w.path} ({_view_title(view, w.view)}: {w.columns} metric columns)", highlight=False)
-    if len(written) > 1:
-        con.print(f"{len(written)} case(s) exported under {out_dir}", highlight=False)
+    for sk in skipped:
+        con.print(f"left out {sk.source}: {sk.why}", highlight=False)
+    if len(written) > 1 or skipped:
+        con.print(f"{len(written)} case(s) exported under {out_dir}"
+                  + (f", {len(skipped)} left out" if skipped else ""), highlight=False)
     if as_json:
         _print_json({"format": fmt, "view": view, "out": str(out_dir),
                      "cases": [{"case": str(w.source), "path": str(w.path), "view": w.view, "columns": w.columns}
-                               for w in written]})
+                               for w in written],
+                     "left_out": [{"case": str(sk.source), "why": sk.why} for sk in skipped]})
 
 
 @app.command("validate")

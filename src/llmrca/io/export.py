@@ -15,6 +15,12 @@ FORMATS = ("rcaeval", "native")
 
 
 @dataclass(frozen=True)
+class Skipped:
+    source: Path
+    why: str
+
+
+@dataclass(frozen=True)
 class Exported:
     source: Path  # the case folder read
     path: Path  # the folder written
@@ -23,8 +29,12 @@ class Exported:
 
 
 def export_cases(path: str | Path, out_dir: str | Path, *, fmt: str = "rcaeval", view: str = "all",
-                 overwrite: bool = False) -> list[Exported]:
-    """Export the case at ``path``, or every case below it, into ``out_dir``; returns what was written."""
+                 overwrite: bool = False, skipped: list[Skipped] | None = None) -> list[Exported]:
+    """Export the case at ``path``, or every case below it, into ``out_dir``; returns what was written.
+
+    RCAEval's layout names one root cause per folder, so a suite's multi-fault cases are not exported there (a
+    single multi-fault case is, with its first root and a warning); each one left out is appended to ``skipped``
+    when given."""
     from llmrca.case.views import effective_view, select_view
     from llmrca.io import case_format, find_cases, load_case, save_case
 
@@ -42,18 +52,27 @@ def export_cases(path: str | Path, out_dir: str | Path, *, fmt: str = "rcaeval",
         v = effective_view(c, view)
         return (select_view(c, v, where=str(d)) if v != "all" else c), v
 
-    if fmt == "rcaeval" and len(dirs) > 1:
+    if fmt == "rcaeval" and not single:
         from llmrca.io.rcaeval import planned_folder
 
         seen: dict[Path, Path] = {}
+        kept = []
         for d in dirs:
-            target = planned_folder(load_case(d, root=src), out)
+            c = load_case(d, root=src)
+            if c.truth.is_multi:
+                if skipped is not None:
+                    skipped.append(Skipped(d, f"{len(c.truth.faults)} faults: RCAEval's layout names one root cause "
+                                              "(export it with --format native)"))
+                continue
+            kept.append(d)
+            target = planned_folder(c, out)
             if target is not None and target in seen:
                 raise LlmrcaError(f"{d} and {seen[target]} would both be written to {target} (RCAEval's "
                                   "layout names a folder by root-cause service, fault and repetition); export "
                                   "them to separate folders")
             if target is not None:
                 seen[target] = d
+        dirs = kept
     done = []
     for d in dirs:
         c, v = viewed(d)
