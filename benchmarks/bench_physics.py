@@ -54,7 +54,7 @@ from llmrca.sim.run import run
 
 TARGET = "ray-head"  # one replica: the head's
 T_FROM, T_TO = 15.0, 225.0  # requests started in this window are measured
-DEEP = 0.45  # a cap below this share of the limit is "deep": decode is past its flat part (CALIBRATION.md)
+DEEP = 0.45  # a cap below this share of the limit is "deep": decode is past its flat part (the rows marked * above)
 
 
 @dataclass

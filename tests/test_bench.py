@@ -125,7 +125,7 @@ def test_unknown_view_is_refused(tmp_path):
 
 def test_bench_command_resumes_and_prints_the_tables(bench):
     args = ["bench", "paper", "--out", str(bench.out_dir), "--reps", "1", "--seed", "3",
-            "--faults", "cpu,gpu", "--methods", ",".join(METHODS), "--no-progress"]
+            "--faults", "cpu,gpu", "--methods", ",".join(METHODS), "--view", "study,full", "--no-progress"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "study: 0 task(s) run, full: 0 task(s) run" in r.output

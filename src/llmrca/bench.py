@@ -158,7 +158,7 @@ def run_bench(
                                         view_methods=view_methods, method_params=params)
     for v in views:
         print_overview(summaries[v], console, title=f"{suite.name}: {v} view ({len(cases)} cases)")
-        print_detection(results[v], console)
+        print_detection(results[v], console, view=v)
     if len(views) > 1:
         print_comparison(summaries, console)
     done = ", ".join(f"{v}: {n} task(s) run" for v, n in computed.items())
@@ -358,8 +358,9 @@ def print_overview(summary: pd.DataFrame, console: Console | None = None, *,
     console.print("E/T/N: errors/timeouts/no answer. " + FAILURE_NOTE, style="dim", highlight=False)
 
 
-def print_detection(results: pd.DataFrame, console: Console | None = None) -> None:
-    """One line per suite: each method's AUROC of its top score, fault vs fault-free runs (n/a without any)."""
+def print_detection(results: pd.DataFrame, console: Console | None = None, *, view: str | None = None) -> None:
+    """One line per suite: each method's AUROC of its top score, fault vs fault-free runs (n/a without any);
+    ``view`` names the metric view in the line."""
     from llmrca.report.detection import detection_summary
 
     console = console or Console()
@@ -368,7 +369,8 @@ def print_detection(results: pd.DataFrame, console: Console | None = None) -> No
         return
     cells = [f"{r['method']} {'n/a' if pd.isna(r['auroc']) else format(float(r['auroc']), '.2f')}"
              for _, r in det.iterrows()]
-    console.print("Fault vs fault-free AUROC of the top score: " + ", ".join(cells), highlight=False)
+    where = f" ({view} view)" if view else ""
+    console.print(f"Fault vs fault-free AUROC of the top score{where}: " + ", ".join(cells), highlight=False)
 
 
 def print_comparison(summaries: Mapping[str, pd.DataFrame], console: Console | None = None,

@@ -70,13 +70,55 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"llmrca {_version()}\n")
+        raise typer.Exit()
+
+
+def _version() -> str:
+    """The installed distribution's version; the package's own where llmrca runs from a source tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmrca")
+    except PackageNotFoundError:
+        from llmrca import __version__
+
+        return __version__
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+          _v: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                           help="Print llmrca's version and exit.")] = False) -> None:
     _state["debug"] = debug
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# --- One CLI (issue 16): every command takes --json; every command that reads metrics takes --view ----------
+# With --json, stdout holds one JSON document and nothing else: tables, notes and progress go to stderr.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout (tables and "
+                                                      "progress go to stderr).")]
+ViewOpt = Annotated[str, typer.Option(
+    "--view", help="Metric view the methods see: study (the reference study's feature set), full (every series "
+                   "under its source's name) or all (both). Cases of foreign data (RCAEval) have no views and are "
+                   "given whole.")]
+
+
+def _console(as_json: bool) -> Console:
+    """Where a command's human-readable lines go: stdout, or stderr when stdout carries --json."""
+    return err if as_json else out
+
+
+def _view_title(asked: str, used: str | None = None) -> str:
+    """How a table title names its view: ``study view``; ``all columns (…)`` when the case had no views."""
+    if used is None or used == asked:
+        return f"{asked} view"
+    return f"all columns ({asked} view asked; the case is not llmrca telemetry, so it has no views)"
 
 
 # --- method parameters and plug-in methods (llmrca.methods.params, llmrca.methods.plugins), shared by the commands
@@ -127,6 +169,7 @@ def rank_cmd(
     top: Annotated[int, typer.Option("--top", "-k", help="How many candidates to show.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for the method.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full ranking as JSON.")] = False,
+    view: ViewOpt = options.DEFAULT_VIEW,
     param: ParamOpt = None,
     params_files: ParamsFileOpt = None,
 ) -> None:
@@ -135,22 +178,25 @@ def rank_cmd(
     A method that finds nothing abnormal to blame abstains: "no answer: <reason>" and exit status 3.
     """
     from llmrca.errors import NoAnswer
-    from llmrca.evaluate.single import rank_case
+    from llmrca.evaluate.single import rank_in_view
     from llmrca.methods import entry
     from llmrca.methods.params import checked_params
 
+    options.view(view)
     name = entry(method).name
     ps = checked_params(_method_params(param, params_files), [name]).get(name, {})
     try:
-        ranking, seconds = rank_case(case, method, seed=seed, **ps)
+        r = rank_in_view(case, method, seed=seed, view=view, **ps)
     except NoAnswer as e:  # an abstention, not a crash: its own line and exit status
         err.print(f"[yellow]no answer:[/yellow] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(3) from None
+    ranking, seconds = r.ranking, r.seconds
     if as_json:
-        _print_json({"method": method, "runtime_s": seconds, "services": ranking.services(),
+        _print_json({"method": method, "view": r.view, "runtime_s": seconds, "services": ranking.services(),
                      "candidates": [{"name": c, "score": s} for c, s in zip(ranking.candidates, ranking.scores)]})
         return
-    t = Table("#", "candidate", "service", "score", title=f"{method} on {case} ({seconds:.3f} s)")
+    t = Table("#", "candidate", "service", "score",
+              title=f"{method} on {case}, {_view_title(view, r.view)} ({seconds:.3f} s)")
     for i, (c, s) in enumerate(zip(ranking.candidates[:top], ranking.scores[:top]), 1):
         t.add_row(str(i), c, c.split("_", 1)[0], f"{s:.4g}")
     out.print(t)
@@ -166,16 +212,30 @@ AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. 
                                                      "default: a local Ray for the run.")]
 
 
-def _say_tasks(folder: Path) -> None:
-    """One line on what a resumed run reused, recomputed as stale, and ran."""
+def _say_tasks(folder: Path, console: Console | None = None) -> dict[str, Any]:
+    """One line on what a resumed run reused, recomputed as stale, and ran; returns run.json's task counts."""
     try:
         tasks = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("tasks", {})
     except (OSError, ValueError, AttributeError):
-        return
+        return {}
     parts = [f"resumed: {tasks.get('resumed', 0)}", f"to_run: {tasks.get('to_run', 0)}"]
     if tasks.get("replaced"):
         parts.append(f"replaced: {tasks['replaced']} (stale: case, view or parameters changed)")
-    out.print(", ".join(parts), highlight=False, soft_wrap=True)
+    (console or out).print(", ".join(parts), highlight=False, soft_wrap=True)
+    return tasks
+
+
+def _print_summary(results: Any, console: Console, title: str) -> str | None:
+    """The accuracy table, or one line saying why there is none; returns that reason (None: a table)."""
+    from llmrca.report import print_table, summarize
+    from llmrca.report.empty import why_empty
+
+    why = why_empty(results)
+    if why is not None:
+        console.print(f"{title}: no accuracy table: {escape(why)}", highlight=False, soft_wrap=True)
+        return why
+    print_table(summarize(results), console, title=title)
+    return None
 
 
 @app.command("evaluate")
@@ -188,25 +248,29 @@ def evaluate_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Result folder (resumed if it exists).")] = Path(
         "results"),
     seed: Annotated[int, typer.Option(help="Seed passed to every method.")] = 0,
-    view: Annotated[str, typer.Option(help="Metric view for simulated cases: all, study or full.")] = "all",
+    view: ViewOpt = options.DEFAULT_VIEW,
     memory_limit: MemoryOpt = None,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress (a bar on a terminal, else a line every 10 s).")
+                        ] = True,
+    as_json: JsonOpt = False,
     param: ParamOpt = None,
     params_files: ParamsFileOpt = None,
     retry_failed: Annotated[bool, typer.Option(help="Run again the stored tasks whose status is not ok (errors, "
                                                     "timeouts, no-answers); the other rows are kept.")] = False,
 ) -> None:
-    """Run methods over cases; results go to OUT/results.parquet and a killed run resumes.
+    """Run methods over cases; each result is journaled to OUT/results.jsonl as it arrives (OUT/results.parquet
+    is rewritten from it every 30 s and at the end), and a killed run resumes.
 
     Example: llmrca evaluate suites/paper -m baro,nsigma,dummy -j 2 -o results/paper
     """
     from llmrca.evaluate import evaluate
     from llmrca.io import find_cases
     from llmrca.methods import resolve
-    from llmrca.report import print_table, summarize
+    from llmrca.report import summarize, to_json
 
+    options.view(view)
     options.jobs(jobs)
     options.seconds(timeout, "--timeout")
     options.memory_mb(memory_limit)
@@ -222,37 +286,70 @@ def evaluate_cmd(
                        view=view, root=root, memory_limit_mb=memory_limit, executor=executor,
                        ray_address=address, method_params=_method_params(param, params_files),
                        retry_failed=retry_failed)
-    _say_tasks(out_dir)
-    print_table(summarize(results), out)
-    out.print(f"results: {out_dir / 'results.parquet'}", highlight=False)
+    con = _console(as_json)
+    tasks = _say_tasks(out_dir, con)
+    why = _print_summary(results, con, f"RCA accuracy, {view} view ({len(cases)} case(s))")
+    con.print(f"results: {out_dir / 'results.jsonl'} (and results.parquet)", highlight=False)
+    if as_json:
+        _print_json({"view": view, "cases": len(cases), "methods": names, "out": str(out_dir), "tasks": tasks,
+                     "rows": len(results), "summary": to_json(summarize(results)), "empty_because": why})
 
 
 @app.command("report")
 @_handled
 def report_cmd(
-    result_dir: Annotated[Path, typer.Argument(help="A folder written by `llmrca evaluate`.")],
+    result_dir: Annotated[Path, typer.Argument(help="A folder written by `llmrca evaluate`, or a bench folder "
+                                                    "(its results-VIEW folder is read).")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, md or json.")] = "table",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+    view: Annotated[str | None, typer.Option(
+        "--view", help="The view the results were computed under (a results folder holds one; a bench folder one "
+                       f"per view); default: the folder's own, for a bench folder {options.DEFAULT_VIEW}.")] = None,
+    ci: Annotated[float | None, typer.Option(
+        "--ci", help="Add bootstrap confidence intervals at this level (e.g. 0.95) to AC@1, AC@3 and Avg@5 "
+                     "(cases resampled within each fault type and target).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Accuracy (AC@1, AC@3, Avg@5) and time per method and fault type.  Example: llmrca report results -f md"""
     from llmrca.evaluate import load_results
     from llmrca.report import print_table, summarize, to_json, to_markdown
     from llmrca.report.detection import detection_markdown, diagnosis_markdown
+    from llmrca.report.empty import why_empty
     from llmrca.report.multi import multi_markdown
+    from llmrca.report.results_view import results_folder, view_title
 
-    results = load_results(result_dir)
-    summary = summarize(results)
+    if ci is not None and not 0.0 < ci < 1.0:
+        raise LlmrcaError(f"--ci: a confidence level between 0 and 1 (e.g. 0.95), is {ci!r}")
+    folder, used = results_folder(result_dir, view)
+    results = load_results(folder)
+    summary = summarize(results, ci=ci) if ci is not None else summarize(results)
+    why = why_empty(results)
+    title = f"RCA accuracy, {view_title(used)}"
+    if as_json:
+        fmt = "json"
     if fmt == "table":
-        print_table(summary, out)
+        if why is not None:
+            out.print(f"{title}: no accuracy table: {escape(why)}", highlight=False, soft_wrap=True)
+        else:
+            print_table(summary, out, title=title)
         for extra in (detection_markdown(results), diagnosis_markdown(results), multi_markdown(results)):
             if extra:  # the fault-free, diagnosis and multi-fault sections, when the results have such rows
                 out.print(extra)
         return
     if fmt == "md":
-        text = "\n".join(t for t in (to_markdown(summary), detection_markdown(results),
-                                      diagnosis_markdown(results), multi_markdown(results)) if t)
+        head = f"## {title}\n\n" + (f"_No accuracy table: {why}._\n" if why is not None else "")
+        text = "\n".join(t for t in (head, to_markdown(summary) if why is None else "",
+                                      detection_markdown(results), diagnosis_markdown(results),
+                                      multi_markdown(results)) if t)
     elif fmt == "json":
-        text = json.dumps(to_json(summary), indent=2) + "\n"
+        rows = to_json(summary)
+        if ci is not None:  # the interval columns beside each record's keys
+            for row, (_, r) in zip(rows, summary.iterrows(), strict=True):
+                row.update({c: (None if r[c] != r[c] else float(r[c]))
+                            for c in ("ac1_lo", "ac1_hi", "ac3_lo", "ac3_hi", "avg5_lo", "avg5_hi")})
+        doc: Any = ({"view": used, "results": str(folder), "ci": ci, "summary": rows, "empty_because": why}
+                    if as_json else rows)
+        text = json.dumps(doc, indent=2) + "\n"
     else:
         raise LlmrcaError(f"unknown --format {fmt!r}; use table, md or json")
     if output:
@@ -266,42 +363,58 @@ def report_cmd(
 @app.command("export")
 @_handled
 def export_cmd(
-    case: Annotated[Path, typer.Argument(help="A case folder.")],
+    case: Annotated[Path, typer.Argument(help="A case folder, or a suite folder (every case below it).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Destination folder.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="rcaeval or native.")] = "rcaeval",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing case folder.")] = False,
+    view: ViewOpt = options.DEFAULT_VIEW,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Write a case in another layout.  Example: llmrca export cases/c1 --format rcaeval --out re-out"""
-    from llmrca.io import load_case, save_case
+    """Write a case, or every case of a suite, in another layout, with the metric columns of one view.
 
-    c = load_case(case)
-    if fmt == "rcaeval":
-        from llmrca.io.rcaeval import write_case
+    Example: llmrca export suites/paper --format rcaeval --out re-out --view full
+    """
+    from llmrca.io.export import Skipped, export_cases
 
-        written = write_case(c, out_dir, overwrite=overwrite)
-    elif fmt == "native":
-        written = save_case(c, out_dir, overwrite=overwrite)
-    else:
-        raise LlmrcaError(f"unknown --format {fmt!r}; use rcaeval or native")
-    out.print(f"wrote {written}", highlight=False)
+    options.view(view)
+    skipped: list[Skipped] = []
+    written = export_cases(case, out_dir, fmt=fmt, view=view, overwrite=overwrite, skipped=skipped)
+    con = _console(as_json)
+    for w in written:
+        con.print(f"wrote {w.path} ({_view_title(view, w.view)}: {w.columns} metric columns)", highlight=False)
+    for sk in skipped:
+        con.print(f"left out {sk.source}: {sk.why}", highlight=False)
+    if len(written) > 1 or skipped:
+        con.print(f"{len(written)} case(s) exported under {out_dir}"
+                  + (f", {len(skipped)} left out" if skipped else ""), highlight=False)
+    if as_json:
+        _print_json({"format": fmt, "view": view, "out": str(out_dir),
+                     "cases": [{"case": str(w.source), "path": str(w.path), "view": w.view, "columns": w.columns}
+                               for w in written],
+                     "left_out": [{"case": str(sk.source), "why": sk.why} for sk in skipped]})
 
 
 @app.command("validate")
 @_handled
-def validate_cmd(path: Annotated[Path, typer.Argument(help="A case folder or a suite folder.")]) -> None:
+def validate_cmd(path: Annotated[Path, typer.Argument(help="A case folder or a suite folder.")],
+                 as_json: JsonOpt = False) -> None:
     """Check a case or suite against the case contract and print every problem.  Example: llmrca validate suites/x"""
     from llmrca.io import validate_path
 
-    n_cases, n_bad, lines = 0, 0, []
+    n_cases, n_bad, lines, found = 0, 0, [], []
     for case_dir, problems in validate_path(path):
         n_cases += 1
         errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
         n_bad += bool(errors)
         for p in problems:
             lines.append(f"{case_dir}: {p}")
+            found.append({"case": str(case_dir), "severity": getattr(p, "severity", "error"), "problem": str(p)})
+    con = _console(as_json)
     for line in lines:
-        out.print(line, highlight=False, soft_wrap=True)
-    out.print(f"{n_cases} case(s) checked, {n_bad} with errors", highlight=False)
+        con.print(line, highlight=False, soft_wrap=True)
+    con.print(f"{n_cases} case(s) checked, {n_bad} with errors", highlight=False)
+    if as_json:
+        _print_json({"cases": n_cases, "with_errors": n_bad, "problems": found})
     if n_bad:
         raise typer.Exit(1)
 
@@ -345,7 +458,9 @@ def generate_cmd(
     normal: Annotated[int | None, typer.Option(help="Fault-free runs to write too; default: the scenario's."
                                                )] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing case folders.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress on stderr (a line per case on a terminal, else "
+                                                "one every 10 s).")] = True,
+    as_json: JsonOpt = False,
 ) -> None:
     """Simulate a scenario's suite of fault cases (and write the scenario used into OUT/scenario.toml).
 
@@ -356,7 +471,9 @@ def generate_cmd(
     options.jobs(jobs)
     paths = generate_suite(scenario, out_dir, reps=reps, seed=seed, jobs=jobs, normal=normal, sets=sets,
                            progress=progress, overwrite=overwrite)
-    out.print(f"wrote {len(paths)} case(s) under {out_dir}", highlight=False)
+    _console(as_json).print(f"wrote {len(paths)} case(s) under {out_dir}", highlight=False)
+    if as_json:
+        _print_json({"out": str(out_dir), "cases": [str(p) for p in paths]})
 
 
 scenarios_app = typer.Typer(help="The shipped scenarios, and what a scenario resolves to.",
@@ -426,19 +543,30 @@ def demo_cmd(
         "llmrca-demo"),
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the suite and the methods.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress on stderr (bars on a terminal, else a line "
+                                                "every 10 s).")] = True,
     methods: Annotated[str, typer.Option("--methods", "-m", help=METHODS_HELP)] = ",".join(DEMO_METHODS),
     param: ParamOpt = None,
     params_files: ParamsFileOpt = None,
+    view: ViewOpt = options.DEFAULT_VIEW,
+    as_json: JsonOpt = False,
 ) -> None:
     """Simulate a small suite, evaluate dummy/nsigma/baro/e-diagnosis (or --methods), print the table, write
     report.md."""
     from llmrca.demo import run_demo
     from llmrca.methods import resolve
+    from llmrca.report import summarize, to_json
 
+    options.view(view)
     options.jobs(jobs)
-    run_demo(out_dir, jobs=jobs, seed=seed, console=out, progress=progress, methods=resolve(methods),
-             method_params=_method_params(param, params_files))
+    r = run_demo(out_dir, jobs=jobs, seed=seed, console=_console(as_json), progress=progress, view=view,
+                 methods=resolve(methods), method_params=_method_params(param, params_files))
+    if as_json:
+        from llmrca.evaluate import load_results
+
+        _print_json({"view": view, "out": str(r.out_dir), "report": str(r.report), "cases": r.cases,
+                     "seconds": round(r.seconds, 3), "summary": to_json(summarize(load_results(r.out_dir /
+                                                                                               "results")))})
 
 
 @app.command("bench")
@@ -456,8 +584,9 @@ def bench_cmd(
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 2,
     timeout: Annotated[float, typer.Option(help="Per (method, case) time limit, seconds.")] = 60.0,
     methods: Annotated[str, typer.Option("--methods", "-m", help=METHODS_HELP)] = "all",
-    views: Annotated[str, typer.Option(help="Metric views, comma-separated: study, full, all.")] = (
-        "study,full"),
+    views: Annotated[str, typer.Option(
+        "--view", "--views", help="Metric views, comma-separated: study, full, all (each one a results-VIEW "
+                                  "folder; study,full adds the comparison of the two).")] = options.DEFAULT_VIEW,
     full_methods: Annotated[str, typer.Option(
         help="Methods run under the full/all views: 'light' (all but the causal-discovery methods whose cost "
              "explodes with the column count: pc-*, fci-*, causalai, microcause, causalrca), 'all', or a list."
@@ -469,9 +598,11 @@ def bench_cmd(
     memory_limit: MemoryOpt = None,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress on stderr (bars on a terminal, else a line "
+                                                "every 10 s).")] = True,
     param: ParamOpt = None,
     params_files: ParamsFileOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Simulate a scenario's suite, run the methods under each view, write report.html and the results, print
     the tables.
@@ -488,12 +619,19 @@ def bench_cmd(
         raise LlmrcaError(f"two scenarios given: {suite!r} and --scenario {scenario!r}; give one")
     name = scenario or suite or "paper"
     overrides = {"faults": [f.strip() for f in faults.split(",") if f.strip()]} if faults else None
-    run_bench(name, out_dir or Path(f"bench-{Path(name).stem}"), reps=reps, jobs=jobs, timeout=timeout,
-              methods=methods, views=[v.strip() for v in views.split(",") if v.strip()], full_methods=full_methods,
-              seed=seed, overrides=overrides, sets=sets,
-              retry_failed=retry_failed, progress=progress, console=out,
-              memory_limit_mb=memory_limit, executor=executor, ray_address=address,
-              method_params=_method_params(param, params_files))
+    b = run_bench(name, out_dir or Path(f"bench-{Path(name).stem}"), reps=reps, jobs=jobs, timeout=timeout,
+                  methods=methods, views=options.views(views), full_methods=full_methods,
+                  seed=seed, overrides=overrides, sets=sets,
+                  retry_failed=retry_failed, progress=progress, console=_console(as_json),
+                  memory_limit_mb=memory_limit, executor=executor, ray_address=address,
+                  method_params=_method_params(param, params_files))
+    if as_json:
+        from llmrca.report import to_json
+
+        _print_json({"out": str(b.out_dir), "report_html": str(b.report_html), "report_md": str(b.report_md),
+                     "cases": b.cases, "views": list(b.views), "view_methods": b.view_methods,
+                     "computed": b.computed, "generated": b.generated, "seconds": round(b.seconds, 3),
+                     "summary": {v: to_json(b.summaries[v]) for v in b.views}})
 
 
 app.add_typer(testbed_app, name="testbed")

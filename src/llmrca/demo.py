@@ -71,7 +71,7 @@ def run_demo(
                        view=view, root=out / "cases", method_params=params)
     summary = summarize(results)
     console.print("[bold]3/3[/bold] report", highlight=False)
-    print_table(summary, console, title=f"RCA accuracy on the simulated demo suite ({len(cases)} cases)")
+    print_table(summary, console, title=f"RCA accuracy on the simulated demo suite, {view} view ({len(cases)} cases)")
     seconds = time.perf_counter() - t0
     report = out / "report.md"
     report.write_text(

@@ -47,3 +47,28 @@ def memory_mb(value: float | None, option: str = "--memory-limit") -> float | No
                               or not math.isfinite(value) or value < 0):
         raise LlmrcaError(f"{option}: must be a finite number of MB, 0 for no cap, is {value!r}")
     return value
+
+
+# --- The metric view (issue 16: one --view, one default, on every command that reads metrics) ----------------
+# The study's feature set: what the reference study fed its methods, so a table made with the defaults compares
+# with the study's; the full telemetry (``full``, ``all``) repeats those series under their sources' names, which
+# lists one signal twice (``…_cpu_usage_seconds`` beside ``…_ctn_cpu``). Cases of foreign data (RCAEval) have no
+# views and are given whole whatever the option says (``llmrca.case.views.effective_view``).
+DEFAULT_VIEW = "study"
+
+
+def view(value: str, option: str = "--view") -> str:
+    """One metric view name: study, full or all."""
+    from llmrca.case.views import VIEWS
+
+    if value not in VIEWS:
+        raise LlmrcaError(f"{option}: unknown view {value!r}; known: {', '.join(VIEWS)}")
+    return value
+
+
+def views(value: str, option: str = "--view") -> list[str]:
+    """A comma list of metric views (``study,full``), each checked, duplicates dropped."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise LlmrcaError(f"{option}: no view given; use study, full or all (comma-separated)")
+    return list(dict.fromkeys(view(v, option) for v in names))

@@ -24,7 +24,7 @@ from typing import Literal, TypeVar
 
 import pandas as pd
 
-from llmrca.case.catalog import STUDY_METRICS
+from llmrca.case.catalog import CATALOG, STUDY_METRICS
 from llmrca.case.model import Case, Observation
 from llmrca.case.schema import TIME, split_column
 from llmrca.errors import CaseError, UnknownNameError
@@ -74,3 +74,28 @@ def column_order(names: list[str], services: list[str]) -> list[str]:
         return (0 if view_of(c) == "study" else 1, rank.get(svc, len(rank)), i)
 
     return [c for _, c in sorted(enumerate(names), key=key)]
+
+
+# --- Which view a case can be given (issue 16: one --view for every command) ---------------------------------
+# A view splits llmrca's own telemetry: the columns of the metric catalogue. A case whose metrics are not all
+# catalogue columns (an RCAEval folder, a synthetic or hand-made case) has no such split, so every view of it is
+# the whole metrics table: the same --view default works on every case instead of failing on foreign data.
+_CATALOG_METRICS = frozenset(m.metric for m in CATALOG)
+
+
+def is_catalog_telemetry(names: list[str]) -> bool:
+    """Whether every metric column's metric part is one of the catalogue's (a simulated, live or collected case)."""
+    cols = [c for c in names if c != TIME]
+    return bool(cols) and all(split_column(c)[1] in _CATALOG_METRICS for c in cols)
+
+
+def effective_view(case_or_obs: Case | Observation | pd.DataFrame | list[str], view: str) -> str:
+    """``view`` where it applies (see above), else ``"all"``; an unknown name raises ``UnknownNameError``."""
+    if view not in VIEWS:
+        raise UnknownNameError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+    if isinstance(case_or_obs, Case):
+        case_or_obs = case_or_obs.observation
+    if isinstance(case_or_obs, Observation):
+        case_or_obs = case_or_obs.metrics
+    names = list(case_or_obs.columns) if isinstance(case_or_obs, pd.DataFrame) else list(case_or_obs)
+    return view if view == "all" or is_catalog_telemetry(names) else "all"

@@ -42,7 +42,7 @@ def _f(default: Any, table: str, doc: str) -> Any:
 
 @dataclass(frozen=True)
 class DeployConfig:
-    # Deployment (the study's: PAPER_TESTBED.md)
+    # Deployment (the reference study's: nginx → Ray Serve proxy → 4 vLLM replicas on A100-80GB GPUs)
     replicas: int = _f(4, "deployment", "vLLM replicas (the first runs in the Ray head pod)")
     gpu: str = _f("a100-80gb", "deployment", "GPU kind of every replica: a100-80gb, h100, l4, ... or cpu "
                  "(one host core, no GPU telemetry)")

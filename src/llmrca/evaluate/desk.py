@@ -130,9 +130,10 @@ class CaseDesk:
         try:
             case = load_case(path, root=self.root)
             if self.view != "all":
-                from llmrca.case.views import select_view
+                from llmrca.case.views import effective_view, select_view
 
-                case = select_view(case, self.view, where=path)
+                # a case of foreign data (RCAEval) has no views: it is given whole (llmrca.case.views)
+                case = select_view(case, effective_view(case, self.view), where=path)
             obs = case.observation
             blob = seal(obs)
         except Exception as e:  # noqa: BLE001 - any failure to load is reported in the case's rows

@@ -343,7 +343,8 @@ def _run_info(out: Path, names: list[str], paths: list[str], params: dict[str, A
 
 
 class _Progress:
-    """A rich progress bar on stderr, or nothing."""
+    """A rich progress bar on stderr where it is a terminal, plain lines every 10 s elsewhere
+    (``llmrca.progress``), or nothing."""
 
     def __init__(self, total: int, resumed: int, replaced: int, *, enabled: bool) -> None:
         self.enabled = enabled and total > 0
@@ -351,9 +352,19 @@ class _Progress:
         self.resumed = resumed
         self.replaced = replaced
         self._bar = None
+        self._plain = None
+        self._done = 0
 
     def __enter__(self) -> Self:
-        if self.enabled:
+        from llmrca.progress import PlainProgress, is_terminal
+
+        if self.enabled and not is_terminal():
+            self._plain = PlainProgress("evaluate", self.total)
+            note = f"{self.resumed} already done, " if self.resumed else ""
+            note += f"{self.replaced} stale, recomputing, " if self.replaced else ""
+            self._note = note
+            self._plain.update(0, note + "starting workers")
+        elif self.enabled:
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
@@ -377,6 +388,9 @@ class _Progress:
         return self
 
     def advance(self, counts: dict[str, int]) -> None:
+        if self._plain is not None:
+            self._done += 1
+            self._plain.update(self._done, self._note + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if self._bar is not None:
             text = self._note + " · ".join(f"{k} {v}" for k, v in counts.items())
             self._bar.update(self._task, advance=1, counts=text)

@@ -1,4 +1,4 @@
-"""The fault catalogue: one declarative spec per fault type (FAULTS.md), shared by the simulator and the live
+"""The fault catalogue: one declarative spec per fault type (docs/faults.md), shared by the simulator and the live
 testbed. ``get(id)`` and ``specs()`` read it; ``rows()`` is what ``llmrca faults`` lists."""
 
 from __future__ import annotations

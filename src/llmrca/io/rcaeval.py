@@ -646,6 +646,15 @@ def write_case(case: Case, out_dir: str | Path, *, overwrite: bool = False) -> P
         return _write_folder(case, group_dir, target, rep, group, renamed_fault)
 
 
+def planned_folder(case: Case, out_dir: str | Path) -> Path | None:
+    """The folder ``write_case`` will write ``case`` to when its id ends in a repetition number (None otherwise:
+    such a case takes the next free number, so it never lands on another's folder)."""
+    if not re.search(r"(\d+)$", case.id):
+        return None
+    group, _ = _group_name(case)
+    return Path(out_dir) / group / _repetition(case.id, Path(out_dir) / group)
+
+
 def _write_folder(case: Case, group_dir: Path, target: Path, rep: str, group: str,
                   renamed_fault: str | None) -> Path:
     obs = case.observation

@@ -82,10 +82,16 @@ def standardize_project(x: np.ndarray, components: int | None = DEFAULT_COMPONEN
     x = x[:, np.isfinite(x).all(axis=0)]
     if x.shape[1] == 0:
         raise MethodError("BOCPD: every metric column has missing or non-finite values")
-    x = x[:, x.std(axis=0) > 0]
+    # Constant columns go by their range, not their std: a float repeated (0.1, 0.1, …) has a std of ~1e-17
+    # from rounding, and its noise scale of exactly 0 would turn the column into NaN (0/0).
+    x = x[:, np.ptp(x, axis=0) > 0]
     if x.shape[1] == 0:  # data, but nothing moves: an abstention, not a failure
         raise NoAnswer("BOCPD: every metric column is constant; there is no change to detect")
-    z = (x - np.median(x, axis=0)) / noise_scale(x)
+    noise = noise_scale(x)
+    x, noise = x[:, noise > 0], noise[noise > 0]
+    z = (x - np.median(x, axis=0)) / noise
+    if not np.isfinite(z).all():  # values so large that scaling overflows: a failure to say, not a traceback
+        raise MethodError("BOCPD: metric values too large to scale (overflow); drop or rescale those columns")
     z -= z.mean(axis=0)
     if components is not None and components < z.shape[1]:
         z = z @ _principal_directions(z, components)

@@ -12,7 +12,7 @@ or shape). In one dimension ``2 E|a - b| - E|a - a'| - E|b - b'| = 2 ∫ (F_A - 
 CDFs, so with equal sizes ε = n * Σ_k (F_A - F_B)^2 (z_(k+1) - z_(k)) over the sorted pooled sample: O(n log n) per
 column, and a relabelling of the pooled sample (a permutation) costs one cumulative sum.
 
-Reconciliation with METHODS.md. The implementation the reference study ran (RCAEval calling PyRCA, alpha 0.01)
+Why not the reference study's variant. The implementation the reference study ran (RCAEval calling PyRCA, alpha 0.01)
 scores each metric by the squared Pearson correlation between the normal and the abnormal window paired by
 position, with bootstrap thresholds, keeps the metrics whose correlation is *above* the threshold and returns only
 those. That statistic is invariant to a shift or a rescaling of the abnormal window, so it cannot see a level

@@ -1,4 +1,4 @@
-"""One registry of RCA methods, keyed by the names of METHODS.md. Modules load lazily, so listing is cheap
+"""One registry of RCA methods, keyed by the names docs/methods.md uses. Modules load lazily, so listing is cheap
 and an optional dependency (torch) is needed only by the method that uses it."""
 
 from __future__ import annotations

@@ -277,23 +277,36 @@ def print_table(summary: pd.DataFrame, console: Any = None, *, title: str = "RCA
     table = Table(title=title, title_justify="left")
     table.add_column("Method", style="bold")
     table.add_column("Fault")
-    for label in METRICS.values():
-        table.add_column(label, justify="right")
-    table.add_column("Time/case (s)", justify="right")
+    with_ci = all(c in summary.columns for c in CI_COLUMNS)
+    for label in METRICS.values():  # an interval "0.25–0.75" is 9 wide: kept whole (it does not wrap)
+        table.add_column(label, justify="right", min_width=9 if with_ci else None, no_wrap=with_ci)
+    table.add_column("s/case" if with_ci else "Time/case (s)", justify="right")
     table.add_column("Cases", justify="right")
     table.add_column("E/T/N", justify="right")  # one column keeps the table inside 80 terminal columns
     methods = list(dict.fromkeys(summary["method"]))
+
+    def score(r: Any, key: str) -> str:  # the value, and its interval where the summary has one (--ci)
+        lo, hi = (r.get(f"{key}_lo"), r.get(f"{key}_hi")) if with_ci else (None, None)
+        if lo is None or hi is None or math.isnan(float(lo)) or math.isnan(float(hi)):
+            return _fmt(r[key])
+        return f"{_fmt(r[key])}\n{_fmt(lo)}–{_fmt(hi)}"  # the interval under the value: 80 columns still
+
     for i, m in enumerate(methods):
         rows = summary[summary["method"] == m]
         for j, (_, r) in enumerate(rows.iterrows()):
             table.add_row(
-                m if j == 0 else "", str(r["fault_type"]), _fmt(r["ac1"]), _fmt(r["ac3"]), _fmt(r["avg5"]),
+                m if j == 0 else "", str(r["fault_type"]), score(r, "ac1"), score(r, "ac3"), score(r, "avg5"),
                 _fmt_time(r["time_s"]), str(int(r["n"])), "/".join(failure_cells(r, chance_blank=True)).strip("/"),
                 style="dim" if m == CHANCE else ("bold" if r["fault_type"] == ALL else None),
                 end_section=(j == len(rows) - 1 and i < len(methods) - 1),
             )
     console.print(table)
-    console.print("E/T/N: errors/timeouts/no answer. " + FAILURE_NOTE, style="dim", highlight=False)
+    note = "E/T/N: errors/timeouts/no answer. " + FAILURE_NOTE
+    if with_ci:
+        level = summary.attrs.get("ci")
+        note += (f" Under each score: its {100 * float(level):g} % " if level else " Under each score: its ")
+        note += "bootstrap interval (cases resampled within each fault type × target)."
+    console.print(note, style="dim", highlight=False)
 
 
 def failure_cells(r: Any, *, chance_blank: bool = False) -> list[str]:

@@ -3,7 +3,7 @@
 * Step time (roofline): prefill is compute-bound (``2 * params`` FLOPs per token at ``mfu`` of peak, scaled by the
   SM clock fraction ``f``); decode is memory-bound (weights plus the KV cache read once per step at ``bw_eff`` of
   peak HBM bandwidth). The SMs keep HBM saturated only above a clock ``knee``; below it the achieved bandwidth
-  falls with the clock, which gives decode its flat-then-steep response to power caps (CALIBRATION.md).
+  falls with the clock, which gives decode its flat-then-steep response to power caps (the published cap measurements listed in benchmarks/bench_physics.py).
 * Power: ``idle + duty * (p_mem * mem_share * g(f) + p_sm * (0.35 + 0.65 * compute_share) * f**power_exp)``.
 * Power limit: the GPU's power management acts within tens of milliseconds, far faster than the 1 s tick, so the
   clock is chosen per engine step: the highest clock at which that step's own draw (its kernels' activity, diluted

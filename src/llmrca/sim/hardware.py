@@ -1,4 +1,4 @@
-"""GPU kinds and served models the simulator knows, with the public numbers its physics rests on (CALIBRATION.md).
+"""GPU kinds and served models the simulator knows, with the public numbers its physics rests on (sources in benchmarks/bench_physics.py).
 
 Power model per GPU (see ``llmrca.sim.gpu``): ``P = idle + busy * (p_mem * mem_share * g(f) + p_sm * sm_share *
 f**power_exp)`` with ``f`` the SM clock as a fraction of its maximum; the split of idle/memory/SM power is our
@@ -66,7 +66,7 @@ class GpuKind:
         return self.device == "gpu"
 
 
-# A100-80GB SXM: 312 TFLOP/s bf16, 2.0 TB/s, 400 W (min 100 W), 1410 MHz boost (CALIBRATION.md, NVIDIA data sheet).
+# A100-80GB SXM: 312 TFLOP/s bf16, 2.0 TB/s, 400 W (min 100 W), 1410 MHz boost (NVIDIA data sheet).
 A100 = GpuKind("a100-80gb", 312e12, 2.039e12, 80 * GIB, 400.0, 100.0, 55.0, 70.0, 300.0, 1.7,
                1410.0, 210.0, 1593.0, 0.65, 0.80, 0.60, 1.0e-3, 0.11, 45.0, 88.0, 25.0)
 # H100 SXM: 989 TFLOP/s bf16 dense, 3.35 TB/s, 700 W (min 200 W), 1980 MHz.

