@@ -56,7 +56,7 @@ def to_svg(fig: Any) -> str:
 
     buf = io.StringIO()
     with matplotlib.rc_context(_RC):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
     text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
@@ -65,13 +65,13 @@ def to_svg(fig: Any) -> str:
     return text.strip()
 
 
-def _figure(width: float, height: float) -> Any:
+def _figure(width: float, height: float, layout: str | None = "constrained") -> Any:
     """A figure not tied to pyplot's global state (so report code can run in any thread)."""
     import matplotlib
     from matplotlib.figure import Figure  # savefig picks the SVG canvas by the format; no GUI backend
 
     with matplotlib.rc_context(_RC):
-        return Figure(figsize=(width, height), dpi=100, layout="constrained")
+        return Figure(figsize=(width, height), dpi=100, layout=layout)
 
 
 def _rc() -> Any:
@@ -300,10 +300,13 @@ def telemetry(metrics: pd.DataFrame, series: Sequence[tuple[str, str]], *, start
         keep = (t >= start - window_s) & (t <= stop + window_s)
     rel = t[keep] - zero
     with _rc():
-        fig = _figure(7.5, 1.25 * len(series) + 0.5)
+        height = 1.25 * len(series) + 0.6
+        # A fixed layout (not constrained): a report draws one of these per case, and it is the cheap one.
+        fig = _figure(7.5, height, layout=None)
+        fig.subplots_adjust(left=0.1, right=0.98, top=1 - 0.3 / height, bottom=0.5 / height, hspace=0.55)
         axes = fig.subplots(len(series), 1, squeeze=False, sharex=True)[:, 0]
         for ax, (col, caption) in zip(axes, series, strict=True):
-            y = metrics[col].to_numpy(dtype=float)[keep]
+            y = pd.to_numeric(metrics[col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[keep]
             ax.plot(rel, y, lw=1.0, color="#0072B2")
             if start is not None:
                 ax.axvline(0, color=FAILED_COLOUR, lw=0.9)
