@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from llmrca.report.compare import ABSENT, ERROR, NO_ANSWER, NOT_RUN, TIMEOUT, case_ranks, compare_views
-from llmrca.report.figures import failure_word
 from llmrca.report.detection import confusion, detection_summary, diagnosis_summary, has_diagnoses
+from llmrca.report.figures import failure_word
 from llmrca.report.multi import multi_rows, multi_summary
 from llmrca.report.tables import (
     ALL,
@@ -271,10 +271,10 @@ def _figures_section(results: Mapping[str, pd.DataFrame], summaries: Mapping[str
 
     views = list(results)
     out = ['<h2 id="figures">Figures</h2>',
-           f'<p class="note">Bars: each method per fault type, with its {100 * confidence:g} % bootstrap '
+           (f'<p class="note">Bars: each method per fault type, with its {100 * confidence:g} % bootstrap '
            "interval; the dashed line is chance. A method that gave no ranking in any case of a fault type "
            "is written out (\"failed n/n\", \"timeout n/n\", \"no answer n/n\") instead of a bar; a red "
-           "\"k/n failed\" beside a bar counts the cases it gave no ranking in.</p>"]
+           "\"k/n failed\" beside a bar counts the cases it gave no ranking in.</p>")]
     for i, v in enumerate(views):
         s = summaries[v]
         if s.empty:
