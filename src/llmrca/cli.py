@@ -195,17 +195,33 @@ def evaluate_cmd(
 @_handled
 def report_cmd(
     result_dir: Annotated[Path, typer.Argument(help="A folder written by `llmrca evaluate`.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table, md or json.")] = "table",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, md, json or html.")] = "table",
+    output: Annotated[Path | None, typer.Option("--output", "--out", "-o", help=(
+        "Write to this file (html: default RESULT_DIR/report.html, with a page per case in report-cases/ "
+        "beside it)."))] = None,
+    ci: Annotated[float, typer.Option(help="Confidence level of the bootstrap intervals (md, html); 0: none.")
+                  ] = 0.95,
 ) -> None:
     """Accuracy (AC@1, AC@3, Avg@5) and time per method and fault type.  Example: llmrca report results -f md"""
+    # --format html and --ci: the report with figures and per-case pages (llmrca.report.html.write_report)
     from llmrca.evaluate import load_results
     from llmrca.report import print_table, summarize, to_json, to_markdown
     from llmrca.report.detection import detection_markdown, diagnosis_markdown
     from llmrca.report.multi import multi_markdown
 
+    if not 0 <= ci < 1:
+        raise LlmrcaError(f"--ci must be a confidence level in [0, 1), got {ci:g}")
     results = load_results(result_dir)
-    summary = summarize(results)
+    if fmt == "html":
+        from llmrca.report.html import write_report
+
+        path = output or result_dir / "report.html"
+        with naming(path):
+            write_report(path, {_view_of(result_dir): results}, title=f"llmrca report {result_dir.name}",
+                         info=[("Results", str(result_dir))], confidence=ci or 0.95)
+        err.print(f"wrote {path}")
+        return
+    summary = summarize(results, ci=ci or None) if fmt == "md" else summarize(results)
     if fmt == "table":
         print_table(summary, out)
         for extra in (detection_markdown(results), diagnosis_markdown(results), multi_markdown(results)):
@@ -218,13 +234,22 @@ def report_cmd(
     elif fmt == "json":
         text = json.dumps(to_json(summary), indent=2) + "\n"
     else:
-        raise LlmrcaError(f"unknown --format {fmt!r}; use table, md or json")
+        raise LlmrcaError(f"unknown --format {fmt!r}; use table, md, json or html")
     if output:
         with naming(output):
             output.write_text(text, encoding="utf-8")
         err.print(f"wrote {output}")
     else:
         sys.stdout.write(text)
+
+
+def _view_of(result_dir: Path) -> str:
+    """The metric view a results folder was evaluated under (its run.json), as the report's label."""
+    try:
+        view = json.loads((result_dir / "run.json").read_text(encoding="utf-8"))["params"]["view"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "results"
+    return str(view) if view else "results"
 
 
 @app.command("export")

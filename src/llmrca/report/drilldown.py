@@ -35,6 +35,7 @@ SHOWN_CANDIDATES = 5
 
 STATUS_WORDS = {ERROR: "error", TIMEOUT: "timeout", NO_ANSWER: "no answer"}
 _CSS = """
+table.answers td{text-align:left;vertical-align:top}
 td.ok-hit{background:#dafbe1;color:#000}td.ok-miss{background:#eaeef2;color:#000}
 td.s-error{background:#cf222e;color:#fff}td.s-timeout{background:#8250df;color:#fff}
 td.s-no-answer{background:#fff8c5;color:#7d4e00}

@@ -40,6 +40,7 @@ from llmrca.report.tables import (
     summarize,
 )
 
+CASE_PAGES = "report-cases"  # beside the report; not "cases", which a bench folder holds its suite in
 FAMILY_LABELS = {"metric": "Metric-based", "trace": "Trace-based", "multi-source": "Multi-source",
                  "baseline": "Baseline"}
 
@@ -248,7 +249,7 @@ def write_report(
     **kwargs: object,
 ) -> Path:
     """Write ``to_html``'s page to ``path`` and, with ``case_pages``, one page per scored case into the
-    folder ``cases/`` beside it (``llmrca.report.drilldown``), linked from the per-case table. Returns
+    folder ``report-cases/`` beside it (``llmrca.report.drilldown``), linked from the per-case table. Returns
     ``path``. Other keyword arguments go to ``to_html``."""
     from llmrca.evaluate.store import write_atomic
     from llmrca.report.drilldown import write_case_pages
@@ -258,9 +259,10 @@ def write_report(
     if summaries is None:
         summaries = {v: summarize(results[v], ci=confidence, resamples=resamples, ci_seed=seed)
                      for v in views}
-    links = write_case_pages(path.parent / "cases", results, back=f"../{path.name}") if case_pages else {}
+    links = write_case_pages(path.parent / CASE_PAGES, results, back=f"../{path.name}") if case_pages else {}
     text = to_html(results, summaries=summaries, confidence=confidence, resamples=resamples, seed=seed,
-                   case_links={cid: f"cases/{name}" for cid, name in links.items()}, **kwargs)  # type: ignore[arg-type]
+                   case_links={cid: f"{CASE_PAGES}/{name}" for cid, name in links.items()},
+                   **kwargs)  # type: ignore[arg-type]
     write_atomic(path, text.encode("utf-8"))
     return path
 
@@ -346,12 +348,26 @@ def _family_table(summary: pd.DataFrame) -> str:
         return "<p>no results</p>"
     faults = [f for f in _fault_order(fam["fault_type"].unique()) if f != ALL]
     cell = {(r["family"], r["fault_type"]): r for _, r in fam.iterrows()}
+    # (family, fault type) → how many of its methods gave no ranking in any case there
+    failed: dict[tuple[str, str], int] = {}
+    for _, r in summary.iterrows():
+        if failure_word(r) is not None:
+            key = (str(r["family"]), str(r["fault_type"]))
+            failed[key] = failed.get(key, 0) + 1
     head = "".join(f"<th>{escape(f)}</th>" for f in [*faults, ALL])
     rows = []
     for f in dict.fromkeys(fam["family"]):
         tds = []
         for x in [*faults, ALL]:
             r = cell.get((f, x))
+            k = failed.get((f, x), 0)
+            if r is not None and k == int(r["methods"]):
+                tds.append(f'<td class="fail">all {k} failed</td>')
+                continue
+            if r is not None and k:
+                tds.append(f'<td style="{_sequential(float(r["mean"]))}">{_fmt(r["mean"])}'
+                           f'<small>{_fmt(r["min"])}–{_fmt(r["max"])}, {k} failed</small></td>')
+                continue
             tds.append(f'<td style="{_sequential(float(r["mean"]))}">{_fmt(r["mean"])}'
                        f'<small>{_fmt(r["min"])}–{_fmt(r["max"])}</small></td>' if r is not None
                        else "<td></td>")
@@ -361,7 +377,8 @@ def _family_table(summary: pd.DataFrame) -> str:
         rows.append(f"<tr><th>{escape(FAMILY_LABELS.get(f, f))} ({n})</th>{''.join(tds)}<td>{best}</td></tr>")
     return (f'<table class="acc"><tr><th>Family (methods)</th>{head}<th>Best method</th></tr>'
             + "".join(rows) + "</table><p class=\"note\">Small numbers: the lowest and highest method of the "
-            "family.</p>")
+            "family, and how many of its methods gave no ranking in any case (they count as misses in the "
+            "mean).</p>")
 
 
 def _accuracy_table(summary: pd.DataFrame, confidence: float) -> str:
