@@ -206,8 +206,7 @@ def to_html(
         opened = " open" if j == 0 else ""
         order = [str(m) for m in dict.fromkeys(summaries[v]["method"]) if m != CHANCE]  # family blocks
         parts.append(f"<details{opened}><summary>{escape(v)} view</summary>"
-                     f"{_rank_table(case_ranks(results[v]), order, case_links, _statuses(results[v]))}"
-                     "</details>")
+                     f"{_rank_table(case_ranks(results[v]), order, case_links)}</details>")
 
     parts.append('<h2 id="how">How to read this report</h2>')
     level = f"{100 * confidence:g} %"
@@ -301,12 +300,7 @@ def _figures_section(results: Mapping[str, pd.DataFrame], summaries: Mapping[str
     return "\n".join(out)
 
 
-def _statuses(results: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """(case id, method) → the status text of a row that gave no ranking (a cell's tooltip)."""
-    if results.empty:
-        return {}
-    bad = results[results["status"].astype(object).fillna("error") != "ok"]
-    return {(str(r["case_id"]), str(r["method"])): str(r["status"])[:300] for _, r in bad.iterrows()}
+
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -496,8 +490,7 @@ def _heatmap(summary: pd.DataFrame) -> str:
     return f'<table class="heat">{head}{"".join(body)}</table>'
 
 
-def _rank_table(ranks: pd.DataFrame, order: Sequence[str] = (), links: Mapping[str, str] | None = None,
-                statuses: Mapping[tuple[str, str], str] | None = None) -> str:
+def _rank_table(ranks: pd.DataFrame, order: Sequence[str] = (), links: Mapping[str, str] | None = None) -> str:
     if ranks.empty:
         return "<p><em>no scored cases</em></p>"
     methods = [c for c in ranks.columns if c not in ("case_id", "fault_type", "root_cause")]
@@ -513,9 +506,7 @@ def _rank_table(ranks: pd.DataFrame, order: Sequence[str] = (), links: Mapping[s
             tds[0] = f'<td class="name"><a href="{escape(links[cid])}">{escape(cid)}</a></td>'
         for m in methods:
             v = r[m]
-            why = (statuses or {}).get((cid, str(m)))
-            tip = f' title="{escape(why)}"' if why else ""
-            tds.append(f'<td class="{_rank_class(v)}"{tip}>{escape(str(v))}</td>')
+            tds.append(f'<td class="{_rank_class(v)}">{escape(str(v))}</td>')
         body.append(f"<tr>{''.join(tds)}</tr>")
     return f'<table class="ranks">{head}{"".join(body)}</table>'
 
