@@ -356,7 +356,7 @@ def _family_table(summary: pd.DataFrame) -> str:
             r = cell.get((f, x))
             k = failed.get((f, x), 0)
             if r is not None and k == int(r["methods"]):
-                tds.append(f'<td class="fail">all {k} failed</td>')
+                tds.append(f'<td class="fail">failed ({k}/{k} methods)</td>')
                 continue
             if r is not None and k:
                 tds.append(f'<td style="{_sequential(float(r["mean"]))}">{_fmt(r["mean"])}'
@@ -367,6 +367,8 @@ def _family_table(summary: pd.DataFrame) -> str:
                        else "<td></td>")
         top = cell.get((f, ALL))
         best = f"{escape(top['best'])} ({_fmt(top['max'])})" if top is not None else ""
+        if top is not None and failed.get((f, ALL), 0) == int(top["methods"]):
+            best = "–"  # no method of the family ranked anything: none is best
         n = int(top["methods"]) if top is not None else 0
         rows.append(f"<tr><th>{escape(FAMILY_LABELS.get(f, f))} ({n})</th>{''.join(tds)}<td>{best}</td></tr>")
     return (f'<table class="acc"><tr><th>Family (methods)</th>{head}<th>Best method</th></tr>'
