@@ -145,7 +145,9 @@ def accuracy_bars(summary: pd.DataFrame, metric: str = "avg5", *, title: str | N
         for k in range(len(faults), rows * cols):
             axes[k // cols][k % cols].set_visible(False)
         label = METRICS[metric]
-        fig.supxlabel(f"{label} (bars: 95 % bootstrap interval; dashed: chance)" if f"{metric}_lo" in
+        level = summary.attrs.get("ci")
+        pct = f"{100 * float(level):g} % " if level else ""
+        fig.supxlabel(f"{label} (bars: {pct}bootstrap interval; dashed: chance)" if f"{metric}_lo" in
                       summary.columns else f"{label} (dashed: chance)", fontsize=9)
         if title:
             fig.suptitle(_plain(title), fontsize=10)

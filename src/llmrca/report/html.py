@@ -254,6 +254,7 @@ def write_report(
     from llmrca.report.drilldown import write_case_pages
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     views = list(results)
     if summaries is None:
         summaries = {v: summarize(results[v], ci=confidence, resamples=resamples, ci_seed=seed)
