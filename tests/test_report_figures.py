@@ -188,3 +188,11 @@ def test_write_report_can_leave_out_case_pages(tmp_path, frame):
     page = path.read_text(encoding="utf-8")
     assert "report-cases/" not in page and not (tmp_path / "report-cases").exists()
     assert 'id="figures"' not in page
+
+
+def test_case_pages_drawn_in_parallel_are_the_same_bytes(tmp_path, frame):
+    one = write_case_pages(tmp_path / "one", {"study": frame}, jobs=1)
+    two = write_case_pages(tmp_path / "two", {"study": frame}, jobs=2)
+    assert one == two and len(one) == 4
+    for name in one.values():
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()

@@ -291,7 +291,7 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
     title = f"llmrca bench {settings['suite']}"
     # report.html, its figures, and one page per case in report-cases/ (llmrca.report.drilldown)
     html_path = write_report(out / "report.html", results, title=title, info=info, summaries=summaries,
-                             confidence=CONFIDENCE, resamples=RESAMPLES, seed=settings["seed"])
+                             confidence=CONFIDENCE, resamples=RESAMPLES, seed=settings["seed"], jobs=jobs)
 
     md = [f"# {title}\n", *(f"- **{k}**: {v}" for k, v in info), ""]
     if len(views) > 1:

@@ -19,7 +19,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -51,24 +51,47 @@ def page_name(case_id: str) -> str:
 
 
 def write_case_pages(folder: str | Path, results: Mapping[str, pd.DataFrame], *,
-                     back: str = "../report.html") -> dict[str, str]:
+                     back: str = "../report.html", jobs: int = 1) -> dict[str, str]:
     """Write a page per scored (fault) case of ``results`` (view → results frame) into ``folder``; returns
-    case id → file name. ``back``: the address of the report, relative to the pages."""
+    case id → file name. ``back``: the address of the report, relative to the pages. ``jobs``: processes
+    drawing pages at once (the figure is most of a page's cost); the pages are the same bytes either way."""
     from llmrca.evaluate.store import write_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = pd.concat([df.assign(_view=v) for v, df in results.items() if not df.empty], ignore_index=True) \
-        if any(not df.empty for df in results.values()) else pd.DataFrame()
-    if rows.empty:
+    frames = [df.assign(_view=v) for v, df in results.items() if not df.empty]
+    if not frames:
         return {}
+    rows = pd.concat(frames, ignore_index=True)
     rows = rows[rows["root_cause"].notna()]
+    tasks = [(str(cid), part, list(results), back) for cid, part in rows.groupby("case_id", sort=True)]
     names: dict[str, str] = {}
-    for cid, part in rows.groupby("case_id", sort=True):
-        name = page_name(str(cid))
-        write_atomic(folder / name, case_page(str(cid), part, list(results), back=back).encode("utf-8"))
-        names[str(cid)] = name
+    for (cid, *_), text in zip(tasks, _pages(tasks, jobs), strict=True):
+        name = page_name(cid)
+        write_atomic(folder / name, text.encode("utf-8"))
+        names[cid] = name
     return names
+
+
+def _pages(tasks: list[tuple[str, pd.DataFrame, list[str], str]], jobs: int) -> Iterator[str]:
+    import multiprocessing
+
+    if jobs <= 1 or len(tasks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return (_page(t) for t in tasks)
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork, not spawn: a spawned child imports the caller's main module, which a script without a main guard
+    # would run again; the forked children only draw and return text.
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("fork"))
+    try:
+        return iter(list(pool.map(_page, tasks, chunksize=4)))
+    finally:
+        pool.shutdown()
+
+
+def _page(task: tuple[str, pd.DataFrame, list[str], str]) -> str:
+    cid, part, views, back = task
+    return case_page(cid, part, views, back=back)
 
 
 def case_page(case_id: str, rows: pd.DataFrame, views: list[str], *, back: str = "../report.html") -> str:

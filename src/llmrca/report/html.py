@@ -245,11 +245,12 @@ def write_report(
     confidence: float = 0.95,
     resamples: int = 1000,
     seed: int = 0,
+    jobs: int = 1,
     **kwargs: object,
 ) -> Path:
     """Write ``to_html``'s page to ``path`` and, with ``case_pages``, one page per scored case into the
-    folder ``report-cases/`` beside it (``llmrca.report.drilldown``), linked from the per-case table. Returns
-    ``path``. Other keyword arguments go to ``to_html``."""
+    folder ``report-cases/`` beside it (``llmrca.report.drilldown``), linked from the per-case table, drawn by
+    ``jobs`` processes. Returns ``path``. Other keyword arguments go to ``to_html``."""
     from llmrca.evaluate.store import write_atomic
     from llmrca.report.drilldown import write_case_pages
 
@@ -259,7 +260,8 @@ def write_report(
     if summaries is None:
         summaries = {v: summarize(results[v], ci=confidence, resamples=resamples, ci_seed=seed)
                      for v in views}
-    links = write_case_pages(path.parent / CASE_PAGES, results, back=f"../{path.name}") if case_pages else {}
+    links = write_case_pages(path.parent / CASE_PAGES, results, back=f"../{path.name}", jobs=jobs) \
+        if case_pages else {}
     text = to_html(results, summaries=summaries, confidence=confidence, resamples=resamples, seed=seed,
                    case_links={cid: f"{CASE_PAGES}/{name}" for cid, name in links.items()},
                    **kwargs)  # type: ignore[arg-type]
