@@ -174,6 +174,9 @@ def test_report_command_writes_html_and_markdown_with_intervals(tmp_path, frame)
     assert len(list((out / "report-cases").glob("*.html"))) == 4
     md = CliRunner().invoke(app, ["report", str(out), "-f", "md"])
     assert md.exit_code == 0 and re.search(r"\d\.\d\d \(\d\.\d\d–\d\.\d\d\)", md.output), md.output
+    table = CliRunner().invoke(app, ["report", str(out)])
+    assert table.exit_code == 0 and "95 % bootstrap intervals" in table.output
+    assert re.search(r"good\s+│ 1\.00 \(1\.00–1\.00\)", table.output), table.output
     flat = CliRunner().invoke(app, ["report", str(out), "-f", "md", "--ci", "0"])
     assert flat.exit_code == 0 and "(0." not in flat.output
     bad = CliRunner().invoke(app, ["report", str(out), "-f", "md", "--ci", "1.5"])

@@ -199,8 +199,8 @@ def report_cmd(
     output: Annotated[Path | None, typer.Option("--output", "--out", "-o", help=(
         "Write to this file (html: default RESULT_DIR/report.html, with a page per case in report-cases/ "
         "beside it)."))] = None,
-    ci: Annotated[float, typer.Option(help="Confidence level of the bootstrap intervals (md, html); 0: none.")
-                  ] = 0.95,
+    ci: Annotated[float, typer.Option(help="Confidence level of the bootstrap intervals (table, md, html); "
+                                        "0: none.")] = 0.95,
 ) -> None:
     """Accuracy (AC@1, AC@3, Avg@5) and time per method and fault type.  Example: llmrca report results -f md"""
     # --format html and --ci: the report with figures and per-case pages (llmrca.report.html.write_report)
@@ -221,9 +221,12 @@ def report_cmd(
                          info=[("Results", str(result_dir))], confidence=ci or 0.95)
         err.print(f"wrote {path}")
         return
-    summary = summarize(results, ci=ci or None) if fmt == "md" else summarize(results)
+    summary = summarize(results, ci=ci or None) if fmt in ("md", "table") else summarize(results)
     if fmt == "table":
+        from llmrca.report.tables import print_intervals
+
         print_table(summary, out)
+        print_intervals(summary, out)
         for extra in (detection_markdown(results), diagnosis_markdown(results), multi_markdown(results)):
             if extra:  # the fault-free, diagnosis and multi-fault sections, when the results have such rows
                 out.print(extra)
