@@ -6,7 +6,8 @@ Layout of a bench folder (every step resumes):
   settings is refused, not mixed);
 - ``results-<view>/`` — one result store per metric view (``results.parquet``, ``results.jsonl``,
   ``run.json``); re-running computes only the missing (method, case) rows;
-- ``report.html`` (self-contained) and ``report.md``;
+- ``report.html`` (self-contained: inline CSS and SVG figures), ``report-cases/`` (a page per case, linked
+  from it) and ``report.md``;
 - ``bench.json`` — the settings and one record per invocation (wall time, tasks computed).
 """
 
@@ -273,9 +274,10 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
                    n_cases: int, view_methods: Mapping[str, list[str]] | None = None,
                    method_params: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Path, Path]:
     from llmrca.methods.params import describe
-    from llmrca.report import compare_views, comparison_markdown, to_html, to_markdown
+    from llmrca.report import compare_views, comparison_markdown, to_markdown
     from llmrca.report.detection import detection_markdown, diagnosis_markdown
     from llmrca.report.families import family_markdown
+    from llmrca.report.html import write_report
     from llmrca.report.multi import multi_markdown
 
     last = history[-1]
@@ -298,10 +300,9 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
         ("Written", _now()),
     ]
     title = f"llmrca bench {settings['suite']}"
-    page = to_html(results, title=title, info=info, summaries=summaries, confidence=CONFIDENCE,
-                   resamples=RESAMPLES, seed=settings["seed"])
-    html_path = out / "report.html"
-    _write_atomic(html_path, page.encode("utf-8"))
+    # report.html, its figures, and one page per case in report-cases/ (llmrca.report.drilldown)
+    html_path = write_report(out / "report.html", results, title=title, info=info, summaries=summaries,
+                             confidence=CONFIDENCE, resamples=RESAMPLES, seed=settings["seed"], jobs=jobs)
 
     md = [f"# {title}\n", *(f"- **{k}**: {v}" for k, v in info), ""]
     if len(views) > 1:
@@ -316,7 +317,8 @@ def _write_reports(out: Path, description: str, settings: dict[str, Any], names:
         md.append(f"## {v} view\n")
         md.append(to_markdown(summaries[v]))
         md.extend(t for t in (detection_markdown(results[v]), diagnosis_markdown(results[v]), multi_markdown(results[v])) if t)
-    md.append("The rank each method gave the true root cause in every case is in report.html.\n")
+    md.append("The figures, the rank each method gave the true root cause in every case, and a page per case are "
+              "in report.html.\n")
     md_path = out / "report.md"
     _write_atomic(md_path, "\n".join(md).encode("utf-8"))
     return html_path, md_path

@@ -300,17 +300,20 @@ def evaluate_cmd(
 def report_cmd(
     result_dir: Annotated[Path, typer.Argument(help="A folder written by `llmrca evaluate`, or a bench folder "
                                                     "(its results-VIEW folder is read).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table, md or json.")] = "table",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, md, json or html.")] = "table",
+    output: Annotated[Path | None, typer.Option("--output", "--out", "-o", help=(
+        "Write to this file (html: default RESULT_DIR/report.html, with a page per case in report-cases/ "
+        "beside it)."))] = None,
     view: Annotated[str | None, typer.Option(
         "--view", help="The view the results were computed under (a results folder holds one; a bench folder one "
                        f"per view); default: the folder's own, for a bench folder {options.DEFAULT_VIEW}.")] = None,
-    ci: Annotated[float | None, typer.Option(
-        "--ci", help="Add bootstrap confidence intervals at this level (e.g. 0.95) to AC@1, AC@3 and Avg@5 "
-                     "(cases resampled within each fault type and target).")] = None,
+    ci: Annotated[float, typer.Option(
+        "--ci", help="Confidence level of the bootstrap intervals of AC@1, AC@3 and Avg@5 (cases resampled within "
+                     "each fault type and target); 0: none.")] = 0.95,
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy (AC@1, AC@3, Avg@5) and time per method and fault type.  Example: llmrca report results -f md"""
+    # --format html and --ci: the report with figures and per-case pages (llmrca.report.html.write_report)
     from llmrca.evaluate import load_results
     from llmrca.report import print_table, summarize, to_json, to_markdown
     from llmrca.report.detection import detection_markdown, diagnosis_markdown
@@ -318,20 +321,33 @@ def report_cmd(
     from llmrca.report.multi import multi_markdown
     from llmrca.report.results_view import results_folder, view_title
 
-    if ci is not None and not 0.0 < ci < 1.0:
-        raise LlmrcaError(f"--ci: a confidence level between 0 and 1 (e.g. 0.95), is {ci!r}")
+    if not 0 <= ci < 1:
+        raise LlmrcaError(f"--ci: a confidence level in [0, 1) (e.g. 0.95; 0: no intervals), is {ci:g}")
     folder, used = results_folder(result_dir, view)
     results = load_results(folder)
-    summary = summarize(results, ci=ci) if ci is not None else summarize(results)
-    why = why_empty(results)
-    title = f"RCA accuracy, {view_title(used)}"
     if as_json:
         fmt = "json"
+    if fmt == "html":
+        from llmrca.report.html import write_report
+
+        path = output or folder / "report.html"
+        with naming(path):
+            write_report(path, {used: results}, title=f"llmrca report {result_dir.name}",
+                         info=[("Results", str(folder))], confidence=ci or 0.95)
+        err.print(f"wrote {path}")
+        return
+    summary = summarize(results, ci=ci or None)
+    why = why_empty(results)
+    title = f"RCA accuracy, {view_title(used)}"
     if fmt == "table":
+        from llmrca.report.tables import print_intervals
+
         if why is not None:
             out.print(f"{title}: no accuracy table: {escape(why)}", highlight=False, soft_wrap=True)
         else:
             print_table(summary, out, title=title)
+            if ci:
+                print_intervals(summary, out)
         for extra in (detection_markdown(results), diagnosis_markdown(results), multi_markdown(results)):
             if extra:  # the fault-free, diagnosis and multi-fault sections, when the results have such rows
                 out.print(extra)
@@ -343,7 +359,7 @@ def report_cmd(
                                       multi_markdown(results)) if t)
     elif fmt == "json":
         rows = to_json(summary)
-        if ci is not None:  # the interval columns beside each record's keys
+        if ci:  # the interval columns beside each record's keys
             for row, (_, r) in zip(rows, summary.iterrows(), strict=True):
                 row.update({c: (None if r[c] != r[c] else float(r[c]))
                             for c in ("ac1_lo", "ac1_hi", "ac3_lo", "ac3_hi", "avg5_lo", "avg5_hi")})
@@ -351,7 +367,7 @@ def report_cmd(
                     if as_json else rows)
         text = json.dumps(doc, indent=2) + "\n"
     else:
-        raise LlmrcaError(f"unknown --format {fmt!r}; use table, md or json")
+        raise LlmrcaError(f"unknown --format {fmt!r}; use table, md, json or html")
     if output:
         with naming(output):
             output.write_text(text, encoding="utf-8")

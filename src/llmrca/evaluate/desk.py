@@ -171,6 +171,15 @@ def answered_row(task: GridTask, prepared: Prepared, answer: dict[str, Any]) -> 
         top = answer.get("top_score")
         row.update(rank=tr.rank, rank_fine=tr.rank_fine, fine_level=tr.fine_level,
                    top5=json.dumps(ranking.services()[:5]),
+                   top_candidates=_top_candidates(cands, answer.get("top_scores")),
                    top_score=float("nan") if top is None else float(top), diagnosis=answer.get("diagnosis"),
                    rank_all=tr.rank_all)
     return row
+
+
+def _top_candidates(candidates: list[str], scores: list[float | None] | None) -> str | None:
+    """The first candidates with their scores, as a JSON list of [candidate, score] (a report's per-case
+    page shows them); None when the answer carried no scores (a worker of an older version)."""
+    if scores is None:
+        return None
+    return json.dumps([[c, s] for c, s in zip(candidates, scores, strict=False)])

@@ -203,7 +203,7 @@ class Runner:
         else:
             if isinstance(ranking, Ranking):
                 answer.update(status="ok", candidates=[str(c) for c in ranking.candidates],
-                              top_score=float(ranking.top_score),
+                              top_score=float(ranking.top_score), top_scores=_head_scores(ranking),
                               diagnosis=None if ranking.diagnosis is None else str(ranking.diagnosis),
                               explanation=None if ranking.explanation is None else str(ranking.explanation))
             else:
@@ -233,7 +233,19 @@ def read_answer(data: bytes) -> dict[str, Any]:
     for key in ("diagnosis", "explanation"):
         if answer.get(key) is not None and not isinstance(answer[key], str):
             raise ValueError(f"a worker answer's {key!r} must be a string or null")
+    heads = answer.get("top_scores")
+    if heads is not None and not (isinstance(heads, list) and all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in heads)):
+        raise ValueError("a worker answer's 'top_scores' must be a list of numbers or nulls")
     return answer
+
+
+TOP_SCORES = 10  # scores kept of a ranking's first candidates: what a report's per-case page shows
+
+
+def _head_scores(ranking: Ranking) -> list[float | None]:
+    """The scores of the first ``TOP_SCORES`` candidates, non-finite as None (the answer is strict JSON)."""
+    return [float(s) if math.isfinite(s) else None for s in ranking.scores[:TOP_SCORES]]
 
 
 # --------------------------------------------------------------------------------------------- process care

@@ -70,6 +70,8 @@ COLUMNS: dict[str, str] = {
     "top_score": "float64",  # highest score of the ranking (Ranking.top_score); null when none / not ok
     "roots": "string",  # JSON list of the root services of a multi-fault case; null for a single-fault one
     "rank_all": "Int64",  # multi-fault: rank of the worst-placed root (all roots in top k); rank when one root
+    # Added with the report's per-case pages; null in results written before, and when not ok.
+    "top_candidates": "string",  # JSON list of [candidate, score] of the ranking's first 10 candidates
 }
 KEY = ("method", "case_id", "seed")
 

@@ -1,21 +1,30 @@
-"""A benchmark's results as one self-contained HTML page: inline CSS, no script, no external resource.
+"""A benchmark's results as a self-contained HTML page: inline CSS and inline SVG figures, no script, no
+external resource; ``write_report`` adds one page per case beside it (``llmrca.report.drilldown``).
 
 Sections: the views compared (a score per method × fault type under each view and the difference), the
-study-style accuracy table of each view (methods grouped by family, AC@1 / AC@3 / Avg@5 per fault type with
-bootstrap intervals, time per case, errors, timeouts and no-answers, the chance row), a heatmap of Avg@5 per view, and the rank each
-method gave the true root cause in every case. Every name that comes from data is escaped.
+method families, the study-style accuracy table of each view (methods grouped by family, AC@1 / AC@3 / Avg@5
+per fault type with bootstrap intervals, time per case, errors, timeouts and no-answers, the chance row), the
+figures (``llmrca.report.figures``: bars with intervals, who got blamed, accuracy against time), fault-free
+detection, diagnosis, multi-fault cases, a heatmap of Avg@5 per view, and the rank each method gave the true
+root cause in every case (each case linked to its page). A method × fault type in which no case got a ranking
+shows "failed n/n" (or "timeout", "no answer"), never a score of 0. Every table scrolls sideways inside the
+page rather than being cut; every coloured cell's text has a WCAG contrast of at least 4.5 against its
+background. Every name that comes from data is escaped.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from html import escape
+from pathlib import Path
 
 import pandas as pd
 
 from llmrca.report.compare import ABSENT, ERROR, NO_ANSWER, NOT_RUN, TIMEOUT, case_ranks, compare_views
 from llmrca.report.detection import confusion, detection_summary, diagnosis_summary, has_diagnoses
+from llmrca.report.figures import failure_word
 from llmrca.report.multi import multi_rows, multi_summary
 from llmrca.report.tables import (
     ALL,
@@ -31,6 +40,7 @@ from llmrca.report.tables import (
     summarize,
 )
 
+CASE_PAGES = "report-cases"  # beside the report; not "cases", which a bench folder holds its suite in
 FAMILY_LABELS = {"metric": "Metric-based", "trace": "Trace-based", "multi-source": "Multi-source",
                  "baseline": "Baseline"}
 
@@ -45,7 +55,12 @@ th{background:#f6f8fa;font-weight:600}
 td.name,th.name{text-align:left}
 tr.family th{text-align:left;background:#eaeef2;font-size:.95em}
 tr.chance td{color:#57606a;font-style:italic;background:#fafbfc}
-td small{display:block;color:#6e7781;font-size:.78em;line-height:1.1}
+td small{display:block;color:#57606a;font-size:.78em;line-height:1.1}
+td[style] small{color:inherit}
+.scroll{overflow-x:auto;max-width:100%}
+.fig{overflow-x:auto;max-width:100%;margin:8px 0 16px}.fig svg{display:block;height:auto}
+td.fail{background:#ffebe9;color:#a40e26;text-align:center;font-weight:600}
+a{color:#0550ae}
 td.best{font-weight:700}
 td.err{color:#cf222e}
 .meta td,.meta th{text-align:left}
@@ -53,9 +68,11 @@ td.err{color:#cf222e}
 .heat td{min-width:52px;text-align:center}
 .ranks td{text-align:center;padding:1px 4px;min-width:22px}
 .ranks th.m{writing-mode:vertical-rl;transform:rotate(180deg);text-align:left;padding:6px 2px;font-weight:500}
-.r1{background:#1a7f37;color:#fff}.r23{background:#7fcf8e}.r45{background:#f2d56b}.r6{background:#f6c2a2}
-.ra{background:#eaeef2;color:#8c959f}.re{background:#cf222e;color:#fff}.rt{background:#8250df;color:#fff}
-.rna{background:#d4a72c;color:#fff}td.na{color:#9a6700}
+.r1{background:#1a7f37;color:#fff}.r23{background:#7fcf8e;color:#000}.r45{background:#f2d56b;color:#000}
+.r6{background:#f6c2a2;color:#000}
+.ra{background:#eaeef2;color:#57606a}.re{background:#cf222e;color:#fff}.rt{background:#8250df;color:#fff}
+.rna{background:#fff8c5;color:#7d4e00}td.na{color:#9a6700}
+.ranks td a{color:inherit}
 .rn{background:#fff}
 .legend span{display:inline-block;padding:1px 8px;margin-right:6px;border:1px solid #d8dee4}
 p.note{color:#57606a;max-width:1100px}
@@ -86,11 +103,15 @@ def to_html(
     confidence: float = 0.95,
     resamples: int = 1000,
     seed: int = 0,
+    figures: bool = True,
+    case_links: Mapping[str, str] | None = None,
 ) -> str:
     """The report page for ``results`` (view name → results frame, in display order).
 
     ``info``: (label, value) lines shown under the title; ``notes``: extra paragraphs (plain text).
     ``summaries``: ``summarize(..., ci=confidence)`` of each view, if already computed.
+    ``figures``: draw the figures section (matplotlib). ``case_links``: case id → the address of its page
+    (relative to this one), linked from the per-case table.
     """
     views = list(results)
     if not views:
@@ -107,6 +128,8 @@ def to_html(
         toc.append(("compare", f"{' vs '.join(views)}: side by side"))
     toc.append(("families", "Method families"))
     toc += [(f"acc-{i}", f"Accuracy, {v} view") for i, v in enumerate(views)]
+    if figures:
+        toc.append(("figures", "Figures"))
     toc.append(("detection", "Fault-free runs: detection by top score"))
     if any(has_diagnoses(results[v]) for v in views):
         toc.append(("diagnosis", "Diagnosis accuracy per fault kind"))
@@ -136,6 +159,9 @@ def to_html(
     for i, v in enumerate(views):
         parts.append(f'<h2 id="acc-{i}">Accuracy, {escape(v)} view</h2>')
         parts.append(_accuracy_table(summaries[v], confidence))
+
+    if figures:
+        parts.append(_figures_section(results, summaries, confidence))
 
     parts.append('<h2 id="detection">Fault-free runs: detection by top score</h2>')
     parts.append('<p class="note">AUROC of each method\'s top score separating fault cases (positive) from '
@@ -173,11 +199,14 @@ def to_html(
                  f'<span class="rna">{NO_ANSWER} no answer (nothing abnormal found)</span>'
                  f'<span class="re">{ERROR} error</span><span class="rt">{TIMEOUT} timeout</span>'
                  '<span class="rn">blank: no result</span></p>')
+    if case_links:
+        parts.append('<p class="note">A case id links to its page: the telemetry around the fault and each '
+                     "method's top five with scores, status and error or no-answer text.</p>")
     for j, v in enumerate(views):
         opened = " open" if j == 0 else ""
         order = [str(m) for m in dict.fromkeys(summaries[v]["method"]) if m != CHANCE]  # family blocks
         parts.append(f"<details{opened}><summary>{escape(v)} view</summary>"
-                     f"{_rank_table(case_ranks(results[v]), order)}</details>")
+                     f"{_rank_table(case_ranks(results[v]), order, case_links)}</details>")
 
     parts.append('<h2 id="how">How to read this report</h2>')
     level = f"{100 * confidence:g} %"
@@ -196,9 +225,85 @@ def to_html(
         *notes,
     ):
         parts.append(f'<p class="note">{escape(text)}</p>')
+    return page(title, "\n".join(parts))
+
+
+def page(title: str, body: str) -> str:
+    """A whole HTML document around ``body``, every table wrapped so that a wide one scrolls sideways."""
+    body = re.sub(r"<table\b", '<div class="scroll"><table', body).replace("</table>", "</table></div>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def write_report(
+    path: str | Path,
+    results: Mapping[str, pd.DataFrame],
+    *,
+    case_pages: bool = True,
+    summaries: Mapping[str, pd.DataFrame] | None = None,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+    jobs: int = 1,
+    **kwargs: object,
+) -> Path:
+    """Write ``to_html``'s page to ``path`` and, with ``case_pages``, one page per scored case into the
+    folder ``report-cases/`` beside it (``llmrca.report.drilldown``), linked from the per-case table, drawn by
+    ``jobs`` processes. Returns ``path``. Other keyword arguments go to ``to_html``."""
+    from llmrca.evaluate.store import write_atomic
+    from llmrca.report.drilldown import write_case_pages
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    views = list(results)
+    if summaries is None:
+        summaries = {v: summarize(results[v], ci=confidence, resamples=resamples, ci_seed=seed)
+                     for v in views}
+    links = write_case_pages(path.parent / CASE_PAGES, results, back=f"../{path.name}", jobs=jobs) \
+        if case_pages else {}
+    text = to_html(results, summaries=summaries, confidence=confidence, resamples=resamples, seed=seed,
+                   case_links={cid: f"{CASE_PAGES}/{name}" for cid, name in links.items()},
+                   **kwargs)  # type: ignore[arg-type]
+    write_atomic(path, text.encode("utf-8"))
+    return path
+
+
+def _figures_section(results: Mapping[str, pd.DataFrame], summaries: Mapping[str, pd.DataFrame],
+                     confidence: float) -> str:
+    from llmrca.report import figures
+
+    views = list(results)
+    out = ['<h2 id="figures">Figures</h2>',
+           (f'<p class="note">Bars: each method per fault type, with its {100 * confidence:g} % bootstrap '
+           "interval; the dashed line is chance. A method that gave no ranking in any case of a fault type "
+           "is written out (\"failed n/n\", \"timeout n/n\", \"no answer n/n\") instead of a bar; a red "
+           "\"k/n failed\" beside a bar counts the cases it gave no ranking in.</p>")]
+    for i, v in enumerate(views):
+        s = summaries[v]
+        if s.empty:
+            continue
+        for key in ("avg5", "ac1"):
+            out.append(f'<h3 id="fig-{key}-{i}">{METRICS[key]} per method and fault type, {escape(v)} view</h3>'
+                       f'<div class="fig">{figures.accuracy_bars(s, key)}</div>')
+    out.append('<h3 id="fig-blame">Who got blamed: true service × the service ranked first</h3>'
+               '<p class="note">One panel per method over the single-fault cases: counts, shaded by the share '
+               "of the row; the diagonal is a right top-1, \"(no ranking)\" holds the cases the method failed "
+               "or abstained on.</p>")
+    for v in views:
+        try:
+            svg = figures.blame_matrices(results[v])
+        except ValueError:
+            continue
+        out.append(f"<h4>{escape(v)} view</h4><div class=\"fig\">{svg}</div>")
+    drawn = {v: s for v, s in summaries.items() if not s.empty}
+    if drawn:
+        out.append('<h3 id="fig-time">Accuracy against time per case</h3>'
+                   f'<div class="fig">{figures.accuracy_vs_time(drawn)}</div>')
+    return "\n".join(out)
+
+
+
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -240,22 +345,39 @@ def _family_table(summary: pd.DataFrame) -> str:
         return "<p>no results</p>"
     faults = [f for f in _fault_order(fam["fault_type"].unique()) if f != ALL]
     cell = {(r["family"], r["fault_type"]): r for _, r in fam.iterrows()}
+    # (family, fault type) → how many of its methods gave no ranking in any case there
+    failed: dict[tuple[str, str], int] = {}
+    for _, r in summary.iterrows():
+        if failure_word(r) is not None:
+            key = (str(r["family"]), str(r["fault_type"]))
+            failed[key] = failed.get(key, 0) + 1
     head = "".join(f"<th>{escape(f)}</th>" for f in [*faults, ALL])
     rows = []
     for f in dict.fromkeys(fam["family"]):
         tds = []
         for x in [*faults, ALL]:
             r = cell.get((f, x))
-            tds.append(f'<td style="background:{_sequential(float(r["mean"]))}">{_fmt(r["mean"])}'
-                       f'<span class="ci">{_fmt(r["min"])}–{_fmt(r["max"])}</span></td>' if r is not None
+            k = failed.get((f, x), 0)
+            if r is not None and k == int(r["methods"]):
+                tds.append(f'<td class="fail">failed ({k}/{k} methods)</td>')
+                continue
+            if r is not None and k:
+                tds.append(f'<td style="{_sequential(float(r["mean"]))}">{_fmt(r["mean"])}'
+                           f'<small>{_fmt(r["min"])}–{_fmt(r["max"])}, {k} failed</small></td>')
+                continue
+            tds.append(f'<td style="{_sequential(float(r["mean"]))}">{_fmt(r["mean"])}'
+                       f'<small>{_fmt(r["min"])}–{_fmt(r["max"])}</small></td>' if r is not None
                        else "<td></td>")
         top = cell.get((f, ALL))
         best = f"{escape(top['best'])} ({_fmt(top['max'])})" if top is not None else ""
+        if top is not None and failed.get((f, ALL), 0) == int(top["methods"]):
+            best = "–"  # no method of the family ranked anything: none is best
         n = int(top["methods"]) if top is not None else 0
         rows.append(f"<tr><th>{escape(FAMILY_LABELS.get(f, f))} ({n})</th>{''.join(tds)}<td>{best}</td></tr>")
     return (f'<table class="acc"><tr><th>Family (methods)</th>{head}<th>Best method</th></tr>'
             + "".join(rows) + "</table><p class=\"note\">Small numbers: the lowest and highest method of the "
-            "family.</p>")
+            "family, and how many of its methods gave no ranking in any case (they count as misses in the "
+            "mean).</p>")
 
 
 def _accuracy_table(summary: pd.DataFrame, confidence: float) -> str:
@@ -284,6 +406,10 @@ def _accuracy_table(summary: pd.DataFrame, confidence: float) -> str:
             tds = [f'<td class="name">{escape(m)}</td>']
             for f in faults:
                 r = cell.get((m, f))
+                word = failure_word(r) if r is not None else None
+                if word is not None:  # no ranking at all: not a score of 0
+                    tds.append(f'<td class="fail" colspan="{len(METRICS)}">{word}</td><td>–</td>')
+                    continue
                 for k in METRICS:
                     if r is None:
                         tds.append("<td></td>")
@@ -348,6 +474,8 @@ def _heatmap(summary: pd.DataFrame) -> str:
         return "<p><em>no results</em></p>"
     faults = _fault_order(summary["fault_type"].unique()) + [ALL]
     cell = {(str(r["method"]), str(r["fault_type"])): _num(r["avg5"]) for _, r in summary.iterrows()}
+    failed = {(str(r["method"]), str(r["fault_type"])): w for _, r in summary.iterrows()
+              if (w := failure_word(r)) is not None}
     methods = list(dict.fromkeys(map(str, summary["method"])))
     family = _family_of(summary)
     head = '<tr><th class="name">Method</th>' + "".join(f"<th>{escape(f)}</th>" for f in faults) + "</tr>"
@@ -358,13 +486,16 @@ def _heatmap(summary: pd.DataFrame) -> str:
         for m in block:
             tds = [f'<td class="name">{escape(m)}</td>']
             for f in faults:
+                if (m, f) in failed:
+                    tds.append(f'<td class="fail">{failed[(m, f)]}</td>')
+                    continue
                 v = cell.get((m, f), math.nan)
                 tds.append(f'<td style="{_sequential(v)}">{_fmt(v)}</td>')
             body.append(f"<tr>{''.join(tds)}</tr>")
     return f'<table class="heat">{head}{"".join(body)}</table>'
 
 
-def _rank_table(ranks: pd.DataFrame, order: Sequence[str] = ()) -> str:
+def _rank_table(ranks: pd.DataFrame, order: Sequence[str] = (), links: Mapping[str, str] | None = None) -> str:
     if ranks.empty:
         return "<p><em>no scored cases</em></p>"
     methods = [c for c in ranks.columns if c not in ("case_id", "fault_type", "root_cause")]
@@ -374,7 +505,10 @@ def _rank_table(ranks: pd.DataFrame, order: Sequence[str] = ()) -> str:
             + "".join(f'<th class="m">{escape(str(m))}</th>' for m in methods) + "</tr>")
     body = []
     for _, r in ranks.iterrows():
+        cid = str(r["case_id"])
         tds = [f'<td class="name">{escape(str(r[c]))}</td>' for c in ("case_id", "fault_type", "root_cause")]
+        if links and cid in links:
+            tds[0] = f'<td class="name"><a href="{escape(links[cid])}">{escape(cid)}</a></td>'
         for m in methods:
             v = r[m]
             tds.append(f'<td class="{_rank_class(v)}">{escape(str(v))}</td>')
@@ -404,18 +538,40 @@ def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> str:
     return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b, strict=True))
 
 
+def luminance(colour: str) -> float:
+    """WCAG relative luminance of ``#rrggbb``."""
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two ``#rrggbb`` colours (1 to 21; 4.5 is the floor for normal text)."""
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def _on(background: str) -> str:
+    """``background`` with black or white text, whichever contrasts more: one of them always reaches 4.5
+    (a fixed switch point on a colour scale leaves mid tones below it)."""
+    text = max(("#000000", "#ffffff"), key=lambda c: contrast(background, c))
+    return f"background:{background};color:{text}"
+
+
 def _sequential(v: float) -> str:
-    """White (0) to dark blue (1); white text on the dark half."""
+    """White (0) to dark blue (1)."""
     if math.isnan(v):
-        return "background:#ffffff"
+        return "background:#ffffff;color:#000000"
     t = min(1.0, max(0.0, v))
-    return f"background:{_mix((247, 251, 255), (8, 48, 107), t)};color:{'#ffffff' if t > 0.55 else '#1b1f24'}"
+    return _on(_mix((247, 251, 255), (8, 48, 107), t))
 
 
 def _diverging(d: float) -> str:
     """Red (worse) through white to green (better), saturating at ±0.5."""
     if math.isnan(d) or d == 0:
-        return "background:#ffffff"
+        return "background:#ffffff;color:#000000"
     t = min(1.0, abs(d) / 0.5)
     end = (26, 127, 55) if d > 0 else (207, 34, 46)
-    return f"background:{_mix((255, 255, 255), end, t)};color:{'#ffffff' if t > 0.6 else '#1b1f24'}"
+    return _on(_mix((255, 255, 255), end, t))

@@ -320,3 +320,27 @@ def failure_cells(r: Any, *, chance_blank: bool = False) -> list[str]:
         out.append(f"[{colour}]{v}[/{colour}]" if v else "0")
     return out
 
+
+
+# --------------------------------------------------------------------------------------------- intervals
+
+
+def print_intervals(summary: pd.DataFrame, console: Any = None) -> None:
+    """Each method's scores over all cases with their bootstrap intervals (``summarize(..., ci=…)``), as a
+    rich table narrow enough for 80 columns; nothing when the summary has no intervals."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if summary.empty or not all(c in summary.columns for c in CI_COLUMNS):
+        return
+    console = console or Console()
+    level = summary.attrs.get("ci")
+    table = Table(title=f"All cases, with {100 * float(level):g} % bootstrap intervals" if level else
+                  "All cases, with bootstrap intervals", title_justify="left")
+    table.add_column("Method", style="bold")
+    for label in METRICS.values():
+        table.add_column(label, justify="right")
+    for _, r in summary[(summary["fault_type"] == ALL) & (summary["method"] != CHANCE)].iterrows():
+        table.add_row(str(r["method"]), *(f"{_fmt(r[k])} ({_fmt(r[f'{k}_lo'])}–{_fmt(r[f'{k}_hi'])})"
+                                          for k in METRICS))
+    console.print(table)
