@@ -139,7 +139,7 @@ def test_worker_processes_run_a_plugin_from_the_current_folder(plugin, cases, tm
     assert info["methods"] == [name, "nsigma"]
     # the CLI takes the same spec in a comma list, and a second run resumes every row
     r = runner.invoke(app, ["evaluate", *map(str, cases), "-m", f"nsigma,{mod}:Shift", "-o",
-                            str(tmp_path / "out"), "--no-progress"])
+                            str(tmp_path / "out"), "--no-progress", "--view", "all"])  # the library's view
     assert r.exit_code == 0, r.output
     assert "resumed: 6, to_run: 0" in r.output
 
