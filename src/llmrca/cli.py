@@ -307,9 +307,10 @@ def report_cmd(
     view: Annotated[str | None, typer.Option(
         "--view", help="The view the results were computed under (a results folder holds one; a bench folder one "
                        f"per view); default: the folder's own, for a bench folder {options.DEFAULT_VIEW}.")] = None,
-    ci: Annotated[float, typer.Option(
+    ci: Annotated[float | None, typer.Option(
         "--ci", help="Confidence level of the bootstrap intervals of AC@1, AC@3 and Avg@5 (cases resampled within "
-                     "each fault type and target); 0: none.")] = 0.95,
+                     "each fault type and target); 0: none. Default 0.95 for table, md and html; json carries "
+                     "intervals only when --ci is given.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy (AC@1, AC@3, Avg@5) and time per method and fault type.  Example: llmrca report results -f md"""
@@ -321,12 +322,14 @@ def report_cmd(
     from llmrca.report.multi import multi_markdown
     from llmrca.report.results_view import results_folder, view_title
 
-    if not 0 <= ci < 1:
+    if ci is not None and not 0 <= ci < 1:
         raise LlmrcaError(f"--ci: a confidence level in [0, 1) (e.g. 0.95; 0: no intervals), is {ci:g}")
     folder, used = results_folder(result_dir, view)
     results = load_results(folder)
     if as_json:
         fmt = "json"
+    asked_ci = ci  # json keeps its records' keys unless intervals are asked for
+    ci = (0.95 if fmt != "json" else 0.0) if ci is None else ci
     if fmt == "html":
         from llmrca.report.html import write_report
 
@@ -363,7 +366,7 @@ def report_cmd(
             for row, (_, r) in zip(rows, summary.iterrows(), strict=True):
                 row.update({c: (None if r[c] != r[c] else float(r[c]))
                             for c in ("ac1_lo", "ac1_hi", "ac3_lo", "ac3_hi", "avg5_lo", "avg5_hi")})
-        doc: Any = ({"view": used, "results": str(folder), "ci": ci, "summary": rows, "empty_because": why}
+        doc: Any = ({"view": used, "results": str(folder), "ci": asked_ci, "summary": rows, "empty_because": why}
                     if as_json else rows)
         text = json.dumps(doc, indent=2) + "\n"
     else:
