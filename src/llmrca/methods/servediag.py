@@ -414,9 +414,10 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
     # the mesh latency towards the proxy's pod is every request's, not its replica's: not that replica's evidence
     own_mesh = r != roles.proxy and mc.has(r, "mesh_p90")
     stall = own_mesh and mesh.rel > 2.0 and _contrast(mc, r, peers, "mesh_p90") > 20
-    idle = mc.has(r, "gpu_util") and gpu_idle.rel < -0.5 and (not mc.has(r, "success") or success.rel <= -0.8)
     timeouts = logs.count(roles.entry or "", "upstream_timeout") if roles.entry else 0
     closed = logs.count(roles.entry or "", "upstream_closed") if roles.entry else 0
+    idle = mc.has(r, "gpu_util") and gpu_idle.rel < -0.5 and (
+        success.rel <= -0.8 if mc.has(r, "success") else (gone or timeouts > closed))
     restarted = logs.count(r, "kv_cache_size") + (logs.count(roles.proxy, "replica_started") if roles.proxy else 0)
     no_death = not logs.count(r, "engine_dead") and not logs.count(r, "health_failed")
     hang = no_death and not restarted and (stall or idle or (gone and timeouts > closed))
@@ -520,38 +521,60 @@ def _straggler_words(mc: MetricChanges, spans: SpanEvidence, r: str) -> str:
     return ", ".join(parts)
 
 
+def _net_adds(spans: SpanEvidence, q: str) -> np.ndarray | None:
+    """(median, 25th, 90th percentile) of the time the network added to the proxy's calls to ``q``, after minus
+    before, s; None without spans."""
+    a, b = spans.net_pre.get(q), spans.net_post.get(q)
+    if not a or not b:
+        return None
+    return np.asarray(b) - np.asarray(a)
+
+
 def _network(mc: MetricChanges, spans: SpanEvidence, r: str, peers: list[str], eng_rel: float, *,
              is_proxy: bool = False) -> Hypothesis | None:
     """Calls to ``r`` take longer while its engine's own time does not: the network in front of it. A delay moves
-    every call (the median and the lower quartile of the added time), loss only the tail."""
+    every call (the median of the added time, with a tail no longer than it), loss only some (the tail).
+
+    The proxy's pod is special: every request crosses it, and the answers of every other replica travel back to
+    it, so a slow link into the proxy's pod shows on the calls to all the other replicas at once (their median is
+    its evidence) and a slow link into one replica shows on that replica alone (its own minus its peers')."""
+    peer_adds = [x for x in (_net_adds(spans, q) for q in peers if q) if x is not None]
+    own = _net_adds(spans, r)
+    peer_med = np.median(np.asarray(peer_adds), axis=0) if peer_adds else None
+    ev: np.ndarray | None
+    if is_proxy:
+        ev = peer_med if peer_adds and len(peer_adds) == len(peers) else None
+        if ev is not None and min(x[2] for x in peer_adds) < 0.5 * ev[2]:
+            ev = None  # not on every other replica's calls: not the proxy pod's own link
+    else:
+        ev = None if own is None else own - (np.maximum(peer_med, 0.0) if peer_med is not None else 0.0)
+    span_delay = ev is not None and ev[0] > 0.2 and ev[2] < 2.5 * ev[0]
+    span_loss = ev is not None and ev[2] > 0.15 and not span_delay
     mesh90 = _contrast(mc, r, peers, "mesh_p90")
     mesh50 = _contrast(mc, r, peers, "mesh_p50")
-    a, b = spans.net_pre.get(r), spans.net_post.get(r)
-    med_add = (b[0] - a[0]) if a and b else 0.0
-    q25_add = (b[1] - a[1]) if a and b else 0.0
-    tail_add = (b[2] - a[2]) if a and b else 0.0
-    span_delay = med_add > 0.2 and q25_add > 0.1
-    span_loss = tail_add > 0.15 and not span_delay
+    m90, m50 = mc.get(r, "mesh_p90"), mc.get(r, "mesh_p50")
     if max(mesh90, mesh50) <= 3 and not (span_delay or span_loss):
         return None
     if eng_rel > 0.3 * max(_rel_contrast(mc, r, peers, "mesh_p90"), 1e-9) and eng_rel > 0.1:
         return None  # the engine itself slowed: not the network
-    if is_proxy:
+    if is_proxy and not (span_delay or span_loss):
         # every request crosses the proxy's pod, so its mesh latency carries any replica's slowdown: it is its own
         # only when no other replica's latency rose by a third as much
         peer_rel = max([mc.get(q, "mesh_p90").rel for q in peers if mc.has(q, "mesh_p90")] or [0.0])
-        if peer_rel > 0.3 * mc.get(r, "mesh_p90").rel:
+        if peer_rel > 0.3 * m90.rel:
             return None
-    m = mc.get(r, "mesh_p90")
-    words = f"mesh p90 towards it {_fmt_rel(m)}" if mc.has(r, "mesh_p90") else ""
-    if a and b:
-        words += (", " if words else "") + f"network adds {med_add * 1000:+.0f} ms median, {tail_add * 1000:+.0f} ms" \
-                                            " p90 per call"
+    words = f"mesh p90 towards it {_fmt_rel(m90)}" if mc.has(r, "mesh_p90") else ""
+    if ev is not None and (span_delay or span_loss):
+        where = "the other replicas' answers to it" if is_proxy else "calls to it"
+        words += (", " if words else "") + f"the network adds {ev[0] * 1000:+.0f} ms median, {ev[2] * 1000:+.0f} " \
+                                           f"ms p90 to {where}"
     words += ", engine time unchanged"
     strength = min(CAP, max(mesh90, mesh50, 40.0 if (span_delay or span_loss) else 0.0))
-    if span_delay or (not span_loss and mesh50 > 3 and mc.get(r, "mesh_p50").rel > 0.5 * max(m.rel, 1e-9)):
-        return Hypothesis(r, "network", strength, words)
-    return Hypothesis(r, "network-loss", strength, words)
+    if span_delay or span_loss:
+        return Hypothesis(r, "network" if span_delay else "network-loss", strength, words)
+    # metrics only: a delay lifts the median about as much as the tail; loss mostly the tail
+    delay = mc.has(r, "mesh_p50") and m50.rel > 0.33 * max(m90.rel, 1e-9)
+    return Hypothesis(r, "network" if delay else "network-loss", strength, words)
 
 
 def _structural(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidence, roles: Roles,
