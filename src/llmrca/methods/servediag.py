@@ -71,6 +71,7 @@ from llmrca.case import Observation
 from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.params import check_float, check_int
+from llmrca.methods.scoring import baseline
 from llmrca.methods.servediag_signals import (
     GPU_SAMPLED,
     Change,
@@ -226,24 +227,35 @@ def _candidates(obs: Observation, mc: MetricChanges, roles: Roles) -> list[str]:
     return out
 
 
+ONSET_Z = 6.0  # robust scales a column must leave its early baseline by to count towards the onset
+
+
 def _estimate_onset(obs: Observation) -> float:
-    from llmrca.methods.baro import Baro
+    """The first row from which many columns sustain a large departure from the first third of the case (their
+    baseline), three rows in a row; ``NoAnswer`` when no row qualifies. (BARO's BOCPD is the published choice but
+    takes 0.2–2.5 s per case and lags the onset by tens of seconds on these cases.)"""
+    from llmrca.case import TIME
+    from llmrca.case.clean import fill_gaps_array
 
-    try:
-        return Baro().detect_onset(obs).time
-    except NoAnswer:
-        # no confident change point: the most changed row against the first half's robust baseline
-        from llmrca.case import TIME, fill_gaps
-
-        m = fill_gaps(obs.metrics)
-        x = m[obs.metric_columns].to_numpy(dtype=float)
-        x = x[:, ~np.isnan(x).any(axis=0)]
-        half = max(2, len(x) // 2)
-        med = np.median(x[:half], axis=0)
-        iqr = np.subtract(*np.percentile(x[:half], [75, 25], axis=0))
-        z = np.abs(x - med) / np.where(iqr > 0, iqr, 1.0)
-        k = int(np.argmax((z > 3).sum(axis=1)[half:])) + half
-        return float(m[TIME].iloc[k])
+    t = obs.metrics[TIME].to_numpy(dtype=float)
+    x = fill_gaps_array(obs.metrics[obs.metric_columns].to_numpy(dtype=float, copy=True))
+    x = x[:, ~np.isnan(x).any(axis=0)]
+    n = len(x)
+    base = max(3, n // 3)
+    if n < base + 3 or x.shape[1] == 0:
+        raise NoAnswer("servediag: too few rows to estimate the onset without inject_time")
+    center, scale = baseline(x[:base], x[base:], "robust")
+    varying = scale > 0
+    z = np.abs(x[:, varying] - center[varying]) / scale[varying]
+    hits = (z > ONSET_Z).sum(axis=1).astype(float)
+    sustained = np.minimum(np.minimum(hits[:-2], hits[1:-1]), hits[2:])  # three rows in a row
+    tail = sustained[base:]
+    if not len(tail) or tail.max() < 1:
+        raise NoAnswer("servediag: no row departs from the early baseline; give inject_time")
+    level = max(1.0, 0.5 * float(tail.max()))
+    # the first of three departing rows is already one rate window (about two steps) after the change began
+    k = max(base, base + int(np.argmax(tail >= level)) - 2)
+    return float(t[k])
 
 
 # -- evidence helpers -------------------------------------------------------------------------------------------
@@ -344,7 +356,7 @@ def _died(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidence, r: str) -> 
         # only beside a failure
         n += 1
         words.append("running requests fell to 0")
-    return n, ", ".join(words)
+    return n, ", ".join(words[:3])  # the first, most specific, items: an explanation is a sentence
 
 
 def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidence, r: str, peers: list[str],
@@ -371,7 +383,7 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
         if log_xids & ECC_XIDS and xid_val is None:
             ev.append(f"kernel Xid {sorted(log_xids & ECC_XIDS)[0]} on its node")
         if died_words:
-            ev.append(died_words)
+            ev.append(died_words.split(", ")[0])
         out.append(Hypothesis(r, "gpu-ecc", HARD["gpu-ecc"], ", ".join(ev)))
     elif (xid_val is not None and xid_val not in ECC_XIDS) or (log_xids & LOST_XIDS) or \
             (len(vanished) >= 2 and died):
@@ -383,7 +395,7 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
         if vanished:
             ev.append(f"GPU series vanished ({', '.join(vanished)})")
         if died_words:
-            ev.append(died_words)
+            ev.append(died_words.split(", ")[0])
         out.append(Hypothesis(r, "gpu-xid", HARD["gpu-xid"], ", ".join(ev)))
     # -- discrete: the engine process
     crash = logs.count(r, "crashloop")
@@ -447,11 +459,12 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
         if (p_drop > 3 or pv > 3) and power.rel < -0.08:
             s = min(CAP, p_drop + c_drop + pv)
             ev = f"power {_fmt_rel(power)} (flat at a cap)" + (f", SM clock {_fmt_rel(clock)}" if clock.rel < -0.02
-                                                                 else "")
+                                                                 else "") + _latency_words(mc, r)
             out.append(Hypothesis(r, "gpu", s, ev + _others(mc, peers, "power")))
         if (t_rise > 3 or tv > 3) and temp.rel > 0.03:
             s = min(CAP, t_rise + tv + 0.5 * c_drop)
-            ev = f"GPU temperature {_fmt_rel(temp)}" + (f", SM clock {_fmt_rel(clock)}" if clock.rel < -0.02 else "")
+            ev = f"GPU temperature {_fmt_rel(temp)}" + (f", SM clock {_fmt_rel(clock)}" if clock.rel < -0.02 else "") \
+                + _latency_words(mc, r)
             out.append(Hypothesis(r, "gpu-thermal", s, ev + _others(mc, peers, "gpu_temp")))
     # -- continuous: container resources
     cpu_up = _contrast(mc, r, peers, "cpu")
@@ -478,11 +491,18 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
     return out
 
 
+def _latency_words(mc: MetricChanges, r: str) -> str:
+    for sig, label in (("itl", "ITL"), ("e2e", "e2e latency"), ("ttft", "TTFT")):
+        if mc.has(r, sig) and mc.get(r, sig).rel > 0.05:
+            return f", {label} {_fmt_rel(mc.get(r, sig))}"
+    return ""
+
+
 def _others(mc: MetricChanges, peers: list[str], signal: str) -> str:
     vals = [mc.get(q, signal).rel for q in peers if mc.has(q, signal)]
     if not vals:
         return ""
-    return f"; peers {float(np.median(vals)) * 100:+.0f} %"
+    return f"; other replicas {float(np.median(vals)) * 100:+.0f} %"
 
 
 def _sawtooth(mc: MetricChanges, r: str) -> bool:
