@@ -381,7 +381,7 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
         if logs.count(r, "cuda_ecc"):
             ev.append("'uncorrectable ECC error' logged")
         if log_xids & ECC_XIDS and xid_val is None:
-            ev.append(f"kernel Xid {sorted(log_xids & ECC_XIDS)[0]} on its node")
+            ev.append(f"kernel Xid {min(log_xids & ECC_XIDS)} on its node")
         if died_words:
             ev.append(died_words.split(", ")[0])
         out.append(Hypothesis(r, "gpu-ecc", HARD["gpu-ecc"], ", ".join(ev)))
@@ -391,7 +391,7 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
         if xid_val is not None:
             ev.append(f"DCGM Xid {xid_val}")
         elif log_xids & LOST_XIDS:
-            ev.append(f"kernel Xid {sorted(log_xids & LOST_XIDS)[0]} on its node")
+            ev.append(f"kernel Xid {min(log_xids & LOST_XIDS)} on its node")
         if vanished:
             ev.append(f"GPU series vanished ({', '.join(vanished)})")
         if died_words:
