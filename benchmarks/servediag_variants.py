@@ -5,12 +5,13 @@
                                             [--scenarios paper,llm] [--only NAME,...] [--views full]
 
 One `llmrca bench` per (scenario, variant) into OUT/<scenario>-<variant> (resumed when it exists), then one table
-per scenario: AC@1 of every method per variant with its 95 % bootstrap interval (the bench report's), the best
+per scenario: AC@1 of every method per variant with a 95 % bootstrap interval over the cases, the best
 other method, and servediag's margin over it, plus servediag's diagnosis accuracy. The variants change one thing
 each (the scenario keys of docs/scenarios.md): replica counts 2 and 8, loads 2 and 20 req/s, H100 and L4 GPUs,
 exact instead of Istio-bucketed mesh quantiles, bursty arrivals, half-strength faults, background noise off. The
 suites use the scenario's own seed (0): servediag's thresholds were set on seed-9101 suites of the shipped
-scenarios only (see ``llmrca.methods.servediag``). Writes OUT/variants.md.
+scenarios only (see ``llmrca.methods.servediag``). Writes OUT/variants.md (``--table-only``: from the folders
+already there, without running anything).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pandas as pd
 from rich.console import Console
 
 from llmrca.bench import run_bench
+from llmrca.evaluate import load_results
+from llmrca.report.ci import bootstrap_mean_ci
 
 VARIANTS: dict[str, list[str]] = {
     "replicas-2": ["deployment.replicas=2"],
@@ -58,6 +61,22 @@ def _table(rows: list[dict[str, object]], scenario: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect(folder: Path, view: str, methods: list[str], variant: str) -> list[dict[str, object]]:
+    """Per method: AC@1 over the folder's single-fault cases with a 95 % bootstrap interval over cases (one
+    repetition per experiment leaves nothing to stratify), and servediag's diagnosis accuracy."""
+    res = load_results(folder / f"results-{view}")
+    res = res[(res["fault_type"] != "normal") & res["method"].isin(methods)]
+    rows = []
+    for m, d in res.groupby("method", sort=False):
+        hits = (d["rank"] == 1).fillna(False).to_numpy(dtype=float)  # no ranking (error, no answer): a miss
+        lo, hi = bootstrap_mean_ci(hits)
+        diag = float((d["diagnosis"].astype(object) == d["fault_kind"].astype(object)).mean()) \
+            if d["diagnosis"].notna().any() else float("nan")
+        rows.append({"variant": variant, "method": m, "ac1": float(hits.mean()), "lo": float(lo), "hi": float(hi),
+                     "n": len(d), "diag": diag})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench-variants"))
@@ -67,32 +86,31 @@ def main() -> None:
     ap.add_argument("--scenarios", default="paper,llm")
     ap.add_argument("--only", default="", help="comma list of variant names (default: all)")
     ap.add_argument("--views", default="full")
+    ap.add_argument("--table-only", action="store_true", help="only rebuild variants.md from the folders there")
     a = ap.parse_args()
     only = [v for v in a.only.split(",") if v] or list(VARIANTS)
+    methods = [m for m in a.methods.split(",") if m]
+    view = a.views.split(",")[-1]
     quiet = Console(file=io.StringIO())
     parts = []
     for scenario in a.scenarios.split(","):
         rows: list[dict[str, object]] = []
         for variant in only:
+            folder = a.out / f"{scenario}-{variant}"
+            if a.table_only:
+                if (folder / f"results-{view}").exists():
+                    rows += collect(folder, view, methods, variant)
+                continue
             sets = [*VARIANTS[variant], "normal=0", "faults.multi=0"]
-            res = run_bench(scenario, a.out / f"{scenario}-{variant}", reps=a.reps, jobs=a.jobs,
-                            methods=a.methods, views=a.views.split(","), full_methods=a.methods, sets=sets,
-                            progress=False, console=quiet)
-            view = a.views.split(",")[-1]
-            summ = res.summaries[view]
-            results = res.results[view]
-            faults = results[results["fault_type"] != "normal"]
-            for m, g in summ[summ["fault_type"] == "all"].groupby("method"):
-                r = g.iloc[0]
-                d = faults[faults["method"] == m]
-                diag = float((d["diagnosis"].astype(object) == d["fault_kind"].astype(object)).mean()) \
-                    if d["diagnosis"].notna().any() else float("nan")
-                rows.append({"variant": variant, "method": m, "ac1": r["ac1"], "lo": r.get("ac1_lo", float("nan")),
-                             "hi": r.get("ac1_hi", float("nan")), "n": r["n"], "diag": diag})
-            print(f"{scenario} {variant}: {len(faults['case_id'].unique())} cases, {res.seconds:.0f} s", flush=True)
+            res = run_bench(scenario, folder, reps=a.reps, jobs=a.jobs, methods=a.methods,
+                            views=a.views.split(","), full_methods=a.methods, sets=sets, progress=False,
+                            console=quiet)
+            rows += collect(folder, view, methods, variant)
+            print(f"{scenario} {variant}: {res.cases} cases, {res.seconds:.0f} s", flush=True)
             # written after every variant, so a long run can be read while it goes on
             (a.out / "variants.md").write_text("\n".join([*parts, _table(rows, scenario)]), encoding="utf-8")
-        parts.append(_table(rows, scenario))
+        if rows:
+            parts.append(_table(rows, scenario))
     text = "\n".join(parts)
     (a.out / "variants.md").write_text(text, encoding="utf-8")
     print(text)
