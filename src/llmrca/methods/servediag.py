@@ -398,11 +398,10 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
             ev.append(died_words.split(", ")[0])
         out.append(Hypothesis(r, "gpu-xid", HARD["gpu-xid"], ", ".join(ev)))
     # -- discrete: the engine process
-    crash = logs.count(r, "crashloop")
-    if crash or (died and _sawtooth(mc, r)):
-        ev = "CrashLoopBackOff logged" if crash else "repeated restarts (running requests saw-tooth)"
+    # the kubelet's back-off line is the one sign that tells a crash loop from one kill within a case's window
+    if logs.count(r, "crashloop"):
         out.append(Hypothesis(r, "replica-crash-loop", HARD["replica-crash-loop"],
-                              ev + (f", {died_words}" if died_words else "")))
+                              "CrashLoopBackOff logged" + (f", {died_words}" if died_words else "")))
     pre_ch = mc.get(r, "preemptions")
     preempt = (mc.has(r, "preemptions") and pre_ch.post_max > 0 and pre_ch.up >= 2 and pre_ch.pre_max <= 0) or \
         logs.count(r, "preempted") > logs.count(r, "preempted", after=False)
@@ -503,10 +502,6 @@ def _others(mc: MetricChanges, peers: list[str], signal: str) -> str:
     if not vals:
         return ""
     return f"; other replicas {float(np.median(vals)) * 100:+.0f} %"
-
-
-def _sawtooth(mc: MetricChanges, r: str) -> bool:
-    return False
 
 
 def _stage_rise(spans: SpanEvidence, r: str, peers: list[str]) -> float:
