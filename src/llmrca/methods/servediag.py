@@ -15,10 +15,10 @@ change-point detection (``llmrca.methods.baro``), and the explanation says so.
 
 1. *Roles from the topology*: the replicas (``topology.replicas``, else services with engine series), the proxy
    (the service that calls the replicas), the entry (the gateway), the workload's client (the entry's caller,
-   ``loadgen``), nodes and which replica each hosts.
+   ``loadgen``); which node hosts which replica is read where a node's line is attributed.
 2. *Evidence* (``llmrca.methods.servediag_signals``): per service and signal, robust change statistics against the
    pre-onset baseline (median and IQR; sustained rise/fall read at the 70th/30th percentile of the post window,
-   so one noisy scrape does not count), frozen and vanished series; log lines that name a cause (engine death,
+   so one noisy scrape does not count), vanished series; log lines that name a cause (engine death,
    CUDA/ECC errors, Xid codes, CrashLoopBackOff, KV-cache resizing, preemptions, nginx upstream errors), each
    attributed to the replica it concerns; from the spans, the traffic share of each replica, the proxy's own
    queueing (its span minus its CLIENT child), the call time the network adds to an engine's span, the
@@ -126,7 +126,6 @@ class Roles:
     proxy: str | None
     entry: str | None
     client: str | None
-    nodes: list[str]
 
 
 class ServeDiag(BaseMethod):
@@ -215,8 +214,7 @@ def _roles(obs: Observation) -> Roles:
         client = up[0] if up else None
     if client is None and any(c.startswith("loadgen_") for c in obs.metric_columns):
         client = "loadgen"
-    nodes = sorted(set(topo.hosts.values()))
-    return Roles(replicas, proxy, entry, client, nodes)
+    return Roles(replicas, proxy, entry, client)
 
 
 def _candidates(obs: Observation, mc: MetricChanges, roles: Roles) -> list[str]:

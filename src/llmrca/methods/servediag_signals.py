@@ -6,8 +6,8 @@ Three readers, one per source, each returning plain numbers keyed by ``(service,
 * :class:`MetricChanges` — per metric column, robust change statistics against the pre-onset baseline (centre
   and scale of ``llmrca.methods.scoring.baseline``, i.e. median/IQR with its resolution and ties floors): the
   sustained rise and fall in scale units (the 70th / 30th percentile of the post window, so a change must hold
-  for about a third of it, not one scrape), the relative change of the post median, whether the series went
-  flat (a frozen exporter) and whether it vanished (NaN after, values before: a GPU off the bus). A signal is
+  for about a third of it, not one scrape), the relative change of the post median, the raw extremes, and
+  whether it vanished (NaN after, values before: a GPU off the bus). A signal is
   looked up by meaning (``"cpu"``, ``"itl"``…) and resolved to the column the case has, full-view name first,
   study-view name second (:data:`SIGNALS`).
 * :class:`LogEvidence` — per service, counts after the onset of the log lines that say something about a cause
@@ -80,8 +80,6 @@ SIGNALS: dict[str, tuple[str, ...]] = {
     "node_memory": ("node_memory",),
     "node_mem_available": ("memory_memavailable_bytes",),
 }
-# The engine's own exporter: its series freeze when the engine core stops stepping.
-ENGINE_SIGNALS = ("running", "waiting", "kv_usage", "prompt_rate", "gen_rate", "success")
 GPU_SAMPLED = ("power", "sm_clock", "gpu_temp", "gpu_util")
 HIGH_Q, LOW_Q = 70.0, 30.0  # percentiles of the post window a sustained change is read at (see the module docs)
 
@@ -89,16 +87,15 @@ HIGH_Q, LOW_Q = 70.0, 30.0  # percentiles of the post window a sustained change 
 @dataclass(frozen=True)
 class Change:
     """How one column moved: ``up``/``down`` sustained change in baseline scales (>= 0), ``peak`` the largest
-    absolute one, ``rel`` the post median relative to the baseline centre minus 1, ``frozen`` a series that
-    varied before and is constant after, ``vanished`` the share of post rows without a value where the pre
-    window had values, ``pre_max``/``post_max`` the raw extremes."""
+    absolute one, ``rel`` the post median relative to the baseline centre minus 1, ``vanished`` the share of post
+    rows without a value where the pre window had values, ``pre_max``/``post_max`` (``pre_min``/``post_min``) the
+    raw extremes."""
 
     column: str
     up: float = 0.0
     down: float = 0.0
     peak: float = 0.0
     rel: float = 0.0
-    frozen: bool = False
     vanished: float = 0.0
     pre_max: float = 0.0
     post_max: float = 0.0
@@ -145,12 +142,6 @@ class MetricChanges:
         peak = np.where(scale > 0, dev.max(axis=0) / safe, 0.0)
         denom = np.maximum(np.abs(center), tol + 1e-12)
         rel = (med - center) / denom
-        pre_var = pre.max(axis=0) - pre.min(axis=0) > tol
-        post_flat = post.max(axis=0) - post.min(axis=0) <= tol
-        # frozen: the post window's tail is flat (a stalled exporter repeats its last reading)
-        k = max(3, post.shape[0] // 2)
-        tail_flat = post[:k].max(axis=0) - post[:k].min(axis=0) <= tol if post.shape[0] >= 3 else post_flat
-        frozen = pre_var & (post_flat | tail_flat)
         j = 0
         for i, c in enumerate(cols):
             svc, _, metric = c.partition("_")
@@ -160,7 +151,7 @@ class MetricChanges:
                 continue
             self._by[(svc, metric)] = Change(
                 c, up=float(up[j]), down=float(down[j]), peak=float(peak[j]), rel=float(rel[j]),
-                frozen=bool(frozen[j]), vanished=float(post_nan[i]) if pre_nan[i] < 0.5 else 0.0,
+                vanished=float(post_nan[i]) if pre_nan[i] < 0.5 else 0.0,
                 pre_max=float(pre[:, j].max()), post_max=float(post[:, j].max()), center=float(center[j]),
                 post_median=float(med[j]), pre_min=float(pre[:, j].min()), post_min=float(post[:, j].min()))
             j += 1
@@ -204,23 +195,17 @@ LOG_PATTERNS: dict[str, re.Pattern[str]] = {
 # kinds whose pattern needs the line's values: the templates are narrowed by a literal, the lines by the pattern
 MESSAGE_ONLY = {"preempted": "Preemptions:"}
 XID_CODE = re.compile(r"Xid \(PCI:[^)]*\): (\d+)")
-# vLLM's periodic stats line: the waiting queue and KV usage it reports (the study view's engine-internal window)
-STATS_LINE = re.compile(r"Running: (\d+) reqs, Waiting: (\d+) reqs(?:, Preemptions: (\d+))?, \w+ KV cache usage: "
-                        r"([\d.]+)%")
 
 
 @dataclass
 class LogEvidence:
     """Per service, counts of each :data:`LOG_PATTERNS` kind after (``post``) and before (``pre``) the onset,
-    Xid codes seen after it per replica, and vLLM stats-line readings (mean waiting requests, KV usage, preemption
-    count) before and after per replica."""
+    and the Xid codes seen after it per replica."""
 
     present: bool = False
     post: dict[str, dict[str, int]] = field(default_factory=dict)
     pre: dict[str, dict[str, int]] = field(default_factory=dict)
     xids: dict[str, set[int]] = field(default_factory=dict)
-    stats_pre: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    stats_post: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     def count(self, service: str, kind: str, *, after: bool = True) -> int:
         return (self.post if after else self.pre).get(service, {}).get(kind, 0)
@@ -266,22 +251,6 @@ def read_logs(obs: Observation, onset: float, replicas: list[str], window_s: flo
         on_node = [r for r in replicas if hosts.get(r) == node] or [node]
         for r in on_node:
             ev.xids.setdefault(r, set()).add(int(mt.group(1)))
-    stat_codes = [i for i, u in enumerate(uniques) if "KV cache usage" in str(u)]
-    rows = np.flatnonzero(np.isin(codes, stat_codes))
-    if len(rows):
-        vals = np.full((len(rows), 4), np.nan)
-        for j, i in enumerate(rows):
-            mt = STATS_LINE.search(str(msg[i]))
-            if mt:
-                vals[j] = [float(g) if g is not None else np.nan for g in mt.groups()]
-        rsvc, raft = svc[rows], after[rows]
-        for r in replicas:
-            for book, side in ((ev.stats_pre, ~raft), (ev.stats_post, raft)):
-                sel = side & (rsvc == r) & np.isfinite(vals[:, 1])
-                if sel.any():
-                    v = vals[sel]
-                    book[r] = (float(np.mean(v[:, 1])), float(np.nanmean(v[:, 3])),
-                               float(np.nansum(np.nan_to_num(v[:, 2]))))
     return ev
 
 
