@@ -24,6 +24,7 @@ import pandas as pd
 from rich.console import Console
 
 from llmrca.bench import run_bench
+from llmrca.errors import LlmrcaError
 from llmrca.evaluate import load_results
 from llmrca.report.ci import bootstrap_mean_ci
 
@@ -102,9 +103,13 @@ def main() -> None:
                     rows += collect(folder, view, methods, variant)
                 continue
             sets = [*VARIANTS[variant], "normal=0", "faults.multi=0"]
-            res = run_bench(scenario, folder, reps=a.reps, jobs=a.jobs, methods=a.methods,
-                            views=a.views.split(","), full_methods=a.methods, sets=sets, progress=False,
-                            console=quiet)
+            try:
+                res = run_bench(scenario, folder, reps=a.reps, jobs=a.jobs, methods=a.methods,
+                                views=a.views.split(","), full_methods=a.methods, sets=sets, progress=False,
+                                console=quiet)
+            except LlmrcaError as e:  # e.g. a fault the variant leaves without an effect: the suite cannot exist
+                print(f"{scenario} {variant}: skipped: {e}", flush=True)
+                continue
             rows += collect(folder, view, methods, variant)
             print(f"{scenario} {variant}: {res.cases} cases, {res.seconds:.0f} s", flush=True)
             # written after every variant, so a long run can be read while it goes on
