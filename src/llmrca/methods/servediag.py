@@ -8,8 +8,9 @@ node's kernel prints the Xid of the GPU next door. servediag therefore reads sig
 fault kind the deployment can suffer, whether its signature is there, at which service, and how strongly.
 
 **Inputs.** The observation only (metrics, and logs and spans where the case has them; topology): no ground
-truth. The onset is ``inject_time``; without one it is estimated by BARO's multivariate Bayesian online
-change-point detection (``llmrca.methods.baro``), and the explanation says so.
+truth. The onset is ``inject_time``; without one it is the first row from which many columns sustain a large
+departure from the first third of the case (``_estimate_onset``; BARO's BOCPD was slower by an order of
+magnitude and later by tens of seconds on these cases), and the explanation says it was estimated.
 
 **Steps.**
 
@@ -21,7 +22,7 @@ change-point detection (``llmrca.methods.baro``), and the explanation says so.
    so one noisy scrape does not count), vanished series; log lines that name a cause (engine death,
    CUDA/ECC errors, Xid codes, CrashLoopBackOff, KV-cache resizing, preemptions, nginx upstream errors), each
    attributed to the replica it concerns; from the spans, the traffic share of each replica, the proxy's own
-   queueing (its span minus its CLIENT child), the call time the network adds to an engine's span, the
+   queueing (from its span's start to its CLIENT child's), the call time the network adds to an engine's span, the
    ``gen_ai.latency.*`` decomposition and the prompt lengths.
 3. *Peer contrast*: replicas are identical, so a replica's change is judged against the median change of its
    peers. Load that shifts to healthy peers, or a symptom every replica shares, cancels out; what one replica
@@ -58,7 +59,12 @@ Nothing is fit by an optimiser.
 signals and diagnosed ``unknown``. A fault on the head pod (which runs the proxy and the first replica) is located
 correctly but may be diagnosed as the proxy's when it slows the proxy. Two simultaneous faults are ranked by
 strength: the weaker one's service comes second at best. On RCAEval folders (no replicas, no engine) only the
-generic cause signals (cpu, memory, latency) remain.
+generic cause signals (cpu, memory, latency) remain. In the study view (no GPU series) a power cap and a
+straggler look alike (both a slower engine in the spans: named ``straggler``), and a cooling fault that has not
+yet cut the clocks shows in nothing the method reads. A symptom that is discrete evidence of its own can outrank
+the structural cause behind it: preemptions caused by a prompt surge on a small-memory GPU, or the stalled hot
+replica of a routing skew at high load. Thresholds were set on full-strength faults; at half strength a 15 %
+packet loss or a 0.4 routing share falls below them.
 """
 
 from __future__ import annotations
