@@ -653,6 +653,53 @@ def bench_cmd(
                      "summary": {v: to_json(b.summaries[v]) for v in b.views}})
 
 
+# -- diagnose: a ranking with the fault kind and why (issue 15) ---------------------------------------------------
+@app.command("diagnose")
+@_handled
+def diagnose_cmd(
+    case: Annotated[Path, typer.Argument(help="A case folder (native or RCAEval layout).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="A method that names a fault kind.")] = "servediag",
+    view: Annotated[str, typer.Option(help="Metric view: all (as `rank` sees a case), study or full.")] = "all",
+    top: Annotated[int, typer.Option("--top", "-k", help="How many services to show.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for the method.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Rank the services of one case, name the fault kind and say why.  Example: llmrca diagnose cases/c1
+
+    A method that finds nothing abnormal to blame abstains: "no answer: <reason>" and exit status 3.
+    """
+    import time
+
+    from llmrca.case.views import select_view
+    from llmrca.errors import NoAnswer
+    from llmrca.io import load_case
+    from llmrca.methods import get_method
+
+    m = get_method(method)
+    obs = select_view(load_case(case).observation, view, where=str(case))  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    try:
+        ranking = m.rank(obs, seed=seed)
+    except NoAnswer as e:
+        err.print(f"[yellow]no answer:[/yellow] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
+    seconds = time.perf_counter() - t0
+    services = ranking.services()
+    if as_json:
+        _print_json({"method": method, "view": view, "runtime_s": seconds, "services": services,
+                     "scores": [{"name": c, "score": s} for c, s in zip(ranking.candidates, ranking.scores)],
+                     "diagnosis": ranking.diagnosis, "explanation": ranking.explanation})
+        return
+    t = Table("#", "service", "score", title=f"{method} on {case} ({view} view, {seconds:.3f} s)")
+    score = dict(zip(ranking.candidates, ranking.scores))
+    for i, s in enumerate(services[:top], 1):
+        t.add_row(str(i), s, f"{score.get(s, float('nan')):.4g}")
+    out.print(t)
+    out.print(f"diagnosis: {ranking.diagnosis or '(none: this method names no fault kind)'}", highlight=False)
+    if ranking.explanation:
+        out.print(f"explanation: {escape(ranking.explanation)}", highlight=False, soft_wrap=True)
+
+
 app.add_typer(testbed_app, name="testbed")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from llmrca.case import Observation, service_of
 
-Family = Literal["metric", "trace", "multi-source"]
+Family = Literal["metric", "trace", "multi-source", "llm-aware"]
 SOURCES = frozenset({"metrics", "traces", "logs"})
 
 

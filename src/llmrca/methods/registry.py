@@ -62,6 +62,9 @@ register("mm-baro", "llmrca.methods.mmbaro:MMBaro", "multi-source", {M, L, T},
          "BARO's robust scores over metrics, log-template counts and per-operation trace series")
 register("pdiagnose", "llmrca.methods.pdiagnose:PDiagnose", "multi-source", {M, L, T},
          "KDE metric, log-count and trace-latency detectors; weighted vote per service")
+# -- llm-aware: written from the serving system's semantics (issue 15) --
+register("servediag", "llmrca.methods.servediag:ServeDiag", "llm-aware", {M},
+         "LLM-serving signatures (GPU, engine, proxy, workload, network) vs replica peers; names the fault kind")
 
 
 # Methods whose causal-discovery step runs over every metric column, so that their cost grows much faster than
@@ -117,7 +120,8 @@ def get_method(name: str, **params: object) -> BaseMethod:
 
 
 def resolve(spec: str | list[str]) -> list[str]:
-    """'all', 'a,b' or a list → method names, each checked; 'metric'/'trace'/'multi-source' select a family;
+    """'all', 'a,b' or a list → method names, each checked; 'metric'/'trace'/'multi-source'/'llm-aware' select a
+    family;
     'light' = every method but the COLUMN_HEAVY ones."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
@@ -129,7 +133,7 @@ def resolve(spec: str | list[str]) -> list[str]:
             picked = names()
         elif item == "light":
             picked = [n for n in names() if n not in COLUMN_HEAVY]
-        elif item in ("metric", "trace", "multi-source"):
+        elif item in ("metric", "trace", "multi-source", "llm-aware"):
             picked = [e.name for e in entries() if e.family == item]
         else:
             picked = [entry(item).name]

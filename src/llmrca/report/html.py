@@ -42,7 +42,7 @@ from llmrca.report.tables import (
 
 CASE_PAGES = "report-cases"  # beside the report; not "cases", which a bench folder holds its suite in
 FAMILY_LABELS = {"metric": "Metric-based", "trace": "Trace-based", "multi-source": "Multi-source",
-                 "baseline": "Baseline"}
+                 "llm-aware": "LLM-aware", "baseline": "Baseline"}
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1500px;
