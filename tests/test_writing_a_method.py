@@ -112,7 +112,7 @@ def test_the_guide_has_its_parts():
     assert ("toml", ("file=params.toml",)) in kinds and ("toml", ("file=pyproject.toml",)) in kinds
     run = [shlex.join(c) for lang, attrs, text in blocks() if lang == "bash" and "long" not in attrs
            for c in commands(text)]
-    assert "llmrca bench demo -m mymod:MeanShift,baro --out bench-mine" in run
+    assert "llmrca bench demo -m mymod:MeanShift,baro --view study,full --out bench-mine" in run
     assert any(c.startswith("llmrca rank ") for c in run) and any(c.startswith("llmrca report ") for c in run)
 
 
