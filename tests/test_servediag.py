@@ -137,9 +137,12 @@ def test_diagnose_cli(tmp_path):
     p = tmp_path / "case"
     save_case(_case("gpu", "ray-replicas-1"), p)
     runner = CliRunner()
-    res = runner.invoke(app, ["diagnose", str(p), "--top", "3"])
+    res = runner.invoke(app, ["diagnose", str(p), "--top", "3", "--view", "full"])
     assert res.exit_code == 0, res.output
     assert "diagnosis: gpu" in res.output and "ray-replicas-1" in res.output and "explanation:" in res.output
+    # the default, the study view, has no GPU series: the location holds, the explanation says what it lacked
+    res = runner.invoke(app, ["diagnose", str(p), "--top", "3"])
+    assert res.exit_code == 0 and "study view" in res.output and "ray-replicas-1" in res.output, res.output
     res = runner.invoke(app, ["diagnose", str(p), "--json", "--view", "full"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)

@@ -658,39 +658,41 @@ def bench_cmd(
 @_handled
 def diagnose_cmd(
     case: Annotated[Path, typer.Argument(help="A case folder (native or RCAEval layout).")],
-    method: Annotated[str, typer.Option("--method", "-m", help="A method that names a fault kind.")] = "servediag",
-    view: Annotated[str, typer.Option(help="Metric view: all (as `rank` sees a case), study or full.")] = "all",
+    method: Annotated[str, typer.Option("--method", "-m", help="A method that names a fault kind (or a plug-in's "
+                                                               "module:Class).")] = "servediag",
+    view: ViewOpt = options.DEFAULT_VIEW,
     top: Annotated[int, typer.Option("--top", "-k", help="How many services to show.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed for the method.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
+    param: ParamOpt = None,
+    params_files: ParamsFileOpt = None,
 ) -> None:
     """Rank the services of one case, name the fault kind and say why.  Example: llmrca diagnose cases/c1
+    --view full (servediag reads more in the full view: GPU temperature and clocks, the engine's own series).
 
     A method that finds nothing abnormal to blame abstains: "no answer: <reason>" and exit status 3.
     """
-    import time
-
-    from llmrca.case.views import select_view
     from llmrca.errors import NoAnswer
-    from llmrca.io import load_case
-    from llmrca.methods import get_method
+    from llmrca.evaluate.single import rank_in_view
+    from llmrca.methods import entry
+    from llmrca.methods.params import checked_params
 
-    m = get_method(method)
-    obs = select_view(load_case(case).observation, view, where=str(case))  # type: ignore[arg-type]
-    t0 = time.perf_counter()
+    options.view(view)
+    name = entry(method).name
+    ps = checked_params(_method_params(param, params_files), [name]).get(name, {})
     try:
-        ranking = m.rank(obs, seed=seed)
+        r = rank_in_view(case, method, seed=seed, view=view, **ps)
     except NoAnswer as e:
         err.print(f"[yellow]no answer:[/yellow] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(3) from None
-    seconds = time.perf_counter() - t0
+    ranking, seconds = r.ranking, r.seconds
     services = ranking.services()
     if as_json:
-        _print_json({"method": method, "view": view, "runtime_s": seconds, "services": services,
+        _print_json({"method": method, "view": r.view, "runtime_s": seconds, "services": services,
                      "scores": [{"name": c, "score": s} for c, s in zip(ranking.candidates, ranking.scores)],
                      "diagnosis": ranking.diagnosis, "explanation": ranking.explanation})
         return
-    t = Table("#", "service", "score", title=f"{method} on {case} ({view} view, {seconds:.3f} s)")
+    t = Table("#", "service", "score", title=f"{method} on {case}, {_view_title(view, r.view)} ({seconds:.3f} s)")
     score = dict(zip(ranking.candidates, ranking.scores))
     for i, s in enumerate(services[:top], 1):
         t.add_row(str(i), s, f"{score.get(s, float('nan')):.4g}")
