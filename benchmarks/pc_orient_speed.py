@@ -14,25 +14,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from causallearn.graph.GeneralGraph import GeneralGraph
-from causallearn.graph.GraphNode import GraphNode
 from causallearn.utils.PCUtils import Meek, UCSepset
-from test_pc_orient import _budgeted, _reference
+from test_pc_orient import _budgeted, _reference, _skeleton  # the test's graph builders
 
 from llmrca.methods.pc_orient import orient
-
-
-def skeleton(n: int, degree: float, rng: np.random.Generator) -> tuple[GeneralGraph, dict]:
-    g = GeneralGraph([GraphNode(f"X{i}") for i in range(n)])
-    adj = np.triu(rng.random((n, n)) < degree / (n - 1), 1)
-    for i, j in zip(*np.nonzero(adj)):
-        g.graph[i, j] = g.graph[j, i] = -1
-    sep = {}
-    for i in range(n):
-        for j in range(i + 1, n):
-            if not adj[i, j]:
-                sep[(i, j)] = sep[(j, i)] = tuple(sorted(int(k) for k in rng.choice(n, size=1) if k not in (i, j)))
-    return g, sep
 
 
 def main() -> None:
@@ -43,7 +28,7 @@ def main() -> None:
     a = ap.parse_args()
     print(f"{'nodes':>6} {'edges':>6} {'causal-learn s':>15} {'llmrca s':>9} {'ratio':>6}")
     for n in (int(x) for x in a.nodes.split(",")):
-        g, sep = skeleton(n, a.degree, np.random.default_rng(a.seed))
+        g, sep = _skeleton(n, a.degree / (n - 1), np.random.default_rng(a.seed))
         t0 = time.perf_counter()
         want = Meek.meek(UCSepset.uc_sepset(_reference(g, sep, n), 2))
         t1 = time.perf_counter()

@@ -160,6 +160,24 @@ def methods_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
     out.print(t)
 
 
+def _rank_one(case: Path, method: str, seed: int, view: str, param: list[str] | None,
+              params_files: list[Path] | None) -> Any:
+    """One method on one case in ``view`` (rank, diagnose); an abstention exits with status 3 and its line."""
+    from llmrca.errors import NoAnswer
+    from llmrca.evaluate.single import rank_in_view
+    from llmrca.methods import entry
+    from llmrca.methods.params import checked_params
+
+    options.view(view)
+    name = entry(method).name
+    ps = checked_params(_method_params(param, params_files), [name]).get(name, {})
+    try:
+        return rank_in_view(case, method, seed=seed, view=view, **ps)
+    except NoAnswer as e:  # an abstention, not a crash: its own line and exit status
+        err.print(f"[yellow]no answer:[/yellow] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
+
+
 @app.command("rank")
 @_handled
 def rank_cmd(
@@ -177,19 +195,7 @@ def rank_cmd(
 
     A method that finds nothing abnormal to blame abstains: "no answer: <reason>" and exit status 3.
     """
-    from llmrca.errors import NoAnswer
-    from llmrca.evaluate.single import rank_in_view
-    from llmrca.methods import entry
-    from llmrca.methods.params import checked_params
-
-    options.view(view)
-    name = entry(method).name
-    ps = checked_params(_method_params(param, params_files), [name]).get(name, {})
-    try:
-        r = rank_in_view(case, method, seed=seed, view=view, **ps)
-    except NoAnswer as e:  # an abstention, not a crash: its own line and exit status
-        err.print(f"[yellow]no answer:[/yellow] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(3) from None
+    r = _rank_one(case, method, seed, view, param, params_files)
     ranking, seconds = r.ranking, r.seconds
     if as_json:
         _print_json({"method": method, "view": r.view, "runtime_s": seconds, "services": ranking.services(),
@@ -672,19 +678,7 @@ def diagnose_cmd(
 
     A method that finds nothing abnormal to blame abstains: "no answer: <reason>" and exit status 3.
     """
-    from llmrca.errors import NoAnswer
-    from llmrca.evaluate.single import rank_in_view
-    from llmrca.methods import entry
-    from llmrca.methods.params import checked_params
-
-    options.view(view)
-    name = entry(method).name
-    ps = checked_params(_method_params(param, params_files), [name]).get(name, {})
-    try:
-        r = rank_in_view(case, method, seed=seed, view=view, **ps)
-    except NoAnswer as e:
-        err.print(f"[yellow]no answer:[/yellow] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(3) from None
+    r = _rank_one(case, method, seed, view, param, params_files)
     ranking, seconds = r.ranking, r.seconds
     services = ranking.services()
     if as_json:
