@@ -105,7 +105,7 @@ def test_a_spec_from_the_current_folder_is_a_method(plugin, cases):
 @pytest.mark.parametrize(("attr", "message"), [
     ("Nope", "has no attribute 'Nope'"),
     ("not_a_class", "is a int, not a method class"),
-    ("NoFamily", "its `family` must be one of metric, trace, multi-source (got 'tabular')"),
+    ("NoFamily", "its `family` must be one of metric, trace, multi-source, llm-aware (got 'tabular')"),
     ("BadRank", "cannot be called as rank(obs, seed=...)"),
     ("Clash", "its name 'baro' is taken by llmrca.methods.baro:Baro (built-in)"),
 ])

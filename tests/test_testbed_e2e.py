@@ -36,8 +36,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 TARGET = "ray-replicas-1"
-BASELINE_ROWS = 30  # scrapes of the target before the fault (the study's 5 min at 5 s is 60)
-FAULT_S = 20.0
+BASELINE_ROWS = 20  # scrapes of the target before the fault (the study's 5 min at 5 s is 60)
+FAULT_S = 15.0
 AFTER_ROWS = 8  # scrapes after the fault was undone
 
 
