@@ -17,8 +17,8 @@ budget ran on for minutes in them. Here the same two functions run on subclasses
 
 Every decision is causal-learn's own: ``tests/test_pc_orient.py`` compares the endpoint matrices, the ancestor
 matrices and the lists with the library's on random graphs. Side by side on random skeletons of mean degree 3
-(``python benchmarks/pc_orient_speed.py``, 2-core machine shared with other jobs, 2026-12-07): 9.5 s against 0.85 s
-at 100 nodes, 56 s against 2.0 s at 200 (11x, 28x), the same CPDAG each time.
+(``python benchmarks/pc_orient_speed.py``, 2-core machine, otherwise idle, 2026-12-07): 3.9 s against 0.31 s at
+100 nodes, 33 s against 1.7 s at 200 (13x, 20x), the same CPDAG each time.
 """
 
 from __future__ import annotations
