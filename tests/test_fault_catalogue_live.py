@@ -147,6 +147,7 @@ def _controls(st: dict) -> dict:
             out[r] = "down"
             continue
         c.pop("requests", None)  # the load's count, not a control
+        c.pop("cpu_share", None)  # the CPU the engine got (moves with the machine's load), not a control
         out[r] = c
     out["proxy"] = _get(f"http://127.0.0.1:{ports['proxy']}/control")
     out["loadgen"] = _get(f"http://127.0.0.1:{ports['loadgen']}/control")
