@@ -4,12 +4,10 @@ one line why not) and `evaluate` says why its table is empty; a testbed window t
 came up is trimmed to its start."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
+from _fake_prometheus import RangeQueryHandler, serving
 from typer.testing import CliRunner
 
 import llmrca
@@ -38,37 +36,23 @@ def _value(query: str, service: str, t: float) -> float | None:
     return None
 
 
-class _Prom(BaseHTTPRequestHandler):
+class _Prom(RangeQueryHandler):
     data_from = T0  # no series has a value before this (a cluster younger than the window)
 
-    def do_GET(self):
-        q = parse_qs(urlparse(self.path).query)
-        query = q["query"][0]
-        start, end, step = float(q["start"][0]), float(q["end"][0]), float(q["step"][0])
+    def series(self, query, start, end, step):
         result = []
-        label = "service"
         for s in SERVICES:
             values = [[float(t), str(v)] for t in np.arange(start, end + 1e-9, step)
                       if t >= self.data_from and (v := _value(query, s, float(t))) is not None]
             if values:
-                result.append({"metric": {label: s}, "values": values})
-        body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+                result.append({"metric": {"service": s}, "values": values})
+        return result
 
 
 @pytest.fixture(scope="module")
 def prom():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Prom)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with serving(_Prom) as (_, url):
+        yield url
 
 
 def run(*args):

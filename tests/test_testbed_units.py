@@ -11,14 +11,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
+from _fake_prometheus import RangeQueryHandler, serving
 
 from llmrca import faults
 from llmrca.deploy import DeployConfig
@@ -203,15 +201,12 @@ def test_mesh_link_delays_only_the_target_direction():
 # -- collector against a fake Prometheus ------------------------------------------------------------------------
 
 
-class _FakeProm(BaseHTTPRequestHandler):
+class _FakeProm(RangeQueryHandler):
     answers: ClassVar[dict] = {}
     seen: ClassVar[list] = []
 
-    def do_GET(self):
-        q = parse_qs(urlparse(self.path).query)
-        query = q["query"][0]
+    def series(self, query, start, end, step):
         self.seen.append(query)
-        start, end, step = float(q["start"][0]), float(q["end"][0]), float(q["step"][0])
         result = []
         for needle, series in self.answers.items():
             if needle in query:
@@ -219,24 +214,14 @@ class _FakeProm(BaseHTTPRequestHandler):
                     ts = np.arange(start, end + 1e-9, step)
                     vals = [[float(t), str(fn(t))] for t in ts if fn(t) is not None]
                     result.append({"metric": labels, "values": vals})
-        body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+        return result
 
 
 @pytest.fixture
 def fake_prom():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _FakeProm)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
     _FakeProm.seen = []
-    yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with serving(_FakeProm) as pair:
+        yield pair
 
 
 def test_collector_builds_the_simulators_columns_from_range_queries(fake_prom):
