@@ -41,7 +41,7 @@ from llmrca.methods.by_service import (
 from llmrca.methods.call_graph import attributed_graph
 from llmrca.methods.params import check_float, check_int
 from llmrca.methods.sli import latency_column
-from llmrca.methods.window import MetricWindow, metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, MetricWindow, metric_window
 
 
 class MicroRCA(BaseMethod):
@@ -50,7 +50,7 @@ class MicroRCA(BaseMethod):
     @classmethod
     def default_params(cls) -> dict[str, object]:
         return {
-            "window": 60,  # samples each side of inject_time
+            "window": DEFAULT_WINDOW,  # rows each side of inject_time ("auto": by source)
             "smoothing": 5,  # trailing-mean length applied to latencies before clustering, samples
             "birch_threshold": 1.5,  # BIRCH subcluster radius, in pre-injection standard deviations
             "min_share": 0.1,  # share of post samples in new subclusters that makes a latency anomalous

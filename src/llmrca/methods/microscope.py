@@ -33,7 +33,7 @@ from llmrca.methods.by_service import (
 from llmrca.methods.call_graph import call_graph
 from llmrca.methods.params import check_float
 from llmrca.methods.sli import entry_service, latency_column, sli_column
-from llmrca.methods.window import MetricWindow, metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, MetricWindow, metric_window
 
 
 class MicroScope(BaseMethod):
@@ -42,7 +42,7 @@ class MicroScope(BaseMethod):
     @classmethod
     def default_params(cls) -> dict[str, object]:
         return {
-            "window": 60,  # samples each side of inject_time
+            "window": DEFAULT_WINDOW,  # rows each side of inject_time ("auto": by source)
             "k_sigma": 3.0,  # a sample violates when |x − mean_pre| > k_sigma · std_pre
             "min_share": 0.1,  # share of post-injection samples that must violate to make a service anomalous
         }

@@ -27,7 +27,7 @@ from llmrca.methods.by_service import abs_corr, finite_window, group_columns, se
 from llmrca.methods.call_graph import call_graph
 from llmrca.methods.params import check_float, check_int
 from llmrca.methods.sli import entry_service, sli_column
-from llmrca.methods.window import metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, metric_window
 
 
 class MonitorRank(BaseMethod):
@@ -36,7 +36,7 @@ class MonitorRank(BaseMethod):
     @classmethod
     def default_params(cls) -> dict[str, object]:
         return {
-            "window": 60,  # samples each side of inject_time
+            "window": DEFAULT_WINDOW,  # rows each side of inject_time ("auto": by source)
             "rho": 0.1,  # weight of backward (callee → caller) edges relative to forward ones
             "restart": 0.15,  # per-step probability of jumping to a service drawn by similarity
             "n_steps": 20_000,  # walk length: more steps, less sampling noise in the visit counts

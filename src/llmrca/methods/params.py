@@ -65,6 +65,8 @@ def _typed(method: str, key: str, value: object, default: object) -> object:
     if value is None or default is None:
         return value
     kind = type(default)
+    if default == "auto" and isinstance(value, int) and not isinstance(value, bool):
+        return value  # a parameter resolved per case by default ("auto": llmrca.methods.window) also takes a number
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (list, tuple) and isinstance(value, (list, tuple)):
