@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmrca.case import Observation
 from llmrca.methods.base import BaseMethod, Ranking
-from llmrca.methods.params import check_bool, check_int
+from llmrca.methods.params import check_bool
 from llmrca.methods.scoring import deviation_scores
 from llmrca.methods.window import DEFAULT_WINDOW, check_window, metric_window
 

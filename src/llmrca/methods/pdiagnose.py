@@ -48,7 +48,7 @@ from llmrca.errors import MethodError
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.by_service import finite_window
 from llmrca.methods.multisource import error_grid, grid, template_grid
-from llmrca.methods.params import check_bool, check_float, check_int
+from llmrca.methods.params import check_bool, check_float
 from llmrca.methods.scoring import baseline
 from llmrca.methods.spans import group_slo, load_spans, require_sources
 from llmrca.methods.window import DEFAULT_WINDOW, MetricWindow, check_window, metric_window
