@@ -151,16 +151,16 @@ def apply_system(case: Case, info: SystemInfo | None, *, where: str | None = Non
             raise LlmrcaError(f"{SLI_OPTION}: no column {info.sli!r} in {at} (latency columns there: "
                               f"{', '.join(lat) or 'none'})")
         entry = sli.split("_", 1)[0]
-        services = topo.services if not topo.services or entry in topo.services else (*topo.services, entry)
-        topo = replace(topo, sli=sli, entry=entry, services=services)
+        services = topo.services or tuple(known)
+        topo = replace(topo, sli=sli, entry=entry, services=services if entry in services else (*services, entry))
     if info.edges is not None:
         names = set(known)
         missing = sorted({s for e in info.edges for s in e if s not in names})
         if missing:
             raise LlmrcaError(f"{CALL_GRAPH_OPTION} {info.call_graph_file}: service(s) {', '.join(map(repr, missing))} "
                               f"not in {at} (its services: {', '.join(known[:12])}{' …' if len(known) > 12 else ''})")
-        services = topo.services
-        if services:
-            services = (*services, *(s for s in dict.fromkeys(x for e in info.edges for x in e) if s not in services))
+        # the services too, when the case named none: the topology's entry is then the one service nobody calls
+        services = topo.services or tuple(known)
+        services = (*services, *(s for s in dict.fromkeys(x for e in info.edges for x in e) if s not in services))
         topo = replace(topo, edges=info.edges, services=services)
     return replace(case, observation=replace(obs, topology=topo))
