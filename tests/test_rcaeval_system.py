@@ -179,3 +179,17 @@ def test_default_window_is_the_whole_rcaeval_case_and_the_study_s_for_ours(re1, 
     assert checked_params({"baro": {"window": 30}}, ["baro"]) == {"baro": {"window": 30}}
     with pytest.raises(MethodError, match="parameter window must be an integer >= 2, None"):
         get_method("nsigma", window="whole").rank(obs)
+
+
+def test_sli_and_source_survive_the_native_layout(re1, tmp_path):
+    from llmrca.io import save_case
+
+    root, cases = re1
+    case = apply_system(_read(root, cases[0]), system_info(sli="frontend_latency-50"))
+    back = load_case(save_case(case, tmp_path / "native"))
+    assert back.observation.source == "rcaeval" and back.observation.topology.sli == "frontend_latency-50"
+    assert sli_column(back.observation) == "frontend_latency-50" and resolve_window(back.observation) == 600
+    # a case without either writes neither field: llmrca's own case.json files keep their bytes
+    plain = planted_case(n_services=2, n_rows=20, inject_row=10, seed=0)
+    text = (save_case(plain, tmp_path / "plain") / "case.json").read_text()
+    assert '"source"' not in text and '"sli"' not in text
