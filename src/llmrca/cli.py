@@ -144,8 +144,9 @@ SliOpt = Annotated[str | None, typer.Option(
                   "microscope and monitorrank start from; its service is the entry. Default: the topology's, else "
                   "inferred (docs/methods.md, 'What each method needs').")]
 CallGraphOpt = Annotated[Path | None, typer.Option(
-    "--call-graph", help="A call graph file: CSV lines 'caller,callee' (or JSON [[caller, callee], ...]); replaces "
-                         "the case's topology edges. Default: the topology's, else the traces' calls.")]
+    "--call-graph", help="A call graph file: CSV lines 'caller,callee', or JSON (a .json name): a list of "
+                         "caller/callee pairs; replaces the case's topology edges. Default: the topology's, else the "
+                         "traces' calls, else (microrca, microscope, monitorrank) the entry calling every service.")]
 
 
 def _system(sli: str | None, call_graph: Path | None) -> Any:
