@@ -54,8 +54,8 @@ def test_a_params_file_gives_the_same_and_a_param_wins_over_it(cases, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--param", "nsigma.windw=3"], "method 'nsigma': unknown parameter 'windw'; known: two_sided, window"),
-    (["--param", "nsigma.window=three"], ("method 'nsigma': parameter window must be an integer (default 60), "
-                                          'got "three"')),
+    (["--param", "nsigma.window=three"], ("method 'nsigma': parameter window must be an integer or \"auto\" "
+                                          '(default "auto"), got "three"')),
     (["--param", "nsigma.two_sided=1"], "parameter two_sided must be true or false (default true), got 1"),
     (["--param", "nsigma=3"], "--param 'nsigma=3': expected METHOD.KEY=VALUE (e.g. baro.window=30)"),
     (["--param", "baro.window=3"], "given for method(s) not in the run: baro; the run's: nsigma"),

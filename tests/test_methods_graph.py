@@ -12,10 +12,10 @@ import pytest
 from _chance import random_avg_at_k_floor
 
 from llmrca.case import Case, Observation, Topology
-from llmrca.errors import MethodError
+from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods import get_method, names
 from llmrca.methods.by_service import abs_corr, service_first_ranking
-from llmrca.methods.call_graph import attributed_graph, call_graph, trace_edges
+from llmrca.methods.call_graph import attributed_graph, call_graph, trace_edges, walk_graph
 from llmrca.methods.circa import descendant_adjustment, metric_kind, structural_graph
 from llmrca.methods.regression import residual_scores
 from llmrca.methods.sli import latency_column
@@ -251,12 +251,23 @@ def test_very_short_window_raises_method_error(name):
 
 
 @pytest.mark.parametrize("name", ["microrca", "microscope", "monitorrank"])
-def test_call_graph_methods_need_a_call_graph(name):
+def test_call_graph_methods_without_a_call_graph(name):
+    """No edge and no trace: the star from the entry (walk_graph); no entry either: the error says so."""
     obs = small_case().observation
     bare = Observation(metrics=obs.metrics, inject_time=obs.inject_time,
                        topology=Topology(services=obs.topology.services, entry=obs.topology.entry))
+    assert walk_graph(bare).graph["source"] == "assumed-star"
+    assert set(walk_graph(bare).edges) == {(obs.topology.entry, s) for s in bare.services if s != obs.topology.entry}
+    try:
+        ranking = method(name).rank(bare)
+    except NoAnswer:
+        pass
+    else:
+        assert set(ranking.services()) <= set(bare.services) and len(ranking)
+    nothing = Observation(metrics=obs.metrics[["time"] + [c for c in obs.metric_columns if "latency" not in c]],
+                          inject_time=obs.inject_time)
     with pytest.raises(MethodError, match="no service call graph"):
-        method(name).rank(bare)
+        method(name).rank(nothing)
 
 
 def test_no_inject_time_is_a_method_error():

@@ -138,6 +138,24 @@ def _method_params(items: list[str] | None, files: list[Path] | None) -> dict[st
 # --- end of method parameters and plug-in methods
 
 
+# --- the user's SLI column and call graph (issue 17: RCAEval folders say neither; llmrca.io.system) -------------
+SliOpt = Annotated[str | None, typer.Option(
+    "--sli", help="The SLI column (e.g. frontend_latency-50): the series the random-walk heads, microcause, "
+                  "microscope and monitorrank start from; its service is the entry. Default: the topology's, else "
+                  "inferred (docs/methods.md, 'What each method needs').")]
+CallGraphOpt = Annotated[Path | None, typer.Option(
+    "--call-graph", help="A call graph file: CSV lines 'caller,callee', or JSON (a .json name): a list of "
+                         "caller/callee pairs; replaces the case's topology edges. Default: the topology's, else the "
+                         "traces' calls, else (microrca, microscope, monitorrank) the entry calling every service.")]
+
+
+def _system(sli: str | None, call_graph: Path | None) -> Any:
+    from llmrca.io.system import system_info
+
+    return system_info(sli=sli, call_graph=call_graph)
+# --- end of the user's SLI column and call graph
+
+
 @app.command("methods")
 @_handled
 def methods_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
@@ -161,7 +179,7 @@ def methods_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
 
 
 def _rank_one(case: Path, method: str, seed: int, view: str, param: list[str] | None,
-              params_files: list[Path] | None) -> Any:
+              params_files: list[Path] | None, system: Any = None) -> Any:
     """One method on one case in ``view`` (rank, diagnose); an abstention exits with status 3 and its line."""
     from llmrca.errors import NoAnswer
     from llmrca.evaluate.single import rank_in_view
@@ -172,7 +190,7 @@ def _rank_one(case: Path, method: str, seed: int, view: str, param: list[str] | 
     name = entry(method).name
     ps = checked_params(_method_params(param, params_files), [name]).get(name, {})
     try:
-        return rank_in_view(case, method, seed=seed, view=view, **ps)
+        return rank_in_view(case, method, seed=seed, view=view, system=system, **ps)
     except NoAnswer as e:  # an abstention, not a crash: its own line and exit status
         err.print(f"[yellow]no answer:[/yellow] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(3) from None
@@ -190,12 +208,14 @@ def rank_cmd(
     view: ViewOpt = options.DEFAULT_VIEW,
     param: ParamOpt = None,
     params_files: ParamsFileOpt = None,
+    sli: SliOpt = None,
+    call_graph: CallGraphOpt = None,
 ) -> None:
     """Rank root-cause candidates of one case with one method.  Example: llmrca rank cases/c1 -m baro
 
     A method that finds nothing abnormal to blame abstains: "no answer: <reason>" and exit status 3.
     """
-    r = _rank_one(case, method, seed, view, param, params_files)
+    r = _rank_one(case, method, seed, view, param, params_files, _system(sli, call_graph))
     ranking, seconds = r.ranking, r.seconds
     if as_json:
         _print_json({"method": method, "view": r.view, "runtime_s": seconds, "services": ranking.services(),
@@ -265,6 +285,8 @@ def evaluate_cmd(
     params_files: ParamsFileOpt = None,
     retry_failed: Annotated[bool, typer.Option(help="Run again the stored tasks whose status is not ok (errors, "
                                                     "timeouts, no-answers); the other rows are kept.")] = False,
+    sli: SliOpt = None,
+    call_graph: CallGraphOpt = None,
 ) -> None:
     """Run methods over cases; each result is journaled to OUT/results.jsonl as it arrives (OUT/results.parquet
     is rewritten from it every 30 s and at the end), and a killed run resumes.
@@ -282,16 +304,22 @@ def evaluate_cmd(
     options.memory_mb(memory_limit)
     options.executor(executor, address)
     names = resolve(methods)
+    system = _system(sli, call_graph)
     cases = [c for p in paths for c in find_cases(p)]
     if not cases:
         raise LlmrcaError("no case folders found under " + ", ".join(map(str, paths)))
     # Ids of RCAEval cases are their paths below this common folder, so two suites cannot collide.
     tops = [p.parent.parent if p in cases else p for p in paths]  # a case folder's id keeps <svc>_<fault>/<rep>
     root = os.path.commonpath([os.path.abspath(t) for t in tops])
+    if system is not None:  # a column or service the cases lack: one line now, not an error row per case
+        from llmrca.io import load_case
+        from llmrca.io.system import apply_system
+
+        apply_system(load_case(cases[0], root=root), system, where=str(cases[0]))
     results = evaluate(cases, names, out_dir, jobs=jobs, timeout=timeout, seed=seed, progress=progress,
                        view=view, root=root, memory_limit_mb=memory_limit, executor=executor,
                        ray_address=address, method_params=_method_params(param, params_files),
-                       retry_failed=retry_failed)
+                       retry_failed=retry_failed, system=system)
     con = _console(as_json)
     tasks = _say_tasks(out_dir, con)
     why = _print_summary(results, con, f"RCA accuracy, {view} view ({len(cases)} case(s))")
@@ -672,13 +700,15 @@ def diagnose_cmd(
     as_json: JsonOpt = False,
     param: ParamOpt = None,
     params_files: ParamsFileOpt = None,
+    sli: SliOpt = None,
+    call_graph: CallGraphOpt = None,
 ) -> None:
     """Rank the services of one case, name the fault kind and say why.  Example: llmrca diagnose cases/c1
     --view full (servediag reads more in the full view: GPU temperature and clocks, the engine's own series).
 
     A method that finds nothing abnormal to blame abstains: "no answer: <reason>" and exit status 3.
     """
-    r = _rank_one(case, method, seed, view, param, params_files)
+    r = _rank_one(case, method, seed, view, param, params_files, _system(sli, call_graph))
     ranking, seconds = r.ranking, r.seconds
     services = ranking.services()
     if as_json:

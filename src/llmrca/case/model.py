@@ -30,6 +30,10 @@ class Observation:
     inject_time: float | None = None
     topology: Topology = field(default_factory=Topology)
     interval: float | None = None  # sampling interval of `metrics`, seconds
+    # Where the data comes from, when that changes a method's defaults: "rcaeval" for a folder in RCAEval's layout
+    # that llmrca did not write (``llmrca.io.rcaeval``); None for llmrca's own cases (simulated, live, synthetic).
+    # ``llmrca.methods.window`` picks the metric window from it.
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if self.traces is None:

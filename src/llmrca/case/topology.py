@@ -13,6 +13,8 @@ class Topology:
     ``edges`` point from caller to callee. ``entry`` is the service users talk to (its latency is the SLI).
     ``hosts`` maps a service to the node it runs on, ``gpus`` a service to the GPU ids it holds.
     ``replicas`` groups interchangeable services under a logical name (e.g. ``vllm`` → the 4 replica pods).
+    ``sli`` names the SLI column itself (``frontend_latency-50``) where the user chose it (``--sli``); its service
+    is the entry. None: the SLI is the entry's latency series (``llmrca.methods.sli``).
     """
 
     services: tuple[str, ...] = ()
@@ -21,6 +23,7 @@ class Topology:
     hosts: dict[str, str] = field(default_factory=dict)
     gpus: dict[str, list[str]] = field(default_factory=dict)
     replicas: dict[str, list[str]] = field(default_factory=dict)
+    sli: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "services", tuple(self.services))
@@ -40,6 +43,8 @@ class Topology:
         """The entry service: the declared one, else the single service nobody calls."""
         if self.entry:
             return self.entry
+        if self.sli:
+            return self.sli.split("_", 1)[0]
         called = {b for _, b in self.edges}
         roots = [s for s in self.services if s not in called and self.callees(s)]
         return roots[0] if len(roots) == 1 else None
@@ -58,6 +63,10 @@ class Topology:
                     out.append(f"topology.edges: {a!r}->{b!r} names unknown service {end!r}")
         if self.entry is not None and names and self.entry not in names:
             out.append(f"topology.entry: unknown service {self.entry!r}")
+        if self.sli is not None and "_" not in self.sli:
+            out.append(f"topology.sli: {self.sli!r} is not a '<service>_<metric>' column name")
+        elif self.sli is not None and self.entry is not None and self.sli.split("_", 1)[0] != self.entry:
+            out.append(f"topology.sli: {self.sli!r} is not a series of the entry service {self.entry!r}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,6 +77,7 @@ class Topology:
             "hosts": dict(self.hosts),
             "gpus": {k: list(v) for k, v in self.gpus.items()},
             "replicas": {k: list(v) for k, v in self.replicas.items()},
+            **({"sli": self.sli} if self.sli is not None else {}),  # only when set: older files stay byte-equal
         }
 
     @classmethod
@@ -80,4 +90,5 @@ class Topology:
             hosts=dict(d.get("hosts", {})),
             gpus={k: list(v) for k, v in d.get("gpus", {}).items()},
             replicas={k: list(v) for k, v in d.get("replicas", {}).items()},
+            sli=d.get("sli"),
         )

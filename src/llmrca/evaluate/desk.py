@@ -50,10 +50,12 @@ def case_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def input_hash(digest: str, *, method: str, target: str, params: dict[str, Any], seed: int, view: str) -> str:
-    """The hash a stored row must carry to be reused (see the module docstring)."""
+def input_hash(digest: str, *, method: str, target: str, params: dict[str, Any], seed: int, view: str,
+               system: dict[str, Any] | None = None) -> str:
+    """The hash a stored row must carry to be reused (see the module docstring); ``system`` (the user's SLI and
+    call graph, ``SystemInfo.to_dict()``) is part of it only when given, so rows made without one keep theirs."""
     what = {"case": digest, "method": method, "target": target, "params": params, "seed": int(seed),
-            "view": view, "llmrca": llmrca.__version__}
+            "view": view, "llmrca": llmrca.__version__, **({"system": system} if system is not None else {})}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=repr).encode()).hexdigest()
 
 
@@ -93,9 +95,10 @@ class Prepared:
 class CaseDesk:
     """Loads each case once when a task first needs it and keeps what its rows need."""
 
-    def __init__(self, *, view: str, root: str | None) -> None:
+    def __init__(self, *, view: str, root: str | None, system: Any = None) -> None:
         self.view = view
         self.root = root
+        self.system = system  # llmrca.io.system.SystemInfo: the user's SLI and call graph, or None
         self._cases: dict[str, Prepared] = {}
 
     def get(self, path: str) -> Prepared:
@@ -134,6 +137,10 @@ class CaseDesk:
 
                 # a case of foreign data (RCAEval) has no views: it is given whole (llmrca.case.views)
                 case = select_view(case, effective_view(case, self.view), where=path)
+            if self.system is not None:
+                from llmrca.io.system import apply_system
+
+                case = apply_system(case, self.system, where=path)
             obs = case.observation
             blob = seal(obs)
         except Exception as e:  # noqa: BLE001 - any failure to load is reported in the case's rows

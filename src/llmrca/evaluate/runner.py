@@ -36,6 +36,7 @@ from llmrca.errors import CaseError, FormatError, LlmrcaError, UnknownNameError
 from llmrca.evaluate.desk import CaseDesk, GridTask, case_digest, input_hash
 from llmrca.evaluate.pool import LocalExecutor, run_grid
 from llmrca.evaluate.store import KEY, RUN_JSON, ResultStore, rows_to_frame, write_atomic
+from llmrca.io.system import SystemInfo
 from llmrca.methods.params import checked_params
 from llmrca.methods.registry import entry, resolve
 from llmrca.report.status import KINDS, status_kind
@@ -65,6 +66,7 @@ def evaluate(
     view: str = "all",
     executor: str = "local",
     ray_address: str | None = None,
+    system: SystemInfo | None = None,
 ) -> pd.DataFrame:
     """Run ``methods`` × ``cases`` into ``out_dir`` and return the grid's rows (one per method and case).
 
@@ -83,6 +85,8 @@ def evaluate(
     folder holds one view: resuming it with another is refused.
     ``executor``: 'local' (worker processes here) or 'ray' (actors on a Ray cluster: ``ray_address``, or a
     local Ray started for the run; needs the ``ray`` extra). Both give the same rows.
+    ``system``: the user's SLI column and call graph (``llmrca.io.system.system_info``), applied to every case's
+    topology; part of each row's content hash.
     Rows already in ``out_dir`` for the same (method, case_id, seed) and content hash are not recomputed.
     """
     names = resolve(list(methods) if not isinstance(methods, str) else methods)
@@ -111,7 +115,7 @@ def evaluate(
         return _evaluate(paths, names, entries, out, pool, jobs=jobs, timeout=timeout,
                          memory_limit_mb=memory_limit_mb, seed=seed, progress=progress, params=params,
                          retry_failed=retry_failed, root=root, view=view, executor=executor,
-                         ray_address=ray_address)
+                         ray_address=ray_address, system=system)
     finally:
         pool.close()
 
@@ -127,7 +131,7 @@ def _executor(name: str, jobs: int, address: str | None) -> Any:
 def _evaluate(paths: list[str], names: list[str], entries: dict[str, Any], out: Path, pool: Any, *, jobs: int,
               timeout: float | None, memory_limit_mb: float, seed: int, progress: bool,
               params: dict[str, dict[str, Any]], retry_failed: bool, root: str | Path | None, view: str,
-              executor: str, ray_address: str | None) -> pd.DataFrame:
+              executor: str, ray_address: str | None, system: SystemInfo | None = None) -> pd.DataFrame:
     root_s = str(root) if root is not None else None
     # A plug-in changes with its file, not with llmrca's version: its source's hash is part of its rows' key, so an
     # edited method is recomputed rather than its old rows reused.
@@ -145,7 +149,7 @@ def _evaluate(paths: list[str], names: list[str], entries: dict[str, Any], out: 
             for n in names:
                 e = entries[n]
                 h = input_hash(digests[p], method=n, target=code_keys[n], params=params.get(n, {}), seed=seed,
-                               view=view)
+                               view=view, system=None if system is None else system.to_dict())
                 old = store.get((n, cid, seed))
                 if old is not None and old.get("input_hash") == h and (old["status"] == "ok" or not retry_failed):
                     resumed += 1
@@ -157,7 +161,8 @@ def _evaluate(paths: list[str], names: list[str], entries: dict[str, Any], out: 
                                      memory_limit_mb=memory_limit_mb or None, input_hash=h))
         settings = {"jobs": jobs, "timeout": timeout, "memory_limit_mb": memory_limit_mb, "seed": seed,
                     "method_params": params, "retry_failed": retry_failed, "view": view, "root": root_s,
-                    "executor": executor, "ray_address": ray_address}
+                    "executor": executor, "ray_address": ray_address,
+                    **({"system": system.to_dict()} if system is not None else {})}
         run_info = _run_info(out, names, paths, settings)
         run_info["tasks"] = {"grid": len(paths) * len(names), "resumed": resumed, "replaced": replaced,
                              "to_run": len(grid)}
@@ -181,7 +186,7 @@ def _evaluate(paths: list[str], names: list[str], entries: dict[str, Any], out: 
         status, reason = "failed", None
         try:
             with bar:
-                run_grid(_by_case(grid), pool, jobs=jobs, timeout=timeout, desk=CaseDesk(view=view, root=root_s),
+                run_grid(_by_case(grid), pool, jobs=jobs, timeout=timeout, desk=CaseDesk(view=view, root=root_s, system=system),
                          on_row=on_row)
             status = "finished"
         except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmrca.io import load_case
+from llmrca.io.system import SystemInfo, apply_system
 from llmrca.methods import Ranking, entry, get_method
 from llmrca.methods.params import checked_params
 
@@ -19,18 +20,20 @@ class RankResult:
 
 
 def rank_in_view(path: str | Path, method: str, *, seed: int = 0, view: str = "all",
-                 **params: object) -> RankResult:
+                 system: SystemInfo | None = None, **params: object) -> RankResult:
     """Load the case, hand the method only its observation (never the ground truth) in ``view`` (see
     ``llmrca.case.views.effective_view``: a case of foreign data is given whole), time rank().
 
-    ``method``: a name or a plug-in's ``module:Class``; ``params`` are checked as ``evaluate`` checks them."""
+    ``method``: a name or a plug-in's ``module:Class``; ``params`` are checked as ``evaluate`` checks them.
+    ``system``: the user's SLI column and call graph (``llmrca.io.system``), applied to the case's topology."""
     from llmrca.case.views import effective_view, select_view
 
     name = entry(method).name
     m = get_method(name, **checked_params({name: params}, [name]).get(name, {}))
     case = load_case(path)
     v = effective_view(case, view)
-    obs = (select_view(case, v, where=str(path)) if v != "all" else case).observation
+    case = apply_system(select_view(case, v, where=str(path)) if v != "all" else case, system, where=str(path))
+    obs = case.observation
     t0 = time.perf_counter()
     ranking = m.rank(obs, seed=seed)
     return RankResult(ranking, time.perf_counter() - t0, v)

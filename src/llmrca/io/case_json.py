@@ -33,6 +33,7 @@ class CaseFields:
     inject_time: float | None = None
     truth: GroundTruth | None = None
     topology: Topology = field(default_factory=Topology)
+    source: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,6 +104,7 @@ def read_fields(meta: Any, where: str | Path, *, fault_required: bool = True) ->
     out.system = r.text(meta, "system", "system") or ""
     out.interval = r.number(meta, "interval", "interval")
     out.inject_time = r.number(meta, "inject_time", "inject_time")
+    out.source = r.text(meta, "source", "source")
     out.provenance = dict(r.obj(meta, "provenance", "provenance"))
     out.topology = _topology(r, meta.get("topology"))
     if "fault" in meta or fault_required:
@@ -190,6 +192,7 @@ def _topology(r: _Reader, d: Any) -> Topology:
                                             for e in edges)):
         r.bad("topology.edges", "must be a list of [caller, callee] name pairs")
     entry = r.text(d, "entry", "topology.entry")
+    sli = r.text(d, "sli", "topology.sli")
     hosts = r.obj(d, "hosts", "topology.hosts")
     if not all(isinstance(v, str) for v in hosts.values()):
         r.bad("topology.hosts", "must map each service to a host name")
@@ -203,4 +206,4 @@ def _topology(r: _Reader, d: Any) -> Topology:
         return Topology()
     return Topology(services=tuple(services), edges=tuple(tuple(e) for e in edges), entry=entry, hosts=dict(hosts),
                     gpus={k: list(v) for k, v in groups["gpus"].items()},
-                    replicas={k: list(v) for k, v in groups["replicas"].items()})
+                    replicas={k: list(v) for k, v in groups["replicas"].items()}, sli=sli)

@@ -41,6 +41,7 @@ def case_to_json(case: Case) -> dict[str, Any]:
         "inject_time": obs.inject_time,
         "fault": case.truth.to_dict(),
         "topology": obs.topology.to_dict(),
+        **({"source": obs.source} if obs.source else {}),  # only when set: older files stay byte-equal
         "provenance": case.provenance,
     }
 
@@ -118,6 +119,7 @@ def read_case(path: str | Path, *, validate: bool = True) -> Case:
         inject_time=fields.inject_time,
         topology=fields.topology,
         interval=fields.interval,
+        source=fields.source,
     )
     case = Case(
         id=fields.id or path.name,

@@ -50,6 +50,7 @@ TRACETS_LAT = "tracets_lat.csv"
 SIDECAR = "llmrca.json"
 SIDECAR_FORMAT = "llmrca-rcaeval-sidecar"
 SIDECAR_VERSION = 1
+SOURCE = "rcaeval"  # Observation.source of a folder without our sidecar
 
 DERIVED_WINDOW_S = 15  # RCAEval's logts/tracets windows
 NS_PER_S = 1_000_000_000
@@ -158,8 +159,12 @@ def read_case(
         rc["source"] = provenance["rcaeval"]
     provenance["rcaeval"] = rc
 
+    # A folder llmrca did not write is foreign data: methods pick their defaults for it (the metric window of
+    # RCAEval's runner, ``llmrca.methods.window``); one we wrote keeps the source its sidecar names (None: ours).
+    source = SOURCE if sidecar is None else (sidecar.get("source") if isinstance(sidecar.get("source"), str) else None)
     obs = Observation(
-        metrics=metrics, traces=traces, logs=logs, inject_time=inject_time, topology=topology, interval=interval
+        metrics=metrics, traces=traces, logs=logs, inject_time=inject_time, topology=topology, interval=interval,
+        source=source,
     )
     case = Case(id=case_id, observation=obs, truth=truth, system=system, provenance=provenance)
     if validate:

@@ -18,7 +18,7 @@ from llmrca.methods import bocpd
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.params import check_bool, check_float, check_int
 from llmrca.methods.scoring import deviation_scores
-from llmrca.methods.window import DEFAULT_WINDOW, metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, check_window, metric_window
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Baro(BaseMethod):
         }
 
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
-        window = check_int(self.name, "window", self.params["window"], minimum=2, allow_none=True)
+        window = check_window(self.name, self.params["window"], minimum=2)
         two_sided = check_bool(self.name, "two_sided", self.params["two_sided"])
         detect = check_bool(self.name, "detect_onset", self.params["detect_onset"])
         onset = obs.inject_time

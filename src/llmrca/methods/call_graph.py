@@ -1,4 +1,5 @@
-"""The service call graph that graph-based methods walk: caller → callee, from the topology, else traces.
+"""The service call graph that graph-based methods walk: caller → callee, from the topology, else traces (else,
+for the methods that walk from the entry, an assumed star: ``walk_graph``).
 
 The topology is the system's own description (mesh or deployment); traces are the fallback because they show
 only the calls that happened inside the window. Host placement (``topology.hosts``) adds service → host edges
@@ -118,15 +119,43 @@ def call_graph(obs: Observation) -> nx.DiGraph:
     return g
 
 
+def walk_graph(obs: Observation) -> nx.DiGraph:
+    """The call graph a method that walks from the entry service uses (MicroScope, MonitorRank, MicroRCA):
+    :func:`call_graph` (the topology's edges, else the traced calls), else — no call known at all, as in an RCAEval
+    RE1 folder, which has metrics only — a star: the entry service (``llmrca.methods.sli.find_entry``) calling
+    every other service. ``graph.graph["source"]`` is then ``"assumed-star"``.
+
+    The star claims no more than "every service serves the entry's requests": a walk on it reaches every service
+    in one hop, so the ranking rests on the method's per-service scores (anomaly, similarity to the SLI) rather
+    than on paths. A call graph file (``--call-graph``, ``llmrca.case.system``) gives the real edges.
+    """
+    try:
+        return call_graph(obs)
+    except MethodError:
+        from llmrca.methods.sli import entry_service
+
+        try:
+            entry = entry_service(obs)
+        except MethodError as e:
+            raise MethodError(f"no service call graph: topology.edges is empty, the traces show no call between "
+                              f"services, and no entry service to assume a star from ({e})") from None
+    g = nx.DiGraph()
+    g.add_nodes_from(obs.services)
+    g.add_edges_from((entry, s) for s in obs.services if s != entry)
+    g.graph["source"] = "assumed-star"
+    return g
+
+
 def host_edges(obs: Observation) -> list[tuple[str, str]]:
     """(service, host) pairs from ``topology.hosts``, sorted. A host's own series are ``<host>_<metric>``."""
     return sorted((s, h) for s, h in obs.topology.hosts.items() if s != h)
 
 
-def attributed_graph(obs: Observation) -> nx.DiGraph:
+def attributed_graph(obs: Observation, *, assume_star: bool = False) -> nx.DiGraph:
     """The call graph plus host nodes: caller → callee edges (``kind="calls"``) and service → host edges
-    (``kind="runs-on"``); nodes carry ``kind`` = "service" or "host"."""
-    g = call_graph(obs)
+    (``kind="runs-on"``); nodes carry ``kind`` = "service" or "host". ``assume_star``: without any known call,
+    the star of :func:`walk_graph` instead of a ``MethodError``."""
+    g = walk_graph(obs) if assume_star else call_graph(obs)
     nx.set_edge_attributes(g, "calls", "kind")
     nx.set_node_attributes(g, "service", "kind")
     for s, h in host_edges(obs):

@@ -37,7 +37,7 @@ from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.by_service import finite_window
 from llmrca.methods.graph_heads import pagerank_head
 from llmrca.methods.params import check_float, check_int
-from llmrca.methods.window import metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, metric_window
 
 TORCH_HINT = "causalrca needs the torch extra: pip install 'llmrca[torch]'"
 
@@ -55,7 +55,7 @@ class CausalRCA(BaseMethod):
     @classmethod
     def default_params(cls) -> dict[str, object]:
         return {
-            "window": 60,  # samples each side of inject_time
+            "window": DEFAULT_WINDOW,  # rows each side of inject_time ("auto": by source)
             "train_on": "window",  # "window" (pre + post) or "post"
             "hidden": 16,  # width of the encoder and decoder MLPs
             "noise": 1.0,  # std of the sampled latent code (the VAE's posterior noise)

@@ -45,7 +45,7 @@ from llmrca.methods.by_service import finite_window, group_columns
 from llmrca.methods.call_graph import call_graph, host_edges
 from llmrca.methods.params import check_float, check_int
 from llmrca.methods.regression import residual_scores
-from llmrca.methods.window import metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, metric_window
 
 Kind = Literal["traffic", "saturation", "latency", "errors"]
 
@@ -142,7 +142,7 @@ class CIRCA(BaseMethod):
     @classmethod
     def default_params(cls) -> dict[str, object]:
         return {
-            "window": 60,  # samples each side of inject_time
+            "window": DEFAULT_WINDOW,  # rows each side of inject_time ("auto": by source)
             "graph": "auto",  # "structural" (call graph), "pc" (learned), "auto" (structural when possible)
             "max_lag": 0,  # parents' lags used as regressors (each lag adds one regressor per parent)
             "regressor": "ridge",  # "ridge" (standardised regressors) or "linear" (plain least squares)

@@ -37,7 +37,7 @@ from llmrca.case import Observation
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.params import check_float, check_int
 from llmrca.methods.scoring import baseline
-from llmrca.methods.window import DEFAULT_WINDOW, metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, check_window, metric_window
 
 
 def _cdf_differences(sorted_labels: np.ndarray, n: int) -> np.ndarray:
@@ -79,7 +79,7 @@ class EDiagnosis(BaseMethod):
         return {"window": DEFAULT_WINDOW, "permutations": 199, "alpha": 0.01}
 
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
-        window = check_int(self.name, "window", self.params["window"], minimum=2, allow_none=True)
+        window = check_window(self.name, self.params["window"], minimum=2)
         permutations = check_int(self.name, "permutations", self.params["permutations"], minimum=1)
         alpha = check_float(self.name, "alpha", self.params["alpha"], low=0.0, high=1.0)
         w = metric_window(obs, window=window, min_pre=2, min_post=2)

@@ -19,7 +19,8 @@ services and hosts.
    those outside the subgraph are not scored (0; last, by name). Within a service, its other series come by
    |r| with its latency (the paper's evidence for the culprit resource), the latency series itself last.
 
-Needs the call graph: ``topology.edges`` (caller → callee), else the traces' parent → child spans.
+Needs the call graph: ``topology.edges`` (caller → callee), else the traces' parent → child spans, else (no
+call known, e.g. an RCAEval RE1 folder) the star ``call_graph.walk_graph`` assumes: the entry calling every service.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from llmrca.methods.by_service import (
 from llmrca.methods.call_graph import attributed_graph
 from llmrca.methods.params import check_float, check_int
 from llmrca.methods.sli import latency_column
-from llmrca.methods.window import MetricWindow, metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, MetricWindow, metric_window
 
 
 class MicroRCA(BaseMethod):
@@ -50,7 +51,7 @@ class MicroRCA(BaseMethod):
     @classmethod
     def default_params(cls) -> dict[str, object]:
         return {
-            "window": 60,  # samples each side of inject_time
+            "window": DEFAULT_WINDOW,  # rows each side of inject_time ("auto": by source)
             "smoothing": 5,  # trailing-mean length applied to latencies before clustering, samples
             "birch_threshold": 1.5,  # BIRCH subcluster radius, in pre-injection standard deviations
             "min_share": 0.1,  # share of post samples in new subclusters that makes a latency anomalous
@@ -71,7 +72,7 @@ class MicroRCA(BaseMethod):
         max_iter = check_int(name, "max_iter", p["max_iter"], minimum=1)
         tol = check_float(name, "tol", p["tol"], low=0.0, high=1.0)
         w = finite_window(metric_window(obs, window=p["window"], min_pre=3))
-        g = attributed_graph(obs)
+        g = attributed_graph(obs, assume_star=True)
         groups = group_columns(w.columns)
         col = {c: i for i, c in enumerate(w.columns)}
         lat = {s: latency_column(s, cols) for s, cols in groups.items()}

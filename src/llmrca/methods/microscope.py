@@ -12,7 +12,8 @@ dependency graph from the frontend that follows anomalous callees, then a rankin
    window. Services that are not candidates are not scored (0; last, by name). Within a service, series come
    by their |r| with the SLI. No candidate at all: the method abstains (``NoAnswer``).
 
-Needs the call graph: ``topology.edges`` (caller → callee), else the traces' parent → child spans. The
+Needs the call graph: ``topology.edges`` (caller → callee), else the traces' parent → child spans, else (no
+call known, e.g. an RCAEval RE1 folder) the star ``call_graph.walk_graph`` assumes: the entry calling every service. The
 dependency graph is used as it is; the paper's PC refinement of it is not applied.
 """
 
@@ -30,10 +31,10 @@ from llmrca.methods.by_service import (
     group_columns,
     service_first_ranking,
 )
-from llmrca.methods.call_graph import call_graph
+from llmrca.methods.call_graph import walk_graph
 from llmrca.methods.params import check_float
 from llmrca.methods.sli import entry_service, latency_column, sli_column
-from llmrca.methods.window import MetricWindow, metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, MetricWindow, metric_window
 
 
 class MicroScope(BaseMethod):
@@ -42,7 +43,7 @@ class MicroScope(BaseMethod):
     @classmethod
     def default_params(cls) -> dict[str, object]:
         return {
-            "window": 60,  # samples each side of inject_time
+            "window": DEFAULT_WINDOW,  # rows each side of inject_time ("auto": by source)
             "k_sigma": 3.0,  # a sample violates when |x − mean_pre| > k_sigma · std_pre
             "min_share": 0.1,  # share of post-injection samples that must violate to make a service anomalous
         }
@@ -52,7 +53,7 @@ class MicroScope(BaseMethod):
         k_sigma = check_float(self.name, "k_sigma", p["k_sigma"], low=0.0, high=np.inf)
         min_share = check_float(self.name, "min_share", p["min_share"], low=0.0, high=1.0)
         w = finite_window(metric_window(obs, window=p["window"], min_pre=3))
-        g = call_graph(obs)
+        g = walk_graph(obs)
         sli, entry = sli_column(obs), entry_service(obs)
         if entry not in g:
             raise MethodError(f"microscope: the entry service {entry!r} is not in the call graph")

@@ -12,7 +12,8 @@ With probability ``restart`` each step the walker jumps to a service drawn in pr
 personalised random walk). Services are scored by visit counts. S_i is the largest |Pearson r| between a
 series of service i and the SLI over the window (the SLI itself is left out of the frontend's own similarity).
 
-Needs the call graph: ``topology.edges`` (caller → callee), else the traces' parent → child spans.
+Needs the call graph: ``topology.edges`` (caller → callee), else the traces' parent → child spans, else (no
+call known, e.g. an RCAEval RE1 folder) the star ``call_graph.walk_graph`` assumes: the entry calling every service.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from llmrca.case import Observation
 from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.by_service import abs_corr, finite_window, group_columns, service_first_ranking
-from llmrca.methods.call_graph import call_graph
+from llmrca.methods.call_graph import walk_graph
 from llmrca.methods.params import check_float, check_int
 from llmrca.methods.sli import entry_service, sli_column
-from llmrca.methods.window import metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, metric_window
 
 
 class MonitorRank(BaseMethod):
@@ -36,7 +37,7 @@ class MonitorRank(BaseMethod):
     @classmethod
     def default_params(cls) -> dict[str, object]:
         return {
-            "window": 60,  # samples each side of inject_time
+            "window": DEFAULT_WINDOW,  # rows each side of inject_time ("auto": by source)
             "rho": 0.1,  # weight of backward (callee → caller) edges relative to forward ones
             "restart": 0.15,  # per-step probability of jumping to a service drawn by similarity
             "n_steps": 20_000,  # walk length: more steps, less sampling noise in the visit counts
@@ -48,7 +49,7 @@ class MonitorRank(BaseMethod):
         restart = check_float(self.name, "restart", p["restart"], low=0.0, high=0.999, low_open=False)
         n_steps = check_int(self.name, "n_steps", p["n_steps"], minimum=1)
         w = finite_window(metric_window(obs, window=p["window"], min_pre=3))
-        g = call_graph(obs)
+        g = walk_graph(obs)
         sli, entry = sli_column(obs), entry_service(obs)
         corr = abs_corr(w.values, w.values[:, w.columns.index(sli)])
         col_sim = dict(zip(w.columns, corr))

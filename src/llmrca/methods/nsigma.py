@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from llmrca.case import Observation
 from llmrca.methods.base import BaseMethod, Ranking
-from llmrca.methods.params import check_bool, check_int
+from llmrca.methods.params import check_bool
 from llmrca.methods.scoring import deviation_scores
-from llmrca.methods.window import DEFAULT_WINDOW, metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, check_window, metric_window
 
 
 class NSigma(BaseMethod):
@@ -26,7 +26,7 @@ class NSigma(BaseMethod):
         return {"window": DEFAULT_WINDOW, "two_sided": True}
 
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
-        window = check_int(self.name, "window", self.params["window"], minimum=2, allow_none=True)
+        window = check_window(self.name, self.params["window"], minimum=2)
         two_sided = check_bool(self.name, "two_sided", self.params["two_sided"])
         w = metric_window(obs, window=window, min_pre=2, min_post=1)
         scores = deviation_scores(w.pre, w.post, "standard", two_sided=two_sided)

@@ -65,6 +65,11 @@ def _typed(method: str, key: str, value: object, default: object) -> object:
     if value is None or default is None:
         return value
     kind = type(default)
+    if default == "auto":  # resolved per case by default (llmrca.methods.window): "auto" or a whole number
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise MethodError(f"method {method!r}: parameter {key} must be an integer or \"auto\" (default \"auto\"), "
+                          f"got {_shown(value)}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (list, tuple) and isinstance(value, (list, tuple)):

@@ -48,10 +48,10 @@ from llmrca.errors import MethodError
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.by_service import finite_window
 from llmrca.methods.multisource import error_grid, grid, template_grid
-from llmrca.methods.params import check_bool, check_float, check_int
+from llmrca.methods.params import check_bool, check_float
 from llmrca.methods.scoring import baseline
 from llmrca.methods.spans import group_slo, load_spans, require_sources
-from llmrca.methods.window import DEFAULT_WINDOW, MetricWindow, metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, MetricWindow, check_window, metric_window
 
 SOURCES = ("metrics", "logs", "traces")
 Votes = tuple[dict[str, bool], dict[str, float]]  # per service: (vote?, severity)
@@ -74,7 +74,7 @@ class PDiagnose(BaseMethod):
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
         p = self.params
         inf = float("inf")
-        window = check_int(self.name, "window", p["window"], minimum=3, allow_none=True)
+        window = check_window(self.name, p["window"], minimum=3)
         kde_fraction = check_float(self.name, "kde_fraction", p["kde_fraction"], low=0.0, high=1.0)
         log_z = check_float(self.name, "log_z", p["log_z"], low=0.0, high=inf)
         trace_k = check_float(self.name, "trace_k", p["trace_k"], low=0.0, high=inf, low_open=False)

@@ -3,9 +3,12 @@ of the ground truth."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from llmrca.case import Observation, service_of
+import numpy as np
+
+from llmrca.case import TIME, Observation, service_of
 from llmrca.errors import MethodError
 
 # Latency metric names in order of preference: study view, RCAEval, then the mesh's p90 under its full-view name
@@ -16,17 +19,70 @@ LATENCY_METRICS = ("latency", "latency-90", "latency-p90", "request_duration_mil
                    "latency-p50", "request_duration_milliseconds_p50")
 
 
-def entry_service(obs: Observation) -> str:
-    """The entry service from the topology; fall back to the root of the traces' call tree."""
+# Words that name a system's entry in a service name (a '-'/'.'-separated part of it, or the whole name): Online
+# Boutique's `frontend`, Sock Shop's `front-end`, Train Ticket's `ts-ui-dashboard`, an `istio-ingressgateway`, the
+# study's `nginx-proxy`.
+ENTRY_WORDS = ("frontend", "front", "gateway", "ingress", "ingressgateway", "nginx", "proxy", "ui", "web", "edge",
+               "entry", "entrypoint", "api")
+
+
+def find_entry(obs: Observation) -> tuple[str, str]:
+    """The entry service and how it was found, first rule that answers:
+
+    1. ``topology``: the topology's entry (declared, the ``--sli`` column's service, or the one service nobody
+       calls);
+    2. ``traces``: the service of the most root spans (spans without a parent: where requests come in);
+    3. ``name``: among the services with a latency series, the only one whose name says entry (a part of it is
+       one of ``ENTRY_WORDS``: frontend, front-end, gateway, ingress, nginx, proxy, ui, web, …);
+    4. ``latency``: among those services (the ones that say entry, if several do, else all with a latency series),
+       the one whose latency has the largest median before ``inject_time`` (every row without one; ties by name).
+       In a tree of synchronous calls the entry's latency holds each callee's, so it is the largest.
+
+    Rules 3 and 4 are guesses from column names and values; they fail on a system whose entry answers before its
+    callees finish (asynchronous work, queues), whose services report latency in different units, or whose
+    slowest service is not on the request path (a batch job). ``--sli COLUMN`` (``llmrca.case.system``) settles it.
+    Raises ``MethodError`` when no rule answers.
+    """
     s = obs.topology.entry_service()
     if s:
-        return s
+        return s, "topology"
     tr = obs.traces
     if tr is not None and len(tr):
         roots = tr[tr["parent_span_id"].isna() | (tr["parent_span_id"] == "")]["service"].value_counts()
         if len(roots):
-            return str(roots.index[0])
-    raise MethodError("cannot tell the entry service: the topology names none and there are no root spans")
+            return str(roots.index[0]), "traces"
+    cols = obs.metric_columns
+    lat = {svc: c for svc in dict.fromkeys(service_of(c) for c in cols)
+           if (c := latency_column(svc, cols)) is not None}
+    if not lat:
+        raise MethodError("cannot tell the entry service: the topology names none, there are no root spans and no "
+                          "service has a latency series (give the SLI: --sli COLUMN)")
+    named = sorted(svc for svc in lat if _says_entry(svc))
+    if len(named) == 1:
+        return named[0], "name"
+    pool = named or sorted(lat)
+    return min(pool, key=lambda svc: (-_pre_median(obs, lat[svc]), svc)), "latency"
+
+
+def entry_service(obs: Observation) -> str:
+    """The entry service (``find_entry``'s rules: topology, root spans, a name that says entry, the largest
+    latency)."""
+    return find_entry(obs)[0]
+
+
+def _says_entry(service: str) -> bool:
+    low = service.lower()
+    parts = set(re.split(r"[-_.]", low))
+    return low in ENTRY_WORDS or bool(parts & set(ENTRY_WORDS))
+
+
+def _pre_median(obs: Observation, column: str) -> float:
+    t = obs.metrics[TIME].to_numpy(dtype=float)
+    v = obs.metrics[column].to_numpy(dtype=float)
+    if obs.inject_time is not None and (t < obs.inject_time).any():
+        v = v[t < obs.inject_time]
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if len(v) else -np.inf
 
 
 def latency_column(service: str, columns: Sequence[str]) -> str | None:
@@ -45,7 +101,13 @@ def latency_column(service: str, columns: Sequence[str]) -> str | None:
 
 
 def sli_column(obs: Observation) -> str:
-    """The entry service's latency column, e.g. ``nginx-proxy_latency``."""
+    """The SLI column: the topology's ``sli`` where the user named one (``--sli``), else the entry service's
+    latency column, e.g. ``nginx-proxy_latency``."""
+    chosen = obs.topology.sli
+    if chosen is not None:
+        if chosen not in obs.metric_columns:
+            raise MethodError(f"the SLI column {chosen!r} (topology.sli, --sli) is not among the metric columns")
+        return chosen
     svc = entry_service(obs)
     col = latency_column(svc, obs.metric_columns)
     if col is None:

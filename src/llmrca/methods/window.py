@@ -10,7 +10,42 @@ from llmrca.case import TIME, Observation
 from llmrca.case.clean import fill_gaps_array
 from llmrca.errors import MethodError
 
-DEFAULT_WINDOW = 60  # samples each side of inject_time, as in the reference study's runner
+# How many rows each side of inject_time a method sees by default: "auto", resolved from the case's source
+# (``Observation.source``) by ``resolve_window``, the one place every metric method takes its window from.
+#
+# - llmrca's own cases (simulated, live, synthetic; source None): STUDY_WINDOW = 60 rows, what the reference
+#   study's runner gave its methods (shared/design: "60 samples before/after"; at its 5 s step, 5 minutes each
+#   side). A `paper` case has 72 rows with the injection after 57, so it is seen whole either way; a `live` case
+#   (1 s scrapes, 60 s fault) gets its 60 fault rows and the 60 normal rows next to them, as before.
+# - RCAEval folders (source "rcaeval"): RCAEVAL_WINDOW = 600 rows, what RCAEval's own runner cuts (main.py's
+#   default `--length 20`: the last/first `length * 60 // 2` rows around the injection; see
+#   benchmarks/vs_rcaeval_driver.py), i.e. the whole of a published RE1/RE2 case (about 1,200 rows at 1 s). The
+#   study's 60 rows kept 120 of those 1,200: BARO, NSigma and ε-Diagnosis lost their baseline (AC@1 0.90–0.93
+#   vs 1.00 whole on a PyRCA-made suite, RCD 0.20 vs 0.43), and the numbers did not compare with RCAEval's.
+#
+# An integer (rows each side) or None (every row) set by the user wins over both.
+STUDY_WINDOW = 60
+RCAEVAL_WINDOW = 600
+SOURCE_WINDOWS: dict[str, int | None] = {"rcaeval": RCAEVAL_WINDOW}
+AUTO = "auto"
+DEFAULT_WINDOW = AUTO
+
+
+def resolve_window(obs: Observation, window: int | str | None = DEFAULT_WINDOW) -> int | None:
+    """Rows each side for ``obs``: ``window`` itself unless it is "auto", which is the source's (see above)."""
+    if window == AUTO:
+        return SOURCE_WINDOWS.get(obs.source or "", STUDY_WINDOW)
+    return window  # type: ignore[return-value]
+
+
+def check_window(method: str, value: object, *, minimum: int = 1, name: str = "window") -> int | str | None:
+    """A window parameter: "auto", None (every row) or an integer >= ``minimum``; else a ``MethodError``."""
+    if value is None or value == AUTO:
+        return value  # type: ignore[return-value]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MethodError(f"method {method!r}: parameter {name} must be an integer >= {minimum}, None (every row) "
+                          f"or \"auto\" (by the case's source), got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -33,14 +68,16 @@ def metric_window(
     obs: Observation,
     *,
     inject_time: float | None = None,
-    window: int | None = DEFAULT_WINDOW,
+    window: int | str | None = DEFAULT_WINDOW,
     min_pre: int = 2,
     min_post: int = 1,
 ) -> MetricWindow:
     """Rows around ``inject_time`` (default: the observation's): at most ``window`` samples before and after.
 
-    ``window=None`` keeps all rows. Raises ``MethodError`` when there is no injection time or too few rows.
+    ``window=None`` keeps all rows; "auto" (the default) is the case's source's window (``resolve_window``).
+    Raises ``MethodError`` when there is no injection time, too few rows or a bad ``window``.
     """
+    window = resolve_window(obs, check_window("metric_window", window))
     it = obs.inject_time if inject_time is None else inject_time
     if it is None:
         raise MethodError("no inject_time: this method needs the injection time")
