@@ -308,6 +308,38 @@ def _hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidence, roles
     out += _structural(mc, logs, spans, roles, share_pre, share_post)
     if not reps:
         out += _generic(mc)
+    return _explain_away(out, reps, share_pre, share_post)
+
+
+# kinds whose replica-level evidence is slowness or queueing, which more traffic alone also produces
+LOAD_DRIVEN = frozenset({"engine-hang", "straggler", "kv-cache-pressure", "network", "network-loss", "cpu"})
+
+
+def _explain_away(hyps: list[Hypothesis], reps: list[str], share_pre: dict[str, float],
+                  share_post: dict[str, float]) -> list[Hypothesis]:
+    """Drop or demote the hypotheses that another one explains.
+
+    - A replica fault never draws traffic to its replica (a slow, stalled or dead engine gets less from a
+      load-aware router, the same from a blind one), so a replica whose share of the traffic rose by half while
+      its peers' fell is loaded, not broken: its slowness, queueing and preemptions are effects of that load.
+    - Longer prompts fill the KV cache, so beside a prompt surge, preemptions are its symptom: they stay a
+      candidate, below the surge."""
+    hot: set[str] = set()
+    if share_pre and len(reps) >= 2:
+        gain = {r: share_post.get(r, 0.0) / max(share_pre.get(r, 0.0), 1e-9) for r in reps}
+        for r in reps:
+            rest = [gain[q] for q in reps if q != r]
+            if gain[r] >= 1.5 and float(np.median(rest)) < 0.9:
+                hot.add(r)
+    surge = any(h.kind == "prompt-surge" for h in hyps)
+    out = []
+    for h in hyps:
+        if h.service in hot and h.kind in LOAD_DRIVEN:
+            continue
+        if surge and h.kind == "kv-cache-pressure" and h.strength >= HARD["prompt-surge"]:
+            h = Hypothesis(h.service, h.kind, HARD["prompt-surge"] - 1.0,
+                           h.evidence + " (beside longer prompts at the client)")
+        out.append(h)
     return out
 
 
@@ -428,7 +460,10 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
     gone = share_post.get(r, 1.0) < 0.4 * share_pre.get(r, 1.0) if share_pre else False
     # the mesh latency towards the proxy's pod is every request's, not its replica's: not that replica's evidence
     own_mesh = r != roles.proxy and mc.has(r, "mesh_p90")
-    stall = own_mesh and mesh.rel > 2.0 and _contrast(mc, r, peers, "mesh_p90") > 20
+    # a hung engine stops stepping, so its GPU cannot get busier: stalled calls to a replica whose GPU works as
+    # hard as before or harder are a saturated engine (more load than it can serve), not a hang
+    busy = mc.has(r, "gpu_util") and gpu_idle.rel > -0.1
+    stall = own_mesh and mesh.rel > 2.0 and _contrast(mc, r, peers, "mesh_p90") > 20 and not busy
     timeouts = logs.count(roles.entry or "", "upstream_timeout") if roles.entry else 0
     closed = logs.count(roles.entry or "", "upstream_closed") if roles.entry else 0
     idle = mc.has(r, "gpu_util") and gpu_idle.rel < -0.5 and (
@@ -638,13 +673,33 @@ def _structural(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidence, roles
             gain = {r: share_post.get(r, 0.0) / max(share_pre.get(r, 0.0), 1e-9) for r in reps}
             hot = max(gain, key=lambda r: gain[r])
             rest = [gain[r] for r in reps if r != hot]
-            if gain[hot] > 1.8 and float(np.median(rest)) < 0.75:
+            # With the proxy's calls counted (spans), the hot replica's share rose beyond chance (a two-sample
+            # test of proportions: a binomial spread overstates a load-aware router's, so this errs towards
+            # silence) while every other replica lost a tenth of its share or more; from metrics alone (no
+            # counts), x1.8 while the others' median fell below x0.75. And no replica that lost traffic got
+            # slower: a replica fault also pushes a load-aware router's traffic to its peers, but then the
+            # replica that lost it is the slow one.
+            n0, n1 = spans.count_pre, spans.count_post
+            p0 = share_pre.get(hot, 0.0)
+            if spans.present and n0 > 0 and n1 > 0:
+                se = float(np.sqrt(max(p0 * (1.0 - p0), 1e-12) * (1.0 / n0 + 1.0 / n1)))
+                skew = (share_post.get(hot, 0.0) - p0) / se >= 5.0 and max(rest) < 0.9
+            else:
+                skew = gain[hot] > 1.8 and float(np.median(rest)) < 0.75
+            cold_slow = any(_engine_slower(mc, r, [q for q in reps if q != r]) for r in reps
+                            if r != hot and gain[r] < 0.9)
+            if skew and not cold_slow:
                 s = min(CAP, 30.0 * (gain[hot] - 1.0))
                 out.append(Hypothesis(proxy, "routing-skew", s,
                                       f"{hot} takes {share_post[hot] * 100:.0f} % of the traffic (was "
                                       f"{share_pre[hot] * 100:.0f} %), the other replicas' share x"
                                       f"{float(np.median(rest)):.2f}: the proxy's routing"))
     return out
+
+
+def _engine_slower(mc: MetricChanges, r: str, peers: list[str]) -> bool:
+    """The replica's own engine time (TTFT, e2e, ITL) rose by a fifth more than its peers'."""
+    return max([_rel_contrast(mc, r, peers, s) for s in ("ttft", "e2e", "itl") if mc.has(r, s)] or [0.0]) > 0.2
 
 
 RCAEVAL_KINDS = {"cpu": "cpu", "mem": "memory", "memory": "memory", "latency-90": "network",

@@ -289,6 +289,8 @@ class SpanEvidence:
     present: bool = False
     calls_pre: dict[str, float] = field(default_factory=dict)
     calls_post: dict[str, float] = field(default_factory=dict)
+    count_pre: int = 0  # the proxy's calls to any replica before / after the onset (counts, for tests of shares)
+    count_post: int = 0
     errors_post: dict[str, float] = field(default_factory=dict)
     net_pre: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     net_post: dict[str, tuple[float, float, float]] = field(default_factory=dict)
@@ -359,6 +361,8 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
         rows = client_rows[peer[client_rows] == r]
         ev.calls_pre[r] = float((~after[rows]).sum()) / pre_s
         ev.calls_post[r] = float(after[rows].sum()) / post_len
+        ev.count_pre += int((~after[rows]).sum())
+        ev.count_post += int(after[rows].sum())
         post_rows = rows[after[rows]]
         ev.errors_post[r] = float((status[post_rows] == "ERROR").mean()) if len(post_rows) else 0.0
         for book, side in ((ev.net_pre, ~after[rows]), (ev.net_post, after[rows])):
