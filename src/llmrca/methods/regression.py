@@ -82,6 +82,43 @@ def _solve_ridge(gram: np.ndarray, rhs: np.ndarray, alpha: float) -> np.ndarray:
         return np.linalg.lstsq(a, rhs, rcond=None)[0]
 
 
+def _group_fits(
+    x_fit: np.ndarray,
+    parents: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    regressor: Regressor,
+    ridge_alpha: float,
+    gram: np.ndarray | None,
+) -> list[tuple[np.ndarray, list[int], np.ndarray]]:
+    """``(parent features, target indices i, coefficients (len(parents) × len(i)))`` per distinct parent set."""
+    n_fit = x_fit.shape[0]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, pa in enumerate(parents):
+        if len(pa):
+            groups.setdefault(tuple(int(p) for p in pa), []).append(i)
+    out = []
+    for pa_t, members in groups.items():
+        pa = np.asarray(pa_t)
+        tg = [int(targets[i]) for i in members]
+        if regressor == "ridge" and len(pa) > n_fit:
+            # Dual form: with more regressors than rows the n × n system is the small one.
+            xp = x_fit[:, pa]
+            out.append((pa, members, xp.T @ _solve_ridge(xp @ xp.T, x_fit[:, tg], ridge_alpha)))
+            continue
+        if gram is not None:
+            g_pp, g_py = gram[np.ix_(pa, pa)], gram[np.ix_(pa, tg)]
+        else:
+            xp = x_fit[:, pa]
+            g_pp, g_py = xp.T @ xp, xp.T @ x_fit[:, tg]
+        if regressor == "ridge":
+            out.append((pa, members, _solve_ridge(g_pp, g_py, ridge_alpha)))
+        else:
+            # Minimum-norm least squares on the design equals the minimum-norm solution of its normal equations
+            # (pinv(XᵀX)Xᵀy = X⁺y), so collinear parents get LinearRegression's answer too.
+            out.append((pa, members, np.linalg.lstsq(g_pp, g_py, rcond=None)[0]))
+    return out
+
+
 def regression_coefficients(
     x_fit: np.ndarray,
     parents: Sequence[Sequence[int]],
@@ -96,33 +133,9 @@ def regression_coefficients(
     means removed. ``gram`` is its cross-product ``x_fitᵀ x_fit`` when already computed. Ridge (penalty
     ``ridge_alpha``, intercept unpenalised) or minimum-norm least squares, as scikit-learn's ``Ridge`` and
     ``LinearRegression`` fit them."""
-    n_fit, n_feat = x_fit.shape
-    coef = np.zeros((n_feat, len(targets)))
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, pa in enumerate(parents):
-        if len(pa):
-            groups.setdefault(tuple(int(p) for p in pa), []).append(i)
-    for pa_t, members in groups.items():
-        pa = np.asarray(pa_t)
-        tg = [int(targets[i]) for i in members]
-        if regressor == "ridge" and len(pa) > n_fit:
-            # Dual form: with more regressors than rows the n × n system is the small one.
-            xp = x_fit[:, pa]
-            dual = _solve_ridge(xp @ xp.T, x_fit[:, tg], ridge_alpha)
-            coef[np.ix_(pa, members)] = xp.T @ dual
-            continue
-        g = gram if gram is not None else None
-        if g is not None:
-            g_pp, g_py = g[np.ix_(pa, pa)], g[np.ix_(pa, tg)]
-        else:
-            xp = x_fit[:, pa]
-            g_pp, g_py = xp.T @ xp, xp.T @ x_fit[:, tg]
-        if regressor == "ridge":
-            coef[np.ix_(pa, members)] = _solve_ridge(g_pp, g_py, ridge_alpha)
-        else:
-            # Minimum-norm least squares on the design equals the minimum-norm solution of its normal equations
-            # (pinv(XᵀX)Xᵀy = X⁺y), so collinear parents get LinearRegression's answer too.
-            coef[np.ix_(pa, members)] = np.linalg.lstsq(g_pp, g_py, rcond=None)[0]
+    coef = np.zeros((x_fit.shape[1], len(targets)))
+    for pa, members, block in _group_fits(x_fit, parents, targets, regressor, ridge_alpha, gram):
+        coef[np.ix_(pa, members)] = block
     return coef
 
 
@@ -173,11 +186,12 @@ def residual_test(
     # itself gets large, and each group's product is formed on its own instead (same numbers).
     primal = any(pa and (len(pa) <= n_fit or regressor == "linear") for pa in pa_feat)
     gram = xu.T @ xu if primal and len(used) <= _GRAM_MAX else None
-    coef_u = regression_coefficients(
-        xu, [[pos[f] for f in pa] for pa in pa_feat], [pos[j] for j in range(d)],
-        regressor=regressor, ridge_alpha=ridge_alpha, gram=gram,
-    )
-    resid = centred[:, :d] - centred[:, used] @ coef_u
+    resid = centred[:, :d].copy()
+    cu = centred[:, used]
+    fits = _group_fits(xu, [[pos[f] for f in pa] for pa in pa_feat], [pos[j] for j in range(d)], regressor,
+                       ridge_alpha, gram)
+    for pa, members, block in fits:  # targets are columns 0..d-1, so a member's index is its column
+        resid[:, members] -= cu[:, pa] @ block
     center, scale = baseline(resid[:n_fit], resid[n_fit:], "standard")
     z = np.divide(resid - center, scale, out=np.zeros_like(resid), where=scale > 0)
     return ResidualTest(z=z, n_fit=n_fit)
