@@ -117,9 +117,12 @@ def test_residual_shift_separates_a_step_from_noise_whatever_the_number_of_rows(
         shift, top = t.shift(), t.scores("max")
         assert abs(np.median(shift)) < 0.3 and np.mean(shift >= 3.0) < 0.03
         assert np.mean(top >= 3.0) > 0.5  # the old rule called most of these anomalous
-    step = rng.normal(size=(120, 1))
-    step[60:] += 1.5
-    assert residual_test(step, 60, [[]]).shift()[0] > 3.0
+    step = rng.normal(size=(120, 3))
+    step[60:, 0] += 1.5
+    step[:, 1] = 4.0  # constant throughout: no evidence
+    step[:, 2] = np.r_[np.zeros(60), np.ones(60)]  # flat before, moved after
+    shift = residual_test(step, 60, [[], [], []]).shift()
+    assert shift[0] > 3.0 and shift[1] == 0.0 and shift[2] == np.inf
 
 
 # --- the sufficient-statistics regressions against scikit-learn and numpy ---------------------------------------
