@@ -30,7 +30,7 @@ from heapq import heappop, heappush
 import numpy as np
 
 from llmrca.sim.environment import Environment
-from llmrca.sim.gpu import HW_SLOWDOWN_CLOCK, GpuState, step_at_limit, step_capped, thermal_control
+from llmrca.sim.gpu import HW_SLOWDOWN_CLOCK, GpuState, bandwidth_factor, step_at_limit, step_capped, thermal_control
 from llmrca.sim.hardware import GIB, GpuKind, ModelSpec
 
 INF = math.inf
@@ -135,6 +135,10 @@ class ReplicaEngine:
         self.flop_tok = 2.0 * model.params
         self.fl = gpu.flops * gpu.mfu * flops_speed
         self.bw = gpu.hbm_bw * gpu.bw_eff * bw_speed
+        # step_at_limit's full-clock case, its terms precomputed (``_step``): launch, idle, memory and SM power
+        # at full clock (the same products, in the same order, as llmrca.sim.gpu.busy_power at f = 1)
+        self._g1 = (gpu.launch_s, gpu.idle_w, gpu.p_mem_w, bandwidth_factor(1.0, gpu.knee), gpu.p_sm_w,
+                    1.0**gpu.power_exp)
         self.cpu_speed = cpu_speed
         self.background_cores = background_cores  # the pod's own processes besides engine and frontend
         self.frontend_costs = frontend_costs  # CPU s per request, per prompt token, per output token
@@ -365,6 +369,19 @@ class ReplicaEngine:
                 ) -> tuple[float, float, float, float, float]:
         return step_capped(gpu, limit, mem1, comp1, other, self._f_cap)
 
+    def _step(self, mem1: float, comp1: float, other: float) -> tuple[float, float, float, float, float]:
+        """``step_at_limit`` (or ``step_capped`` under hardware slowdown) at this tick's limit; a step that fits
+        under the limit at full clock is computed here, bit for bit as ``step_at_limit`` does it."""
+        if self._f_cap < 1.0:
+            return step_capped(self.gpu, self.limit, mem1, comp1, other, self._f_cap)
+        launch, idle, pm, bf1, psm, pe1 = self._g1
+        gpu_s = (max(comp1, mem1)) + launch
+        ms, cs = mem1 / gpu_s, comp1 / gpu_s
+        p1 = pm * ms * bf1 + psm * (0.35 + 0.65 * cs) * pe1
+        if idle + p1 * gpu_s / (gpu_s + other) <= self.limit:
+            return 1.0, gpu_s, mem1, comp1, p1
+        return step_at_limit(self.gpu, self.limit, mem1, comp1, other)
+
     def _thermal_tick(self, i: int, clipped_s: float) -> int:
         """The thermal control after a tick closed (``i``: the tick that starts now): the next tick's budget and
         clock ceiling; returns the closed tick's thermal state (0, 1 software slowdown held it, 2 hardware)."""
@@ -455,8 +472,8 @@ class ReplicaEngine:
         ctx = self.A + n * self.D + self.kv_pref
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * (n + len(in_step)) + STEP_PER_PREFILL_TOKEN_S * tokens) \
             * self.cpu_factor
-        f, gpu, mem, comp, pw = (step_at_limit if self._f_cap >= 1.0 else self._capped)(
-            self.gpu, self.limit, (self.W + ctx * self.kvb) / self.bw * self.dev,
+        f, gpu, mem, comp, pw = self._step(
+            (self.W + ctx * self.kvb) / self.bw * self.dev,
             self.flop_tok * (tokens + n) / self.fl * self.dev, cpu * self.inv_share)
         dur = (cpu + gpu) * self.inv_share
         t1 = t + dur
@@ -504,7 +521,9 @@ class ReplicaEngine:
                 self.ver[rid] = v
                 heappush(self.fin, (D + R.out[rid] - g, rid, v))
         self.t = t1
-        self._complete(t1)
+        fin = self.fin
+        if fin and fin[0][0] <= self.D:
+            self._complete(t1)
 
     def _plan_decode(self) -> None:
         n = self.n
@@ -522,8 +541,8 @@ class ReplicaEngine:
             return
         k = min(k, k_kv)
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * n) * self.cpu_factor
-        f, gpu, mem, comp, pw = (step_at_limit if self._f_cap >= 1.0 else self._capped)(
-            self.gpu, self.limit, (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw * self.dev,
+        f, gpu, mem, comp, pw = self._step(
+            (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw * self.dev,
             self.flop_tok * n / self.fl * self.dev, cpu * self.inv_share)
         s = (cpu + gpu) * self.inv_share
         horizon = self.next_tick
@@ -573,7 +592,9 @@ class ReplicaEngine:
         ib[0].append(t1)
         ib[1].append(n)
         ib[2].append(k)
-        self._complete(t1)
+        fin = self.fin
+        if fin and fin[0][0] <= self.D:
+            self._complete(t1)
 
     def _complete(self, t: float) -> None:
         fin = self.fin
