@@ -27,6 +27,7 @@ addresses, counts, durations, status codes); the fixed text stays, as a Drain-st
 from __future__ import annotations
 
 import json
+import string
 import time as _time
 from typing import Any
 
@@ -36,6 +37,7 @@ import pandas as pd
 from llmrca.case.schema import LOG_COLUMNS
 from llmrca.deploy.telemetry import CLOCKS, NGINX_PHASES, ROUTE, VLLM_ENGINE_INDEX, LineKind, line
 from llmrca.errors import CaseError
+from llmrca.sim.strings import string_array
 from llmrca.sim.traces import (
     REPLICA_PORT,
     USER_AGENT,
@@ -107,13 +109,13 @@ class _Lines:
         msgs[:] = [m for group in self.messages for m in group]
 
         def col(parts: list[np.ndarray]) -> Any:
-            return pd.array(np.concatenate(parts)[order], dtype="string")
+            return string_array(np.concatenate(parts)[order])
 
         return pd.DataFrame({
             "time": t[order],
             "service": col(self.services),
             "level": col(self.levels),
-            "message": pd.array(msgs[order], dtype="string"),
+            "message": string_array(msgs[order]),
             "template": col(self.templates),
         })
 
@@ -304,13 +306,58 @@ def _emit(out: _Lines, ctx: _Context, kind: LineKind, times: np.ndarray, service
     if not len(values):
         return
     clocks = ctx.clock.python(times) if kind.clock == "python" else ctx.clock(times, kind.clock)
-    if fixed or kind.variants:  # a named variant
-        msgs = [kind.render(c, *v, **fixed) for c, v in zip(clocks, values)]
-    else:  # one positional pattern, the clock in its place among the values (nginx prints two values before it)
-        head, tail = kind.fmt.partition("{time}")[::2]
-        k = head.count("{}")
-        fmt = (head + "{}" + tail).format
-        msgs = [fmt(*v[:k], c, *v[k:]) for c, v in zip(clocks, values)]
+    fmt = _clock_first(kind, tuple(sorted(fixed.items())))
+    msgs = [fmt(c, *v) for c, v in zip(clocks, values)]
+    out.add(times, services, kind.level, msgs, kind.template(**fixed))
+
+
+_CLOCK_FIRST: dict[tuple[str, str, tuple], Any] = {}
+
+
+def _clock_first(kind: LineKind, fixed: tuple[tuple[str, Any], ...]) -> Any:
+    """``kind.render`` as one bound ``str.format`` taking the clock text first, then the values: the named
+    variants (``fixed`` over the kind's defaults) are written into the pattern, the values numbered in order."""
+    key = (kind.name, kind.fmt, fixed)
+    fmt = _CLOCK_FIRST.get(key)
+    if fmt is None:
+        named = {**dict(kind.variants), **dict(fixed)}
+        out, i = [], 1
+        for literal, field, spec, conv in string.Formatter().parse(kind.fmt):
+            out.append(literal.replace("{", "{{").replace("}", "}}"))
+            if field is None:
+                continue
+            tail = ("!" + conv if conv else "") + (":" + spec if spec else "")
+            if field == "":
+                out.append("{%d%s}" % (i, tail))
+                i += 1
+            elif field == "time":
+                out.append("{0%s}" % tail)
+            else:
+                value = named[field]
+                value = {"r": repr, "s": str, "a": ascii}[conv](value) if conv else value
+                out.append(format(value, spec).replace("{", "{{").replace("}", "}}"))
+        fmt = _CLOCK_FIRST[key] = "".join(out).format
+    return fmt
+
+
+def _baked(kind: LineKind, fields: list[tuple[bool, str]]) -> Any:
+    """``str.format`` of a positional line kind (the clock one of its fields, in its place) with the constant
+    fields written into the pattern: ``fields`` gives each field in order as (constant, text) for a constant or
+    (False, format spec) for a value; the bound ``format`` takes the values only. Its lines are the same text as
+    ``_emit``'s (a value printed with a spec here is the f-string ``f"{v:spec}"`` there)."""
+    head, tail = kind.fmt.partition("{time}")[::2]
+    parts = (head + "{}" + tail).split("{}")
+    if len(parts) != len(fields) + 1 or any("{" in x or "}" in x for x in parts):
+        raise ValueError(f"line {kind.name!r}: {len(parts) - 1} fields, {len(fields)} given")
+    out = [parts[0]]
+    for (const, text), literal in zip(fields, parts[1:]):
+        out.append(text.replace("{", "{{").replace("}", "}}") if const else "{" + (":" + text if text else "") + "}")
+        out.append(literal)
+    return "".join(out).format
+
+
+def _add(out: _Lines, kind: LineKind, times: np.ndarray, services: Any, msgs: list[str], **fixed: Any) -> None:
+    """Lines of one catalogue kind already printed (as ``_emit`` adds them)."""
     out.add(times, services, kind.level, msgs, kind.template(**fixed))
 
 
@@ -347,11 +394,20 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     upstream_addr = f"{ctx.ip(proxy)}:{REPLICA_PORT}"
     span_ids = gateway_span_ids(ctx.record.seed, n)
     traces = req["trace_id"].astype(str).tolist()
-    rows = [(client, "-", s, b, "-", USER_AGENT, f"{r:.3f}", "0.000" if p else "-", f"{u:.3f}" if p else "-",
-             upstream_addr, str(s) if p else "502", f"{te:.3f}", "-", sid, tid)
-            for s, b, r, u, p, te, sid, tid in zip(http.tolist(), ctx.ident.response_bytes.tolist(), rt, urt,
-                                                   has_p.tolist(), t.tolist(), span_ids, traces)]
-    _emit(out, ctx, line("nginx.access"), t, gw, rows)
+    # (client, "-", clock, status, bytes, "-", user agent, rt, uct, urt, upstream, upstream status, msec, "-", sid,
+    # tid); without a proxy span nginx had no upstream answer: uct and urt "-", upstream status 502.
+    access = line("nginx.access")
+    c, v = True, False
+    with_p = _baked(access, [(c, client), (c, "-"), (v, ""), (v, ""), (v, ""), (c, "-"), (c, USER_AGENT), (v, ".3f"),
+                             (c, "0.000"), (v, ".3f"), (c, upstream_addr), (v, ""), (v, ".3f"), (c, "-"), (v, ""),
+                             (v, "")])
+    no_p = _baked(access, [(c, client), (c, "-"), (v, ""), (v, ""), (v, ""), (c, "-"), (c, USER_AGENT), (v, ".3f"),
+                           (c, "-"), (c, "-"), (c, upstream_addr), (c, "502"), (v, ".3f"), (c, "-"), (v, ""), (v, "")])
+    msgs = [with_p(k, s, b, r, u, s, te, sid, tid) if p else no_p(k, s, b, r, te, sid, tid)
+            for k, s, b, r, u, p, te, sid, tid in zip(ctx.clock(t, access.clock), http.tolist(),
+                                                      ctx.ident.response_bytes.tolist(), rt, urt, has_p.tolist(),
+                                                      t.tolist(), span_ids, traces)]
+    _add(out, access, t, gw, msgs)
 
     # nginx error lines where nginx itself failed the request.
     upstream = f"http://{upstream_addr}{ROUTE}"

@@ -38,6 +38,7 @@ from llmrca.deploy.telemetry import (
     SERVE_DEPLOYMENT,
 )
 from llmrca.errors import CaseError
+from llmrca.sim.strings import string_array
 from llmrca.sim.record import UPSTREAM_TIMEOUT
 
 GATEWAY_OPERATION = GATEWAY_SPAN.operation
@@ -396,18 +397,18 @@ def spans_from_record(record: Any) -> pd.DataFrame:
     http_flat = flat(https)
     out = pd.DataFrame(
         {
-            "trace_id": pd.array(flat(trace), dtype="string"),
-            "span_id": pd.array(flat(ids), dtype="string"),
-            "parent_span_id": pd.array(flat(parent), dtype="string"),
-            "service": pd.array(flat(services), dtype="string"),
-            "operation": pd.array(flat(ops), dtype="string"),
+            "trace_id": string_array(flat(trace)),
+            "span_id": string_array(flat(ids)),
+            "parent_span_id": string_array(flat(parent)),
+            "service": string_array(flat(services)),
+            "operation": string_array(flat(ops)),
             "start_time_us": start_us,
             "duration_us": end_us - start_us,
-            "status": pd.array(flat(status), dtype="string"),
+            "status": string_array(flat(status)),
             "http_status": pd.arrays.IntegerArray(
                 np.where(np.isfinite(http_flat), http_flat, 0).astype(np.int64), ~np.isfinite(http_flat)
             ),
-            "attributes": pd.array(flat(attrs), dtype="string"),
+            "attributes": string_array(flat(attrs)),
         }
     )
     return out
