@@ -37,7 +37,7 @@ import pandas as pd
 from llmrca.case.schema import LOG_COLUMNS
 from llmrca.deploy.telemetry import CLOCKS, NGINX_PHASES, ROUTE, VLLM_ENGINE_INDEX, LineKind, line
 from llmrca.errors import CaseError
-from llmrca.sim.strings import string_array
+from llmrca.sim.strings import bake, const, string_array, value
 from llmrca.sim.traces import (
     REPLICA_PORT,
     USER_AGENT,
@@ -342,18 +342,11 @@ def _clock_first(kind: LineKind, fixed: tuple[tuple[str, Any], ...]) -> Any:
 
 def _baked(kind: LineKind, fields: list[tuple[bool, str]]) -> Any:
     """``str.format`` of a positional line kind (the clock one of its fields, in its place) with the constant
-    fields written into the pattern: ``fields`` gives each field in order as (constant, text) for a constant or
+    fields written into the pattern: ``fields`` gives each field in order as (True, text) for a constant or
     (False, format spec) for a value; the bound ``format`` takes the values only. Its lines are the same text as
     ``_emit``'s (a value printed with a spec here is the f-string ``f"{v:spec}"`` there)."""
     head, tail = kind.fmt.partition("{time}")[::2]
-    parts = (head + "{}" + tail).split("{}")
-    if len(parts) != len(fields) + 1 or any("{" in x or "}" in x for x in parts):
-        raise ValueError(f"line {kind.name!r}: {len(parts) - 1} fields, {len(fields)} given")
-    out = [parts[0]]
-    for (const, text), literal in zip(fields, parts[1:]):
-        out.append(text.replace("{", "{{").replace("}", "}}") if const else "{" + (":" + text if text else "") + "}")
-        out.append(literal)
-    return "".join(out).format
+    return bake(head + "{}" + tail, [const(text) if c else value(text) for c, text in fields])
 
 
 def _add(out: _Lines, kind: LineKind, times: np.ndarray, services: Any, msgs: list[str], **fixed: Any) -> None:

@@ -34,3 +34,40 @@ def string_array(values: Any) -> Any:
             if out.dtype == _DTYPE:
                 return out
     return pd.array(values, dtype="string")
+
+
+def const(text: str) -> tuple[str, str]:
+    """A ``bake`` field whose text is fixed."""
+    return ("const", text)
+
+
+def value(spec: str = "", before: str = "", after: str = "") -> tuple[str, str]:
+    """A ``bake`` field filled per line: printed with ``spec`` (``f"{v:spec}"``), between fixed texts."""
+    esc = _escape
+    return ("pattern", esc(before) + "{" + (":" + spec if spec else "") + "}" + esc(after))
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def bake(fmt: str, fields: list[tuple[str, str]]) -> Any:
+    """The bound ``format`` of ``fmt`` (positional ``{}`` fields only) with its constant fields written in: one
+    entry of ``fields`` per field, ``const(text)`` or ``value(spec)``; the result takes the values in order. Its
+    text is ``fmt.format(*texts)`` where each value's text is ``f"{v:spec}"``."""
+    import string
+
+    out = []
+    k = 0
+    for literal, field, spec, conv in string.Formatter().parse(fmt):
+        out.append(_escape(literal))
+        if field is None:
+            continue
+        if field != "" or spec or conv or k >= len(fields):
+            raise ValueError(f"bake: {fmt!r} needs {k + 1}+ plain positional fields, {len(fields)} given")
+        what, text = fields[k]
+        out.append(_escape(text) if what == "const" else text)
+        k += 1
+    if k != len(fields):
+        raise ValueError(f"bake: {fmt!r} has {k} fields, {len(fields)} given")
+    return "".join(out).format
