@@ -382,14 +382,16 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             P.t_stream_end[rid] = te
             heappush(ends[r], g_end + hop)
             return
-        s_end = te + DETOKENIZE_S * sd_at(sdl[name], te) * j[8]
+        k = int((te - e_t0) / e_tick)  # sd_at, inline
+        s_end = te + DETOKENIZE_S * sdl[name][0 if k < 0 else (e_last if k >= e_last else k)] * j[8]
         back = (LOCAL_HOP_S if r == head_idx else hop * j[4])
         pe = s_end + back
         if r != head_idx and proxy in env.delays:
             pe += env.delay_towards(proxy, s_end)
         if r != head_idx and proxy in env.losses:
             pe += _stream_loss(env, proxy, table.t_first[rid], s_end, table.gen[rid])
-        pse = pe + PROXY_CHUNK_S * sd_at(sd_proxy, pe) * j[5]
+        k = int((pe - e_t0) / e_tick)
+        pse = pe + PROXY_CHUNK_S * sd_proxy[0 if k < 0 else (e_last if k >= e_last else k)] * j[5]
         P.t_stream_end[rid] = s_end
         P.t_proxy_end[rid] = pe
         P.t_proxy_server_end[rid] = pse
@@ -490,7 +492,9 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             if name in env.losses:
                 ta += env.loss_towards(name, t, request_segments(prompt[i]))
         P.t_arrival[i] = ta
-        t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) * sd_at(sdl[name], ta) * j[3]
+        k = int((ta - e_t0) / e_tick)  # sd_at, inline
+        t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) \
+            * sdl[name][0 if k < 0 else (e_last if k >= e_last else k)] * j[3]
         if t_ready < eng[r].down_until:  # routed to a killed replica before the router knew
             eng[r].refuse(i, t_ready)
         else:
@@ -577,8 +581,8 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
     reason = np.where(~ok, "", np.where(wl.output_tokens >= wl.max_tokens, "length", "stop"))
     error = np.where(failed == 504, UPSTREAM_TIMEOUT, np.where(failed == 0, "", np.where(
         failed == 502, "EngineDeadError", "EngineCoreError")))
-    ids = np.frombuffer(stream(seed, _S_IDS).bytes(16 * n), dtype=np.uint8).reshape(n, 16)
-    trace_ids = [bytes(row).hex() for row in ids]
+    hexed = stream(seed, _S_IDS).bytes(16 * n).hex()  # 16 bytes per request
+    trace_ids = [hexed[i: i + 32] for i in range(0, 32 * n, 32)]
     cols: dict[str, Any] = {
         "request_id": np.arange(n, dtype=np.int64),
         "trace_id": np.array(trace_ids, dtype=object),
@@ -607,9 +611,8 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
         "finished_reason": reason.astype(object),
         "streamed_tokens": streamed,
     }
-    frame = pd.DataFrame({c: cols[c] for c in REQUEST_COLUMNS})
-    keep = frame["t_gateway_start"].to_numpy() >= start
-    frame = frame[keep].reset_index(drop=True)
+    keep = cols["t_gateway_start"] >= start  # the rows of requests sent from the window's start on
+    frame = pd.DataFrame({c: cols[c][keep] for c in REQUEST_COLUMNS})
     frame["request_id"] = np.arange(len(frame), dtype=np.int64)
     return frame
 
