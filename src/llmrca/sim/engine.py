@@ -30,7 +30,14 @@ from heapq import heappop, heappush
 import numpy as np
 
 from llmrca.sim.environment import Environment
-from llmrca.sim.gpu import HW_SLOWDOWN_CLOCK, GpuState, bandwidth_factor, step_at_limit, step_capped, thermal_control
+from llmrca.sim.gpu import (
+    HW_SLOWDOWN_CLOCK,
+    GpuState,
+    bandwidth_factor,
+    step_at_limit,
+    step_capped,
+    thermal_control,
+)
 from llmrca.sim.hardware import GIB, GpuKind, ModelSpec
 
 INF = math.inf

@@ -41,13 +41,9 @@ from llmrca.sim.strings import bake, const, string_array, value
 from llmrca.sim.traces import (
     REPLICA_PORT,
     USER_AGENT,
-    check_requests,
-    gateway_span_ids,
+    RecordView,
     hex_ids,
-    read_timeouts,
-    request_identities,
-    serving_path,
-    stages,
+    view,
 )
 
 _STREAM_JITTER = 0x7177
@@ -198,16 +194,17 @@ def _replica_tag(rng: np.random.Generator) -> str:
     return "".join(rng.choice(alphabet, 8).tolist())
 
 
-def logs_from_record(record: Any) -> pd.DataFrame:
-    """Every log line the deployment of ``record`` writes (``llmrca.case.schema.LOG_COLUMNS``), sorted by time."""
+def logs_from_record(record: Any, shared: RecordView | None = None) -> pd.DataFrame:
+    """Every log line the deployment of ``record`` writes (``llmrca.case.schema.LOG_COLUMNS``), sorted by time;
+    ``shared``: the record's ``llmrca.sim.traces.view`` where the caller has it."""
     req = record.requests
-    check_requests(req)
+    shared = shared or view(record)
     ev = record.events
     missing = [c for c in ("time", "service", "kind", "fields") if c not in ev.columns]
     if missing:
         raise CaseError([f"missing column(s) {', '.join(missing)}"], where="sim record events")
-    path = serving_path(record)
-    ident = request_identities(record)
+    path = shared.path
+    ident = shared.ident
     jit = _rng(record.seed, _STREAM_JITTER)
     names = _rng(record.seed, _STREAM_NAMES)
     out = _Lines()
@@ -231,7 +228,7 @@ def logs_from_record(record: Any) -> pd.DataFrame:
     pods = sorted({path.proxy, *replicas})
     node_ids = {r: hex_ids(names, 1, 28)[0] for r in pods}  # Ray node ids (one Ray node per pod)
     pids = {r: int(p) for r, p in zip([*pods, _CONTROLLER], names.integers(200, 4000, len(pods) + 1))}
-    ctx = _Context(record, path, ident, tags, restarts, node_ids, pids, jit)
+    ctx = _Context(record, path, ident, tags, restarts, node_ids, pids, jit, shared)
 
     if (record.config or {}).get("noise") == "realistic":
         # Appended last, so every earlier event keeps its jitter draw: noise="none" has exactly the other lines.
@@ -269,7 +266,8 @@ _REPLICA_KINDS = frozenset({"engine_stats", "preemption", "replica_health", "eng
 class _Context:
     def __init__(self, record: Any, path: Any, ident: Any, tags: dict[str, list[str]],
                  restarts: dict[str, list[float]], node_ids: dict[str, str], pids: dict[str, int],
-                 jit: np.random.Generator):
+                 jit: np.random.Generator, shared: RecordView):
+        self.shared = shared
         self.record = record
         self.path = path
         self.ident = ident
@@ -328,10 +326,10 @@ def _clock_first(kind: LineKind, fixed: tuple[tuple[str, Any], ...]) -> Any:
                 continue
             tail = ("!" + conv if conv else "") + (":" + spec if spec else "")
             if field == "":
-                out.append("{%d%s}" % (i, tail))
+                out.append(f"{{{i}{tail}}}")
                 i += 1
             elif field == "time":
-                out.append("{0%s}" % tail)
+                out.append(f"{{0{tail}}}")
             else:
                 value = named[field]
                 value = {"r": repr, "s": str, "a": ascii}[conv](value) if conv else value
@@ -367,9 +365,9 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     vids = ctx.ident.vllm_ids
     sids = ctx.ident.serve_ids
     client = ctx.ip("client")
-    timeout, cut = read_timeouts(req)  # nginx's read timeout fired; cut: after the header (nginx logs 200)
+    timeout, cut = ctx.shared.timeouts  # nginx's read timeout fired; cut: after the header (nginx logs 200)
     # Line times follow the span intervals, so a line and its span agree.
-    st = stages(req)
+    st = ctx.shared.stages
     ok = ~st.failed
     (g0, g1), (p0, p1), (e0, e1) = st.gateway, st.proxy, st.engine
     has_p = st.has_proxy
@@ -385,7 +383,7 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     rt = (g1 - g0).tolist()
     urt = (np.where(has_p, p1, g1) - np.where(has_p, p0, g0)).clip(0).tolist()
     upstream_addr = f"{ctx.ip(proxy)}:{REPLICA_PORT}"
-    span_ids = gateway_span_ids(ctx.record.seed, n)
+    span_ids = ctx.shared.span_ids[0].tolist()  # the gateway span's (traces.gateway_span_ids)
     traces = req["trace_id"].astype(str).tolist()
     # (client, "-", clock, status, bytes, "-", user agent, rt, uct, urt, upstream, upstream status, msec, "-", sid,
     # tid); without a proxy span nginx had no upstream answer: uct and urt "-", upstream status 502.

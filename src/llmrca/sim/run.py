@@ -348,7 +348,7 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
 
     def sd_at(row: list[float], t: float) -> float:  # env.slowdown(pod, t) with the pod's row given
         k = int((t - e_t0) / e_tick)
-        return row[0 if k < 0 else (e_last if k >= e_last else k)]
+        return row[0 if k < 0 else min(e_last, k)]
 
     inflight = [0] * R
     ends: list[list[float]] = [[] for _ in range(R)]
@@ -383,7 +383,7 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             heappush(ends[r], g_end + hop)
             return
         k = int((te - e_t0) / e_tick)  # sd_at, inline
-        s_end = te + DETOKENIZE_S * sdl[name][0 if k < 0 else (e_last if k >= e_last else k)] * j[8]
+        s_end = te + DETOKENIZE_S * sdl[name][0 if k < 0 else min(e_last, k)] * j[8]
         back = (LOCAL_HOP_S if r == head_idx else hop * j[4])
         pe = s_end + back
         if r != head_idx and proxy in env.delays:
@@ -391,7 +391,7 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
         if r != head_idx and proxy in env.losses:
             pe += _stream_loss(env, proxy, table.t_first[rid], s_end, table.gen[rid])
         k = int((pe - e_t0) / e_tick)
-        pse = pe + PROXY_CHUNK_S * sd_proxy[0 if k < 0 else (e_last if k >= e_last else k)] * j[5]
+        pse = pe + PROXY_CHUNK_S * sd_proxy[0 if k < 0 else min(e_last, k)] * j[5]
         P.t_stream_end[rid] = s_end
         P.t_proxy_end[rid] = pe
         P.t_proxy_server_end[rid] = pse
@@ -494,7 +494,7 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
         P.t_arrival[i] = ta
         k = int((ta - e_t0) / e_tick)  # sd_at, inline
         t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) \
-            * sdl[name][0 if k < 0 else (e_last if k >= e_last else k)] * j[3]
+            * sdl[name][0 if k < 0 else min(e_last, k)] * j[3]
         if t_ready < eng[r].down_until:  # routed to a killed replica before the router knew
             eng[r].refuse(i, t_ready)
         else:
@@ -644,14 +644,19 @@ def simulate(config: SimConfig | None = None, fault: Faults = None, seed: int = 
     cfg = sim.config
     rec = sim.record
     obs_traces = obs_logs = None
+    shared = None
+    if traces and logs and len(rec.requests):  # what both derive from the record, made once
+        from llmrca.sim.traces import view
+
+        shared = view(rec)
     if traces:
         from llmrca.sim.traces import spans_from_record
 
-        obs_traces = spans_from_record(rec)
+        obs_traces = spans_from_record(rec, shared)
     if logs:
         from llmrca.sim.logs import logs_from_record
 
-        obs_logs = logs_from_record(rec)
+        obs_logs = logs_from_record(rec, shared)
     obs = Observation(
         metrics=sim.metrics, traces=obs_traces, logs=obs_logs, inject_time=sim.inject_time,
         topology=rec.topology, interval=cfg.step,

@@ -38,8 +38,8 @@ from llmrca.deploy.telemetry import (
     SERVE_DEPLOYMENT,
 )
 from llmrca.errors import CaseError
-from llmrca.sim.strings import bake, const, string_array, value
 from llmrca.sim.record import UPSTREAM_TIMEOUT
+from llmrca.sim.strings import bake, const, string_array, value
 
 GATEWAY_OPERATION = GATEWAY_SPAN.operation
 PROXY_OPERATION = PROXY_SPAN.operation
@@ -305,19 +305,41 @@ def _seconds(values: np.ndarray) -> list[str]:
     return out
 
 
-def spans_from_record(record: Any) -> pd.DataFrame:
-    """One row per span of every request in ``record`` (``llmrca.case.schema.TRACE_COLUMNS``)."""
+@dataclass
+class RecordView:
+    """What spans and logs of one record both derive from it (checked once): serving path, request identities,
+    span intervals, read timeouts and the span ids. ``view(record)``; the same for the same record."""
+
+    path: ServingPath
+    ident: RequestIdentities
+    stages: Stages
+    timeouts: tuple[np.ndarray, np.ndarray]
+    span_ids: np.ndarray  # (4, n): gateway, proxy, call, engine
+
+
+def view(record: Any) -> RecordView:
+    """The ``RecordView`` of ``record`` (raises ``CaseError`` where its requests are malformed)."""
     req = record.requests
     check_requests(req)
+    return RecordView(serving_path(record), request_identities(record), stages(req), read_timeouts(req),
+                      _span_ids(record.seed, len(req)))
+
+
+def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataFrame:
+    """One row per span of every request in ``record`` (``llmrca.case.schema.TRACE_COLUMNS``); ``shared``: its
+    ``view`` where the caller has it (``simulate`` makes spans and logs from one)."""
+    req = record.requests
     n = len(req)
     if n == 0:
+        check_requests(req)
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TRACE_COLUMNS.items()})
-    path = serving_path(record)
-    ident = request_identities(record)
+    shared = shared or view(record)
+    path = shared.path
+    ident = shared.ident
     model = model_name(record)
 
     col = {c: req[c].to_numpy(dtype=float) for c in REQUEST_COLUMNS if c.startswith("t_") or c.endswith("_s")}
-    st = stages(req)
+    st = shared.stages
     failed = st.failed
     http = req["http_status"].to_numpy(dtype=float)
     replica = req["replica"].to_numpy(dtype=object)
@@ -325,7 +347,7 @@ def spans_from_record(record: Any) -> pd.DataFrame:
     has_p, has_c, has_e = st.has_proxy, st.has_client, st.has_engine
 
     # HTTP status per layer (see module docstring).
-    timeout, cut = read_timeouts(req)
+    timeout, cut = shared.timeouts
     bad_gw = http == 502
     http_p = np.where(timeout, 499.0, np.where(bad_gw, np.nan, http))
     http_c = np.where((timeout & ~cut) | bad_gw, np.nan, http)
@@ -385,7 +407,7 @@ def spans_from_record(record: Any) -> pd.DataFrame:
             attrs_e[j] = text
 
     # Four candidate spans per request, laid out request-major so a trace's spans stay together.
-    ids = _span_ids(record.seed, n)
+    ids = shared.span_ids
     present = np.vstack([np.ones(n, bool), has_p, has_c, has_e])
     parent = np.empty((4, n), dtype=object)
     parent[0] = None
