@@ -37,7 +37,7 @@ import pandas as pd
 from llmrca.case.schema import LOG_COLUMNS
 from llmrca.deploy.telemetry import CLOCKS, NGINX_PHASES, ROUTE, VLLM_ENGINE_INDEX, LineKind, line
 from llmrca.errors import CaseError
-from llmrca.sim.strings import bake, const, string_array, value
+from llmrca.sim.strings import bake, compiled, const, string_array, value
 from llmrca.sim.traces import (
     REPLICA_PORT,
     USER_AGENT,
@@ -334,7 +334,7 @@ def _clock_first(kind: LineKind, fixed: tuple[tuple[str, Any], ...]) -> Any:
                 value = named[field]
                 value = {"r": repr, "s": str, "a": ascii}[conv](value) if conv else value
                 out.append(format(value, spec).replace("{", "{{").replace("}", "}}"))
-        fmt = _CLOCK_FIRST[key] = "".join(out).format
+        fmt = _CLOCK_FIRST[key] = compiled("".join(out))
     return fmt
 
 

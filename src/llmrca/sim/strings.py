@@ -8,6 +8,9 @@ call. Anything else takes pandas' own path.
 
 from __future__ import annotations
 
+import re
+import string
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,8 +58,6 @@ def bake(fmt: str, fields: list[tuple[str, str]]) -> Any:
     """The bound ``format`` of ``fmt`` (positional ``{}`` fields only) with its constant fields written in: one
     entry of ``fields`` per field, ``const(text)`` or ``value(spec)``; the result takes the values in order. Its
     text is ``fmt.format(*texts)`` where each value's text is ``f"{v:spec}"``."""
-    import string
-
     out = []
     k = 0
     for literal, field, spec, conv in string.Formatter().parse(fmt):
@@ -70,4 +71,33 @@ def bake(fmt: str, fields: list[tuple[str, str]]) -> Any:
         k += 1
     if k != len(fields):
         raise ValueError(f"bake: {fmt!r} has {k} fields, {len(fields)} given")
-    return "".join(out).format
+    return compiled("".join(out))
+
+
+_SPEC = re.compile(r"[\w.,<>=^+\- #%]*")
+
+
+def compiled(fmt: str) -> Callable[..., str]:
+    """``fmt.format`` for positional fields (``{}`` or ``{0}``, ``{1}``, ...), as a function compiled once from an
+    f-string of the same literals and fields: the same text (each value printed by ``format(v, spec)``, as
+    ``str.format`` does), without parsing the pattern on every call. A pattern with named fields, or a spec this
+    does not know, is left to ``fmt.format``."""
+    parts: list[str] = []
+    top, auto = -1, 0
+    for literal, field, spec, conv in string.Formatter().parse(fmt):
+        if literal:
+            parts.append(repr(literal))
+        if field is None:
+            continue
+        if field == "":
+            idx, auto = auto, auto + 1
+        elif field.isdigit():
+            idx = int(field)
+        else:
+            return fmt.format
+        if (spec and not _SPEC.fullmatch(spec)) or conv not in (None, "r", "s", "a"):
+            return fmt.format
+        top = max(top, idx)
+        parts.append("f'{a" + str(idx) + ("!" + conv if conv else "") + (":" + spec if spec else "") + "}'")
+    args = "".join(f"a{i}, " for i in range(top + 1))
+    return eval(f"lambda {args}*_: {' '.join(parts) or repr('')}")  # our own pattern, checked above
