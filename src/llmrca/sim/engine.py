@@ -450,10 +450,11 @@ class ReplicaEngine:
         budget = self.max_tokens_step - n
         pre = self.prefilling
         w = self.waiting
-        while w and len(pre) + n < self.max_seqs and budget - sum(e[1] for e in pre) > 0:
+        left = sum(e[1] for e in pre)  # prompt tokens still to prefill (whole numbers: any order sums the same)
+        while w and len(pre) + n < self.max_seqs and budget - left > 0:
             rid = w[0]
             need = R.prompt[rid] + R.gen[rid]
-            if self._used() + need > self.cap:
+            if self.A + n * self.D + self.kv_pref + need > self.cap:  # self._used() + need
                 break
             w.popleft()
             if R.t_scheduled[rid] != R.t_scheduled[rid]:  # NaN: first time scheduled
@@ -462,6 +463,7 @@ class ReplicaEngine:
             self._prefix_q += need
             self._prefix_h += hit
             pre.append([rid, need - hit, need])
+            left += need - hit
             self.kv_pref += need
         tokens = 0
         in_step: list[int] = []
