@@ -663,19 +663,22 @@ class ReplicaEngine:
     def _ticks(self) -> None:
         tick = self.tick
         m = int((self.t - self.next_tick) // tick) + 1
-        a = [x / m for x in self._acc]
+        a = self._acc if m == 1 else [x / m for x in self._acc]  # (x / 1 is x)
         self._acc = [0.0] * 12
         fe_req, fe_prompt = (x / m for x in self._fe)
         self._fe = [0, 0]
         c_req, c_prompt, c_tok = self.frontend_costs
         # What this pod's own processes wanted: the engine core while it had work, the frontend (one asyncio
         # thread: at most a core) for the requests and tokens it handled, and the pod's background.
-        frontend = min(tick, c_req * fe_req + c_prompt * fe_prompt + c_tok * a[4])
+        frontend = c_req * fe_req + c_prompt * fe_prompt + c_tok * a[4]
+        frontend = min(tick, frontend)
         engine_cores = ENGINE_CORE_CORES
         if self.gpu.poll_cores and a[3] > 0:  # a busy-polling engine: its demand grows with the mean batch
             engine_cores = max(engine_cores, self.gpu.poll_cores
                                + self.gpu.poll_cores_per_seq * max(0.0, a[4] / a[3] - 1.0))
-        demand = self.background_cores + (engine_cores * min(tick, a[6]) + frontend) / tick
+        a6 = min(tick, a[6])
+        a7 = min(tick, a[7])
+        demand = self.background_cores + (engine_cores * a6 + frontend) / tick
         rows = self.log.rows
         gs = self.gs
         limits = self._limits
@@ -699,7 +702,7 @@ class ReplicaEngine:
             n_run, waiting, kv = self._frozen or self._gauges()
             rows.append((end, n_run, waiting, min(1.0, kv), f_used, gs.power_w, gs.temp_c,
                          gs.mem_temp_c, busy, mem_share, comp_share, a[3], a[4], a[5],
-                         min(tick, a[6]), min(tick, a[7]), 1.0 if gs.capped else 0.0,
+                         a6, a7, 1.0 if gs.capped else 0.0,
                          gs.energy_j, gs.power_violation_s, self._preempt_total, self._prefix_q, self._prefix_h,
                          limit, demand, self.fb_used_bytes, thermal, gs.thermal_violation_s))
             self.next_tick = end + tick
