@@ -670,8 +670,7 @@ class ReplicaEngine:
         c_req, c_prompt, c_tok = self.frontend_costs
         # What this pod's own processes wanted: the engine core while it had work, the frontend (one asyncio
         # thread: at most a core) for the requests and tokens it handled, and the pod's background.
-        frontend = c_req * fe_req + c_prompt * fe_prompt + c_tok * a[4]
-        frontend = min(tick, frontend)
+        frontend = min(tick, c_req * fe_req + c_prompt * fe_prompt + c_tok * a[4])
         engine_cores = ENGINE_CORE_CORES
         if self.gpu.poll_cores and a[3] > 0:  # a busy-polling engine: its demand grows with the mean batch
             engine_cores = max(engine_cores, self.gpu.poll_cores
