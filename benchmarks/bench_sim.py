@@ -31,6 +31,8 @@ from llmrca.sim.run import run, simulate
 from llmrca.sim.suites import generate_suite, plan
 from llmrca.sim.traces import spans_from_record
 
+GOAL_X_REAL_TIME = 10_000  # issue 17: one case with traces and logs, by CPU
+
 
 def _time(fn, reps: int) -> tuple[float, float]:
     """Median wall time and median CPU time of this process (robust to other load on the machine)."""
@@ -100,8 +102,13 @@ def main() -> None:
     duration = SimConfig().duration
     print(f"one {duration:.0f} s case (A100, 7B, 4 replicas, 5 req/s), {a.reps} runs, one core")
     print(f"{'stage':32s} {'wall s':>8s} {'cpu s':>8s} {'x real time (cpu)':>18s} {'x real time (wall)':>19s}")
-    for name, wall, cpu in one_case(a.reps):
+    rows = one_case(a.reps)
+    for name, wall, cpu in rows:
         print(f"{name:32s} {wall:8.3f} {cpu:8.3f} {duration / cpu:18.0f} {duration / wall:19.0f}")
+    case_cpu = next(cpu for name, _, cpu in rows if name.startswith("case:"))
+    goal = duration / GOAL_X_REAL_TIME
+    print(f"goal (issue 17): a case in <= {goal:.3f} s of CPU (>= {GOAL_X_REAL_TIME:,}x real time): "
+          f"{'met' if case_cpu <= goal else 'not met'} ({case_cpu:.3f} s, {duration / case_cpu:,.0f}x)")
     if a.profile:
         profile(a.profile)
     if not a.no_suite:
