@@ -4,7 +4,8 @@ The digests were taken with the simulator as it was before its speed-up of issue
 that alters a single bit of a simulated case fails here; a deliberate change of the model updates them (run this
 file's ``_digests`` and paste). They hash the values (column names, dtypes, float bits, texts), not the parquet
 files, so they do not depend on the pyarrow version that writes them (``test_sim_physics.test_same_seed_same_bytes``
-checks the files' bytes within one environment).
+checks the files' bytes within one environment). A numpy release that changed one of its generators' streams
+would change them too (NumPy does not promise stable streams across versions); taken with numpy 2.2.6.
 """
 
 from __future__ import annotations
