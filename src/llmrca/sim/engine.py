@@ -30,7 +30,14 @@ from heapq import heappop, heappush
 import numpy as np
 
 from llmrca.sim.environment import Environment
-from llmrca.sim.gpu import HW_SLOWDOWN_CLOCK, GpuState, step_at_limit, step_capped, thermal_control
+from llmrca.sim.gpu import (
+    HW_SLOWDOWN_CLOCK,
+    GpuState,
+    bandwidth_factor,
+    step_at_limit,
+    step_capped,
+    thermal_control,
+)
 from llmrca.sim.hardware import GIB, GpuKind, ModelSpec
 
 INF = math.inf
@@ -135,6 +142,10 @@ class ReplicaEngine:
         self.flop_tok = 2.0 * model.params
         self.fl = gpu.flops * gpu.mfu * flops_speed
         self.bw = gpu.hbm_bw * gpu.bw_eff * bw_speed
+        # step_at_limit's full-clock case, its terms precomputed (``_step``): launch, idle, memory and SM power
+        # at full clock (the same products, in the same order, as llmrca.sim.gpu.busy_power at f = 1)
+        self._g1 = (gpu.launch_s, gpu.idle_w, gpu.p_mem_w, bandwidth_factor(1.0, gpu.knee), gpu.p_sm_w,
+                    1.0**gpu.power_exp)
         self.cpu_speed = cpu_speed
         self.background_cores = background_cores  # the pod's own processes besides engine and frontend
         self.frontend_costs = frontend_costs  # CPU s per request, per prompt token, per output token
@@ -365,6 +376,19 @@ class ReplicaEngine:
                 ) -> tuple[float, float, float, float, float]:
         return step_capped(gpu, limit, mem1, comp1, other, self._f_cap)
 
+    def _step(self, mem1: float, comp1: float, other: float) -> tuple[float, float, float, float, float]:
+        """``step_at_limit`` (or ``step_capped`` under hardware slowdown) at this tick's limit; a step that fits
+        under the limit at full clock is computed here, bit for bit as ``step_at_limit`` does it."""
+        if self._f_cap < 1.0:
+            return step_capped(self.gpu, self.limit, mem1, comp1, other, self._f_cap)
+        launch, idle, pm, bf1, psm, pe1 = self._g1
+        gpu_s = (max(comp1, mem1)) + launch
+        ms, cs = mem1 / gpu_s, comp1 / gpu_s
+        p1 = pm * ms * bf1 + psm * (0.35 + 0.65 * cs) * pe1
+        if idle + p1 * gpu_s / (gpu_s + other) <= self.limit:
+            return 1.0, gpu_s, mem1, comp1, p1
+        return step_at_limit(self.gpu, self.limit, mem1, comp1, other)
+
     def _thermal_tick(self, i: int, clipped_s: float) -> int:
         """The thermal control after a tick closed (``i``: the tick that starts now): the next tick's budget and
         clock ceiling; returns the closed tick's thermal state (0, 1 software slowdown held it, 2 hardware)."""
@@ -426,10 +450,11 @@ class ReplicaEngine:
         budget = self.max_tokens_step - n
         pre = self.prefilling
         w = self.waiting
-        while w and len(pre) + n < self.max_seqs and budget - sum(e[1] for e in pre) > 0:
+        left = sum(e[1] for e in pre)  # prompt tokens still to prefill (whole numbers: any order sums the same)
+        while w and len(pre) + n < self.max_seqs and budget - left > 0:
             rid = w[0]
             need = R.prompt[rid] + R.gen[rid]
-            if self._used() + need > self.cap:
+            if self.A + n * self.D + self.kv_pref + need > self.cap:  # self._used() + need
                 break
             w.popleft()
             if R.t_scheduled[rid] != R.t_scheduled[rid]:  # NaN: first time scheduled
@@ -438,6 +463,7 @@ class ReplicaEngine:
             self._prefix_q += need
             self._prefix_h += hit
             pre.append([rid, need - hit, need])
+            left += need - hit
             self.kv_pref += need
         tokens = 0
         in_step: list[int] = []
@@ -455,8 +481,8 @@ class ReplicaEngine:
         ctx = self.A + n * self.D + self.kv_pref
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * (n + len(in_step)) + STEP_PER_PREFILL_TOKEN_S * tokens) \
             * self.cpu_factor
-        f, gpu, mem, comp, pw = (step_at_limit if self._f_cap >= 1.0 else self._capped)(
-            self.gpu, self.limit, (self.W + ctx * self.kvb) / self.bw * self.dev,
+        f, gpu, mem, comp, pw = self._step(
+            (self.W + ctx * self.kvb) / self.bw * self.dev,
             self.flop_tok * (tokens + n) / self.fl * self.dev, cpu * self.inv_share)
         dur = (cpu + gpu) * self.inv_share
         t1 = t + dur
@@ -504,7 +530,9 @@ class ReplicaEngine:
                 self.ver[rid] = v
                 heappush(self.fin, (D + R.out[rid] - g, rid, v))
         self.t = t1
-        self._complete(t1)
+        fin = self.fin
+        if fin and fin[0][0] <= self.D:
+            self._complete(t1)
 
     def _plan_decode(self) -> None:
         n = self.n
@@ -522,8 +550,8 @@ class ReplicaEngine:
             return
         k = min(k, k_kv)
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * n) * self.cpu_factor
-        f, gpu, mem, comp, pw = (step_at_limit if self._f_cap >= 1.0 else self._capped)(
-            self.gpu, self.limit, (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw * self.dev,
+        f, gpu, mem, comp, pw = self._step(
+            (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw * self.dev,
             self.flop_tok * n / self.fl * self.dev, cpu * self.inv_share)
         s = (cpu + gpu) * self.inv_share
         horizon = self.next_tick
@@ -573,7 +601,9 @@ class ReplicaEngine:
         ib[0].append(t1)
         ib[1].append(n)
         ib[2].append(k)
-        self._complete(t1)
+        fin = self.fin
+        if fin and fin[0][0] <= self.D:
+            self._complete(t1)
 
     def _complete(self, t: float) -> None:
         fin = self.fin
@@ -633,7 +663,7 @@ class ReplicaEngine:
     def _ticks(self) -> None:
         tick = self.tick
         m = int((self.t - self.next_tick) // tick) + 1
-        a = [x / m for x in self._acc]
+        a = self._acc if m == 1 else [x / m for x in self._acc]  # (x / 1 is x)
         self._acc = [0.0] * 12
         fe_req, fe_prompt = (x / m for x in self._fe)
         self._fe = [0, 0]
@@ -645,7 +675,9 @@ class ReplicaEngine:
         if self.gpu.poll_cores and a[3] > 0:  # a busy-polling engine: its demand grows with the mean batch
             engine_cores = max(engine_cores, self.gpu.poll_cores
                                + self.gpu.poll_cores_per_seq * max(0.0, a[4] / a[3] - 1.0))
-        demand = self.background_cores + (engine_cores * min(tick, a[6]) + frontend) / tick
+        a6 = min(tick, a[6])
+        a7 = min(tick, a[7])
+        demand = self.background_cores + (engine_cores * a6 + frontend) / tick
         rows = self.log.rows
         gs = self.gs
         limits = self._limits
@@ -669,7 +701,7 @@ class ReplicaEngine:
             n_run, waiting, kv = self._frozen or self._gauges()
             rows.append((end, n_run, waiting, min(1.0, kv), f_used, gs.power_w, gs.temp_c,
                          gs.mem_temp_c, busy, mem_share, comp_share, a[3], a[4], a[5],
-                         min(tick, a[6]), min(tick, a[7]), 1.0 if gs.capped else 0.0,
+                         a6, a7, 1.0 if gs.capped else 0.0,
                          gs.energy_j, gs.power_violation_s, self._preempt_total, self._prefix_q, self._prefix_h,
                          limit, demand, self.fb_used_bytes, thermal, gs.thermal_violation_s))
             self.next_tick = end + tick

@@ -27,6 +27,7 @@ addresses, counts, durations, status codes); the fixed text stays, as a Drain-st
 from __future__ import annotations
 
 import json
+import string
 import time as _time
 from typing import Any
 
@@ -36,16 +37,13 @@ import pandas as pd
 from llmrca.case.schema import LOG_COLUMNS
 from llmrca.deploy.telemetry import CLOCKS, NGINX_PHASES, ROUTE, VLLM_ENGINE_INDEX, LineKind, line
 from llmrca.errors import CaseError
+from llmrca.sim.strings import bake, compiled, const, string_array, value
 from llmrca.sim.traces import (
     REPLICA_PORT,
     USER_AGENT,
-    check_requests,
-    gateway_span_ids,
+    RecordView,
     hex_ids,
-    read_timeouts,
-    request_identities,
-    serving_path,
-    stages,
+    view,
 )
 
 _STREAM_JITTER = 0x7177
@@ -107,13 +105,13 @@ class _Lines:
         msgs[:] = [m for group in self.messages for m in group]
 
         def col(parts: list[np.ndarray]) -> Any:
-            return pd.array(np.concatenate(parts)[order], dtype="string")
+            return string_array(np.concatenate(parts)[order])
 
         return pd.DataFrame({
             "time": t[order],
             "service": col(self.services),
             "level": col(self.levels),
-            "message": pd.array(msgs[order], dtype="string"),
+            "message": string_array(msgs[order]),
             "template": col(self.templates),
         })
 
@@ -196,16 +194,17 @@ def _replica_tag(rng: np.random.Generator) -> str:
     return "".join(rng.choice(alphabet, 8).tolist())
 
 
-def logs_from_record(record: Any) -> pd.DataFrame:
-    """Every log line the deployment of ``record`` writes (``llmrca.case.schema.LOG_COLUMNS``), sorted by time."""
+def logs_from_record(record: Any, shared: RecordView | None = None) -> pd.DataFrame:
+    """Every log line the deployment of ``record`` writes (``llmrca.case.schema.LOG_COLUMNS``), sorted by time;
+    ``shared``: the record's ``llmrca.sim.traces.view`` where the caller has it."""
     req = record.requests
-    check_requests(req)
+    shared = shared or view(record)
     ev = record.events
     missing = [c for c in ("time", "service", "kind", "fields") if c not in ev.columns]
     if missing:
         raise CaseError([f"missing column(s) {', '.join(missing)}"], where="sim record events")
-    path = serving_path(record)
-    ident = request_identities(record)
+    path = shared.path
+    ident = shared.ident
     jit = _rng(record.seed, _STREAM_JITTER)
     names = _rng(record.seed, _STREAM_NAMES)
     out = _Lines()
@@ -229,7 +228,7 @@ def logs_from_record(record: Any) -> pd.DataFrame:
     pods = sorted({path.proxy, *replicas})
     node_ids = {r: hex_ids(names, 1, 28)[0] for r in pods}  # Ray node ids (one Ray node per pod)
     pids = {r: int(p) for r, p in zip([*pods, _CONTROLLER], names.integers(200, 4000, len(pods) + 1))}
-    ctx = _Context(record, path, ident, tags, restarts, node_ids, pids, jit)
+    ctx = _Context(record, path, ident, tags, restarts, node_ids, pids, jit, shared)
 
     if (record.config or {}).get("noise") == "realistic":
         # Appended last, so every earlier event keeps its jitter draw: noise="none" has exactly the other lines.
@@ -267,7 +266,8 @@ _REPLICA_KINDS = frozenset({"engine_stats", "preemption", "replica_health", "eng
 class _Context:
     def __init__(self, record: Any, path: Any, ident: Any, tags: dict[str, list[str]],
                  restarts: dict[str, list[float]], node_ids: dict[str, str], pids: dict[str, int],
-                 jit: np.random.Generator):
+                 jit: np.random.Generator, shared: RecordView):
+        self.shared = shared
         self.record = record
         self.path = path
         self.ident = ident
@@ -304,13 +304,51 @@ def _emit(out: _Lines, ctx: _Context, kind: LineKind, times: np.ndarray, service
     if not len(values):
         return
     clocks = ctx.clock.python(times) if kind.clock == "python" else ctx.clock(times, kind.clock)
-    if fixed or kind.variants:  # a named variant
-        msgs = [kind.render(c, *v, **fixed) for c, v in zip(clocks, values)]
-    else:  # one positional pattern, the clock in its place among the values (nginx prints two values before it)
-        head, tail = kind.fmt.partition("{time}")[::2]
-        k = head.count("{}")
-        fmt = (head + "{}" + tail).format
-        msgs = [fmt(*v[:k], c, *v[k:]) for c, v in zip(clocks, values)]
+    fmt = _clock_first(kind, tuple(sorted(fixed.items())))
+    msgs = [fmt(c, *v) for c, v in zip(clocks, values)]
+    out.add(times, services, kind.level, msgs, kind.template(**fixed))
+
+
+_CLOCK_FIRST: dict[tuple[str, str, tuple], Any] = {}
+
+
+def _clock_first(kind: LineKind, fixed: tuple[tuple[str, Any], ...]) -> Any:
+    """``kind.render`` as one bound ``str.format`` taking the clock text first, then the values: the named
+    variants (``fixed`` over the kind's defaults) are written into the pattern, the values numbered in order."""
+    key = (kind.name, kind.fmt, fixed)
+    fmt = _CLOCK_FIRST.get(key)
+    if fmt is None:
+        named = {**dict(kind.variants), **dict(fixed)}
+        out, i = [], 1
+        for literal, field, spec, conv in string.Formatter().parse(kind.fmt):
+            out.append(literal.replace("{", "{{").replace("}", "}}"))
+            if field is None:
+                continue
+            tail = ("!" + conv if conv else "") + (":" + spec if spec else "")
+            if field == "":
+                out.append(f"{{{i}{tail}}}")
+                i += 1
+            elif field == "time":
+                out.append(f"{{0{tail}}}")
+            else:
+                value = named[field]
+                value = {"r": repr, "s": str, "a": ascii}[conv](value) if conv else value
+                out.append(format(value, spec).replace("{", "{{").replace("}", "}}"))
+        fmt = _CLOCK_FIRST[key] = compiled("".join(out))
+    return fmt
+
+
+def _baked(kind: LineKind, fields: list[tuple[bool, str]]) -> Any:
+    """``str.format`` of a positional line kind (the clock one of its fields, in its place) with the constant
+    fields written into the pattern: ``fields`` gives each field in order as (True, text) for a constant or
+    (False, format spec) for a value; the bound ``format`` takes the values only. Its lines are the same text as
+    ``_emit``'s (a value printed with a spec here is the f-string ``f"{v:spec}"`` there)."""
+    head, tail = kind.fmt.partition("{time}")[::2]
+    return bake(head + "{}" + tail, [const(text) if c else value(text) for c, text in fields])
+
+
+def _add(out: _Lines, kind: LineKind, times: np.ndarray, services: Any, msgs: list[str], **fixed: Any) -> None:
+    """Lines of one catalogue kind already printed (as ``_emit`` adds them)."""
     out.add(times, services, kind.level, msgs, kind.template(**fixed))
 
 
@@ -327,9 +365,9 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     vids = ctx.ident.vllm_ids
     sids = ctx.ident.serve_ids
     client = ctx.ip("client")
-    timeout, cut = read_timeouts(req)  # nginx's read timeout fired; cut: after the header (nginx logs 200)
+    timeout, cut = ctx.shared.timeouts  # nginx's read timeout fired; cut: after the header (nginx logs 200)
     # Line times follow the span intervals, so a line and its span agree.
-    st = stages(req)
+    st = ctx.shared.stages
     ok = ~st.failed
     (g0, g1), (p0, p1), (e0, e1) = st.gateway, st.proxy, st.engine
     has_p = st.has_proxy
@@ -345,13 +383,22 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     rt = (g1 - g0).tolist()
     urt = (np.where(has_p, p1, g1) - np.where(has_p, p0, g0)).clip(0).tolist()
     upstream_addr = f"{ctx.ip(proxy)}:{REPLICA_PORT}"
-    span_ids = gateway_span_ids(ctx.record.seed, n)
+    span_ids = ctx.shared.span_ids[0].tolist()  # the gateway span's (traces.gateway_span_ids)
     traces = req["trace_id"].astype(str).tolist()
-    rows = [(client, "-", s, b, "-", USER_AGENT, f"{r:.3f}", "0.000" if p else "-", f"{u:.3f}" if p else "-",
-             upstream_addr, str(s) if p else "502", f"{te:.3f}", "-", sid, tid)
-            for s, b, r, u, p, te, sid, tid in zip(http.tolist(), ctx.ident.response_bytes.tolist(), rt, urt,
-                                                   has_p.tolist(), t.tolist(), span_ids, traces)]
-    _emit(out, ctx, line("nginx.access"), t, gw, rows)
+    # (client, "-", clock, status, bytes, "-", user agent, rt, uct, urt, upstream, upstream status, msec, "-", sid,
+    # tid); without a proxy span nginx had no upstream answer: uct and urt "-", upstream status 502.
+    access = line("nginx.access")
+    c, v = True, False
+    with_p = _baked(access, [(c, client), (c, "-"), (v, ""), (v, ""), (v, ""), (c, "-"), (c, USER_AGENT), (v, ".3f"),
+                             (c, "0.000"), (v, ".3f"), (c, upstream_addr), (v, ""), (v, ".3f"), (c, "-"), (v, ""),
+                             (v, "")])
+    no_p = _baked(access, [(c, client), (c, "-"), (v, ""), (v, ""), (v, ""), (c, "-"), (c, USER_AGENT), (v, ".3f"),
+                           (c, "-"), (c, "-"), (c, upstream_addr), (c, "502"), (v, ".3f"), (c, "-"), (v, ""), (v, "")])
+    msgs = [with_p(k, s, b, r, u, s, te, sid, tid) if p else no_p(k, s, b, r, te, sid, tid)
+            for k, s, b, r, u, p, te, sid, tid in zip(ctx.clock(t, access.clock), http.tolist(),
+                                                      ctx.ident.response_bytes.tolist(), rt, urt, has_p.tolist(),
+                                                      t.tolist(), span_ids, traces)]
+    _add(out, access, t, gw, msgs)
 
     # nginx error lines where nginx itself failed the request.
     upstream = f"http://{upstream_addr}{ROUTE}"

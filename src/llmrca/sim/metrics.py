@@ -11,6 +11,7 @@ from the metric catalogue (``llmrca.case.catalog``); a column the catalogue does
 
 from __future__ import annotations
 
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -126,8 +127,9 @@ class _Grid:
         b = np.searchsorted(np.asarray(bounds, dtype=float), values[keep], side="left")
         nb = len(bounds) + 1
         off = self.m
-        counts = np.zeros((self.n + off, nb))
-        np.add.at(counts, (rows[keep] + off, b), w[keep])
+        # np.add.at(counts, (row, bucket), w) as one bincount: the same sums, added in the same order
+        flat = (rows[keep] + off) * nb + b
+        counts = np.bincount(flat, weights=w[keep], minlength=(self.n + off) * nb).reshape(self.n + off, nb)
         c = np.cumsum(counts, axis=0)
         win = c[off:] - c[off - self.m: self.n + off - self.m]
         return histogram_quantile(win, np.asarray(bounds, dtype=float), qs)
@@ -183,10 +185,16 @@ def _ar1(rng: np.random.Generator, n: int, sd: float, tau: float, tick: float) -
     return lfilter([1.0], [1.0, -rho], e)
 
 
+@cache
+def _histogram_entries(series: str, scope: str) -> tuple:
+    """``cat.histogram_columns`` (the catalogue is a constant tuple), looked up once per series."""
+    return tuple(cat.histogram_columns(series, scope))
+
+
 def _histogram_columns(cols: dict[str, np.ndarray], svc: str, series: str, scope: str, G: _Grid, t_obs: np.ndarray,
                        values: np.ndarray, weights: np.ndarray | None, bounds: tuple, phase: float) -> None:
     """The catalogue's quantile columns of one histogram series, from its observations."""
-    entries = cat.histogram_columns(series, scope)
+    entries = _histogram_entries(series, scope)
     q = G.bucket_quantiles(t_obs, values, weights, bounds, tuple(m.quantile for m in entries), phase)
     for j, m in enumerate(entries):
         cols[f"{svc}_{m.metric}"] = q[:, j]
@@ -552,11 +560,26 @@ def catalogue_columns(dep: Deployment) -> list[str]:
     """The columns the metric catalogue gives this deployment: container series for every pod, engine and GPU
     series for every replica, mesh series for every service called over the mesh (the gateway, the Serve proxy's
     pod, the replicas outside it), node series for every node, client series for the workload node (if any)."""
-    mesh = [dep.gateway, dep.proxy, *(r for r in dep.replicas if r != dep.proxy)]
-    scopes = {"pod": dep.pods, "replica": dep.replicas, "mesh": mesh, "node": dep.nodes}
-    if dep.client:
-        scopes["client"] = [dep.client]
-    return cat.expected_columns(scopes)
+    return list(_catalogue_of(*_layout(dep)))
+
+
+def _layout(dep: Deployment) -> tuple:
+    return dep.gateway, dep.proxy, tuple(dep.replicas), tuple(dep.pods), tuple(dep.nodes), dep.client
+
+
+@lru_cache(maxsize=64)
+def _catalogue_of(gateway: str, proxy: str, replicas: tuple, pods: tuple, nodes: tuple,
+                  client: str | None) -> tuple[str, ...]:
+    mesh = [gateway, proxy, *(r for r in replicas if r != proxy)]
+    scopes = {"pod": list(pods), "replica": list(replicas), "mesh": mesh, "node": list(nodes)}
+    if client:
+        scopes["client"] = [client]
+    return tuple(cat.expected_columns(scopes))
+
+
+@lru_cache(maxsize=64)
+def _catalogue_set_of(*layout: Any) -> frozenset[str]:
+    return frozenset(_catalogue_of(*layout))
 
 
 def with_client_metrics(metrics: pd.DataFrame, cfg: SimConfig, dep: Deployment, engines: dict[str, Any],
@@ -587,7 +610,7 @@ def with_client_metrics(metrics: pd.DataFrame, cfg: SimConfig, dep: Deployment, 
                        ph)
     _histogram_columns(cols, svc, "loadgen_prompt_length_tokens", "client", G, sent,
                        wl.prompt_tokens.astype(float), None, TOKEN_BUCKETS, ph)
-    extra = set(cols) - set(catalogue_columns(dep))
+    extra = set(cols) - _catalogue_set(dep)
     if extra:
         raise AssertionError(f"sim metrics: column(s) not in the metric catalogue: {', '.join(sorted(extra))}")
     out = metrics.copy()
@@ -598,13 +621,24 @@ def with_client_metrics(metrics: pd.DataFrame, cfg: SimConfig, dep: Deployment, 
     return out
 
 
-def _frame(dep: Deployment, cols: dict[str, np.ndarray], times: np.ndarray) -> pd.DataFrame:
+def _catalogue_set(dep: Deployment) -> frozenset[str]:
+    """``catalogue_columns(dep)`` as a set, made once per deployment layout."""
+    return _catalogue_set_of(*_layout(dep))
+
+
+@lru_cache(maxsize=64)
+def _column_order(names: tuple[str, ...], services: tuple[str, ...]) -> tuple[str, ...]:
+    """``llmrca.sim.views.column_order`` (a pure function of its arguments), once per column layout."""
     from llmrca.sim.views import column_order
 
-    extra = set(cols) - set(catalogue_columns(dep))
+    return tuple(column_order(list(names), list(services)))
+
+
+def _frame(dep: Deployment, cols: dict[str, np.ndarray], times: np.ndarray) -> pd.DataFrame:
+    extra = set(cols) - _catalogue_set(dep)
     if extra:  # one description of the columns: the simulator may not invent one
         raise AssertionError(f"sim metrics: column(s) not in the metric catalogue: {', '.join(sorted(extra))}")
-    order = column_order(list(cols), [*dep.pods, *dep.nodes])
+    order = _column_order(tuple(cols), (*dep.pods, *dep.nodes))
     data = {TIME: times.astype(float)}
     for c in order:
         x = np.asarray(cols[c], dtype=float)

@@ -339,28 +339,41 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
     table.deadline = deadline.tolist()
 
     R = len(names)
+    # Python floats and lists for the per-request loop (the same values as the arrays; scalar access is faster).
+    jl = jit.tolist()
+    tgl = tg.tolist()
+    sdl = env._slowdown
+    e_t0, e_tick, e_last = env.t0, env.tick, env.n_ticks - 1
+    sd_proxy = sdl[proxy]
+
+    def sd_at(row: list[float], t: float) -> float:  # env.slowdown(pod, t) with the pod's row given
+        k = int((t - e_t0) / e_tick)
+        return row[0 if k < 0 else min(e_last, k)]
+
     inflight = [0] * R
     ends: list[list[float]] = [[] for _ in range(R)]
     head_idx = names.index(proxy) if proxy in names else -1
-    prompt = wl.prompt_tokens
+    prompt = wl.prompt_tokens.tolist()
     policy = cfg.routing
     rr = [0]
 
     def finish(r: int, rid: int) -> None:
         name = names[r]
         te = table.t_end[rid]
+        j = jl[rid]
         if table.failed[rid] == 502:  # the replica's process is gone: the proxy answers at once
-            back = hop * jit[rid, 4]
+            back = hop * j[4]
             P.t_stream_end[rid] = te
             P.t_proxy_end[rid] = te + back
-            P.t_proxy_server_end[rid] = te + back + PROXY_CHUNK_S * env.slowdown(proxy, te)
-            P.t_gateway_end[rid] = P.t_proxy_server_end[rid] + hop * jit[rid, 6] + NGINX_CHUNK_S
+            pse = te + back + PROXY_CHUNK_S * sd_at(sd_proxy, te)
+            P.t_proxy_server_end[rid] = pse
+            P.t_gateway_end[rid] = pse + hop * j[6] + NGINX_CHUNK_S
             heappush(ends[r], te + back)
             return
         if table.failed[rid]:
             # nginx gave up (or the engine refused): the proxy sees the client go at nginx's timeout, counted
             # from the request or, for a stream stalled mid-way (a stopped engine), from its last token.
-            g_end = tg[rid] + NGINX_READ_TIMEOUT_S
+            g_end = tgl[rid] + NGINX_READ_TIMEOUT_S
             if te > g_end + 2 * hop + 1e-9:
                 g_end = te
             P.t_gateway_end[rid] = g_end
@@ -369,18 +382,20 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             P.t_stream_end[rid] = te
             heappush(ends[r], g_end + hop)
             return
-        s_end = te + DETOKENIZE_S * env.slowdown(name, te) * jit[rid, 8]
-        back = (LOCAL_HOP_S if r == head_idx else hop * jit[rid, 4])
+        k = int((te - e_t0) / e_tick)  # sd_at, inline
+        s_end = te + DETOKENIZE_S * sdl[name][0 if k < 0 else min(e_last, k)] * j[8]
+        back = (LOCAL_HOP_S if r == head_idx else hop * j[4])
         pe = s_end + back
         if r != head_idx and proxy in env.delays:
             pe += env.delay_towards(proxy, s_end)
         if r != head_idx and proxy in env.losses:
             pe += _stream_loss(env, proxy, table.t_first[rid], s_end, table.gen[rid])
-        pse = pe + PROXY_CHUNK_S * env.slowdown(proxy, pe) * jit[rid, 5]
+        k = int((pe - e_t0) / e_tick)
+        pse = pe + PROXY_CHUNK_S * sd_proxy[0 if k < 0 else min(e_last, k)] * j[5]
         P.t_stream_end[rid] = s_end
         P.t_proxy_end[rid] = pe
         P.t_proxy_server_end[rid] = pse
-        P.t_gateway_end[rid] = pse + hop * jit[rid, 6] + NGINX_CHUNK_S
+        P.t_gateway_end[rid] = pse + hop * j[6] + NGINX_CHUNK_S
         heappush(ends[r], pe)
 
     def collect() -> None:
@@ -427,20 +442,29 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
                 f"(0..{R - 1}: {', '.join(names)})")
 
     order = np.argsort(ts, kind="stable")[: n - int(dropped.sum())]  # NaN (dropped) sorts last
+    tsl = ts.tolist()
+    skews = env.skews
     for i in order.tolist():
-        t = ts[i]
-        kill_due(t)
+        t = tsl[i]
+        if kills and kills[0][0] <= t:
+            kill_due(t)
         for e in eng:
-            e.advance(t)
-        collect()
+            p = e.plan
+            if p is None or p[1] <= t:  # else advance() has nothing to do before t
+                e.advance(t)
+        for r, e in enumerate(eng):  # collect()
+            if e.done:
+                for rid in e.done:
+                    finish(r, rid)
+                e.done.clear()
         for r in range(R):
             h = ends[r]
             while h and h[0] <= t:
                 heappop(h)
                 inflight[r] -= 1
-        out = [k for k, (a, b) in out_of_routing.items() if a <= t < b]
-        pinned = next((hot for a, b, hot, share in env.skews if a <= t < b and hot not in out
-                       and skew.random() < share), None)
+        out = [k for k, (a, b) in out_of_routing.items() if a <= t < b] if out_of_routing else []
+        pinned = next((hot for a, b, hot, share in skews if a <= t < b and hot not in out
+                       and skew.random() < share), None) if skews else None
         if pinned is not None:  # a misconfigured router pins this request to the hot replica (routing-skew)
             r = pinned
         elif out and len(out) < R:
@@ -458,16 +482,19 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
         inflight[r] += 1
         P.replica[i] = r
         name = names[r]
+        j = jl[i]
         if r == head_idx:
             ta = t + LOCAL_HOP_S
         else:
-            ta = t + hop * jit[i, 7]
+            ta = t + hop * j[7]
             if name in env.delays:
                 ta += env.delay_towards(name, t)
             if name in env.losses:
                 ta += env.loss_towards(name, t, request_segments(prompt[i]))
         P.t_arrival[i] = ta
-        t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) * env.slowdown(name, ta) * jit[i, 3]
+        k = int((ta - e_t0) / e_tick)  # sd_at, inline
+        t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) \
+            * sdl[name][0 if k < 0 else min(e_last, k)] * j[3]
         if t_ready < eng[r].down_until:  # routed to a killed replica before the router knew
             eng[r].refuse(i, t_ready)
         else:
@@ -554,8 +581,8 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
     reason = np.where(~ok, "", np.where(wl.output_tokens >= wl.max_tokens, "length", "stop"))
     error = np.where(failed == 504, UPSTREAM_TIMEOUT, np.where(failed == 0, "", np.where(
         failed == 502, "EngineDeadError", "EngineCoreError")))
-    ids = np.frombuffer(stream(seed, _S_IDS).bytes(16 * n), dtype=np.uint8).reshape(n, 16)
-    trace_ids = [bytes(row).hex() for row in ids]
+    hexed = stream(seed, _S_IDS).bytes(16 * n).hex()  # 16 bytes per request
+    trace_ids = [hexed[i: i + 32] for i in range(0, 32 * n, 32)]
     cols: dict[str, Any] = {
         "request_id": np.arange(n, dtype=np.int64),
         "trace_id": np.array(trace_ids, dtype=object),
@@ -584,9 +611,8 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
         "finished_reason": reason.astype(object),
         "streamed_tokens": streamed,
     }
-    frame = pd.DataFrame({c: cols[c] for c in REQUEST_COLUMNS})
-    keep = frame["t_gateway_start"].to_numpy() >= start
-    frame = frame[keep].reset_index(drop=True)
+    keep = cols["t_gateway_start"] >= start  # the rows of requests sent from the window's start on
+    frame = pd.DataFrame({c: cols[c][keep] for c in REQUEST_COLUMNS})
     frame["request_id"] = np.arange(len(frame), dtype=np.int64)
     return frame
 
@@ -618,14 +644,19 @@ def simulate(config: SimConfig | None = None, fault: Faults = None, seed: int = 
     cfg = sim.config
     rec = sim.record
     obs_traces = obs_logs = None
+    shared = None
+    if traces and logs and len(rec.requests):  # what both derive from the record, made once
+        from llmrca.sim.traces import view
+
+        shared = view(rec)
     if traces:
         from llmrca.sim.traces import spans_from_record
 
-        obs_traces = spans_from_record(rec)
+        obs_traces = spans_from_record(rec, shared)
     if logs:
         from llmrca.sim.logs import logs_from_record
 
-        obs_logs = logs_from_record(rec)
+        obs_logs = logs_from_record(rec, shared)
     obs = Observation(
         metrics=sim.metrics, traces=obs_traces, logs=obs_logs, inject_time=sim.inject_time,
         topology=rec.topology, interval=cfg.step,

@@ -39,6 +39,7 @@ from llmrca.deploy.telemetry import (
 )
 from llmrca.errors import CaseError
 from llmrca.sim.record import UPSTREAM_TIMEOUT
+from llmrca.sim.strings import bake, const, string_array, value
 
 GATEWAY_OPERATION = GATEWAY_SPAN.operation
 PROXY_OPERATION = PROXY_SPAN.operation
@@ -304,19 +305,41 @@ def _seconds(values: np.ndarray) -> list[str]:
     return out
 
 
-def spans_from_record(record: Any) -> pd.DataFrame:
-    """One row per span of every request in ``record`` (``llmrca.case.schema.TRACE_COLUMNS``)."""
+@dataclass
+class RecordView:
+    """What spans and logs of one record both derive from it (checked once): serving path, request identities,
+    span intervals, read timeouts and the span ids. ``view(record)``; the same for the same record."""
+
+    path: ServingPath
+    ident: RequestIdentities
+    stages: Stages
+    timeouts: tuple[np.ndarray, np.ndarray]
+    span_ids: np.ndarray  # (4, n): gateway, proxy, call, engine
+
+
+def view(record: Any) -> RecordView:
+    """The ``RecordView`` of ``record`` (raises ``CaseError`` where its requests are malformed)."""
     req = record.requests
     check_requests(req)
+    return RecordView(serving_path(record), request_identities(record), stages(req), read_timeouts(req),
+                      _span_ids(record.seed, len(req)))
+
+
+def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataFrame:
+    """One row per span of every request in ``record`` (``llmrca.case.schema.TRACE_COLUMNS``); ``shared``: its
+    ``view`` where the caller has it (``simulate`` makes spans and logs from one)."""
+    req = record.requests
     n = len(req)
     if n == 0:
+        check_requests(req)
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TRACE_COLUMNS.items()})
-    path = serving_path(record)
-    ident = request_identities(record)
+    shared = shared or view(record)
+    path = shared.path
+    ident = shared.ident
     model = model_name(record)
 
     col = {c: req[c].to_numpy(dtype=float) for c in REQUEST_COLUMNS if c.startswith("t_") or c.endswith("_s")}
-    st = stages(req)
+    st = shared.stages
     failed = st.failed
     http = req["http_status"].to_numpy(dtype=float)
     replica = req["replica"].to_numpy(dtype=object)
@@ -324,7 +347,7 @@ def spans_from_record(record: Any) -> pd.DataFrame:
     has_p, has_c, has_e = st.has_proxy, st.has_client, st.has_engine
 
     # HTTP status per layer (see module docstring).
-    timeout, cut = read_timeouts(req)
+    timeout, cut = shared.timeouts
     bad_gw = http == 502
     http_p = np.where(timeout, 499.0, np.where(bad_gw, np.nan, http))
     http_c = np.where((timeout & ~cut) | bad_gw, np.nan, http)
@@ -338,34 +361,53 @@ def spans_from_record(record: Any) -> pd.DataFrame:
         with_s, without = kind.json_format(True).format, kind.json_format(False).format
         return [without(*v) if math.isnan(h) else with_s(*v, int(h)) for v, h in zip(values, statuses.tolist())]
 
+    def memo(kind: Any, keys: list[Any], values: dict[Any, tuple], statuses: np.ndarray) -> list[str]:
+        # ``attrs`` for spans whose values are one of a few tuples (by key): each distinct text is made once.
+        texts: dict[tuple[Any, int | None], str] = {}
+        out = []
+        for key, h in zip(keys, statuses.tolist()):
+            st = None if math.isnan(h) else int(h)
+            text = texts.get((key, st))
+            if text is None:
+                text = texts[(key, st)] = attrs(kind, [values[key]], np.array([np.nan if st is None else h]))[0]
+            out.append(text)
+        return out
+
     gateway_values = ('"POST"', json.dumps(ROUTE), '"http"', '"1.1"', json.dumps(USER_AGENT), json.dumps(path.gateway),
                       json.dumps(client), upstream)
-    attrs_g = attrs(GATEWAY_SPAN, [gateway_values] * n, http)
+    attrs_g = memo(GATEWAY_SPAN, [0] * n, {0: gateway_values}, http)
     proxy_fixed = (json.dumps(SERVE_DEPLOYMENT), json.dumps(SERVE_APP), '"http"', '"POST"', '"/"')
-    attrs_p = attrs(PROXY_SPAN, [(f'"{rid}"', *proxy_fixed) for rid in ident.serve_ids], http_p)  # UUID texts
+    # (the request id is a UUID text: JSON-quoted as it is)
+    proxy_fields = [value(before='"', after='"'), *(const(v) for v in proxy_fixed)]
+    proxy_with = bake(PROXY_SPAN.json_format(True), [*proxy_fields, value()])
+    proxy_without = bake(PROXY_SPAN.json_format(False), proxy_fields)
+    attrs_p = [proxy_without(rid) if math.isnan(h) else proxy_with(rid, int(h))
+               for rid, h in zip(ident.serve_ids, http_p.tolist())]
     backend = {r: (json.dumps(f"http://{r}:{REPLICA_PORT}"), json.dumps(r)) for r in set(replica.tolist())}
-    attrs_c = attrs(CLIENT_SPAN, [backend[r] for r in replica.tolist()], http_c)
+    attrs_c = memo(CLIENT_SPAN, replica.tolist(), backend, http_c)
     model_json = json.dumps(model)
-    queue = _seconds(col["queue_s"])
-    ttft = _seconds(col["t_first_token"] - col["t_engine_arrival"])
-    e2e = _seconds(col["t_engine_end"] - col["t_engine_arrival"])
-    prefill = _seconds(col["prefill_s"])
-    decode = _seconds(col["decode_s"])
-    inference = _seconds(col["prefill_s"] + col["decode_s"])
-    ints = zip(
-        req["max_tokens"].to_numpy(dtype=np.int64).tolist(),
-        req["prompt_tokens"].to_numpy(dtype=np.int64).tolist(),
-        req["output_tokens"].to_numpy(dtype=np.int64).tolist(),
-    )
-    # The load generator sends temperature 1.0, top_p 1.0, n 1 (the OpenAI defaults).
-    attrs_e = attrs(ENGINE_SPAN, [
-        (model_json, f'"{vid}"', "1.0", "1.0", "1", mx, pt, ot, q, tf, ee, pf, dc, inf)
-        for vid, (mx, pt, ot), q, tf, ee, pf, dc, inf in zip(ident.vllm_ids, ints, queue, ttft, e2e, prefill,
-                                                             decode, inference)
-    ], np.full(n, np.nan))
+    secs = np.vstack([col["queue_s"], col["t_first_token"] - col["t_engine_arrival"],
+                      col["t_engine_end"] - col["t_engine_arrival"], col["prefill_s"], col["decode_s"],
+                      col["prefill_s"] + col["decode_s"]])
+    ints = np.vstack([req["max_tokens"].to_numpy(dtype=np.int64), req["prompt_tokens"].to_numpy(dtype=np.int64),
+                      req["output_tokens"].to_numpy(dtype=np.int64)])
+    # The load generator sends temperature 1.0, top_p 1.0, n 1 (the OpenAI defaults). A span whose latencies are
+    # all known prints them straight from a pattern with {:.6f} fields; one with a missing one (JSON null) as
+    # ``_seconds`` prints them.
+    engine_fields = [const(model_json), value(before='"', after='"'), const("1.0"), const("1.0"), const("1"),
+                     value(), value(), value(), *(value(".6f") for _ in range(6))]
+    engine_fast = bake(ENGINE_SPAN.json_format(False), engine_fields)
+    attrs_e = [engine_fast(vid, *i, *x) for vid, i, x in zip(ident.vllm_ids, ints.T.tolist(), secs.T.tolist())]
+    gaps = np.flatnonzero(np.isnan(secs).any(axis=0))
+    if len(gaps):
+        slow = attrs(ENGINE_SPAN, [
+            (model_json, f'"{ident.vllm_ids[j]}"', "1.0", "1.0", "1", *ints[:, j].tolist(), *_seconds(secs[:, j]))
+            for j in gaps.tolist()], np.full(len(gaps), np.nan))
+        for j, text in zip(gaps.tolist(), slow):
+            attrs_e[j] = text
 
     # Four candidate spans per request, laid out request-major so a trace's spans stay together.
-    ids = _span_ids(record.seed, n)
+    ids = shared.span_ids
     present = np.vstack([np.ones(n, bool), has_p, has_c, has_e])
     parent = np.empty((4, n), dtype=object)
     parent[0] = None
@@ -396,18 +438,18 @@ def spans_from_record(record: Any) -> pd.DataFrame:
     http_flat = flat(https)
     out = pd.DataFrame(
         {
-            "trace_id": pd.array(flat(trace), dtype="string"),
-            "span_id": pd.array(flat(ids), dtype="string"),
-            "parent_span_id": pd.array(flat(parent), dtype="string"),
-            "service": pd.array(flat(services), dtype="string"),
-            "operation": pd.array(flat(ops), dtype="string"),
+            "trace_id": string_array(flat(trace)),
+            "span_id": string_array(flat(ids)),
+            "parent_span_id": string_array(flat(parent)),
+            "service": string_array(flat(services)),
+            "operation": string_array(flat(ops)),
             "start_time_us": start_us,
             "duration_us": end_us - start_us,
-            "status": pd.array(flat(status), dtype="string"),
+            "status": string_array(flat(status)),
             "http_status": pd.arrays.IntegerArray(
                 np.where(np.isfinite(http_flat), http_flat, 0).astype(np.int64), ~np.isfinite(http_flat)
             ),
-            "attributes": pd.array(flat(attrs), dtype="string"),
+            "attributes": string_array(flat(attrs)),
         }
     )
     return out

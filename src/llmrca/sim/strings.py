@@ -1,0 +1,103 @@
+"""Pandas string columns built straight from Python strings (the simulator's trace and log text columns).
+
+``pd.array(values, dtype="string")`` checks every element in Python before it hands the values to pyarrow; the
+simulator's values are already ``str`` (or ``None`` for a missing value), so where pandas' default string dtype is
+the pyarrow one this builds the same array (same dtype, values and missing values) from one ``pyarrow.array``
+call. Anything else takes pandas' own path.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+try:
+    import pyarrow as pa
+except ImportError:  # pragma: no cover - pyarrow is a dependency
+    pa = None
+
+_DTYPE = pd.StringDtype()
+_FAST = pa is not None and getattr(_DTYPE, "storage", "") == "pyarrow" and hasattr(pd.arrays, "ArrowStringArray")
+
+
+def string_array(values: Any) -> Any:
+    """``pd.array(values, dtype="string")`` for a sequence (list or object array) of ``str`` and ``None``."""
+    if _FAST:
+        try:
+            data = values.tolist() if isinstance(values, np.ndarray) else values
+            out = pd.arrays.ArrowStringArray(pa.chunked_array([pa.array(data, type=pa.large_string())]))
+        except (pa.ArrowException, TypeError, ValueError):
+            pass
+        else:
+            if out.dtype == _DTYPE:
+                return out
+    return pd.array(values, dtype="string")
+
+
+def const(text: str) -> tuple[str, str]:
+    """A ``bake`` field whose text is fixed."""
+    return ("const", text)
+
+
+def value(spec: str = "", before: str = "", after: str = "") -> tuple[str, str]:
+    """A ``bake`` field filled per line: printed with ``spec`` (``f"{v:spec}"``), between fixed texts."""
+    esc = _escape
+    return ("pattern", esc(before) + "{" + (":" + spec if spec else "") + "}" + esc(after))
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def bake(fmt: str, fields: list[tuple[str, str]]) -> Any:
+    """The bound ``format`` of ``fmt`` (positional ``{}`` fields only) with its constant fields written in: one
+    entry of ``fields`` per field, ``const(text)`` or ``value(spec)``; the result takes the values in order. Its
+    text is ``fmt.format(*texts)`` where each value's text is ``f"{v:spec}"``."""
+    out = []
+    k = 0
+    for literal, field, spec, conv in string.Formatter().parse(fmt):
+        out.append(_escape(literal))
+        if field is None:
+            continue
+        if field != "" or spec or conv or k >= len(fields):
+            raise ValueError(f"bake: {fmt!r} needs {k + 1}+ plain positional fields, {len(fields)} given")
+        what, text = fields[k]
+        out.append(_escape(text) if what == "const" else text)
+        k += 1
+    if k != len(fields):
+        raise ValueError(f"bake: {fmt!r} has {k} fields, {len(fields)} given")
+    return compiled("".join(out))
+
+
+_SPEC = re.compile(r"[\w.,<>=^+\- #%]*")
+
+
+def compiled(fmt: str) -> Callable[..., str]:
+    """``fmt.format`` for positional fields (``{}`` or ``{0}``, ``{1}``, ...), as a function compiled once from an
+    f-string of the same literals and fields: the same text (each value printed by ``format(v, spec)``, as
+    ``str.format`` does), without parsing the pattern on every call. A pattern with named fields, or a spec this
+    does not know, is left to ``fmt.format``."""
+    parts: list[str] = []
+    top, auto = -1, 0
+    for literal, field, spec, conv in string.Formatter().parse(fmt):
+        if literal:
+            parts.append(repr(literal))
+        if field is None:
+            continue
+        if field == "":
+            idx, auto = auto, auto + 1
+        elif field.isdigit():
+            idx = int(field)
+        else:
+            return fmt.format
+        if (spec and not _SPEC.fullmatch(spec)) or conv not in (None, "r", "s", "a"):
+            return fmt.format
+        top = max(top, idx)
+        parts.append("f'{a" + str(idx) + ("!" + conv if conv else "") + (":" + spec if spec else "") + "}'")
+    args = "".join(f"a{i}, " for i in range(top + 1))
+    return eval(f"lambda {args}*_: {' '.join(parts) or repr('')}")  # our own pattern, checked above

@@ -1,0 +1,114 @@
+"""The simulator's output pinned: digests of every value of small cases (metrics, spans, logs, case.json).
+
+The digests were taken with the simulator as it was before its speed-up of issue 17 (commit 87fa0bd), so a change
+that alters a single bit of a simulated case fails here; a deliberate change of the model updates them (run this
+file's ``_digests`` and paste). They hash the values (column names, dtypes, float bits, texts), not the parquet
+files, so they do not depend on the pyarrow version that writes them (``test_sim_physics.test_same_seed_same_bytes``
+checks the files' bytes within one environment). A numpy release that changed one of its generators' streams
+would change them too (NumPy does not promise stable streams across versions); taken with numpy 2.2.6.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmrca.faults import Injection
+from llmrca.io.native import case_to_json
+from llmrca.sim.config import SimConfig
+from llmrca.sim.run import simulate
+
+_SHORT = {"duration": 120.0, "inject_at": 60.0, "fault_duration": 30.0}
+
+
+def _frame_digest(df: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    for c in df.columns:
+        s = df[c]
+        h.update(f"{c}\0{s.dtype}\0".encode())
+        if pd.api.types.is_string_dtype(s.dtype) or s.dtype == object:
+            h.update("\x1f".join("\0" if v is None or v is pd.NA else str(v) for v in s.tolist()).encode())
+        else:
+            na = s.isna().to_numpy()
+            if s.dtype.kind in "iub":  # integers (nullable ones with a 0 where missing; the mask says where)
+                v = s.to_numpy(dtype=np.int64, na_value=0)
+            else:
+                v = s.to_numpy(dtype=float, na_value=np.nan)
+            h.update(np.ascontiguousarray(v).tobytes() + np.packbits(na).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _digests(case) -> dict[str, str]:
+    obs = case.observation
+    meta = case_to_json(case)
+    meta.get("provenance", {}).pop("version", None)  # the package version, not the simulation
+    return {
+        "metrics": _frame_digest(obs.metrics),
+        "traces": _frame_digest(obs.traces),
+        "logs": _frame_digest(obs.logs),
+        "case": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20],
+    }
+
+
+CASES = {
+    "cpu": (SimConfig(**_SHORT), Injection("cpu", "ray-replicas-1"), 11),
+    "kill+delay": (SimConfig(**_SHORT), [Injection("replica-kill", "ray-replicas-2"),
+                                         Injection("network", "ray-replicas-0")], 5),
+    "normal": (SimConfig(**_SHORT), None, 3),
+}
+
+EXPECTED = {  # taken at commit 87fa0bd (before the speed-up); the same after it
+    "cpu": {"metrics": "3c7f277622415b96b613", "traces": "955dba04530e93a15fa9", "logs": "07eb4b0fe59b72aef9fb",
+            "case": "57db3fd56144d7d4a543"},
+    "kill+delay": {"metrics": "af552b38f206c576531c", "traces": "8765f278fc346e3c95cb", "logs": "7a7213093d330c587342",
+                   "case": "f99833a6dbe5fe21eeb5"},
+    "normal": {"metrics": "f3e0fda6ca280525436c", "traces": "98ccf4763bddc76c40bb", "logs": "2df586c53a4255be83c2",
+               "case": "6c584e0bfb4b88593c71"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_simulated_case_is_the_same_to_the_bit(name):
+    cfg, fault, seed = CASES[name]
+    assert _digests(simulate(cfg, fault, seed)) == EXPECTED[name]
+
+
+# ---- the text helpers the speed-up uses give what they replace ------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["", "plain", "{} and {}", "{:.3f}|{:>7}|{!r}|{:03d}", "{1}-{0}-{1}", "{{x}} {} }}{{",
+                                 "a 'quoted' \"text\" \\ {} {:,}"])
+def test_compiled_formats_print_what_str_format_prints(fmt):
+    from llmrca.sim.strings import compiled
+
+    args = (3.14159, 42, "x'y", 7, 1234567)
+    assert compiled(fmt)(*args) == fmt.format(*args)
+
+
+def test_compiled_leaves_named_fields_to_str_format():
+    from llmrca.sim.strings import compiled
+
+    assert compiled("{a} {}").__name__ == "format"
+
+
+def test_bake_writes_constants_in_and_takes_the_values():
+    from llmrca.sim.strings import bake, const, value
+
+    fmt = "{} [{}] {} {}"
+    f = bake(fmt, [const("{odd}"), value(".2f"), value(before='"', after='"'), const("-")])
+    assert f(1.005, "id") == fmt.format("{odd}", f"{1.005:.2f}", '"id"', "-")
+    with pytest.raises(ValueError, match="fields"):
+        bake(fmt, [const("a")])
+
+
+def test_string_array_is_pandas_string_array():
+    from llmrca.sim.strings import string_array
+
+    values = np.array(["a", None, "ü", ""], dtype=object)
+    got, want = string_array(values), pd.array(values, dtype="string")
+    assert got.dtype == want.dtype
+    assert got.equals(want)
+    assert string_array([1, "b"]).tolist() == pd.array([1, "b"], dtype="string").tolist()
