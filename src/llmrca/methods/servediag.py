@@ -124,6 +124,7 @@ class Hypothesis:
     kind: str
     strength: float
     evidence: str
+    idle_only: bool = False  # an engine-hang read from an idle GPU and fewer completions alone (no stall, no timeout)
 
 
 @dataclass
@@ -308,20 +309,24 @@ def _hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidence, roles
     out += _structural(mc, logs, spans, roles, share_pre, share_post)
     if not reps:
         out += _generic(mc)
-    return _explain_away(out, reps, share_pre, share_post)
+    return _explain_away(out, reps, roles.proxy, share_pre, share_post)
 
 
 # kinds whose replica-level evidence is slowness or queueing, which more traffic alone also produces
 LOAD_DRIVEN = frozenset({"engine-hang", "straggler", "kv-cache-pressure", "network", "network-loss", "cpu"})
 
 
-def _explain_away(hyps: list[Hypothesis], reps: list[str], share_pre: dict[str, float],
+def _explain_away(hyps: list[Hypothesis], reps: list[str], proxy: str | None, share_pre: dict[str, float],
                   share_post: dict[str, float]) -> list[Hypothesis]:
     """Drop or demote the hypotheses that another one explains.
 
     - A replica fault never draws traffic to its replica (a slow, stalled or dead engine gets less from a
       load-aware router, the same from a blind one), so a replica whose share of the traffic rose by half while
       its peers' fell is loaded, not broken: its slowness, queueing and preemptions are effects of that load.
+      The proxy's own pod is left out: a fault of its network draws the traffic to the replica beside it, whose
+      calls do not cross that network.
+    - A replica the router starves idles and completes less, as a hung one does: beside a routing skew, only
+      stalled calls or gateway timeouts make a hang.
     - Longer prompts fill the KV cache, so beside a prompt surge, preemptions are its symptom: they stay a
       candidate, below the surge."""
     hot: set[str] = set()
@@ -329,12 +334,15 @@ def _explain_away(hyps: list[Hypothesis], reps: list[str], share_pre: dict[str, 
         gain = {r: share_post.get(r, 0.0) / max(share_pre.get(r, 0.0), 1e-9) for r in reps}
         for r in reps:
             rest = [gain[q] for q in reps if q != r]
-            if gain[r] >= 1.5 and float(np.median(rest)) < 0.9:
+            if gain[r] >= 1.5 and float(np.median(rest)) < 0.9 and r != proxy:
                 hot.add(r)
     surge = any(h.kind == "prompt-surge" for h in hyps)
+    skew = any(h.kind == "routing-skew" for h in hyps)
     out = []
     for h in hyps:
         if h.service in hot and h.kind in LOAD_DRIVEN:
+            continue
+        if skew and h.idle_only:
             continue
         if surge and h.kind == "kv-cache-pressure" and h.strength >= HARD["prompt-surge"]:
             h = Hypothesis(h.service, h.kind, HARD["prompt-surge"] - 1.0,
@@ -482,7 +490,8 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
         if timeouts:
             ev.append(f"{timeouts} nginx upstream timeouts")
         ev.append("no engine death, no restart")
-        out.append(Hypothesis(r, "engine-hang", HARD["engine-hang"], ", ".join(ev)))
+        out.append(Hypothesis(r, "engine-hang", HARD["engine-hang"], ", ".join(ev),
+                              idle_only=not stall and not timeouts))
     elif died >= 2 or (died >= 1 and gone):
         out.append(Hypothesis(r, "replica-kill", HARD["replica-kill"], died_words or "its traffic stopped"))
     # -- continuous: the GPU's power, clocks and temperature against the peers
