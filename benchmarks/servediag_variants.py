@@ -3,6 +3,7 @@
     python benchmarks/servediag_variants.py [--out bench-variants] [--reps 1] [--jobs 1]
                                             [--methods servediag,baro,nsigma,mm-baro,pdiagnose,microrank]
                                             [--scenarios paper,llm] [--only NAME,...] [--views full]
+                                            [--seed N]
 
 One `llmrca bench` per (scenario, variant) into OUT/<scenario>-<variant> (resumed when it exists), then one table
 per scenario: AC@1 of every method per variant with a 95 % bootstrap interval over the cases, the best
@@ -87,6 +88,9 @@ def main() -> None:
     ap.add_argument("--scenarios", default="paper,llm")
     ap.add_argument("--only", default="", help="comma list of variant names (default: all)")
     ap.add_argument("--views", default="full")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="the suites' seed (default: the scenario's own, 0); another seed gives variants nobody "
+                         "has looked at")
     ap.add_argument("--table-only", action="store_true", help="only rebuild variants.md from the folders there")
     a = ap.parse_args()
     only = [v for v in a.only.split(",") if v] or list(VARIANTS)
@@ -102,7 +106,8 @@ def main() -> None:
                 if (folder / f"results-{view}").exists():
                     rows += collect(folder, view, methods, variant)
                 continue
-            sets = [*VARIANTS[variant], "normal=0", "faults.multi=0"]
+            sets = [*VARIANTS[variant], "normal=0", "faults.multi=0"] + ([f"seed={a.seed}"] if a.seed is not None
+                                                                       else [])
             try:
                 res = run_bench(scenario, folder, reps=a.reps, jobs=a.jobs, methods=a.methods,
                                 views=a.views.split(","), full_methods=a.methods, sets=sets, progress=False,
