@@ -35,6 +35,7 @@ from causallearn.utils.cit import CIT, CIT_Base, register_ci_test
 from scipy.special import log_ndtr
 
 from llmrca.errors import MethodError
+from llmrca.methods.pc_skeleton import stable_skeleton
 
 _CIT_NAME = "llmrca-budgeted"
 _SQRT2 = math.sqrt(2.0)
@@ -268,22 +269,30 @@ def _constraint_search(
 
 
 def _pc_stable(data: np.ndarray, names: list[str], cit: BudgetedCIT, alpha: float, max_cond: int | None) -> np.ndarray:
-    """PC-stable from causal-learn's parts: the skeleton by its fast adjacency search (``fas``), colliders by
-    ``uc_sepset`` (priority 2, as ``pc``'s default), then Meek's rules. The same steps and decisions as
-    ``causallearn...PC.pc(stable=True, uc_rule=0, uc_priority=2, max_k=max_cond)``; ``pc``'s own skeleton loop
-    keeps its removed edges in a list and so grows quadratically (75 s of 90 at 200 columns), and its orientation
-    steps deep-copy the graph together with the CI test's cache. The orientation runs on budgeted subclasses of
-    causal-learn's graphs (``pc_orient``). Returns the CPDAG's endpoint matrix."""
-    from causallearn.graph.GraphNode import GraphNode
-    from causallearn.utils.FAS import fas
+    """PC-stable: the skeleton, colliders by causal-learn's ``uc_sepset`` (priority 2, as ``pc``'s default), then
+    Meek's rules. The same steps and decisions as ``causallearn...PC.pc(stable=True, uc_rule=0, uc_priority=2,
+    max_k=max_cond)``. With Fisher-z the skeleton is ``pc_skeleton.stable_skeleton`` (causal-learn's ``fas``
+    decisions, every test of a depth batched over one correlation matrix; its evidence goes to ``cit.max_logp``);
+    with the discrete tests it is causal-learn's ``fas``. ``pc``'s own skeleton loop keeps its removed edges in a
+    list and so grows quadratically, and its orientation steps deep-copy the graph together with the CI test's
+    cache; the orientation here runs on budgeted subclasses of causal-learn's graphs (``pc_orient``). Returns the
+    CPDAG's endpoint matrix."""
+    from llmrca.methods.pc_orient import budgeted_from_marks, budgeted_graph, orient
 
-    from llmrca.methods.pc_orient import budgeted_graph, orient
+    if cit.inner is None:
+        A, sep_sets, maxlogp = stable_skeleton(cit.corr, cit.sample_size, alpha, max_cond, cit.deadline)
+        iu = np.argwhere(np.triu(A, 1))
+        cit.max_logp.update(zip(map(tuple, iu.tolist()), maxlogp[iu[:, 0], iu[:, 1]].tolist()))
+        cg = budgeted_from_marks(list(names), np.where(A, -1, 0), cit.deadline)
+    else:
+        from causallearn.graph.GraphNode import GraphNode
+        from causallearn.utils.FAS import fas
 
-    nodes = [GraphNode(n) for n in names]
-    G, sep_sets, _ = fas(data, nodes, cit, alpha=float(alpha), depth=-1 if max_cond is None else int(max_cond),
-                         stable=True, show_progress=False)
-    # the orientation steps keep to the same budget as the CI tests (causal-learn's take none: pc_orient.py)
-    cg = budgeted_graph(list(names), G, cit.deadline)
+        nodes = [GraphNode(n) for n in names]
+        G, sep_sets, _ = fas(data, nodes, cit, alpha=float(alpha), depth=-1 if max_cond is None else int(max_cond),
+                             stable=True, show_progress=False)
+        # the orientation steps keep to the same budget as the CI tests (causal-learn's take none: pc_orient.py)
+        cg = budgeted_graph(list(names), G, cit.deadline)
     for (x, y), S in sep_sets.items():
         cg.sepset[x, y] = [tuple(sorted(S))]
     return orient(cg, 2).G.graph

@@ -155,13 +155,27 @@ def _classes() -> tuple[type, type]:
 def budgeted_graph(names: list[str], skeleton: Any, deadline: float | None) -> Any:
     """A CausalGraph over ``names`` holding ``skeleton`` (a GeneralGraph from ``fas``), whose orientation steps keep
     to ``deadline`` (``time.monotonic()`` seconds; None: none)."""
+    cg = budgeted_from_marks(names, skeleton.graph, deadline, nodes=skeleton.get_nodes())
+    cg.G.dpath = skeleton.dpath.copy()
+    return cg
+
+
+def budgeted_from_marks(names: list[str], marks: np.ndarray, deadline: float | None, nodes: Any = None) -> Any:
+    """A budgeted CausalGraph over ``names`` whose graph holds the endpoint matrix ``marks`` (copied), with the
+    ancestor matrix of its directed edges, and empty separating sets. Built without ``CausalGraph.__init__``,
+    which first adds every edge of the complete graph one object at a time (500k at 1,000 columns)."""
+    from causallearn.graph.GraphClass import CausalGraph
+    from causallearn.graph.GraphNode import GraphNode
+
     general, causal = _classes()
-    cg = causal(len(names), names)
-    g = general(skeleton.get_nodes())
-    g.graph = skeleton.graph.copy()
-    g.dpath = skeleton.dpath.copy()
+    g = general(list(nodes) if nodes is not None else [GraphNode(n) for n in names])
+    g.graph = np.array(marks, dtype=g.graph.dtype, copy=True)
     g.deadline = deadline
+    g._reconstitute()
+    cg = causal.__new__(causal)
+    cg.__dict__.update(vars(CausalGraph(0, [])))  # the library's attributes, empty
     cg.G = g
+    cg.sepset = np.empty((len(names), len(names)), object)
     cg.deadline = deadline
     return cg
 

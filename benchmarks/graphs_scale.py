@@ -1,0 +1,67 @@
+"""Time and accuracy of the PC / FCI / Granger graph methods at 200 and 1,000 columns.
+
+    PYTHONPATH=src python benchmarks/graphs_scale.py [--sizes 200,1000] [--cases 3] [--timeout 60]
+        [--only pc-pagerank,granger-randomwalk]
+
+Cases: ``llmrca.synthetic.planted_case`` with 3 metrics per service (67 services = 201 columns, 334 = 1,002),
+240 rows (the default 60-row window each side of the injection: 120 rows reach the method), a sparse random DAG
+whose expected number of parents per service stays the same at every size (``edge_prob = 3.3 / services``, as
+the 201-column case of ``bench_methods_causal.py``: 0.05), and ``frontend=True`` so the random-walk heads have
+an entry service. Per method and size: the median wall seconds of one ``rank`` call over the cases (each with
+``timeout_s`` = ``--timeout``, so the method's own budget is what stops it), how many cases ran past the budget
+or failed, and accuracy: AC@1, AC@5 and Avg@5 of the true root service over the cases (a service's rank is that of its first column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from llmrca.errors import LlmrcaError
+from llmrca.methods import get_method
+from llmrca.synthetic import planted_case
+
+METHODS = ["pc-pagerank", "pc-randomwalk", "fci-pagerank", "fci-randomwalk", "granger-pagerank", "granger-randomwalk"]
+
+
+def case(columns: int, seed: int):
+    services = max(2, round(columns / 3))
+    return planted_case(n_services=services, edge_prob=min(0.3, 3.3 / services), frontend=True, seed=seed)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="200,1000")
+    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    methods = [m for m in METHODS if not args.only or m in args.only.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"{'method':20s} {'cols':>5s} {'median s':>9s} {'max s':>7s} {'failed':>6s} {'AC@1':>5s} {'AC@5':>5s} "
+          f"{'Avg@5':>5s}")
+    for size in sizes:
+        cases = [case(size, s) for s in range(args.cases)]
+        for name in methods:
+            secs, ranks, failed = [], [], []
+            for c in cases:
+                m = get_method(name, timeout_s=args.timeout)
+                t0 = time.perf_counter()
+                try:
+                    r = m.rank(c.observation, seed=0)
+                    ranks.append(r.rank_of(c.truth.service))
+                except LlmrcaError as e:
+                    failed.append(str(e).splitlines()[0][:100])
+                    ranks.append(None)
+                secs.append(time.perf_counter() - t0)
+            ac = [sum(1 for r in ranks if r is not None and r <= k) / len(ranks) for k in range(1, 6)]
+            cols = cases[0].observation.metrics.shape[1] - 1
+            print(f"{name:20s} {cols:5d} {statistics.median(secs):9.2f} {max(secs):7.2f} {len(failed):6d} "
+                  f"{ac[0]:5.2f} {ac[4]:5.2f} {sum(ac) / 5:5.2f}", flush=True)
+            for f in dict.fromkeys(failed):
+                print(f"    failed: {f}")
+
+
+if __name__ == "__main__":
+    main()
