@@ -180,24 +180,21 @@ _TAIL, _ARROW, _CIRCLE = -1, 1, 2
 
 
 def _marks_to_digraph(g: np.ndarray, names: list[str]) -> list[tuple[str, str]]:
-    """Directed edges from causal-learn's endpoint matrix (``g[a, b]`` = mark at a's end of the a–b edge)."""
+    """Directed edges from causal-learn's endpoint matrix (``g[a, b]`` = mark at a's end of the a–b edge), pairs
+    a < b in row order, as the module docstring's rules."""
+    g = np.asarray(g)
+    ma, mb = g, g.T  # ma[a, b] = mark at a's end, mb[a, b] = mark at b's end
+    edge = np.triu((ma != 0) | (mb != 0), 1)
+    fwd = ((mb == _ARROW) & (ma != _ARROW)) | ((ma == _TAIL) & (mb == _CIRCLE))  # a -> b only
+    bwd = ((ma == _ARROW) & (mb != _ARROW)) | ((mb == _TAIL) & (ma == _CIRCLE))  # b -> a only
     out: list[tuple[str, str]] = []
-    k = len(names)
-    for a in range(k):
-        for b in range(a + 1, k):
-            ma, mb = int(g[a, b]), int(g[b, a])
-            if ma == 0 and mb == 0:
-                continue
-            if mb == _ARROW and ma != _ARROW:
-                out.append((names[a], names[b]))
-            elif ma == _ARROW and mb != _ARROW:
-                out.append((names[b], names[a]))
-            elif ma == _TAIL and mb == _CIRCLE:
-                out.append((names[a], names[b]))
-            elif mb == _TAIL and ma == _CIRCLE:
-                out.append((names[b], names[a]))
-            else:
-                out.extend([(names[a], names[b]), (names[b], names[a])])
+    for a, b in np.argwhere(edge).tolist():
+        if fwd[a, b]:
+            out.append((names[a], names[b]))
+        elif bwd[a, b]:
+            out.append((names[b], names[a]))
+        else:
+            out.extend([(names[a], names[b]), (names[b], names[a])])
     return out
 
 
@@ -284,6 +281,9 @@ def _pc_stable(data: np.ndarray, names: list[str], cit: BudgetedCIT, alpha: floa
         iu = np.argwhere(np.triu(A, 1))
         cit.max_logp.update(zip(map(tuple, iu.tolist()), maxlogp[iu[:, 0], iu[:, 1]].tolist()))
         cg = budgeted_from_marks(list(names), np.where(A, -1, 0), cit.deadline)
+        empty = np.empty(1, dtype=object)
+        empty[0] = [()]  # one shared record for the pairs removed at depth 0 (the orientation only reads it)
+        cg.sepset[~A & ~np.eye(len(names), dtype=bool)] = empty
     else:
         from causallearn.graph.GraphNode import GraphNode
         from causallearn.utils.FAS import fas

@@ -31,7 +31,7 @@ import numpy as np
 
 # How many candidate pairs are listed between two looks at the clock.
 _CHECK_EVERY = 4096
-_PLAIN = (-1, 0, 1)  # tail, none, arrow: the only endpoint marks PC's orientation makes
+_MARKS = (-1, 0, 1, 2)  # tail, none, arrow, circle: the only endpoint marks PC's and FCI's steps make
 
 
 @functools.cache
@@ -48,32 +48,57 @@ def _classes() -> tuple[type, type]:
 
     class BudgetedGeneralGraph(GeneralGraph):
         deadline: float | None = None
+        _exotic: bool = False  # some mark outside tail / none / arrow / circle (a multi-edge's): the library's path
+        _pending: tuple[np.ndarray, list[tuple[int, int]]] | None = None
+
+        # The ancestor matrix is rebuilt lazily: a removed directed edge records the marks it leaves, later
+        # adjust_dpath calls are logged, and the first read replays both (the same matrix as rebuilding at once;
+        # PC's collider step removes hundreds of directed edges and never reads it, Meek's rules read it).
+        @property
+        def dpath(self) -> np.ndarray:
+            if self._pending is not None:
+                marks, log = self._pending
+                self._pending = None
+                self._reconstitute(marks)
+                for i, j in log:
+                    self.adjust_dpath(i, j)
+            return self._dpath
+
+        @dpath.setter
+        def dpath(self, value: np.ndarray) -> None:
+            self._pending = None
+            self._dpath = value
 
         def add_edge(self, edge: Any) -> Any:
             check(self.deadline)
-            return super().add_edge(edge)
+            out = super().add_edge(edge)
+            i, j = self.node_map[edge.get_node1()], self.node_map[edge.get_node2()]
+            if self.graph[i, j] not in _MARKS or self.graph[j, i] not in _MARKS:
+                self._exotic = True
+            return out
 
         def remove_edge(self, edge: Any) -> Any:
-            """GeneralGraph.remove_edge for a graph of tails and arrows only (what PC's steps make; anything
-            else goes to the library): the same marks, and the same ancestor matrix rebuilt from the matrix of
-            marks instead of from a list of every edge's object."""
+            """GeneralGraph.remove_edge for a graph of tails, arrows and circles only (what PC's and FCI's steps
+            make; anything else goes to the library): the same marks, and the same ancestor matrix rebuilt from the
+            matrix of marks instead of from a list of every edge's object."""
             check(self.deadline)
-            g = self.graph
-            if not np.isin(g, _PLAIN).all():
+            if self._exotic:
                 return super().remove_edge(edge)
+            g = self.graph
             i, j = self.node_map[edge.get_node1()], self.node_map[edge.get_node2()]
             out_of, in_to = g[j, i], g[i, j]
             directed = (out_of == 1 and in_to == -1) or (in_to == 1 and out_of == -1)
             if edge.get_numerical_endpoint1() == in_to and edge.get_numerical_endpoint2() == out_of:
                 g[j, i] = g[i, j] = 0
             if directed:
-                self._reconstitute()
+                self._pending = (g.copy(), [])
 
-        def _reconstitute(self) -> None:
-            """reconstitute_dpath(get_graph_edges()): the identity, then each directed edge's adjust_dpath,
-            parent first, in the reverse of the edge list's order (pairs i < j, row by row)."""
-            g = self.graph
-            self.dpath = np.eye(self.num_vars, dtype=self.dpath.dtype)
+        def _reconstitute(self, marks: np.ndarray | None = None) -> None:
+            """reconstitute_dpath(get_graph_edges()) on ``marks`` (default: the graph's): the identity, then each
+            directed edge's adjust_dpath, parent first, in the reverse of the edge list's order (pairs i < j, row by
+            row)."""
+            g = self.graph if marks is None else marks
+            self.dpath = np.eye(self.num_vars, dtype=self._dpath.dtype)
             ii, jj = np.nonzero(np.triu((g.T == 1) & (g == -1) | (g == 1) & (g.T == -1), 1))
             for i, j in zip(ii[::-1].tolist(), jj[::-1].tolist()):
                 if g[j, i] == 1:  # i --> j
@@ -85,7 +110,10 @@ def _classes() -> tuple[type, type]:
             """GeneralGraph.adjust_dpath's loop over k, as whole-row and whole-column writes: the loop reads row i
             and column j before it writes them, except dpath[j, j], written (from dpath[i, j]) just before it
             is read; for i == j the loop writes nothing new."""
-            d = self.dpath
+            if self._pending is not None:
+                self._pending[1].append((i, j))
+                return
+            d = self._dpath
             if i == j:
                 d[i, i] = 1
                 return
@@ -98,6 +126,18 @@ def _classes() -> tuple[type, type]:
 
     class BudgetedCausalGraph(CausalGraph):
         deadline: float | None = None
+
+        def __deepcopy__(self, memo: dict) -> Any:
+            """uc_sepset and meek start with ``deepcopy(cg)`` and then only read the separating sets: the copy
+            shares them (and the CI test) instead of copying one list per removed pair (1M at 1,000 columns);
+            everything else is copied as deepcopy would."""
+            import copy
+
+            new = self.__class__.__new__(self.__class__)
+            memo[id(self)] = new
+            for key, val in self.__dict__.items():
+                new.__dict__[key] = val if key in ("sepset", "test") else copy.deepcopy(val, memo)
+            return new
 
         def is_fully_directed(self, i: int, j: int) -> bool:
             check(self.deadline)
@@ -171,6 +211,7 @@ def budgeted_from_marks(names: list[str], marks: np.ndarray, deadline: float | N
     g = general(list(nodes) if nodes is not None else [GraphNode(n) for n in names])
     g.graph = np.array(marks, dtype=g.graph.dtype, copy=True)
     g.deadline = deadline
+    g._exotic = not np.isin(g.graph, _MARKS).all()
     g._reconstitute()
     cg = causal.__new__(causal)
     cg.__dict__.update(vars(CausalGraph(0, [])))  # the library's attributes, empty

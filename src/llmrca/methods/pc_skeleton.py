@@ -96,8 +96,10 @@ def stable_skeleton(
 ) -> tuple[np.ndarray, dict[tuple[int, int], set[int]], np.ndarray]:
     """PC-stable's skeleton from the correlation matrix ``C`` of ``n`` rows (module docstring).
 
-    Returns (adjacency: bool (k, k) symmetric, separating sets keyed by both (x, y) and (y, x) as causal-learn's
-    ``fas`` returns them, max log p-value per pair: (k, k) symmetric, -inf where no test ran).
+    Returns (adjacency: bool (k, k) symmetric; the separating sets of the pairs removed at depth ≥ 1, keyed by both
+    (x, y) and (y, x) as causal-learn's ``fas`` returns them — a non-adjacent pair without an entry was removed at
+    depth 0 and its set is empty (not stored: half a million pairs at 1,000 columns); the max log p-value per
+    pair: (k, k) symmetric, -inf where no test ran).
     """
     k = C.shape[0]
     log_alpha = math.log(alpha)
@@ -113,15 +115,11 @@ def stable_skeleton(
             iu = np.argwhere(np.triu(A, 1))
             lp = fisherz_logp(C, n, iu)
             maxlogp[iu[:, 0], iu[:, 1]] = lp
-            maxlogp[iu[:, 1], iu[:, 0]] = lp
             gone = iu[lp > log_alpha]
             A[gone[:, 0], gone[:, 1]] = A[gone[:, 1], gone[:, 0]] = False
-            for x, y in gone.tolist():
-                sep[(x, y)] = set()
-                sep[(y, x)] = set()
             continue
         frozen = A.copy()
-        found: dict[tuple[int, int], set[int]] = {}
+        indep: list[np.ndarray] = []  # rows (min(x, y), max(x, y), s1..sd) of the tests that gave p > alpha
         pending: list[np.ndarray] = []
         size = 0
 
@@ -130,9 +128,9 @@ def stable_skeleton(
             lp = fisherz_logp(C, n, idx)
             a, b = np.minimum(idx[:, 0], idx[:, 1]), np.maximum(idx[:, 0], idx[:, 1])
             np.maximum.at(maxlogp, (a, b), lp)
-            for t in np.flatnonzero(lp > log_alpha).tolist():
-                key = (int(a[t]), int(b[t]))
-                found.setdefault(key, set()).update(int(s) for s in idx[t, 2:])
+            hit = lp > log_alpha
+            if hit.any():
+                indep.append(np.column_stack([a[hit], b[hit], idx[hit, 2:]]))
             _check(deadline)
 
         for x in range(k):
@@ -156,9 +154,17 @@ def stable_skeleton(
                     pending, size = [], 0
         if pending:
             run(pending)
-        for (a, b), s in found.items():
+        if indep:
+            rows = np.concatenate(indep).astype(np.int64)
+            # one key (a, b, s) per conditioning variable of an independence, deduplicated: the union per pair
+            keys = np.unique((np.repeat(rows[:, 0] * k + rows[:, 1], depth) * k) + rows[:, 2:].reshape(-1))
+            pair, var = np.divmod(keys, k)
+            pairs, first = np.unique(pair, return_index=True)
+            a, b = np.divmod(pairs, k)
             A[a, b] = A[b, a] = False
-            sep[(a, b)] = set(s)
-            sep[(b, a)] = set(s)
+            for x, y, vals in zip(a.tolist(), b.tolist(), np.split(var, first[1:])):
+                sv = set(vals.tolist())
+                sep[(x, y)] = sv
+                sep[(y, x)] = set(sv)
     maxlogp = np.maximum(maxlogp, maxlogp.T)
     return A, sep, maxlogp
