@@ -238,13 +238,8 @@ def _constraint_search(
                 cit = BudgetedCIT(data, ci_test, deadline)
                 marks = _pc_stable(data, u.names, cit, alpha, max_cond)
             else:
-                from causallearn.search.ConstraintBased.FCI import fci
-
-                pag, _ = fci(data, _CIT_NAME, float(alpha), depth=-1 if max_cond is None else int(max_cond),
-                             max_path_length=int(max_path_length), show_progress=False, node_names=u.names,
-                             inner=ci_test, deadline=deadline)
-                marks = pag.graph
-                cit = None
+                cit = BudgetedCIT(data, ci_test, deadline)
+                marks = _fci(data, u.names, cit, alpha, max_cond, int(max_path_length))
     except BudgetExceeded:
         raise MethodError(
             f"{which.upper()} exceeded its time budget of {timeout_s:g} s on {len(u.names)} columns "
@@ -255,7 +250,7 @@ def _constraint_search(
     except Exception as e:  # a failure inside the library must not pass as an empty graph
         raise MethodError(f"{which.upper()} failed on {len(u.names)} columns: {type(e).__name__}: {e}") from e
     G.add_edges_from(_marks_to_digraph(np.asarray(marks), u.names))
-    if cit is not None:
+    if which == "pc":
         idx = {n: i for i, n in enumerate(u.names)}
         for a, b in G.edges:
             i, j = sorted((idx[a], idx[b]))
@@ -296,6 +291,109 @@ def _pc_stable(data: np.ndarray, names: list[str], cit: BudgetedCIT, alpha: floa
     for (x, y), S in sep_sets.items():
         cg.sepset[x, y] = [tuple(sorted(S))]
     return orient(cg, 2).G.graph
+
+
+class _SepSets(dict):
+    """FCI's separating sets: the stored ones, and the empty set for a pair the skeleton removed at depth 0 (what
+    causal-learn's ``fas`` would have stored); ``get`` is all FCI's rules use."""
+
+    def __init__(self, stored: dict, adjacent: np.ndarray) -> None:
+        super().__init__(stored)
+        self.adjacent = adjacent
+
+    def get(self, key, default=None):
+        if key in self:
+            return self[key]
+        x, y = key
+        return set() if x != y and not self.adjacent[x, y] else default
+
+
+def _fci(data: np.ndarray, names: list[str], cit: BudgetedCIT, alpha: float, max_cond: int | None,
+         max_path_length: int) -> np.ndarray:
+    """FCI (Spirtes, Glymour & Scheines 2000; the rules of Zhang 2008): causal-learn's ``fci`` step by step, on a
+    budgeted graph (``pc_orient``), with two changes.
+
+    - The skeleton is ``pc_skeleton.stable_skeleton`` for Fisher-z (causal-learn's ``fas`` decisions, batched).
+    - The possible-D-SEP step tests conditioning sets of at most ``max_cond`` variables, as the order-bounded FCI
+      does (pcalg's ``fci(m.max=)`` bounds every test, this step's included; causal-learn's bounds only the
+      skeleton, and its possible-D-SEP step tests every subset: 2^|possible-D-SEP| tests per edge). With
+      ``max_cond=None`` it is causal-learn's step.
+
+    Orientation: causal-learn's rules R0–R10 in ``fci``'s order, each look at the graph checking the deadline.
+    Returns the PAG's endpoint matrix."""
+    from causallearn.graph.Endpoint import Endpoint
+    from causallearn.search.ConstraintBased import FCI as F
+
+    from llmrca.methods.pc_orient import budgeted_from_marks
+
+    if cit.inner is None:
+        A, stored, _ = stable_skeleton(cit.corr, cit.sample_size, alpha, max_cond, cit.deadline)
+        sep = _SepSets(stored, A)
+        cg = budgeted_from_marks(list(names), np.where(A, -1, 0), cit.deadline)
+    else:
+        from causallearn.utils.FAS import fas
+
+        cg = budgeted_from_marks(list(names), np.zeros((len(names), len(names)), int), cit.deadline)
+        G, stored, _ = fas(data, cg.G.nodes, cit, alpha=float(alpha), depth=-1 if max_cond is None else int(max_cond),
+                           stable=True, show_progress=False)
+        cg = budgeted_from_marks(list(names), G.graph, cit.deadline, nodes=G.get_nodes())
+        sep = _SepSets(stored, G.graph != 0)
+    graph = cg.G
+    nodes = graph.nodes
+    for i, node in enumerate(nodes):
+        node.add_attribute("id", i)
+    F.reorientAllWith(graph, Endpoint.CIRCLE)
+    F.rule0(graph, nodes, sep, None, False)
+    _remove_by_possible_dsep(graph, cit, alpha, sep, max_cond)
+    F.reorientAllWith(graph, Endpoint.CIRCLE)
+    F.rule0(graph, nodes, sep, None, False)
+    change = True
+    while change:
+        change = F.rulesR1R2cycle(graph, None, False, False)
+        change = F.ruleR3(graph, sep, None, change, False)
+        if change:
+            change = F.ruleR4B(graph, max_path_length, data, cit, alpha, sep, change, None, False)
+        change = F.ruleR5(graph, change, False)
+        change = F.ruleR6(graph, change, False)
+        change = F.ruleR7(graph, change, False)
+        change = F.rule8(graph, nodes, change)
+        change = F.rule9(graph, nodes, change)
+        change = F.rule10(graph, change)
+    return graph.graph
+
+
+def _remove_by_possible_dsep(graph, cit: BudgetedCIT, alpha: float, sep: dict, max_cond: int | None) -> None:
+    """FCI's second adjacency pass: an edge a *-* b goes when a and b are independent given some set of 2 to
+    ``max_cond`` nodes (None: any size) of Possible-D-SEP(a, b), or failing that of Possible-D-SEP(b, a), that is
+    not already within a's or b's adjacencies; the first such set (by size, then in index order of the
+    possible-D-SEP list) is recorded. Possible-D-SEP is causal-learn's ``getPossibleDsep``."""
+    from itertools import combinations
+
+    from causallearn.search.ConstraintBased.FCI import getPossibleDsep
+
+    index = graph.get_node_map()
+    for edge in graph.get_graph_edges():
+        a, b = edge.get_node1(), edge.get_node2()
+        for first, second in ((a, b), (b, a)):
+            pds = getPossibleDsep(first, second, graph, -1)
+            adj_a, adj_b = set(graph.get_adjacent_nodes(a)), set(graph.get_adjacent_nodes(b))
+            top = len(pds) if max_cond is None else min(len(pds), max_cond)
+            removed = False
+            for size in range(2, top + 1):
+                for choice in combinations(range(len(pds)), size):
+                    S = {pds[c] for c in choice}
+                    if S <= adj_a or S <= adj_b:
+                        continue
+                    cond = tuple(index[pds[c]] for c in choice)
+                    if cit(index[a], index[b], cond) > alpha:
+                        graph.remove_edge(edge)
+                        sep[(index[a], index[b])] = set(cond)
+                        removed = True
+                        break
+                if removed:
+                    break
+            if removed:
+                break
 
 
 def _as_codes(data: np.ndarray) -> np.ndarray:

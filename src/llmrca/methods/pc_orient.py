@@ -77,6 +77,66 @@ def _classes() -> tuple[type, type]:
                 self._exotic = True
             return out
 
+        # GeneralGraph's queries that scan a whole row in Python, as one numpy scan (the same nodes in the same
+        # order) when every mark is plain; each looks at the clock, so FCI's rules keep to the budget too.
+        def _nodes_at(self, mask: np.ndarray) -> list[Any]:
+            nodes = self.nodes
+            return [nodes[k] for k in np.flatnonzero(mask).tolist()]
+
+        def get_adjacent_nodes(self, node: Any) -> list[Any]:
+            check(self.deadline)
+            j = self.node_map[node]
+            return self._nodes_at((self.graph[j] != 0) & (self.graph[:, j] != 0))
+
+        def get_node_edges(self, node: Any) -> list[Any]:
+            check(self.deadline)
+            if self._exotic:
+                return super().get_node_edges(node)
+            i = self.node_map[node]
+            return [self.get_edge(node, n2) for n2 in self._nodes_at(np.isin(self.graph[:, i], (1, -1, 2)))]
+
+        def get_graph_edges(self) -> list[Any]:
+            check(self.deadline)
+            if self._exotic:
+                return super().get_graph_edges()
+            nodes = self.nodes
+            ii, jj = np.nonzero(np.triu(np.isin(self.graph.T, (1, -1, 2)), 1))
+            return [self.get_edge(nodes[i], nodes[j]) for i, j in zip(ii.tolist(), jj.tolist())]
+
+        def get_parents(self, node: Any) -> list[Any]:
+            if self._exotic:
+                return super().get_parents(node)
+            j = self.node_map[node]
+            return self._nodes_at((self.graph[:, j] == -1) & (self.graph[j] == 1))
+
+        def get_children(self, node: Any) -> list[Any]:
+            if self._exotic:
+                return super().get_children(node)
+            i = self.node_map[node]
+            return self._nodes_at((self.graph[:, i] == 1) & (self.graph[i] == -1))
+
+        def get_nodes_into(self, node: Any, endpoint: Any) -> list[Any]:
+            check(self.deadline)
+            want = {"ARROW": 1, "TAIL": -1, "CIRCLE": 2}.get(str(endpoint))
+            if self._exotic or want is None:
+                return super().get_nodes_into(node, endpoint)
+            return self._nodes_at(self.graph[self.node_map[node]] == want)
+
+        def get_nodes_out_of(self, node: Any, endpoint: Any) -> list[Any]:
+            check(self.deadline)
+            want = {"ARROW": 1, "TAIL": -1, "CIRCLE": 2}.get(str(endpoint))
+            if self._exotic or want is None:
+                return super().get_nodes_out_of(node, endpoint)
+            return self._nodes_at(self.graph[:, self.node_map[node]] == want)
+
+        def get_edge(self, node1: Any, node2: Any) -> Any:
+            check(self.deadline)
+            return super().get_edge(node1, node2)
+
+        def is_adjacent_to(self, node1: Any, node2: Any) -> bool:
+            check(self.deadline)
+            return super().is_adjacent_to(node1, node2)
+
         def remove_edge(self, edge: Any) -> Any:
             """GeneralGraph.remove_edge for a graph of tails, arrows and circles only (what PC's and FCI's steps
             make; anything else goes to the library): the same marks, and the same ancestor matrix rebuilt from the
