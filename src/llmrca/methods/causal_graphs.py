@@ -447,12 +447,16 @@ def fci_graph(
 # --- Granger -----------------------------------------------------------------------------------------------
 
 
-def granger_pvalues(data: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
+def granger_pvalues(data: np.ndarray, lag: int, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise Granger-causality SSR F-tests at one lag, all pairs at once.
 
     ``P[i, j]`` is the p-value of "column i Granger-causes column j": the F-test of adding i's ``lag`` lags to the
     regression of j on a constant and its own ``lag`` lags, on the rows where all lags exist — the statistic of
     statsmodels' ``grangercausalitytests`` (``ssr_ftest``). Returns (F, P); the diagonal is NaN.
+
+    All pairs share one lagged design: per block of targets, one QR of each target's own lags, then every cause's
+    normal equations from the lag columns' Gram matrix minus their projection (Frisch–Waugh). ``deadline``
+    (``time.monotonic()`` seconds) is checked between blocks (``BudgetExceeded``).
     """
     from scipy import stats
 
@@ -463,29 +467,41 @@ def granger_pvalues(data: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]
         raise MethodError(f"Granger test at lag {lag} needs more than {3 * lag + 1} rows, got {n}")
     y = data[lag:]  # (m, k)
     lags = np.stack([data[lag - t : n - t] for t in range(1, lag + 1)], axis=2)  # (m, k, lag)
+    # Every design holds the constant, so centring y and the lags over the m rows changes no fit (and keeps the
+    # normal equations below well conditioned).
+    y = y - y.mean(axis=0)
+    lags = lags - lags.mean(axis=0)
+    flat = lags.reshape(m, k * lag)  # column i*lag + t = series i at lag t+1
+    own_gram = np.einsum("mkl,mkh->klh", lags, lags)  # (k, lag, lag): L_i' L_i
     F = np.full((k, k), np.nan)
-    ones = np.ones((m, 1))
-    for j in range(k):
-        Z = np.hstack([ones, lags[:, j, :]])  # restricted design: constant + own lags
-        Q, _ = np.linalg.qr(Z)
-        yr = y[:, j] - Q @ (Q.T @ y[:, j])
-        ssr_r = float(yr @ yr)
-        # Frisch–Waugh: the unrestricted fit's extra explained sum of squares is that of yr on the other series'
-        # lags after projecting out Z.
-        W = lags - np.einsum("mq,qkl->mkl", Q, np.einsum("mq,mkl->qkl", Q, lags))  # (m, k, lag)
-        Wt = np.transpose(W, (1, 0, 2))  # (k, m, lag)
-        gram = np.einsum("kml,kmh->klh", Wt, Wt)
-        rhs = np.einsum("kml,m->kl", Wt, yr)
-        coef = _batched_solve(gram, rhs)
-        explained = np.einsum("kl,kl->k", coef, rhs)
-        ssr_u = np.maximum(ssr_r - explained, 0.0)
+    for s in range(0, k, _GRANGER_BLOCK):
+        if deadline is not None and time.monotonic() > deadline:
+            raise BudgetExceeded
+        js = np.arange(s, min(k, s + _GRANGER_BLOCK))
+        # Restricted fits (own lags; the constant is the centring): an orthonormal basis Q_j per target.
+        Q, _ = np.linalg.qr(lags[:, js, :].transpose(1, 0, 2))  # (b, m, lag)
+        yj = y[:, js].T  # (b, m)
+        yr = yj - np.einsum("bmq,bq->bm", Q, np.einsum("bmq,bm->bq", Q, yj))
+        ssr_r = np.einsum("bm,bm->b", yr, yr)
+        # Frisch–Waugh: adding i's lags explains rhs' gram^-1 rhs of yr, with W_i = L_i minus its projection on
+        # Q_j: gram = L_i'L_i - (Q_j'L_i)'(Q_j'L_i), rhs = L_i'yr (yr is already orthogonal to Q_j).
+        P = np.einsum("bmq,mc->bqc", Q, flat).reshape(len(js), lag, k, lag)  # (b, q, i, t)
+        gram = own_gram[None] - np.einsum("bqil,bqih->bilh", P, P)  # (b, k, lag, lag)
+        rhs = (yr @ flat).reshape(len(js), k, lag)  # (b, k, lag)
+        gram[np.arange(len(js)), js] = np.eye(lag)  # i = j: no test (NaN below); keeps the batch non-singular
+        coef = _batched_solve(gram.reshape(-1, lag, lag), rhs.reshape(-1, lag)).reshape(len(js), k, lag)
+        explained = np.einsum("bkl,bkl->bk", coef, rhs)
+        ssr_u = np.maximum(ssr_r[:, None] - explained, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            f = ((ssr_r - ssr_u) / lag) / (ssr_u / df_resid)
-        f[j] = np.nan
-        F[:, j] = f
+            f = ((ssr_r[:, None] - ssr_u) / lag) / (ssr_u / df_resid)  # (b targets, k causes)
+        f[np.arange(len(js)), js] = np.nan
+        F[:, js] = f.T
     with np.errstate(invalid="ignore"):
         P = stats.f.sf(F, lag, df_resid)
     return F, P
+
+
+_GRANGER_BLOCK = 64  # targets per batch: (64, 1000, lag, lag) grams
 
 
 def _batched_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -521,16 +537,19 @@ def granger_graph(
     best_p = np.full((len(u.names),) * 2, np.inf)
     best_f = np.zeros_like(best_p)
     for lag in range(1, max_lag + 1):
-        F, P = granger_pvalues(u.data, lag)
+        try:
+            F, P = granger_pvalues(u.data, lag, deadline)
+        except BudgetExceeded:
+            raise MethodError(f"Granger exceeded its time budget of {timeout_s:g} s on {len(u.names)} columns") from None
         better = np.nan_to_num(P, nan=np.inf) < best_p
         best_p = np.where(better, P, best_p)
         best_f = np.where(better, F, best_f)
         if deadline is not None and time.monotonic() > deadline:
             raise MethodError(f"Granger exceeded its time budget of {timeout_s:g} s on {len(u.names)} columns")
-    for i, a in enumerate(u.names):
-        for j, b in enumerate(u.names):
-            if i != j and best_p[i, j] < alpha:
-                G.add_edge(a, b, pvalue=float(best_p[i, j]), weight=float(best_f[i, j]))
+    names_ = u.names
+    ii, jj = np.nonzero((best_p < alpha) & ~np.eye(len(names_), dtype=bool))
+    G.add_edges_from((names_[i], names_[j], {"pvalue": p, "weight": f}) for i, j, p, f in
+                     zip(ii.tolist(), jj.tolist(), best_p[ii, jj].tolist(), best_f[ii, jj].tolist()))
     return G
 
 
