@@ -123,7 +123,7 @@ def stable_skeleton(
         pending: list[np.ndarray] = []
         size = 0
 
-        def run(batch: list[np.ndarray]) -> None:
+        def run(batch: list[np.ndarray], indep: list[np.ndarray] = indep) -> None:
             idx = np.concatenate(batch)
             lp = fisherz_logp(C, n, idx)
             a, b = np.minimum(idx[:, 0], idx[:, 1]), np.maximum(idx[:, 0], idx[:, 1])
