@@ -279,6 +279,8 @@ def _pc_stable(data: np.ndarray, names: list[str], cit: BudgetedCIT, alpha: floa
         empty = np.empty(1, dtype=object)
         empty[0] = [()]  # one shared record for the pairs removed at depth 0 (the orientation only reads it)
         cg.sepset[~A & ~np.eye(len(names), dtype=bool)] = empty
+        if cit.deadline is not None and time.monotonic() > cit.deadline:
+            raise BudgetExceeded
     else:
         from causallearn.graph.GraphNode import GraphNode
         from causallearn.utils.FAS import fas
