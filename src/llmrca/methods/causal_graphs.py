@@ -333,10 +333,10 @@ def _fci(data: np.ndarray, names: list[str], cit: BudgetedCIT, alpha: float, max
         sep = _SepSets(stored, A)
         cg = budgeted_from_marks(list(names), np.where(A, -1, 0), cit.deadline)
     else:
+        from causallearn.graph.GraphNode import GraphNode
         from causallearn.utils.FAS import fas
 
-        cg = budgeted_from_marks(list(names), np.zeros((len(names), len(names)), int), cit.deadline)
-        G, stored, _ = fas(data, cg.G.nodes, cit, alpha=float(alpha), depth=-1 if max_cond is None else int(max_cond),
+        G, stored, _ = fas(data, [GraphNode(n) for n in names], cit, alpha=float(alpha), depth=-1 if max_cond is None else int(max_cond),
                            stable=True, show_progress=False)
         cg = budgeted_from_marks(list(names), G.graph, cit.deadline, nodes=G.get_nodes())
         sep = _SepSets(stored, G.graph != 0)
@@ -416,7 +416,8 @@ def pc_graph(
     seed: int = 0,
     timeout_s: float | None = None,
 ) -> nx.DiGraph:
-    """PC-stable (causal-learn) with conditioning sets of at most ``max_cond`` variables (None = unbounded).
+    """PC-stable (causal-learn's decisions; Fisher-z skeleton batched: ``pc_skeleton``) with conditioning sets of at
+    most ``max_cond`` variables (None = unbounded).
 
     ``seed`` is accepted for a uniform builder signature; PC-stable is deterministic. Edge ``pvalue`` = largest
     p-value of the CI tests run on the pair (all ≤ ``alpha`` for a kept edge), ``log10_pvalue`` its log10
@@ -437,8 +438,10 @@ def fci_graph(
     seed: int = 0,
     timeout_s: float | None = None,
 ) -> nx.DiGraph:
-    """FCI (causal-learn); ``max_cond`` bounds the adjacency search's depth, ``max_path_length`` the
-    discriminating paths (-1 = unbounded). ``seed`` is accepted for a uniform signature; FCI is deterministic."""
+    """FCI (causal-learn's rules on the batched skeleton: ``_fci``); ``max_cond`` bounds the conditioning sets of
+    the adjacency search and of the possible-D-SEP step (None = unbounded: causal-learn's ``fci``),
+    ``max_path_length`` the discriminating paths (-1 = unbounded). ``seed`` is accepted for a uniform signature;
+    FCI is deterministic."""
     del seed
     return _constraint_search(
         "fci", X, names, alpha=alpha, max_cond=max_cond, ci_test=ci_test, timeout_s=timeout_s,
