@@ -13,7 +13,14 @@ budget ran on for minutes in them. Here the same two functions run on subclasses
 - list the triples, triangles and kites grouped by their shared node instead of over all pairs: the same lists,
   in the same order, at a cost that grows with the degrees rather than with the square of the edge count;
 - check the deadline at every edge change and every edge test of the orientation loops (and while listing),
-  raising ``BudgetExceeded``; so a budget is overrun by at most one edge change.
+  raising ``BudgetExceeded``; so a budget is overrun by at most one edge change;
+- rebuild the ancestor matrix lazily (on its first read after a directed edge went: PC's collider step removes
+  hundreds and never reads it), share the read-only separating sets between the copies ``uc_sepset`` and ``meek``
+  make (one list per removed pair: a million at 1,000 columns), and build the graph without
+  ``CausalGraph.__init__``'s complete graph of edge objects;
+- answer the row scans FCI's rules make (adjacent nodes, a node's edges, parents, children, nodes into / out of)
+  with one numpy scan each, and look at the clock there too, so ``causal_graphs._fci`` runs causal-learn's FCI
+  rules on these graphs within the budget.
 
 Every decision is causal-learn's own: ``tests/test_pc_orient.py`` compares the endpoint matrices, the ancestor
 matrices and the lists with the library's on random graphs. Side by side on random skeletons of mean degree 3
