@@ -368,16 +368,20 @@ def _remove_by_possible_dsep(graph, cit: BudgetedCIT, alpha: float, sep: dict, m
     """FCI's second adjacency pass: an edge a *-* b goes when a and b are independent given some set of 2 to
     ``max_cond`` nodes (None: any size) of Possible-D-SEP(a, b), or failing that of Possible-D-SEP(b, a), that is
     not already within a's or b's adjacencies; the first such set (by size, then in index order of the
-    possible-D-SEP list) is recorded. Possible-D-SEP is causal-learn's ``getPossibleDsep``."""
+    possible-D-SEP list) is recorded. Possible-D-SEP is causal-learn's ``getPossibleDsep``, computed on the marks
+    matrix (``fci_pdsep``)."""
     from itertools import combinations
 
-    from causallearn.search.ConstraintBased.FCI import getPossibleDsep
+    from llmrca.methods.fci_pdsep import PossibleDsep
 
     index = graph.get_node_map()
+    pdsep = PossibleDsep(graph)
     for edge in graph.get_graph_edges():
+        if cit.deadline is not None and time.monotonic() > cit.deadline:
+            raise BudgetExceeded
         a, b = edge.get_node1(), edge.get_node2()
         for first, second in ((a, b), (b, a)):
-            pds = getPossibleDsep(first, second, graph, -1)
+            pds = pdsep(index[first], index[second], -1)
             adj_a, adj_b = set(graph.get_adjacent_nodes(a)), set(graph.get_adjacent_nodes(b))
             top = len(pds) if max_cond is None else min(len(pds), max_cond)
             removed = False
@@ -389,6 +393,7 @@ def _remove_by_possible_dsep(graph, cit: BudgetedCIT, alpha: float, sep: dict, m
                     cond = tuple(index[pds[c]] for c in choice)
                     if cit(index[a], index[b], cond) > alpha:
                         graph.remove_edge(edge)
+                        pdsep.refresh()
                         sep[(index[a], index[b])] = set(cond)
                         removed = True
                         break
