@@ -139,6 +139,7 @@ def test_possible_dsep_equals_causal_learns():
         pd = PossibleDsep(g)
         for x, y in np.argwhere(A).tolist():
             want = getPossibleDsep(g.nodes[x], g.nodes[y], g, -1)
-            assert pd(x, y) == want, (seed, x, y)
+            assert pd(x, y, library_order=True) == want, (seed, x, y)
+            assert set(pd(x, y)) <= set(g.nodes) - {g.nodes[x], g.nodes[y]}
             beyond += any(not A[x, g.node_map[v]] for v in want)
     assert beyond > 0  # some sets reach past x's neighbours

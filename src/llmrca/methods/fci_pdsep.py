@@ -1,9 +1,10 @@
 """FCI's Possible-D-SEP sets (Spirtes, Glymour & Scheines 2000) on the matrix of endpoint marks.
 
-``possible_dsep`` returns what causal-learn's ``FCI.getPossibleDsep`` returns — the same breadth-first search over
+``PossibleDsep`` returns what causal-learn's ``FCI.getPossibleDsep`` returns — the same breadth-first search over
 edges (a, b) that continues to c when b is a definite collider on a *-> b <-* c or a and c are adjacent, the same
-"b has a possible parent with a semi-directed path to x or to b" condition, the same queue order (the library's
-start set of x's neighbours, then neighbours in index order) and the same path-length cut — but reads the marks
+"b has a possible parent with a semi-directed path to x or to b" condition, the same queue order (neighbours in
+index order; x's own neighbours in the library's order only with ``library_order``: the library's depends on the
+process's string-hash seed, see ``__call__``) and the same path-length cut — but reads the marks
 matrix instead of building an edge object per look, and answers "is there a semi-directed path from r to t" from a
 reachability set per r, computed once per graph state (the library runs a breadth-first search for each question:
 at 1,000 columns 37k searches, two thirds of FCI's time). ``tests/test_pc_skeleton.py`` compares it with the
@@ -50,7 +51,7 @@ class PossibleDsep:
             self.reach[r] = seen
         return t in seen
 
-    def __call__(self, x: int, y: int, max_path_length: int = -1) -> list[Any]:
+    def __call__(self, x: int, y: int, max_path_length: int = -1, library_order: bool = False) -> list[Any]:
         g, adj = self.g, self.adj
         nodes = self.graph.nodes
         index = self.graph.node_map
@@ -61,9 +62,11 @@ class PossibleDsep:
         marker = None
         distance = 0
         limit = 1000 if max_path_length == -1 else max_path_length
-        # the library iterates a set of x's neighbours (Node objects): the same set gives the same order
-        for node_b in set(nodes[b] for b in adj[x]):
-            b = index[node_b]
+        # The library starts from a set of x's neighbours (Node objects, hashed by name): its order, and so which
+        # nodes the search has seen when it asks about b, changes with the process's string-hash seed. By default
+        # the neighbours are taken in index order (deterministic); ``library_order`` takes the library's.
+        start = [index[v] for v in {nodes[b] for b in adj[x]}] if library_order else adj[x]
+        for b in start:
             if b == y:
                 continue
             edge = (x, b)
