@@ -80,7 +80,7 @@ def test_some_random_case_has_kites_colliders_and_meek_orientations(monkeypatch)
     general = pc_orient._classes()[0]
     rebuilt = []
     original = general._reconstitute
-    monkeypatch.setattr(general, "_reconstitute", lambda self: (rebuilt.append(1), original(self))[1])
+    monkeypatch.setattr(general, "_reconstitute", lambda self, *a: (rebuilt.append(1), original(self, *a))[1])
     kites = colliders = meek = 0
     for seed in range(12):
         rng = np.random.default_rng(seed)
