@@ -49,7 +49,7 @@ cause only when its engine's own time (TTFT/ITL/e2e, ``gen_ai.latency``) rose, e
 it; a replica's traffic loss is a death only with its own failure evidence, else it is routing. The study view
 (eight series per service, no engine or GPU telemetry) leaves logs and spans, which the rules read the same way.
 
-**Development split.** Thresholds were set by hand while looking at suites generated with seed 9101 (``llmrca
+**Development split** (docs/methods.md has the second round's). Thresholds were set by hand while looking at suites generated with seed 9101 (``llmrca
 generate --scenario llm --seed 9101 --reps 2 --normal 4 --set faults.multi=0`` and ``--scenario paper --seed 9101
 --reps 2``), never at the evaluation suites (seed 0, the bench's default) nor at the scenario variants
 (replica counts, loads, GPU kinds, bursty load, half-strength faults, noise off), which measure generalisation.
@@ -61,10 +61,11 @@ correctly but may be diagnosed as the proxy's when it slows the proxy. Two simul
 strength: the weaker one's service comes second at best. On RCAEval folders (no replicas, no engine) only the
 generic cause signals (cpu, memory, latency) remain. In the study view (no GPU series) a power cap and a
 straggler look alike (both a slower engine in the spans: named ``straggler``), and a cooling fault that has not
-yet cut the clocks shows in nothing the method reads. A symptom that is discrete evidence of its own can outrank
-the structural cause behind it: preemptions caused by a prompt surge on a small-memory GPU, or the stalled hot
-replica of a routing skew at high load. Thresholds were set on full-strength faults; at half strength a 15 %
-packet loss or a 0.4 routing share falls below them.
+yet cut the clocks shows in nothing the method reads. A symptom that is discrete evidence of its own could
+outrank the structural cause behind it (preemptions of a prompt surge on a small-memory GPU, the stalled hot
+replica of a routing skew at high load): ``_explain_away`` drops or demotes those, by rules of serving (a replica
+fault never draws traffic to its replica; longer prompts cause preemptions), not by thresholds. Thresholds were
+set on full-strength faults; at half strength a 15 % packet loss falls below them.
 """
 
 from __future__ import annotations
