@@ -134,6 +134,13 @@ class CausalAI(BaseMethod):
             raise MethodError("causalai: every metric column is non-finite in the window")
         data = np.column_stack([u.data, regime])
         n, k = data.shape
+        if not 0 < float(p["alpha"]) < 1:
+            raise MethodError(f"causalai: alpha must be in (0, 1), got {p['alpha']}")
+        if p["max_cond"] is not None and int(p["max_cond"]) < 0:
+            raise MethodError(f"causalai: max_cond must be >= 0 or None, got {p['max_cond']}")
+        depth = k - 2 if p["max_cond"] is None else min(int(p["max_cond"]), k - 2)
+        if n < depth + 4:  # as the full PC's Fisher-z test asked: n - |S| - 3 >= 1 at the deepest level
+            raise MethodError(f"causalai (PC, Fisher-z) needs at least {depth + 4} rows in the window, got {n}")
         C = np.corrcoef(data.T)
         deadline = None if p["timeout_s"] is None else time.monotonic() + float(p["timeout_s"])
         try:
