@@ -183,6 +183,11 @@ def _child(name: str, case: Any, conn: Any) -> None:
     from llmrca.evaluate.scores import truth_ranks
     from llmrca.methods import get_method
 
+    try:
+        get_method(name).rank(_warm_case().observation, seed=0)
+    except Exception:  # noqa: BLE001, S110 - only what the first call loads matters here
+        pass
+    conn.send("warm")
     reset = False
     try:  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
         Path("/proc/self/clear_refs").write_text("5")
@@ -208,44 +213,50 @@ def _child(name: str, case: Any, conn: Any) -> None:
     conn.close()
 
 
-_WARM: set[str] = set()
-
-
-def warm_up(name: str) -> None:
-    """One ``rank()`` on a 16-column planted case in this process, once per method: the modules a method loads
-    lazily on its first call are then loaded before the fork, and not counted in its time."""
-    if name in _WARM:
-        return
-    _WARM.add(name)
-    from llmrca.methods import get_method
+def _warm_case() -> Any:
     from llmrca.synthetic import planted_case
 
-    case = planted_case(n_services=3, metrics=METRIC_NAMES[:4], frontend=True, seed=0)
-    try:
-        get_method(name).rank(case.observation, seed=0)
-    except Exception:  # noqa: BLE001, S110 - only the imports matter here
-        pass
+    return planted_case(n_services=3, metrics=METRIC_NAMES[:4], frontend=True, seed=0)
 
 
-def run_one(name: str, case: Any, limit: float) -> Outcome:
-    """``name`` on ``case`` in a forked child, killed after ``limit`` seconds. The method's module is imported
-    here first, so that the child's time is ``rank()``'s alone."""
-    from llmrca.errors import LlmrcaError
-    from llmrca.methods.registry import method_class
+def _preload() -> list[str]:
+    """Modules the fork server imports once: every method's (the registry's targets) and what they share."""
+    from llmrca.methods.registry import entries
 
-    try:
-        method_class(name)
-    except (LlmrcaError, ImportError) as e:
-        return Outcome("error: " + str(e).splitlines()[0][:200])
-    warm_up(name)
-    ctx = mp.get_context("fork")
+    mods = ["llmrca.methods", "llmrca.evaluate.scores", "llmrca.synthetic", "numpy", "scipy.stats", "sklearn"]
+    return mods + sorted({e.target.partition(":")[0] for e in entries()})
+
+
+_CTX: Any = None
+
+
+def _context() -> Any:
+    """A fork server: children fork from a clean process that imported the methods but never ran one, so no
+    OpenMP / BLAS thread pool exists at fork time (forking after one ran deadlocks libgomp: BIRCH, torch)."""
+    global _CTX
+    if _CTX is None:
+        _CTX = mp.get_context("forkserver")
+        _CTX.set_forkserver_preload(_preload())
+    return _CTX
+
+
+def run_one(name: str, case: Any, limit: float, *, warm_limit: float = 120.0) -> Outcome:
+    """``name`` on ``case`` in a child process, killed after ``limit`` seconds of ``rank()``. The child first
+    ranks a 16-column planted case (untimed), so that what a method loads on its first call is not counted."""
+    ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(name, case, child), daemon=True)
     t0 = time.perf_counter()
     proc.start()
     child.close()
     try:
-        if parent.poll(limit + 5.0):  # +5 s: fork and import time is not the method's
+        if not parent.poll(warm_limit):
+            return Outcome("timeout", None)
+        first = parent.recv()
+        if first != "warm":
+            return Outcome(str(first))
+        t0 = time.perf_counter()
+        if parent.poll(limit + 2.0):
             status, seconds, peak_mb, rank = parent.recv()
             proc.join(10)
             if seconds > limit:
