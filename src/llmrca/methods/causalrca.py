@@ -71,7 +71,7 @@ class CausalRCA(BaseMethod):
             "edge_threshold": 0.0,  # |A| at or below this is no edge in the PageRank graph
             "damping": 0.85,  # PageRank damping factor
             "threads": 1,  # torch CPU threads while training: small matrices run fastest on one
-            "max_columns": 300,  # refuse wider cases before training (see MAX_COLUMNS_NOTE); None: no limit
+            "max_columns": 250,  # refuse wider cases before training (see MAX_COLUMNS_NOTE); None: no limit
         }
 
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
@@ -121,8 +121,8 @@ class CausalRCA(BaseMethod):
 # Why wider cases are refused: every training step evaluates h(A) = tr[(I + A∘A/d)^d] − d on the d × d adjacency
 # (a d-th matrix power, ~d³ log d) and its gradient, rounds × epochs = 960 times. Measured with
 # `python benchmarks/scale.py --methods causalrca` (2026-12-07, loaded 2-core VM): 43 s at 200 columns, past
-# 120 s at 1,000 (≈ d^2.5–3): 300 series is what fits a 60 s budget on 2 cores.
-MAX_COLUMNS_NOTE = "DAG-GNN's acyclicity term costs ~d^3 per step: 300 series fit ~60 s on 2 cores"
+# 120 s at 1,000; 13 s at 198 on an idle one (registry.COLUMN_HEAVY): 250 series fit a 60 s budget on 2 cores.
+MAX_COLUMNS_NOTE = "DAG-GNN's acyclicity term costs ~d^3 per step: 250 series fit ~60 s on 2 cores"
 
 _TRAIN_KEYS = ("hidden", "noise", "rounds", "epochs", "lr", "l1", "c_init", "c_factor", "c_max", "h_shrink",
                "h_tol")
