@@ -219,31 +219,20 @@ def _warm_case() -> Any:
     return planted_case(n_services=3, metrics=METRIC_NAMES[:4], frontend=True, seed=0)
 
 
-def _preload() -> list[str]:
-    """Modules the fork server imports once: every method's (the registry's targets) and what they share."""
-    from llmrca.methods.registry import entries
-
-    mods = ["llmrca.methods", "llmrca.evaluate.scores", "llmrca.synthetic", "numpy", "scipy.stats", "sklearn"]
-    return mods + sorted({e.target.partition(":")[0] for e in entries()})
-
-
-_CTX: Any = None
-
-
-def _context() -> Any:
-    """A fork server: children fork from a clean process that imported the methods but never ran one, so no
-    OpenMP / BLAS thread pool exists at fork time (forking after one ran deadlocks libgomp: BIRCH, torch)."""
-    global _CTX
-    if _CTX is None:
-        _CTX = mp.get_context("forkserver")
-        _CTX.set_forkserver_preload(_preload())
-    return _CTX
-
-
 def run_one(name: str, case: Any, limit: float, *, warm_limit: float = 120.0) -> Outcome:
-    """``name`` on ``case`` in a child process, killed after ``limit`` seconds of ``rank()``. The child first
-    ranks a 16-column planted case (untimed), so that what a method loads on its first call is not counted."""
-    ctx = _context()
+    """``name`` on ``case`` in a forked child, killed after ``limit`` seconds of ``rank()``. The child first ranks
+    a 16-column planted case (untimed), so that what a method loads on its first call is not counted. This
+    process imports the method's module but never runs a method: forking after a method ran can deadlock the
+    child (libgomp's OpenMP pool, used by scikit-learn's BIRCH and by torch, does not survive a fork)."""
+    import llmrca.evaluate.scores  # noqa: F401 - imported once here, not in every child
+    from llmrca.errors import LlmrcaError
+    from llmrca.methods.registry import method_class
+
+    try:
+        method_class(name)
+    except (LlmrcaError, ImportError) as e:
+        return Outcome("error: " + str(e).splitlines()[0][:200])
+    ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(name, case, child), daemon=True)
     t0 = time.perf_counter()

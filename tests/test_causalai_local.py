@@ -11,7 +11,13 @@ import pytest
 from llmrca.methods import get_method
 from llmrca.methods.base import Ranking
 from llmrca.methods.causal_graphs import pc_graph, usable_columns
-from llmrca.methods.causalai import REGIME, _partial_corr_batch, fisherz_log10p, local_neighbours, tiered_score
+from llmrca.methods.causalai import (
+    REGIME,
+    _partial_corr_batch,
+    fisherz_log10p,
+    local_neighbours,
+    tiered_score,
+)
 from llmrca.methods.window import metric_window
 from llmrca.synthetic import planted_case
 

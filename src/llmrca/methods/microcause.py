@@ -29,7 +29,6 @@ from llmrca.methods.graph_rank import full_ranking, window_with_sli
 from llmrca.methods.params import check_int
 from llmrca.methods.window import DEFAULT_WINDOW
 
-
 # Why wider cases are refused: PCMCI's MCI step tests every link i(t-tau) -> j(t), k^2 * tau_max tests one at a
 # time (168,000 at 200 columns; 2 million at 1,000), in causal_graphs._budgeted_parcorr. Measured with
 # `python benchmarks/scale.py --methods microcause` (2026-12-07, loaded 2-core VM): 9 s at 200 columns, past 120 s
