@@ -77,7 +77,6 @@ class CausalRCA(BaseMethod):
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
         p = self.params
         self._check(p)
-        torch = import_torch()
         raw = metric_window(obs, window=p["window"], min_pre=2, min_post=3)
         w = finite_window(raw)
         x = w.values if p["train_on"] == "window" else w.post
@@ -92,6 +91,7 @@ class CausalRCA(BaseMethod):
         if p["max_columns"] is not None and len(keep) > int(p["max_columns"]):
             raise MethodError(f"causalrca: {len(keep)} non-constant series, more than max_columns="
                               f"{p['max_columns']} ({MAX_COLUMNS_NOTE}); use a narrower view or raise max_columns")
+        torch = import_torch()  # after the checks: a case it would refuse is refused without torch
         z = (x[:, keep] - x[:, keep].mean(axis=0)) / sd[keep]
         with _deterministic(torch, seed, int(p["threads"])):
             a = fit_dag_gnn(torch, z, **{k: p[k] for k in _TRAIN_KEYS})
