@@ -31,9 +31,9 @@ from llmrca.methods.window import DEFAULT_WINDOW
 
 # Why wider cases are refused: PCMCI's MCI step tests every link i(t-tau) -> j(t), k^2 * tau_max tests one at a
 # time (168,000 at 200 columns; 2 million at 1,000), in causal_graphs._budgeted_parcorr. Measured with
-# `python benchmarks/scale.py --methods microcause` (2026-12-07, loaded 2-core VM): 9 s at 200 columns, past 120 s
-# at 1,000; 400 series is what fits a 60 s budget on 2 cores.
-MAX_COLUMNS_NOTE = "PCMCI tests every lagged pair, ~k^2 tests: 400 series fit ~60 s on 2 cores"
+# `python benchmarks/scale.py --methods microcause` (2026-12-07, loaded 2-core VM): 9-23 s at 200 columns, past 120 s
+# at 1,000; ~k^2 growth: 300 series is what fits a 60 s budget on 2 cores.
+MAX_COLUMNS_NOTE = "PCMCI tests every lagged pair, ~k^2 tests: 300 series fit ~60 s on 2 cores"
 
 
 def robust_anomaly_scores(pre: np.ndarray, post: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ class MicroCause(BaseMethod):
             "rho": 0.2,
             "lam": 0.5,
             "timeout_s": 600.0,
-            "max_columns": 400,  # refuse wider cases before PCMCI starts (see MAX_COLUMNS_NOTE); None: no limit
+            "max_columns": 300,  # refuse wider cases before PCMCI starts (see MAX_COLUMNS_NOTE); None: no limit
         }
 
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
