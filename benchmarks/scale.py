@@ -322,7 +322,7 @@ def summarize(outs: list[Outcome]) -> dict[str, Any]:
     elif len(errors) == len(outs):
         cell = "error"
     else:
-        cell = _fmt_s(secs)
+        cell = _fmt_s(secs) + (f" ({len(errors)}/{len(outs)} failed)" if errors else "")
     return {"cell": cell, "seconds": secs if not timeouts and not errors else None, "any_seconds": secs,
             "peak_mb": peak, "ac1": ac_at_k(ranks, 1), "avg5": avg_at_k(ranks, 5), "timeouts": timeouts,
             "errors": errors}
@@ -426,6 +426,13 @@ def main() -> int:
     if args.markdown:
         md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(r) + " |" for r in rows]
+        acc_header = ["method"] + header[1:-1]
+        md += ["", "| " + " | ".join(acc_header) + " |", "|" + "---|" * len(acc_header)]
+        for name in names:
+            cells = [f"{results[(name, s.label)]['ac1']:.2f} / {results[(name, s.label)]['avg5']:.2f}"
+                     if results[(name, s.label)]["cell"] not in ("skip", "error") else results[(name, s.label)]["cell"]
+                     for s in sizes]
+            md.append("| " + " | ".join([name, *cells]) + " |")
         args.markdown.write_text("\n".join(md) + "\n")
     return 0
 
