@@ -37,6 +37,7 @@ table as Markdown. Threads: whatever the environment sets (the figures in ``docs
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing as mp
 import os
@@ -266,8 +267,9 @@ def run_one(name: str, case: Any, limit: float, *, warm_limit: float = 120.0) ->
 
 
 def rcaeval_times(names: list[str], cases: dict[str, list[Any]], sizes: list[Size], limits: dict[str, float],
-                  venv: Path, out: Path) -> dict[tuple[str, str], float | None]:
-    """(method, size label) -> RCAEval's median seconds per case (None: none finished), planted sizes only."""
+                  venv: Path, out: Path) -> dict[tuple[str, str], float | str | None]:
+    """(method, size label) -> RCAEval's median seconds per case, or its status when no case finished
+    ("error", "timeout", "fallback"; the rows are in ``out/rcaeval-<size>/reference/``), planted sizes only."""
     import types
 
     sys.path.insert(0, str(HERE))
@@ -276,9 +278,12 @@ def rcaeval_times(names: list[str], cases: dict[str, list[Any]], sizes: list[Siz
     from llmrca.io.rcaeval import case_id, write_case
     from llmrca.methods.sli import sli_column
 
-    vs.ensure_reference_env(venv, torch=False)
+    marker = Path(venv) / "vs-rcaeval.json"  # an environment made with torch is used as it is
+    with_torch = marker.is_file() and json.loads(marker.read_text()).get("torch") is not None
+    vs.ensure_reference_env(Path(venv), torch=with_torch)
     out: Path = Path(out)
-    got: dict[tuple[str, str], float | None] = {}
+    got: dict[tuple[str, str], float | str | None] = {}
+    timed_out: set[str] = set()
     for size in sizes:
         if not size.planted:
             continue
@@ -290,19 +295,27 @@ def rcaeval_times(names: list[str], cases: dict[str, list[Any]], sizes: list[Siz
         for name in names:
             if name not in vs.PAIRS or vs.PAIRS[name][2] != "metrics":
                 continue
+            if name in timed_out:  # as for ours: past its limit at a smaller size, not run at larger ones
+                got[(name, size.label)] = "skip"
+                continue
             args = types.SimpleNamespace(seed=0, timeout=int(limit_for(size, limits)))
             rows = vs.run_reference(name, items, venv, root, args)
             secs = [r["seconds"] for r in rows.values() if r.get("status") == "ok" and r.get("seconds")]
-            got[(name, size.label)] = statistics.median(secs) if secs else None
+            bad = sorted({str(r.get("status")).split(":")[0] for r in rows.values() if r.get("status") != "ok"})
+            got[(name, size.label)] = statistics.median(secs) if secs else (bad[0] if bad else None)
+            if "timeout" in bad:
+                timed_out.add(name)
     return got
 
 
 # ----------------------------------------------------------------------------------------------------- main
 
 
-def _fmt_s(x: float | None) -> str:
+def _fmt_s(x: float | str | None) -> str:
     if x is None:
         return "–"
+    if isinstance(x, str):
+        return x
     return f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 10 else f"{x:.0f}"
 
 
@@ -394,7 +407,7 @@ def main() -> int:
             if s["timeouts"]:
                 timed_out_at = size.columns
 
-    ref: dict[tuple[str, str], float | None] = {}
+    ref: dict[tuple[str, str], float | str | None] = {}
     if args.rcaeval:
         ref = rcaeval_times(names, cases, sizes, limits, args.venv, args.out)
 
