@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from itertools import combinations
+from itertools import combinations, islice
 
 import numpy as np
 from scipy.special import log_ndtr
@@ -86,7 +86,7 @@ def local_neighbours(C: np.ndarray, n: int, f: int, *, alpha: float, max_cond: i
             others = [o for o in adj if o != x]
             it = combinations(others, depth)
             while True:
-                chunk = np.array(list(_take(it, batch)), dtype=np.intp).reshape(-1, depth)
+                chunk = np.array(list(islice(it, batch)), dtype=np.intp).reshape(-1, depth)
                 if not len(chunk):
                     break
                 if deadline is not None and time.monotonic() > deadline:
@@ -99,14 +99,6 @@ def local_neighbours(C: np.ndarray, n: int, f: int, *, alpha: float, max_cond: i
         adj = [x for x in adj if x not in removed]
         depth += 1
     return {x: best[x] for x in adj}
-
-
-def _take(it, k: int):
-    for _ in range(k):
-        try:
-            yield next(it)
-        except StopIteration:
-            return
 
 
 class CausalAI(BaseMethod):
