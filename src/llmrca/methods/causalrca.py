@@ -71,12 +71,12 @@ class CausalRCA(BaseMethod):
             "edge_threshold": 0.0,  # |A| at or below this is no edge in the PageRank graph
             "damping": 0.85,  # PageRank damping factor
             "threads": 1,  # torch CPU threads while training: small matrices run fastest on one
+            "max_columns": 250,  # refuse wider cases before training (see MAX_COLUMNS_NOTE); None: no limit
         }
 
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
         p = self.params
         self._check(p)
-        torch = import_torch()
         raw = metric_window(obs, window=p["window"], min_pre=2, min_post=3)
         w = finite_window(raw)
         x = w.values if p["train_on"] == "window" else w.post
@@ -88,6 +88,10 @@ class CausalRCA(BaseMethod):
             raise MethodError(f"causalrca: {len(keep)} non-constant series in the window; need at least 2")
         if x.shape[0] < 4:
             raise MethodError(f"causalrca: {x.shape[0]} rows to train on; need at least 4")
+        if p["max_columns"] is not None and len(keep) > int(p["max_columns"]):
+            raise MethodError(f"causalrca: {len(keep)} non-constant series, more than max_columns="
+                              f"{p['max_columns']} ({MAX_COLUMNS_NOTE}); use a narrower view or raise max_columns")
+        torch = import_torch()  # after the checks: a case it would refuse is refused without torch
         z = (x[:, keep] - x[:, keep].mean(axis=0)) / sd[keep]
         with _deterministic(torch, seed, int(p["threads"])):
             a = fit_dag_gnn(torch, z, **{k: p[k] for k in _TRAIN_KEYS})
@@ -105,6 +109,7 @@ class CausalRCA(BaseMethod):
             raise MethodError(f"causalrca: train_on must be 'window' or 'post', got {p['train_on']!r}")
         for k in ("hidden", "rounds", "epochs", "threads"):
             check_int(self.name, k, p[k], minimum=1)
+        check_int(self.name, "max_columns", p["max_columns"], minimum=2, allow_none=True)
         bounds = {"lr": (0.0, 10.0), "c_init": (0.0, 1e30), "c_factor": (1.0, 1e6), "c_max": (0.0, 1e30),
                   "h_shrink": (0.0, 1.0), "damping": (0.0, 1.0)}
         for k, (low, high) in bounds.items():
@@ -112,6 +117,12 @@ class CausalRCA(BaseMethod):
         for k in ("noise", "l1", "h_tol", "edge_threshold"):
             check_float(self.name, k, p[k], low=0.0, high=np.inf, low_open=False)
 
+
+# Why wider cases are refused: every training step evaluates h(A) = tr[(I + A∘A/d)^d] − d on the d × d adjacency
+# (a d-th matrix power, ~d³ log d) and its gradient, rounds × epochs = 960 times. Measured with
+# `python benchmarks/scale.py --methods causalrca` (2026-12-07, loaded 2-core VM): 43 s at 200 columns, past
+# 120 s at 1,000; 13 s at 198 on an idle one (registry.COLUMN_HEAVY): 250 series fit a 60 s budget on 2 cores.
+MAX_COLUMNS_NOTE = "DAG-GNN's acyclicity term costs ~d^3 per step: 250 series fit ~60 s on 2 cores"
 
 _TRAIN_KEYS = ("hidden", "noise", "rounds", "epochs", "lr", "l1", "c_init", "c_factor", "c_max", "h_shrink",
                "h_tol")

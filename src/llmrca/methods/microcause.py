@@ -26,7 +26,14 @@ from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.causal_graphs import pcmci_graph
 from llmrca.methods.graph_heads import random_walk_head, require_sli_node
 from llmrca.methods.graph_rank import full_ranking, window_with_sli
+from llmrca.methods.params import check_int
 from llmrca.methods.window import DEFAULT_WINDOW
+
+# Why wider cases are refused: PCMCI's MCI step tests every link i(t-tau) -> j(t), k^2 * tau_max tests one at a
+# time (168,000 at 200 columns; 2 million at 1,000), in causal_graphs._budgeted_parcorr. Measured with
+# `python benchmarks/scale.py --methods microcause` (2026-12-07, loaded 2-core VM): 9-23 s at 200 columns, past 120 s
+# at 1,000; ~k^2 growth: 300 series is what fits a 60 s budget on 2 cores.
+MAX_COLUMNS_NOTE = "PCMCI tests every lagged pair, ~k^2 tests: 300 series fit ~60 s on 2 cores"
 
 
 def robust_anomaly_scores(pre: np.ndarray, post: np.ndarray) -> np.ndarray:
@@ -76,13 +83,19 @@ class MicroCause(BaseMethod):
             "rho": 0.2,
             "lam": 0.5,
             "timeout_s": 600.0,
+            "max_columns": 300,  # refuse wider cases before PCMCI starts (see MAX_COLUMNS_NOTE); None: no limit
         }
 
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
         p = self.params
         if not 0.0 <= float(p["lam"]) <= 1.0:
             raise MethodError(f"microcause: lam must be in [0, 1], got {p['lam']}")
+        check_int(self.name, "max_columns", p["max_columns"], minimum=2, allow_none=True)
         w, sli = window_with_sli(obs, p["window"])
+        varied = int(np.sum(np.ptp(np.where(np.isfinite(w.values), w.values, 0.0), axis=0) > 0))
+        if p["max_columns"] is not None and varied > int(p["max_columns"]):
+            raise MethodError(f"microcause: {varied} varying series, more than max_columns={p['max_columns']} "
+                              f"({MAX_COLUMNS_NOTE}); use a narrower view or raise max_columns")
         G = pcmci_graph(w.values, w.columns, tau_min=int(p["tau_min"]), tau_max=int(p["tau_max"]),
                         pc_alpha=float(p["pc_alpha"]), alpha_level=float(p["alpha_level"]),
                         max_conds_dim=p["max_conds_dim"], seed=seed, timeout_s=p["timeout_s"])
