@@ -11,8 +11,8 @@ fraction of the time:
   evaluated at once: with z the standardised variables and c_ij their correlation, the standardised residual
   of z_i regressed on z_j is (z_i − c_ij z_j) / √(1 − c_ij²), so one correlation matrix and one broadcast give
   every H(r_i←j). The chosen variable is then regressed out of all remaining ones in one rank-one update.
-  log cosh is evaluated as |u| + log1p(e^(−2|u|)) − log 2, which cannot overflow (``np.log(np.cosh(u))``
-  overflows to inf for |u| > 710 and turns the measure into NaN).
+  Where ``np.log(np.cosh(u))`` overflows (|u| > 710, which turns the package's measure into NaN), log cosh is
+  evaluated as |u| + log1p(e^(−2|u|)) − log 2 instead.
 - **Coefficients.** For the variable at position p of the order, its coefficients on the p variables before
   it by the adaptive lasso with the lasso's BIC path selection: ordinary least squares on the standardised
   variables gives weights w = |β_OLS|; the lasso path of the target on the weighted predictors is traced by
@@ -51,8 +51,12 @@ def _check(deadline: float | None) -> None:
 
 def entropy(u: np.ndarray) -> np.ndarray:
     """Maximum-entropy approximation of the differential entropy of standardised samples, over the last axis."""
-    a = np.abs(u)
-    logcosh = np.mean(a, axis=-1) + np.mean(np.log1p(np.exp(-2.0 * a)), axis=-1) - _LOG2
+    with np.errstate(over="ignore"):
+        logcosh = np.mean(np.log(np.cosh(u)), axis=-1)
+    bad = ~np.isfinite(logcosh)
+    if bad.any():  # cosh overflowed (|u| > 710): |u| + log1p(e^(-2|u|)) - log 2 cannot
+        a = np.abs(u[bad])
+        logcosh[bad] = np.mean(a, axis=-1) + np.mean(np.log1p(np.exp(-2.0 * a)), axis=-1) - _LOG2
     g = np.mean(u * np.exp(-0.5 * (u * u)), axis=-1)
     return _H0 - _K1 * (logcosh - _GAMMA) ** 2 - _K2 * g**2
 
@@ -108,145 +112,167 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
     return order
 
 
-def _min_pos(v: np.ndarray) -> float:
-    """The smallest positive entry of ``v`` (inf when there is none)."""
-    return float(np.where(v > 0, v, math.inf).min()) if v.size else math.inf
+def _min_pos(v: np.ndarray) -> np.ndarray:
+    """Per row, the smallest positive entry of ``v`` (inf where there is none)."""
+    return np.where(v > 0, v, math.inf).min(axis=-1, initial=math.inf)
 
 
-def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    try:
-        return np.linalg.solve(A, b)
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(A, b, rcond=None)[0]
+def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Breakpoints of T lasso paths at once by LARS with the lasso modification (Efron et al. 2004).
 
+    ``G`` (T, k, k) and ``c0`` (T, k) are the Gram matrices X'X and X'y of T centred problems with ``n`` rows
+    each; a problem with fewer than k features has zero rows and columns for the others (they never join).
+    Returns (points, T, k) coefficients and a (points, T) mask of which points are breakpoints of which path:
+    for every path the first is all zero, the last the least-squares fit (or where the largest remaining
+    correlation / n falls below float32 eps).
 
-def lasso_path(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> np.ndarray:
-    """Breakpoints of the lasso path by LARS with the lasso modification, from the Gram matrix ``G`` = X'X and
-    ``c0`` = X'y of centred data with ``n`` rows: (points, features) coefficients, the first row all zero, the
-    last the least-squares fit (or where the largest remaining correlation / n falls below float32 eps).
-
-    Each step moves the active coefficients along the equiangular direction until an inactive variable's
-    correlation ties the active ones (it joins) or an active coefficient crosses zero (it leaves: the lasso
-    modification). A joining variable that is a linear function of the active ones (Cholesky pivot below 1e-7)
-    does not join; its correlation is set to 0 and the path goes on, as scikit-learn's ``lars_path`` does.
-    The inverse of the active Gram matrix is kept up to date by the block-inverse formulas (a joining
-    variable: its Schur complement, which is also the pivot tested; a leaving one: the rank-one downdate), so
-    a step costs a few products of the active size.
+    Each step moves a path's active coefficients along the equiangular direction until an inactive
+    variable's correlation ties the active ones (it joins) or an active coefficient crosses zero (it leaves:
+    the lasso modification). A joining variable that is a linear function of the active ones (Cholesky pivot
+    below 1e-7) does not join; its correlation is set to 0 and the path goes on, as scikit-learn's
+    ``lars_path`` does. The inverse of each active Gram matrix is kept (embedded in k × k, zero outside the
+    active set) by the block-inverse formulas: a joining variable by its Schur complement, which is also the
+    pivot tested; a leaving one by the rank-one downdate. All T paths step together, one numpy operation per
+    quantity for all of them.
     """
-    k = len(c0)
-    beta = np.zeros(k)
+    T, k = c0.shape
+    rows = np.arange(T)
+    beta = np.zeros((T, k))
     c = np.array(c0, dtype=float)  # correlations X'(y - X beta); meaningful for the inactive variables
-    active: list[int] = []
-    signs: list[float] = []
-    inv = np.zeros((0, 0))  # inverse of G[active, active]
-    inactive = np.ones(k, dtype=bool)
-    path = [beta.copy()]
-    prev_alpha = math.inf
-    drop = False
+    cand = np.abs(np.einsum("tii->ti", G)) > 0  # the features each problem has
+    active = np.zeros((T, k), dtype=bool)
+    sign = np.zeros((T, k))
+    inv = np.zeros((T, k, k))
+    running = np.ones(T, dtype=bool)
+    drop = np.zeros(T, dtype=bool)
+    prev_alpha = np.full(T, math.inf)
+    n_points = np.ones(T, dtype=np.int64)
+    points, marks = [beta.copy()], [np.ones(T, dtype=bool)]
     for _ in range(max_iter + k):
-        idx = np.flatnonzero(inactive)
-        if idx.size:
-            j = int(idx[np.argmax(np.abs(c[idx]))])
-            C = abs(float(c[j]))
-        else:
-            j, C = -1, 0.0
+        free = cand & ~active
+        absc = np.where(free, np.abs(c), -1.0)
+        j = np.argmax(absc, axis=1)
+        C = np.maximum(absc[rows, j], 0.0)
         alpha = C / n
-        if alpha <= _EQ_TOL or len(path) > max_iter:
+        running &= (alpha > _EQ_TOL) & (n_points <= max_iter)
+        if not running.any():
             break
-        if not drop:
-            m = len(active)
-            g = G[active, j]
-            u = inv @ g
-            schur = float(G[j, j] - g @ u)
-            if max(math.sqrt(abs(schur)), _EPS) < 1e-7:
-                c[j] = 0.0
-                continue
-            new = np.empty((m + 1, m + 1))
-            new[:m, :m] = inv + np.outer(u, u) / schur
-            new[:m, m] = new[m, :m] = -u / schur
-            new[m, m] = 1.0 / schur
-            inv = new
-            active.append(j)
-            signs.append(1.0 if c[j] > 0 else -1.0)
-            inactive[j] = False
-        if prev_alpha < alpha:  # residuals so small that alpha is no longer controlled: stop, as LARS does
-            break
-        s = np.array(signs)
-        ls = inv @ s
-        AA = 1.0 / math.sqrt(max(float(ls @ s), _EPS))
-        ls *= AA  # the equiangular direction of the active coefficients
-        a = G[:, active] @ ls  # change of every correlation per unit step
+        add = running & ~drop
+        g = np.where(active, G[rows, :, j], 0.0)
+        u = np.einsum("tab,tb->ta", inv, g)
+        schur = G[rows, j, j] - np.einsum("ta,ta->t", g, u)
+        degen = add & (np.maximum(np.sqrt(np.abs(schur)), _EPS) < 1e-7)
+        c[rows[degen], j[degen]] = 0.0
+        joined = add & ~degen
+        if joined.any():
+            t, jj, uu, sc = rows[joined], j[joined], u[joined], schur[joined]
+            inv[t] += uu[:, :, None] * uu[:, None, :] / sc[:, None, None]
+            inv[t, :, jj] = -uu / sc[:, None]
+            inv[t, jj, :] = -uu / sc[:, None]
+            inv[t, jj, jj] = 1.0 / sc
+            active[t, jj] = True
+            sign[t, jj] = np.where(c[t, jj] > 0, 1.0, -1.0)
+        running &= degen | ~(prev_alpha < alpha)  # alpha no longer controlled (tiny residuals): stop, as LARS
+        step = running & ~degen
+        if not step.any():
+            continue
+        ls = np.einsum("tab,tb->ta", inv, sign)
+        AA = 1.0 / np.sqrt(np.maximum(np.einsum("ta,ta->t", ls, sign), _EPS))
+        ls *= AA[:, None]  # the equiangular direction of the active coefficients (zero elsewhere)
+        a = np.einsum("tab,tb->ta", G, ls)  # change of every correlation per unit step
         np.around(a, decimals=15, out=a)
-        gamma = C / AA
-        if inactive.any():
-            ci, ai = c[inactive], a[inactive]
-            gamma = min(gamma, _min_pos((C - ci) / (AA - ai + _TINY32)), _min_pos((C + ci) / (AA + ai + _TINY32)))
-        z = -beta[active] / (ls + _TINY32)
+        inact = cand & ~active
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g1 = _min_pos(np.where(inact, (C[:, None] - c) / (AA[:, None] - a + _TINY32), -1.0))
+            g2 = _min_pos(np.where(inact, (C[:, None] + c) / (AA[:, None] + a + _TINY32), -1.0))
+            z = np.where(active, -beta / (ls + _TINY32), -1.0)
+        gamma = np.minimum(np.minimum(g1, g2), C / AA)
         z_pos = _min_pos(z)
-        drop = z_pos < gamma
-        if drop:
-            gamma = z_pos
-        beta[active] += gamma * ls
-        c -= gamma * a
-        prev_alpha = alpha
-        if drop:
-            out = [active[i] for i in np.flatnonzero(z == z_pos)]
-            for v in out:
-                i = active.index(v)
-                keep = [q for q in range(len(active)) if q != i]
-                col = inv[keep, i]
-                inv = inv[np.ix_(keep, keep)] - np.outer(col, col) / inv[i, i]
-                active.pop(i)
-                signs.pop(i)
-                inactive[v] = True
-                beta[v] = 0.0
-            c[out] = c0[out] - G[out] @ beta
-        path.append(beta.copy())
-    return np.array(path)
+        new_drop = z_pos < gamma
+        gamma = np.where(new_drop, z_pos, gamma)
+        gamma = np.where(step, gamma, 0.0)
+        beta += gamma[:, None] * ls
+        c -= gamma[:, None] * a
+        prev_alpha = np.where(step, alpha, prev_alpha)
+        drop = np.where(step, new_drop, drop)
+        leaving = np.argwhere(step[:, None] & new_drop[:, None] & active & (z == z_pos[:, None]))
+        for t, v in leaving:
+            col = inv[t, :, v].copy()
+            inv[t] -= np.outer(col, col) / col[v]
+            inv[t, v, :] = 0.0
+            inv[t, :, v] = 0.0
+            active[t, v] = False
+            sign[t, v] = 0.0
+            beta[t, v] = 0.0
+        for t in np.unique(leaving[:, 0]) if len(leaving) else ():
+            out = leaving[leaving[:, 0] == t, 1]
+            c[t, out] = c0[t, out] - G[t, out] @ beta[t]
+        n_points += step
+        points.append(beta.copy())
+        marks.append(step.copy())
+    return np.array(points), np.array(marks)
 
 
-def adaptive_lasso(Z: np.ndarray, R: np.ndarray, S: np.ndarray, preds: np.ndarray, target: int) -> np.ndarray:
-    """Coefficients of ``target`` on ``preds`` by the adaptive lasso with BIC (module docs). ``Z``: the
-    standardised data (n, k); ``R``: its correlation matrix; ``S``: the population covariance of the data."""
-    n = Z.shape[0]
-    w = np.abs(_solve(R[np.ix_(preds, preds)], R[preds, target]))
-    G = n * (R[np.ix_(preds, preds)] * np.outer(w, w))
-    xy = n * (R[preds, target] * w)
-    path = lasso_path(G, xy, n)
-    p = len(preds)
-    # residual sums of squares on the rows (from G they would cancel to noise on a near-exact fit)
-    Xw = Z[:, preds] * w
-    y = Z[:, target]
-    b = np.linalg.lstsq(Xw, y, rcond=None)[0]
-    sigma2 = float(np.sum((y - Xw @ b) ** 2)) / (n - p - 1)
-    rss = np.sum((y[:, None] - Xw @ path.T) ** 2, axis=0)
-    df = (np.abs(path) > _EPS).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bic = n * np.log(2 * math.pi * sigma2) + rss / sigma2 + math.log(n) * df
-    best = path[int(np.argmin(bic))]
-    keep = np.abs(best * w) > 0.0
-    coef = np.zeros(p)
-    if keep.any():
-        sel = preds[keep]
-        coef[keep] = _solve(S[np.ix_(sel, sel)], S[sel, target])
-    return coef
+def _sequential_ols(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares of every column t of the centred ``Z`` on the columns before it: (coefficients, with
+    column t holding those of target t in rows 0..t-1; residual sums of squares per target). One QR
+    decomposition gives all of them (the regression of column t on the first t columns is the leading t × t
+    triangle); a column that is (nearly) a linear function of those before it falls back to ``lstsq``."""
+    n, k = Z.shape
+    U = np.linalg.qr(Z, mode="r")
+    d = np.abs(np.diag(U))
+    coef = np.zeros((k, k))
+    rss = np.zeros(k)
+    if d.min() > 1e-8 * max(d.max(), 1e-300):
+        Uinv = np.linalg.solve(U, np.eye(k))
+        coef = Uinv @ np.triu(U, 1)
+        return coef, np.diag(U) ** 2  # the residual of column t is Q[:, t] U[t, t]
+    for t in range(1, k):
+        b, *_ = np.linalg.lstsq(Z[:, :t], Z[:, t], rcond=None)
+        coef[:t, t] = b
+        rss[t] = float(np.sum((Z[:, t] - Z[:, :t] @ b) ** 2))
+    rss[0] = float(np.sum(Z[:, 0] ** 2))
+    return coef, rss
 
 
 def adjacency(data: np.ndarray, order: list[int], *, deadline: float | None = None) -> np.ndarray:
-    """B with B[i, j] the coefficient of x_j in x_i's equation (zero unless j precedes i in ``order``)."""
-    X = np.asarray(data, dtype=float)
+    """B with B[i, j] the coefficient of x_j in x_i's equation by the adaptive lasso with BIC (module docs);
+    zero unless j precedes i in ``order``."""
+    X = np.asarray(data, dtype=float)[:, order]  # in causal order: target t's predictors are columns 0..t-1
     n, k = X.shape
+    B = np.zeros((k, k))
+    if k < 2:
+        return B
+    _check(deadline)
     Xc = X - X.mean(axis=0)
-    S = (Xc.T @ Xc) / n
-    sd = np.sqrt(np.diag(S))
+    sd = np.sqrt(np.mean(Xc * Xc, axis=0))
     Z = Xc / np.where(sd > 0, sd, 1.0)
     R = (Z.T @ Z) / n
-    B = np.zeros((k, k))
-    for pos in range(1, k):
-        _check(deadline)
-        preds = np.array(order[:pos])
-        B[order[pos], preds] = adaptive_lasso(Z, R, S, preds, order[pos])
-    return B
+    ols, rss_ols = _sequential_ols(Z)
+    T = k - 1  # targets 1..k-1
+    W = np.abs(ols[:, 1:].T)  # (T, k): weights of target t+1 on its predictors, zero elsewhere
+    G = n * R[None, :, :] * W[:, :, None] * W[:, None, :]
+    xy = n * R[1:, :] * W
+    points, marks = lasso_paths(G, xy, n)
+    _check(deadline)
+    p = np.arange(1, k)  # predictors per target
+    sigma2 = rss_ols[1:] / (n - p - 1)
+    # residual sums of squares of every path point on the rows (from G they cancel to noise on a near-exact fit)
+    fitted = np.einsum("nk,itk->itn", Z, points * W[None])
+    rss = np.sum((Z[:, 1:].T[None] - fitted) ** 2, axis=2)
+    df = (np.abs(points) > _EPS).sum(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bic = n * np.log(2 * math.pi * sigma2) + rss / sigma2 + math.log(n) * df
+    bic = np.where(marks, bic, np.inf)
+    best = points[np.argmin(bic, axis=0), np.arange(T)]  # (T, k)
+    keep = np.abs(best * W) > 0.0
+    for t in range(1, k):
+        sel = np.flatnonzero(keep[t - 1])
+        if sel.size:
+            b, *_ = np.linalg.lstsq(Xc[:, sel], Xc[:, t], rcond=None)
+            B[t, sel] = b
+    inv_order = np.argsort(order)
+    return B[np.ix_(inv_order, inv_order)]
 
 
 def direct_lingam(data: np.ndarray, *, deadline: float | None = None) -> tuple[list[int], np.ndarray]:
