@@ -218,7 +218,7 @@ def _sequential_ols(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     column t holding those of target t in rows 0..t-1; residual sums of squares per target). One QR
     decomposition gives all of them (the regression of column t on the first t columns is the leading t × t
     triangle); a column that is (nearly) a linear function of those before it falls back to ``lstsq``."""
-    n, k = Z.shape
+    k = Z.shape[1]
     U = np.linalg.qr(Z, mode="r")
     d = np.abs(np.diag(U))
     coef = np.zeros((k, k))
