@@ -33,7 +33,6 @@ import pandas as pd
 from llmrca.case import Observation
 from llmrca.errors import MethodError
 from llmrca.methods.base import Ranking
-from llmrca.methods.call_graph import span_parents
 from llmrca.methods.params import check_float
 
 CLIENT = ""  # the caller of a root span: whoever sent the request, not a candidate
@@ -109,56 +108,103 @@ class Spans:
 
 
 def load_spans(obs: Observation, method: str) -> Spans:
-    """The observation's spans as :class:`Spans`; ``MethodError`` when it has none or they lack a column."""
+    """The observation's spans as :class:`Spans`; ``MethodError`` when it has none or they lack a column.
+
+    Strings are factorised in their own storage and only distinct values become Python strings (operation
+    names, attribute texts), so loading costs a few array passes over the spans."""
     tr = obs.traces
     if tr is None or not len(tr):
         raise MethodError(f"{method} needs traces: this case has none")
     missing = [c for c in _SPAN_COLUMNS if c not in tr.columns]
     if missing:
         raise MethodError(f"{method}: the traces lack column(s) {', '.join(missing)}")
-    service = tr["service"].astype("string")
-    if service.isna().any():
-        raise MethodError(f"{method}: {int(service.isna().sum())} span(s) without a service name")
-    service = service.to_numpy(dtype=object)
-    operation = (tr["service"].astype("string") + "_" + tr["operation"].astype("string").fillna("unnamed"))
+    s_codes, svcs = pd.factorize(tr["service"])
+    if (s_codes < 0).any():
+        raise MethodError(f"{method}: {int((s_codes < 0).sum())} span(s) without a service name")
+    svcs = np.array([str(v) for v in svcs], dtype=object)
+    service = svcs[s_codes]
+    o_codes, ops = pd.factorize(tr["operation"])
+    ops = [str(v) for v in ops] + ["unnamed"]  # code -1 (no operation) -> the last entry
+    pair, inverse = np.unique(s_codes.astype(np.int64) * len(ops) + np.where(o_codes < 0, len(ops) - 1, o_codes),
+                              return_inverse=True)
+    operation = np.array([f"{svcs[p // len(ops)]}_{ops[p % len(ops)]}" for p in pair.tolist()],
+                         dtype=object)[inverse.ravel()]
     start = pd.to_numeric(tr["start_time_us"], errors="coerce").to_numpy(dtype=float) / 1e6
     duration = pd.to_numeric(tr["duration_us"], errors="coerce").to_numpy(dtype=float) / 1e6
     bad = ~(np.isfinite(start) & np.isfinite(duration))
     if bad.any():
         raise MethodError(f"{method}: span row {int(np.argmax(bad))} has no start time or duration")
     error = (tr["status"].astype("string") == "ERROR").fillna(False).to_numpy(dtype=bool)
-    trace, trace_ids = pd.factorize(tr["trace_id"].astype("string").fillna(""), sort=True)
-    parent = span_parents(tr)
+    t_codes, t_uniq = pd.factorize(tr["trace_id"].astype("string").fillna(""), sort=True)
+    parent = span_parent_rows(tr, t_codes)
     caller = np.where(parent >= 0, service[np.maximum(parent, 0)], CLIENT).astype(object)
     callee = service.copy()
     if "attributes" in tr.columns:
         _apply_client_peers(tr["attributes"], service, caller, callee)
-    n_tr = len(trace_ids)
+    n_tr = len(t_uniq)
     t_start = np.full(n_tr, np.inf)
-    np.minimum.at(t_start, trace, start)
+    np.minimum.at(t_start, t_codes, start)
     t_end = np.full(n_tr, -np.inf)
-    np.maximum.at(t_end, trace, start + duration)
-    return Spans(trace.astype(np.int64), np.asarray(trace_ids, dtype=object), service,
-                 operation.to_numpy(dtype=object), start, duration, error, parent, caller, callee, t_start,
-                 t_end)
+    np.maximum.at(t_end, t_codes, start + duration)
+    return Spans(t_codes.astype(np.int64), np.asarray(t_uniq, dtype=object), service, operation, start, duration,
+                 error, parent, caller, callee, t_start, t_end)
+
+
+def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
+    """Row of each span's parent in the same trace, -1 for a root or a parent missing from the frame; a
+    duplicated (trace, span id) resolves to its first row. What ``call_graph.span_parents`` computes, on integer
+    codes: span and parent ids are factorised together, and (trace, id) keys are matched by ``searchsorted``."""
+    n = len(tr)
+    sid = tr["span_id"].astype("string").fillna("")
+    pid = tr["parent_span_id"].astype("string").fillna("")
+    codes = _joint_codes(sid, pid)
+    s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
+    width = int(codes.max()) + 1
+    own = trace_codes.astype(np.int64) * width + s_code
+    keys, first = np.unique(own, return_index=True)
+    want = trace_codes.astype(np.int64) * width + p_code
+    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+    out = np.where(keys[at] == want, first[at], -1).astype(np.int64)
+    out[(pid == "").to_numpy(dtype=bool)] = -1
+    return out
+
+
+def _joint_codes(a: pd.Series, b: pd.Series) -> np.ndarray:
+    """Integer codes of the values of ``a`` then ``b`` (one code per distinct string across both)."""
+    try:
+        import pyarrow as pa
+
+        chunks = pa.chunked_array(a.array._pa_array.chunks + b.array._pa_array.chunks)
+        return chunks.dictionary_encode().combine_chunks().indices.to_numpy(zero_copy_only=False)
+    except (AttributeError, TypeError, ImportError, ValueError):  # not Arrow-backed strings
+        return pd.factorize(pd.concat([a, b], ignore_index=True))[0]
 
 
 def _apply_client_peers(attributes: pd.Series, service: np.ndarray, caller: np.ndarray,
                         callee: np.ndarray) -> None:
     text = attributes.astype("string")
     rows = np.flatnonzero(text.str.contains("peer.service", regex=False).fillna(False).to_numpy(dtype=bool))
-    values = text.to_numpy(dtype=object)
-    for i in rows:
-        try:
-            a = json.loads(values[i])
-        except (TypeError, ValueError):
-            continue  # attributes that are not JSON say nothing about the peer
-        if not isinstance(a, dict) or str(a.get("span.kind", "")).upper() != "CLIENT":
-            continue
-        peer = a.get("peer.service")
-        if isinstance(peer, str) and peer and "_" not in peer:
+    if not rows.size:
+        return
+    codes, distinct = pd.factorize(text.iloc[rows])
+    peers = [_client_peer(v) for v in distinct]  # each distinct attribute text is parsed once
+    for i, code in zip(rows.tolist(), codes.tolist(), strict=True):
+        peer = peers[code] if code >= 0 else None
+        if peer is not None:
             caller[i] = service[i]
             callee[i] = peer
+
+
+def _client_peer(value: object) -> str | None:
+    """The ``peer.service`` of a CLIENT span's JSON attributes, None when they name none (or are not JSON)."""
+    try:
+        a = json.loads(str(value))
+    except (TypeError, ValueError):
+        return None  # attributes that are not JSON say nothing about the peer
+    if not isinstance(a, dict) or str(a.get("span.kind", "")).upper() != "CLIENT":
+        return None
+    peer = a.get("peer.service")
+    return peer if isinstance(peer, str) and peer and "_" not in peer else None
 
 
 def group_slo(codes: np.ndarray, durations: np.ndarray, history: np.ndarray, n: int

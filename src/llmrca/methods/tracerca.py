@@ -102,9 +102,12 @@ def abnormal_invocations(sp: Spans, hist_t: np.ndarray, det_t: np.ndarray, d_ad:
                          d_fs: float) -> np.ndarray:
     """Per span: an abnormal invocation of a detection trace (step 1 of the module docs)."""
     hist, det = hist_t[sp.trace], det_t[sp.trace]
-    sep = np.full(len(sp), "\x1f", dtype=object)
-    codes, kinds = pd.factorize(pd.Series(sp.caller + sep + sp.callee + sep + sp.operation), sort=True)
-    n = len(kinds)
+    # invocation type = (caller, callee, operation), coded from the three factorisations
+    parts = [pd.factorize(a)[0].astype(np.int64) for a in (sp.caller, sp.callee, sp.operation)]
+    key = (parts[0] * (parts[1].max() + 1) + parts[1]) * (parts[2].max() + 1) + parts[2]
+    _, codes = np.unique(key, return_inverse=True)
+    codes = codes.ravel()
+    n = int(codes.max()) + 1
     _, mu, sd = group_slo(codes, sp.duration, hist, n)
     with np.errstate(invalid="ignore"):
         alpha = np.abs(sp.duration - mu[codes]) / sd[codes]
