@@ -183,7 +183,8 @@ def _joint_codes(a: pd.Series, b: pd.Series) -> np.ndarray:
 def _apply_client_peers(attributes: pd.Series, service: np.ndarray, caller: np.ndarray,
                         callee: np.ndarray) -> None:
     text = attributes.astype("string")
-    rows = np.flatnonzero(text.str.contains("peer.service", regex=False).fillna(False).to_numpy(dtype=bool))
+    # a regular expression, not a plain substring: Arrow runs it with RE2, several times faster on long texts
+    rows = np.flatnonzero(text.str.contains(r"peer\.service", regex=True).fillna(False).to_numpy(dtype=bool))
     if not rows.size:
         return
     codes, distinct = pd.factorize(text.iloc[rows])
