@@ -98,10 +98,13 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
             R = Zt[s:e, None, :] - C[s:e, :, None] * Zt[None, :, :]
             R *= inv_sd[s:e, :, None]
             HR[s:e] = entropy(R)
-        diff = (H[None, :] + HR) - (H[:, None] + HR.T)
-        np.fill_diagonal(diff, 0.0)
-        M = np.sum(np.minimum(0.0, diff) ** 2, axis=1)
-        pos = int(np.argmin(M))
+        with np.errstate(over="ignore", invalid="ignore"):
+            diff = (H[None, :] + HR) - (H[:, None] + HR.T)
+            np.fill_diagonal(diff, 0.0)
+            M = np.sum(np.minimum(0.0, diff) ** 2, axis=1)
+        # a pair that is (numerically) collinear has no noise to compare: its measure overflows; such a
+        # candidate counts as least exogenous rather than letting NaN decide the argmin
+        pos = int(np.argmin(np.where(np.isnan(M), np.inf, M)))
         pick = int(U[pos])
         order.append(pick)
         rest = np.delete(U, pos)

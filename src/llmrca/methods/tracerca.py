@@ -38,7 +38,6 @@ from __future__ import annotations
 from itertools import combinations
 
 import numpy as np
-import pandas as pd
 
 from llmrca.case import Observation
 from llmrca.errors import MethodError, NoAnswer
@@ -102,11 +101,7 @@ def abnormal_invocations(sp: Spans, hist_t: np.ndarray, det_t: np.ndarray, d_ad:
                          d_fs: float) -> np.ndarray:
     """Per span: an abnormal invocation of a detection trace (step 1 of the module docs)."""
     hist, det = hist_t[sp.trace], det_t[sp.trace]
-    # invocation type = (caller, callee, operation), coded from the three factorisations
-    parts = [pd.factorize(a)[0].astype(np.int64) for a in (sp.caller, sp.callee, sp.operation)]
-    key = (parts[0] * (parts[1].max() + 1) + parts[1]) * (parts[2].max() + 1) + parts[2]
-    _, codes = np.unique(key, return_inverse=True)
-    codes = codes.ravel()
+    codes = sp.invocation  # the invocation type: (caller, callee, operation)
     n = int(codes.max()) + 1
     _, mu, sd = group_slo(codes, sp.duration, hist, n)
     with np.errstate(invalid="ignore"):
