@@ -30,6 +30,7 @@ import math
 import time
 
 import numpy as np
+from scipy.linalg import cho_solve, solve_triangular
 
 _K1, _K2, _GAMMA = 79.047, 7.4129, 0.37457
 _H0 = (1 + math.log(2 * math.pi)) / 2
@@ -219,23 +220,40 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
 def _sequential_ols(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least squares of every column t of the centred ``Z`` on the columns before it: (coefficients, with
     column t holding those of target t in rows 0..t-1; residual sums of squares per target). One QR
-    decomposition gives all of them (the regression of column t on the first t columns is the leading t × t
-    triangle); a column that is (nearly) a linear function of those before it falls back to ``lstsq``."""
+    decomposition gives them (the regression of column t on the first t columns is the leading t × t
+    triangle, its residual Q[:, t] U[t, t]); past a column that is (nearly) a linear function of those before
+    it, the targets fall back to ``lstsq`` (the minimum-norm solution, as least squares on the rows gives)."""
     k = Z.shape[1]
     U = np.linalg.qr(Z, mode="r")
     d = np.abs(np.diag(U))
+    bad = np.flatnonzero(d <= 1e-8 * np.maximum.accumulate(np.maximum(d, 1e-300)))
+    good = int(bad[0]) if bad.size else k  # targets 0..good (capped at k - 1) have a well-posed triangle
     coef = np.zeros((k, k))
-    rss = np.zeros(k)
-    if d.min() > 1e-8 * max(d.max(), 1e-300):
-        Uinv = np.linalg.solve(U, np.eye(k))
-        coef = Uinv @ np.triu(U, 1)
-        return coef, np.diag(U) ** 2  # the residual of column t is Q[:, t] U[t, t]
-    for t in range(1, k):
+    rss = d**2
+    m = min(good, k - 1) + 1
+    if good > 0:
+        g = min(good, k)
+        Uinv = solve_triangular(U[:g, :g], np.eye(g))
+        coef[:g, :m] = Uinv @ np.triu(U[:g, :m], 1)
+    for t in range(m, k):
         b, *_ = np.linalg.lstsq(Z[:, :t], Z[:, t], rcond=None)
         coef[:t, t] = b
         rss[t] = float(np.sum((Z[:, t] - Z[:, :t] @ b) ** 2))
-    rss[0] = float(np.sum(Z[:, 0] ** 2))
     return coef, rss
+
+
+def _ols(Xc: np.ndarray, S: np.ndarray, sel: np.ndarray, t: int) -> np.ndarray:
+    """Least squares of column t of the centred ``Xc`` on columns ``sel``: by Cholesky of the covariance ``S``
+    when it is well conditioned, else ``lstsq`` on the rows."""
+    A = S[np.ix_(sel, sel)]
+    try:
+        L = np.linalg.cholesky(A)
+        dl = np.diag(L)
+        if dl.min() > 1e-6 * dl.max():
+            return cho_solve((L, True), S[sel, t])
+    except np.linalg.LinAlgError:
+        pass
+    return np.linalg.lstsq(Xc[:, sel], Xc[:, t], rcond=None)[0]
 
 
 def adjacency(data: np.ndarray, order: list[int], *, deadline: float | None = None) -> np.ndarray:
@@ -248,6 +266,7 @@ def adjacency(data: np.ndarray, order: list[int], *, deadline: float | None = No
         return B
     _check(deadline)
     Xc = X - X.mean(axis=0)
+    S = (Xc.T @ Xc) / n
     sd = np.sqrt(np.mean(Xc * Xc, axis=0))
     Z = Xc / np.where(sd > 0, sd, 1.0)
     R = (Z.T @ Z) / n
@@ -261,7 +280,7 @@ def adjacency(data: np.ndarray, order: list[int], *, deadline: float | None = No
     p = np.arange(1, k)  # predictors per target
     sigma2 = rss_ols[1:] / (n - p - 1)
     # residual sums of squares of every path point on the rows (from G they cancel to noise on a near-exact fit)
-    fitted = np.einsum("nk,itk->itn", Z, points * W[None])
+    fitted = ((points * W[None]).reshape(-1, k) @ Z.T).reshape(len(points), T, n)
     rss = np.sum((Z[:, 1:].T[None] - fitted) ** 2, axis=2)
     df = (np.abs(points) > _EPS).sum(axis=2)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -272,8 +291,7 @@ def adjacency(data: np.ndarray, order: list[int], *, deadline: float | None = No
     for t in range(1, k):
         sel = np.flatnonzero(keep[t - 1])
         if sel.size:
-            b, *_ = np.linalg.lstsq(Xc[:, sel], Xc[:, t], rcond=None)
-            B[t, sel] = b
+            B[t, sel] = _ols(Xc, S, sel, t)
     inv_order = np.argsort(order)
     return B[np.ix_(inv_order, inv_order)]
 
