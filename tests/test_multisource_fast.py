@@ -82,3 +82,14 @@ def test_loaded_spans_equal_the_string_computations(arrow):
     by_text = pd.factorize(key)[0]
     assert len(set(zip(by_text.tolist(), sp.invocation.tolist(), strict=True))) == len(set(by_text.tolist())) \
         == len(set(sp.invocation.tolist()))
+
+
+@pytest.mark.parametrize("dtype", [object, pd.StringDtype("pyarrow")])
+def test_parent_rows_where_span_ids_repeat_across_traces(dtype):
+    from llmrca.methods.spans import span_parent_rows
+
+    tr = pd.DataFrame([("t1", "a", None), ("t1", "b", "a"), ("t2", "a", None), ("t2", "b", "a"),
+                       ("t2", "c", "zz"), ("t1", "c", "b"), ("t2", "a", None), ("t2", "d", "a")],
+                      columns=["trace_id", "span_id", "parent_span_id"]).astype(dtype)
+    codes = pd.factorize(tr["trace_id"])[0]
+    assert span_parent_rows(tr, codes).tolist() == span_parents(tr).tolist() == [-1, 0, -1, 2, -1, 1, -1, 2]

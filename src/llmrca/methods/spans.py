@@ -168,18 +168,26 @@ def load_spans(obs: Observation, method: str) -> Spans:
 def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
     """Row of each span's parent in the same trace, -1 for a root or a parent missing from the frame; a
     duplicated (trace, span id) resolves to its first row. What ``call_graph.span_parents`` computes, on integer
-    codes: span and parent ids are factorised together, and (trace, id) keys are matched by ``searchsorted``."""
+    codes: span and parent ids are factorised together; the first row of each id answers wherever it lies in
+    the child's trace (span ids are nearly always unique), and only the rest are matched on sorted (trace, id)
+    keys."""
     n = len(tr)
     sid = tr["span_id"].astype("string").fillna("")
     pid = tr["parent_span_id"].astype("string").fillna("")
     codes = _joint_codes(sid, pid)
     s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
     width = int(codes.max()) + 1
-    own = trace_codes.astype(np.int64) * width + s_code
-    keys, first = np.unique(own, return_index=True)
-    want = trace_codes.astype(np.int64) * width + p_code
-    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
-    out = np.where(keys[at] == want, first[at], -1).astype(np.int64)
+    first_row = np.full(width, -1, dtype=np.int64)
+    first_row[s_code[::-1]] = np.arange(n - 1, -1, -1)  # the last write, i.e. the first row, wins
+    out = first_row[p_code]
+    trace = trace_codes.astype(np.int64)
+    other = np.flatnonzero((out >= 0) & (trace[np.maximum(out, 0)] != trace))
+    if other.size:  # an id that occurs in several traces: match (trace, id)
+        own = trace * width + s_code
+        keys, first = np.unique(own, return_index=True)
+        want = trace[other] * width + p_code[other]
+        at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+        out[other] = np.where(keys[at] == want, first[at], -1)
     out[(pid == "").to_numpy(dtype=bool)] = -1
     return out
 
