@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from llmrca.case import Observation
 from llmrca.errors import MethodError
@@ -135,8 +137,8 @@ def load_spans(obs: Observation, method: str) -> Spans:
     bad = ~(np.isfinite(start) & np.isfinite(duration))
     if bad.any():
         raise MethodError(f"{method}: span row {int(np.argmax(bad))} has no start time or duration")
-    error = (tr["status"].astype("string") == "ERROR").fillna(False).to_numpy(dtype=bool)
-    t_codes, t_uniq = pd.factorize(tr["trace_id"].astype("string").fillna(""), sort=True)
+    error = _equals(tr["status"], "ERROR")
+    t_codes, t_uniq = _sorted_codes(tr["trace_id"])
     parent = span_parent_rows(tr, t_codes)
     caller = np.where(parent >= 0, service[np.maximum(parent, 0)], CLIENT).astype(object)
     callee = service.copy()
@@ -161,7 +163,7 @@ def load_spans(obs: Observation, method: str) -> Spans:
     np.minimum.at(t_start, t_codes, start)
     t_end = np.full(n_tr, -np.inf)
     np.maximum.at(t_end, t_codes, start + duration)
-    return Spans(t_codes.astype(np.int64), np.asarray(t_uniq, dtype=object), service, operation, start, duration,
+    return Spans(t_codes.astype(np.int64), t_uniq, service, operation, start, duration,
                  error, parent, caller, callee, t_start, t_end, invocation)
 
 
@@ -194,30 +196,65 @@ def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
 
 def _joint_codes(a: pd.Series, b: pd.Series) -> np.ndarray:
     """Integer codes of the values of ``a`` then ``b`` (one code per distinct string across both)."""
-    try:
-        import pyarrow as pa
-
-        chunks = pa.chunked_array(a.array._pa_array.chunks + b.array._pa_array.chunks)
-        return chunks.dictionary_encode().combine_chunks().indices.to_numpy(zero_copy_only=False)
-    except (AttributeError, TypeError, ImportError, ValueError):  # not Arrow-backed strings
+    x, y = _arrow(a), _arrow(b)
+    if x is None or y is None:
         return pd.factorize(pd.concat([a, b], ignore_index=True))[0]
+    joint = pa.chunked_array(x.chunks + y.chunks, type=x.type) if x.type == y.type else None
+    if joint is None:
+        return pd.factorize(pd.concat([a, b], ignore_index=True))[0]
+    return joint.dictionary_encode().combine_chunks().indices.to_numpy()
 
 
 def _client_peers(attributes: pd.Series) -> tuple[np.ndarray, list[str]]:
     """(rows, peer service per row) of the CLIENT spans whose attributes name a ``peer.service``. The rows are
     screened with a regular expression (Arrow runs it with RE2, several times faster on long texts than a
     plain substring search), and each distinct text among them is parsed once."""
-    text = attributes.astype("string")
-    hit = text.str.contains(r"peer\.service", regex=True).fillna(False).to_numpy(dtype=bool)
-    rows = np.flatnonzero(hit)
+    pattern = r"peer\.service"
+    arr = _arrow(attributes)
+    if arr is not None:
+        hit = pc.fill_null(pc.match_substring_regex(arr, pattern), False)
+        rows = np.flatnonzero(hit.to_numpy())
+        values = arr.filter(hit).to_pylist() if rows.size else []
+    else:
+        text = attributes.astype("string")
+        rows = np.flatnonzero(text.str.contains(pattern, regex=True).fillna(False).to_numpy(dtype=bool))
+        values = text.to_numpy(dtype=object)[rows].tolist()
     if not rows.size:
         return rows, []
-    values = text.to_numpy(dtype=object)[rows] if not hasattr(text.array, "_pa_array") else \
-        text.array._pa_array.filter(hit).to_pylist()
     parsed: dict[str, str | None] = {}
     peers = [parsed[v] if v in parsed else parsed.setdefault(v, _client_peer(v)) for v in values]
     named = np.array([p is not None for p in peers], dtype=bool)
     return rows[named], [p for p in peers if p is not None]
+
+
+def _arrow(col: pd.Series):
+    """The column's Arrow string array when it is stored as one (pandas' ``string[pyarrow]``), else None: the
+    hot paths below then call Arrow's kernels directly instead of pandas' wrappers around them."""
+    arr = getattr(col.array, "_pa_array", None)
+    if arr is None or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return None
+    return arr
+
+
+def _equals(col: pd.Series, value: str) -> np.ndarray:
+    """Per row: the text equals ``value`` (missing: False)."""
+    arr = _arrow(col)
+    if arr is not None:
+        return pc.fill_null(pc.equal(arr, value), False).to_numpy()
+    return (col.astype("string") == value).fillna(False).to_numpy(dtype=bool)
+
+
+def _sorted_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(col as text, missing = "", sort=True)``: (codes, sorted distinct texts as objects)."""
+    arr = _arrow(col)
+    if arr is None:
+        codes, uniq = pd.factorize(col.astype("string").fillna(""), sort=True)
+        return codes, np.asarray(uniq, dtype=object)
+    enc = pc.dictionary_encode(pc.fill_null(arr, "")).combine_chunks()
+    order = pc.array_sort_indices(enc.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[enc.indices.to_numpy()], np.asarray(enc.dictionary.take(order).to_pylist(), dtype=object)
 
 
 def _unique_small(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
