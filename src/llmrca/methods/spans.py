@@ -174,9 +174,17 @@ def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
     the child's trace (span ids are nearly always unique), and only the rest are matched on sorted (trace, id)
     keys."""
     n = len(tr)
-    sid = tr["span_id"].astype("string").fillna("")
-    pid = tr["parent_span_id"].astype("string").fillna("")
-    codes = _joint_codes(sid, pid)
+    sid, pid = _arrow(tr["span_id"]), _arrow(tr["parent_span_id"])
+    if sid is not None and pid is not None and sid.type == pid.type:
+        sid, pid = pc.fill_null(sid, ""), pc.fill_null(pid, "")
+        codes = pa.chunked_array(sid.chunks + pid.chunks, type=sid.type).dictionary_encode() \
+            .combine_chunks().indices.to_numpy()
+        root = pc.equal(pid, "").to_numpy()
+    else:
+        sid = tr["span_id"].astype("string").fillna("")
+        pid = tr["parent_span_id"].astype("string").fillna("")
+        codes = pd.factorize(pd.concat([sid, pid], ignore_index=True))[0]
+        root = (pid == "").to_numpy(dtype=bool)
     s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
     width = int(codes.max()) + 1
     first_row = np.full(width, -1, dtype=np.int64)
@@ -190,19 +198,8 @@ def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
         want = trace[other] * width + p_code[other]
         at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
         out[other] = np.where(keys[at] == want, first[at], -1)
-    out[(pid == "").to_numpy(dtype=bool)] = -1
+    out[root] = -1
     return out
-
-
-def _joint_codes(a: pd.Series, b: pd.Series) -> np.ndarray:
-    """Integer codes of the values of ``a`` then ``b`` (one code per distinct string across both)."""
-    x, y = _arrow(a), _arrow(b)
-    if x is None or y is None:
-        return pd.factorize(pd.concat([a, b], ignore_index=True))[0]
-    joint = pa.chunked_array(x.chunks + y.chunks, type=x.type) if x.type == y.type else None
-    if joint is None:
-        return pd.factorize(pd.concat([a, b], ignore_index=True))[0]
-    return joint.dictionary_encode().combine_chunks().indices.to_numpy()
 
 
 def _client_peers(attributes: pd.Series) -> tuple[np.ndarray, list[str]]:
