@@ -50,15 +50,24 @@ def _check(deadline: float | None) -> None:
         raise BudgetExceeded
 
 
-def entropy(u: np.ndarray) -> np.ndarray:
-    """Maximum-entropy approximation of the differential entropy of standardised samples, over the last axis."""
+def entropy(u: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Maximum-entropy approximation of the differential entropy of standardised samples, over the last axis.
+    ``scratch`` (same shape as ``u``), when given, holds the temporaries."""
+    t = np.empty_like(u) if scratch is None else scratch
+    n = u.shape[-1]
     with np.errstate(over="ignore"):
-        logcosh = np.mean(np.log(np.cosh(u)), axis=-1)
+        np.cosh(u, out=t)
+        np.log(t, out=t)
+    logcosh = np.add.reduce(t, axis=-1) / n
     bad = ~np.isfinite(logcosh)
     if bad.any():  # cosh overflowed (|u| > 710): |u| + log1p(e^(-2|u|)) - log 2 cannot
         a = np.abs(u[bad])
         logcosh[bad] = np.mean(a, axis=-1) + np.mean(np.log1p(np.exp(-2.0 * a)), axis=-1) - _LOG2
-    g = np.mean(u * np.exp(-0.5 * (u * u)), axis=-1)
+    np.multiply(u, u, out=t)
+    t *= -0.5
+    np.exp(t, out=t)
+    t *= u
+    g = np.add.reduce(t, axis=-1) / n
     return _H0 - _K1 * (logcosh - _GAMMA) ** 2 - _K2 * g**2
 
 
@@ -94,11 +103,14 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
         np.fill_diagonal(inv_sd, 0.0)
         HR = np.empty((m, m))  # H(r_i<-j)
         rows = max(1, _BLOCK_ELEMS // (m * n))
+        buf, tmp = np.empty((2, min(rows, m), m, n))
         for s in range(0, m, rows):
             e = min(m, s + rows)
-            R = Zt[s:e, None, :] - C[s:e, :, None] * Zt[None, :, :]
+            R = buf[: e - s]
+            np.multiply(C[s:e, :, None], Zt[None, :, :], out=R)
+            np.subtract(Zt[s:e, None, :], R, out=R)
             R *= inv_sd[s:e, :, None]
-            HR[s:e] = entropy(R)
+            HR[s:e] = entropy(R, tmp[: e - s])
         with np.errstate(over="ignore", invalid="ignore"):
             diff = (H[None, :] + HR) - (H[:, None] + HR.T)
             np.fill_diagonal(diff, 0.0)
