@@ -19,6 +19,7 @@ from llmrca.case.derive import window_starts
 from llmrca.case.templates import log_templates, template_id
 from llmrca.errors import CaseError
 from llmrca.methods.multisource import grid
+from llmrca.methods.spans import sorted_text_codes, text_equals
 
 Series = tuple[list[str], np.ndarray]  # column names, (rows of the metrics grid, columns) values
 
@@ -101,17 +102,15 @@ def trace_series(obs: Observation, method: str) -> Series:
         raise CaseError([f"missing column(s) {', '.join(missing)}"], where="traces")
     st = pd.to_numeric(tr["start_time_us"], errors="coerce").to_numpy(dtype=float) / 1e6
     dur = pd.to_numeric(tr["duration_us"], errors="coerce").to_numpy(dtype=float) / 1e6
-    s_codes, svcs = pd.factorize(tr["service"], sort=True)
-    o_codes, ops = pd.factorize(tr["operation"], sort=True)
-    if (s_codes < 0).any() or (o_codes < 0).any():
+    if tr["service"].isna().any() or tr["operation"].isna().any():
         raise CaseError(["missing service or operation name(s)"], where="traces")
+    s_codes, svcs = sorted_text_codes(tr["service"])
+    o_codes, ops = sorted_text_codes(tr["operation"])
     svcs, ops = [str(s) for s in svcs], [str(o) for o in ops]
     _check_names(svcs, "traces.service")
     pairs, codes = _unique_small(s_codes.astype(np.int64) * len(ops) + o_codes, len(svcs) * len(ops))
     names = [f"{svcs[p // len(ops)]}_{ops[p % len(ops)]}" for p in pairs.tolist()]
-    status = tr["status"]
-    ok_all = (status == "OK").fillna(False).to_numpy(dtype=bool)
-    bad_all = (status == "ERROR").fillna(False).to_numpy(dtype=bool)
+    ok_all, bad_all = text_equals(tr["status"], "OK"), text_equals(tr["status"], "ERROR")
     k, inside = _windows(st, start, dt, n_win)
     codes, dur, ok_all, bad_all = codes[inside], dur[inside], ok_all[inside], bad_all[inside]
     n_ops, size = len(names), len(names) * n_win

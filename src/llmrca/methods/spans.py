@@ -137,8 +137,8 @@ def load_spans(obs: Observation, method: str) -> Spans:
     bad = ~(np.isfinite(start) & np.isfinite(duration))
     if bad.any():
         raise MethodError(f"{method}: span row {int(np.argmax(bad))} has no start time or duration")
-    error = _equals(tr["status"], "ERROR")
-    t_codes, t_uniq = _sorted_codes(tr["trace_id"])
+    error = text_equals(tr["status"], "ERROR")
+    t_codes, t_uniq = sorted_text_codes(tr["trace_id"])
     parent = span_parent_rows(tr, t_codes)
     caller = np.where(parent >= 0, service[np.maximum(parent, 0)], CLIENT).astype(object)
     callee = service.copy()
@@ -233,7 +233,7 @@ def _arrow(col: pd.Series):
     return arr
 
 
-def _equals(col: pd.Series, value: str) -> np.ndarray:
+def text_equals(col: pd.Series, value: str) -> np.ndarray:
     """Per row: the text equals ``value`` (missing: False)."""
     arr = _arrow(col)
     if arr is not None:
@@ -241,7 +241,7 @@ def _equals(col: pd.Series, value: str) -> np.ndarray:
     return (col.astype("string") == value).fillna(False).to_numpy(dtype=bool)
 
 
-def _sorted_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def sorted_text_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """``pd.factorize(col as text, missing = "", sort=True)``: (codes, sorted distinct texts as objects)."""
     arr = _arrow(col)
     if arr is None:
