@@ -19,7 +19,7 @@ from llmrca.case.derive import window_starts
 from llmrca.case.templates import log_templates, template_id
 from llmrca.errors import CaseError
 from llmrca.methods.multisource import grid
-from llmrca.methods.spans import sorted_text_codes, text_equals
+from llmrca.methods.spans import sorted_text_codes, text_codes, text_equals
 
 Series = tuple[list[str], np.ndarray]  # column names, (rows of the metrics grid, columns) values
 
@@ -54,8 +54,7 @@ def _row_windows(t: np.ndarray, dt: float) -> tuple[np.ndarray, int, float]:
 def _line_templates(logs: pd.DataFrame, mode: str) -> tuple[np.ndarray, list[str]]:
     """(code per line, template text per code) of the templates ``log_templates`` gives the lines."""
     if mode == "auto" and "template" in logs.columns:
-        codes, uniq = pd.factorize(logs["template"])
-        texts = [str(u) for u in uniq]
+        codes, texts = text_codes(logs["template"])
         stated = np.array([u.strip() != "" for u in texts], dtype=bool)
         if (codes >= 0).all() and stated[codes].all():  # every line states its template: nothing to mine
             return codes, texts
@@ -73,8 +72,7 @@ def template_series(obs: Observation, method: str, mode: str = "auto") -> Series
     if missing:
         raise CaseError([f"missing column(s) {', '.join(missing)}"], where="logs")
     t_codes, texts = _line_templates(logs, mode)
-    s_codes, svcs = pd.factorize(logs["service"])
-    svcs = [str(s) for s in svcs]
+    s_codes, svcs = text_codes(logs["service"])
     keep = s_codes >= 0
     _check_names(sorted({svcs[i] for i in np.unique(s_codes[keep])}), "logs.service")
     ids = [template_id(x) for x in texts]

@@ -121,13 +121,13 @@ def load_spans(obs: Observation, method: str) -> Spans:
     missing = [c for c in _SPAN_COLUMNS if c not in tr.columns]
     if missing:
         raise MethodError(f"{method}: the traces lack column(s) {', '.join(missing)}")
-    s_codes, svcs = pd.factorize(tr["service"])
+    s_codes, svcs = text_codes(tr["service"])
     if (s_codes < 0).any():
         raise MethodError(f"{method}: {int((s_codes < 0).sum())} span(s) without a service name")
-    svcs = np.array([str(v) for v in svcs], dtype=object)
+    svcs = np.array(svcs, dtype=object)
     service = svcs[s_codes]
-    o_codes, ops = pd.factorize(tr["operation"])
-    ops = [str(v) for v in ops] + ["unnamed"]  # code -1 (no operation) -> the last entry
+    o_codes, ops = text_codes(tr["operation"])
+    ops = [*ops, "unnamed"]  # code -1 (no operation) -> the last entry
     pair, op_code = _unique_small(s_codes.astype(np.int64) * len(ops) + np.where(o_codes < 0, len(ops) - 1,
                                                                                    o_codes), len(svcs) * len(ops))
     operation = np.array([f"{svcs[p // len(ops)]}_{ops[p % len(ops)]}" for p in pair.tolist()],
@@ -239,6 +239,20 @@ def text_equals(col: pd.Series, value: str) -> np.ndarray:
     if arr is not None:
         return pc.fill_null(pc.equal(arr, value), False).to_numpy()
     return (col.astype("string") == value).fillna(False).to_numpy(dtype=bool)
+
+
+def text_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """``pd.factorize(col)`` for a text column: (codes in first-seen order, -1 where missing; the distinct
+    texts)."""
+    arr = _arrow(col)
+    if arr is None:
+        codes, uniq = pd.factorize(col)
+        return codes, [str(v) for v in uniq]
+    enc = pc.dictionary_encode(arr).combine_chunks()
+    idx = enc.indices
+    codes = idx.to_numpy(zero_copy_only=False) if idx.null_count == 0 else \
+        pc.fill_null(idx, -1).to_numpy()
+    return codes.astype(np.int64, copy=False), enc.dictionary.to_pylist()
 
 
 def sorted_text_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
