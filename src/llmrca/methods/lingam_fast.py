@@ -164,68 +164,70 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
     prev_alpha = np.full(T, math.inf)
     n_points = np.ones(T, dtype=np.int64)
     points, marks = [beta.copy()], [np.ones(T, dtype=bool)]
-    for _ in range(max_iter + k):
-        free = cand & ~active
-        absc = np.where(free, np.abs(c), -1.0)
-        j = np.argmax(absc, axis=1)
-        C = np.maximum(absc[rows, j], 0.0)
-        alpha = C / n
-        running &= (alpha > _EQ_TOL) & (n_points <= max_iter)
-        if not running.any():
-            break
-        add = running & ~drop
-        g = np.where(active, G[rows, :, j], 0.0)
-        u = np.einsum("tab,tb->ta", inv, g)
-        schur = G[rows, j, j] - np.einsum("ta,ta->t", g, u)
-        degen = add & (np.maximum(np.sqrt(np.abs(schur)), _EPS) < 1e-7)
-        c[rows[degen], j[degen]] = 0.0
-        joined = add & ~degen
-        if joined.any():
-            t, jj, uu, sc = rows[joined], j[joined], u[joined], schur[joined]
-            inv[t] += uu[:, :, None] * uu[:, None, :] / sc[:, None, None]
-            inv[t, :, jj] = -uu / sc[:, None]
-            inv[t, jj, :] = -uu / sc[:, None]
-            inv[t, jj, jj] = 1.0 / sc
-            active[t, jj] = True
-            sign[t, jj] = np.where(c[t, jj] > 0, 1.0, -1.0)
-        running &= degen | ~(prev_alpha < alpha)  # alpha no longer controlled (tiny residuals): stop, as LARS
-        step = running & ~degen
-        if not step.any():
-            continue
-        ls = np.einsum("tab,tb->ta", inv, sign)
-        AA = 1.0 / np.sqrt(np.maximum(np.einsum("ta,ta->t", ls, sign), _EPS))
-        ls *= AA[:, None]  # the equiangular direction of the active coefficients (zero elsewhere)
-        a = np.einsum("tab,tb->ta", G, ls)  # change of every correlation per unit step
-        np.around(a, decimals=15, out=a)
-        inact = cand & ~active
-        with np.errstate(divide="ignore", invalid="ignore"):
-            g1 = _min_pos(np.where(inact, (C[:, None] - c) / (AA[:, None] - a + _TINY32), -1.0))
-            g2 = _min_pos(np.where(inact, (C[:, None] + c) / (AA[:, None] + a + _TINY32), -1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):  # quotients of masked-out entries are discarded
+        for _ in range(max_iter + k):
+            free = cand & ~active
+            absc = np.where(free, np.abs(c), -1.0)
+            j = np.argmax(absc, axis=1)
+            C = np.maximum(absc[rows, j], 0.0)
+            alpha = C / n
+            running &= (alpha > _EQ_TOL) & (n_points <= max_iter)
+            if not running.any():
+                break
+            add = running & ~drop
+            g = np.where(active, G[rows, :, j], 0.0)
+            u = np.einsum("tab,tb->ta", inv, g)
+            schur = G[rows, j, j] - np.einsum("ta,ta->t", g, u)
+            degen = add & (np.maximum(np.sqrt(np.abs(schur)), _EPS) < 1e-7)
+            c[rows[degen], j[degen]] = 0.0
+            joined = add & ~degen
+            if joined.any():
+                t, jj, uu, sc = rows[joined], j[joined], u[joined], schur[joined]
+                inv[t] += uu[:, :, None] * uu[:, None, :] / sc[:, None, None]
+                inv[t, :, jj] = -uu / sc[:, None]
+                inv[t, jj, :] = -uu / sc[:, None]
+                inv[t, jj, jj] = 1.0 / sc
+                active[t, jj] = True
+                sign[t, jj] = np.where(c[t, jj] > 0, 1.0, -1.0)
+            running &= degen | ~(prev_alpha < alpha)  # alpha no longer controlled (tiny residuals): stop, as LARS
+            step = running & ~degen
+            if not step.any():
+                continue
+            ls = np.einsum("tab,tb->ta", inv, sign)
+            AA = 1.0 / np.sqrt(np.maximum(np.einsum("ta,ta->t", ls, sign), _EPS))
+            ls *= AA[:, None]  # the equiangular direction of the active coefficients (zero elsewhere)
+            a = np.einsum("tab,tb->ta", G, ls)  # change of every correlation per unit step
+            np.around(a, decimals=15, out=a)
+            inact = cand & ~active
+            Cc, AAc = C[:, None], AA[:, None]
+            g1 = _min_pos(np.where(inact, (Cc - c) / (AAc - a + _TINY32), -1.0))
+            g2 = _min_pos(np.where(inact, (Cc + c) / (AAc + a + _TINY32), -1.0))
             z = np.where(active, -beta / (ls + _TINY32), -1.0)
-        gamma = np.minimum(np.minimum(g1, g2), C / AA)
-        z_pos = _min_pos(z)
-        new_drop = z_pos < gamma
-        gamma = np.where(new_drop, z_pos, gamma)
-        gamma = np.where(step, gamma, 0.0)
-        beta += gamma[:, None] * ls
-        c -= gamma[:, None] * a
-        prev_alpha = np.where(step, alpha, prev_alpha)
-        drop = np.where(step, new_drop, drop)
-        leaving = np.argwhere(step[:, None] & new_drop[:, None] & active & (z == z_pos[:, None]))
-        for t, v in leaving:
-            col = inv[t, :, v].copy()
-            inv[t] -= np.outer(col, col) / col[v]
-            inv[t, v, :] = 0.0
-            inv[t, :, v] = 0.0
-            active[t, v] = False
-            sign[t, v] = 0.0
-            beta[t, v] = 0.0
-        for t in np.unique(leaving[:, 0]) if len(leaving) else ():
-            out = leaving[leaving[:, 0] == t, 1]
-            c[t, out] = c0[t, out] - G[t, out] @ beta[t]
-        n_points += step
-        points.append(beta.copy())
-        marks.append(step.copy())
+            gamma = np.minimum(np.minimum(g1, g2), C / AA)
+            z_pos = _min_pos(z)
+            new_drop = z_pos < gamma
+            gamma = np.where(new_drop, z_pos, gamma)
+            gamma = np.where(step, gamma, 0.0)
+            beta += gamma[:, None] * ls
+            c -= gamma[:, None] * a
+            prev_alpha = np.where(step, alpha, prev_alpha)
+            drop = np.where(step, new_drop, drop)
+            dropping = step & new_drop
+            leaving = np.argwhere(dropping[:, None] & active & (z == z_pos[:, None])) if dropping.any() else ()
+            for t, v in leaving:
+                col = inv[t, :, v].copy()
+                inv[t] -= np.outer(col, col) / col[v]
+                inv[t, v, :] = 0.0
+                inv[t, :, v] = 0.0
+                active[t, v] = False
+                sign[t, v] = 0.0
+                beta[t, v] = 0.0
+            for t in np.unique(leaving[:, 0]) if len(leaving) else ():
+                out = leaving[leaving[:, 0] == t, 1]
+                c[t, out] = c0[t, out] - G[t, out] @ beta[t]
+            n_points += step
+            points.append(beta.copy())
+            marks.append(step.copy())
     return np.array(points), np.array(marks)
 
 
