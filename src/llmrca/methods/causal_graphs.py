@@ -35,6 +35,7 @@ from causallearn.utils.cit import CIT, CIT_Base, register_ci_test
 from scipy.special import log_ndtr
 
 from llmrca.errors import MethodError
+from llmrca.methods.lingam_fast import direct_lingam
 from llmrca.methods.pc_skeleton import stable_skeleton
 
 _CIT_NAME = "llmrca-budgeted"
@@ -658,8 +659,7 @@ def lingam_graph(
     _check_rows(n, max(5, k + 2), f"LiNGAM on {k} columns")
     deadline = _deadline(timeout_s)
     try:
-        order = direct_lingam_order(u.data, deadline=deadline)
-        B = _adaptive_lasso_adjacency(u.data, order, deadline)
+        _, B = direct_lingam(u.data, deadline=deadline)  # llmrca.methods.lingam_fast
     except BudgetExceeded:
         raise MethodError(f"LiNGAM exceeded its time budget of {timeout_s:g} s on {k} columns") from None
     except MethodError:

@@ -5,7 +5,7 @@ The logs become lines per (service, template) per metrics interval (``<service>_
 ``logts`` of RCAEval; templates given by the source, else mined with Drain3: ``llmrca.case.templates``), the
 spans become per-operation mean latency of successful spans and error counts per interval
 (``<service>_<operation>_latency``, ``<service>_<operation>_error-count``), all on the metrics' own time grid
-(``llmrca.methods.multisource``). They are appended to the metric columns and the whole table goes through
+(``llmrca.methods.multisource``; computed as arrays by ``llmrca.methods.multisource_fast``). They are appended to the metric columns and the whole table goes through
 :class:`llmrca.methods.baro.Baro` unchanged: median/IQR of the window before the onset, score = max deviation
 after it, one merged ranking of every series. Candidates keep their ``<service>_…`` names, so the
 service-level ranking needs nothing more.
@@ -24,7 +24,7 @@ from llmrca.case.templates import MODES
 from llmrca.errors import MethodError
 from llmrca.methods.baro import Baro
 from llmrca.methods.base import BaseMethod, Ranking
-from llmrca.methods.multisource import append_columns, template_grid, trace_grid
+from llmrca.methods.multisource_fast import template_series, trace_series, with_series
 from llmrca.methods.params import check_bool
 from llmrca.methods.spans import require_sources
 
@@ -53,9 +53,9 @@ class MMBaro(BaseMethod):
         require_sources(self.name, obs, SOURCES if require_all else ("metrics",))
         extra = []
         if obs.has("logs"):
-            extra.append(template_grid(obs, self.name, mode))
+            extra.append(template_series(obs, self.name, mode))
         if obs.has("traces"):
-            extra.append(trace_grid(obs, self.name))
-        merged = replace(obs, metrics=append_columns(obs.metrics, extra))
+            extra.append(trace_series(obs, self.name))
+        merged = replace(obs, metrics=with_series(obs.metrics, extra))
         baro = Baro(**{k: v for k, v in self.params.items() if k in Baro.default_params()})
         return baro.rank(merged, seed=seed)

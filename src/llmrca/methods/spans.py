@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from llmrca.case import Observation
 from llmrca.errors import MethodError
 from llmrca.methods.base import Ranking
-from llmrca.methods.call_graph import span_parents
 from llmrca.methods.params import check_float
 
 CLIENT = ""  # the caller of a root span: whoever sent the request, not a candidate
@@ -83,6 +84,7 @@ class Spans:
     callee: np.ndarray  # object, service
     trace_start: np.ndarray  # float per trace
     trace_end: np.ndarray  # float per trace
+    invocation: np.ndarray  # int, code of the span's (caller, callee, operation): its invocation type
 
     def __len__(self) -> int:
         return len(self.trace)
@@ -109,56 +111,183 @@ class Spans:
 
 
 def load_spans(obs: Observation, method: str) -> Spans:
-    """The observation's spans as :class:`Spans`; ``MethodError`` when it has none or they lack a column."""
+    """The observation's spans as :class:`Spans`; ``MethodError`` when it has none or they lack a column.
+
+    Strings are factorised in their own storage and only distinct values become Python strings (operation
+    names, attribute texts), so loading costs a few array passes over the spans."""
     tr = obs.traces
     if tr is None or not len(tr):
         raise MethodError(f"{method} needs traces: this case has none")
     missing = [c for c in _SPAN_COLUMNS if c not in tr.columns]
     if missing:
         raise MethodError(f"{method}: the traces lack column(s) {', '.join(missing)}")
-    service = tr["service"].astype("string")
-    if service.isna().any():
-        raise MethodError(f"{method}: {int(service.isna().sum())} span(s) without a service name")
-    service = service.to_numpy(dtype=object)
-    operation = (tr["service"].astype("string") + "_" + tr["operation"].astype("string").fillna("unnamed"))
+    s_codes, svcs = text_codes(tr["service"])
+    if (s_codes < 0).any():
+        raise MethodError(f"{method}: {int((s_codes < 0).sum())} span(s) without a service name")
+    svcs = np.array(svcs, dtype=object)
+    service = svcs[s_codes]
+    o_codes, ops = text_codes(tr["operation"])
+    ops = [*ops, "unnamed"]  # code -1 (no operation) -> the last entry
+    pair, op_code = _unique_small(s_codes.astype(np.int64) * len(ops) + np.where(o_codes < 0, len(ops) - 1,
+                                                                                   o_codes), len(svcs) * len(ops))
+    operation = np.array([f"{svcs[p // len(ops)]}_{ops[p % len(ops)]}" for p in pair.tolist()],
+                         dtype=object)[op_code]
     start = pd.to_numeric(tr["start_time_us"], errors="coerce").to_numpy(dtype=float) / 1e6
     duration = pd.to_numeric(tr["duration_us"], errors="coerce").to_numpy(dtype=float) / 1e6
     bad = ~(np.isfinite(start) & np.isfinite(duration))
     if bad.any():
         raise MethodError(f"{method}: span row {int(np.argmax(bad))} has no start time or duration")
-    error = (tr["status"].astype("string") == "ERROR").fillna(False).to_numpy(dtype=bool)
-    trace, trace_ids = pd.factorize(tr["trace_id"].astype("string").fillna(""), sort=True)
-    parent = span_parents(tr)
+    error = text_equals(tr["status"], "ERROR")
+    t_codes, t_uniq = sorted_text_codes(tr["trace_id"])
+    parent = span_parent_rows(tr, t_codes)
     caller = np.where(parent >= 0, service[np.maximum(parent, 0)], CLIENT).astype(object)
     callee = service.copy()
+    # the same on codes: services 0..len(svcs)-1, the client len(svcs), peers not among the services after it
+    caller_code = np.where(parent >= 0, s_codes[np.maximum(parent, 0)], len(svcs)).astype(np.int64)
+    callee_code = s_codes.astype(np.int64)
     if "attributes" in tr.columns:
-        _apply_client_peers(tr["attributes"], service, caller, callee)
-    n_tr = len(trace_ids)
+        rows, peers = _client_peers(tr["attributes"])
+        if rows.size:
+            caller[rows] = service[rows]
+            callee[rows] = peers
+            caller_code[rows] = s_codes[rows]
+            known = {str(v): i for i, v in enumerate(svcs)}
+            for name in peers:
+                known.setdefault(name, len(known) + 1)  # len(svcs) stays the client's
+            callee_code[rows] = [known[name] for name in peers]
+    width = len(svcs) + 1 + len(set(callee.tolist()) - set(svcs.tolist()))
+    _, invocation = _unique_small((caller_code * width + callee_code) * len(pair) + op_code,
+                                  width * width * len(pair))
+    n_tr = len(t_uniq)
     t_start = np.full(n_tr, np.inf)
-    np.minimum.at(t_start, trace, start)
+    np.minimum.at(t_start, t_codes, start)
     t_end = np.full(n_tr, -np.inf)
-    np.maximum.at(t_end, trace, start + duration)
-    return Spans(trace.astype(np.int64), np.asarray(trace_ids, dtype=object), service,
-                 operation.to_numpy(dtype=object), start, duration, error, parent, caller, callee, t_start,
-                 t_end)
+    np.maximum.at(t_end, t_codes, start + duration)
+    return Spans(t_codes.astype(np.int64), t_uniq, service, operation, start, duration,
+                 error, parent, caller, callee, t_start, t_end, invocation)
 
 
-def _apply_client_peers(attributes: pd.Series, service: np.ndarray, caller: np.ndarray,
-                        callee: np.ndarray) -> None:
-    text = attributes.astype("string")
-    rows = np.flatnonzero(text.str.contains("peer.service", regex=False).fillna(False).to_numpy(dtype=bool))
-    values = text.to_numpy(dtype=object)
-    for i in rows:
-        try:
-            a = json.loads(values[i])
-        except (TypeError, ValueError):
-            continue  # attributes that are not JSON say nothing about the peer
-        if not isinstance(a, dict) or str(a.get("span.kind", "")).upper() != "CLIENT":
-            continue
-        peer = a.get("peer.service")
-        if isinstance(peer, str) and peer and "_" not in peer:
-            caller[i] = service[i]
-            callee[i] = peer
+def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
+    """Row of each span's parent in the same trace, -1 for a root or a parent missing from the frame; a
+    duplicated (trace, span id) resolves to its first row. What ``call_graph.span_parents`` computes, on integer
+    codes: span and parent ids are factorised together; the first row of each id answers wherever it lies in
+    the child's trace (span ids are nearly always unique), and only the rest are matched on sorted (trace, id)
+    keys."""
+    n = len(tr)
+    sid, pid = _arrow(tr["span_id"]), _arrow(tr["parent_span_id"])
+    if sid is not None and pid is not None and sid.type == pid.type:
+        sid, pid = pc.fill_null(sid, ""), pc.fill_null(pid, "")
+        codes = pa.chunked_array(sid.chunks + pid.chunks, type=sid.type).dictionary_encode() \
+            .combine_chunks().indices.to_numpy()
+        root = pc.equal(pid, "").to_numpy()
+    else:
+        sid = tr["span_id"].astype("string").fillna("")
+        pid = tr["parent_span_id"].astype("string").fillna("")
+        codes = pd.factorize(pd.concat([sid, pid], ignore_index=True))[0]
+        root = (pid == "").to_numpy(dtype=bool)
+    s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
+    width = int(codes.max()) + 1
+    first_row = np.full(width, -1, dtype=np.int64)
+    first_row[s_code[::-1]] = np.arange(n - 1, -1, -1)  # the last write, i.e. the first row, wins
+    out = first_row[p_code]
+    trace = trace_codes.astype(np.int64)
+    other = np.flatnonzero((out >= 0) & (trace[np.maximum(out, 0)] != trace))
+    if other.size:  # an id that occurs in several traces: match (trace, id)
+        own = trace * width + s_code
+        keys, first = np.unique(own, return_index=True)
+        want = trace[other] * width + p_code[other]
+        at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+        out[other] = np.where(keys[at] == want, first[at], -1)
+    out[root] = -1
+    return out
+
+
+def _client_peers(attributes: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """(rows, peer service per row) of the CLIENT spans whose attributes name a ``peer.service``. The rows are
+    screened with a regular expression (Arrow runs it with RE2, several times faster on long texts than a
+    plain substring search), and each distinct text among them is parsed once."""
+    pattern = r"peer\.service"
+    arr = _arrow(attributes)
+    if arr is not None:
+        hit = pc.fill_null(pc.match_substring_regex(arr, pattern), False)
+        rows = np.flatnonzero(hit.to_numpy())
+        values = arr.filter(hit).to_pylist() if rows.size else []
+    else:
+        text = attributes.astype("string")
+        rows = np.flatnonzero(text.str.contains(pattern, regex=True).fillna(False).to_numpy(dtype=bool))
+        values = text.to_numpy(dtype=object)[rows].tolist()
+    if not rows.size:
+        return rows, []
+    parsed: dict[str, str | None] = {}
+    peers = [parsed[v] if v in parsed else parsed.setdefault(v, _client_peer(v)) for v in values]
+    named = np.array([p is not None for p in peers], dtype=bool)
+    return rows[named], [p for p in peers if p is not None]
+
+
+def _arrow(col: pd.Series):
+    """The column's Arrow string array when it is stored as one (pandas' ``string[pyarrow]``), else None: the
+    hot paths below then call Arrow's kernels directly instead of pandas' wrappers around them."""
+    arr = getattr(col.array, "_pa_array", None)
+    if arr is None or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return None
+    return arr
+
+
+def text_equals(col: pd.Series, value: str) -> np.ndarray:
+    """Per row: the text equals ``value`` (missing: False)."""
+    arr = _arrow(col)
+    if arr is not None:
+        return pc.fill_null(pc.equal(arr, value), False).to_numpy()
+    return (col.astype("string") == value).fillna(False).to_numpy(dtype=bool)
+
+
+def text_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """``pd.factorize(col)`` for a text column: (codes in first-seen order, -1 where missing; the distinct
+    texts)."""
+    arr = _arrow(col)
+    if arr is None:
+        codes, uniq = pd.factorize(col)
+        return codes, [str(v) for v in uniq]
+    enc = pc.dictionary_encode(arr).combine_chunks()
+    idx = enc.indices
+    codes = idx.to_numpy(zero_copy_only=False) if idx.null_count == 0 else \
+        pc.fill_null(idx, -1).to_numpy()
+    return codes.astype(np.int64, copy=False), enc.dictionary.to_pylist()
+
+
+def sorted_text_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(col as text, missing = "", sort=True)``: (codes, sorted distinct texts as objects)."""
+    arr = _arrow(col)
+    if arr is None:
+        codes, uniq = pd.factorize(col.astype("string").fillna(""), sort=True)
+        return codes, np.asarray(uniq, dtype=object)
+    enc = pc.dictionary_encode(pc.fill_null(arr, "")).combine_chunks()
+    order = pc.array_sort_indices(enc.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[enc.indices.to_numpy()], np.asarray(enc.dictionary.take(order).to_pylist(), dtype=object)
+
+
+def _unique_small(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(codes, return_inverse=True)`` for non-negative codes below ``size``, by counting (no sort)
+    where ``size`` is small next to the data."""
+    if size > 4 * len(codes) + (1 << 20):
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        return uniq, inverse.ravel()
+    present = np.bincount(codes, minlength=size) > 0
+    return np.flatnonzero(present), (np.cumsum(present) - 1)[codes]
+
+
+def _client_peer(value: object) -> str | None:
+    """The ``peer.service`` of a CLIENT span's JSON attributes, None when they name none (or are not JSON)."""
+    try:
+        a = json.loads(str(value))
+    except (TypeError, ValueError):
+        return None  # attributes that are not JSON say nothing about the peer
+    if not isinstance(a, dict) or str(a.get("span.kind", "")).upper() != "CLIENT":
+        return None
+    peer = a.get("peer.service")
+    return peer if isinstance(peer, str) and peer and "_" not in peer else None
 
 
 def group_slo(codes: np.ndarray, durations: np.ndarray, history: np.ndarray, n: int

@@ -38,7 +38,6 @@ from __future__ import annotations
 from itertools import combinations
 
 import numpy as np
-import pandas as pd
 
 from llmrca.case import Observation
 from llmrca.errors import MethodError, NoAnswer
@@ -102,9 +101,8 @@ def abnormal_invocations(sp: Spans, hist_t: np.ndarray, det_t: np.ndarray, d_ad:
                          d_fs: float) -> np.ndarray:
     """Per span: an abnormal invocation of a detection trace (step 1 of the module docs)."""
     hist, det = hist_t[sp.trace], det_t[sp.trace]
-    sep = np.full(len(sp), "\x1f", dtype=object)
-    codes, kinds = pd.factorize(pd.Series(sp.caller + sep + sp.callee + sep + sp.operation), sort=True)
-    n = len(kinds)
+    codes = sp.invocation  # the invocation type: (caller, callee, operation)
+    n = int(codes.max()) + 1
     _, mu, sd = group_slo(codes, sp.duration, hist, n)
     with np.errstate(invalid="ignore"):
         alpha = np.abs(sp.duration - mu[codes]) / sd[codes]

@@ -1,0 +1,87 @@
+"""llmrca.methods.lingam_fast against the packages it re-derives: lingam's DirectLiNGAM (causal order and
+adjacency) and scikit-learn's LARS lasso path."""
+
+import time
+
+import numpy as np
+import pytest
+
+from llmrca.errors import MethodError
+from llmrca.methods import causal_graphs as cg
+from llmrca.methods import lingam_fast as lf
+
+
+def lingam_data(n: int, k: int, seed: int) -> np.ndarray:
+    """A random linear non-Gaussian acyclic model (sparse lower-triangular B, cubed-uniform noise), columns
+    shuffled so the causal order is not the column order."""
+    r = np.random.default_rng(seed)
+    B = np.tril(r.uniform(0.5, 1.5, (k, k)) * r.choice([-1, 1], (k, k)) * (r.random((k, k)) < 0.5), -1)
+    E = r.uniform(-1, 1, (n, k)) ** 3
+    X = np.linalg.solve(np.eye(k) - B, E.T).T
+    return X[:, r.permutation(k)]
+
+
+@pytest.mark.parametrize(("n", "k", "seed"), [(150, 4, 0), (200, 6, 1), (120, 7, 2)])
+def test_order_and_adjacency_equal_the_lingam_package(n, k, seed):
+    import lingam
+
+    X = lingam_data(n, k, seed)
+    ref = lingam.DirectLiNGAM().fit(X)
+    order, B = lf.direct_lingam(X)
+    assert order == [int(i) for i in ref.causal_order_]
+    assert np.array_equal(B != 0, ref.adjacency_matrix_ != 0)
+    assert np.allclose(B, ref.adjacency_matrix_, rtol=1e-7, atol=1e-9)
+
+
+def test_lasso_paths_equal_scikit_learns_lars_path_for_problems_of_several_sizes():
+    from sklearn.linear_model import lars_path
+
+    r = np.random.default_rng(3)
+    n, k = 80, 6
+    G = np.zeros((4, k, k))
+    xy = np.zeros((4, k))
+    problems = []
+    for t, p in enumerate((1, 3, 5, 6)):
+        X = r.standard_normal((n, p)) @ r.uniform(-1, 1, (p, p))  # correlated predictors: the path drops some
+        y = X @ (r.standard_normal(p) * (r.random(p) < 0.6)) + r.standard_normal(n)
+        X, y = X - X.mean(axis=0), y - y.mean()
+        G[t, :p, :p], xy[t, :p] = X.T @ X, X.T @ y
+        problems.append((X, y, p))
+    points, marks = lf.lasso_paths(G, xy, n)
+    for t, (X, y, p) in enumerate(problems):
+        _, _, ref = lars_path(X, y, Gram=X.T @ X, method="lasso", alpha_min=0.0)
+        ours = points[marks[:, t], t, :p]
+        assert ours.shape == ref.T.shape
+        assert np.allclose(ours, ref.T, rtol=1e-8, atol=1e-10)
+        assert not points[:, t, p:].any()  # features a problem does not have never join
+
+
+def test_entropy_stays_finite_where_cosh_overflows():
+    u = np.array([[0.0, 800.0, -900.0, 1.0]])
+    h = lf.entropy(u)
+    a = np.abs(u)
+    logcosh = np.mean(a + np.log1p(np.exp(-2 * a)) - np.log(2))
+    g = np.mean(u * np.exp(-u**2 / 2))
+    expected = (1 + np.log(2 * np.pi)) / 2 - 79.047 * (logcosh - 0.37457) ** 2 - 7.4129 * g**2
+    assert np.isfinite(h).all() and h[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_deadline_and_the_graph_builder():
+    X = lingam_data(100, 4, 4)
+    with pytest.raises(cg.BudgetExceeded):
+        lf.direct_lingam(X, deadline=time.monotonic() - 1.0)
+    names = ["a_m", "b_m", "c_m", "d_m"]
+    G = cg.lingam_graph(X, names)
+    _, B = lf.direct_lingam(X)
+    assert {(names[j], names[i]) for i, j in zip(*np.nonzero(np.abs(B) > 0.01), strict=True)} == set(G.edges)
+    with pytest.raises(MethodError, match="LiNGAM on 4 columns needs at least 6 rows"):
+        cg.lingam_graph(X[:5], names)
+
+
+def test_a_duplicated_column_is_placed_as_spent_and_the_result_is_deterministic():
+    X = lingam_data(120, 4, 5)
+    X = np.column_stack([X, X[:, 1]])
+    order, B = lf.direct_lingam(X)
+    assert sorted(order) == list(range(5)) and order.index(4) > order.index(1)
+    order2, B2 = lf.direct_lingam(X)
+    assert order2 == order and np.array_equal(B, B2, equal_nan=True)
