@@ -567,73 +567,6 @@ def granger_graph(
 # --- LiNGAM ------------------------------------------------------------------------------------------------
 
 
-_BLOCK = 8
-
-
-def _entropy_maxent(u: np.ndarray) -> np.ndarray:
-    """Maximum-entropy approximation of differential entropy (Hyvärinen 1998), over the last axis; ``u`` is
-    standardised."""
-    k1, k2, gamma = 79.047, 7.4129, 0.37457
-    return (1 + np.log(2 * np.pi)) / 2 - k1 * (np.mean(np.log(np.cosh(u)), axis=-1) - gamma) ** 2 - k2 * (
-        np.mean(u * np.exp(-(u**2) / 2), axis=-1)
-    ) ** 2
-
-
-def direct_lingam_order(data: np.ndarray, *, deadline: float | None = None) -> list[int]:
-    """DirectLiNGAM's causal order (Shimizu et al. 2011) with the pairwise likelihood-ratio measure
-    (Hyvärinen & Smith 2013), all pairs of a step at once.
-
-    The same computation as ``lingam.DirectLiNGAM(measure="pwling")`` without prior knowledge: at each step the
-    most exogenous remaining variable is the one with the smallest sum over j of min(0, ΔI(i, j))², where
-    ΔI = H(x_j) + H(r_i←j) − H(x_i) − H(r_j←i); then every remaining variable is regressed on it.
-
-    A variable whose residual has vanished (variance below 1e-12 of its original: an exact linear function of
-    the variables already ordered, e.g. a duplicated series) has no noise term to test; it is placed next, as a
-    deterministic effect of its predecessors can be, instead of dividing by zero.
-    """
-    X = np.array(data, dtype=float, copy=True)
-    var0 = X.var(axis=0)
-    U = list(range(X.shape[1]))
-    order: list[int] = []
-    while U:
-        if deadline is not None and time.monotonic() > deadline:
-            raise BudgetExceeded
-        spent = [i for i in U if X[:, i].var() <= 1e-12 * var0[i]]
-        if spent:
-            order.extend(spent)
-            U = [i for i in U if i not in spent]
-            continue
-        if len(U) == 1:
-            order.append(U[0])
-            break
-        Xu = X[:, U]
-        Z = (Xu - Xu.mean(axis=0)) / Xu.std(axis=0)  # (n, m)
-        C = (Z.T @ Z) / len(Z)  # correlations (population)
-        Zt = np.ascontiguousarray(Z.T)  # (m, n)
-        H = _entropy_maxent(Zt)  # (m,)
-        # R[i, j] = x_i - c_ij x_j, standardised; its population std is sqrt(1 - c_ij^2). Built in blocks of
-        # rows so the (block, m, n) temporaries stay in cache (3x faster than one (m, m, n) array).
-        sd = np.sqrt(np.maximum(1.0 - C**2, 1e-300))
-        np.fill_diagonal(sd, 1.0)
-        HR = np.empty_like(C)  # H(r_i<-j)
-        for s in range(0, len(U), _BLOCK):
-            R = (Zt[s : s + _BLOCK, None, :] - C[s : s + _BLOCK, :, None] * Zt[None, :, :]) / sd[s : s + _BLOCK, :, None]
-            HR[s : s + _BLOCK] = _entropy_maxent(R)
-        diff = (H[None, :] + HR) - (H[:, None] + HR.T)
-        np.fill_diagonal(diff, 0.0)
-        M = -np.sum(np.minimum(0.0, diff) ** 2, axis=1)
-        pick = U[int(np.argmax(M))]
-        order.append(pick)
-        xm = X[:, pick]
-        var = xm.var()
-        for i in U:
-            if i != pick:
-                cov = np.mean((X[:, i] - X[:, i].mean()) * (xm - xm.mean()))
-                X[:, i] = X[:, i] - (cov / var) * xm
-        U = [i for i in U if i != pick]
-    return order
-
-
 def lingam_graph(
     X: np.ndarray,
     names: Sequence[str],
@@ -642,8 +575,9 @@ def lingam_graph(
     threshold: float = 0.01,
     timeout_s: float | None = None,
 ) -> nx.DiGraph:
-    """DirectLiNGAM: the causal order from ``direct_lingam_order``, then each variable's coefficients on its
-    predecessors by lingam's adaptive lasso (``lingam.utils.predict_adaptive_lasso``, BIC). An edge j → i when
+    """DirectLiNGAM (``llmrca.methods.lingam_fast.direct_lingam``): the causal order by the pairwise
+    likelihood-ratio measure, then each variable's coefficients on its predecessors by the adaptive lasso (BIC),
+    as lingam's ``DirectLiNGAM`` and ``predict_adaptive_lasso`` compute them. An edge j → i when
     |B[i, j]| > ``threshold``; ``weight`` = |B[i, j]|. ``seed`` is accepted for a uniform signature (the pwling
     search is deterministic).
 
@@ -671,22 +605,6 @@ def lingam_graph(
             if abs(B[i, j]) > threshold:
                 G.add_edge(u.names[j], u.names[i], weight=float(abs(B[i, j])))
     return G
-
-
-def _adaptive_lasso_adjacency(data: np.ndarray, order: list[int], deadline: float | None) -> np.ndarray:
-    from lingam.utils import predict_adaptive_lasso
-
-    k = data.shape[1]
-    B = np.zeros((k, k))
-    for pos in range(1, k):
-        if deadline is not None and time.monotonic() > deadline:
-            raise BudgetExceeded
-        target = order[pos]
-        preds = np.array(order[:pos])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            B[target, preds] = predict_adaptive_lasso(data, preds, target)
-    return B
 
 
 # --- PCMCI -------------------------------------------------------------------------------------------------
