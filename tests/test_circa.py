@@ -12,7 +12,7 @@ from sklearn.linear_model import LinearRegression, Ridge
 from llmrca.case import Observation, Topology
 from llmrca.methods import get_method
 from llmrca.methods.circa import descendant_adjustment
-from llmrca.methods.regression import lagged_features, regression_coefficients, residual_scores, residual_test
+from llmrca.methods.regression import lagged_features, regression_coefficients, residual_test
 from llmrca.methods.scoring import baseline
 
 # --- a PyRCA-style suite, written here ----------------------------------------------------------------------------
@@ -170,9 +170,7 @@ def test_residual_z_equals_per_series_scikit_learn_fits(regressor, max_lag):
     want = _reference_z(x, split, parents, max_lag, regressor, 0.1)
     assert got.n_fit == split - max_lag
     np.testing.assert_allclose(got.z, want, rtol=1e-7, atol=1e-7)
-    np.testing.assert_allclose(residual_scores(x, split, parents, max_lag=max_lag, regressor=regressor,
-                                               ridge_alpha=0.1), np.abs(want[got.n_fit:]).max(axis=0),
-                               rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(got.scores(), np.abs(want[got.n_fit:]).max(axis=0), rtol=1e-7, atol=1e-7)
 
 
 def test_regression_coefficients_equal_numpy_lstsq_and_the_ridge_formula():

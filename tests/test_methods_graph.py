@@ -17,7 +17,7 @@ from llmrca.methods import get_method, names
 from llmrca.methods.by_service import abs_corr, service_first_ranking
 from llmrca.methods.call_graph import attributed_graph, call_graph, trace_edges, walk_graph
 from llmrca.methods.circa import descendant_adjustment, metric_kind, structural_graph
-from llmrca.methods.regression import residual_scores
+from llmrca.methods.regression import residual_test
 from llmrca.methods.sli import latency_column
 from llmrca.synthetic import planted_case
 
@@ -166,11 +166,11 @@ def test_residual_scores_separate_cause_from_effect_and_handle_flat_columns():
     flat = np.ones(n)
     step = np.r_[np.zeros(split), np.ones(n - split)]  # flat before, moved after
     x = np.column_stack([cause, effect, flat, step])
-    s = residual_scores(x, split, [[], [0], [], []])
+    s = residual_test(x, split, [[], [0], [], []]).scores()
     # the flat-then-stepped column moved one step of its resolution: it scores 1 (llmrca.methods.scoring)
     assert s[0] > 4 and s[1] < 4 and s[2] == 0.0 and s[3] == pytest.approx(1.0)
     with pytest.raises(MethodError, match="regressors"):
-        residual_scores(x[:8], 4, [[], [0, 2, 3], [], []])
+        residual_test(x[:8], 4, [[], [0, 2, 3], [], []])
 
 
 # --- every method ----------------------------------------------------------------------------------------------

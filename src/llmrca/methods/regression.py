@@ -196,21 +196,3 @@ def residual_test(
     z = np.divide(resid - center, scale, out=np.zeros_like(resid), where=scale > 0)
     return ResidualTest(z=z, n_fit=n_fit)
 
-
-def residual_scores(
-    values: np.ndarray,
-    split: int,
-    parents: Sequence[Sequence[int]],
-    *,
-    max_lag: int = 0,
-    regressor: Regressor = "linear",
-    ridge_alpha: float = 1.0,
-    aggregate: Aggregate = "max",
-) -> np.ndarray:
-    """Per column j: regress it on ``parents[j]`` (lags 0..max_lag) over rows before ``split``; the score is
-    the max (or mean) over rows from ``split`` on of |residual − centre| / scale, centre and scale from the
-    pre-injection residuals. A column without parents is scored on its own values (an N-Sigma z-score).
-    """
-    return residual_test(
-        values, split, parents, max_lag=max_lag, regressor=regressor, ridge_alpha=ridge_alpha
-    ).scores(aggregate)
