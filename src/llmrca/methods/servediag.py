@@ -525,8 +525,7 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
                               + _others(mc, peers, "memory")))
     # -- continuous: a slow engine (straggler) vs a slow network in front of it: both raise the latency of calls
     # to the replica; only a slow engine raises its own time (TTFT, ITL, e2e, the gen_ai.latency stages)
-    eng_rel = max([_rel_contrast(mc, r, peers, s) for s in ("ttft", "e2e", "itl") if mc.has(r, s)] +
-                  [_stage_rise(spans, r, peers) / 10.0])
+    eng_rel = max(_engine_rel(mc, r, peers), _stage_rise(spans, r, peers) / 10.0)
     eng_z = max(latency_up, _stage_rise(spans, r, peers))
     mesh_rel = _rel_contrast(mc, r, peers, "mesh_p90")
     if eng_rel > 0.2 and eng_z > 3 and eng_rel >= 0.4 * mesh_rel and not died and p_drop <= 3 and t_rise <= 3 \
@@ -707,9 +706,14 @@ def _structural(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidence, roles
     return out
 
 
+def _engine_rel(mc: MetricChanges, r: str, peers: list[str]) -> float:
+    """How much more the replica's own engine time (TTFT, e2e, ITL) rose than its peers' (relative)."""
+    return max([_rel_contrast(mc, r, peers, s) for s in ("ttft", "e2e", "itl") if mc.has(r, s)] or [0.0])
+
+
 def _engine_slower(mc: MetricChanges, r: str, peers: list[str]) -> bool:
-    """The replica's own engine time (TTFT, e2e, ITL) rose by a fifth more than its peers'."""
-    return max([_rel_contrast(mc, r, peers, s) for s in ("ttft", "e2e", "itl") if mc.has(r, s)] or [0.0]) > 0.2
+    """The replica's own engine time rose by a fifth more than its peers'."""
+    return _engine_rel(mc, r, peers) > 0.2
 
 
 RCAEVAL_KINDS = {"cpu": "cpu", "mem": "memory", "memory": "memory", "latency-90": "network",
