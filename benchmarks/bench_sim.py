@@ -4,6 +4,8 @@
     python benchmarks/bench_sim.py --no-suite      # one case only
     python benchmarks/bench_sim.py --no-suite --profile 20   # and where the CPU time of a case goes (cProfile)
     python benchmarks/bench_sim.py --jobs 4 --suite demo
+    python benchmarks/bench_sim.py --no-suite --baseline /tmp/base   # before/after: a case's CPU, this code vs
+                                                   # the llmrca under /tmp/base/src (e.g. `git archive 09b922c src`)
 
 "One case" is `llmrca.sim.run.simulate`: the run (engine + metrics) and its traces and logs, as a `Case` in memory
 (the issue's "one 360-s case with traces and logs"); writing it to disk (`save_case`: parquet and JSON) is timed on
@@ -18,7 +20,10 @@ issue 11's goal was < 0.36 s (>= 1,000x).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,6 +88,43 @@ def profile(reps: int, top: int = 25) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
+_CASE_CPU = """
+import statistics, sys, time
+from llmrca.faults import Injection
+from llmrca.sim.config import SimConfig
+from llmrca.sim.run import simulate
+cfg, faults, reps = SimConfig(), ["cpu", "memory", "network", "gpu"], int(sys.argv[1])
+simulate(cfg, Injection("cpu", "ray-replicas-1"), seed=0)
+cpu = []
+for i in range(reps):
+    c = time.process_time()
+    simulate(cfg, Injection(faults[i % 4], "ray-replicas-1"), seed=i)
+    cpu.append(time.process_time() - c)
+print(statistics.median(cpu))
+"""
+
+
+def side_by_side(baseline: Path, reps: int, rounds: int = 3) -> None:
+    """A case's median CPU (``simulate``, in memory) of this code and of the llmrca under ``baseline/src``, each
+    in its own process, the two alternating ``rounds`` times (so both see the same load on the machine)."""
+    here = Path(__file__).resolve().parents[1] / "src"
+    trees = {"this code": here, f"baseline ({baseline})": baseline.resolve() / "src"}
+    got: dict[str, list[float]] = {k: [] for k in trees}
+    for _ in range(rounds):
+        for name, src in trees.items():
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            out = subprocess.run([sys.executable, "-c", _CASE_CPU, str(reps)], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            got[name].append(float(out.split()[-1]))
+    print(f"\nside by side: a case's CPU (median of {reps} cases per process, {rounds} alternating processes each)")
+    for name, xs in got.items():
+        m = statistics.median(xs)
+        print(f"{name:40s} {m:6.3f} s  ({SimConfig().duration / m:,.0f}x real time by CPU)  runs: "
+              + " ".join(f"{x:.3f}" for x in xs))
+    a, b = (statistics.median(xs) for xs in got.values())
+    print(f"speed-up: {b / a:.2f}x")
+
+
 def suite(name: str, jobs: int) -> tuple[int, float]:
     n = len(plan(name))
     with tempfile.TemporaryDirectory() as d:
@@ -98,6 +140,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-suite", action="store_true")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile N cases after the timings")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also time a case with the llmrca under DIR/src, alternating with this code")
     a = ap.parse_args()
     duration = SimConfig().duration
     print(f"one {duration:.0f} s case (A100, 7B, 4 replicas, 5 req/s), {a.reps} runs, one core")
@@ -111,6 +155,8 @@ def main() -> None:
           f"{'met' if case_cpu <= goal else 'not met'} ({case_cpu:.3f} s, {duration / case_cpu:,.0f}x)")
     if a.profile:
         profile(a.profile)
+    if a.baseline:
+        side_by_side(a.baseline, a.reps)
     if not a.no_suite:
         n, secs = suite(a.suite, a.jobs)
         print(f"\nsuite {a.suite!r}: {n} cases written with {a.jobs} worker(s) in {secs:.1f} s "

@@ -13,17 +13,22 @@ Sizes (``--sizes``, comma list, run in order of their column count):
   probability of the random DAG is ``min(0.3, 2.4 / services)``: about one parent per service at every size, so the
   root's signal does not drown in a thousand parents and accuracy can be compared across sizes. Seed ``s`` is a
   linear SEM when even, a non-linear one when odd.
-- ``sim8``, ``sim16``: the full view (``select_view(obs, "full")``) of the ``paper`` scenario with
-  ``deployment.replicas=8`` / ``16`` (557 / 1,101 columns), one case per seed, rotating over the scenario's faults
-  (with traces and logs, so trace and multi-source methods run too).
+- ``sim3``, ``sim8``, ``sim16``: the full view (``select_view(obs, "full")``) of the ``paper`` scenario with
+  ``deployment.replicas=3`` / ``8`` / ``16`` (219 / 557 / 1,101 columns), one case per seed, rotating over the
+  scenario's faults (with traces and logs, so trace and multi-source methods run too); seeds 0-3 fault
+  ``ray-replicas-0``, 4-7 ``ray-head``, 8-11 ``ray-replicas-1``, at every replica count. ``sim3`` against
+  ``sim16`` is the like-for-like accuracy test of a served system at ~200 and ~1,000 columns: the same faults on
+  the same targets, only the replica count differs (so a replica carries 1/16 of the traffic instead of 1/3).
 
 Every (method, case) runs in a forked child process (the case is built once in the parent) with a per-size time
 limit (``--limit``: one number for all, or ``SIZE:SECONDS,...``; default 60 s at 1,000 columns and above, less
 below, see ``DEFAULT_LIMITS``); a child past its limit is killed and counted as a timeout. A method that timed
 out at one size is not run at larger ones (its cells read ``skip``). Per (method, size) it prints the median time
 of ``rank()`` per case, the peak memory of the child above what it had when it started (``VmHWM`` reset through
-``/proc/self/clear_refs``, else ``ru_maxrss``), and the service-level AC@1 and Avg@5 (errors and timeouts count
-as misses); then one table of time per case vs columns with the growth exponent per method: the least-squares
+``/proc/self/clear_refs``, else ``ru_maxrss``), and the service-level AC@1, Avg@5 and rank% (errors and timeouts
+count as misses; rank% is the mean of (rank − 1) / (services − 1) over the cases, 0 = always first, about 0.5 =
+chance at every size, 1 for a miss: AC@k of a method at chance falls with the service count by itself, from 1/20
+at 200 columns to 1/100 at 1,000, so rank% is the measure that compares sizes); then one table of time per case vs columns with the growth exponent per method: the least-squares
 slope of log(time) against log(columns) over the planted sizes where every case finished (at least two sizes;
 times under 5 ms are left out of the fit, where interpreter overhead dominates).
 
@@ -53,11 +58,11 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SIZES = ("50", "200", "1000", "2000", "sim8", "sim16")
+DEFAULT_SIZES = ("50", "200", "1000", "2000", "sim3", "sim8", "sim16")
 DEFAULT_LIMITS = {50: 20.0, 200: 40.0}  # seconds per case below 1,000 columns; 60 s from 1,000 on
 DEFAULT_LIMIT = 60.0
 METRIC_NAMES = ("cpu", "mem", "latency", "gpu_util", "kv_usage", "queue", "tokens", "errors", "net_rx", "net_tx")
-SIM_REPLICAS = {"sim8": 8, "sim16": 16}
+SIM_REPLICAS = {"sim3": 3, "sim8": 8, "sim16": 16}
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Outcome:
     seconds: float | None = None
     peak_mb: float | None = None
     rank: int | None = None
+    services: int = 0  # services of the case: the denominator of rank%
 
 
 # ---------------------------------------------------------------------------------------------------- cases
@@ -107,7 +113,9 @@ def simulated(replicas: int, seed: int) -> Any:
     faults = sorted({s.injection.fault for s in specs})
     fault = faults[seed % len(faults)]
     mine = [s for s in specs if s.injection.fault == fault]
-    spec = mine[(seed // len(faults) * 5 + 1) % len(mine)]  # a replica, then other targets with more seeds
+    # The same target at every replica count, so sim3 and sim16 compare like for like: seeds 0-3 a replica's fault,
+    # 4-7 the head's, 8-11 a second replica's (the spec list is the head, then the replicas in order, at every size).
+    spec = mine[(1, 0, 2)[(seed // len(faults)) % 3] % len(mine)]
     case = simulate(spec.config, spec.injection, seed=spec.seed, case_id=spec.case_id)
     return select_view(case, "full")
 
@@ -116,7 +124,7 @@ def parse_sizes(text: str, metrics: int) -> list[Size]:
     out = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part in SIM_REPLICAS:
-            # The column count is known only once simulated; 8 replicas → 557, 16 → 1,101 (full view).
+            # The column count is known only once simulated; 3 replicas → 219, 8 → 557, 16 → 1,101 (full view).
             out.append(Size(part, 0, False))
         else:
             try:
@@ -330,6 +338,7 @@ def summarize(outs: list[Outcome]) -> dict[str, Any]:
     secs = statistics.median([o.seconds for o in ok]) if ok else None
     ranks = [o.rank if o.status == "ok" else None for o in outs]
     peak = max((o.peak_mb for o in ok if o.peak_mb is not None), default=None)
+    rel = [(r - 1) / max(1, o.services - 1) if r is not None else 1.0 for r, o in zip(ranks, outs, strict=True)]
     if timeouts:
         cell = f"> limit ({timeouts}/{len(outs)})"
     elif len(errors) == len(outs):
@@ -338,6 +347,7 @@ def summarize(outs: list[Outcome]) -> dict[str, Any]:
         cell = _fmt_s(secs) + (f" ({len(errors)}/{len(outs)} failed)" if errors else "")
     return {"cell": cell, "seconds": secs if not timeouts and not errors else None, "any_seconds": secs,
             "peak_mb": peak, "ac1": ac_at_k(ranks, 1), "avg5": avg_at_k(ranks, 5), "timeouts": timeouts,
+            "rank_pct": statistics.fmean(rel),
             "errors": errors}
 
 
@@ -376,13 +386,14 @@ def main() -> int:
             cases[size.label] = [simulated(SIM_REPLICAS[size.label], s) for s in range(args.seeds)]
         cols = len(cases[size.label][0].observation.metric_columns)
         built.append(Size(size.label, cols, size.planted))
-        print(f"  cases {size.label}: {cols} columns, built in {time.perf_counter() - t0:.1f} s, limit "
+        print(f"  cases {size.label}: {cols} columns, "
+              f"{len(cases[size.label][0].observation.topology.services)} services, built in {time.perf_counter() - t0:.1f} s, limit "
               f"{limit_for(size, limits):.0f} s/case", flush=True)
     sizes = sorted(built, key=lambda s: s.columns)
 
     results: dict[tuple[str, str], dict[str, Any]] = {}
     print(f"\n{'method':20s} {'size':>6s} {'cols':>5s} {'s/case':>9s} {'peak MB':>8s} {'AC@1':>5s} {'Avg@5':>5s}"
-          "  note", flush=True)
+          " rank%  note", flush=True)
     for name in names:
         timed_out_at = None
         for size in sizes:
@@ -394,6 +405,7 @@ def main() -> int:
             outs = []
             for case in cases[size.label]:
                 o = run_one(name, case, limit_for(size, limits))
+                o.services = len(case.observation.topology.services)
                 outs.append(o)
                 if o.status == "timeout":
                     break  # the other seeds would time out too
@@ -403,7 +415,7 @@ def main() -> int:
             note = "; ".join(sorted(set(s["errors"])))[:150]
             peak = "–" if s["peak_mb"] is None else f"{s['peak_mb']:.0f}"
             print(f"{name:20s} {size.label:>6s} {size.columns:5d} {s['cell']:>9s} {peak:>8s} {s['ac1']:5.2f} "
-                  f"{s['avg5']:5.2f}  {note}", flush=True)
+                  f"{s['avg5']:5.2f} {s['rank_pct']:5.2f}  {note}", flush=True)
             if s["timeouts"]:
                 timed_out_at = size.columns
 
@@ -431,9 +443,10 @@ def main() -> int:
     print("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))))
     for r in rows:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
-    print("\n## accuracy (service level, AC@1 / Avg@5) per size")
+    print("\n## accuracy (service level, AC@1 / Avg@5 / rank%) per size")
     for name in names:
         parts = [f"{s.label} {results[(name, s.label)]['ac1']:.2f}/{results[(name, s.label)]['avg5']:.2f}"
+                 f"/{results[(name, s.label)]['rank_pct']:.2f}"
                  for s in sizes if results[(name, s.label)]["cell"] != "skip"]
         print(f"{name:20s} " + ", ".join(parts))
     if args.markdown:
@@ -442,7 +455,8 @@ def main() -> int:
         acc_header = ["method"] + header[1:-1]
         md += ["", "| " + " | ".join(acc_header) + " |", "|" + "---|" * len(acc_header)]
         for name in names:
-            cells = [f"{results[(name, s.label)]['ac1']:.2f} / {results[(name, s.label)]['avg5']:.2f}"
+            cells = [f"{results[(name, s.label)]['ac1']:.2f} / {results[(name, s.label)]['avg5']:.2f} / "
+                     f"{results[(name, s.label)]['rank_pct']:.2f}"
                      if results[(name, s.label)]["cell"] not in ("skip", "error") else results[(name, s.label)]["cell"]
                      for s in sizes]
             md.append("| " + " | ".join([name, *cells]) + " |")

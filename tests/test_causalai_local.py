@@ -79,3 +79,18 @@ def test_local_search_separates_descendants_and_keeps_the_root():
     kept = local_neighbours(C, n, 4, alpha=0.05, max_cond=3)
     assert set(kept) == {0}
     assert kept[0] < math.log10(0.05)
+
+
+def test_near_copies_of_the_root_keep_one_representative():
+    """Two near-copies of the root's signal (a latency's p90 and p99) separate each other from F at depth 1; the
+    original PC removes the first at once and tests the second without it, so one stays F's neighbour (PC-stable
+    removed both, and at 16 replicas other services' slow series were then ranked first; issue 17)."""
+    rng = np.random.default_rng(2)
+    n = 200
+    f = (np.arange(n) >= n // 2).astype(float)
+    root = rng.normal(size=n) + 3.0 * f
+    copy = root + 0.01 * rng.normal(size=n)
+    other = rng.normal(size=(n, 2))
+    C = np.corrcoef(np.column_stack([root, copy, other, f]).T)
+    kept = local_neighbours(C, n, 4, alpha=0.05, max_cond=3)
+    assert set(kept) == {1}  # 0 visited first, separated by its copy; 1 then has no set left that separates it

@@ -10,7 +10,7 @@ import pytest
 from sklearn.linear_model import LinearRegression, Ridge
 
 from llmrca.case import Observation, Topology
-from llmrca.methods import get_method
+from llmrca.methods import get_method, regression
 from llmrca.methods.circa import descendant_adjustment
 from llmrca.methods.regression import lagged_features, regression_coefficients, residual_test
 from llmrca.methods.scoring import baseline
@@ -129,48 +129,67 @@ def test_residual_shift_separates_a_step_from_noise_whatever_the_number_of_rows(
 
 
 def _reference_z(values, split, parents, max_lag, regressor, alpha):
-    """The per-series loop this module replaced: one scikit-learn estimator per series."""
+    """One scikit-learn estimator per series, fitted on the normal rows (the post rows' residuals), and refitted once
+    per normal row without that row (the normal rows' leave-one-out residuals, the baseline)."""
     sd = values[:split].std(axis=0)
     v = (values - values[:split].mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     n_fit = split - max_lag
     target = v[max_lag:]
     z = np.zeros_like(target)
+
+    def model():
+        return LinearRegression() if regressor == "linear" else Ridge(alpha=alpha)
+
     for j in range(v.shape[1]):
         y = target[:, j]
         pa = [p for p in parents[j] if p != j]
-        if pa:
-            x = lagged_features(v, pa, max_lag)
-            model = LinearRegression() if regressor == "linear" else Ridge(alpha=alpha)
-            resid = y - model.fit(x[:n_fit], y[:n_fit]).predict(x)
-        else:
-            resid = y
-        c, s = baseline(resid[:n_fit, None], resid[n_fit:, None], "standard")
+        x = lagged_features(v, pa, max_lag) if pa else np.zeros((len(y), 0))
+        loo = np.empty(n_fit)
+        for i in range(n_fit):
+            keep = np.arange(n_fit) != i
+            if pa:
+                loo[i] = y[i] - model().fit(x[:n_fit][keep], y[:n_fit][keep]).predict(x[i : i + 1])[0]
+            else:
+                loo[i] = y[i] - y[:n_fit][keep].mean()
+        resid = y - model().fit(x[:n_fit], y[:n_fit]).predict(x) if pa else y - y[:n_fit].mean()
+        c, s = baseline(loo[:, None], resid[n_fit:, None], "standard")
         if s[0] > 0:
-            z[:, j] = (resid - c[0]) / s[0]
+            z[:, j] = np.r_[loo, resid[n_fit:]] - c[0]
+            z[:, j] /= s[0]
     return z
 
 
 @pytest.mark.parametrize("regressor", ["ridge", "linear"])
 @pytest.mark.parametrize("max_lag", [0, 2])
-def test_residual_z_equals_per_series_scikit_learn_fits(regressor, max_lag):
+def test_residual_z_equals_per_series_scikit_learn_fits_with_leave_one_out_refits(regressor, max_lag, monkeypatch):
+    """The post rows' z against one scikit-learn fit per series, the normal rows' against an explicit refit without
+    each row (the closed form e_i / (1 - h_ii) replaces those): lags, collinear parents, a self-loop, more
+    regressors than normal rows (ridge's dual form) and a row that alone determines a least-squares coefficient
+    (h_ii = 1, refitted explicitly) included."""
     rng = np.random.default_rng(11 + max_lag)
-    n, d, split = 140, 90, 70
+    n, d, split = 40, 20, 18
     x = rng.normal(size=(n, d)).cumsum(axis=0) * rng.uniform(0.1, 20.0, d) + rng.uniform(-50, 50, d)
     x[:, 5] = 3.0  # constant
     x[:, 6] = 2.0 * x[:, 7] - x[:, 8]  # collinear with 7 and 8
     x[split:, 9] += 5.0
-    limit = 10 if regressor == "linear" else 80  # ridge: some series have more regressors than normal rows
+    x[:, 10] = 0.0
+    x[12, 10] = 1.0  # one spike in the normal rows: for least squares that row's leverage is 1
+    limit = 8 if regressor == "linear" else 18  # ridge: some series have more regressors than normal rows
     parents = [sorted(rng.choice(d, size=int(rng.integers(0, limit // (max_lag + 1))), replace=False).tolist())
                for _ in range(d)]
     parents[1] = parents[2] = [6, 7, 8, 9]  # collinear parents, shared by two series
     parents[3] = [3, 4]  # a self-loop is ignored
+    parents[4] = [10, 11]
     if regressor == "ridge":
-        parents[0] = list(range(1, d))  # 89 parents > 70 normal rows: the dual form
+        parents[0] = list(range(1, d))  # 19 parents > 18 normal rows: the dual form
     got = residual_test(x, split, parents, max_lag=max_lag, regressor=regressor, ridge_alpha=0.1)
     want = _reference_z(x, split, parents, max_lag, regressor, 0.1)
     assert got.n_fit == split - max_lag
     np.testing.assert_allclose(got.z, want, rtol=1e-7, atol=1e-7)
     np.testing.assert_allclose(got.scores(), np.abs(want[got.n_fit:]).max(axis=0), rtol=1e-7, atol=1e-7)
+    monkeypatch.setattr(regression, "_GRAM_MAX", 0)  # each parent set's products formed on its own: same numbers
+    again = residual_test(x, split, parents, max_lag=max_lag, regressor=regressor, ridge_alpha=0.1)
+    np.testing.assert_allclose(again.z, want, rtol=1e-7, atol=1e-7)
 
 
 def test_regression_coefficients_equal_numpy_lstsq_and_the_ridge_formula():
@@ -197,3 +216,52 @@ def test_regression_coefficients_equal_numpy_lstsq_and_the_ridge_formula():
     xp = wide[:, 1:]
     np.testing.assert_allclose(dual[1:, 0], np.linalg.solve(xp.T @ xp + 0.3 * np.eye(59), xp.T @ wide[:, 0]),
                                atol=1e-9)
+
+
+# --- a series with more parents than normal rows ------------------------------------------------------------------
+
+
+def _wide_hub_case(seed: int, fan_in: int = 80, rows: int = 120, inject: int = 60):
+    """A linear SEM written here, PyRCA-style noise: ``fan_in`` independent upstream series ``u*`` all feed one
+    ``hub`` (hub = Σ w·u + noise; nothing is wrong with any of them), and apart from them a chain a → b → c whose
+    root ``a`` gets a constant added after ``inject``, eight of its normal sigmas (clear of the largest of the 4,800
+    heavy-tailed post values upstream). The hub has ``fan_in`` parents for 60 normal rows, like the entry service
+    of a large call graph."""
+    rng = np.random.default_rng(seed)
+    noise = NOISES[seed % len(NOISES)]
+    draw = {"normal": rng.normal, "laplace": rng.laplace, "exponential": rng.exponential,
+            "uniform": lambda size: rng.uniform(-0.5, 0.5, size)}[noise]
+    u = draw(size=(rows, fan_in))
+    w = np.sign(rng.standard_normal(fan_in)) * (np.abs(rng.standard_normal(fan_in)) + 0.2)
+    hub = u @ w + draw(size=rows)
+    a = draw(size=rows)
+    a[inject:] += 8.0 * a[:inject].std()
+    b = 1.5 * a + draw(size=rows)
+    c = -0.8 * b + draw(size=rows)
+    t = 1_700_000_000.0 + np.arange(rows, dtype=float)
+    ups = [f"u{i}" for i in range(fan_in)]
+    cols = {f"{s}_requests": u[:, i] for i, s in enumerate(ups)}
+    cols.update(hub_requests=hub, a_requests=a, b_requests=b, c_requests=c)
+    topo = Topology(services=(*ups, "hub", "a", "b", "c"),
+                    edges=(*((s, "hub") for s in ups), ("a", "b"), ("b", "c")))
+    return Observation(metrics=pd.DataFrame({"time": t, **cols}), inject_time=float(t[inject]), topology=topo)
+
+
+def test_a_series_with_more_parents_than_normal_rows_is_not_called_anomalous():
+    """CIRCA's structural graph gives ``hub_requests`` 80 parents for 60 normal rows. Ridge then fits the normal
+    rows almost exactly; with in-sample residuals as the baseline their spread was tiny and the hub, with nothing
+    wrong, scored hundreds of sigmas and was ranked first in every case (the entry service at 1,000+ columns of
+    ``benchmarks/scale.py``). Against leave-one-out residuals it scores as a normal series, and the root leads."""
+    circa = get_method("circa")
+    tops, hub_scores = [], []
+    for seed in range(8):
+        obs = _wide_hub_case(seed)
+        tops.append(circa.rank(obs, seed=0).candidates[0])
+        cols = [c for c in obs.metrics.columns if c != "time"]
+        x = obs.metrics[cols].to_numpy()
+        parents = [[cols.index(f"u{i}_requests") for i in range(80)] if c == "hub_requests" else [] for c in cols]
+        test = residual_test(x, 60, parents, regressor="ridge", ridge_alpha=0.1)
+        hub = cols.index("hub_requests")
+        hub_scores.append((float(test.scores()[hub]), float(test.shift()[hub])))
+    assert tops == ["a_requests"] * 8, tops
+    assert all(top < 6.0 and shift < 3.0 for top, shift in hub_scores), hub_scores

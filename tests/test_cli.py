@@ -125,3 +125,9 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path):
     r = subprocess.run([sys.executable, "-m", "llmrca.cli", "--debug", "rank", str(tmp_path), "-m", "baro"],
                        check=False, capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_python_dash_m_is_the_llmrca_command():
+    out = subprocess.run([sys.executable, "-m", "llmrca", "--version"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("llmrca ")

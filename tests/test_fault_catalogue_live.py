@@ -95,7 +95,7 @@ def test_network_loss_gives_the_targets_calls_a_retransmission_tail(tb):
     from llmrca.testbed.collector import collect_case
 
     run_dir = tb["run_dir"]
-    rec = control.inject("network-loss", HOT, 20.0, {"loss_pct": 50.0, "correlation": 0.0}, run_dir=run_dir)
+    rec = control.inject("network-loss", HOT, 60.0, {"loss_pct": 50.0, "correlation": 0.0}, run_dir=run_dir)
     assert rec["status"] == "done" and rec["params"] == {"loss": 0.5, "correlation": 0.0}
     assert "TCP recovery emulated" in rec["method"]
     (link,) = rec["notes"]["mesh_loss"]
@@ -109,9 +109,14 @@ def test_network_loss_gives_the_targets_calls_a_retransmission_tail(tb):
     calls = calls.merge(child, left_on="span_id", right_on="parent_span_id", suffixes=("", "_replica"))
     dur = {r: calls[calls["service_replica"] == r]["duration_us"] / 1e6 for r in (HOT, OTHER)}
     assert len(dur[HOT]) >= 5 and len(dur[OTHER]) >= 5
-    # about half of the calls to the target wait for the 200 ms retransmission timer; none to its peer
+    # A third to a half of the calls to the target wait for the retransmission timer (0.32 and 0.44 of 16-19
+    # calls in two 30 s runs), none of its peer's: a wait adds 0.13-0.6 s (the timer partly overlaps the engine's
+    # own time) and the peer's calls end within 0.03 s above their median, so 0.1 s above it tells them apart.
+    # 60 s of fault give ~35 calls, and fewer than 4 waits among them has probability 2e-3 at a wait rate of 0.3,
+    # 3e-4 at 0.35 (binomial); 20 s and a bar of 0.2 above 0.18 s failed one CI run (3 of 15 calls).
     assert dur[HOT].quantile(0.9) > dur[OTHER].quantile(0.9) + 0.15, (dur[HOT].describe(), dur[OTHER].describe())
-    assert (dur[HOT] > dur[OTHER].median() + 0.18).mean() > 0.2
+    slow = {r: (dur[r] > dur[OTHER].median() + 0.1).mean() for r in (HOT, OTHER)}
+    assert slow[HOT] > slow[OTHER] + 0.1, (slow, dur[HOT].tolist(), dur[OTHER].tolist())
 
 
 @pytest.mark.timeout(600)

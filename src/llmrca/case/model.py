@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,6 +16,19 @@ from llmrca.case.topology import Topology
 NORMAL = "normal"
 UNKNOWN = "unknown"  # fault type of a case whose ground truth is not known (e.g. an RCAEval folder off-pattern)
 
+
+def services_seen(metric_columns: Iterable[str], traced: Iterable[object], topology: Iterable[str]) -> list[str]:
+    """The services of a case, in first-seen order: the metric columns' ``<service>_`` prefixes, then the traces'
+    services, then the topology's (``Observation.services``; a method that has decoded the spans already passes
+    their services instead of a second pass over the frame)."""
+    seen: dict[str, None] = {}
+    for c in metric_columns:
+        seen.setdefault(c.split("_", 1)[0], None)
+    for s in traced:
+        seen.setdefault(str(s), None)
+    for s in topology:
+        seen.setdefault(s, None)
+    return list(seen)
 
 @dataclass
 class Observation:
@@ -54,15 +68,8 @@ class Observation:
     @property
     def services(self) -> list[str]:
         """Services seen in the metrics, traces and topology, in first-seen order."""
-        seen: dict[str, None] = {}
-        for c in self.metric_columns:
-            seen.setdefault(c.split("_", 1)[0], None)
-        if len(self.traces):
-            for s in self.traces["service"].dropna().unique():
-                seen.setdefault(str(s), None)
-        for s in self.topology.services:
-            seen.setdefault(s, None)
-        return list(seen)
+        traced = self.traces["service"].dropna().unique() if len(self.traces) else ()
+        return services_seen(self.metric_columns, traced, self.topology.services)
 
     def has(self, source: str) -> bool:
         frame = {"metrics": self.metrics, "traces": self.traces, "logs": self.logs}[source]

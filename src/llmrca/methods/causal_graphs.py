@@ -530,13 +530,22 @@ def granger_graph(
     *,
     max_lag: int = 2,
     alpha: float = 0.05,
+    family: str = "pair",
     seed: int = 0,
     timeout_s: float | None = None,
 ) -> nx.DiGraph:
     """Pairwise Granger causality: an edge i → j when the SSR F-test of some lag 1..``max_lag`` rejects "i does
-    not Granger-cause j" at level ``alpha``. Edge ``pvalue`` = smallest p-value over the lags, ``weight`` = its
-    F statistic. ``seed`` is accepted for a uniform signature (the tests are deterministic)."""
+    not Granger-cause j". Edge ``pvalue`` = smallest p-value over the lags, ``weight`` = its F statistic.
+    ``seed`` is accepted for a uniform signature (the tests are deterministic).
+
+    ``family`` sets the level each test is held to. ``"pair"`` (the study's): every (cause, target, lag) test at
+    ``alpha``, so a target of k columns gets about ``alpha``·(k − 1) false causes and the false edges grow as
+    ``alpha``·k². ``"target"``: Bonferroni over each target's family of (k − 1)·``max_lag`` tests (its candidate
+    causes at every lag), so the expected number of false causes per target stays at most ``alpha`` at every
+    column count."""
     del seed
+    if family not in ("pair", "target"):
+        raise MethodError(f"granger: family must be 'pair' or 'target', got {family!r}")
     u = usable_columns(X, names)
     G = _new_graph("granger", u)
     if len(u.names) < 2:
@@ -558,7 +567,8 @@ def granger_graph(
         if deadline is not None and time.monotonic() > deadline:
             raise MethodError(f"Granger exceeded its time budget of {timeout_s:g} s on {len(u.names)} columns")
     names_ = u.names
-    ii, jj = np.nonzero((best_p < alpha) & ~np.eye(len(names_), dtype=bool))
+    level = alpha if family == "pair" else alpha / ((len(names_) - 1) * max_lag)
+    ii, jj = np.nonzero((best_p < level) & ~np.eye(len(names_), dtype=bool))
     G.add_edges_from((names_[i], names_[j], {"pvalue": p, "weight": f}) for i, j, p, f in
                      zip(ii.tolist(), jj.tolist(), best_p[ii, jj].tolist(), best_f[ii, jj].tolist()))
     return G
@@ -581,8 +591,11 @@ def lingam_graph(
     |B[i, j]| > ``threshold``; ``weight`` = |B[i, j]|. ``seed`` is accepted for a uniform signature (the pwling
     search is deterministic).
 
-    DirectLiNGAM needs more rows than variables (each step regresses one variable out of the rest; past that the
-    residuals are empty), so fewer than ``columns + 2`` rows raise MethodError.
+    DirectLiNGAM needs more rows than variables, in both of its steps: each step of the order search regresses
+    the chosen variable out of the rest, so after n − 1 steps (n rows, centred) every residual is zero and the
+    rest of the order is arbitrary; and the adaptive lasso weighs each predictor by its OLS coefficient on all
+    earlier variables, which has no unique solution past n − 1 predictors. So fewer than ``columns + 2`` rows
+    raise MethodError before any work, naming the column count the window can handle (n − 2).
     """
     del seed
     u = usable_columns(X, names)
@@ -590,7 +603,10 @@ def lingam_graph(
     if len(u.names) < 2:
         return G
     n, k = u.data.shape
-    _check_rows(n, max(5, k + 2), f"LiNGAM on {k} columns")
+    if n < max(5, k + 2):  # refused before any work: past n - 1 steps the residuals are spent (docstring)
+        raise MethodError(f"LiNGAM on {k} columns needs at least {max(5, k + 2)} rows in the window, got {n}: "
+                          f"with {n} rows it handles at most {max(0, n - 2)} columns (a wider window or fewer "
+                          "columns)")
     deadline = _deadline(timeout_s)
     try:
         _, B = direct_lingam(u.data, deadline=deadline)  # llmrca.methods.lingam_fast
@@ -600,10 +616,10 @@ def lingam_graph(
         raise
     except Exception as e:
         raise MethodError(f"LiNGAM failed on {k} columns: {type(e).__name__}: {e}") from e
-    for i in range(k):
-        for j in range(k):
-            if abs(B[i, j]) > threshold:
-                G.add_edge(u.names[j], u.names[i], weight=float(abs(B[i, j])))
+    W = np.abs(B)
+    ii, jj = np.nonzero(W > threshold)  # row-major: the edges in the order the double loop over (i, j) gave
+    G.add_edges_from((u.names[j], u.names[i], {"weight": w}) for i, j, w in
+                     zip(ii.tolist(), jj.tolist(), W[ii, jj].tolist()))
     return G
 
 

@@ -7,7 +7,8 @@ changed directly, i.e. the root causes. Descendants of a root cause become indep
 separated.
 
 Only F's neighbours are asked for, so the search is local to F (``local_neighbours``; CausalAI's library has a
-single-target PC, ``PCSingle``, for that purpose): PC-stable's skeleton phase restricted to the edges F–X,
+single-target PC, ``PCSingle``, for that purpose): PC's skeleton phase restricted to the edges F–X, removals at
+once as in the original PC (not PC-stable: that separates the root's near-copies from F together),
 conditioning sets drawn from F's remaining neighbours, |S| = 0, 1, … ``max_cond``, every test a Fisher-z test on
 one correlation matrix (partial correlations of a whole depth solved as one batch of small inverses). Full PC
 would also try sets from X's own neighbours; under faithfulness both keep exactly F's children, and the graph
@@ -70,10 +71,13 @@ def _partial_corr_batch(C: np.ndarray, f: int, x: int, sets: np.ndarray) -> np.n
 
 def local_neighbours(C: np.ndarray, n: int, f: int, *, alpha: float, max_cond: int | None,
                      deadline: float | None = None, batch: int = 50_000) -> dict[int, float]:
-    """F's neighbours after PC-stable's skeleton search restricted to the edges F–X (see the module docstring):
+    """F's neighbours after PC's skeleton search restricted to the edges F–X (see the module docstring):
     {column: the largest log10 Fisher-z p-value of its tests with F}. ``C``: correlation matrix of the data with
-    F as column ``f``; ``n`` rows. A set of tests separates X from F when its p-value exceeds ``alpha``; removals
-    apply after the whole depth (PC-stable). Past ``deadline`` (``time.monotonic``) raises TimeoutError."""
+    F as column ``f``; ``n`` rows. A set of tests separates X from F when its p-value exceeds ``alpha``; F's
+    neighbours are visited in column order and an edge is removed as soon as it is separated, as in the original
+    PC (Spirtes & Glymour), so of two near-copies of one signal the second is tested without the first and stays
+    (PC-stable, which removes after the whole depth, separates both from F). Past ``deadline``
+    (``time.monotonic``) raises TimeoutError."""
     log_alpha = math.log10(alpha)
     cand = [x for x in range(C.shape[0]) if x != f]
     logp0 = fisherz_log10p(C[f, cand], n, 0)
@@ -81,8 +85,7 @@ def local_neighbours(C: np.ndarray, n: int, f: int, *, alpha: float, max_cond: i
     adj = [x for x in cand if best[x] <= log_alpha]
     depth = 1
     while len(adj) - 1 >= depth and (max_cond is None or depth <= int(max_cond)):
-        removed = set()
-        for x in adj:
+        for x in list(adj):
             others = [o for o in adj if o != x]
             it = combinations(others, depth)
             while True:
@@ -94,9 +97,8 @@ def local_neighbours(C: np.ndarray, n: int, f: int, *, alpha: float, max_cond: i
                 lp = float(fisherz_log10p(_partial_corr_batch(C, f, x, chunk), n, depth).max())
                 best[x] = max(best[x], lp)
                 if lp > log_alpha:
-                    removed.add(x)
+                    adj.remove(x)  # at once, as the original PC: later X draw their sets from what is left
                     break
-        adj = [x for x in adj if x not in removed]
         depth += 1
     return {x: best[x] for x in adj}
 

@@ -116,10 +116,12 @@ def random_walk_head(
     rng = np.random.default_rng(seed)
     visits = [0] * len(nodes)
     cur = index[sli]
-    # Plain lists and bisect: the walk is sequential, and per-step numpy calls would dominate its cost.
+    # Plain lists and bisect: the walk is sequential, and per-step numpy calls would dominate its cost. Each
+    # node's targets get their last one repeated, so that bisect's one-past-the-end index needs no clamp.
+    table = [(cp, cp[-1], [*to, to[-1]]) for cp, to in zip(cumprob, targets)]
+    bisect_right = bisect.bisect_right
     for u in rng.random(steps).tolist():
-        cp = cumprob[cur]
-        k = bisect.bisect_right(cp, u * cp[-1])
-        cur = targets[cur][min(k, len(cp) - 1)]
+        cp, last, to = table[cur]
+        cur = to[bisect_right(cp, u * last)]
         visits[cur] += 1
     return {n: v / steps for n, v in zip(nodes, visits)}

@@ -86,7 +86,8 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
     while len(U):
         _check(deadline)
         Xu = X[:, U]
-        var = Xu.var(axis=0)
+        D = Xu - np.add.reduce(Xu, axis=0, keepdims=True) / n  # centred (what Xu.var and Xu.mean compute)
+        var = np.add.reduce(D * D, axis=0) / n
         spent = var <= _SPENT * var0[U]
         if spent.any():
             order.extend(int(i) for i in U[spent])
@@ -96,7 +97,7 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
             order.append(int(U[0]))
             break
         m = len(U)
-        Zt = ((Xu - Xu.mean(axis=0)) / np.sqrt(var)).T.copy()  # (m, n), standardised
+        Zt = (D / np.sqrt(var)).T.copy()  # (m, n), standardised
         C = (Zt @ Zt.T) / n
         H = entropy(Zt)
         inv_sd = 1.0 / np.sqrt(np.maximum(1.0 - C * C, 1e-300))
@@ -159,6 +160,7 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
     active = np.zeros((T, k), dtype=bool)
     sign = np.zeros((T, k))
     inv = np.zeros((T, k, k))
+    num, den = np.empty((2, 2, T, k))  # the two step lengths at which an inactive correlation ties
     running = np.ones(T, dtype=bool)
     drop = np.zeros(T, dtype=bool)
     prev_alpha = np.full(T, math.inf)
@@ -174,18 +176,19 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             running &= (alpha > _EQ_TOL) & (n_points <= max_iter)
             if not running.any():
                 break
-            add = running & ~drop
             g = np.where(active, G[rows, :, j], 0.0)
             u = np.einsum("tab,tb->ta", inv, g)
             schur = G[rows, j, j] - np.einsum("ta,ta->t", g, u)
-            degen = add & (np.maximum(np.sqrt(np.abs(schur)), _EPS) < 1e-7)
-            c[rows[degen], j[degen]] = 0.0
-            joined = add & ~degen
-            if joined.any():
+            degen = running & ~drop & (np.maximum(np.sqrt(np.abs(schur)), _EPS) < 1e-7)
+            if degen.any():
+                c[rows[degen], j[degen]] = 0.0
+            joined = running & ~drop & ~degen
+            if joined.any():  # the block inverse with j appended
                 t, jj, uu, sc = rows[joined], j[joined], u[joined], schur[joined]
-                inv[t] += uu[:, :, None] * uu[:, None, :] / sc[:, None, None]
-                inv[t, :, jj] = -uu / sc[:, None]
-                inv[t, jj, :] = -uu / sc[:, None]
+                inv[t] += np.einsum("ta,tb->tab", uu, uu) / sc[:, None, None]
+                col = -uu / sc[:, None]
+                inv[t, :, jj] = col
+                inv[t, jj, :] = col
                 inv[t, jj, jj] = 1.0 / sc
                 active[t, jj] = True
                 sign[t, jj] = np.where(c[t, jj] > 0, 1.0, -1.0)
@@ -198,12 +201,18 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             ls *= AA[:, None]  # the equiangular direction of the active coefficients (zero elsewhere)
             a = np.einsum("tab,tb->ta", G, ls)  # change of every correlation per unit step
             np.around(a, decimals=15, out=a)
-            inact = cand & ~active
+            # the smallest positive step at which an inactive correlation ties the active ones, from above
+            # ((C - c) / (AA - a)) or below ((C + c) / (AA + a))
             Cc, AAc = C[:, None], AA[:, None]
-            g1 = _min_pos(np.where(inact, (Cc - c) / (AAc - a + _TINY32), -1.0))
-            g2 = _min_pos(np.where(inact, (Cc + c) / (AAc + a + _TINY32), -1.0))
+            np.subtract(Cc, c, out=num[0])
+            np.add(Cc, c, out=num[1])
+            np.subtract(AAc, a, out=den[0])
+            np.add(AAc, a, out=den[1])
+            den += _TINY32
+            num /= den
+            tie = np.where((num > 0) & (cand & ~active), num, math.inf).min(axis=(0, 2))
             z = np.where(active, -beta / (ls + _TINY32), -1.0)
-            gamma = np.minimum(np.minimum(g1, g2), C / AA)
+            gamma = np.minimum(tie, C / AA)
             z_pos = _min_pos(z)
             new_drop = z_pos < gamma
             gamma = np.where(new_drop, z_pos, gamma)
@@ -213,18 +222,19 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             prev_alpha = np.where(step, alpha, prev_alpha)
             drop = np.where(step, new_drop, drop)
             dropping = step & new_drop
-            leaving = np.argwhere(dropping[:, None] & active & (z == z_pos[:, None])) if dropping.any() else ()
-            for t, v in leaving:
-                col = inv[t, :, v].copy()
-                inv[t] -= np.outer(col, col) / col[v]
-                inv[t, v, :] = 0.0
-                inv[t, :, v] = 0.0
-                active[t, v] = False
-                sign[t, v] = 0.0
-                beta[t, v] = 0.0
-            for t in np.unique(leaving[:, 0]) if len(leaving) else ():
-                out = leaving[leaving[:, 0] == t, 1]
-                c[t, out] = c0[t, out] - G[t, out] @ beta[t]
+            if dropping.any():
+                leaving = np.argwhere(dropping[:, None] & active & (z == z_pos[:, None]))
+                for t, v in leaving:
+                    col = inv[t, :, v].copy()
+                    inv[t] -= np.outer(col, col) / col[v]
+                    inv[t, v, :] = 0.0
+                    inv[t, :, v] = 0.0
+                    active[t, v] = False
+                    sign[t, v] = 0.0
+                    beta[t, v] = 0.0
+                for t in np.unique(leaving[:, 0]):
+                    out = leaving[leaving[:, 0] == t, 1]
+                    c[t, out] = c0[t, out] - G[t, out] @ beta[t]
             n_points += step
             points.append(beta.copy())
             marks.append(step.copy())

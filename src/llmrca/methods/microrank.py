@@ -41,6 +41,7 @@ from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.params import check_float
 from llmrca.methods.spans import (
     Spans,
+    case_services,
     check_window_s,
     full_ranking,
     group_slo,
@@ -105,7 +106,7 @@ class MicroRank(BaseMethod):
         ep, np_ = w_good * cov_good, w_good * (n_good - cov_good)
         score = spectrum_score(spectrum, ef, nf, ep, np_)
         seen = (cov_bad + cov_good) > 0
-        return full_ranking({str(o): float(s) for o, s, ok in zip(ops, score, seen) if ok}, obs.services)
+        return full_ranking({str(o): float(s) for o, s, ok in zip(ops, score, seen) if ok}, case_services(obs, sp))
 
 
 def operation_weights(sp: Spans, codes: np.ndarray, n_ops: int, traces: np.ndarray, *, anomalous: bool,

@@ -34,12 +34,14 @@ magnitude and later by tens of seconds on these cases), and the explanation says
    proxy that holds the routing configuration), then the continuous cause signals of one replica against its
    peers (power flat at a cap with SM clock down: a power cap; temperature up: cooling; engine latency up with
    no clock, power or CPU change: a straggler; container CPU or memory up; the network's share of a call up with
-   the engine's own time unchanged: delay, or only the tail: loss). Each rule returns a strength in robust
-   z-units (discrete evidence: fixed strengths above any continuous score) and the evidence it used.
+   the engine's own time unchanged: delay; or more of its calls waiting a TCP retransmission timeout than its
+   peers' calls beyond chance: loss). Each rule returns a strength in robust z-units (discrete evidence: fixed
+   strengths above any continuous score) and the evidence it used.
 5. *Decision*: the strongest hypothesis names the top service and the diagnosis; every other service follows,
    ordered by its own strongest hypothesis, then by its strongest own cause signal. When no hypothesis passes
    ``min_strength`` the diagnosis is ``unknown`` (``normal`` when nothing at all moved beyond ``min_strength``
-   robust scales), and the ranking falls back to own cause signals.
+   robust scales), and the ranking falls back to own cause signals (after ``normal``, replicas first: see
+   Limitations).
 6. *Explanation*: one sentence naming the service, the evidence with its numbers, the peers' contrast and the
    kind; plus what the case lacked (no logs, no spans, no engine series, onset estimated).
 
@@ -65,7 +67,10 @@ yet cut the clocks shows in nothing the method reads. A symptom that is discrete
 outrank the structural cause behind it (preemptions of a prompt surge on a small-memory GPU, the stalled hot
 replica of a routing skew at high load): ``_explain_away`` drops or demotes those, by rules of serving (a replica
 fault never draws traffic to its replica; longer prompts cause preemptions), not by thresholds. Thresholds were
-set on full-strength faults; at half strength a 15 % packet loss falls below them.
+set on full-strength faults. When nothing at all moved (``normal``) the replicas are ranked first: a fault that
+leaves nothing in a case hides in what its view lacks, and of llmrca's faults that is a replica's GPU side (a
+cooling fault before its clocks are cut shows only in DCGM's temperature, absent from the study view); that is a
+prior, not evidence, and among the replicas the order is chance.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import bdtrc
 
 from llmrca.case import Observation
 from llmrca.errors import MethodError, NoAnswer
@@ -81,6 +87,7 @@ from llmrca.methods.params import check_float, check_int
 from llmrca.methods.scoring import baseline
 from llmrca.methods.servediag_signals import (
     GPU_SAMPLED,
+    RETRANSMIT_S,
     Change,
     LogEvidence,
     MetricChanges,
@@ -191,6 +198,15 @@ class ServeDiag(BaseMethod):
             return Ranking(ranking.candidates, ranking.scores, diagnosis=top.kind, explanation=expl)
         moved = max(own.values(), default=0.0)
         if moved < p.min_strength:
+            # Nothing the case holds moved. If a fault is there all the same, it hides in what the view lacks, and
+            # what a view lacks of llmrca's faults is a replica's GPU side (a cooling fault before its throttle
+            # shows only in DCGM's temperature): the replicas come first, by their own signals, then the rest.
+            if roles.replicas:
+                reps = set(roles.replicas)
+                names = sorted(services, key=lambda s: (s not in reps, -score[s], -own[s], s))
+                floor = min((score[s] for s in names if s in reps), default=0.0)
+                ranking = Ranking(tuple(names), tuple(float(score[s] if s in reps else min(score[s], floor))
+                                                      for s in names))
             return Ranking(ranking.candidates, ranking.scores, diagnosis="normal",
                            explanation=f"no service's own signals moved beyond {p.min_strength:g} robust scales"
                                        f"{note}")
@@ -532,7 +548,7 @@ def _replica_hypotheses(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidenc
             and cpu_up <= 3:
         out.append(Hypothesis(r, "straggler", min(CAP, eng_z),
                               _straggler_words(mc, spans, r) + _others(mc, peers, "ttft")))
-    net = _network(mc, spans, r, peers, eng_rel, is_proxy=r == roles.proxy)
+    net = _network(mc, spans, r, peers, eng_rel, proxy=roles.proxy)
     if net is not None and not died:
         out.append(net)
     return out
@@ -594,13 +610,16 @@ def _net_adds(spans: SpanEvidence, q: str) -> np.ndarray | None:
 
 
 def _network(mc: MetricChanges, spans: SpanEvidence, r: str, peers: list[str], eng_rel: float, *,
-             is_proxy: bool = False) -> Hypothesis | None:
+             proxy: str | None = None) -> Hypothesis | None:
     """Calls to ``r`` take longer while its engine's own time does not: the network in front of it. A delay moves
     every call (the median of the added time, with a tail no longer than it), loss only some (the tail).
 
     The proxy's pod is special: every request crosses it, and the answers of every other replica travel back to
     it, so a slow link into the proxy's pod shows on the calls to all the other replicas at once (their median is
-    its evidence) and a slow link into one replica shows on that replica alone (its own minus its peers')."""
+    its evidence) and a slow link into one replica shows on that replica alone (its own minus its peers'). Loss on
+    one replica's link is read from its calls that waited a retransmission timeout, beyond chance against its
+    peers' (``_retransmits``): a few per cent of its calls, which no median or 90th percentile shows."""
+    is_proxy = r == proxy
     peer_adds = [x for x in (_net_adds(spans, q) for q in peers if q) if x is not None]
     own = _net_adds(spans, r)
     peer_med = np.median(np.asarray(peer_adds), axis=0) if peer_adds else None
@@ -612,7 +631,13 @@ def _network(mc: MetricChanges, spans: SpanEvidence, r: str, peers: list[str], e
     else:
         ev = None if own is None else own - (np.maximum(peer_med, 0.0) if peer_med is not None else 0.0)
     span_delay = ev is not None and ev[0] > 0.2 and ev[2] < 2.5 * ev[0]
-    span_loss = ev is not None and ev[2] > 0.15 and not span_delay
+    retx = None if is_proxy else _retransmits(spans, r, peers, proxy)
+    if is_proxy:
+        span_loss = ev is not None and ev[2] > 0.15 and not span_delay
+    else:
+        # a replica's own link: its calls wait retransmission timeouts beyond chance, judged against every call that
+        # did not cross that link in the fault's window (its peers') or crossed it before (its own)
+        span_loss = retx is not None and not span_delay
     mesh90 = _contrast(mc, r, peers, "mesh_p90")
     mesh50 = _contrast(mc, r, peers, "mesh_p50")
     m90, m50 = mc.get(r, "mesh_p90"), mc.get(r, "mesh_p50")
@@ -626,8 +651,12 @@ def _network(mc: MetricChanges, spans: SpanEvidence, r: str, peers: list[str], e
         peer_rel = max([mc.get(q, "mesh_p90").rel for q in peers if mc.has(q, "mesh_p90")] or [0.0])
         if peer_rel > 0.3 * m90.rel:
             return None
-    words = f"mesh p90 towards it {_fmt_rel(m90)}" if mc.has(r, "mesh_p90") else ""
-    if ev is not None and (span_delay or span_loss):
+    # the mesh latency is worth naming unless the retransmission waits are the evidence and it did not move
+    quiet_mesh = retx is not None and span_loss and abs(m90.rel) < 0.05
+    words = f"mesh p90 towards it {_fmt_rel(m90)}" if mc.has(r, "mesh_p90") and not quiet_mesh else ""
+    if retx is not None and span_loss:
+        words += (", " if words else "") + retx
+    elif ev is not None and (span_delay or span_loss):
         where = "the other replicas' answers to it" if is_proxy else "calls to it"
         words += (", " if words else "") + f"the network adds {ev[0] * 1000:+.0f} ms median, {ev[2] * 1000:+.0f} " \
                                            f"ms p90 to {where}"
@@ -638,6 +667,47 @@ def _network(mc: MetricChanges, spans: SpanEvidence, r: str, peers: list[str], e
     # metrics only: a delay lifts the median about as much as the tail; loss mostly the tail
     delay = mc.has(r, "mesh_p50") and m50.rel > 0.33 * max(m90.rel, 1e-9)
     return Hypothesis(r, "network" if delay else "network-loss", strength, words)
+
+
+def _binom_tail(k: int, n: int, q: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, q): scipy's complemented binomial CDF, which gives P(X > k - 1)."""
+    return float(bdtrc(k - 1, n, q))
+
+
+RETX_ALPHA = 1e-3  # the one-sided binomial level at which a replica's retransmission waits are its link's
+
+
+def _retransmits(spans: SpanEvidence, r: str, peers: list[str], proxy: str | None) -> str | None:
+    """Calls to ``r`` that waited a retransmission timeout (the network added ``RETRANSMIT_S`` or more to the
+    engine's span) beyond chance; the words that say so, or None.
+
+    A lost segment costs the call that carried it a retransmission timeout, and nothing else in a serving stack
+    holds a call between the proxy's send and the engine's receive that long: a slow engine lengthens its own span,
+    a loaded proxy delays the send. Loss of a few per cent moves no median and no 90th percentile, but it leaves a
+    handful of such calls on the one link it affects. The null is that a call to ``r`` in the fault's window waits
+    one no more often than the calls to its peers then (the proxy's own pod left out: its calls never leave the
+    pod): of all K such waits, the number on ``r`` is then binomial with ``r``'s share of those calls, and the rule
+    fires when its upper tail is below ``RETX_ALPHA`` and ``r``'s rate rose since the onset. Without such peers (two
+    replicas, one beside the proxy) the null is ``r``'s own calls before the onset."""
+    k1, n1 = spans.retx_post.get(r, (0, 0))
+    k0, n0 = spans.retx_pre.get(r, (0, 0))
+    remote = [q for q in peers if q != proxy]
+    pk = sum(spans.retx_post.get(q, (0, 0))[0] for q in remote)
+    pn = sum(spans.retx_post.get(q, (0, 0))[1] for q in remote)
+    if k1 == 0 or n1 == 0 or k1 * n0 <= k0 * n1:
+        return None
+    if pn:
+        p = _binom_tail(k1, k1 + pk, n1 / (n1 + pn))
+        peers_words = f"{pk} of its peers' {pn}"
+    elif n0:
+        p = _binom_tail(k1, k1 + k0, n1 / (n1 + n0))
+        peers_words = "no peer off the proxy's pod"
+    else:
+        return None
+    if p >= RETX_ALPHA:
+        return None
+    return (f"{k1} of its {n1} calls waited a retransmission timeout (the network added ≥ "
+            f"{RETRANSMIT_S * 1000:.0f} ms), {peers_words}, {k0} of its {n0} before")
 
 
 def _structural(mc: MetricChanges, logs: LogEvidence, spans: SpanEvidence, roles: Roles,

@@ -276,13 +276,18 @@ GEN_AI = {
     "completion": re.compile(r'"gen_ai\.usage\.completion_tokens":' + _NUM),
 }
 PEER = re.compile(r'"peer\.service":"([^"]+)"')
+# A lost segment costs the call that carried it a retransmission timeout: Linux's floor is 200 ms (TCP_RTO_MIN), so a
+# call the network delayed by 150 ms or more beyond the engine's own span almost surely waited for a retransmission.
+RETRANSMIT_S = 0.15
 
 
 @dataclass
 class SpanEvidence:
     """Per replica: proxy calls to it before/after (``calls_pre``/``calls_post``, per second), their error share
     after, the median extra time of the proxy's call over the engine's span before/after (``net_pre``/``net_post``,
-    s, and the 25th percentile after: a delay shifts every call, loss only some), the median engine-span stages
+    s, and the 25th percentile after: a delay shifts every call, loss only some), how many of those calls waited a
+    retransmission timeout or more (``retx_pre``/``retx_post``: (calls over :data:`RETRANSMIT_S`, calls)), the
+    median engine-span stages
     before/after (``stages``: queue, ttft, prefill, decode, per output token decode) and prompt tokens; for the
     proxy the median time a request waited in it before/after."""
 
@@ -294,6 +299,8 @@ class SpanEvidence:
     errors_post: dict[str, float] = field(default_factory=dict)
     net_pre: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     net_post: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    retx_pre: dict[str, tuple[int, int]] = field(default_factory=dict)
+    retx_post: dict[str, tuple[int, int]] = field(default_factory=dict)
     stages_pre: dict[str, dict[str, float]] = field(default_factory=dict)
     stages_post: dict[str, dict[str, float]] = field(default_factory=dict)
     proxy_wait: tuple[float, float] = (float("nan"), float("nan"))
@@ -365,10 +372,11 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
         ev.count_post += int(after[rows].sum())
         post_rows = rows[after[rows]]
         ev.errors_post[r] = float((status[post_rows] == "ERROR").mean()) if len(post_rows) else 0.0
-        for book, side in ((ev.net_pre, ~after[rows]), (ev.net_post, after[rows])):
+        for book, retx, side in ((ev.net_pre, ev.retx_pre, ~after[rows]), (ev.net_post, ev.retx_post, after[rows])):
             extra = [dur[p] - dur[child_of[p]] for p in rows[side] if p in child_of and status[p] != "ERROR"]
+            e = np.asarray(extra, dtype=float)
+            retx[r] = (int((e >= RETRANSMIT_S).sum()), len(e))
             if len(extra) >= 3:
-                e = np.asarray(extra)
                 book[r] = (float(np.median(e)), float(np.percentile(e, 25)), float(np.percentile(e, 90)))
         eng = engine_rows[(svc[engine_rows] == r) & np.isfinite(stage_vals["ttft"][engine_rows])]
         for book, side in ((ev.stages_pre, ~after[eng]), (ev.stages_post, after[eng])):

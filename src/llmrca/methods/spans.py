@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llmrca.case import Observation
+from llmrca.case.model import services_seen
 from llmrca.errors import MethodError
 from llmrca.methods.base import Ranking
 from llmrca.methods.params import check_float
@@ -152,7 +153,7 @@ def load_spans(obs: Observation, method: str) -> Spans:
             callee[rows] = peers
             caller_code[rows] = s_codes[rows]
             known = {str(v): i for i, v in enumerate(svcs)}
-            for name in peers:
+            for name in dict.fromkeys(peers):  # each distinct peer once, in first-seen order
                 known.setdefault(name, len(known) + 1)  # len(svcs) stays the client's
             callee_code[rows] = [known[name] for name in peers]
     width = len(svcs) + 1 + len(set(callee.tolist()) - set(svcs.tolist()))
@@ -211,7 +212,15 @@ def _client_peers(attributes: pd.Series) -> tuple[np.ndarray, list[str]]:
     if arr is not None:
         hit = pc.fill_null(pc.match_substring_regex(arr, pattern), False)
         rows = np.flatnonzero(hit.to_numpy())
-        values = arr.filter(hit).to_pylist() if rows.size else []
+        if not rows.size:
+            return rows, []
+        # the distinct texts only become Python strings; each row takes its text's peer by the text's code
+        enc = pc.dictionary_encode(arr.filter(hit)).combine_chunks()
+        per_text = np.empty(len(enc.dictionary), dtype=object)
+        per_text[:] = [_client_peer(v) for v in enc.dictionary.to_pylist()]
+        peers = per_text[enc.indices.to_numpy(zero_copy_only=False)]
+        named = np.array([p is not None for p in per_text], dtype=bool)[enc.indices.to_numpy(zero_copy_only=False)]
+        return rows[named], peers[named].tolist()
     else:
         text = attributes.astype("string")
         rows = np.flatnonzero(text.str.contains(pattern, regex=True).fillna(False).to_numpy(dtype=bool))
@@ -313,6 +322,12 @@ def trace_any(spans: Spans, span_mask: np.ndarray) -> np.ndarray:
     out = np.zeros(spans.n_traces, dtype=bool)
     out[spans.trace[span_mask]] = True
     return out
+
+
+def case_services(obs: Observation, spans: Spans) -> set[str]:
+    """``obs.services`` as a set, the traces' services taken from ``spans`` (already decoded) instead of a second
+    pass over the frame's service column."""
+    return set(services_seen(obs.metric_columns, dict.fromkeys(spans.service.tolist()), obs.topology.services))
 
 
 def full_ranking(scores: Mapping[str, float], services: Iterable[str]) -> Ranking:

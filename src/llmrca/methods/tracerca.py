@@ -38,6 +38,7 @@ from __future__ import annotations
 from itertools import combinations
 
 import numpy as np
+import pandas as pd
 
 from llmrca.case import Observation
 from llmrca.errors import MethodError, NoAnswer
@@ -46,6 +47,7 @@ from llmrca.methods.params import check_bool, check_float, check_int
 from llmrca.methods.spans import (
     CLIENT,
     Spans,
+    case_services,
     check_window_s,
     full_ranking,
     group_slo,
@@ -94,7 +96,7 @@ class TraceRCA(BaseMethod):
         if not any(v > 0 for v in scores.values()):
             raise NoAnswer(f"{self.name}: abnormal traces found, but no service scored above 0 (no "
                               "frequent set, or callers and callees of the abnormal calls balance out)")
-        return full_ranking(scores, obs.services)
+        return full_ranking(scores, case_services(obs, sp))
 
 
 def abnormal_invocations(sp: Spans, hist_t: np.ndarray, det_t: np.ndarray, d_ad: float,
@@ -128,7 +130,7 @@ def microservice_scores(sp: Spans, det_t: np.ndarray, abnormal: np.ndarray, min_
     names = sorted({s for s in np.concatenate([sp.caller[span_det], sp.callee[span_det]]) if s != CLIENT})
     if not names:
         return {}
-    col = {s: i for i, s in enumerate(names)}
+    index = pd.Index(names)  # position of each name, looked up by hashing (the spans' names are all among them)
     n_t, n_i = len(det_rows), len(names)
     member = np.zeros((n_t, n_i), dtype=bool)
     into = np.zeros((n_t, n_i), dtype=bool)
@@ -136,12 +138,12 @@ def microservice_scores(sp: Spans, det_t: np.ndarray, abnormal: np.ndarray, min_
     r = row_of[sp.trace]
     for who in (sp.caller, sp.callee):
         ok = span_det & (who != CLIENT)
-        member[r[ok], [col[s] for s in who[ok]]] = True
+        member[r[ok], index.get_indexer(who[ok])] = True
     cross = abnormal & (sp.caller != sp.callee)
     ok = cross & (sp.callee != CLIENT)
-    into[r[ok], [col[s] for s in sp.callee[ok]]] = True
+    into[r[ok], index.get_indexer(sp.callee[ok])] = True
     ok = cross & (sp.caller != CLIENT)
-    out_of[r[ok], [col[s] for s in sp.caller[ok]]] = True
+    out_of[r[ok], index.get_indexer(sp.caller[ok])] = True
     bad = np.zeros(n_t, dtype=bool)
     bad[r[abnormal & span_det]] = True
     n_bad = int(bad.sum())

@@ -89,10 +89,20 @@ def metric_window(
     hi = len(t) if window is None else min(len(t), split + window)
     cols = obs.metric_columns
     # Gaps are filled within the window only, so what a method sees does not depend on far-away rows.
-    values = fill_gaps_array(obs.metrics[cols].to_numpy(dtype=float, copy=True)[lo:hi])
+    values = fill_gaps_array(_metric_rows(obs.metrics, cols, lo, hi))
     w = MetricWindow(cols, t[lo:hi], values, split - lo)
     if w.split < min_pre:
         raise MethodError(f"only {w.split} sample(s) before inject_time={it:g}; need at least {min_pre}")
     if len(t[lo:hi]) - w.split < min_post:
         raise MethodError(f"only {len(w.times) - w.split} sample(s) from inject_time={it:g} on; need {min_post}")
     return w
+
+
+def _metric_rows(metrics, cols: list[str], lo: int, hi: int) -> np.ndarray:
+    """Rows [lo, hi) of the ``cols`` of ``metrics`` as a new float array: ``metrics[cols].to_numpy(dtype=float)``
+    without building the column selection (a pandas indexer and a frame, the larger part of the cost on a few
+    hundred rows) when the names are unique and every column is float already (one block: a view)."""
+    if metrics.columns.is_unique and all(dt == np.float64 for dt in metrics.dtypes):
+        keep = np.flatnonzero(metrics.columns.isin(cols))
+        return metrics.to_numpy()[lo:hi, keep]
+    return metrics[cols].to_numpy(dtype=float, copy=True)[lo:hi]

@@ -185,8 +185,9 @@ class ReplicaEngine:
         self._preempt_total = 0
         self._prefix_q = 0
         self._prefix_h = 0
-        self._itl: tuple[list, list, list] = ([], [], [])  # time, value, weight
-        self._iter: tuple[list, list, list] = ([], [], [])  # time, tokens per step, steps
+        self._itl: list[float] = []  # time, value, weight: three entries per observation
+        self._iter: list[float] = []  # time, tokens per step, steps: three entries per observation
+        self._period = gpu.cfs_period_s
         # The environment's per-tick causes for this pod, as lists (fast scalar reads).
         if abs(env.tick - tick) > 1e-12:
             raise ValueError("engine tick and environment tick differ")
@@ -450,7 +451,7 @@ class ReplicaEngine:
         budget = self.max_tokens_step - n
         pre = self.prefilling
         w = self.waiting
-        left = sum(e[1] for e in pre)  # prompt tokens still to prefill (whole numbers: any order sums the same)
+        left = sum([e[1] for e in pre])  # prompt tokens still to prefill (whole numbers: any order sums the same)
         while w and len(pre) + n < self.max_seqs and budget - left > 0:
             rid = w[0]
             need = R.prompt[rid] + R.gen[rid]
@@ -501,14 +502,8 @@ class ReplicaEngine:
             a[10 + self._th] += dur
         if n:
             self.D += 1
-            it = self._itl
-            it[0].append(t1)
-            it[1].append(dur)
-            it[2].append(n)
-        ib = self._iter
-        ib[0].append(t1)
-        ib[1].append(tokens + n)
-        ib[2].append(1)
+            self._itl.extend((t1, dur, n))
+        self._iter.extend((t1, tokens + n, 1))
         for rid in in_step:
             R.prefill_s[rid] += dur
         if finished:
@@ -549,20 +544,36 @@ class ReplicaEngine:
             self._preempt()
             return
         k = min(k, k_kv)
+        inv_share = self.inv_share
+        dev = self.dev
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * n) * self.cpu_factor
-        f, gpu, mem, comp, pw = self._step(
-            (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw * self.dev,
-            self.flop_tok * n / self.fl * self.dev, cpu * self.inv_share)
-        s = (cpu + gpu) * self.inv_share
+        mem1 = (self.W + (ctx + 0.5 * n * min(k, 64)) * self.kvb) / self.bw * dev
+        comp1 = self.flop_tok * n / self.fl * dev
+        other = cpu * inv_share
+        if self._f_cap < 1.0:  # self._step, inline
+            f, gpu, mem, comp, pw = step_capped(self.gpu, self.limit, mem1, comp1, other, self._f_cap)
+        else:
+            launch, idle, pm, bf1, psm, pe1 = self._g1
+            gpu = (max(comp1, mem1)) + launch
+            ms, cs = mem1 / gpu, comp1 / gpu
+            pw = pm * ms * bf1 + psm * (0.35 + 0.65 * cs) * pe1
+            if idle + pw * gpu / (gpu + other) <= self.limit:
+                f, mem, comp = 1.0, mem1, comp1
+            else:
+                f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit, mem1, comp1, other)
+        s = (cpu + gpu) * inv_share
+        t = self.t
         horizon = self.next_tick
-        if self.incoming and self.incoming[0][0] < horizon:
-            horizon = self.incoming[0][0]
-        if self.stalls and self.t < self.stalls[0][0] < horizon:
-            horizon = self.stalls[0][0]
-        k_h = math.ceil((horizon - self.t) / s)
+        inc = self.incoming
+        if inc and inc[0][0] < horizon:
+            horizon = inc[0][0]
+        stalls = self.stalls
+        if stalls and t < stalls[0][0] < horizon:
+            horizon = stalls[0][0]
+        k_h = math.ceil((horizon - t) / s)
         if k_h < k:
             k = max(1, k_h)
-        self.plan = [self.t, self.t + k * s, k, s, gpu, mem, comp, pw, f]
+        self.plan = [t, t + k * s, k, s, gpu, mem, comp, pw, f]
 
     def _commit(self) -> None:
         _t0, t1, k, s, gpu, mem, comp, pw, f = self.plan
@@ -582,25 +593,17 @@ class ReplicaEngine:
         a[9] += k * f * gpu
         if f < 1.0:
             a[10 + self._th] += k * s
-        it = self._itl
-        period = self.gpu.cfs_period_s
+        period = self._period
         if period and self.share < 1.0 and k * s > 0.0:
             # Under a CFS quota the pod's threads run at full speed until the period's quota is spent, then wait
             # for the next period: most steps take their unthrottled time s * share, and one step per period
             # also carries the throttled rest of it, period * (1 - share). The mean stays s.
             fast = s * self.share
             gaps = min(float(k), k * s / period)
-            it[0].extend((t1, t1))
-            it[1].extend((fast, fast + (s - fast) * k / gaps))
-            it[2].extend((n * (k - gaps), n * gaps))
+            self._itl.extend((t1, fast, n * (k - gaps), t1, fast + (s - fast) * k / gaps, n * gaps))
         else:
-            it[0].append(t1)
-            it[1].append(s)
-            it[2].append(n * k)
-        ib = self._iter
-        ib[0].append(t1)
-        ib[1].append(n)
-        ib[2].append(k)
+            self._itl.extend((t1, s, n * k))
+        self._iter.extend((t1, n, k))
         fin = self.fin
         if fin and fin[0][0] <= self.D:
             self._complete(t1)
@@ -665,7 +668,8 @@ class ReplicaEngine:
         m = int((self.t - self.next_tick) // tick) + 1
         a = self._acc if m == 1 else [x / m for x in self._acc]  # (x / 1 is x)
         self._acc = [0.0] * 12
-        fe_req, fe_prompt = (x / m for x in self._fe)
+        fe = self._fe
+        fe_req, fe_prompt = fe[0] / m, fe[1] / m
         self._fe = [0, 0]
         c_req, c_prompt, c_tok = self.frontend_costs
         # What this pod's own processes wanted: the engine core while it had work, the frontend (one asyncio
@@ -683,13 +687,14 @@ class ReplicaEngine:
         limits = self._limits
         for _ in range(m):
             end = self.next_tick
-            busy = a[0] / tick
+            a0 = a[0]
+            busy = a0 / tick
             busy = min(busy, 1.0)
-            mem_share = a[1] / a[0] if a[0] > 0 else 0.9
-            comp_share = a[2] / a[0] if a[0] > 0 else 0.0
+            mem_share = a[1] / a0 if a0 > 0 else 0.9
+            comp_share = a[2] / a0 if a0 > 0 else 0.0
             i = int((end + 0.5 * tick - self._env_t0) / tick)  # the tick that starts now
             limit = limits[i - 1 if 0 < i <= len(limits) else -1]  # the limit the closing tick ran under
-            gs.close_tick(tick, min(a[0], tick), a[8], a[9], a[10])
+            gs.close_tick(tick, min(a0, tick), a[8], a[9], a[10])
             f_used = gs.f
             thermal = 0
             if self._thermal is not None:
@@ -709,9 +714,7 @@ class ReplicaEngine:
 
     def observations(self) -> dict[str, np.ndarray]:
         """Inter-token latencies and iteration sizes, weighted (time, value, weight)."""
-        return {
-            "itl_t": np.asarray(self._itl[0]), "itl_v": np.asarray(self._itl[1]),
-            "itl_w": np.asarray(self._itl[2], dtype=float),
-            "iter_t": np.asarray(self._iter[0]), "iter_v": np.asarray(self._iter[1], dtype=float),
-            "iter_w": np.asarray(self._iter[2], dtype=float),
-        }
+        # (Python numbers, three per observation: each converts to float64 as it would from its own column's list)
+        itl = np.fromiter(self._itl, dtype=float, count=len(self._itl)).reshape(-1, 3).T.copy()
+        it = np.fromiter(self._iter, dtype=float, count=len(self._iter)).reshape(-1, 3).T.copy()
+        return {"itl_t": itl[0], "itl_v": itl[1], "itl_w": itl[2], "iter_t": it[0], "iter_v": it[1], "iter_w": it[2]}

@@ -78,14 +78,19 @@ class Environment:
     cpu_share: dict[str, np.ndarray] = field(default_factory=dict)  # share of a core each busy thread gets
     slow: dict[str, np.ndarray] = field(default_factory=dict)  # CPU-side slow-down from memory reclaim
     _slowdown: dict[str, list[float]] = field(default_factory=dict)
+    _own_parts: dict[str, tuple[list[float], list[float], list[float]]] = field(default_factory=dict)
 
     def set_own_demand(self, pod: str, i: int, cores: float) -> float:
         """The pod's own processes want ``cores`` in tick ``i``: the CFS quota is shared by them and any stress or
         hog workers; returns the share of its want each runnable thread gets."""
-        demand = cores + self.stress_cores[pod][i] + self.hog_cores[pod][i]
+        parts = self._own_parts.get(pod)
+        if parts is None:  # the pod's stress, hog and slow-down series as Python floats (the same values)
+            parts = self._own_parts[pod] = (self.stress_cores[pod].tolist(), self.hog_cores[pod].tolist(),
+                                            self.slow[pod].tolist())
+        demand = cores + parts[0][i] + parts[1][i]
         share = min(1.0, self.pod_cpu / max(demand, 1e-9))
         self.cpu_share[pod][i] = share
-        self._slowdown[pod][i] = float(self.slow[pod][i]) / share
+        self._slowdown[pod][i] = parts[2][i] / share
         return share
 
     def index(self, t: float) -> int:

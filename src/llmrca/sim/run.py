@@ -3,9 +3,11 @@ one fault acting on the causes, and the telemetry of it as a native ``Case``."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Any
@@ -163,12 +165,32 @@ def _injections(fault: Faults) -> list[Injection]:
     return items
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off for a run: a case makes some 10^5 small lists and tuples that live until
+    its end, and the collector's passes over them (about 12 per 360 s case, ~2 ms of its CPU, measured with
+    ``gc.callbacks``) find next to no garbage; reference counting frees what it would, and the few cycles left
+    wait for the collector's next pass after the run. The previous state is restored."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def run(config: SimConfig | None = None, fault: Faults = None, seed: int = 0) -> SimRun:
     """Simulate one run and build its metrics; traces and logs come from the record (see ``simulate``).
 
     ``fault``: one ``Injection``, or a list of them on different targets (a multi-fault run: the perturbations of
     all go into the one environment; the first is the truth's first root). A list of one is the single run.
     """
+    with paused_gc():
+        return _run(config, fault, seed)
+
+
+def _run(config: SimConfig | None, fault: Faults, seed: int) -> SimRun:
     cfg = config or SimConfig()
     dep = deployment(cfg)
     gpu = cfg.gpu_kind
@@ -638,6 +660,12 @@ def simulate(config: SimConfig | None = None, fault: Faults = None, seed: int = 
 
     ``traces``/``logs`` False leave those frames empty (a metrics-only case is faster to make).
     """
+    with paused_gc():
+        return _simulate(config, fault, seed, traces, logs, case_id, provenance)
+
+
+def _simulate(config: SimConfig | None, fault: Faults, seed: int, traces: bool, logs: bool, case_id: str | None,
+              provenance: dict[str, Any] | None) -> Case:
     injections = _injections(fault)
     sim = run(config, injections, seed)
     fault = injections[0] if injections else None

@@ -361,21 +361,22 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
         with_s, without = kind.json_format(True).format, kind.json_format(False).format
         return [without(*v) if math.isnan(h) else with_s(*v, int(h)) for v, h in zip(values, statuses.tolist())]
 
-    def memo(kind: Any, keys: list[Any], values: dict[Any, tuple], statuses: np.ndarray) -> list[str]:
-        # ``attrs`` for spans whose values are one of a few tuples (by key): each distinct text is made once.
-        texts: dict[tuple[Any, int | None], str] = {}
-        out = []
-        for key, h in zip(keys, statuses.tolist()):
-            st = None if math.isnan(h) else int(h)
-            text = texts.get((key, st))
-            if text is None:
-                text = texts[(key, st)] = attrs(kind, [values[key]], np.array([np.nan if st is None else h]))[0]
-            out.append(text)
-        return out
+    def memo(kind: Any, keys: np.ndarray, values: dict[Any, tuple], statuses: np.ndarray) -> np.ndarray:
+        # ``attrs`` for spans whose values are one of a few tuples (by key; ``keys`` an object array): each
+        # distinct (key, status) text is made once, then taken for every span.
+        key_of, kinds = pd.factorize(keys, use_na_sentinel=False)
+        nan = np.isnan(statuses)
+        code = np.where(nan, -1, np.where(nan, 0, statuses).astype(np.int64))  # int(h) of a status; -1: none
+        pairs, which = np.unique(key_of.astype(np.int64) * 1_000_000 + (code + 1), return_inverse=True)
+        texts = np.empty(len(pairs), dtype=object)
+        for j, pc in enumerate(pairs.tolist()):
+            st = pc % 1_000_000 - 1
+            texts[j] = attrs(kind, [values[kinds[pc // 1_000_000]]], np.array([np.nan if st < 0 else float(st)]))[0]
+        return texts[which]
 
     gateway_values = ('"POST"', json.dumps(ROUTE), '"http"', '"1.1"', json.dumps(USER_AGENT), json.dumps(path.gateway),
                       json.dumps(client), upstream)
-    attrs_g = memo(GATEWAY_SPAN, [0] * n, {0: gateway_values}, http)
+    attrs_g = memo(GATEWAY_SPAN, np.zeros(n, dtype=np.int64), {0: gateway_values}, http)
     proxy_fixed = (json.dumps(SERVE_DEPLOYMENT), json.dumps(SERVE_APP), '"http"', '"POST"', '"/"')
     # (the request id is a UUID text: JSON-quoted as it is)
     proxy_fields = [value(before='"', after='"'), *(const(v) for v in proxy_fixed)]
@@ -384,7 +385,7 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     attrs_p = [proxy_without(rid) if math.isnan(h) else proxy_with(rid, int(h))
                for rid, h in zip(ident.serve_ids, http_p.tolist())]
     backend = {r: (json.dumps(f"http://{r}:{REPLICA_PORT}"), json.dumps(r)) for r in set(replica.tolist())}
-    attrs_c = memo(CLIENT_SPAN, replica.tolist(), backend, http_c)
+    attrs_c = memo(CLIENT_SPAN, replica, backend, http_c)
     model_json = json.dumps(model)
     secs = np.vstack([col["queue_s"], col["t_first_token"] - col["t_engine_arrival"],
                       col["t_engine_end"] - col["t_engine_arrival"], col["prefill_s"], col["decode_s"],

@@ -383,9 +383,8 @@ class RealtimeEngine:
     def drain_steps(self) -> tuple[list[float], list[float], list[float], list[float]]:
         """(step durations, decode tokens per duration) and (tokens per step, step count) since the last call:
         the raw material of vLLM's inter-token-latency and iteration-tokens histograms."""
-        itl_t, itl_v, itl_w = self.engine._itl
-        it_t, it_v, it_w = self.engine._iter
-        out = (list(itl_v), list(itl_w), list(it_v), list(it_w))
-        for lst in (itl_t, itl_v, itl_w, it_t, it_v, it_w):
-            lst.clear()
+        itl, it = self.engine._itl, self.engine._iter  # time, value, weight: three entries per observation
+        out = (itl[1::3], itl[2::3], it[1::3], it[2::3])
+        itl.clear()
+        it.clear()
         return out
