@@ -82,6 +82,8 @@ def test_a_duplicated_column_is_placed_as_spent_and_the_result_is_deterministic(
     X = lingam_data(120, 4, 5)
     X = np.column_stack([X, X[:, 1]])
     order, B = lf.direct_lingam(X)
-    assert sorted(order) == list(range(5)) and order.index(4) > order.index(1)
+    # which twin is ordered first is a tie the BLAS's rounding breaks (machines differ); the other is spent at
+    # once: its residual on the first is exactly zero
+    assert sorted(order) == list(range(5)) and abs(order.index(4) - order.index(1)) == 1
     order2, B2 = lf.direct_lingam(X)
     assert order2 == order and np.array_equal(B, B2, equal_nan=True)
