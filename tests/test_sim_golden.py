@@ -8,7 +8,7 @@ checks the files' bytes within one environment). A numpy release that changed on
 would change them too (NumPy does not promise stable streams across versions); taken with numpy 2.2.6.
 
 The metrics' digest also depends on the machine: the same code (87fa0bd, and every commit since) gives one digest
-on the Intel machines the pins were first taken on and another on an AMD EPYC one (AVX2, no AVX-512), with the
+on the machines the pins were first taken on and another on an AMD EPYC one (AVX2, no AVX-512), with the
 same numpy, and with pandas 3.0.6–3.1.2 and scipy 1.13–1.17 alike; its traces, logs and case.json agree bit for
 bit, and numpy's own dispatch (``NPY_DISABLE_CPU_FEATURES``) and OpenBLAS's kernel choice (``OPENBLAS_CORETYPE``)
 do not move it (most likely the system maths library's per-CPU code for the transcendental functions the metrics
