@@ -1,6 +1,7 @@
 """Why rcd and granger-pagerank lose accuracy from 3 to 16 replicas (issue 17, item 2): per-case evidence.
 
-    python benchmarks/scale_diag_rcd_granger.py                 # sim3 and sim16, seeds 0-7 (~3 min on 2 cores)
+    python benchmarks/scale_diag_rcd_granger.py                 # sim3 and sim16, seeds 0-7 (~4 min, loaded 2 cores)
+    python benchmarks/scale_diag_rcd_granger.py --levels        # + granger at two fixed levels (~7 min)
     python benchmarks/scale_diag_rcd_granger.py --replicas 3,16 --seeds 8 --kmeans
 
 The cases are ``benchmarks/scale.py``'s ``sim3`` / ``sim16`` (the full view of the ``paper`` scenario; seeds 0-3
