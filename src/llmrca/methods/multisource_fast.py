@@ -129,6 +129,12 @@ def trace_series(obs: Observation, method: str) -> Series:
 def with_series(metrics: pd.DataFrame, extra: list[Series]) -> pd.DataFrame:
     """``metrics`` with the series of ``extra`` appended as one float block (``multisource.append_columns``:
     a name already taken keeps the first series)."""
+    names, values = merged_block(metrics, extra)
+    return pd.DataFrame(values, columns=names)
+
+
+def merged_block(metrics: pd.DataFrame, extra: list[Series]) -> Series:
+    """The columns and values of ``with_series(metrics, extra)``, as one (rows, columns) float array."""
     have = set(metrics.columns)
     names, blocks = list(metrics.columns), [metrics.to_numpy(dtype=float)]
     for cols, values in extra:
@@ -136,4 +142,4 @@ def with_series(metrics: pd.DataFrame, extra: list[Series]) -> pd.DataFrame:
         have.update(cols[i] for i in take)
         names.extend(cols[i] for i in take)
         blocks.append(values[:, take])
-    return pd.DataFrame(np.hstack(blocks), columns=names)
+    return names, np.hstack(blocks)
