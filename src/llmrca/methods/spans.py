@@ -213,29 +213,32 @@ def load_spans(obs: Observation, method: str) -> Spans:
 def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
     """Row of each span's parent in the same trace, -1 for a root or a parent missing from the frame; a
     duplicated (trace, span id) resolves to its first row. What ``call_graph.span_parents`` computes, on integer
-    codes: span and parent ids are factorised together; the first row of each id answers wherever it lies in
-    the child's trace (span ids are nearly always unique), and only the rest are matched on sorted (trace, id)
-    keys."""
+    codes: the first row of each parent id answers wherever it lies in the child's trace (span ids are nearly
+    always unique), and only the rest are matched on sorted (trace, id) keys of span and parent ids factorised
+    together."""
     n = len(tr)
+    trace = trace_codes.astype(np.int64)
     sid, pid = _arrow(tr["span_id"]), _arrow(tr["parent_span_id"])
-    if sid is not None and pid is not None and sid.type == pid.type:
-        sid, pid = _no_null(sid, ""), _no_null(pid, "")
-        codes = pa.chunked_array(sid.chunks + pid.chunks, type=sid.type).dictionary_encode() \
-            .combine_chunks().indices.to_numpy()
-        root = pc.equal(pid, "").to_numpy()
+    arrow = sid is not None and pid is not None and sid.type == pid.type
+    if arrow:
+        # Arrow's index_in gives each parent id's first row among the span ids in one hash pass over them;
+        # the codes are only needed for the rare ids that occur in several traces
+        out = _no_null(pc.index_in(pid, value_set=sid.combine_chunks()), -1).to_numpy().astype(np.int64)
+        root = _no_null(pc.equal(pid, ""), True).to_numpy()
     else:
         sid = tr["span_id"].astype("string").fillna("")
         pid = tr["parent_span_id"].astype("string").fillna("")
         codes = pd.factorize(pd.concat([sid, pid], ignore_index=True))[0]
         root = (pid == "").to_numpy(dtype=bool)
-    s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
-    width = int(codes.max()) + 1
-    first_row = np.full(width, -1, dtype=np.int64)
-    first_row[s_code[::-1]] = np.arange(n - 1, -1, -1)  # the last write, i.e. the first row, wins
-    out = first_row[p_code]
-    trace = trace_codes.astype(np.int64)
+        out = _first_rows(codes, n)
     other = np.flatnonzero((out >= 0) & (trace[np.maximum(out, 0)] != trace))
     if other.size:  # an id that occurs in several traces: match (trace, id)
+        if arrow:
+            sid, pid = _no_null(sid, ""), _no_null(pid, "")
+            codes = pa.chunked_array(sid.chunks + pid.chunks, type=sid.type).dictionary_encode() \
+                .combine_chunks().indices.to_numpy()
+        s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
+        width = int(codes.max()) + 1
         own = trace * width + s_code
         keys, first = np.unique(own, return_index=True)
         want = trace[other] * width + p_code[other]
@@ -243,6 +246,14 @@ def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
         out[other] = np.where(keys[at] == want, first[at], -1)
     out[root] = -1
     return out
+
+
+def _first_rows(codes: np.ndarray, n: int) -> np.ndarray:
+    """Per parent (codes[n:]): the first row whose span id (codes[:n]) has its code, -1 where none."""
+    s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
+    first_row = np.full(int(codes.max()) + 1, -1, dtype=np.int64)
+    first_row[s_code[::-1]] = np.arange(n - 1, -1, -1)  # the last write, i.e. the first row, wins
+    return first_row[p_code]
 
 
 def _client_peers(attributes: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]]:
