@@ -8,7 +8,9 @@ spans become per-operation mean latency of successful spans and error counts per
 (``llmrca.methods.multisource``; computed as arrays by ``llmrca.methods.multisource_fast``). They are appended to the metric columns and the whole table goes through
 :class:`llmrca.methods.baro.Baro` unchanged: median/IQR of the window before the onset, score = max deviation
 after it, one merged ranking of every series. Candidates keep their ``<service>_…`` names, so the
-service-level ranking needs nothing more.
+service-level ranking needs nothing more. With a known ``inject_time`` (no onset detection) BARO reads its
+window straight from the merged float array (``llmrca.methods.window.block_window``) instead of a frame built
+from it: the same rows of the same block, so the same ranking (``tests/test_rcaeval_speed_equivalence.py``).
 
 Sources: like RCAEval's MM-BARO, it needs metrics, logs and traces by default and raises ``MethodError``
 naming what a case lacks. ``require_all=False`` runs with the metrics and whichever of logs and traces a case
