@@ -111,7 +111,9 @@ def test_client_peers_by_distinct_text_equal_the_row_by_row_parse():
     texts = ['{"span.kind":"CLIENT","peer.service":"db"}', None, '{"span.kind":"SERVER","peer.service":"db"}',
              '{"span.kind":"client","peer.service":"cache"}', 'peer.service not json',
              '{"span.kind":"CLIENT","peer.service":"db"}', '{"span.kind":"CLIENT","peer.service":"a_b"}',
-             '{"span.kind":"CLIENT"}', '{"span.kind":"CLIENT","peer.service":"cache"}']
+             '{"span.kind":"CLIENT"}', '{"span.kind":"CLIENT","peer.service":"cache"}',
+             # no literal peer.service (an escaped key, a key with "vice" only): not screened in, as before
+             '{"span.kind":"CLIENT","peer\\u002eservice":"db"}', '{"span.kind":"CLIENT","service":"db"}']
     arrow = pd.Series(texts, dtype="string[pyarrow]")
     rows, code, names = _client_peers(arrow)
     assert rows.tolist() == [0, 3, 5, 8] and [names[c] for c in code] == ["db", "cache", "db", "cache"]

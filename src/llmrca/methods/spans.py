@@ -170,8 +170,8 @@ def load_spans(obs: Observation, method: str) -> Spans:
     pair, op_code = _unique_small(s_codes * len(ops) + np.where(o_codes < 0, len(ops) - 1, o_codes),
                                   len(svcs) * len(ops))
     operations = np.array([f"{svcs[p // len(ops)]}_{ops[p % len(ops)]}" for p in pair.tolist()], dtype=object)
-    start = pd.to_numeric(tr["start_time_us"], errors="coerce").to_numpy(dtype=float) / 1e6
-    duration = pd.to_numeric(tr["duration_us"], errors="coerce").to_numpy(dtype=float) / 1e6
+    start = floats(tr["start_time_us"]) / 1e6
+    duration = floats(tr["duration_us"]) / 1e6
     bad = ~(np.isfinite(start) & np.isfinite(duration))
     if bad.any():
         raise MethodError(f"{method}: span row {int(np.argmax(bad))} has no start time or duration")
@@ -258,35 +258,48 @@ def _first_rows(codes: np.ndarray, n: int) -> np.ndarray:
 
 def _client_peers(attributes: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The CLIENT spans whose attributes name a ``peer.service``: (rows, code of each row's peer, the distinct
-    peers, first seen first). Rows are screened with regular expressions (Arrow runs them with RE2, several
-    times faster on long texts than a plain substring search): first for ``vice``, which every row naming
-    ``peer.service`` contains and RE2 finds faster (fewer false starts on its first letter), then for
-    ``peer.service`` among those; each distinct text among them is parsed once."""
-    pattern = r"peer\.service"
+    peers, first seen first). Only texts that contain ``peer.service`` literally count. Arrow-backed texts are
+    screened first for ``vice`` (a part of it) with a regular expression: Arrow runs it with RE2, several times
+    faster on long texts than its plain substring search, and ``vice`` faster than the whole name (fewer
+    false starts on the first letter); the few distinct texts among those rows are then checked for
+    ``peer.service`` and parsed once each."""
     arr = _arrow(attributes)
     if arr is not None:
         near = _no_null(pc.match_substring_regex(arr, "vice"), False)
-        cand = arr.filter(near)
-        hit = _no_null(pc.match_substring_regex(cand, pattern), False)
-        rows = np.flatnonzero(near.to_numpy())[hit.to_numpy()]
+        rows = np.flatnonzero(near.to_numpy())
         if not rows.size:
             return rows, rows, []
         # the distinct texts only become Python strings; each row takes its text's peer by the text's code
-        enc = pc.dictionary_encode(cand.filter(hit)).combine_chunks()
+        enc = pc.dictionary_encode(arr.filter(near)).combine_chunks()
         texts = enc.dictionary.to_pylist()
         of_row = enc.indices.to_numpy(zero_copy_only=False)
     else:
         text = attributes.astype("string")
-        rows = np.flatnonzero(text.str.contains(pattern, regex=True).fillna(False).to_numpy(dtype=bool))
+        rows = np.flatnonzero(text.str.contains("peer.service", regex=False).fillna(False).to_numpy(dtype=bool))
         codes, uniq = pd.factorize(pd.Series(text.to_numpy(dtype=object)[rows], dtype=object))
         texts, of_row = list(uniq), codes
-    peer_of_text = [_client_peer(v) for v in texts]
+    # the second screen, per distinct text: only a text that says peer.service literally names a peer
+    peer_of_text = [_client_peer(v) if "peer.service" in v else None for v in texts]
     peers = list(dict.fromkeys(p for p in peer_of_text if p is not None))  # texts are in first-seen order
     code = {p: i for i, p in enumerate(peers)}
     code_of_text = np.array([code.get(p, -1) for p in peer_of_text], dtype=np.int64)
     peer = code_of_text[of_row]
     named = peer >= 0
     return rows[named], peer[named], peers
+
+
+def floats(col: pd.Series) -> np.ndarray:
+    """``pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)``; a column of NumPy numbers is converted
+    directly (``to_numeric`` hands it back as it is)."""
+    if isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf":
+        return col.to_numpy(dtype=float)
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+
+
+def has_missing(col: pd.Series) -> bool:
+    """``col.isna().any()``, read off the Arrow array's null count where the column is one."""
+    arr = _arrow(col)
+    return bool(arr.null_count) if arr is not None else bool(col.isna().any())
 
 
 def _no_null(arr, value):
