@@ -17,14 +17,20 @@ What it does, in order (every step reuses what an earlier run left in ``--out`` 
    reference study's 33 columns, by default; ``all`` = every exported series).
 4. **Ours.** Runs our methods with the grid runner (``llmrca.evaluate.evaluate``, one worker, ``--timeout`` per
    task) on those RCAEval folders, read back by llmrca's RCAEval reader: what ``llmrca evaluate <out>/rcaeval``
-   runs. Time = wall time of ``rank()``.
+   runs. Time = wall time of ``rank()``. CPU time: afterwards, in this process, every method's ``rank()`` once
+   more per case that the runner answered, on the same observation (read by the same reader) with the same
+   seed, ``time.process_time`` around the call; one untimed call per method first, so that its lazy imports
+   are not counted (the reference imports its module before timing too).
 5. **Reference.** Runs RCAEval's function for the same method on the same folders through
    ``benchmarks/vs_rcaeval_driver.py`` in the reference environment (one process per method; see its
-   docstring for how it loads a case, which follows RCAEval's own ``main.py``). Time = wall time of the call.
+   docstring for how it loads a case, which follows RCAEval's own ``main.py``). Time = wall time of the call;
+   CPU time = ``time.process_time`` around the same call.
    The SLI handed to RCAEval (MicroCause uses it) is ours: the entry service's latency, never the root cause's.
 6. **Scores.** Per method, service level (a candidate's service is the part before the first ``_``, for both):
    AC@1, AC@3, Avg@5 of each side, share of cases whose top-1 service is the same, mean seconds per case of
-   each side and their ratio (reference / ours). A failure, a timeout, or RCAEval's fallback to the unranked
+   each side and their ratio (reference / ours), and the same for CPU seconds ("ratio (CPU)"; on a loaded
+   machine the wall ratio of calls of a few milliseconds moves with the other jobs, the CPU ratio much less).
+   A failure, a timeout, or RCAEval's fallback to the unranked
    column order counts as a miss. Printed, and written to ``<out>/results.md`` and ``<out>/results.json``
    (with every case's ranks and statuses).
 
@@ -244,6 +250,46 @@ def run_ours(methods: list[str], cases: list[dict[str, Any]], rc_root: Path, out
     return res
 
 
+def run_ours_cpu(methods: list[str], cases: list[dict[str, Any]], rc_root: Path, out: Path, ours: dict,
+                 seed: int) -> dict:
+    """(method, case_id) -> CPU seconds of our ``rank()`` (see the module docs, step 4), for every case the
+    runner answered ok. Kept in ``<out>/ours_cpu.json`` and reused."""
+    from llmrca.evaluate.sealed import isolated
+    from llmrca.io import load_case
+    from llmrca.methods import get_method
+
+    store = out / "ours_cpu.json"
+    done = {tuple(k.split("\t")): v for k, v in json.loads(store.read_text()).items()} if store.is_file() else {}
+    todo = [(m, c) for c in cases for m in methods
+            if (m, c["id"]) not in done and ours.get((m, c["id"]), {}).get("status") == "ok"]
+    if not todo:
+        return done
+    print(f"ours, CPU time: {len(todo)} call(s) in this process", flush=True)
+    t0 = time.perf_counter()
+    need = {c["id"] for _, c in todo}
+    obs_of = {c["id"]: load_case(c["dir"], root=rc_root).observation for c in cases if c["id"] in need}
+    warm: set[str] = set()
+    for m, c in todo:
+        method = get_method(m)
+        obs = obs_of[c["id"]]
+        if m not in warm:  # lazy imports and first-call set-up of the libraries, not the method's work
+            warm.add(m)
+            try:
+                method.rank(isolated(obs), seed=seed)
+            except Exception:  # noqa: BLE001, S110 - the timed call below reports nothing either way
+                pass
+        view = isolated(obs)
+        c0 = time.process_time()
+        try:
+            method.rank(view, seed=seed)
+            done[(m, c["id"])] = time.process_time() - c0
+        except Exception:  # noqa: BLE001 - the runner answered; a different outcome here is not timed
+            done[(m, c["id"])] = None
+    store.write_text(json.dumps({f"{m}\t{cid}": v for (m, cid), v in done.items()}, indent=1) + "\n")
+    print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+    return done
+
+
 def _services(ranks: list[str]) -> list[str]:
     seen: dict[str, None] = {}
     for c in ranks:
@@ -314,11 +360,12 @@ def _mean(xs: list[float]) -> float | None:
     return statistics.mean(xs) if xs else None
 
 
-def score(method: str, cases: list[dict[str, Any]], ours: dict, ref: dict) -> dict[str, Any]:
+def score(method: str, cases: list[dict[str, Any]], ours: dict, ref: dict, ours_cpu: dict | None = None
+          ) -> dict[str, Any]:
     from llmrca.evaluate import ac_at_k, avg_at_k
 
     per_case = []
-    r_ours, r_ref, same, t_ours, t_ref = [], [], 0, [], []
+    r_ours, r_ref, same, t_ours, t_ref, c_ours, c_ref = [], [], 0, [], [], [], []
     no_ours: dict[str, int] = defaultdict(int)
     no_ref: dict[str, int] = defaultdict(int)
     for c in cases:
@@ -332,21 +379,29 @@ def score(method: str, cases: list[dict[str, Any]], ours: dict, ref: dict) -> di
         top_o = o["services"][0] if o_ok and o["services"] else None
         top_f = f["services"][0] if f_ok and f["services"] else None
         same += top_o is not None and top_o == top_f
+        cpu_o = (ours_cpu or {}).get((method, c["id"])) if o_ok else None
         if o_ok and o["seconds"] is not None:
             t_ours.append(o["seconds"])
-        if (f["status"] == "ok" or f["status"].startswith("fallback")) and f.get("seconds") is not None:
+        if cpu_o is not None:
+            c_ours.append(cpu_o)
+        f_timed = f["status"] == "ok" or f["status"].startswith("fallback")
+        if f_timed and f.get("seconds") is not None:
             t_ref.append(f["seconds"])
+        if f_timed and f.get("cpu_seconds") is not None:
+            c_ref.append(f["cpu_seconds"])
         if not o_ok:
             no_ours[o["status"].split(":")[0] if o["status"] != "timeout" else "timeout"] += 1
         if not f_ok:
             no_ref[f["status"].split(":")[0]] += 1
         per_case.append({"case_id": c["id"], "truth": c["truth"], "fault": c["fault"],
-                         "ours": {"status": o["status"], "seconds": o["seconds"], "rank": ro,
+                         "ours": {"status": o["status"], "seconds": o["seconds"], "cpu_seconds": cpu_o, "rank": ro,
                                   "top5": o["services"][:5]},
-                         "reference": {"status": f["status"], "seconds": f.get("seconds"), "rank": rf,
+                         "reference": {"status": f["status"], "seconds": f.get("seconds"),
+                                       "cpu_seconds": f.get("cpu_seconds"), "rank": rf,
                                        "top5": f["services"][:5], "ranks": f.get("ranks", [])}})
     n = len(cases)
     mo, mf = _mean(t_ours), _mean(t_ref)
+    co, cf = _mean(c_ours), _mean(c_ref)
     messages: dict[str, dict[str, int]] = {"ours": defaultdict(int), "reference": defaultdict(int)}
     for pc in per_case:
         for side in ("ours", "reference"):
@@ -356,11 +411,12 @@ def score(method: str, cases: list[dict[str, Any]], ours: dict, ref: dict) -> di
     return {
         "method": method, "reference": "{}.{}".format(*PAIRS[method][:2]), "cases": n,
         "ours": {"ac1": ac_at_k(r_ours, 1), "ac3": ac_at_k(r_ours, 3), "avg5": avg_at_k(r_ours, 5),
-                 "seconds": mo, "no_answer": dict(no_ours)},
+                 "seconds": mo, "cpu_seconds": co, "no_answer": dict(no_ours)},
         "rcaeval": {"ac1": ac_at_k(r_ref, 1), "ac3": ac_at_k(r_ref, 3), "avg5": avg_at_k(r_ref, 5),
-                    "seconds": mf, "no_answer": dict(no_ref)},
+                    "seconds": mf, "cpu_seconds": cf, "no_answer": dict(no_ref)},
         "same_top1": same / n if n else float("nan"),
         "ratio": mf / mo if mo and mf is not None else None,
+        "ratio_cpu": cf / co if co and cf is not None else None,
         "messages": {k: dict(v) for k, v in messages.items()},
         "cases_detail": per_case,
     }
@@ -381,7 +437,12 @@ def _no(d: dict[str, int]) -> str:
 
 
 COLUMNS = ["method", "AC@1 ours / RCAEval", "AC@3 ours / RCAEval", "Avg@5 ours / RCAEval", "same top-1",
-           "s/case ours", "s/case RCAEval", "ratio", "no answer ours / RCAEval"]
+           "s/case ours", "s/case RCAEval", "ratio", "CPU s/case ours / RCAEval", "ratio (CPU)",
+           "no answer ours / RCAEval"]
+
+
+def _ratio(x: float | None) -> str:
+    return _f(x, "{:.0f}×" if (x or 0) >= 10 else "{:.1f}×")
 
 
 def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
@@ -390,7 +451,8 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         o, f = r["ours"], r["rcaeval"]
         rows.append([r["method"], f"{_f(o['ac1'])} / {_f(f['ac1'])}", f"{_f(o['ac3'])} / {_f(f['ac3'])}",
                      f"{_f(o['avg5'])} / {_f(f['avg5'])}", _f(r["same_top1"]), _secs(o["seconds"]),
-                     _secs(f["seconds"]), _f(r["ratio"], "{:.0f}×" if (r["ratio"] or 0) >= 10 else "{:.1f}×"),
+                     _secs(f["seconds"]), _ratio(r["ratio"]),
+                     f"{_secs(o.get('cpu_seconds'))} / {_secs(f.get('cpu_seconds'))}", _ratio(r.get("ratio_cpu")),
                      f"{_no(o['no_answer'])} / {_no(f['no_answer'])}"])
     return rows
 
@@ -416,7 +478,8 @@ def write_markdown(path: Path, results: list[dict[str, Any]], meta: dict[str, An
     intro = (f"{meta['n_cases']} case(s) ({meta['case_source']}, {meta['view']} view, {meta['columns']} metric "
              f"columns), seed {meta['seed']}, timeout {meta['timeout']:g} s per call, one thread each side. "
              "Service level; a failure, timeout or RCAEval fallback to the column order counts as a miss. "
-             "s/case: mean wall time of the calls that returned a ranking; ratio = RCAEval / ours.")
+             "s/case: mean wall time of the calls that returned a ranking; ratio = RCAEval / ours; CPU s/case and "
+             "ratio (CPU): the same for the CPU time (`time.process_time`) of the calls.")
     lines = [f"# llmrca vs RCAEval {RCAEVAL.split('==')[1]}", "", intro, "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
@@ -467,7 +530,7 @@ def main() -> int:
         os.environ[v] = "1"
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
-        for sub in ("ours", "reference", "rcaeval", "suite", "cases.json"):
+        for sub in ("ours", "ours_cpu.json", "reference", "rcaeval", "suite", "cases.json"):
             p = out / sub
             if p.is_dir():
                 shutil.rmtree(p)
@@ -482,11 +545,12 @@ def main() -> int:
     if not cases:
         raise SystemExit("no case to compare")
     ours = run_ours(methods, cases, rc_root, out, args)
+    ours_cpu = run_ours_cpu(methods, cases, rc_root, out, ours, args.seed)
     print(f"reference: {len(methods)} method(s) × {len(cases)} case(s) in {venv.name}", flush=True)
     results = []
     for m in methods:
         ref = run_reference(m, cases, venv, out, args)
-        results.append(score(m, cases, ours, ref))
+        results.append(score(m, cases, ours, ref, ours_cpu))
 
     columns = sorted({c["columns"] for c in cases})
     meta = {"n_cases": len(cases), "view": args.view, "seed": args.seed, "timeout": args.timeout,

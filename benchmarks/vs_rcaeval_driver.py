@@ -10,7 +10,8 @@ Started by ``benchmarks/vs_rcaeval.py`` (never imported by llmrca, and it never 
 {"case_id", "status", "seconds", "ranks", "note"}. ``status`` is ``ok``; ``fallback: …`` when RCAEval's own
 failure handler (the ``rca`` decorator in ``RCAEval/e2e/__init__.py``) swallowed an exception and returned the
 unranked column order, or the method returned the column order because its graph had no edge; ``error: …``;
-or ``timeout``. ``seconds`` is the wall time of the method call alone (loading the CSV files is not counted).
+or ``timeout``. ``seconds`` is the wall time of the method call alone (loading the CSV files is not counted),
+``cpu_seconds`` its CPU time (``time.process_time``: this process's user + system time, every thread).
 
 Loading follows RCAEval's own benchmark script (``main.py`` of RCAEval 1.8.1): ``data.csv`` with the
 ``*_latency-50`` columns dropped, infinities → NaN, forward fill, then 0; ``inject_time.txt`` parsed with
@@ -134,7 +135,7 @@ def _fallback(out: dict, data, err_text: str, function: str) -> str | None:
 
 
 def run_case(func, job: dict, case: dict) -> dict:
-    row = {"case_id": case["id"], "status": "ok", "seconds": None, "ranks": [], "note": ""}
+    row = {"case_id": case["id"], "status": "ok", "seconds": None, "cpu_seconds": None, "ranks": [], "note": ""}
     kind = job["input"]
     try:
         if kind == "traces":
@@ -153,7 +154,7 @@ def run_case(func, job: dict, case: dict) -> dict:
     captured_out, captured_err = io.StringIO(), io.StringIO()
     _seed(job["seed"])
     signal.signal(signal.SIGALRM, _alarm)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         with contextlib.redirect_stdout(captured_out), contextlib.redirect_stderr(captured_err):
             signal.setitimer(signal.ITIMER_REAL, float(job["timeout"]))
@@ -161,12 +162,12 @@ def run_case(func, job: dict, case: dict) -> dict:
                 out = func(data, inject_time, **kwargs)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        row["seconds"] = time.perf_counter() - t0
+        row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
     except CallTimeout:
         row.update(status="timeout", seconds=time.perf_counter() - t0)
         return row
     except Exception as e:  # noqa: BLE001 - the method's own exception, reported as a row
-        row["seconds"] = time.perf_counter() - t0
+        row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         tb = traceback.extract_tb(e.__traceback__)
         where = f" ({os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
         row["status"] = f"error: {type(e).__name__}: {' '.join(str(e).split())}"[:400] + where
@@ -195,8 +196,9 @@ def main(argv: list[str]) -> int:
         for case in job["cases"]:
             row = run_case(func, job, case)
             row["import_s"] = import_s
-            if row["seconds"] is not None and not math.isfinite(row["seconds"]):
-                row["seconds"] = None
+            for k in ("seconds", "cpu_seconds"):
+                if row[k] is not None and not math.isfinite(row[k]):
+                    row[k] = None
             out.write(json.dumps(row) + "\n")
             out.flush()
     return 0

@@ -111,9 +111,189 @@ def test_client_peers_by_distinct_text_equal_the_row_by_row_parse():
     texts = ['{"span.kind":"CLIENT","peer.service":"db"}', None, '{"span.kind":"SERVER","peer.service":"db"}',
              '{"span.kind":"client","peer.service":"cache"}', 'peer.service not json',
              '{"span.kind":"CLIENT","peer.service":"db"}', '{"span.kind":"CLIENT","peer.service":"a_b"}',
-             '{"span.kind":"CLIENT"}', '{"span.kind":"CLIENT","peer.service":"cache"}']
+             '{"span.kind":"CLIENT"}', '{"span.kind":"CLIENT","peer.service":"cache"}',
+             # no literal peer.service (an escaped key, a key with "vice" only): not screened in, as before
+             '{"span.kind":"CLIENT","peer\\u002eservice":"db"}', '{"span.kind":"CLIENT","service":"db"}']
     arrow = pd.Series(texts, dtype="string[pyarrow]")
-    rows, peers = _client_peers(arrow)
-    assert rows.tolist() == [0, 3, 5, 8] and peers == ["db", "cache", "db", "cache"]
-    rows2, peers2 = _client_peers(pd.Series(texts, dtype=object))  # not Arrow-backed: the plain path
-    assert rows2.tolist() == rows.tolist() and peers2 == peers
+    rows, code, names = _client_peers(arrow)
+    assert rows.tolist() == [0, 3, 5, 8] and [names[c] for c in code] == ["db", "cache", "db", "cache"]
+    assert names == ["db", "cache"]  # first seen first
+    rows2, code2, names2 = _client_peers(pd.Series(texts, dtype=object))  # not Arrow-backed: the plain path
+    assert rows2.tolist() == rows.tolist() and code2.tolist() == code.tolist() and names2 == names
+    none = _client_peers(pd.Series(['{"span.kind":"SERVER"}', None], dtype="string[pyarrow]"))
+    assert none[0].size == 0 and none[1].size == 0 and none[2] == []
+
+
+# --- tracerca / microrank on integer codes (issue 17, third pass) -------------------------------------------
+
+
+def _caller_callee_as_before(tr: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Caller and callee per span the way load_spans built them before the codes: Python strings, the parent's
+    service (or "") as caller, a CLIENT span's peer (parsed row by row) as callee."""
+    import json
+
+    from llmrca.methods.call_graph import span_parents
+
+    svc = tr["service"].astype(str).tolist()
+    parent = span_parents(tr).tolist()
+    caller = [svc[p] if p >= 0 else "" for p in parent]
+    callee = list(svc)
+    for i, text in enumerate(tr["attributes"].tolist()):
+        try:
+            a = json.loads(str(text)) if isinstance(text, str) and "peer.service" in text else None
+        except ValueError:
+            a = None
+        if isinstance(a, dict) and str(a.get("span.kind", "")).upper() == "CLIENT":
+            peer = a.get("peer.service")
+            if isinstance(peer, str) and peer and "_" not in peer:
+                caller[i], callee[i] = svc[i], peer
+    return caller, callee
+
+
+def _scores_as_before(sp, det_t, abnormal, min_support, max_size, top_k, use_is):
+    """tracerca.microservice_scores as it was on object arrays of names (commit 198caaa)."""
+    from llmrca.methods.tracerca import frequent_sets
+
+    caller, callee = sp.caller, sp.callee
+    det_rows = np.flatnonzero(det_t)
+    row_of = np.full(sp.n_traces, -1, dtype=np.int64)
+    row_of[det_rows] = np.arange(len(det_rows))
+    span_det = row_of[sp.trace] >= 0
+    names = sorted({s for s in np.concatenate([caller[span_det], callee[span_det]]) if s != ""})
+    if not names:
+        return {}
+    index = pd.Index(names)
+    n_t, n_i = len(det_rows), len(names)
+    member, into, out_of = (np.zeros((n_t, n_i), dtype=bool) for _ in range(3))
+    r = row_of[sp.trace]
+    for who in (caller, callee):
+        ok = span_det & (who != "")
+        member[r[ok], index.get_indexer(who[ok])] = True
+    cross = abnormal & (caller != callee)
+    ok = cross & (callee != "")
+    into[r[ok], index.get_indexer(callee[ok])] = True
+    ok = cross & (caller != "")
+    out_of[r[ok], index.get_indexer(caller[ok])] = True
+    bad = np.zeros(n_t, dtype=bool)
+    bad[r[abnormal & span_det]] = True
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return {}
+    scored = []
+    for s in frequent_sets(member[bad], min_support, max_size):
+        has = member[:, list(s)].all(axis=1)
+        n_s, n_bs = int(has.sum()), int((has & bad).sum())
+        scored.append((n_bs / (n_bad + n_s - n_bs) if n_bs else 0.0, s, has & bad))
+    scored.sort(key=lambda x: (-x[0], len(x[1]), [names[i] for i in x[1]]))
+    out = {s: 0.0 for s in names}
+    for ji, s, rows in scored[:top_k]:
+        for i in s:
+            score = ji * abs(int(into[rows, i].sum()) - int(out_of[rows, i].sum())) if use_is else ji
+            out[names[i]] = max(out[names[i]], float(score))
+    return out
+
+
+def _chain_with_oddities(arrow: bool):
+    """Chain traces with peers, errors, a peer that is no service, spans whose caller is their callee, rows in
+    shuffled order and (optionally) Arrow-backed text."""
+    tr = chain_traces(300, slow_from=T0 + 150, peer=True, error_from=T0 + 250)
+    client = tr["attributes"].astype("string").str.contains("CLIENT", regex=False).fillna(False).to_numpy()
+    odd = np.flatnonzero(client)[::7]
+    tr.loc[tr.index[odd], "attributes"] = '{"span.kind":"CLIENT","peer.service":"ext-store"}'
+    tr.loc[tr.index[np.flatnonzero(client)[3::5]], "attributes"] = None  # api's own call: caller == callee
+    tr = tr.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    if arrow:
+        text = pd.StringDtype("pyarrow")
+        tr = tr.astype({c: text for c in ("trace_id", "span_id", "parent_span_id", "service", "operation",
+                                          "status", "attributes")})
+    return chain_observation(tr, T0 + 150)
+
+
+@pytest.mark.parametrize("arrow", [False, True])
+def test_span_codes_decode_to_the_string_computations(arrow):
+    obs = _chain_with_oddities(arrow)
+    sp = load_spans(obs, "tracerca")
+    caller, callee = _caller_callee_as_before(obs.traces)
+    assert sp.caller.tolist() == caller and sp.callee.tolist() == callee
+    assert "ext-store" in callee and any(a == b for a, b in zip(caller, callee, strict=True))
+    # codes compare as the names do, and the client is the one name ""
+    assert np.array_equal(sp.caller_code == sp.callee_code, np.array(caller, dtype=object) == np.array(callee))
+    assert sp.is_client[sp.caller_code].tolist() == [c == "" for c in caller]
+    assert len(set(sp.names[sp.caller_code].tolist() + sp.names[sp.callee_code].tolist())) == \
+        len(set(sp.caller_code.tolist() + sp.callee_code.tolist()))
+    assert sp.services == list(dict.fromkeys(obs.traces["service"].astype(str)))
+    # traces numbered as first seen; each trace's spans share one code
+    first = pd.factorize(obs.traces["trace_id"].astype(str))[0]
+    assert sp.trace.tolist() == first.tolist() and sp.n_traces == first.max() + 1
+    assert sp.trace_ids.tolist() == list(dict.fromkeys(obs.traces["trace_id"].astype(str)))
+
+
+@pytest.mark.parametrize("arrow", [False, True])
+@pytest.mark.parametrize(("max_size", "use_is"), [(1, True), (2, True), (2, False)])
+def test_tracerca_scores_on_codes_equal_the_scores_on_names(arrow, max_size, use_is):
+    from llmrca.methods.tracerca import abnormal_invocations, microservice_scores
+
+    obs = _chain_with_oddities(arrow)
+    sp = load_spans(obs, "tracerca")
+    hist, det = sp.split(obs.inject_time)
+    abnormal = abnormal_invocations(sp, hist, det, 3.0, 1.0)
+    assert abnormal.any()
+    got = microservice_scores(sp, det, abnormal, 0.1, max_size, 100, use_is)
+    want = _scores_as_before(sp, det, abnormal, 0.1, max_size, 100, use_is)
+    assert got == want and list(got) == list(want) and any(v > 0 for v in got.values())
+
+
+def test_microrank_operation_codes_equal_the_sorted_factorisation():
+    # two (service, operation) pairs that read as the same name: one code, as factorising the names gives
+    tr = chain_traces(40, slow_from=T0 + 20)
+    tr.loc[tr.index[::4], "service"] = "api_x"
+    tr.loc[tr.index[::4], "operation"] = "y"
+    tr.loc[tr.index[1::4], "service"] = "api"
+    tr.loc[tr.index[1::4], "operation"] = "x_y"
+    sp = load_spans(chain_observation(tr, T0 + 20), "microrank")
+    ops, by_name = np.unique(sp.operations, return_inverse=True)
+    want_codes, want_ops = pd.factorize(pd.Series(sp.operation), sort=True)
+    assert by_name.ravel()[sp.op_code].tolist() == want_codes.tolist()
+    assert ops.tolist() == list(want_ops) and "api_x_y" in ops.tolist()
+
+
+@pytest.mark.parametrize("window", [None, 3, "auto"])
+def test_block_window_equals_the_frames_window(window):
+    from llmrca.methods.window import block_window
+
+    m = _frame(False)
+    names, values = list(m.columns), m.to_numpy(dtype=float)
+    obs = Observation(metrics=m, inject_time=100.0 + 5.0 * 20)
+    for it in (None, 100.0 + 5.0 * 3):
+        a = metric_window(obs, inject_time=it, window=window)
+        b = block_window(obs, columns=names, values=values, inject_time=it, window=window)
+        assert a.columns == b.columns and a.split == b.split
+        assert np.array_equal(a.times, b.times) and np.array_equal(a.values, b.values)
+    assert np.isnan(values[0, names.index("a_mem")])  # the block is not filled in place
+    with pytest.raises(Exception, match="sample"):
+        block_window(obs, columns=names, values=values, inject_time=100.0, window=window)
+    with pytest.raises(Exception, match="sample"):
+        metric_window(obs, inject_time=100.0, window=window)
+
+
+@pytest.mark.parametrize("params", [{}, {"window": 4}, {"two_sided": False}, {"detect_onset": True}])
+def test_mmbaro_on_the_merged_array_equals_baro_on_the_merged_frame(params):
+    from dataclasses import replace
+
+    from llmrca.methods import multisource_fast as mf
+    from llmrca.methods.baro import Baro
+    from llmrca.methods.registry import get_method
+
+    obs = _chain_with_oddities(True)
+    obs = replace(obs, logs=pd.DataFrame({"time": T0 + np.arange(300.0), "service": "api", "level": "INFO",
+                                          "message": "ok", "template": np.where(np.arange(300) > 150, "a", "b")}))
+    merged = replace(obs, metrics=mf.with_series(obs.metrics, [mf.template_series(obs, "m"),
+                                                                mf.trace_series(obs, "m")]))
+    try:
+        want = Baro(**params).rank(merged)
+    except Exception as e:  # noqa: BLE001 - BOCPD may abstain: then mm-baro must too
+        with pytest.raises(type(e)):
+            get_method("mm-baro", **params).rank(obs)
+        return
+    got = get_method("mm-baro", **params).rank(obs)
+    assert got.candidates == want.candidates and got.scores == want.scores

@@ -10,6 +10,7 @@ rather than guessing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmrca.case import TIME, Observation, fill_gaps
@@ -18,7 +19,7 @@ from llmrca.methods import bocpd
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.params import check_bool, check_float, check_int
 from llmrca.methods.scoring import deviation_scores
-from llmrca.methods.window import DEFAULT_WINDOW, check_window, metric_window
+from llmrca.methods.window import DEFAULT_WINDOW, MetricWindow, check_window, metric_window
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,18 @@ class Baro(BaseMethod):
         }
 
     def rank(self, obs: Observation, *, seed: int = 0) -> Ranking:
+        return self.rank_with(obs, metric_window)
+
+    def rank_with(self, obs: Observation, window_of: Callable[..., MetricWindow]) -> Ranking:
+        """``rank`` with ``window_of`` in place of ``metric_window`` (called with the same arguments, it must
+        give the same window): for a caller that holds the metrics as arrays (mm-baro's merged table)."""
         window = check_window(self.name, self.params["window"], minimum=2)
         two_sided = check_bool(self.name, "two_sided", self.params["two_sided"])
         detect = check_bool(self.name, "detect_onset", self.params["detect_onset"])
         onset = obs.inject_time
         if onset is None or detect:
             onset = self.detect_onset(obs).time
-        w = metric_window(obs, inject_time=onset, window=window, min_pre=2, min_post=1)
+        w = window_of(obs, inject_time=onset, window=window, min_pre=2, min_post=1)
         scores = deviation_scores(w.pre, w.post, "robust", two_sided=two_sided)
         return Ranking.from_scores(w.columns, scores)
 

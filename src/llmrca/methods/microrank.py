@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import networkx as nx
 import numpy as np
-import pandas as pd
 
 from llmrca.case import Observation
 from llmrca.errors import MethodError, NoAnswer
@@ -88,8 +87,9 @@ class MicroRank(BaseMethod):
                               "learn")
         if not det_t.any():
             raise MethodError(f"{self.name}: no trace after inject_time to diagnose")
-        codes, ops = pd.factorize(pd.Series(sp.operation), sort=True)
-        ops = np.asarray(ops, dtype=object)
+        # the operations in name order, a code per distinct name (``pd.factorize(sp.operation, sort=True)``)
+        ops, by_name = np.unique(sp.operations, return_inverse=True)
+        codes = by_name.ravel()[sp.op_code]
         _, mu, sd = group_slo(codes, sp.duration, hist_t[sp.trace], len(ops))
         with np.errstate(invalid="ignore"):
             slow = sp.duration > mu[codes] + k * sd[codes]

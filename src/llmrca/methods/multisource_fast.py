@@ -19,7 +19,7 @@ from llmrca.case.derive import window_starts
 from llmrca.case.templates import log_templates, template_id
 from llmrca.errors import CaseError
 from llmrca.methods.multisource import grid
-from llmrca.methods.spans import sorted_text_codes, text_codes, text_equals
+from llmrca.methods.spans import floats, has_missing, sorted_text_codes, text_codes, text_equals
 
 Series = tuple[list[str], np.ndarray]  # column names, (rows of the metrics grid, columns) values
 
@@ -83,7 +83,7 @@ def template_series(obs: Observation, method: str, mode: str = "auto") -> Series
     rank = np.empty(len(names), dtype=np.int64)
     rank[by_name] = np.arange(len(names))
     col = rank[inverse]
-    lt = pd.to_numeric(logs["time"], errors="coerce").to_numpy(dtype=float)[keep]
+    lt = floats(logs["time"])[keep]
     k, inside = _windows(lt, start, dt, n_win)
     counts = np.bincount(col[inside] * n_win + k, minlength=len(names) * n_win).reshape(len(names), n_win)
     return [names[i] for i in by_name], counts[:, rows].T.astype(float)
@@ -98,9 +98,9 @@ def trace_series(obs: Observation, method: str) -> Series:
     missing = [c for c in ("service", "operation", "start_time_us", "duration_us", "status") if c not in tr]
     if missing:
         raise CaseError([f"missing column(s) {', '.join(missing)}"], where="traces")
-    st = pd.to_numeric(tr["start_time_us"], errors="coerce").to_numpy(dtype=float) / 1e6
-    dur = pd.to_numeric(tr["duration_us"], errors="coerce").to_numpy(dtype=float) / 1e6
-    if tr["service"].isna().any() or tr["operation"].isna().any():
+    st = floats(tr["start_time_us"]) / 1e6
+    dur = floats(tr["duration_us"]) / 1e6
+    if has_missing(tr["service"]) or has_missing(tr["operation"]):
         raise CaseError(["missing service or operation name(s)"], where="traces")
     s_codes, svcs = sorted_text_codes(tr["service"])
     o_codes, ops = sorted_text_codes(tr["operation"])
@@ -129,6 +129,12 @@ def trace_series(obs: Observation, method: str) -> Series:
 def with_series(metrics: pd.DataFrame, extra: list[Series]) -> pd.DataFrame:
     """``metrics`` with the series of ``extra`` appended as one float block (``multisource.append_columns``:
     a name already taken keeps the first series)."""
+    names, values = merged_block(metrics, extra)
+    return pd.DataFrame(values, columns=names)
+
+
+def merged_block(metrics: pd.DataFrame, extra: list[Series]) -> Series:
+    """The columns and values of ``with_series(metrics, extra)``, as one (rows, columns) float array."""
     have = set(metrics.columns)
     names, blocks = list(metrics.columns), [metrics.to_numpy(dtype=float)]
     for cols, values in extra:
@@ -136,4 +142,4 @@ def with_series(metrics: pd.DataFrame, extra: list[Series]) -> pd.DataFrame:
         have.update(cols[i] for i in take)
         names.extend(cols[i] for i in take)
         blocks.append(values[:, take])
-    return pd.DataFrame(np.hstack(blocks), columns=names)
+    return names, np.hstack(blocks)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -71,28 +72,67 @@ def require_inject_time(method: str, obs: Observation) -> float:
 
 @dataclass(frozen=True)
 class Spans:
-    """One row per span (arrays of equal length) and per-trace summaries."""
+    """One row per span (arrays of equal length) and per-trace summaries.
 
-    trace: np.ndarray  # int, index into trace_ids
-    trace_ids: np.ndarray  # object
-    service: np.ndarray  # object
-    operation: np.ndarray  # object, "<service>_<operation>"
+    Names are held as integer codes into small tables (``names``, ``operations``), so that a method can compare
+    and group spans without touching a Python string per span; ``service``, ``operation``, ``caller``,
+    ``callee`` and ``trace_ids`` decode them on first use."""
+
+    trace: np.ndarray  # int, index into trace_ids (traces first seen first)
     start: np.ndarray  # float, unix s
     duration: np.ndarray  # float, s
     error: np.ndarray  # bool, status ERROR
     parent: np.ndarray  # int, row of the parent span, -1 for roots
-    caller: np.ndarray  # object, service ("" = outside client)
-    callee: np.ndarray  # object, service
+    names: np.ndarray  # object: the spans' services (first seen first), CLIENT, then peers that are no service
+    n_services: int  # names[:n_services] are the spans' services
+    client: int  # code of CLIENT ("" = the outside client) in names
+    service_code: np.ndarray  # int, into names
+    caller_code: np.ndarray  # int, into names
+    callee_code: np.ndarray  # int, into names
+    operations: np.ndarray  # object, "<service>_<operation>" per operation code
+    op_code: np.ndarray  # int, into operations
     trace_start: np.ndarray  # float per trace
     trace_end: np.ndarray  # float per trace
     invocation: np.ndarray  # int, code of the span's (caller, callee, operation): its invocation type
+    trace_dictionary: object  # the distinct trace ids in code order (Arrow array or object array)
 
     def __len__(self) -> int:
         return len(self.trace)
 
     @property
     def n_traces(self) -> int:
-        return len(self.trace_ids)
+        return len(self.trace_dictionary)
+
+    @property
+    def services(self) -> list[str]:
+        """The spans' distinct services, first seen first."""
+        return self.names[: self.n_services].tolist()
+
+    @cached_property
+    def trace_ids(self) -> np.ndarray:  # object
+        d = self.trace_dictionary
+        return np.asarray(d.to_pylist() if isinstance(d, pa.Array) else d, dtype=object)
+
+    @cached_property
+    def service(self) -> np.ndarray:  # object
+        return self.names[self.service_code]
+
+    @cached_property
+    def operation(self) -> np.ndarray:  # object, "<service>_<operation>"
+        return self.operations[self.op_code]
+
+    @cached_property
+    def caller(self) -> np.ndarray:  # object, service ("" = outside client)
+        return self.names[self.caller_code]
+
+    @cached_property
+    def callee(self) -> np.ndarray:  # object, service
+        return self.names[self.callee_code]
+
+    @cached_property
+    def is_client(self) -> np.ndarray:
+        """Per code of ``names``: whether it names the outside client."""
+        return self.names == CLIENT
 
     def split(self, inject_time: float, window_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(history, detection) boolean masks over traces (see the module docs)."""
@@ -125,75 +165,80 @@ def load_spans(obs: Observation, method: str) -> Spans:
     s_codes, svcs = text_codes(tr["service"])
     if (s_codes < 0).any():
         raise MethodError(f"{method}: {int((s_codes < 0).sum())} span(s) without a service name")
-    svcs = np.array(svcs, dtype=object)
-    service = svcs[s_codes]
     o_codes, ops = text_codes(tr["operation"])
     ops = [*ops, "unnamed"]  # code -1 (no operation) -> the last entry
-    pair, op_code = _unique_small(s_codes.astype(np.int64) * len(ops) + np.where(o_codes < 0, len(ops) - 1,
-                                                                                   o_codes), len(svcs) * len(ops))
-    operation = np.array([f"{svcs[p // len(ops)]}_{ops[p % len(ops)]}" for p in pair.tolist()],
-                         dtype=object)[op_code]
-    start = pd.to_numeric(tr["start_time_us"], errors="coerce").to_numpy(dtype=float) / 1e6
-    duration = pd.to_numeric(tr["duration_us"], errors="coerce").to_numpy(dtype=float) / 1e6
+    pair, op_code = _unique_small(s_codes * len(ops) + np.where(o_codes < 0, len(ops) - 1, o_codes),
+                                  len(svcs) * len(ops))
+    operations = np.array([f"{svcs[p // len(ops)]}_{ops[p % len(ops)]}" for p in pair.tolist()], dtype=object)
+    start = floats(tr["start_time_us"]) / 1e6
+    duration = floats(tr["duration_us"]) / 1e6
     bad = ~(np.isfinite(start) & np.isfinite(duration))
     if bad.any():
         raise MethodError(f"{method}: span row {int(np.argmax(bad))} has no start time or duration")
     error = text_equals(tr["status"], "ERROR")
-    t_codes, t_uniq = sorted_text_codes(tr["trace_id"])
+    # Traces are numbered as first seen: no consumer depends on their order (per-trace masks, counts, min/max)
+    t_codes, t_dict = filled_text_codes(tr["trace_id"])
     parent = span_parent_rows(tr, t_codes)
-    caller = np.where(parent >= 0, service[np.maximum(parent, 0)], CLIENT).astype(object)
-    callee = service.copy()
-    # the same on codes: services 0..len(svcs)-1, the client len(svcs), peers not among the services after it
-    caller_code = np.where(parent >= 0, s_codes[np.maximum(parent, 0)], len(svcs)).astype(np.int64)
-    callee_code = s_codes.astype(np.int64)
+    # names: services 0..len(svcs)-1, the client len(svcs), peers that are no service after it; a service
+    # named "" is the client (as the names compare), so the codes compare as the names do
+    names = [*svcs, CLIENT]
+    client = svcs.index(CLIENT) if CLIENT in svcs else len(svcs)
+    caller_code = np.where(parent >= 0, s_codes[np.maximum(parent, 0)], client)
+    callee_code = s_codes.copy()
     if "attributes" in tr.columns:
-        rows, peers = _client_peers(tr["attributes"])
+        rows, peer, peers = _client_peers(tr["attributes"])
         if rows.size:
-            caller[rows] = service[rows]
-            callee[rows] = peers
             caller_code[rows] = s_codes[rows]
-            known = {str(v): i for i, v in enumerate(svcs)}
-            for name in dict.fromkeys(peers):  # each distinct peer once, in first-seen order
-                known.setdefault(name, len(known) + 1)  # len(svcs) stays the client's
-            callee_code[rows] = [known[name] for name in peers]
-    width = len(svcs) + 1 + len(set(callee.tolist()) - set(svcs.tolist()))
+            known = {v: i for i, v in enumerate(svcs)}
+            for name in peers:  # each distinct peer once, in first-seen order
+                if name not in known:
+                    known[name] = len(names)
+                    names.append(name)
+            callee_code[rows] = np.array([known[name] for name in peers], dtype=np.int64)[peer]
+    width = len(names)
     _, invocation = _unique_small((caller_code * width + callee_code) * len(pair) + op_code,
                                   width * width * len(pair))
-    n_tr = len(t_uniq)
+    n_tr = len(t_dict)
     t_start = np.full(n_tr, np.inf)
     np.minimum.at(t_start, t_codes, start)
     t_end = np.full(n_tr, -np.inf)
     np.maximum.at(t_end, t_codes, start + duration)
-    return Spans(t_codes.astype(np.int64), t_uniq, service, operation, start, duration,
-                 error, parent, caller, callee, t_start, t_end, invocation)
+    name_table = np.empty(len(names), dtype=object)
+    name_table[:] = names
+    return Spans(t_codes.astype(np.int64, copy=False), start, duration, error, parent, name_table, len(svcs),
+                 client, s_codes, caller_code, callee_code, operations, op_code, t_start, t_end, invocation,
+                 t_dict)
 
 
 def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
     """Row of each span's parent in the same trace, -1 for a root or a parent missing from the frame; a
     duplicated (trace, span id) resolves to its first row. What ``call_graph.span_parents`` computes, on integer
-    codes: span and parent ids are factorised together; the first row of each id answers wherever it lies in
-    the child's trace (span ids are nearly always unique), and only the rest are matched on sorted (trace, id)
-    keys."""
+    codes: the first row of each parent id answers wherever it lies in the child's trace (span ids are nearly
+    always unique), and only the rest are matched on sorted (trace, id) keys of span and parent ids factorised
+    together."""
     n = len(tr)
+    trace = trace_codes.astype(np.int64)
     sid, pid = _arrow(tr["span_id"]), _arrow(tr["parent_span_id"])
-    if sid is not None and pid is not None and sid.type == pid.type:
-        sid, pid = pc.fill_null(sid, ""), pc.fill_null(pid, "")
-        codes = pa.chunked_array(sid.chunks + pid.chunks, type=sid.type).dictionary_encode() \
-            .combine_chunks().indices.to_numpy()
-        root = pc.equal(pid, "").to_numpy()
+    arrow = sid is not None and pid is not None and sid.type == pid.type
+    if arrow:
+        # Arrow's index_in gives each parent id's first row among the span ids in one hash pass over them;
+        # the codes are only needed for the rare ids that occur in several traces
+        out = _no_null(pc.index_in(pid, value_set=sid.combine_chunks()), -1).to_numpy().astype(np.int64)
+        root = _no_null(pc.equal(pid, ""), True).to_numpy()
     else:
         sid = tr["span_id"].astype("string").fillna("")
         pid = tr["parent_span_id"].astype("string").fillna("")
         codes = pd.factorize(pd.concat([sid, pid], ignore_index=True))[0]
         root = (pid == "").to_numpy(dtype=bool)
-    s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
-    width = int(codes.max()) + 1
-    first_row = np.full(width, -1, dtype=np.int64)
-    first_row[s_code[::-1]] = np.arange(n - 1, -1, -1)  # the last write, i.e. the first row, wins
-    out = first_row[p_code]
-    trace = trace_codes.astype(np.int64)
+        out = _first_rows(codes, n)
     other = np.flatnonzero((out >= 0) & (trace[np.maximum(out, 0)] != trace))
     if other.size:  # an id that occurs in several traces: match (trace, id)
+        if arrow:
+            sid, pid = _no_null(sid, ""), _no_null(pid, "")
+            codes = pa.chunked_array(sid.chunks + pid.chunks, type=sid.type).dictionary_encode() \
+                .combine_chunks().indices.to_numpy()
+        s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
+        width = int(codes.max()) + 1
         own = trace * width + s_code
         keys, first = np.unique(own, return_index=True)
         want = trace[other] * width + p_code[other]
@@ -203,34 +248,63 @@ def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _client_peers(attributes: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """(rows, peer service per row) of the CLIENT spans whose attributes name a ``peer.service``. The rows are
-    screened with a regular expression (Arrow runs it with RE2, several times faster on long texts than a
-    plain substring search), and each distinct text among them is parsed once."""
-    pattern = r"peer\.service"
+def _first_rows(codes: np.ndarray, n: int) -> np.ndarray:
+    """Per parent (codes[n:]): the first row whose span id (codes[:n]) has its code, -1 where none."""
+    s_code, p_code = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
+    first_row = np.full(int(codes.max()) + 1, -1, dtype=np.int64)
+    first_row[s_code[::-1]] = np.arange(n - 1, -1, -1)  # the last write, i.e. the first row, wins
+    return first_row[p_code]
+
+
+def _client_peers(attributes: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The CLIENT spans whose attributes name a ``peer.service``: (rows, code of each row's peer, the distinct
+    peers, first seen first). Only texts that contain ``peer.service`` literally count. Arrow-backed texts are
+    screened first for ``vice`` (a part of it) with a regular expression: Arrow runs it with RE2, several times
+    faster on long texts than its plain substring search, and ``vice`` faster than the whole name (fewer
+    false starts on the first letter); the few distinct texts among those rows are then checked for
+    ``peer.service`` and parsed once each."""
     arr = _arrow(attributes)
     if arr is not None:
-        hit = pc.fill_null(pc.match_substring_regex(arr, pattern), False)
-        rows = np.flatnonzero(hit.to_numpy())
+        near = _no_null(pc.match_substring_regex(arr, "vice"), False)
+        rows = np.flatnonzero(near.to_numpy())
         if not rows.size:
-            return rows, []
+            return rows, rows, []
         # the distinct texts only become Python strings; each row takes its text's peer by the text's code
-        enc = pc.dictionary_encode(arr.filter(hit)).combine_chunks()
-        per_text = np.empty(len(enc.dictionary), dtype=object)
-        per_text[:] = [_client_peer(v) for v in enc.dictionary.to_pylist()]
-        peers = per_text[enc.indices.to_numpy(zero_copy_only=False)]
-        named = np.array([p is not None for p in per_text], dtype=bool)[enc.indices.to_numpy(zero_copy_only=False)]
-        return rows[named], peers[named].tolist()
+        enc = pc.dictionary_encode(arr.filter(near)).combine_chunks()
+        texts = enc.dictionary.to_pylist()
+        of_row = enc.indices.to_numpy(zero_copy_only=False)
     else:
         text = attributes.astype("string")
-        rows = np.flatnonzero(text.str.contains(pattern, regex=True).fillna(False).to_numpy(dtype=bool))
-        values = text.to_numpy(dtype=object)[rows].tolist()
-    if not rows.size:
-        return rows, []
-    parsed: dict[str, str | None] = {}
-    peers = [parsed[v] if v in parsed else parsed.setdefault(v, _client_peer(v)) for v in values]
-    named = np.array([p is not None for p in peers], dtype=bool)
-    return rows[named], [p for p in peers if p is not None]
+        rows = np.flatnonzero(text.str.contains("peer.service", regex=False).fillna(False).to_numpy(dtype=bool))
+        codes, uniq = pd.factorize(pd.Series(text.to_numpy(dtype=object)[rows], dtype=object))
+        texts, of_row = list(uniq), codes
+    # the second screen, per distinct text: only a text that says peer.service literally names a peer
+    peer_of_text = [_client_peer(v) if "peer.service" in v else None for v in texts]
+    peers = list(dict.fromkeys(p for p in peer_of_text if p is not None))  # texts are in first-seen order
+    code = {p: i for i, p in enumerate(peers)}
+    code_of_text = np.array([code.get(p, -1) for p in peer_of_text], dtype=np.int64)
+    peer = code_of_text[of_row]
+    named = peer >= 0
+    return rows[named], peer[named], peers
+
+
+def floats(col: pd.Series) -> np.ndarray:
+    """``pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)``; a column of NumPy numbers is converted
+    directly (``to_numeric`` hands it back as it is)."""
+    if isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf":
+        return col.to_numpy(dtype=float)
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+
+
+def has_missing(col: pd.Series) -> bool:
+    """``col.isna().any()``, read off the Arrow array's null count where the column is one."""
+    arr = _arrow(col)
+    return bool(arr.null_count) if arr is not None else bool(col.isna().any())
+
+
+def _no_null(arr, value):
+    """``pc.fill_null(arr, value)``, skipped where there is nothing to fill."""
+    return pc.fill_null(arr, value) if arr.null_count else arr
 
 
 def _arrow(col: pd.Series):
@@ -246,7 +320,7 @@ def text_equals(col: pd.Series, value: str) -> np.ndarray:
     """Per row: the text equals ``value`` (missing: False)."""
     arr = _arrow(col)
     if arr is not None:
-        return pc.fill_null(pc.equal(arr, value), False).to_numpy()
+        return _no_null(pc.equal(arr, value), False).to_numpy()
     return (col.astype("string") == value).fillna(False).to_numpy(dtype=bool)
 
 
@@ -270,11 +344,23 @@ def sorted_text_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if arr is None:
         codes, uniq = pd.factorize(col.astype("string").fillna(""), sort=True)
         return codes, np.asarray(uniq, dtype=object)
-    enc = pc.dictionary_encode(pc.fill_null(arr, "")).combine_chunks()
+    enc = pc.dictionary_encode(_no_null(arr, "")).combine_chunks()
     order = pc.array_sort_indices(enc.dictionary).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     return rank[enc.indices.to_numpy()], np.asarray(enc.dictionary.take(order).to_pylist(), dtype=object)
+
+
+def filled_text_codes(col: pd.Series) -> tuple[np.ndarray, object]:
+    """``pd.factorize(col as text, missing = "")``: (codes in first-seen order, the distinct texts: an Arrow
+    array where the column is stored as one, for a caller that mostly needs only how many there are; else an
+    object array)."""
+    arr = _arrow(col)
+    if arr is None:
+        codes, uniq = pd.factorize(col.astype("string").fillna(""))
+        return codes.astype(np.int64, copy=False), np.asarray(uniq, dtype=object)
+    enc = pc.dictionary_encode(_no_null(arr, "")).combine_chunks()
+    return enc.indices.to_numpy().astype(np.int64, copy=False), enc.dictionary
 
 
 def _unique_small(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -327,7 +413,7 @@ def trace_any(spans: Spans, span_mask: np.ndarray) -> np.ndarray:
 def case_services(obs: Observation, spans: Spans) -> set[str]:
     """``obs.services`` as a set, the traces' services taken from ``spans`` (already decoded) instead of a second
     pass over the frame's service column."""
-    return set(services_seen(obs.metric_columns, dict.fromkeys(spans.service.tolist()), obs.topology.services))
+    return set(services_seen(obs.metric_columns, dict.fromkeys(spans.services), obs.topology.services))
 
 
 def full_ranking(scores: Mapping[str, float], services: Iterable[str]) -> Ranking:

@@ -38,14 +38,12 @@ from __future__ import annotations
 from itertools import combinations
 
 import numpy as np
-import pandas as pd
 
 from llmrca.case import Observation
 from llmrca.errors import MethodError, NoAnswer
 from llmrca.methods.base import BaseMethod, Ranking
 from llmrca.methods.params import check_bool, check_float, check_int
 from llmrca.methods.spans import (
-    CLIENT,
     Spans,
     case_services,
     check_window_s,
@@ -127,23 +125,32 @@ def microservice_scores(sp: Spans, det_t: np.ndarray, abnormal: np.ndarray, min_
     row_of = np.full(sp.n_traces, -1, dtype=np.int64)
     row_of[det_rows] = np.arange(len(det_rows))
     span_det = row_of[sp.trace] >= 0
-    names = sorted({s for s in np.concatenate([sp.caller[span_det], sp.callee[span_det]]) if s != CLIENT})
-    if not names:
+    # Services by their codes in sp.names (a code per distinct name, the client's left out): the candidates'
+    # positions in name order, without a Python string per span.
+    caller, callee, client = sp.caller_code, sp.callee_code, sp.is_client
+    seen = np.zeros(len(sp.names), dtype=bool)
+    seen[caller[span_det]] = True
+    seen[callee[span_det]] = True
+    present = np.flatnonzero(seen & ~client)
+    if not present.size:
         return {}
-    index = pd.Index(names)  # position of each name, looked up by hashing (the spans' names are all among them)
+    by_name = sorted(range(len(present)), key=sp.names[present].__getitem__)
+    names = sp.names[present[by_name]].tolist()
+    pos = np.full(len(sp.names), -1, dtype=np.int64)
+    pos[present[by_name]] = np.arange(len(present))
     n_t, n_i = len(det_rows), len(names)
     member = np.zeros((n_t, n_i), dtype=bool)
     into = np.zeros((n_t, n_i), dtype=bool)
     out_of = np.zeros((n_t, n_i), dtype=bool)
     r = row_of[sp.trace]
-    for who in (sp.caller, sp.callee):
-        ok = span_det & (who != CLIENT)
-        member[r[ok], index.get_indexer(who[ok])] = True
-    cross = abnormal & (sp.caller != sp.callee)
-    ok = cross & (sp.callee != CLIENT)
-    into[r[ok], index.get_indexer(sp.callee[ok])] = True
-    ok = cross & (sp.caller != CLIENT)
-    out_of[r[ok], index.get_indexer(sp.caller[ok])] = True
+    for who in (caller, callee):
+        ok = span_det & ~client[who]
+        member[r[ok], pos[who[ok]]] = True
+    cross = abnormal & (caller != callee)
+    ok = cross & ~client[callee]
+    into[r[ok], pos[callee[ok]]] = True
+    ok = cross & ~client[caller]
+    out_of[r[ok], pos[caller[ok]]] = True
     bad = np.zeros(n_t, dtype=bool)
     bad[r[abnormal & span_det]] = True
     n_bad = int(bad.sum())

@@ -84,12 +84,44 @@ def metric_window(
     if obs.metrics is None or not obs.metric_columns:
         raise MethodError("no metric columns to rank")
     t = obs.metrics[TIME].to_numpy(dtype=float)
+    cols = obs.metric_columns
+    return _window(t, cols, lambda lo, hi: _metric_rows(obs.metrics, cols, lo, hi), it, window, min_pre, min_post)
+
+
+def block_window(
+    obs: Observation,
+    columns: list[str],
+    values: np.ndarray,
+    *,
+    inject_time: float | None = None,
+    window: int | str | None = DEFAULT_WINDOW,
+    min_pre: int = 2,
+    min_post: int = 1,
+) -> MetricWindow:
+    """``metric_window`` of ``obs`` with its metrics given as one float array instead: ``columns`` (unique,
+    ``TIME`` among them) name the columns of ``values`` (rows, columns), in frame order. The same window as
+    ``metric_window`` on the frame ``pd.DataFrame(values, columns=columns)``, without building it (mm-baro's
+    merged table, where the frame and its column selection cost more than the scoring)."""
+    window = resolve_window(obs, check_window("metric_window", window))
+    it = obs.inject_time if inject_time is None else inject_time
+    if it is None:
+        raise MethodError("no inject_time: this method needs the injection time")
+    keep = np.array([c != TIME for c in columns], dtype=bool)
+    if not keep.any():
+        raise MethodError("no metric columns to rank")
+    t = values[:, columns.index(TIME)].astype(float)
+    cols = [c for c in columns if c != TIME]
+    keep_at = np.flatnonzero(keep)
+    return _window(t, cols, lambda lo, hi: values[lo:hi, keep_at], it, window, min_pre, min_post)
+
+
+def _window(t: np.ndarray, cols: list[str], rows, it: float, window: int | None, min_pre: int,
+            min_post: int) -> MetricWindow:
     split = int(np.searchsorted(t, it, side="left"))
     lo = 0 if window is None else max(0, split - window)
     hi = len(t) if window is None else min(len(t), split + window)
-    cols = obs.metric_columns
     # Gaps are filled within the window only, so what a method sees does not depend on far-away rows.
-    values = fill_gaps_array(_metric_rows(obs.metrics, cols, lo, hi))
+    values = fill_gaps_array(rows(lo, hi))
     w = MetricWindow(cols, t[lo:hi], values, split - lo)
     if w.split < min_pre:
         raise MethodError(f"only {w.split} sample(s) before inject_time={it:g}; need at least {min_pre}")
