@@ -353,16 +353,20 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
     is_engine = np.zeros(n, dtype=bool)
     stage = np.full((n, len(GEN_AI)), np.nan)
     if "attributes" in tr.columns:
-        text = _TextColumn(_arrow_text(tr["attributes"]))
+        # only the rows from the first kept one to the last are scanned (spans come about in time order, so that is
+        # about the window): zero-copy, and a row in that range outside the window is read but not used
+        lo, hi = int(keep[0]), int(keep[-1]) + 1
+        text = _TextColumn(_arrow_text(tr["attributes"]).slice(lo, hi - lo))
+        at = keep - lo
         client_any = text.contains(b'"CLIENT"')
         has_peer, peer_values = text.quoted_after(PEER_KEY, client_any, PEER)
-        is_client = (client_any & has_peer)[keep]
-        peer = _map_codes(peer_values, has_peer, code_of)[keep]
-        engine_full = text.contains(b"gen_ai.latency") & ~client_any
-        is_engine = engine_full[keep]
-        parse = engine_full & kept
+        is_client = (client_any & has_peer)[at]
+        peer = _map_codes(peer_values, has_peer, code_of)[at]
+        engine_any = text.contains(b"gen_ai.latency") & ~client_any
+        is_engine = engine_any[at]
+        parse = engine_any & kept[lo:hi]
         for j, (k, rx) in enumerate(GEN_AI.items()):
-            stage[:, j] = text.number_after(GEN_AI_KEY[k], parse, rx)[keep]
+            stage[:, j] = text.number_after(GEN_AI_KEY[k], parse, rx)[at]
     after = start >= onset
     span_id = _arrow_text(tr["span_id"]).take(pa.array(keep))
     parent = _arrow_text(tr["parent_span_id"]).take(pa.array(keep))
@@ -490,10 +494,12 @@ class _TextColumn:
     def __init__(self, arr: pa.Array) -> None:
         self.arr = arr
         bufs = arr.buffers()
-        self.offs = np.frombuffer(bufs[1], dtype=np.int64, count=len(arr) + 1, offset=arr.offset * 8)
+        offs = np.frombuffer(bufs[1], dtype=np.int64, count=len(arr) + 1, offset=arr.offset * 8)
         data = bufs[2]
-        self.data = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else \
-            np.zeros(0, dtype=np.uint8)
+        # a slice shares its parent's buffer: only its own bytes are kept (a view), its offsets made relative
+        self.data = np.frombuffer(data, dtype=np.uint8)[int(offs[0]):int(offs[-1])] if data is not None and \
+            data.size else np.zeros(0, dtype=np.uint8)
+        self.offs = offs - offs[0]
         self._at: dict[bytes, np.ndarray] = {}
 
     def _starts(self, sub: bytes) -> np.ndarray:
