@@ -342,9 +342,9 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
     # stay in arrow's layout, the services and peers become codes, parents are found by a hash join.
     start = start[keep]
     dur = pd.to_numeric(tr["duration_us"], errors="coerce").to_numpy(dtype=float)[keep] / 1e6
-    svc_code, svc_names = _codes(_arrow_text(tr["service"]).take(pa.array(keep)))
+    svc_code, svc_names = _codes(_arrow_text(tr["service"], keep))
     code_of = {name: i for i, name in enumerate(svc_names)}
-    status = _arrow_text(tr["status"]).take(pa.array(keep)) if "status" in tr.columns else None
+    status = _arrow_text(tr["status"], keep) if "status" in tr.columns else None
     is_error = np.zeros(len(keep), dtype=bool) if status is None else \
         pc.equal(status, "ERROR").to_numpy(zero_copy_only=False)
     n = len(keep)
@@ -356,7 +356,7 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
         # only the rows from the first kept one to the last are scanned (spans come about in time order, so that is
         # about the window): zero-copy, and a row in that range outside the window is read but not used
         lo, hi = int(keep[0]), int(keep[-1]) + 1
-        text = _TextColumn(_arrow_text(tr["attributes"]).slice(lo, hi - lo))
+        text = _TextColumn(_arrow_text(tr["attributes"], np.arange(lo, hi)))
         at = keep - lo
         client_any = text.contains(b'"CLIENT"')
         has_peer, peer_values = text.quoted_after(PEER_KEY, client_any, PEER)
@@ -368,8 +368,8 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
         for j, (k, rx) in enumerate(GEN_AI.items()):
             stage[:, j] = text.number_after(GEN_AI_KEY[k], parse, rx)[at]
     after = start >= onset
-    span_id = _arrow_text(tr["span_id"]).take(pa.array(keep))
-    parent = _arrow_text(tr["parent_span_id"]).take(pa.array(keep))
+    span_id = _arrow_text(tr["span_id"], keep)
+    parent = _arrow_text(tr["parent_span_id"], keep)
     pre_s = max(onset - float(start.min()), 1e-9)
     post_len = max(min(post_s, float(start.max()) - onset), 1e-9)
     ev.present = True
@@ -430,9 +430,9 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
 
 
 # -- text columns, read in arrow's layout ---------------------------------------------------------------------
-def _arrow_text(col: pd.Series) -> pa.Array:
-    """A text column as one arrow array of large strings, a missing value as the empty text (as the readers have
-    always taken it)."""
+def _arrow_text(col: pd.Series, rows: np.ndarray) -> pa.Array:
+    """The column's texts at ``rows`` (ascending) as one arrow array of large strings, a missing value as the empty
+    text (as the readers have always taken it). Arrow-backed texts are not copied where the rows are a range."""
     if isinstance(col.dtype, pd.StringDtype):
         arr = pa.array(col.array)
     else:
@@ -445,6 +445,10 @@ def _arrow_text(col: pd.Series) -> pa.Array:
         arr = arr.combine_chunks()
     if arr.type != pa.large_string():
         arr = arr.cast(pa.large_string())
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        arr = arr.slice(int(rows[0]), len(rows))
+    else:
+        arr = arr.take(pa.array(rows, type=pa.int64()))
     if arr.null_count:
         arr = pc.fill_null(arr, "")
     return arr
@@ -481,6 +485,7 @@ def _parent_row(parent: pa.Array, rows: np.ndarray, span_id: pa.Array, among: np
 _NUM_BYTE = np.zeros(256, dtype=bool)
 _NUM_BYTE[np.frombuffer(b"0123456789.eE+-", dtype=np.uint8)] = True
 _PUNCT = frozenset(b'"{}[]:,. ')
+_RARE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZv")
 _QUOTED = 64  # bytes looked at for a quoted text's closing quote
 _SPAN = 16  # bytes looked at after a key; a longer number is read by the regex
 
@@ -520,11 +525,12 @@ class _TextColumn:
 
     def find(self, lit: bytes) -> tuple[np.ndarray, np.ndarray]:
         """(text, position) of every occurrence of ``lit`` inside one text, in order."""
-        # JSON's punctuation is the commonest byte of these texts: narrowing starts at the first letter instead
-        # (which byte it starts from changes the work, not the result)
-        lead = 0
-        while lead < len(lit) - 1 and lit[lead] in _PUNCT:
-            lead += 1
+        # Narrowing starts at the literal's rarest byte in these texts (an upper-case letter or a "v"), else at its
+        # first one that is not JSON punctuation, the commonest bytes here; which byte it starts from changes the
+        # work, not the result. The six gen_ai keys all start from "g", and so share "gen_ai.".
+        lead = next((j for j, b in enumerate(lit) if b in _RARE), None)
+        if lead is None:
+            lead = next((j for j, b in enumerate(lit) if b not in _PUNCT), len(lit) - 1)
         pos = self._starts(lit[lead:])
         if lead:
             pos = pos[pos >= lead] - lead
@@ -549,7 +555,10 @@ class _TextColumn:
     def _first(self, row: np.ndarray, good: np.ndarray, redo: np.ndarray) -> np.ndarray:
         """Index (into row) of each text's first good occurrence, leaving out the texts to redo."""
         sel = np.flatnonzero(good & ~redo[row])
-        _, first = np.unique(row[sel], return_index=True)
+        r = row[sel]
+        if len(r) < 2 or bool((r[1:] > r[:-1]).all()):  # one occurrence a text, the usual case
+            return sel
+        _, first = np.unique(r, return_index=True)
         return sel[first]
 
     def _redo(self, rx: re.Pattern[str], rows: np.ndarray) -> list[tuple[int, str]]:
