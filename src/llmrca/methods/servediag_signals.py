@@ -144,19 +144,20 @@ class MetricChanges:
         peak = np.where(scale > 0, dev.max(axis=0) / safe, 0.0)
         denom = np.maximum(np.abs(center), tol + 1e-12)
         rel = (med - center) / denom
-        j = 0
-        for i, c in enumerate(cols):
+        # one reduction per statistic over all columns, then plain floats per column (a full-view case has ~700)
+        stats = zip(up.tolist(), down.tolist(), peak.tolist(), rel.tolist(), pre.max(axis=0).tolist(),
+                    post.max(axis=0).tolist(), center.tolist(), med.tolist(), pre.min(axis=0).tolist(),
+                    post.min(axis=0).tolist(), strict=True)
+        for c, good, pn, qn in zip(cols, ok.tolist(), pre_nan.tolist(), post_nan.tolist(), strict=True):
             svc, _, metric = c.partition("_")
             self.columns.add(c)
-            if not ok[i]:
-                self._by[(svc, metric)] = Change(c, vanished=float(post_nan[i]))
+            if not good:
+                self._by[(svc, metric)] = Change(c, vanished=qn)
                 continue
-            self._by[(svc, metric)] = Change(
-                c, up=float(up[j]), down=float(down[j]), peak=float(peak[j]), rel=float(rel[j]),
-                vanished=float(post_nan[i]) if pre_nan[i] < 0.5 else 0.0,
-                pre_max=float(pre[:, j].max()), post_max=float(post[:, j].max()), center=float(center[j]),
-                post_median=float(med[j]), pre_min=float(pre[:, j].min()), post_min=float(post[:, j].min()))
-            j += 1
+            u, d, pk, r, pre_max, post_max, ctr, md, pre_min, post_min = next(stats)
+            self._by[(svc, metric)] = Change(c, up=u, down=d, peak=pk, rel=r, vanished=qn if pn < 0.5 else 0.0,
+                                             pre_max=pre_max, post_max=post_max, center=ctr, post_median=md,
+                                             pre_min=pre_min, post_min=post_min)
         self.present = True
 
     def has(self, service: str, signal: str) -> bool:
@@ -388,6 +389,7 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
     same = svc_code[c] == peer[p]
     np.maximum.at(child, p[same], c[same])
     stage_vals = {k: stage[:, j] for j, k in enumerate(GEN_AI)}
+    timed = engine_rows[np.isfinite(stage_vals["ttft"][engine_rows])]
     for r in replicas:
         rows = client_rows[peer[client_rows] == code_of.get(r, -3)]
         ev.calls_pre[r] = float((~after[rows]).sum()) / pre_s
@@ -403,12 +405,12 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
             retx[r] = (int((e >= RETRANSMIT_S).sum()), len(e))
             if len(e) >= 3:
                 book[r] = (float(np.median(e)), float(np.percentile(e, 25)), float(np.percentile(e, 90)))
-        eng = engine_rows[(svc_code[engine_rows] == code_of.get(r, -3)) & np.isfinite(stage_vals["ttft"][engine_rows])]
+        eng = timed[svc_code[timed] == code_of.get(r, -3)]
         for book, side in ((ev.stages_pre, ~after[eng]), (ev.stages_post, after[eng])):
             sel = eng[side]
             if len(sel) >= 3:
-                d = {k: float(np.median(v[sel])) if np.isfinite(v[sel]).any() else float("nan")
-                     for k, v in stage_vals.items()}
+                # every stage's median at once (a stage with a missing value has a NaN median, as one at a time)
+                d = dict(zip(GEN_AI, np.median(stage[sel], axis=0).tolist(), strict=True))
                 comp = np.maximum(np.nan_to_num(stage_vals["completion"][sel], nan=1.0), 1.0)
                 d["per_token"] = float(np.median(np.nan_to_num(stage_vals["decode"][sel]) / comp))
                 book[r] = d
