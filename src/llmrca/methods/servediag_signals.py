@@ -366,8 +366,7 @@ def read_spans(obs: Observation, onset: float, replicas: list[str], window_s: fl
         engine_any = text.contains(b"gen_ai.latency") & ~client_any
         is_engine = engine_any[at]
         parse = engine_any & kept[lo:hi]
-        for j, (k, rx) in enumerate(GEN_AI.items()):
-            stage[:, j] = text.number_after(GEN_AI_KEY[k], parse, rx)[at]
+        stage = text.numbers_after([GEN_AI_KEY[k] for k in GEN_AI], parse, list(GEN_AI.values()))[at]
     after = start >= onset
     span_id = _arrow_text(tr["span_id"], keep)
     parent = _arrow_text(tr["parent_span_id"], keep)
@@ -571,32 +570,38 @@ class _TextColumn:
                 out.append((int(i), mt.group(1)))
         return out
 
-    def number_after(self, key: bytes, where: np.ndarray, rx: re.Pattern[str]) -> np.ndarray:
-        """Per text, the number ``rx`` (``key`` then ``-?[\\d.eE+-]+``) reads, where ``where``; NaN elsewhere."""
-        out = np.full(len(self.arr), np.nan)
-        row, pos = self.find(key)
+    def numbers_after(self, keys: list[bytes], where: np.ndarray, rxs: list[re.Pattern[str]]) -> np.ndarray:
+        """Per text (rows) and key (columns), the number the key's regex (``key`` then ``-?[\\d.eE+-]+``) reads,
+        where ``where``; NaN elsewhere. All keys in one pass: one window, one gather, one cast."""
+        n = len(self.arr)
+        out = np.full((n, len(keys)), np.nan)
+        found = [self.find(k) for k in keys]
+        kid = np.concatenate([np.full(len(r), j, dtype=np.int64) for j, (r, _) in enumerate(found)])
+        row = np.concatenate([r for r, _ in found])
+        begin = np.concatenate([p + len(k) for (_, p), k in zip(found, keys, strict=True)])
         sel = where[row]
-        row, pos = row[sel], pos[sel]
+        kid, row, begin = kid[sel], row[sel], begin[sel]
         if not len(row):
             return out
-        begin = pos + len(key)
         end = self.offs[row + 1]
         ahead = begin[:, None] + np.arange(_SPAN)
         num = _NUM_BYTE[self.data[np.minimum(ahead, len(self.data) - 1)]] & (ahead < end[:, None])
         length = np.where(num.all(axis=1), _SPAN, num.argmin(axis=1))
         stop = begin + length
-        odd = np.zeros(len(self.arr), dtype=bool)
         nxt = self.data[np.minimum(stop, len(self.data) - 1)]
-        odd[row[(length == _SPAN) | ((stop < end) & (nxt >= 0x80))]] = True
-        pick = self._first(row, length > 0, odd)
+        pair = kid * n + row  # ascending: the keys in order, each key's occurrences in text order
+        odd = np.zeros(n * len(keys), dtype=bool)
+        odd[pair[(length == _SPAN) | ((stop < end) & (nxt >= 0x80))]] = True
+        pick = self._first(pair, length > 0, odd)
         texts = self._gather(begin[pick], length[pick])
         try:
             vals = pc.cast(texts, pa.float64()).to_numpy(zero_copy_only=False)
         except pa.ArrowInvalid:  # not a number arrow reads: Python's reading, which raises as the regex reader did
             vals = np.asarray([float(v) for v in texts.to_pylist()], dtype=float)
-        out[row[pick]] = vals
-        for i, v in self._redo(rx, np.flatnonzero(odd)):
-            out[i] = float(v)
+        out[row[pick], kid[pick]] = vals
+        for j, rx in enumerate(rxs):
+            for i, v in self._redo(rx, np.flatnonzero(odd[j * n:(j + 1) * n])):
+                out[i, j] = float(v)
         return out
 
     def quoted_after(self, key: bytes, where: np.ndarray, rx: re.Pattern[str]) -> tuple[np.ndarray, pa.Array]:
