@@ -224,13 +224,10 @@ def read_logs(obs: Observation, onset: float, replicas: list[str], window_s: flo
     keep = np.flatnonzero((t >= onset - window_s) & (t < onset + window_s))
     after = t[keep] >= onset
     # Patterns are tested once per distinct template where the logs carry one (a few dozen), not once per line;
-    # the codes come from the column as stored (arrow strings hash in C; a missing text gets no code and so matches
-    # no pattern, as the empty text it stands for would not), and only the lines a pattern hits are turned into
-    # Python strings: a few hundred of tens of thousands.
+    # the codes come from the window's rows as arrow stores them (hashed in C, not turned into Python strings), and
+    # only the lines a pattern hits are: a few hundred of tens of thousands.
     key = logs["template"] if "template" in logs.columns else logs["message"]
-    all_codes, uniques = pd.factorize(key)
-    codes = all_codes[keep]
-    texts = [str(u) for u in uniques]
+    codes, texts = _codes(_arrow_text(key, keep))
 
     def line(col: str, rows: np.ndarray) -> list[str]:
         if col not in logs.columns:
