@@ -485,6 +485,7 @@ _NUM_BYTE[np.frombuffer(b"0123456789.eE+-", dtype=np.uint8)] = True
 _PUNCT = frozenset(b'"{}[]:,. ')
 _RARE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZv")
 _QUOTED = 64  # bytes looked at for a quoted text's closing quote
+_STEPS = np.arange(64, dtype=np.int32)
 _SPAN = 16  # bytes looked at after a key; a longer number is read by the regex
 
 
@@ -567,6 +568,14 @@ class _TextColumn:
                 out.append((int(i), mt.group(1)))
         return out
 
+    def _run(self, begin: np.ndarray, end: np.ndarray, width: int) -> np.ndarray:
+        """How many bytes from each of ``begin`` (up to ``width``, and not past its text's ``end``) are number
+        characters."""
+        ahead = begin.astype(np.int32 if len(self.data) < 2**31 - 64 else np.int64)[:, None] + _STEPS[:width]
+        inside = ahead < end[:, None]
+        num = _NUM_BYTE[self.data[np.minimum(ahead, len(self.data) - 1)]] & inside
+        return np.where(num.all(axis=1), width, num.argmin(axis=1))
+
     def numbers_after(self, keys: list[bytes], where: np.ndarray, rxs: list[re.Pattern[str]]) -> np.ndarray:
         """Per text (rows) and key (columns), the number the key's regex (``key`` then ``-?[\\d.eE+-]+``) reads,
         where ``where``; NaN elsewhere. All keys in one pass: one window, one gather, one cast."""
@@ -581,9 +590,10 @@ class _TextColumn:
         if not len(row):
             return out
         end = self.offs[row + 1]
-        ahead = begin[:, None] + np.arange(_SPAN)
-        num = _NUM_BYTE[self.data[np.minimum(ahead, len(self.data) - 1)]] & (ahead < end[:, None])
-        length = np.where(num.all(axis=1), _SPAN, num.argmin(axis=1))
+        # Most numbers are shorter than half the window: the first half settles them, the rest look at all of it
+        length = self._run(begin, end, _SPAN // 2)
+        more = np.flatnonzero(length == _SPAN // 2)
+        length[more] = self._run(begin[more], end[more], _SPAN)
         stop = begin + length
         nxt = self.data[np.minimum(stop, len(self.data) - 1)]
         pair = kid * n + row  # ascending: the keys in order, each key's occurrences in text order
