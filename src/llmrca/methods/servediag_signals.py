@@ -20,6 +20,12 @@ Three readers, one per source, each returning plain numbers keyed by ``(service,
   lengths, and how long a request waited inside the proxy before it was sent on (proxy span minus its CLIENT
   child).
 
+Cost. A 20 req/s case has ~30,000 spans and ~45,000 log lines in its window, so no reader takes a Python step per
+span or line: the span attributes are searched as one block of bytes in arrow's layout (:class:`_TextColumn`, which
+reads exactly what the regexes :data:`GEN_AI` and :data:`PEER` read, and hands them the few texts it cannot settle),
+services and peers become integer codes, parents are found by a hash join, log templates are coded in arrow and
+only the lines a pattern hits become Python strings.
+
 Nothing here knows the ground truth; everything is a function of the observation and the onset.
 """
 
