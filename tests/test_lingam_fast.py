@@ -116,3 +116,20 @@ def test_the_bounded_search_finds_the_argmin_of_every_pair_bitwise(seed, first):
     assert pos == int(np.argmin(M))
     assert bounded[pos] == M[pos]  # the same operations on the same values
     assert np.all(bounded <= M * (1 + 1e-9))  # the others hold lower bounds (or M itself)
+
+
+def test_the_pagerank_head_on_a_reversed_view_equals_pagerank_on_the_reversed_copy_bitwise():
+    # the lingam-* (and pc/fci/granger) PageRank head reads the reversed graph as a view; edges inserted in a
+    # shuffled order, so a node's predecessors are not in node order
+    import networkx as nx
+
+    from llmrca.methods.graph_heads import pagerank_head
+
+    r = np.random.default_rng(9)
+    edges = [(f"n{i}", f"n{j}") for i in range(30) for j in range(30) if i != j and r.random() < 0.15]
+    G = nx.DiGraph()
+    G.add_nodes_from(f"n{i}" for i in range(31))  # n30 isolated: the teleport share only
+    G.add_edges_from(edges[i] for i in r.permutation(len(edges)))
+    ref = nx.pagerank(G.reverse(copy=True), alpha=0.85, weight=None, max_iter=1000, tol=1e-10)
+    got = pagerank_head(G)
+    assert list(got) == list(ref) and all(got[k] == ref[k] for k in ref)

@@ -10,7 +10,11 @@ fraction of the time:
   approximation of differential entropy (Hyvärinen 1998) of a standardised variable. All pairs of a step are
   evaluated at once: with z the standardised variables and c_ij their correlation, the standardised residual
   of z_i regressed on z_j is (z_i − c_ij z_j) / √(1 − c_ij²), so one correlation matrix and one broadcast give
-  every H(r_i←j). The chosen variable is then regressed out of all remaining ones in one rank-one update.
+  every H(r_i←j). Not every pair is needed for the argmin: each candidate's sum is bounded from below by the
+  terms of its pairs evaluated so far, so the candidates are completed in the order of their bounds, starting
+  from the previous step's most exogenous ones, until no incomplete candidate can reach the smallest complete
+  sum (``_most_exogenous``; about 60% of the pairs on 33 columns, the same argmin and the same sums bitwise).
+  The chosen variable is then regressed out of all remaining ones in one rank-one update.
   Where ``np.log(np.cosh(u))`` overflows (|u| > 710, which turns the package's measure into NaN), log cosh is
   evaluated as |u| + log1p(e^(−2|u|)) − log 2 instead.
 - **Coefficients.** For the variable at position p of the order, its coefficients on the p variables before
@@ -239,7 +243,12 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             joined = running & ~drop & ~degen
             if joined.any():  # the block inverse with j appended
                 t, jj, uu, sc = rows[joined], j[joined], u[joined], schur[joined]
-                inv[t] += np.einsum("ta,tb->tab", uu, uu) / sc[:, None, None]
+                upd = np.einsum("ta,tb->tab", uu, uu)
+                upd /= sc[:, None, None]
+                if len(t) == T:  # every path: no gather and scatter of the (T, k, k) inverses
+                    inv += upd
+                else:
+                    inv[t] += upd
                 col = -uu / sc[:, None]
                 inv[t, :, jj] = col
                 inv[t, jj, :] = col
