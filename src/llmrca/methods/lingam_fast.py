@@ -13,7 +13,7 @@ fraction of the time:
   every H(r_i←j). Not every pair is needed for the argmin: each candidate's sum is bounded from below by the
   terms of its pairs evaluated so far, so the candidates are completed in the order of their bounds, starting
   from the previous step's most exogenous ones, until no incomplete candidate can reach the smallest complete
-  sum (``_most_exogenous``; about 60% of the pairs on 33 columns, the same argmin and the same sums bitwise).
+  sum (``_most_exogenous``; about two thirds of the pairs on 33 columns; the same argmin and the same sums bitwise).
   The chosen variable is then regressed out of all remaining ones in one rank-one update.
   Where ``np.log(np.cosh(u))`` overflows (|u| > 710, which turns the package's measure into NaN), log cosh is
   evaluated as |u| + log1p(e^(−2|u|)) − log 2 instead.
