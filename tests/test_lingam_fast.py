@@ -87,3 +87,49 @@ def test_a_duplicated_column_is_placed_as_spent_and_the_result_is_deterministic(
     assert sorted(order) == list(range(5)) and abs(order.index(4) - order.index(1)) == 1
     order2, B2 = lf.direct_lingam(X)
     assert order2 == order and np.array_equal(B, B2, equal_nan=True)
+
+
+def full_measure(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The first step's inputs and M_i with every pair evaluated (NaN as inf), written out plainly."""
+    n = X.shape[0]
+    D = X - X.mean(axis=0)
+    Zt = (D / np.sqrt((D * D).mean(axis=0))).T.copy()
+    C = (Zt @ Zt.T) / n
+    H = lf.entropy(Zt)
+    inv_sd = 1.0 / np.sqrt(np.maximum(1.0 - C * C, 1e-300))
+    np.fill_diagonal(inv_sd, 0.0)
+    R = (Zt[:, None, :] - C[:, :, None] * Zt[None, :, :]) * inv_sd[:, :, None]
+    HR = lf.entropy(R)
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = (H[None, :] + HR) - (H[:, None] + HR.T)
+        np.fill_diagonal(diff, 0.0)
+        M = np.sum(np.minimum(0.0, diff) ** 2, axis=1)
+    return Zt, C, H, inv_sd, np.where(np.isnan(M), np.inf, M)
+
+
+@pytest.mark.parametrize(("seed", "first"), [(6, 0), (7, 5), (8, 11)])
+def test_the_bounded_search_finds_the_argmin_of_every_pair_bitwise(seed, first):
+    X = lingam_data(90, 12, seed)
+    X[:, 3] = X[:, 7] * (1 + 1e-15)  # a near-duplicate pair: its measure is rounding noise, NaN or inf
+    Zt, C, H, inv_sd, M = full_measure(X)
+    pos, bounded = lf._most_exogenous(Zt, C, H, inv_sd, np.array([first]))
+    assert pos == int(np.argmin(M))
+    assert bounded[pos] == M[pos]  # the same operations on the same values
+    assert np.all(bounded <= M * (1 + 1e-9))  # the others hold lower bounds (or M itself)
+
+
+def test_the_pagerank_head_on_a_reversed_view_equals_pagerank_on_the_reversed_copy_bitwise():
+    # the lingam-* (and pc/fci/granger) PageRank head reads the reversed graph as a view; edges inserted in a
+    # shuffled order, so a node's predecessors are not in node order
+    import networkx as nx
+
+    from llmrca.methods.graph_heads import pagerank_head
+
+    r = np.random.default_rng(9)
+    edges = [(f"n{i}", f"n{j}") for i in range(30) for j in range(30) if i != j and r.random() < 0.15]
+    G = nx.DiGraph()
+    G.add_nodes_from(f"n{i}" for i in range(31))  # n30 isolated: the teleport share only
+    G.add_edges_from(edges[i] for i in r.permutation(len(edges)))
+    ref = nx.pagerank(G.reverse(copy=True), alpha=0.85, weight=None, max_iter=1000, tol=1e-10)
+    got = pagerank_head(G)
+    assert list(got) == list(ref) and all(got[k] == ref[k] for k in ref)

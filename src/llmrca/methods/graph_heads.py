@@ -30,8 +30,13 @@ def pagerank_head(
     weight transitions by (None = unweighted). Isolated nodes keep the teleport share."""
     if G.number_of_nodes() == 0:
         return {}
+    # unweighted, a reversed view instead of a copy (no copy of every edge's attributes): the same nodes in the
+    # same order and the same edges give the same transition matrix (out-degrees are exact counts) and the same
+    # iterations (their sums run over the nodes' order, not the order of a node's edges). Weighted, the copy:
+    # a node's weight sum follows its edges' order, which a view does not keep
+    R = nx.reverse_view(G) if weight is None else G.reverse(copy=True)
     try:
-        pr = nx.pagerank(G.reverse(copy=True), alpha=alpha, weight=weight, max_iter=max_iter, tol=tol)
+        pr = nx.pagerank(R, alpha=alpha, weight=weight, max_iter=max_iter, tol=tol)
     except nx.PowerIterationFailedConvergence as e:
         raise MethodError(f"PageRank did not converge in {max_iter} iterations: {e}") from e
     return {str(k): float(v) for k, v in pr.items()}

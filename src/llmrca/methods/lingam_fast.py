@@ -10,7 +10,11 @@ fraction of the time:
   approximation of differential entropy (Hyvärinen 1998) of a standardised variable. All pairs of a step are
   evaluated at once: with z the standardised variables and c_ij their correlation, the standardised residual
   of z_i regressed on z_j is (z_i − c_ij z_j) / √(1 − c_ij²), so one correlation matrix and one broadcast give
-  every H(r_i←j). The chosen variable is then regressed out of all remaining ones in one rank-one update.
+  every H(r_i←j). Not every pair is needed for the argmin: each candidate's sum is bounded from below by the
+  terms of its pairs evaluated so far, so the candidates are completed in the order of their bounds, starting
+  from the previous step's most exogenous ones, until no incomplete candidate can reach the smallest complete
+  sum (``_most_exogenous``; about two thirds of the pairs on 33 columns; the same argmin and the same sums bitwise).
+  The chosen variable is then regressed out of all remaining ones in one rank-one update.
   Where ``np.log(np.cosh(u))`` overflows (|u| > 710, which turns the package's measure into NaN), log cosh is
   evaluated as |u| + log1p(e^(−2|u|)) − log 2 instead.
 - **Coefficients.** For the variable at position p of the order, its coefficients on the p variables before
@@ -36,6 +40,7 @@ _K1, _K2, _GAMMA = 79.047, 7.4129, 0.37457
 _H0 = (1 + math.log(2 * math.pi)) / 2
 _LOG2 = math.log(2.0)
 _BLOCK_ELEMS = 1 << 16  # elements of one (rows, m, n) residual block: small enough to stay in cache
+_BATCH = 5  # candidates completed per round of the causal order's bounded search
 _SPENT = 1e-12  # a residual variance below this share of the original: an exact function of the ordered ones
 _TINY32 = float(np.finfo(np.float32).tiny)
 _EQ_TOL = float(np.finfo(np.float32).eps)  # the lasso path stops when the largest correlation / n is below this
@@ -83,6 +88,7 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
     var0 = X.var(axis=0)
     U = np.arange(X.shape[1])
     order: list[int] = []
+    prev = None  # the previous step's measure of the remaining candidates: where the search starts
     while len(U):
         _check(deadline)
         Xu = X[:, U]
@@ -92,6 +98,7 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
         if spent.any():
             order.extend(int(i) for i in U[spent])
             U = U[~spent]
+            prev = None
             continue
         if len(U) == 1:
             order.append(int(U[0]))
@@ -102,23 +109,9 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
         H = entropy(Zt)
         inv_sd = 1.0 / np.sqrt(np.maximum(1.0 - C * C, 1e-300))
         np.fill_diagonal(inv_sd, 0.0)
-        HR = np.empty((m, m))  # H(r_i<-j)
-        rows = max(1, _BLOCK_ELEMS // (m * n))
-        buf, tmp = np.empty((2, min(rows, m), m, n))
-        for s in range(0, m, rows):
-            e = min(m, s + rows)
-            R = buf[: e - s]
-            np.multiply(C[s:e, :, None], Zt[None, :, :], out=R)
-            np.subtract(Zt[s:e, None, :], R, out=R)
-            R *= inv_sd[s:e, :, None]
-            HR[s:e] = entropy(R, tmp[: e - s])
-        with np.errstate(over="ignore", invalid="ignore"):
-            diff = (H[None, :] + HR) - (H[:, None] + HR.T)
-            np.fill_diagonal(diff, 0.0)
-            M = np.sum(np.minimum(0.0, diff) ** 2, axis=1)
-        # a pair that is (numerically) collinear has no noise to compare: its measure overflows; such a
-        # candidate counts as least exogenous rather than letting NaN decide the argmin
-        pos = int(np.argmin(np.where(np.isnan(M), np.inf, M)))
+        first = (np.argsort(prev, kind="stable") if prev is not None and len(prev) == m else np.arange(m))
+        pos, M = _most_exogenous(Zt, C, H, inv_sd, first[:_BATCH])
+        prev = np.delete(M, pos)
         pick = int(U[pos])
         order.append(pick)
         rest = np.delete(U, pos)
@@ -128,6 +121,71 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
         U = rest
     return order
 
+
+def _residual_entropies(Zt: np.ndarray, C: np.ndarray, inv_sd: np.ndarray, a: np.ndarray, b: np.ndarray,
+                        n: int) -> np.ndarray:
+    """H(r_a<-b) for the index pairs (a, b): the standardised residual of z_a on z_b, (z_a − c_ab z_b)·inv_sd_ab,
+    by the same element operations as all pairs at once, in blocks of contiguous rows."""
+    out = np.empty(len(a))
+    rows = max(1, _BLOCK_ELEMS // n)
+    buf, tmp = np.empty((2, min(rows, len(a)), n))
+    for s in range(0, len(a), rows):
+        e = min(len(a), s + rows)
+        aa, bb = a[s:e], b[s:e]
+        R = buf[: e - s]
+        np.multiply(C[aa, bb][:, None], Zt[bb], out=R)
+        np.subtract(Zt[aa], R, out=R)
+        R *= inv_sd[aa, bb][:, None]
+        out[s:e] = entropy(R, tmp[: e - s])
+    return out
+
+
+def _most_exogenous(Zt: np.ndarray, C: np.ndarray, H: np.ndarray, inv_sd: np.ndarray, first: np.ndarray,
+                    ) -> tuple[int, np.ndarray]:
+    """(position of the candidate with the smallest M_i = Σ_j min(0, ΔI(i, j))², with NaN counted as inf; M)
+    — the same argmin as evaluating every pair, without evaluating every pair.
+
+    Each M_i is a sum of non-negative terms, so the terms of the pairs evaluated so far bound it from below.
+    Starting from the candidates ``first`` (the previous step's most exogenous ones), the candidates with the
+    smallest bounds are completed (all their pairs evaluated, ``_BATCH`` at a time) until every incomplete
+    candidate's bound exceeds the smallest complete M by a relative 1e-9 (far above the rounding of a sum of
+    a few dozen terms), so that none of them can be the argmin or tie it. Each term and each complete M comes
+    from the same operations on the same values as with the full matrix (an M is one row's sum), so they are
+    bitwise the same; M holds the bounds of the candidates left incomplete. Where no complete M is finite,
+    every pair is evaluated."""
+    m, n = Zt.shape
+    HR = np.zeros((m, m))  # H(r_i<-j)
+    T = np.zeros((m, m))  # the terms min(0, ΔI(i, j))²; the diagonal's is 0, as the full matrix sets it
+    known = np.eye(m, dtype=bool)
+    M = np.zeros(m)  # the bounds, then M_i once i is complete
+    complete = np.zeros(m, dtype=bool)
+    todo = first
+    while True:
+        pend = np.zeros((m, m), dtype=bool)
+        pend[todo, :] = True
+        pend |= pend.T
+        pend &= ~known
+        a, b = np.nonzero(pend)  # both directions of every new pair
+        HR[a, b] = _residual_entropies(Zt, C, inv_sd, a, b, n)
+        known |= pend
+        with np.errstate(over="ignore", invalid="ignore"):
+            t = np.minimum(0.0, (H[b] + HR[a, b]) - (H[a] + HR[b, a])) ** 2
+        T[a, b] = t
+        M += np.bincount(a, weights=np.where(np.isnan(t), math.inf, t), minlength=m)
+        done = known.all(axis=1) & ~complete
+        complete |= done
+        M[done] = np.sum(T[done], axis=1)
+        M[done & np.isnan(M)] = math.inf
+        best = float(np.min(M, where=complete, initial=math.inf))
+        if math.isinf(best):
+            if complete.all():
+                return int(np.argmin(M)), M
+            todo = np.flatnonzero(~complete)
+            continue
+        open_ = np.flatnonzero(~complete & ~(M > best * (1.0 + 1e-9)))
+        if not open_.size:
+            return int(np.argmin(M)), M
+        todo = open_[np.argsort(M[open_], kind="stable")[:_BATCH]]
 
 def _min_pos(v: np.ndarray) -> np.ndarray:
     """Per row, the smallest positive entry of ``v`` (inf where there is none)."""
@@ -185,7 +243,12 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             joined = running & ~drop & ~degen
             if joined.any():  # the block inverse with j appended
                 t, jj, uu, sc = rows[joined], j[joined], u[joined], schur[joined]
-                inv[t] += np.einsum("ta,tb->tab", uu, uu) / sc[:, None, None]
+                upd = np.einsum("ta,tb->tab", uu, uu)
+                upd /= sc[:, None, None]
+                if len(t) == T:  # every path: no gather and scatter of the (T, k, k) inverses
+                    inv += upd
+                else:
+                    inv[t] += upd
                 col = -uu / sc[:, None]
                 inv[t, :, jj] = col
                 inv[t, jj, :] = col
