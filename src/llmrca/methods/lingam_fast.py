@@ -57,17 +57,22 @@ def _check(deadline: float | None) -> None:
 
 def entropy(u: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
     """Maximum-entropy approximation of the differential entropy of standardised samples, over the last axis.
-    ``scratch`` (same shape as ``u``), when given, holds the temporaries."""
+    ``scratch`` (same shape as ``u``), when given, holds the temporaries.
+
+    log cosh u is evaluated as |u| + log(1 + e^(−2|u|)) − log 2: the same function (exact in real arithmetic,
+    a few ulp from ``log(cosh(u))`` in floating point), about a quarter cheaper per value than numpy's
+    ``cosh`` and ``log`` where ``cosh`` is the C library's scalar one, and finite for every u (``cosh``
+    overflows past |u| ≈ 710). ``log`` and not ``log1p``: e^(−2|u|) ≤ 1, so 1 + e loses at most one ulp of
+    the sum's scale, and ``log1p`` costs twice ``log``."""
     t = np.empty_like(u) if scratch is None else scratch
     n = u.shape[-1]
-    with np.errstate(over="ignore"):
-        np.cosh(u, out=t)
-        np.log(t, out=t)
-    logcosh = np.add.reduce(t, axis=-1) / n
-    bad = ~np.isfinite(logcosh)
-    if bad.any():  # cosh overflowed (|u| > 710): |u| + log1p(e^(-2|u|)) - log 2 cannot
-        a = np.abs(u[bad])
-        logcosh[bad] = np.mean(a, axis=-1) + np.mean(np.log1p(np.exp(-2.0 * a)), axis=-1) - _LOG2
+    np.abs(u, out=t)
+    s_abs = np.add.reduce(t, axis=-1)
+    t *= -2.0
+    np.exp(t, out=t)
+    t += 1.0
+    np.log(t, out=t)
+    logcosh = (s_abs + np.add.reduce(t, axis=-1)) / n - _LOG2
     np.multiply(u, u, out=t)
     t *= -0.5
     np.exp(t, out=t)
