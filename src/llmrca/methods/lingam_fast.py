@@ -240,7 +240,7 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             if not running.any():
                 break
             g = np.where(active, G[rows, :, j], 0.0)
-            u = np.einsum("tab,tb->ta", inv, g)
+            u = np.matmul(inv, g[:, :, None])[:, :, 0]  # batched matrix-vector products: matmul, not einsum
             schur = G[rows, j, j] - np.einsum("ta,ta->t", g, u)
             degen = running & ~drop & (np.maximum(np.sqrt(np.abs(schur)), _EPS) < 1e-7)
             if degen.any():
@@ -264,10 +264,10 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             step = running & ~degen
             if not step.any():
                 continue
-            ls = np.einsum("tab,tb->ta", inv, sign)
+            ls = np.matmul(inv, sign[:, :, None])[:, :, 0]
             AA = 1.0 / np.sqrt(np.maximum(np.einsum("ta,ta->t", ls, sign), _EPS))
             ls *= AA[:, None]  # the equiangular direction of the active coefficients (zero elsewhere)
-            a = np.einsum("tab,tb->ta", G, ls)  # change of every correlation per unit step
+            a = np.matmul(G, ls[:, :, None])[:, :, 0]  # change of every correlation per unit step
             np.around(a, decimals=15, out=a)
             # the smallest positive step at which an inactive correlation ties the active ones, from above
             # ((C - c) / (AA - a)) or below ((C + c) / (AA + a))
@@ -327,8 +327,12 @@ def _sequential_ols(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g = min(good, k)
         Uinv = solve_triangular(U[:g, :g], np.eye(g))
         coef[:g, :m] = Uinv @ np.triu(U[:g, :m], 1)
+    # Z[:, :t] = Q_t U[:t, :t] with Q_t orthonormal and z_t = Q_t U[:t, t] + (a part orthogonal to Q_t), so the
+    # minimum-norm least squares on the t × t triangle is that on the n rows (the same singular values, hence
+    # the rows' cut-off eps·max(n, t)), for a t × t instead of an n × t SVD
+    n = Z.shape[0]
     for t in range(m, k):
-        b, *_ = np.linalg.lstsq(Z[:, :t], Z[:, t], rcond=None)
+        b, *_ = np.linalg.lstsq(U[:t, :t], U[:t, t], rcond=_EPS * max(n, t))
         coef[:t, t] = b
         rss[t] = float(np.sum((Z[:, t] - Z[:, :t] @ b) ** 2))
     return coef, rss
