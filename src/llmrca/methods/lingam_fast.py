@@ -1,8 +1,8 @@
 """DirectLiNGAM (Shimizu et al., JMLR 2011) with the pairwise likelihood-ratio measure (Hyvärinen & Smith,
 JMLR 2013) and adaptive-lasso pruning (Zou 2006) of the coefficients, in numpy only.
 
-It computes what ``lingam.DirectLiNGAM(measure="pwling")`` computes without prior knowledge — the same causal
-order and the same adjacency matrix (``tests/test_lingam_fast.py`` checks both against the package) — in a
+It computes what ``lingam.DirectLiNGAM(measure="pwling")`` computes without prior knowledge — on well-posed data the
+same causal order and the same adjacency matrix (``tests/test_lingam_fast.py`` checks both against the package) — in a
 fraction of the time:
 
 - **Causal order.** At each step the most exogenous remaining variable is the one with the smallest
@@ -15,8 +15,9 @@ fraction of the time:
   from the previous step's most exogenous ones, until no incomplete candidate can reach the smallest complete
   sum (``_most_exogenous``; about two thirds of the pairs on 33 columns; the same argmin and the same sums bitwise).
   The chosen variable is then regressed out of all remaining ones in one rank-one update.
-  Where ``np.log(np.cosh(u))`` overflows (|u| > 710, which turns the package's measure into NaN), log cosh is
-  evaluated as |u| + log1p(e^(−2|u|)) − log 2 instead.
+  log cosh u is evaluated as |u| + log(1 + e^(−2|u|)) − log 2 for every value (``entropy``): cheaper than
+  ``np.log(np.cosh(u))`` and finite where that overflows (|u| > 710, which turns the package's measure into NaN);
+  the measures differ from the package's in the last bits, so on well-posed data the order is the same.
 - **Coefficients.** For the variable at position p of the order, its coefficients on the p variables before
   it by the adaptive lasso with the lasso's BIC path selection: ordinary least squares on the standardised
   variables gives weights w = |β_OLS|; the lasso path of the target on the weighted predictors is traced by
