@@ -66,6 +66,27 @@ def test_entropy_stays_finite_where_cosh_overflows():
     assert np.isfinite(h).all() and h[0] == pytest.approx(expected, rel=1e-12)
 
 
+def test_entropy_is_the_log_cosh_measure():
+    """|u| + log(1 + e^(-2|u|)) - log 2 is log cosh u: the measure from ``np.log(np.cosh(u))`` to rounding."""
+    u = np.random.default_rng(3).standard_normal((7, 500)) * np.array([0.3, 1, 2, 5, 20, 60, 120])[:, None]
+    logcosh = np.mean(np.log(np.cosh(u)), axis=1)
+    g = np.mean(u * np.exp(-u**2 / 2), axis=1)
+    expected = (1 + np.log(2 * np.pi)) / 2 - 79.047 * (logcosh - 0.37457) ** 2 - 7.4129 * g**2
+    assert np.allclose(lf.entropy(u), expected, rtol=1e-13, atol=0)
+
+
+def test_sequential_ols_past_a_collinear_column_is_the_rows_minimum_norm_solution():
+    r = np.random.default_rng(5)
+    Z = r.standard_normal((300, 6))
+    Z[:, 2] = Z[:, 0] - 0.5 * Z[:, 1]  # column 2 is a linear function of those before it: targets 3.. fall back
+    Z -= Z.mean(axis=0)
+    coef, rss = lf._sequential_ols(Z)
+    for t in range(3, 6):
+        b = np.linalg.lstsq(Z[:, :t], Z[:, t], rcond=None)[0]
+        assert np.allclose(coef[:t, t], b, rtol=1e-9, atol=1e-11)
+        assert rss[t] == pytest.approx(np.sum((Z[:, t] - Z[:, :t] @ b) ** 2), rel=1e-9)
+
+
 def test_deadline_and_the_graph_builder():
     X = lingam_data(100, 4, 4)
     with pytest.raises(cg.BudgetExceeded):
