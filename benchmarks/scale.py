@@ -16,7 +16,8 @@ Sizes (``--sizes``, comma list, run in order of their column count):
 - ``sim3``, ``sim8``, ``sim16``: the full view (``select_view(obs, "full")``) of the ``paper`` scenario with
   ``deployment.replicas=3`` / ``8`` / ``16`` (219 / 557 / 1,101 columns), one case per seed, rotating over the
   scenario's faults (with traces and logs, so trace and multi-source methods run too); seeds 0-3 fault
-  ``ray-replicas-0``, 4-7 ``ray-head``, 8-11 ``ray-replicas-1``, at every replica count. ``sim3`` against
+  ``ray-replicas-0``, 4-7 ``ray-head``, 8-11 ``ray-replicas-1``, at every replica count; seeds 12-23 do the same
+  with the suite's second repetition (other simulator seeds), and so on, so every seed is a different case. ``sim3`` against
   ``sim16`` is the like-for-like accuracy test of a served system at ~200 and ~1,000 columns: the same faults on
   the same targets, only the replica count differs (so a replica carries 1/16 of the traffic instead of 1/3).
 
@@ -109,13 +110,18 @@ def simulated(replicas: int, seed: int) -> Any:
     from llmrca.sim import simulate
     from llmrca.sim.suites import plan
 
-    specs = plan("paper", reps=1, sets={"deployment.replicas": replicas})
-    faults = sorted({s.injection.fault for s in specs})
+    faults = sorted({s.injection.fault for s in plan("paper", reps=1)})
+    # Every 12 seeds (4 faults × 3 targets) take the suite's next repetition, so no two seeds give the same case;
+    # a repetition's simulator seed does not depend on how many repetitions the plan has, nor on the replica count.
+    rep = seed // (3 * len(faults))
+    specs = plan("paper", reps=rep + 1, sets={"deployment.replicas": replicas})
     fault = faults[seed % len(faults)]
     mine = [s for s in specs if s.injection.fault == fault]
+    targets = list(dict.fromkeys(s.injection.target for s in mine))  # the head, then the replicas in order
     # The same target at every replica count, so sim3 and sim16 compare like for like: seeds 0-3 a replica's fault,
-    # 4-7 the head's, 8-11 a second replica's (the spec list is the head, then the replicas in order, at every size).
-    spec = mine[(1, 0, 2)[(seed // len(faults)) % 3] % len(mine)]
+    # 4-7 the head's, 8-11 a second replica's.
+    target = targets[(1, 0, 2)[(seed // len(faults)) % 3] % len(targets)]
+    spec = next(s for s in mine if s.injection.target == target and s.case_id.endswith(f"/rep-{rep:02d}"))
     case = simulate(spec.config, spec.injection, seed=spec.seed, case_id=spec.case_id)
     return select_view(case, "full")
 
