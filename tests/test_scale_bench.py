@@ -61,3 +61,23 @@ def test_child_runs_report_a_rank_and_kill_a_method_past_its_limit():
     assert slow.status == "timeout"
     summary = scale.summarize([ok, slow])
     assert summary["timeouts"] == 1 and summary["seconds"] is None and summary["ac1"] == 0.5
+
+
+def test_simulated_seeds_are_distinct_cases_on_the_documented_targets(monkeypatch):
+    import llmrca.case.views as views
+    import llmrca.sim as sim
+
+    picked = []
+    monkeypatch.setattr(sim, "simulate", lambda cfg, inj, seed, case_id: picked.append((case_id, seed)) or case_id)
+    monkeypatch.setattr(views, "select_view", lambda case, view: case)
+    for s in range(26):
+        scale.simulated(3, s)
+    first = list(picked)
+    ids = [cid for cid, _ in first]
+    assert len(set(picked)) == len(set(ids)) == 26  # no seed repeats another's case
+    assert ids[0] == "cpu/ray-replicas-0/rep-00" and ids[4] == "cpu/ray-head/rep-00"
+    assert ids[8] == "cpu/ray-replicas-1/rep-00" and ids[12] == "cpu/ray-replicas-0/rep-01"
+    # the same target and simulator seed at another replica count (like for like)
+    picked.clear()
+    scale.simulated(16, 13)
+    assert picked == [first[13]]
