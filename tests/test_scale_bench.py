@@ -64,8 +64,8 @@ def test_child_runs_report_a_rank_and_kill_a_method_past_its_limit():
 
 
 def test_simulated_seeds_are_distinct_cases_on_the_documented_targets(monkeypatch):
-    import llmrca.case.views as views
-    import llmrca.sim as sim
+    from llmrca import sim
+    from llmrca.case import views
 
     picked = []
     monkeypatch.setattr(sim, "simulate", lambda cfg, inj, seed, case_id: picked.append((case_id, seed)) or case_id)
