@@ -136,7 +136,7 @@ def test_the_blocked_measure_is_that_of_every_pair_written_out_bitwise(seed, mon
     for block in (lf._BLOCK_ELEMS, 90 * 12 * 5, 1):  # blocks of several candidates, and one candidate at a time
         buf, tmp = np.empty((2, max(block, 12 * 90)))
         monkeypatch.setattr(lf, "_BLOCK_ELEMS", block)
-        pos, got = lf._most_exogenous(Zt, C, H, inv_sd, buf, tmp)
+        pos, got = lf._most_exogenous(Zt, C.copy(), inv_sd.copy(), buf, tmp)
         assert pos == int(np.argmin(M))
         assert np.array_equal(got, M)  # the same operations on the same values
 
