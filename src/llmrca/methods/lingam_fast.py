@@ -35,7 +35,8 @@ import math
 import time
 
 import numpy as np
-from scipy.linalg import cho_solve, solve_triangular
+from scipy.linalg import solve_triangular
+from scipy.linalg.lapack import dpotrs
 
 _K1, _K2, _GAMMA = 79.047, 7.4129, 0.37457
 _H0 = (1 + math.log(2 * math.pi)) / 2
@@ -204,10 +205,11 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             g = np.where(active, G[rows, :, j], 0.0)
             u = np.matmul(inv, g[:, :, None])[:, :, 0]  # batched matrix-vector products: matmul, not einsum
             schur = G[rows, j, j] - np.einsum("ta,ta->t", g, u)
-            degen = running & ~drop & (np.maximum(np.sqrt(np.abs(schur)), _EPS) < 1e-7)
+            may_join = running & ~drop
+            degen = may_join & (np.sqrt(np.abs(schur)) < 1e-7)  # max(·, eps) < 1e-7 as sklearn: eps < 1e-7
             if degen.any():
                 c[rows[degen], j[degen]] = 0.0
-            joined = running & ~drop & ~degen
+            joined = may_join & ~degen
             if joined.any():  # the block inverse with j appended
                 t, jj, uu, sc = rows[joined], j[joined], u[joined], schur[joined]
                 upd = np.einsum("ta,tb->tab", uu, uu)
@@ -230,7 +232,9 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             AA = 1.0 / np.sqrt(np.maximum(np.einsum("ta,ta->t", ls, sign), _EPS))
             ls *= AA[:, None]  # the equiangular direction of the active coefficients (zero elsewhere)
             a = np.matmul(G, ls[:, :, None])[:, :, 0]  # change of every correlation per unit step
-            np.around(a, decimals=15, out=a)
+            np.multiply(a, 1e15, out=a)  # np.around(a, 15): what it computes, without its call overhead
+            np.rint(a, out=a)
+            a /= 1e15
             # the smallest positive step at which an inactive correlation ties the active ones, from above
             # ((C - c) / (AA - a)) or below ((C + c) / (AA + a))
             Cc, AAc = C[:, None], AA[:, None]
@@ -303,12 +307,14 @@ def _sequential_ols(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _ols(Xc: np.ndarray, S: np.ndarray, sel: np.ndarray, t: int) -> np.ndarray:
     """Least squares of column t of the centred ``Xc`` on columns ``sel``: by Cholesky of the covariance ``S``
     when it is well conditioned, else ``lstsq`` on the rows."""
-    A = S[np.ix_(sel, sel)]
+    A = S[sel][:, sel]
     try:
         L = np.linalg.cholesky(A)
         dl = np.diag(L)
         if dl.min() > 1e-6 * dl.max():
-            return cho_solve((L, True), S[sel, t])
+            x, info = dpotrs(L, S[sel, t], lower=1)  # what scipy's cho_solve calls, without its checks
+            if info == 0:
+                return x
     except np.linalg.LinAlgError:
         pass
     return np.linalg.lstsq(Xc[:, sel], Xc[:, t], rcond=None)[0]
