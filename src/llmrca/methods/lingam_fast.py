@@ -114,10 +114,12 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
         order.append(int(U[pos]))
         x = X[:, pos]
         xm = x - x.mean()
-        rest = np.delete(X, pos, axis=1)  # the others, compacted: no gather of the remaining columns per step
+        others = np.ones(len(U), dtype=bool)
+        others[pos] = False
+        rest = X[:, others]  # the others, compacted: no gather of the remaining columns per step
         b = (xm @ (rest - rest.mean(axis=0))) / n / var[pos]
         rest -= np.outer(x, b)
-        U, X = np.delete(U, pos), rest
+        U, X = U[others], rest
     return order
 
 
