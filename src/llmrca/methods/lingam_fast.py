@@ -58,27 +58,32 @@ def _check(deadline: float | None) -> None:
 
 def entropy(u: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
     """Maximum-entropy approximation of the differential entropy of standardised samples, over the last axis.
-    ``scratch`` (same shape as ``u``), when given, holds the temporaries.
+    ``scratch`` (same shape as ``u``, C-ordered), when given, holds the temporaries.
 
     log cosh u is evaluated as |u| + log(1 + e^(−2|u|)) − log 2: the same function (exact in real arithmetic,
     a few ulp from ``log(cosh(u))`` in floating point), about a quarter cheaper per value than numpy's
     ``cosh`` and ``log`` where ``cosh`` is the C library's scalar one, and finite for every u (``cosh``
     overflows past |u| ≈ 710). ``log`` and not ``log1p``: e^(−2|u|) ≤ 1, so 1 + e loses at most one ulp of
-    the sum's scale, and ``log1p`` costs twice ``log``."""
-    t = np.empty_like(u) if scratch is None else scratch
+    the sum's scale, and ``log1p`` costs twice ``log``. The three sums over the samples are matrix-vector
+    products with a vector of ones (BLAS), a fifth of the cost of numpy's per-row pairwise reductions on rows
+    of ~70 values; they differ from those in the last bits."""
+    t = scratch if scratch is not None and scratch.flags.c_contiguous else np.empty(u.shape)
     n = u.shape[-1]
+    ones = np.ones(n)
+    rows = t.reshape(-1, n)  # a view (t is C-ordered)
     np.abs(u, out=t)
-    s_abs = np.add.reduce(t, axis=-1)
+    s_logcosh = rows @ ones
     t *= -2.0
     np.exp(t, out=t)
     t += 1.0
     np.log(t, out=t)
-    logcosh = (s_abs + np.add.reduce(t, axis=-1)) / n - _LOG2
+    s_logcosh += rows @ ones
+    logcosh = s_logcosh.reshape(u.shape[:-1]) / n - _LOG2
     np.multiply(u, u, out=t)
     t *= -0.5
     np.exp(t, out=t)
     t *= u
-    g = np.add.reduce(t, axis=-1) / n
+    g = (rows @ ones).reshape(u.shape[:-1]) / n
     return _H0 - _K1 * (logcosh - _GAMMA) ** 2 - _K2 * g**2
 
 
