@@ -26,20 +26,63 @@ def pagerank_head(
     max_iter: int = 1000,
     tol: float = 1e-10,
 ) -> dict[str, float]:
-    """PageRank (networkx) of every node of ``G`` on the reversed graph; ``weight`` names an edge attribute to
-    weight transitions by (None = unweighted). Isolated nodes keep the teleport share."""
+    """PageRank of every node of ``G`` on the reversed graph; ``weight`` names an edge attribute to weight
+    transitions by (None = unweighted). Isolated nodes keep the teleport share.
+
+    The definition is networkx's ``pagerank`` with no personalization, start or dangling vector (uniform
+    teleport, a dangling node's rank spread uniformly, power iteration from the uniform vector until the L1
+    change is below N·``tol``). Unweighted (the pc/fci/granger/lingam heads), it runs here on the dense
+    adjacency matrix (``pagerank_dense``), with the same operations in the same order as networkx's
+    sparse-matrix iteration, so the same values bit for bit (``tests/test_graph_heads_pagerank.py``) without
+    building a sparse matrix per call. Weighted (CausalRCA), networkx on a reversed copy: a node's weight sum
+    there follows its edges' order, which the dense row sum would not."""
     if G.number_of_nodes() == 0:
         return {}
-    # unweighted, a reversed view instead of a copy (no copy of every edge's attributes): the same nodes in the
-    # same order and the same edges give the same transition matrix (out-degrees are exact counts) and the same
-    # iterations (their sums run over the nodes' order, not the order of a node's edges). Weighted, the copy:
-    # a node's weight sum follows its edges' order, which a view does not keep
-    R = nx.reverse_view(G) if weight is None else G.reverse(copy=True)
+    if weight is None:
+        nodes = list(G)
+        index = {n: i for i, n in enumerate(nodes)}
+        # the reversed graph's matrix: an edge u -> v of G is v -> u there
+        src = [index[v] for u, v in G.edges()]
+        dst = [index[u] for u, v in G.edges()]
+        A = np.zeros((len(nodes), len(nodes)))
+        A[src, dst] = 1.0
+        x = pagerank_dense(A, alpha=alpha, max_iter=max_iter, tol=tol)
+        return {str(k): v for k, v in zip(nodes, x.tolist())}
+    R = G.reverse(copy=True)
     try:
         pr = nx.pagerank(R, alpha=alpha, weight=weight, max_iter=max_iter, tol=tol)
     except nx.PowerIterationFailedConvergence as e:
         raise MethodError(f"PageRank did not converge in {max_iter} iterations: {e}") from e
     return {str(k): float(v) for k, v in pr.items()}
+
+
+def pagerank_dense(A: np.ndarray, *, alpha: float = 0.85, max_iter: int = 1000, tol: float = 1e-10) -> np.ndarray:
+    """PageRank of the graph with adjacency matrix ``A`` (``A[i, j]`` > 0: an edge i -> j of that weight),
+    uniform teleport and dangling nodes' rank spread uniformly; MethodError past ``max_iter`` iterations.
+
+    Each step is networkx's: x <- alpha·(x P + (Σ over dangling x)·p) + (1 − alpha)·p with P the rows of A
+    divided by their sums and p uniform, until Σ|x − x_last| < N·tol. The operation order is kept so the
+    values are networkx's bitwise: row i of P is A[i]·(1 / sum_i); x P accumulates each column over the rows
+    in order (what the sparse transpose-times-vector does; the zero entries add exact zeros), as numpy's
+    reduction over the first axis of a C-ordered array does; the dangling sum is a sequential Python sum."""
+    N = A.shape[0]
+    if N == 0:
+        return np.zeros(0)
+    S = A.sum(axis=1)
+    out = S != 0
+    S[out] = 1.0 / S[out]
+    P = A * S[:, None]
+    dangling = np.flatnonzero(~out)
+    p = np.repeat(1.0 / N, N)
+    x = np.repeat(1.0 / N, N)
+    scratch = np.empty_like(P)
+    for _ in range(max_iter):
+        xlast = x
+        np.multiply(x[:, None], P, out=scratch)
+        x = alpha * (np.add.reduce(scratch, axis=0) + sum(x[dangling].tolist()) * p) + (1 - alpha) * p
+        if np.absolute(x - xlast).sum() < N * tol:
+            return x
+    raise MethodError(f"PageRank did not converge in {max_iter} iterations")
 
 
 def abs_correlation_with(X: np.ndarray, names: Sequence[str], target: str) -> dict[str, float]:

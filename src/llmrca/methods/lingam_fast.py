@@ -10,10 +10,10 @@ fraction of the time:
   approximation of differential entropy (Hyvärinen 1998) of a standardised variable. All pairs of a step are
   evaluated at once: with z the standardised variables and c_ij their correlation, the standardised residual
   of z_i regressed on z_j is (z_i − c_ij z_j) / √(1 − c_ij²), so one correlation matrix and one broadcast give
-  every H(r_i←j). Not every pair is needed for the argmin: each candidate's sum is bounded from below by the
-  terms of its pairs evaluated so far, so the candidates are completed in the order of their bounds, starting
-  from the previous step's most exogenous ones, until no incomplete candidate can reach the smallest complete
-  sum (``_most_exogenous``; about two thirds of the pairs on 33 columns; the same argmin and the same sums bitwise).
+  every H(r_i←j) (``_most_exogenous``, in cache-sized blocks of candidates). Every pair is evaluated: a bounded
+  search that skipped the pairs which cannot change the argmin (each candidate's sum is bounded from below by
+  its pairs evaluated so far) saved a third of the entropies but cost more in per-round bookkeeping on cases of
+  the study's size, and gave the same argmin and the same sums.
   The chosen variable is then regressed out of all remaining ones in one rank-one update.
   log cosh u is evaluated as |u| + log(1 + e^(−2|u|)) − log 2 for every value (``entropy``): cheaper than
   ``np.log(np.cosh(u))`` and finite where that overflows (|u| > 710, which turns the package's measure into NaN);
@@ -35,13 +35,13 @@ import math
 import time
 
 import numpy as np
-from scipy.linalg import cho_solve, solve_triangular
+from scipy.linalg import solve_triangular
+from scipy.linalg.lapack import dpotrs
 
 _K1, _K2, _GAMMA = 79.047, 7.4129, 0.37457
 _H0 = (1 + math.log(2 * math.pi)) / 2
 _LOG2 = math.log(2.0)
-_BLOCK_ELEMS = 1 << 16  # elements of one (rows, m, n) residual block: small enough to stay in cache
-_BATCH = 5  # candidates completed per round of the causal order's bounded search
+_BLOCK_ELEMS = 1 << 16  # values of one block of residuals: small enough to stay in cache
 _SPENT = 1e-12  # a residual variance below this share of the original: an exact function of the ordered ones
 _TINY32 = float(np.finfo(np.float32).tiny)
 _EQ_TOL = float(np.finfo(np.float32).eps)  # the lasso path stops when the largest correlation / n is below this
@@ -58,27 +58,33 @@ def _check(deadline: float | None) -> None:
 
 def entropy(u: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
     """Maximum-entropy approximation of the differential entropy of standardised samples, over the last axis.
-    ``scratch`` (same shape as ``u``), when given, holds the temporaries.
+    ``scratch`` (same shape as ``u``, C-ordered), when given, holds the temporaries.
 
     log cosh u is evaluated as |u| + log(1 + e^(−2|u|)) − log 2: the same function (exact in real arithmetic,
     a few ulp from ``log(cosh(u))`` in floating point), about a quarter cheaper per value than numpy's
     ``cosh`` and ``log`` where ``cosh`` is the C library's scalar one, and finite for every u (``cosh``
     overflows past |u| ≈ 710). ``log`` and not ``log1p``: e^(−2|u|) ≤ 1, so 1 + e loses at most one ulp of
-    the sum's scale, and ``log1p`` costs twice ``log``."""
-    t = np.empty_like(u) if scratch is None else scratch
+    the sum's scale, and ``log1p`` costs twice ``log``. The three sums over the samples are ``einsum``'s row
+    sums, under half the cost of numpy's per-row pairwise reductions on rows of ~70 values (they differ from
+    those in the last bits); a row's sum does not depend on the other rows or on where the row lies in memory,
+    which a BLAS product with a vector of ones (cheaper still) does not give: its kernels sum a row
+    differently by its position in the matrix."""
+    t = scratch if scratch is not None and scratch.flags.c_contiguous else np.empty(u.shape)
     n = u.shape[-1]
+    rows = t.reshape(-1, n)  # a view (t is C-ordered)
     np.abs(u, out=t)
-    s_abs = np.add.reduce(t, axis=-1)
+    s_logcosh = np.einsum("ij->i", rows)
     t *= -2.0
     np.exp(t, out=t)
     t += 1.0
     np.log(t, out=t)
-    logcosh = (s_abs + np.add.reduce(t, axis=-1)) / n - _LOG2
+    s_logcosh += np.einsum("ij->i", rows)
+    logcosh = s_logcosh.reshape(u.shape[:-1]) / n - _LOG2
     np.multiply(u, u, out=t)
     t *= -0.5
     np.exp(t, out=t)
     t *= u
-    g = np.add.reduce(t, axis=-1) / n
+    g = np.einsum("ij->i", rows).reshape(u.shape[:-1]) / n
     return _H0 - _K1 * (logcosh - _GAMMA) ** 2 - _K2 * g**2
 
 
@@ -89,109 +95,73 @@ def causal_order(data: np.ndarray, *, deadline: float | None = None) -> list[int
     the variables already ordered, e.g. a duplicated series) has no noise term to test; it is placed next, as a
     deterministic effect of its predecessors can be, instead of dividing by zero.
     """
-    X = np.array(data, dtype=float, copy=True)
+    X = np.array(data, dtype=float, copy=True)  # the remaining variables' residuals, column c is variable U[c]
     n = X.shape[0]
     var0 = X.var(axis=0)
     U = np.arange(X.shape[1])
     order: list[int] = []
-    prev = None  # the previous step's measure of the remaining candidates: where the search starts
+    buf, tmp = np.empty((2, _BLOCK_ELEMS))
     while len(U):
         _check(deadline)
-        Xu = X[:, U]
-        D = Xu - np.add.reduce(Xu, axis=0, keepdims=True) / n  # centred (what Xu.var and Xu.mean compute)
+        D = X - np.add.reduce(X, axis=0, keepdims=True) / n  # centred (what X.var and X.mean compute)
         var = np.add.reduce(D * D, axis=0) / n
         spent = var <= _SPENT * var0[U]
         if spent.any():
             order.extend(int(i) for i in U[spent])
-            U = U[~spent]
-            prev = None
+            U, X = U[~spent], X[:, ~spent]
             continue
         if len(U) == 1:
             order.append(int(U[0]))
             break
-        m = len(U)
         Zt = (D / np.sqrt(var)).T.copy()  # (m, n), standardised
         C = (Zt @ Zt.T) / n
-        H = entropy(Zt)
         inv_sd = 1.0 / np.sqrt(np.maximum(1.0 - C * C, 1e-300))
-        np.fill_diagonal(inv_sd, 0.0)
-        first = (np.argsort(prev, kind="stable") if prev is not None and len(prev) == m else np.arange(m))
-        pos, M = _most_exogenous(Zt, C, H, inv_sd, first[:_BATCH])
-        prev = np.delete(M, pos)
-        pick = int(U[pos])
-        order.append(pick)
-        rest = np.delete(U, pos)
-        xm = X[:, pick] - X[:, pick].mean()
-        b = (xm @ (X[:, rest] - X[:, rest].mean(axis=0))) / n / var[pos]
-        X[:, rest] -= np.outer(X[:, pick], b)
-        U = rest
+        pos, _ = _most_exogenous(Zt, C, inv_sd, buf, tmp)
+        order.append(int(U[pos]))
+        x = X[:, pos]
+        xm = x - x.mean()
+        others = np.ones(len(U), dtype=bool)
+        others[pos] = False
+        rest = X[:, others]  # the others, compacted: no gather of the remaining columns per step
+        b = (xm @ (rest - rest.mean(axis=0))) / n / var[pos]
+        rest -= np.outer(x, b)
+        U, X = U[others], rest
     return order
 
 
-def _residual_entropies(Zt: np.ndarray, C: np.ndarray, inv_sd: np.ndarray, a: np.ndarray, b: np.ndarray,
-                        n: int) -> np.ndarray:
-    """H(r_a<-b) for the index pairs (a, b): the standardised residual of z_a on z_b, (z_a − c_ab z_b)·inv_sd_ab,
-    by the same element operations as all pairs at once, in blocks of contiguous rows."""
-    out = np.empty(len(a))
-    rows = max(1, _BLOCK_ELEMS // n)
-    buf, tmp = np.empty((2, min(rows, len(a)), n))
-    for s in range(0, len(a), rows):
-        e = min(len(a), s + rows)
-        aa, bb = a[s:e], b[s:e]
-        R = buf[: e - s]
-        np.multiply(C[aa, bb][:, None], Zt[bb], out=R)
-        np.subtract(Zt[aa], R, out=R)
-        R *= inv_sd[aa, bb][:, None]
-        out[s:e] = entropy(R, tmp[: e - s])
-    return out
-
-
-def _most_exogenous(Zt: np.ndarray, C: np.ndarray, H: np.ndarray, inv_sd: np.ndarray, first: np.ndarray,
+def _most_exogenous(Zt: np.ndarray, C: np.ndarray, inv_sd: np.ndarray, buf: np.ndarray, tmp: np.ndarray,
                     ) -> tuple[int, np.ndarray]:
-    """(position of the candidate with the smallest M_i = Σ_j min(0, ΔI(i, j))², with NaN counted as inf; M)
-    — the same argmin as evaluating every pair, without evaluating every pair.
+    """(position of the candidate with the smallest M_i = Σ_j min(0, ΔI(i, j))², with NaN counted as inf; M),
+    from the standardised candidates ``Zt`` (m, n), their correlations ``C`` and 1 / √(1 − C²) ``inv_sd``
+    (both of whose diagonals it overwrites).
 
-    Each M_i is a sum of non-negative terms, so the terms of the pairs evaluated so far bound it from below.
-    Starting from the candidates ``first`` (the previous step's most exogenous ones), the candidates with the
-    smallest bounds are completed (all their pairs evaluated, ``_BATCH`` at a time) until every incomplete
-    candidate's bound exceeds the smallest complete M by a relative 1e-9 (far above the rounding of a sum of
-    a few dozen terms), so that none of them can be the argmin or tie it. Each term and each complete M comes
-    from the same operations on the same values as with the full matrix (an M is one row's sum), so they are
-    bitwise the same; M holds the bounds of the candidates left incomplete. Where no complete M is finite,
-    every pair is evaluated."""
+    Every pair is evaluated: H(r_i<-j) for all (i, j) by broadcasting, the standardised residual of z_i on z_j
+    being (z_i − c_ij z_j)·inv_sd_ij, in blocks of candidates i of at most ``_BLOCK_ELEMS`` values (``buf`` and
+    ``tmp`` hold them), so that a block's temporaries stay in cache. With the diagonals set to c_ii = 0 and
+    inv_sd_ii = 1 the "residual" of z_i on itself is z_i exactly, so the same pass gives H(z_i) (the same
+    operations on the same values as ``entropy(Zt)``) without a call of its own. On a case of the study's size
+    (~33 columns, ~70 rows) the per-step bookkeeping of a bounded search that skips pairs which cannot change
+    the argmin cost more than the third of the entropies it saves (docs/vs-rcaeval.md, sixth pass)."""
     m, n = Zt.shape
-    HR = np.zeros((m, m))  # H(r_i<-j)
-    T = np.zeros((m, m))  # the terms min(0, ΔI(i, j))²; the diagonal's is 0, as the full matrix sets it
-    known = np.eye(m, dtype=bool)
-    M = np.zeros(m)  # the bounds, then M_i once i is complete
-    complete = np.zeros(m, dtype=bool)
-    todo = first
-    while True:
-        pend = np.zeros((m, m), dtype=bool)
-        pend[todo, :] = True
-        pend |= pend.T
-        pend &= ~known
-        a, b = np.nonzero(pend)  # both directions of every new pair
-        HR[a, b] = _residual_entropies(Zt, C, inv_sd, a, b, n)
-        known |= pend
-        with np.errstate(over="ignore", invalid="ignore"):
-            t = np.minimum(0.0, (H[b] + HR[a, b]) - (H[a] + HR[b, a])) ** 2
-        T[a, b] = t
-        M += np.bincount(a, weights=np.where(np.isnan(t), math.inf, t), minlength=m)
-        done = known.all(axis=1) & ~complete
-        complete |= done
-        M[done] = np.sum(T[done], axis=1)
-        M[done & np.isnan(M)] = math.inf
-        best = float(np.min(M, where=complete, initial=math.inf))
-        if math.isinf(best):
-            if complete.all():
-                return int(np.argmin(M)), M
-            todo = np.flatnonzero(~complete)
-            continue
-        open_ = np.flatnonzero(~complete & ~(M > best * (1.0 + 1e-9)))
-        if not open_.size:
-            return int(np.argmin(M)), M
-        todo = open_[np.argsort(M[open_], kind="stable")[:_BATCH]]
+    np.fill_diagonal(C, 0.0)
+    np.fill_diagonal(inv_sd, 1.0)
+    HR = np.empty((m, m))
+    rows = max(1, _BLOCK_ELEMS // (m * n))
+    for s in range(0, m, rows):
+        e = min(m, s + rows)
+        R = buf[: (e - s) * m * n].reshape(e - s, m, n)
+        np.multiply(C[s:e, :, None], Zt[None, :, :], out=R)
+        np.subtract(Zt[s:e, None, :], R, out=R)
+        R *= inv_sd[s:e, :, None]
+        HR[s:e] = entropy(R, tmp[: R.size].reshape(R.shape))
+    H = HR.diagonal().copy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = (H[None, :] + HR) - (H[:, None] + HR.T)  # ΔI(i, j)
+        np.fill_diagonal(diff, 0.0)
+        M = np.sum(np.minimum(0.0, diff) ** 2, axis=1)
+    M[np.isnan(M)] = math.inf
+    return int(np.argmin(M)), M
+
 
 def _min_pos(v: np.ndarray) -> np.ndarray:
     """Per row, the smallest positive entry of ``v`` (inf where there is none)."""
@@ -243,10 +213,11 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             g = np.where(active, G[rows, :, j], 0.0)
             u = np.matmul(inv, g[:, :, None])[:, :, 0]  # batched matrix-vector products: matmul, not einsum
             schur = G[rows, j, j] - np.einsum("ta,ta->t", g, u)
-            degen = running & ~drop & (np.maximum(np.sqrt(np.abs(schur)), _EPS) < 1e-7)
+            may_join = running & ~drop
+            degen = may_join & (np.sqrt(np.abs(schur)) < 1e-7)  # max(·, eps) < 1e-7 as sklearn: eps < 1e-7
             if degen.any():
                 c[rows[degen], j[degen]] = 0.0
-            joined = running & ~drop & ~degen
+            joined = may_join & ~degen
             if joined.any():  # the block inverse with j appended
                 t, jj, uu, sc = rows[joined], j[joined], u[joined], schur[joined]
                 upd = np.einsum("ta,tb->tab", uu, uu)
@@ -269,7 +240,9 @@ def lasso_paths(G: np.ndarray, c0: np.ndarray, n: int, max_iter: int = 500) -> t
             AA = 1.0 / np.sqrt(np.maximum(np.einsum("ta,ta->t", ls, sign), _EPS))
             ls *= AA[:, None]  # the equiangular direction of the active coefficients (zero elsewhere)
             a = np.matmul(G, ls[:, :, None])[:, :, 0]  # change of every correlation per unit step
-            np.around(a, decimals=15, out=a)
+            np.multiply(a, 1e15, out=a)  # np.around(a, 15): what it computes, without its call overhead
+            np.rint(a, out=a)
+            a /= 1e15
             # the smallest positive step at which an inactive correlation ties the active ones, from above
             # ((C - c) / (AA - a)) or below ((C + c) / (AA + a))
             Cc, AAc = C[:, None], AA[:, None]
@@ -342,12 +315,14 @@ def _sequential_ols(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _ols(Xc: np.ndarray, S: np.ndarray, sel: np.ndarray, t: int) -> np.ndarray:
     """Least squares of column t of the centred ``Xc`` on columns ``sel``: by Cholesky of the covariance ``S``
     when it is well conditioned, else ``lstsq`` on the rows."""
-    A = S[np.ix_(sel, sel)]
+    A = S[sel][:, sel]
     try:
         L = np.linalg.cholesky(A)
         dl = np.diag(L)
         if dl.min() > 1e-6 * dl.max():
-            return cho_solve((L, True), S[sel, t])
+            x, info = dpotrs(L, S[sel, t], lower=1)  # what scipy's cho_solve calls, without its checks
+            if info == 0:
+                return x
     except np.linalg.LinAlgError:
         pass
     return np.linalg.lstsq(Xc[:, sel], Xc[:, t], rcond=None)[0]
