@@ -224,7 +224,8 @@ def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
         # Arrow's index_in gives each parent id's first row among the span ids in one hash pass over them;
         # the codes are only needed for the rare ids that occur in several traces
         out = _no_null(pc.index_in(pid, value_set=sid.combine_chunks()), -1).to_numpy().astype(np.int64)
-        root = _no_null(pc.equal(pid, ""), True).to_numpy()
+        # null or empty: Kleene OR of the two masks has no nulls left (cheaper than fill_null on booleans)
+        root = pc.or_kleene(pc.is_null(pid), pc.equal(pid, "")).to_numpy(zero_copy_only=False)
     else:
         sid = tr["span_id"].astype("string").fillna("")
         pid = tr["parent_span_id"].astype("string").fillna("")
