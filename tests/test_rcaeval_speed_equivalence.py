@@ -345,11 +345,13 @@ def test_parent_rows_by_id_keys_equal_the_text_lookup(seed, monkeypatch):
     assert sp_mod.span_parent_rows(arrow, codes).tolist() == want
 
 
-def test_parent_rows_of_mixed_width_ids_take_the_text_path():
+@pytest.mark.parametrize("ids", [["a1", "b22", "c333", "d"],  # no width a multiple of 8
+                                 ["a" * 16, "b" * 8, "c" * 24, "d" * 16]])  # 64 bytes = 4 x 16, in mixed widths
+def test_parent_rows_of_mixed_width_ids_take_the_text_path(ids):
     from llmrca.methods import spans as sp_mod
     from llmrca.methods.call_graph import span_parents
 
-    tr = pd.DataFrame([("t", "a1", None), ("t", "b22", "a1"), ("t", "c333", "b22"), ("t", "d", "zz")],
+    tr = pd.DataFrame([("t", ids[0], None), ("t", ids[1], ids[0]), ("t", ids[2], ids[1]), ("t", ids[3], "zz")],
                       columns=["trace_id", "span_id", "parent_span_id"])
     arrow = tr.astype(pd.StringDtype("pyarrow"))
     assert sp_mod._packed_ids(sp_mod._arrow(arrow["span_id"])) is None

@@ -272,8 +272,8 @@ def _packed_ids(arr) -> tuple[np.ndarray, np.ndarray] | None:
         filled &= np.unpackbits(np.frombuffer(valid_buf, dtype=np.uint8), count=n, bitorder="little").view(bool)
     k = int(np.count_nonzero(filled))
     width = int(length[np.argmax(filled)]) if k else 0
-    if not width or width % 8 or int(off[-1] - off[0]) != k * width:  # mixed widths, or bytes behind a null
-        return None
+    if not width or width % 8 or (length[filled] != width).any() or int(off[-1] - off[0]) != k * width:
+        return None  # not one width, or bytes behind a null slot
     return np.frombuffer(data_buf, dtype=np.uint8)[off[0]:off[-1]].view(np.uint64).reshape(k, width // 8), filled
 
 
