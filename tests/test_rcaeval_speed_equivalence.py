@@ -297,3 +297,63 @@ def test_mmbaro_on_the_merged_array_equals_baro_on_the_merged_frame(params):
         return
     got = get_method("mm-baro", **params).rank(obs)
     assert got.candidates == want.candidates and got.scores == want.scores
+
+
+def _hex_ids(rng, n: int, width: int = 16) -> list[str]:
+    return ["".join(rng.choice(list("0123456789abcdef"), width)) for _ in range(n)]
+
+
+def _parent_frame(rng, *, n_traces: int = 40, width: int = 16) -> pd.DataFrame:
+    """Spans of random trees with OpenTelemetry-like hex ids: roots with a null or an empty parent, parents
+    missing from the frame, span ids repeated in another trace, and a duplicated (trace, span id)."""
+    rows = []
+    for t, tid in enumerate(_hex_ids(rng, n_traces, 32)):
+        ids = _hex_ids(rng, int(rng.integers(1, 8)), width)
+        for k, sid in enumerate(ids):
+            parent = (None if t % 2 else "") if k == 0 else ids[int(rng.integers(0, k))]
+            if k and rng.random() < 0.1:
+                parent = _hex_ids(rng, 1, width)[0]  # not in the frame
+            rows.append((tid, sid, parent))
+        if t % 7 == 3:  # this trace's ids again, in another trace
+            again = _hex_ids(rng, 1, 32)[0]
+            rows += [(again, sid, par) for _, sid, par in rows[-len(ids):]]
+    rows.append(rows[2])  # a duplicated (trace, span id): its first row answers
+    rows.insert(5, (rows[5][0], rows[5][1], rows[0][1]))
+    return pd.DataFrame(rows, columns=["trace_id", "span_id", "parent_span_id"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_parent_rows_by_id_keys_equal_the_text_lookup(seed, monkeypatch):
+    """The fixed-width path (64-bit keys of the ids' bytes) gives the rows the text path and call_graph's
+    span_parents give; with every key colliding it falls back to the texts and still does."""
+    from llmrca.methods import spans as sp_mod
+    from llmrca.methods.call_graph import span_parents
+
+    tr = _parent_frame(np.random.default_rng(seed))
+    arrow = tr.astype(pd.StringDtype("pyarrow"))
+    codes = pd.factorize(tr["trace_id"])[0]
+    want = span_parents(tr).tolist()
+    first = {}
+    for i, sid in enumerate(tr["span_id"]):
+        first.setdefault(sid, i)
+    assert any(tr["trace_id"][first[p]] != t for t, p in zip(tr["trace_id"], tr["parent_span_id"], strict=True)
+               if p in first)  # some parent ids' first rows lie in another trace
+    assert sp_mod._fixed_width_parents(sp_mod._arrow(arrow["span_id"]), sp_mod._arrow(arrow["parent_span_id"])) \
+        is not None  # the fast path is the one tested
+    assert sp_mod.span_parent_rows(arrow, codes).tolist() == sp_mod.span_parent_rows(tr, codes).tolist() == want
+    monkeypatch.setattr(sp_mod, "_keys", lambda words: np.zeros(len(words), dtype=np.uint64))
+    assert sp_mod.span_parent_rows(arrow, codes).tolist() == want
+
+
+@pytest.mark.parametrize("ids", [["a1", "b22", "c333", "d"],  # no width a multiple of 8
+                                 ["a" * 16, "b" * 8, "c" * 24, "d" * 16]])  # 64 bytes = 4 x 16, in mixed widths
+def test_parent_rows_of_mixed_width_ids_take_the_text_path(ids):
+    from llmrca.methods import spans as sp_mod
+    from llmrca.methods.call_graph import span_parents
+
+    tr = pd.DataFrame([("t", ids[0], None), ("t", ids[1], ids[0]), ("t", ids[2], ids[1]), ("t", ids[3], "zz")],
+                      columns=["trace_id", "span_id", "parent_span_id"])
+    arrow = tr.astype(pd.StringDtype("pyarrow"))
+    assert sp_mod._packed_ids(sp_mod._arrow(arrow["span_id"])) is None
+    codes = pd.factorize(tr["trace_id"])[0]
+    assert sp_mod.span_parent_rows(arrow, codes).tolist() == span_parents(tr).tolist() == [-1, 0, 1, -1]

@@ -125,3 +125,25 @@ def test_memory_limit_defaults_to_available_memory(monkeypatch):
     monkeypatch.setattr(psutil, "virtual_memory", lambda: VM)
     assert default_memory_limit_mb(2) == pytest.approx(0.75 * 8 * 1024 / 2)
     assert default_memory_limit_mb(64) == 1024.0  # at least 1 GiB each
+
+
+def test_runtime_is_that_of_rank_alone_not_of_the_memory_watch(monkeypatch):
+    """``runtime_s`` is taken just around ``rank()``: the runner's memory watch (here made slow) is not counted."""
+    from llmrca.evaluate import sealed
+
+    class SlowWatch(sealed._MemoryWatch):
+        def __enter__(self):
+            time.sleep(0.3)
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            super().__exit__(*exc)
+            time.sleep(0.3)
+
+    monkeypatch.setattr(sealed, "_MemoryWatch", SlowWatch)
+    runner = sealed.Runner()
+    runner.hold("t", sealed.seal(planted_case(seed=0, n_services=5, n_rows=60, inject_row=30).observation))
+    t0 = time.perf_counter()
+    answer = runner.run(sealed.SealedTask(target="_fake_methods:MeanShift", memory_limit_mb=4096))
+    assert time.perf_counter() - t0 >= 0.6  # the watch did run
+    assert answer["status"] == "ok" and 0.0 <= answer["runtime_s"] < 0.3

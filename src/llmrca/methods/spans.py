@@ -220,11 +220,15 @@ def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
     trace = trace_codes.astype(np.int64)
     sid, pid = _arrow(tr["span_id"]), _arrow(tr["parent_span_id"])
     arrow = sid is not None and pid is not None and sid.type == pid.type
-    if arrow:
+    fixed = _fixed_width_parents(sid, pid) if arrow else None
+    if fixed is not None:
+        out, root = fixed
+    elif arrow:
         # Arrow's index_in gives each parent id's first row among the span ids in one hash pass over them;
         # the codes are only needed for the rare ids that occur in several traces
         out = _no_null(pc.index_in(pid, value_set=sid.combine_chunks()), -1).to_numpy().astype(np.int64)
-        root = _no_null(pc.equal(pid, ""), True).to_numpy()
+        # null or empty: Kleene OR of the two masks has no nulls left (cheaper than fill_null on booleans)
+        root = pc.or_kleene(pc.is_null(pid), pc.equal(pid, "")).to_numpy(zero_copy_only=False)
     else:
         sid = tr["span_id"].astype("string").fillna("")
         pid = tr["parent_span_id"].astype("string").fillna("")
@@ -246,6 +250,73 @@ def span_parent_rows(tr: pd.DataFrame, trace_codes: np.ndarray) -> np.ndarray:
         out[other] = np.where(keys[at] == want, first[at], -1)
     out[root] = -1
     return out
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection of the 64-bit words
+
+
+def _packed_ids(arr) -> tuple[np.ndarray, np.ndarray] | None:
+    """For an Arrow string array whose non-empty values all have one byte length that is a multiple of 8 (the hex
+    ids of OpenTelemetry: 16-character span ids): (words, filled), ``words`` (k, length / 8) uint64 holding the k
+    filled values' bytes in row order (a view of the array's data buffer), ``filled`` per row: neither null nor
+    empty. None for any other array, or one whose null slots hold bytes."""
+    a = arr.chunk(0) if isinstance(arr, pa.ChunkedArray) and arr.num_chunks == 1 else arr
+    if isinstance(a, pa.ChunkedArray) or not len(a) or a.offset:
+        return None
+    n = len(a)
+    valid_buf, off_buf, data_buf = a.buffers()
+    off = np.frombuffer(off_buf, dtype=np.int64 if pa.types.is_large_string(a.type) else np.int32, count=n + 1)
+    length = np.diff(off)
+    filled = length > 0
+    if a.null_count:
+        filled &= np.unpackbits(np.frombuffer(valid_buf, dtype=np.uint8), count=n, bitorder="little").view(bool)
+    k = int(np.count_nonzero(filled))
+    width = int(length[np.argmax(filled)]) if k else 0
+    if not width or width % 8 or (length[filled] != width).any() or int(off[-1] - off[0]) != k * width:
+        return None  # not one width, or bytes behind a null slot
+    return np.frombuffer(data_buf, dtype=np.uint8)[off[0]:off[-1]].view(np.uint64).reshape(k, width // 8), filled
+
+
+def _keys(words: np.ndarray) -> np.ndarray:
+    """One uint64 per row of ``words``, mixing all its words: equal rows give equal keys."""
+    key = words[:, 0].copy()
+    for j in range(1, words.shape[1]):
+        key *= _MIX
+        key ^= words[:, j]
+    return key
+
+
+def _fixed_width_parents(sid, pid) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first step of ``span_parent_rows`` (each parent id's first row among the span ids, -1 where none;
+    the roots: parent null or empty) for ids of one width, matched by 64-bit keys of their bytes instead of
+    their texts (Arrow hashes integers more than twice as fast as short strings). A key's first row is the
+    parent's first row exactly where all the words agree: an earlier row with the parent's id would have the
+    same key.
+    Where they do not (two ids with one key), the id is looked up by its text. None where the ids are not all
+    of one width; the caller then looks up every text."""
+    s, p = _packed_ids(sid), _packed_ids(pid)
+    if s is None or p is None or s[0].shape[1] != p[0].shape[1] or not s[1].all():
+        return None
+    s_words, (p_words, filled) = s[0], p
+    root = ~filled
+    found = _no_null(pc.index_in(pa.array(_keys(p_words)), value_set=pa.array(_keys(s_words))), -1) \
+        .to_numpy().astype(np.int64)  # per filled parent
+    hit = np.flatnonzero(found >= 0)
+    at = found[hit]
+    # equal keys and equal words 0..k-2 imply an equal last word (the key is a bijection of it given the
+    # others), so the last word needs no comparison
+    wrong = np.zeros(len(hit), dtype=bool)
+    for j in range(s_words.shape[1] - 1):
+        wrong |= s_words[:, j].take(at) != p_words[:, j].take(hit)
+    rows = np.flatnonzero(filled)
+    if wrong.any():  # another id with the same key: this parent's own id by its text
+        bad = hit[wrong]
+        sa = sid.chunk(0) if isinstance(sid, pa.ChunkedArray) else sid
+        by_text = pc.index_in(pc.take(pid, pa.array(rows[bad])), value_set=sa)
+        found[bad] = _no_null(by_text, -1).to_numpy().astype(np.int64)
+    out = np.full(len(filled), -1, dtype=np.int64)
+    out[rows] = found
+    return out, root
 
 
 def _first_rows(codes: np.ndarray, n: int) -> np.ndarray:

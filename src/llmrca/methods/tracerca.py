@@ -104,17 +104,18 @@ def abnormal_invocations(sp: Spans, hist_t: np.ndarray, det_t: np.ndarray, d_ad:
     codes = sp.invocation  # the invocation type: (caller, callee, operation)
     n = int(codes.max()) + 1
     _, mu, sd = group_slo(codes, sp.duration, hist, n)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         alpha = np.abs(sp.duration - mu[codes]) / sd[codes]
-    has_slo = np.isfinite(alpha)
-    a_hist = _mean_by(codes, alpha, hist & has_slo, n)
-    a_det = _mean_by(codes, alpha, det & has_slo, n)
-    lat_useful = np.nan_to_num(a_det - a_hist > d_fs * a_hist, nan=False).astype(bool)
-    r_hist = _mean_by(codes, sp.error.astype(float), hist, n)
-    r_det = _mean_by(codes, sp.error.astype(float), det, n)
-    r_hist = np.nan_to_num(r_hist, nan=0.0)
-    err_useful = np.nan_to_num((r_det > 0) & (r_det - r_hist > d_fs * r_hist), nan=False).astype(bool)
-    lat_bad = lat_useful[codes] & has_slo & (np.nan_to_num(alpha, nan=0.0) > d_ad)
+        has_slo = np.isfinite(alpha)
+        a_hist = _mean_by(codes, alpha, hist & has_slo, n)
+        a_det = _mean_by(codes, alpha, det & has_slo, n)
+        # comparisons with NaN (a type without history or detection spans) are False: not useful
+        lat_useful = a_det - a_hist > d_fs * a_hist
+        error = sp.error.astype(float)
+        r_hist = np.nan_to_num(_mean_by(codes, error, hist, n), nan=0.0)
+        r_det = _mean_by(codes, error, det, n)
+        err_useful = (r_det > 0) & (r_det - r_hist > d_fs * r_hist)
+    lat_bad = lat_useful[codes] & has_slo & (alpha > d_ad)  # has_slo: alpha finite
     return det & (lat_bad | (err_useful[codes] & sp.error))
 
 
@@ -204,7 +205,6 @@ def frequent_sets(transactions: np.ndarray, min_support: float, max_size: int) -
 
 
 def _mean_by(codes: np.ndarray, values: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
-    c = np.bincount(codes[mask], minlength=n).astype(float)
-    s = np.bincount(codes[mask], weights=values[mask], minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return s / c
+    """Per code 0..n-1: the mean of ``values`` where ``mask`` (NaN where none); the caller silences 0/0."""
+    k = codes[mask]
+    return np.bincount(k, weights=values[mask], minlength=n) / np.bincount(k, minlength=n).astype(float)
