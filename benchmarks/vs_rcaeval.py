@@ -18,7 +18,7 @@ What it does, in order (every step reuses what an earlier run left in ``--out`` 
 4. **Ours.** Runs our methods with the grid runner (``llmrca.evaluate.evaluate``, one worker, ``--timeout`` per
    task) on those RCAEval folders, read back by llmrca's RCAEval reader: what ``llmrca evaluate <out>/rcaeval``
    runs. Time = wall time of ``rank()``. CPU time: afterwards, in this process, every method's ``rank()`` once
-   more per case that the runner answered, on the same observation (read by the same reader) with the same
+   more per case that the runner completed (a ranking or a no-answer), on the same observation (read by the same reader) with the same
    seed, ``time.process_time`` around the call; one untimed call per method first, so that its lazy imports
    are not counted (the reference imports its module before timing too).
 5. **Reference.** Runs RCAEval's function for the same method on the same folders through
@@ -30,6 +30,10 @@ What it does, in order (every step reuses what an earlier run left in ``--out`` 
    AC@1, AC@3, Avg@5 of each side, share of cases whose top-1 service is the same, mean seconds per case of
    each side and their ratio (reference / ours), and the same for CPU seconds ("ratio (CPU)"; on a loaded
    machine the wall ratio of calls of a few milliseconds moves with the other jobs, the CPU ratio much less).
+   Times are means over the same cases on both sides ("timed cases"): those where both calls ran to their end,
+   with a ranking, the method's own empty answer (our no-answer, RCAEval's empty ranking) or RCAEval's fallback
+   to the column order; a crash or a timeout on either side leaves the case out of both means. (Before
+   2026-12-08 each side's mean was over its own ranked cases: different cases where one side abstains often.)
    A failure, a timeout, or RCAEval's fallback to the unranked
    column order counts as a miss. Printed, and written to ``<out>/results.md`` and ``<out>/results.json``
    (with every case's ranks and statuses).
@@ -253,7 +257,8 @@ def run_ours(methods: list[str], cases: list[dict[str, Any]], rc_root: Path, out
 def run_ours_cpu(methods: list[str], cases: list[dict[str, Any]], rc_root: Path, out: Path, ours: dict,
                  seed: int) -> dict:
     """(method, case_id) -> CPU seconds of our ``rank()`` (see the module docs, step 4), for every case the
-    runner answered ok. Kept in ``<out>/ours_cpu.json`` and reused."""
+    runner completed (a ranking or a no-answer). Kept in ``<out>/ours_cpu.json`` and reused."""
+    from llmrca.errors import NoAnswer
     from llmrca.evaluate.sealed import isolated
     from llmrca.io import load_case
     from llmrca.methods import get_method
@@ -261,7 +266,7 @@ def run_ours_cpu(methods: list[str], cases: list[dict[str, Any]], rc_root: Path,
     store = out / "ours_cpu.json"
     done = {tuple(k.split("\t")): v for k, v in json.loads(store.read_text()).items()} if store.is_file() else {}
     todo = [(m, c) for c in cases for m in methods
-            if (m, c["id"]) not in done and ours.get((m, c["id"]), {}).get("status") == "ok"]
+            if (m, c["id"]) not in done and _completed(ours.get((m, c["id"]), {}).get("status", ""), "ours")]
     if not todo:
         return done
     print(f"ours, CPU time: {len(todo)} call(s) in this process", flush=True)
@@ -282,6 +287,8 @@ def run_ours_cpu(methods: list[str], cases: list[dict[str, Any]], rc_root: Path,
         c0 = time.process_time()
         try:
             method.rank(view, seed=seed)
+            done[(m, c["id"])] = time.process_time() - c0
+        except NoAnswer:  # the method's own conclusion, as in the runner: a completed call
             done[(m, c["id"])] = time.process_time() - c0
         except Exception:  # noqa: BLE001 - the runner answered; a different outcome here is not timed
             done[(m, c["id"])] = None
@@ -360,6 +367,17 @@ def _mean(xs: list[float]) -> float | None:
     return statistics.mean(xs) if xs else None
 
 
+def _completed(status: str, side: str) -> bool:
+    """A call that ran to its end and gave its answer: a ranking, or the method's own "nothing to blame" (our
+    no-answer, RCAEval's empty ranking), or RCAEval's fallback to the column order (it caught its own failure and
+    returned). Errors and timeouts are not timed."""
+    if status == "ok":
+        return True
+    if side == "ours":
+        return status.startswith("no-answer")
+    return status.startswith(("fallback", "error: empty ranking"))
+
+
 def score(method: str, cases: list[dict[str, Any]], ours: dict, ref: dict, ours_cpu: dict | None = None
           ) -> dict[str, Any]:
     from llmrca.evaluate import ac_at_k, avg_at_k
@@ -379,15 +397,14 @@ def score(method: str, cases: list[dict[str, Any]], ours: dict, ref: dict, ours_
         top_o = o["services"][0] if o_ok and o["services"] else None
         top_f = f["services"][0] if f_ok and f["services"] else None
         same += top_o is not None and top_o == top_f
-        cpu_o = (ours_cpu or {}).get((method, c["id"])) if o_ok else None
-        if o_ok and o["seconds"] is not None:
+        # Times are compared on the same cases: those where both sides' calls ran to their end (see _completed)
+        o_timed, f_timed = _completed(o["status"], "ours"), _completed(f["status"], "reference")
+        cpu_o = (ours_cpu or {}).get((method, c["id"])) if o_timed else None
+        if o_timed and f_timed and o["seconds"] is not None and f.get("seconds") is not None:
             t_ours.append(o["seconds"])
-        if cpu_o is not None:
-            c_ours.append(cpu_o)
-        f_timed = f["status"] == "ok" or f["status"].startswith("fallback")
-        if f_timed and f.get("seconds") is not None:
             t_ref.append(f["seconds"])
-        if f_timed and f.get("cpu_seconds") is not None:
+        if o_timed and f_timed and cpu_o is not None and f.get("cpu_seconds") is not None:
+            c_ours.append(cpu_o)
             c_ref.append(f["cpu_seconds"])
         if not o_ok:
             no_ours[o["status"].split(":")[0] if o["status"] != "timeout" else "timeout"] += 1
@@ -415,6 +432,7 @@ def score(method: str, cases: list[dict[str, Any]], ours: dict, ref: dict, ours_
         "rcaeval": {"ac1": ac_at_k(r_ref, 1), "ac3": ac_at_k(r_ref, 3), "avg5": avg_at_k(r_ref, 5),
                     "seconds": mf, "cpu_seconds": cf, "no_answer": dict(no_ref)},
         "same_top1": same / n if n else float("nan"),
+        "timed_cases": len(t_ours), "timed_cases_cpu": len(c_ours),
         "ratio": mf / mo if mo and mf is not None else None,
         "ratio_cpu": cf / co if co and cf is not None else None,
         "messages": {k: dict(v) for k, v in messages.items()},
@@ -438,7 +456,7 @@ def _no(d: dict[str, int]) -> str:
 
 COLUMNS = ["method", "AC@1 ours / RCAEval", "AC@3 ours / RCAEval", "Avg@5 ours / RCAEval", "same top-1",
            "s/case ours", "s/case RCAEval", "ratio", "CPU s/case ours / RCAEval", "ratio (CPU)",
-           "no answer ours / RCAEval"]
+           "no answer ours / RCAEval", "timed cases"]
 
 
 def _ratio(x: float | None) -> str:
@@ -453,7 +471,8 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                      f"{_f(o['avg5'])} / {_f(f['avg5'])}", _f(r["same_top1"]), _secs(o["seconds"]),
                      _secs(f["seconds"]), _ratio(r["ratio"]),
                      f"{_secs(o.get('cpu_seconds'))} / {_secs(f.get('cpu_seconds'))}", _ratio(r.get("ratio_cpu")),
-                     f"{_no(o['no_answer'])} / {_no(f['no_answer'])}"])
+                     f"{_no(o['no_answer'])} / {_no(f['no_answer'])}",
+                     f"{r.get('timed_cases', 0)}/{r['cases']}"])
     return rows
 
 
@@ -478,8 +497,10 @@ def write_markdown(path: Path, results: list[dict[str, Any]], meta: dict[str, An
     intro = (f"{meta['n_cases']} case(s) ({meta['case_source']}, {meta['view']} view, {meta['columns']} metric "
              f"columns), seed {meta['seed']}, timeout {meta['timeout']:g} s per call, one thread each side. "
              "Service level; a failure, timeout or RCAEval fallback to the column order counts as a miss. "
-             "s/case: mean wall time of the calls that returned a ranking; ratio = RCAEval / ours; CPU s/case and "
-             "ratio (CPU): the same for the CPU time (`time.process_time`) of the calls.")
+             "s/case: mean wall time per case over the timed cases, those where both sides' calls ran to their end "
+             "(a ranking, the method's own empty answer, or RCAEval's fallback; not an error or timeout); "
+             "ratio = RCAEval / ours; CPU s/case and ratio (CPU): the same for the CPU time "
+             "(`time.process_time`) of the calls.")
     lines = [f"# llmrca vs RCAEval {RCAEVAL.split('==')[1]}", "", intro, "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
