@@ -37,7 +37,7 @@ import pandas as pd
 from llmrca.case.schema import LOG_COLUMNS
 from llmrca.deploy.telemetry import CLOCKS, NGINX_PHASES, ROUTE, VLLM_ENGINE_INDEX, LineKind, line
 from llmrca.errors import CaseError
-from llmrca.sim.strings import bake, compiled, const, string_array, value
+from llmrca.sim.strings import bake, compiled, const, string_take, value
 from llmrca.sim.traces import (
     REPLICA_PORT,
     USER_AGENT,
@@ -77,51 +77,52 @@ _XID_TEXT = {
 
 
 class _Lines:
-    """Collects groups of lines built column-wise; one frame at the end."""
+    """Collects groups of lines built column-wise; one frame at the end. The text columns are kept as codes into
+    one table of distinct texts per column (a group's service, level and template are mostly one text), and the
+    messages in the order they were made; ``frame`` sorts them by time in Arrow (``string_take``)."""
 
     def __init__(self) -> None:
         self.times: list[np.ndarray] = []
-        self.services: list[np.ndarray] = []
-        self.levels: list[np.ndarray] = []
-        self.messages: list[list[str]] = []
-        self.templates: list[np.ndarray] = []
+        self.messages: list[str] = []
+        self._texts: dict[str, tuple[dict[Any, int], list[np.ndarray]]] = {c: ({}, []) for c in _CODED}
 
     def add(self, times: np.ndarray, service: Any, level: Any, messages: list[str], template: Any) -> None:
         n = len(messages)
         if n == 0:
             return
         self.times.append(np.asarray(times, dtype=float))
-        self.services.append(_column(service, n))
-        self.levels.append(_column(level, n))
-        self.messages.append(messages)
-        self.templates.append(_column(template, n))
+        for c, v in zip(_CODED, (service, level, template)):
+            self._code(c, v, n)
+        self.messages.extend(messages)
+
+    def _code(self, column: str, value: Any, n: int) -> None:
+        table, codes = self._texts[column]
+        if isinstance(value, str):
+            codes.append(np.full(n, table.setdefault(value, len(table)), dtype=np.int64))
+            return
+        local, uniq = pd.factorize(np.asarray(value, dtype=object), use_na_sentinel=False)
+        glob = np.array([table.setdefault(u, len(table)) for u in uniq.tolist()], dtype=np.int64)
+        codes.append(glob[local])
+
+    def _column(self, column: str, order: np.ndarray) -> Any:
+        table, codes = self._texts[column]
+        return string_take(list(table), np.concatenate(codes)[order])
 
     def frame(self) -> pd.DataFrame:
         if not self.times:
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in LOG_COLUMNS.items()})
         t = np.concatenate(self.times)
         order = np.argsort(t, kind="stable")
-        msgs = np.empty(len(t), dtype=object)
-        msgs[:] = [m for group in self.messages for m in group]
-
-        def col(parts: list[np.ndarray]) -> Any:
-            return string_array(np.concatenate(parts)[order])
-
         return pd.DataFrame({
             "time": t[order],
-            "service": col(self.services),
-            "level": col(self.levels),
-            "message": string_array(msgs[order]),
-            "template": col(self.templates),
+            "service": self._column("service", order),
+            "level": self._column("level", order),
+            "message": string_take(self.messages, order),
+            "template": self._column("template", order),
         })
 
 
-def _column(value: Any, n: int) -> np.ndarray:
-    if isinstance(value, str):
-        out = np.empty(n, dtype=object)
-        out[:] = value
-        return out
-    return np.asarray(value, dtype=object)
+_CODED = ("service", "level", "template")
 
 
 class _Clock:

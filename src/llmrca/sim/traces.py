@@ -39,7 +39,7 @@ from llmrca.deploy.telemetry import (
 )
 from llmrca.errors import CaseError
 from llmrca.sim.record import UPSTREAM_TIMEOUT
-from llmrca.sim.strings import bake, const, string_array, value
+from llmrca.sim.strings import bake, const, string_take, value
 
 GATEWAY_OPERATION = GATEWAY_SPAN.operation
 PROXY_OPERATION = PROXY_SPAN.operation
@@ -361,18 +361,19 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
         with_s, without = kind.json_format(True).format, kind.json_format(False).format
         return [without(*v) if math.isnan(h) else with_s(*v, int(h)) for v, h in zip(values, statuses.tolist())]
 
-    def memo(kind: Any, keys: np.ndarray, values: dict[Any, tuple], statuses: np.ndarray) -> np.ndarray:
+    def memo(kind: Any, keys: np.ndarray, values: dict[Any, tuple],
+             statuses: np.ndarray) -> tuple[list[str], np.ndarray]:
         # ``attrs`` for spans whose values are one of a few tuples (by key; ``keys`` an object array): each
-        # distinct (key, status) text is made once, then taken for every span.
+        # distinct (key, status) text is made once; the texts and each span's code into them.
         key_of, kinds = pd.factorize(keys, use_na_sentinel=False)
         nan = np.isnan(statuses)
         code = np.where(nan, -1, np.where(nan, 0, statuses).astype(np.int64))  # int(h) of a status; -1: none
         pairs, which = np.unique(key_of.astype(np.int64) * 1_000_000 + (code + 1), return_inverse=True)
-        texts = np.empty(len(pairs), dtype=object)
-        for j, pc in enumerate(pairs.tolist()):
+        texts = []
+        for pc in pairs.tolist():
             st = pc % 1_000_000 - 1
-            texts[j] = attrs(kind, [values[kinds[pc // 1_000_000]]], np.array([np.nan if st < 0 else float(st)]))[0]
-        return texts[which]
+            texts.append(attrs(kind, [values[kinds[pc // 1_000_000]]], np.array([np.nan if st < 0 else float(st)]))[0])
+        return texts, which
 
     gateway_values = ('"POST"', json.dumps(ROUTE), '"http"', '"1.1"', json.dumps(USER_AGENT), json.dumps(path.gateway),
                       json.dumps(client), upstream)
@@ -407,27 +408,35 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
         for j, text in zip(gaps.tolist(), slow):
             attrs_e[j] = text
 
-    # Four candidate spans per request, laid out request-major so a trace's spans stay together.
+    # Four candidate spans per request, laid out request-major so a trace's spans stay together. The text columns
+    # are codes into their distinct texts (``string_take``): a span's service, operation and status are one of a
+    # few, its trace id its request's, its parent another span's id.
     ids = shared.span_ids
     present = np.vstack([np.ones(n, bool), has_p, has_c, has_e])
-    parent = np.empty((4, n), dtype=object)
-    parent[0] = None
-    nearest = ids[0].astype(object)
+    slot = np.arange(4 * n).reshape(n, 4).T  # a span's place in ids.T.ravel() (the order the ids were drawn in)
+    parent = np.empty((4, n), dtype=np.int64)
+    parent[0] = -1  # none: the root
+    nearest = slot[0]
     for k in (1, 2, 3):
         parent[k] = nearest
-        nearest = np.where(present[k], ids[k], nearest)
+        nearest = np.where(present[k], slot[k], nearest)
     starts = np.vstack([g0, p0, c0, e0])
     ends = np.vstack([g1, p1, c1, e1])
-    services = np.empty((4, n), dtype=object)
-    services[0], services[1], services[2], services[3] = path.gateway, path.proxy, path.proxy, replica
-    ops = np.empty((4, n), dtype=object)
-    ops[0], ops[1], ops[2], ops[3] = GATEWAY_OPERATION, PROXY_OPERATION, CLIENT_OPERATION, ENGINE_OPERATION
+    rep_code, rep_names = pd.factorize(replica, use_na_sentinel=False)
+    services = np.empty((4, n), dtype=np.int64)
+    services[0], services[1], services[2], services[3] = 0, 1, 1, rep_code + 2
+    ops = np.empty((4, n), dtype=np.int64)
+    ops[0], ops[1], ops[2], ops[3] = 0, 1, 2, 3
     https = np.vstack([http, http_p, http_c, np.full(n, np.nan)])
-    attrs = np.empty((4, n), dtype=object)
-    attrs[0], attrs[1], attrs[2], attrs[3] = attrs_g, attrs_p, attrs_c, attrs_e
-    status = np.where(np.broadcast_to(failed, (4, n)), "ERROR", "OK").astype(object)
-    status[0] = np.where(failed & ~cut, "ERROR", "OK")  # nginx's span follows its status: a cut stream is a 200
-    trace = np.broadcast_to(req["trace_id"].to_numpy(dtype=object), (4, n))
+    (texts_g, which_g), (texts_c, which_c) = attrs_g, attrs_c
+    attr_texts = [*texts_g, *attrs_p, *texts_c, *attrs_e]
+    a1 = len(texts_g)
+    a2 = a1 + n
+    a3 = a2 + len(texts_c)
+    attr_code = np.vstack([which_g, a1 + np.arange(n), a2 + which_c, a3 + np.arange(n)])
+    status = np.broadcast_to(failed, (4, n)).astype(np.int64)  # 0: OK, 1: ERROR
+    status[0] = failed & ~cut  # nginx's span follows its status: a cut stream is a 200
+    trace = np.broadcast_to(np.arange(n), (4, n))
 
     keep = present.T.ravel()
 
@@ -437,20 +446,23 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     start_us = np.round(flat(starts) * 1e6).astype(np.int64)
     end_us = np.round(flat(ends) * 1e6).astype(np.int64)
     http_flat = flat(https)
+    id_texts = ids.T.ravel().tolist()
+    parents = flat(parent)
     out = pd.DataFrame(
         {
-            "trace_id": string_array(flat(trace)),
-            "span_id": string_array(flat(ids)),
-            "parent_span_id": string_array(flat(parent)),
-            "service": string_array(flat(services)),
-            "operation": string_array(flat(ops)),
+            "trace_id": string_take(req["trace_id"].to_numpy(dtype=object), flat(trace)),
+            "span_id": string_take(id_texts, flat(slot)),
+            "parent_span_id": string_take(id_texts, np.maximum(parents, 0), null=parents < 0),
+            "service": string_take([path.gateway, path.proxy, *rep_names.tolist()], flat(services)),
+            "operation": string_take([GATEWAY_OPERATION, PROXY_OPERATION, CLIENT_OPERATION, ENGINE_OPERATION],
+                                     flat(ops)),
             "start_time_us": start_us,
             "duration_us": end_us - start_us,
-            "status": string_array(flat(status)),
+            "status": string_take(["OK", "ERROR"], flat(status)),
             "http_status": pd.arrays.IntegerArray(
                 np.where(np.isfinite(http_flat), http_flat, 0).astype(np.int64), ~np.isfinite(http_flat)
             ),
-            "attributes": string_array(flat(attrs)),
+            "attributes": string_take(attr_texts, flat(attr_code)),
         }
     )
     return out
