@@ -74,30 +74,46 @@ class _Grid:
         self.t0 = t_sim0
         self.n_ticks = n_ticks
         self.tick_end = t_sim0 + cfg.tick * (np.arange(n_ticks) + 1)
+        # idx(T - phase) and idx(T - phase - W) per phase: one exporter's phase serves all of its series.
+        self._at: dict[float, np.ndarray] = {}
+        self._before: dict[float, np.ndarray] = {}
 
     def idx(self, s: np.ndarray) -> np.ndarray:
         """Index of the last tick that ended at or before ``s``."""
-        return np.clip(np.searchsorted(self.tick_end, s, side="right") - 1, 0, self.n_ticks - 1)
+        # searchsorted gives 0..n_ticks, so only the lower bound of the clip to [0, n_ticks - 1] can bind.
+        return np.maximum(np.searchsorted(self.tick_end, s, side="right") - 1, 0)
+
+    def at(self, phase: float) -> np.ndarray:
+        """``idx(T - phase)``: the tick each query of a target scraped at ``phase`` sees (made once per phase)."""
+        i = self._at.get(phase)
+        if i is None:
+            i = self._at[phase] = self.idx(self.T - phase)
+        return i
+
+    def before(self, phase: float) -> np.ndarray:
+        """``idx(T - phase - W)``: the tick at the start of each query's rate window (once per phase)."""
+        i = self._before.get(phase)
+        if i is None:
+            i = self._before[phase] = self.idx((self.T - phase) - self.W)
+        return i
 
     def tick_of(self, t: np.ndarray) -> np.ndarray:
         return np.clip(((np.asarray(t) - self.t0) / self.tick).astype(np.int64), 0, self.n_ticks - 1)
 
     def gauge(self, x: np.ndarray, phase: float) -> np.ndarray:
-        return x[self.idx(self.T - phase)]
+        return x[self.at(phase)]
 
     def rate(self, increments: np.ndarray, phase: float) -> np.ndarray:
         c = np.cumsum(increments)
-        s = self.T - phase
-        return (c[self.idx(s)] - c[self.idx(s - self.W)]) / self.W
+        return (c[self.at(phase)] - c[self.before(phase)]) / self.W
 
     def rate_of_cumulative(self, c: np.ndarray, phase: float) -> np.ndarray:
-        s = self.T - phase
-        return (c[self.idx(s)] - c[self.idx(s - self.W)]) / self.W
+        return (c[self.at(phase)] - c[self.before(phase)]) / self.W
 
     def recent_mean(self, x: np.ndarray, phase: float, seconds: float = 1.0) -> np.ndarray:
         k = max(1, round(seconds / self.tick))
         c = np.concatenate([[0.0], np.cumsum(x)])
-        i = self.idx(self.T - phase) + 1
+        i = self.at(phase) + 1
         return (c[i] - c[np.maximum(i - k, 0)]) / k
 
     def per_tick(self, t: np.ndarray, w: np.ndarray | float = 1.0) -> np.ndarray:
@@ -159,23 +175,21 @@ class _Grid:
 def histogram_quantile(counts: np.ndarray, bounds: np.ndarray, qs: tuple) -> np.ndarray:
     """Prometheus' ``histogram_quantile``: linear interpolation inside the bucket holding the rank; the lowest
     bucket starts at 0; a rank in the +Inf bucket returns the highest finite bound; no observations → NaN."""
+    # All quantiles at once (axis 0: the quantile): each element is the same arithmetic as one quantile at a time.
     cum = np.cumsum(counts, axis=1)
     total = cum[:, -1]
-    out = np.full((len(counts), len(qs)), np.nan)
     rows = np.arange(len(counts))
     lower_b = np.concatenate([[0.0], bounds])
-    for j, q in enumerate(qs):
-        rank = q * total
-        b = np.argmax(cum >= rank[:, None] - 1e-12, axis=1)
-        before = np.where(b > 0, cum[rows, np.maximum(b - 1, 0)], 0.0)
-        inb = counts[rows, b]
-        finite = b < len(bounds)
-        upper = np.where(finite, bounds[np.minimum(b, len(bounds) - 1)], bounds[-1])
-        lower = lower_b[np.minimum(b, len(bounds))]
-        frac = np.where(inb > 0, (rank - before) / np.where(inb > 0, inb, 1.0), 1.0)
-        val = np.where(finite, lower + (upper - lower) * frac, bounds[-1])
-        out[:, j] = np.where(total > 0, val, np.nan)
-    return out
+    rank = np.multiply.outer(np.asarray(qs, dtype=float), total)  # (quantile, row)
+    b = np.argmax(cum >= rank[:, :, None] - 1e-12, axis=2)
+    before = np.where(b > 0, cum[rows, np.maximum(b - 1, 0)], 0.0)
+    inb = counts[rows, b]
+    finite = b < len(bounds)
+    upper = np.where(finite, bounds[np.minimum(b, len(bounds) - 1)], bounds[-1])
+    lower = lower_b[np.minimum(b, len(bounds))]
+    frac = np.where(inb > 0, (rank - before) / np.where(inb > 0, inb, 1.0), 1.0)
+    val = np.where(finite, lower + (upper - lower) * frac, bounds[-1])
+    return np.where(total > 0, val, np.nan).T
 
 
 def _ar1(rng: np.random.Generator, n: int, sd: float, tau: float, tick: float) -> np.ndarray:
@@ -639,13 +653,17 @@ def _frame(dep: Deployment, cols: dict[str, np.ndarray], times: np.ndarray) -> p
     if extra:  # one description of the columns: the simulator may not invent one
         raise AssertionError(f"sim metrics: column(s) not in the metric catalogue: {', '.join(sorted(extra))}")
     order = _column_order(tuple(cols), (*dep.pods, *dep.nodes))
-    data = {TIME: times.astype(float)}
+    names = [TIME]
+    data = [times.astype(float)]
     for c in order:
         x = np.asarray(cols[c], dtype=float)
         if np.isnan(x).all():
             continue  # a histogram that saw nothing in the whole run: Prometheus returns no series for it
-        data[c] = x
-    return pd.DataFrame(data)
+        names.append(c)
+        data.append(x)
+    # One (column, row) block, as pandas would consolidate a dict of these float columns into, without its
+    # per-column checks: the frame (dtypes, values, memory layout) is the same.
+    return pd.DataFrame(np.vstack(data).T, columns=pd.Index(names), copy=False)
 
 
 def engine_stats_events(dep: Deployment, logs: dict[str, dict[str, np.ndarray]],
