@@ -123,3 +123,25 @@ def test_string_array_is_pandas_string_array():
     assert got.dtype == want.dtype
     assert got.equals(want)
     assert string_array([1, "b"]).tolist() == pd.array([1, "b"], dtype="string").tolist()
+
+
+def test_string_take_is_string_array_of_the_taken_texts():
+    from llmrca.sim.strings import Pieces, string_array, string_take
+
+    texts = np.array(["a", None, "ü", "", "bb"], dtype=object)
+    codes = np.array([4, 0, 0, 2, 1, 3, 4])
+    null = np.array([False, False, True, False, False, False, True])
+    want = string_array(texts[codes])
+    got = string_take(texts, codes)
+    assert got.dtype == want.dtype and got.equals(want)
+    masked = texts[codes].copy()
+    masked[null] = None
+    assert string_take(list(texts), codes, null=null).equals(string_array(masked))
+    assert string_take(texts, np.zeros(0, dtype=np.int64)).equals(string_array(np.zeros(0, dtype=object)))
+    hexed = "0123456789abcdef" * 3 + "ffffffffffffffff"
+    ids = Pieces(hexed, 16)
+    assert ids.texts() == [hexed[i:i + 16] for i in range(0, 64, 16)]
+    assert ids.texts(1, 2) == [hexed[16:32], hexed[48:64]]
+    assert string_take(ids, codes[:5] % 4).equals(string_array(np.array(ids.texts(), dtype=object)[codes[:5] % 4]))
+    with pytest.raises(ValueError):
+        Pieces("abc", 2)

@@ -451,7 +451,7 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     rt = g1 - g0
     urt = (np.where(has_p, p1, g1) - np.where(has_p, p0, g0)).clip(0)
     upstream_addr = f"{ctx.ip(proxy)}:{REPLICA_PORT}"
-    span_ids = ctx.shared.span_ids[0]  # the gateway span's (traces.gateway_span_ids)
+    span_ids = np.asarray(ctx.shared.span_ids.texts(0, 4), dtype=object)  # the gateway span's
     traces = np.asarray(req["trace_id"].astype(str).tolist(), dtype=object)
     # (client, "-", clock, status, bytes, "-", user agent, rt, uct, urt, upstream, upstream status, msec, "-", sid,
     # tid); without a proxy span nginx had no upstream answer: uct and urt "-", upstream status 502.

@@ -47,10 +47,14 @@ def string_take(texts: Any, codes: np.ndarray, null: np.ndarray | None = None) -
     they were made, which is what costs: converting the same strings in a permuted order is ~3x slower (cache
     misses on the string objects), and Arrow's take is a C loop over offsets."""
     codes = np.asarray(codes, dtype=np.int64)
+    if isinstance(texts, Pieces):
+        texts = texts.arrow() if _FAST else texts.texts()
     if _FAST:
         try:
-            data = texts.tolist() if isinstance(texts, np.ndarray) else texts
-            arr = pa.array(data, type=pa.large_string())
+            if isinstance(texts, pa.LargeStringArray):
+                arr = texts
+            else:
+                arr = pa.array(texts.tolist() if isinstance(texts, np.ndarray) else texts, type=pa.large_string())
             idx = pa.array(codes, mask=None if null is None else np.asarray(null, dtype=bool))
             out = pd.arrays.ArrowStringArray(pa.chunked_array([arr.take(idx)]))
         except (pa.ArrowException, TypeError, ValueError):
@@ -62,6 +66,29 @@ def string_take(texts: Any, codes: np.ndarray, null: np.ndarray | None = None) -
     if null is not None:
         picked[np.asarray(null, dtype=bool)] = None
     return string_array(picked)
+
+
+class Pieces:
+    """The ``width``-character pieces of one ASCII text (ids drawn as one hex text), without a Python string per
+    piece until one is asked for: ``arrow()`` is the Arrow array of all pieces, made from the text's bytes with
+    fixed offsets (what ``string_take`` takes from), ``texts(start, step)`` the Python strings of every
+    ``step``-th piece from ``start``."""
+
+    def __init__(self, text: str, width: int):
+        if not text.isascii() or len(text) % width:
+            raise ValueError("Pieces: an ASCII text whose length is a multiple of the width")
+        self.text, self.width, self.n = text, width, len(text) // width
+
+    def __len__(self) -> int:
+        return self.n
+
+    def texts(self, start: int = 0, step: int = 1) -> list[str]:
+        w, text = self.width, self.text
+        return [text[i: i + w] for i in range(start * w, len(text), step * w)]
+
+    def arrow(self) -> Any:
+        offsets = np.arange(0, (self.n + 1) * self.width, self.width, dtype=np.int64)
+        return pa.LargeStringArray.from_buffers(self.n, pa.py_buffer(offsets), pa.py_buffer(self.text.encode("ascii")))
 
 
 def const(text: str) -> tuple[str, str]:

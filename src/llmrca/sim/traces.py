@@ -39,7 +39,7 @@ from llmrca.deploy.telemetry import (
 )
 from llmrca.errors import CaseError
 from llmrca.sim.record import UPSTREAM_TIMEOUT
-from llmrca.sim.strings import bake, const, string_take, value
+from llmrca.sim.strings import Pieces, bake, const, string_take, value
 
 GATEWAY_OPERATION = GATEWAY_SPAN.operation
 PROXY_OPERATION = PROXY_SPAN.operation
@@ -218,16 +218,15 @@ def hex_ids(rng: np.random.Generator, n: int, nbytes: int) -> list[str]:
     return _split(rng.bytes(n * nbytes).hex(), 2 * nbytes)
 
 
-def _span_ids(seed: int, n: int) -> np.ndarray:
-    """The span ids of ``n`` requests' four candidate spans, shape (4, n): gateway, proxy, call, engine."""
-    ids = np.empty(4 * n, dtype=object)
-    ids[:] = hex_ids(_rng(seed, _STREAM_SPAN_IDS), 4 * n, 8)
-    return ids.reshape(n, 4).T
+def _span_ids(seed: int, n: int) -> Pieces:
+    """The span ids of ``n`` requests' four candidate spans (gateway, proxy, call, engine), 16 hex digits each,
+    request-major: span ``k`` of request ``j`` is piece ``4 j + k`` (the same ids as ``hex_ids(rng, 4 n, 8)``)."""
+    return Pieces(_rng(seed, _STREAM_SPAN_IDS).bytes(4 * n * 8).hex(), 16)
 
 
 def gateway_span_ids(seed: int, n: int) -> list[str]:
     """The gateway span's id of each request (nginx logs it in its access line)."""
-    return _span_ids(seed, n)[0].tolist() if n else []
+    return _span_ids(seed, n).texts(0, 4) if n else []
 
 
 def _split(text: str, width: int) -> list[str]:
@@ -314,7 +313,7 @@ class RecordView:
     ident: RequestIdentities
     stages: Stages
     timeouts: tuple[np.ndarray, np.ndarray]
-    span_ids: np.ndarray  # (4, n): gateway, proxy, call, engine
+    span_ids: Pieces  # 4 per request, request-major: gateway, proxy, call, engine (``_span_ids``)
 
 
 def view(record: Any) -> RecordView:
@@ -383,8 +382,13 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     proxy_fields = [value(before='"', after='"'), *(const(v) for v in proxy_fixed)]
     proxy_with = bake(PROXY_SPAN.json_format(True), [*proxy_fields, value()])
     proxy_without = bake(PROXY_SPAN.json_format(False), proxy_fields)
-    attrs_p = [proxy_without(rid) if math.isnan(h) else proxy_with(rid, int(h))
-               for rid, h in zip(ident.serve_ids, http_p.tolist())]
+    # Each pattern mapped over its spans' columns (int(h) of a status is its int64), put back in request order.
+    attrs_p = np.empty(n, dtype=object)
+    serve_ids = np.asarray(ident.serve_ids, dtype=object)
+    known = np.flatnonzero(~np.isnan(http_p))
+    unknown = np.flatnonzero(np.isnan(http_p))
+    attrs_p[known] = list(map(proxy_with, serve_ids[known].tolist(), http_p[known].astype(np.int64).tolist()))
+    attrs_p[unknown] = list(map(proxy_without, serve_ids[unknown].tolist()))
     backend = {r: (json.dumps(f"http://{r}:{REPLICA_PORT}"), json.dumps(r)) for r in set(replica.tolist())}
     attrs_c = memo(CLIENT_SPAN, replica, backend, http_c)
     model_json = json.dumps(model)
@@ -399,7 +403,7 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     engine_fields = [const(model_json), value(before='"', after='"'), const("1.0"), const("1.0"), const("1"),
                      value(), value(), value(), *(value(".6f") for _ in range(6))]
     engine_fast = bake(ENGINE_SPAN.json_format(False), engine_fields)
-    attrs_e = [engine_fast(vid, *i, *x) for vid, i, x in zip(ident.vllm_ids, ints.T.tolist(), secs.T.tolist())]
+    attrs_e = list(map(engine_fast, ident.vllm_ids, *ints.tolist(), *secs.tolist()))  # column by column
     gaps = np.flatnonzero(np.isnan(secs).any(axis=0))
     if len(gaps):
         slow = attrs(ENGINE_SPAN, [
@@ -413,7 +417,7 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     # few, its trace id its request's, its parent another span's id.
     ids = shared.span_ids
     present = np.vstack([np.ones(n, bool), has_p, has_c, has_e])
-    slot = np.arange(4 * n).reshape(n, 4).T  # a span's place in ids.T.ravel() (the order the ids were drawn in)
+    slot = np.arange(4 * n).reshape(n, 4).T  # a span's piece in ids
     parent = np.empty((4, n), dtype=np.int64)
     parent[0] = -1  # none: the root
     nearest = slot[0]
@@ -429,7 +433,7 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     ops[0], ops[1], ops[2], ops[3] = 0, 1, 2, 3
     https = np.vstack([http, http_p, http_c, np.full(n, np.nan)])
     (texts_g, which_g), (texts_c, which_c) = attrs_g, attrs_c
-    attr_texts = [*texts_g, *attrs_p, *texts_c, *attrs_e]
+    attr_texts = [*texts_g, *attrs_p.tolist(), *texts_c, *attrs_e]
     a1 = len(texts_g)
     a2 = a1 + n
     a3 = a2 + len(texts_c)
@@ -446,13 +450,12 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     start_us = np.round(flat(starts) * 1e6).astype(np.int64)
     end_us = np.round(flat(ends) * 1e6).astype(np.int64)
     http_flat = flat(https)
-    id_texts = ids.T.ravel().tolist()
     parents = flat(parent)
     out = pd.DataFrame(
         {
             "trace_id": string_take(req["trace_id"].to_numpy(dtype=object), flat(trace)),
-            "span_id": string_take(id_texts, flat(slot)),
-            "parent_span_id": string_take(id_texts, np.maximum(parents, 0), null=parents < 0),
+            "span_id": string_take(ids, flat(slot)),
+            "parent_span_id": string_take(ids, np.maximum(parents, 0), null=parents < 0),
             "service": string_take([path.gateway, path.proxy, *rep_names.tolist()], flat(services)),
             "operation": string_take([GATEWAY_OPERATION, PROXY_OPERATION, CLIENT_OPERATION, ENGINE_OPERATION],
                                      flat(ops)),
