@@ -236,7 +236,8 @@ def test_bulk_clock_prints_every_second_as_the_program_does(style):
     edges = [1_704_067_140.0, 1_709_164_740.0, 1_709_251_140.0, 1_735_689_540.0]  # 2024 new year, 28/29 Feb, 2025
     times = np.concatenate([e + np.arange(0.0, 130.0, 0.37) for e in edges]
                            + [rng.uniform(0.0, 2e9, 500), rng.uniform(START, START + 400.0, 700)])
-    for t in (times, np.sort(times)[:900], times[:1]):
+    pieces = [e + np.arange(0.0, 130.0, 0.37) for e in edges]  # each within two hours: the minute tables
+    for t in (times, np.sort(times)[:900], times[:1], *pieces, rng.permutation(pieces[1])):
         got = _Clock().python(t) if style == "python" else _Clock()(t, style)
         want = [clock_text(x, style if style != "python" else "python") for x in t.tolist()]
         assert got == want

@@ -127,31 +127,25 @@ _CODED = ("service", "level", "template")
 
 
 class _Clock:
-    """Formats unix times the way each program prints them; each distinct second is printed once per style, from
-    its minute's text (``_minute``) where that splits around the seconds field."""
+    """Formats unix times the way each program prints them. Times within two hours of each other (a case's) are
+    looked up in a table of every second of the minutes they span, made once per minute and style from the
+    minute's text (``_minute``); others are printed once per distinct second."""
 
     def __init__(self) -> None:
         self._cache: dict[str, dict[int, str]] = {}
         self._minutes: dict[tuple[str, int], tuple[str, str] | None] = {}
+        self._tables: dict[tuple[str, int], np.ndarray] = {}
 
     def _seconds(self, times: np.ndarray, style: str) -> tuple[list[str], np.ndarray]:
         t = np.asarray(times, dtype=float)
         secs = np.floor(t).astype(np.int64)
         if not len(secs):
             return [], t - secs
-        lo = int(secs.min())
-        span = int(secs.max()) - lo + 1
-        off = secs - lo
-        if span <= 4 * len(secs) + 4096:  # the distinct seconds by marking their range (no sort)
-            seen = np.zeros(span, dtype=bool)
-            seen[off] = True
-            uniq = np.flatnonzero(seen)
-            pos = np.empty(span, dtype=np.int64)
-            pos[uniq] = np.arange(len(uniq))
-            inv = pos[off]
-            uniq = uniq + lo
-        else:
-            uniq, inv = np.unique(secs, return_inverse=True)
+        m0, m1 = int(secs.min()) // 60, int(secs.max()) // 60
+        if m1 - m0 < 120:
+            table = np.concatenate([self._minute_table(style, m) for m in range(m0, m1 + 1)])
+            return table[secs - 60 * m0].tolist(), t - secs
+        uniq, inv = np.unique(secs, return_inverse=True)
         cache = self._cache.setdefault(style, {})
         tab = np.empty(len(uniq), dtype=object)
         for j, sec in enumerate(uniq.tolist()):
@@ -160,6 +154,15 @@ class _Clock:
                 text = cache[sec] = self._text(style, sec)
             tab[j] = text
         return tab[inv].tolist(), t - secs
+
+    def _minute_table(self, style: str, minute: int) -> np.ndarray:
+        """The texts of the 60 seconds of ``minute`` (an object array), made once per style and minute."""
+        key = (style, minute)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = np.array([self._text(style, 60 * minute + k) for k in range(60)],
+                                                 dtype=object)
+        return table
 
     def _text(self, style: str, sec: int) -> str:
         minute, k = divmod(sec, 60)
