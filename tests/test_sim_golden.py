@@ -145,3 +145,18 @@ def test_string_take_is_string_array_of_the_taken_texts():
     assert string_take(ids, codes[:5] % 4).equals(string_array(np.array(ids.texts(), dtype=object)[codes[:5] % 4]))
     with pytest.raises(ValueError):
         Pieces("abc", 2)
+
+
+def test_inferred_take_is_what_a_frame_makes_of_the_object_array():
+    from llmrca.sim.strings import Pieces, inferred_take
+
+    texts = ["OK", "ERROR", ""]
+    codes = np.array([0, 2, 1, 1, 0])
+    want = pd.DataFrame({"x": np.asarray(texts, dtype=object)[codes]})
+    got = pd.DataFrame({"x": inferred_take(texts, codes)})
+    assert got["x"].dtype == want["x"].dtype and got.equals(want)
+    empty = pd.DataFrame({"x": inferred_take(texts, codes[:0])})
+    assert empty["x"].dtype == pd.DataFrame({"x": np.empty(0, dtype=object)})["x"].dtype
+    ids = Pieces("ab" * 8, 4)
+    assert pd.DataFrame({"x": inferred_take(ids, codes[:3])}).equals(
+        pd.DataFrame({"x": np.asarray(ids.texts(), dtype=object)[codes[:3]]}))

@@ -27,6 +27,7 @@ from llmrca.sim.engine import ENGINE_CORE_CORES, ReplicaEngine, RequestTable
 from llmrca.sim.gpu import GpuState, busy_power
 from llmrca.sim.hardware import GIB
 from llmrca.sim.record import REQUEST_COLUMNS, UPSTREAM_TIMEOUT, SimRecord, events_frame
+from llmrca.sim.strings import Pieces, inferred_take
 from llmrca.sim.tcploss import request_segments
 
 BASE_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; runs start at a seeded offset from it
@@ -601,15 +602,20 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
     out_tok = np.where(ok, res["generated"], 0).astype(np.int64)
     cut = (failed == 504) & header_sent(res, P)
     streamed = np.where(ok | cut, res["generated"], 0).astype(np.int64)
-    reason = np.where(~ok, "", np.where(wl.output_tokens >= wl.max_tokens, "length", "stop"))
-    error = np.where(failed == 504, UPSTREAM_TIMEOUT, np.where(failed == 0, "", np.where(
-        failed == 502, "EngineDeadError", "EngineCoreError")))
-    hexed = stream(seed, _S_IDS).bytes(16 * n).hex()  # 16 bytes per request
-    trace_ids = [hexed[i: i + 32] for i in range(0, 32 * n, 32)]
+    # The text columns as codes into their few texts (the trace ids: 32 hex digits each of one hex text), made
+    # by ``inferred_take`` for the rows kept below.
+    reason = np.where(~ok, 0, np.where(wl.output_tokens >= wl.max_tokens, 1, 2))
+    error = np.where(failed == 504, 0, np.where(failed == 0, 1, np.where(failed == 502, 2, 3)))
+    texts = {
+        "trace_id": Pieces(stream(seed, _S_IDS).bytes(16 * n).hex(), 32),  # 16 bytes per request
+        "replica": names.tolist(), "status": ["ERROR", "OK"],
+        "error": [UPSTREAM_TIMEOUT, "", "EngineDeadError", "EngineCoreError"],
+        "finished_reason": ["", "length", "stop"],
+    }
     cols: dict[str, Any] = {
         "request_id": np.arange(n, dtype=np.int64),
-        "trace_id": np.array(trace_ids, dtype=object),
-        "replica": names[P.replica],
+        "trace_id": np.arange(n, dtype=np.int64),
+        "replica": np.where(P.replica < 0, P.replica + len(names), P.replica),  # -1: the last, ""
         "prompt_tokens": wl.prompt_tokens.astype(np.int64),
         "output_tokens": out_tok,
         "max_tokens": wl.max_tokens.astype(np.int64),
@@ -626,16 +632,17 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
         "decode_s": np.where(ok, t_end - t_first, np.nan),
         "queue_s": res["t_scheduled"] - P.t_arrival,
         "num_preemptions": res["num_preemptions"],
-        "status": np.where(ok, "OK", "ERROR").astype(object),
+        "status": ok.astype(np.int64),
         "http_status": np.where(ok | cut, 200, failed).astype(np.int64),
-        "error": error.astype(object),
+        "error": error,
         "t_ready": res["t_ready"] + start,
         "t_proxy_server_end": P.t_proxy_server_end + start,
-        "finished_reason": reason.astype(object),
+        "finished_reason": reason,
         "streamed_tokens": streamed,
     }
     keep = cols["t_gateway_start"] >= start  # the rows of requests sent from the window's start on
-    frame = pd.DataFrame({c: cols[c][keep] for c in REQUEST_COLUMNS})
+    frame = pd.DataFrame({c: inferred_take(texts[c], cols[c][keep]) if c in texts else cols[c][keep]
+                          for c in REQUEST_COLUMNS})
     frame["request_id"] = np.arange(len(frame), dtype=np.int64)
     return frame
 

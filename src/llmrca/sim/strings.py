@@ -91,6 +91,27 @@ class Pieces:
         return pa.LargeStringArray.from_buffers(self.n, pa.py_buffer(offsets), pa.py_buffer(self.text.encode("ascii")))
 
 
+# What pandas makes of an object array of ``str`` in a frame (pandas 3: its pyarrow-backed "str" dtype).
+_INFERRED = pd.DataFrame({"x": np.array(["x"], dtype=object)})["x"].dtype
+_FAST_INFERRED = _FAST and isinstance(_INFERRED, pd.StringDtype) and _INFERRED.storage == "pyarrow"
+
+
+def inferred_take(texts: Any, codes: np.ndarray) -> Any:
+    """A frame column of ``texts[codes]`` (``texts`` a list of ``str``, or ``Pieces``) as ``pd.DataFrame`` would
+    make it from the object array ``np.asarray(texts, dtype=object)[codes]``: where pandas infers its
+    pyarrow-backed string dtype, that array built by Arrow's take (each text converted once, no inference pass
+    over the rows); else that object array."""
+    codes = np.asarray(codes, dtype=np.int64)
+    pieces = isinstance(texts, Pieces)
+    if len(codes) and _FAST_INFERRED and (pieces or all(type(x) is str for x in texts)):
+        arr = (texts.arrow() if pieces else pa.array(texts, type=pa.large_string())).take(pa.array(codes))
+        out = pd.arrays.ArrowStringArray(pa.chunked_array([arr]), dtype=_INFERRED)
+        if out.dtype == _INFERRED:
+            return out
+    texts = texts.texts() if pieces else texts
+    return np.asarray(texts, dtype=object)[codes] if len(codes) else np.empty(0, dtype=object)
+
+
 def const(text: str) -> tuple[str, str]:
     """A ``bake`` field whose text is fixed."""
     return ("const", text)
