@@ -135,20 +135,37 @@ class _Grid:
     def bucket_quantiles(self, t_obs: np.ndarray, values: np.ndarray, weights: np.ndarray | None,
                          bounds: tuple, qs: tuple, phase: float) -> np.ndarray:
         """histogram_quantile over the window, from a classic histogram with ``bounds`` (+Inf appended)."""
-        ok = np.isfinite(t_obs) & np.isfinite(values)
-        t_obs, values = t_obs[ok], values[ok]
-        w = np.ones(len(t_obs)) if weights is None else np.asarray(weights, dtype=float)[ok]
-        rows = self.window_rows(t_obs, phase)
-        keep = (rows >= -self.m) & (rows < self.n)
-        b = np.searchsorted(np.asarray(bounds, dtype=float), values[keep], side="left")
+        return self.bucket_quantiles_of([(t_obs, values, weights)], bounds, qs, phase)[0]
+
+    def bucket_quantiles_of(self, hists: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], bounds: tuple,
+                            qs: tuple, phase: float) -> list[np.ndarray]:
+        """``bucket_quantiles`` of several histograms (``(t_obs, values, weights)`` each) with the same bounds,
+        quantiles and scrape phase, computed together: their buckets side by side in one bincount, one cumsum and
+        one ``histogram_quantile`` over all their rows. Each element is the same sum or arithmetic as alone."""
         nb = len(bounds) + 1
         off = self.m
-        # np.add.at(counts, (row, bucket), w) as one bincount: the same sums, added in the same order
-        flat = (rows[keep] + off) * nb + b
-        counts = np.bincount(flat, weights=w[keep], minlength=(self.n + off) * nb).reshape(self.n + off, nb)
-        c = np.cumsum(counts, axis=0)
-        win = c[off:] - c[off - self.m: self.n + off - self.m]
-        return histogram_quantile(win, np.asarray(bounds, dtype=float), qs)
+        size = (self.n + off) * nb
+        edges = np.asarray(bounds, dtype=float)
+        flats, ws = [], []
+        for s, (t_obs, values, weights) in enumerate(hists):
+            ok = np.isfinite(t_obs) & np.isfinite(values)
+            t_obs, values = t_obs[ok], values[ok]
+            w = np.ones(len(t_obs)) if weights is None else np.asarray(weights, dtype=float)[ok]
+            rows = self.window_rows(t_obs, phase)
+            keep = (rows >= -self.m) & (rows < self.n)
+            b = np.searchsorted(edges, values[keep], side="left")
+            # np.add.at(counts, (row, bucket), w) as one bincount: the same sums, added in the same order (each
+            # histogram's bins are its own block of the bincount)
+            flats.append((rows[keep] + off) * nb + b + s * size)
+            ws.append(w[keep])
+        k = len(hists)
+        flat = flats[0] if k == 1 else np.concatenate(flats)
+        w = ws[0] if k == 1 else np.concatenate(ws)
+        counts = np.bincount(flat, weights=w, minlength=k * size).reshape(k, self.n + off, nb)
+        c = np.cumsum(counts, axis=1)
+        win = c[:, off:] - c[:, off - self.m: self.n + off - self.m]
+        q = histogram_quantile(win.reshape(k * self.n, nb), edges, qs)
+        return [q[s * self.n:(s + 1) * self.n] for s in range(k)]
 
     def exact_quantiles(self, t_obs: np.ndarray, values: np.ndarray, qs: tuple, phase: float) -> np.ndarray:
         ok = np.isfinite(t_obs) & np.isfinite(values)
@@ -208,10 +225,27 @@ def _histogram_entries(series: str, scope: str) -> tuple:
 def _histogram_columns(cols: dict[str, np.ndarray], svc: str, series: str, scope: str, G: _Grid, t_obs: np.ndarray,
                        values: np.ndarray, weights: np.ndarray | None, bounds: tuple, phase: float) -> None:
     """The catalogue's quantile columns of one histogram series, from its observations."""
-    entries = _histogram_entries(series, scope)
-    q = G.bucket_quantiles(t_obs, values, weights, bounds, tuple(m.quantile for m in entries), phase)
-    for j, m in enumerate(entries):
-        cols[f"{svc}_{m.metric}"] = q[:, j]
+    _histogram_group(cols, svc, scope, G, [(series, t_obs, values, weights)], bounds, phase)
+
+
+def _histogram_group(cols: dict[str, np.ndarray], svc: str, scope: str, G: _Grid,
+                     hists: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], bounds: tuple,
+                     phase: float) -> None:
+    """``_histogram_columns`` of several series of one exporter with the same bounds (``(series, t_obs, values,
+    weights)`` each), their quantiles computed together where the catalogue asks the same ones of each."""
+    entries = [_histogram_entries(series, scope) for series, *_ in hists]
+    for e in entries:  # the columns in the order of ``hists``, whatever the grouping below
+        for m in e:
+            cols[f"{svc}_{m.metric}"] = None
+    qs = [tuple(m.quantile for m in e) for e in entries]
+    groups: dict[tuple, list[int]] = {}
+    for i, q in enumerate(qs):
+        groups.setdefault(q, []).append(i)
+    for q, members in groups.items():
+        got = G.bucket_quantiles_of([hists[i][1:] for i in members], bounds, q, phase)
+        for i, x in zip(members, got):
+            for j, m in enumerate(entries[i]):
+                cols[f"{svc}_{m.metric}"] = x[:, j]
 
 
 def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env: Environment, wl: Any,
@@ -409,24 +443,24 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
         cols[f"{r}_request_success"] = G.counter_of_events(t_end[fin], ph)
         cols[f"{r}_prefix_cache_queries"] = G.rate_of_cumulative(lg["prefix_queries"], ph)
         cols[f"{r}_prefix_cache_hits"] = G.rate_of_cumulative(lg["prefix_hits"], ph)
-        hists = (
-            ("time_to_first_token_seconds", t_first[mine], t_first[mine] - t_arr[mine], TTFT_BUCKETS),
-            ("e2e_request_latency_seconds", t_end[fin], t_end[fin] - t_arr[fin], REQUEST_BUCKETS),
-            ("request_queue_time_seconds", t_end[fin], t_sched[fin] - t_arr[fin], REQUEST_BUCKETS),
-            ("request_prefill_time_seconds", t_end[fin], t_first[fin] - t_sched[fin], REQUEST_BUCKETS),
-            ("request_decode_time_seconds", t_end[fin], t_end[fin] - t_first[fin], REQUEST_BUCKETS),
-        )
-        for name, tt, vv, bounds in hists:
-            _histogram_columns(cols, r, f"vllm:{name}", "replica", G, tt, vv, None, bounds, ph)
+        # Each histogram's columns are its own (the same values whether computed alone or with others).
+        _histogram_columns(cols, r, "vllm:time_to_first_token_seconds", "replica", G, t_first[mine],
+                           t_first[mine] - t_arr[mine], None, TTFT_BUCKETS, ph)
+        tf = t_end[fin]
+        _histogram_group(cols, r, "replica", G, [
+            ("vllm:e2e_request_latency_seconds", tf, t_end[fin] - t_arr[fin], None),
+            ("vllm:request_queue_time_seconds", tf, t_sched[fin] - t_arr[fin], None),
+            ("vllm:request_prefill_time_seconds", tf, t_first[fin] - t_sched[fin], None),
+            ("vllm:request_decode_time_seconds", tf, t_end[fin] - t_first[fin], None),
+        ], REQUEST_BUCKETS, ph)
         obs = engines[r].observations()
         _histogram_columns(cols, r, "vllm:inter_token_latency_seconds", "replica", G, obs["itl_t"], obs["itl_v"],
                            obs["itl_w"], ITL_BUCKETS, ph)
-        for name, tt, vv, ww in (
-            ("request_prompt_tokens", t_end[fin], wl.prompt_tokens[fin].astype(float), None),
-            ("request_generation_tokens", t_end[fin], res["generated"][fin].astype(float), None),
-            ("iteration_tokens_total", obs["iter_t"], obs["iter_v"], obs["iter_w"]),
-        ):
-            _histogram_columns(cols, r, f"vllm:{name}", "replica", G, tt, vv, ww, TOKEN_BUCKETS, ph)
+        _histogram_group(cols, r, "replica", G, [
+            ("vllm:request_prompt_tokens", tf, wl.prompt_tokens[fin].astype(float), None),
+            ("vllm:request_generation_tokens", tf, res["generated"][fin].astype(float), None),
+            ("vllm:iteration_tokens_total", obs["iter_t"], obs["iter_v"], obs["iter_w"]),
+        ], TOKEN_BUCKETS, ph)
 
     # ---- the mesh: per destination latency, requests, errors --------------------------------------------
     ph = phase()
