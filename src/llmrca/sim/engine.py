@@ -710,7 +710,13 @@ class ReplicaEngine:
                 thermal = self._thermal_tick(i, a[11])
             if self._demand_sink is not None and i < len(self._shares):
                 self._shares[i] = self._demand_sink(self.name, i, demand)
-            n_run, waiting, kv = self._frozen or self._gauges()
+            frozen = self._frozen
+            if frozen is None:  # self._gauges(), inline
+                n_run = self.n + len(self.prefilling)
+                kv = ((self.A + self.n * self.D + self.kv_pref) / self.block_size + 0.5 * n_run) / self.blocks_total
+                waiting = len(self.waiting)
+            else:
+                n_run, waiting, kv = frozen
             rows.append((end, n_run, waiting, kv if kv < 1.0 else 1.0, f_used, gs.power_w, gs.temp_c,  # noqa: FURB136
                          gs.mem_temp_c, busy, mem_share, comp_share, a[3], a[4], a[5],
                          a6, a7, 1.0 if gs.capped else 0.0,

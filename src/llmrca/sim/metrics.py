@@ -718,13 +718,17 @@ def engine_stats_events(dep: Deployment, logs: dict[str, dict[str, np.ndarray]],
         dq = lg["prefix_queries"][i] - lg["prefix_queries"][i0]
         dh = lg["prefix_hits"][i] - lg["prefix_hits"][i0]
         npre = lg["preemptions"][i] - lg["preemptions"][i0]
-        for k in range(len(times)):
-            extra = {"preemptions": int(npre[k])} if npre[k] > 0 else {}
-            out.append((float(times[k]), r, "engine_stats", {**extra,
-                "prompt_tps": round(float(cp[i[k]] - cp[i0[k]]) / 10.0, 1),
-                "gen_tps": round(float(cg[i[k]] - cg[i0[k]]) / 10.0, 1),
-                "running": int(lg["running"][i[k]]), "waiting": int(lg["waiting"][i[k]]), "swapped": 0,
-                "kv_usage_perc": round(float(lg["kv_usage"][i[k]]), 4),
-                "prefix_cache_hit_rate": round(float(dh[k] / dq[k]), 4) if dq[k] > 0 else 0.0,
+        # The per-event values as Python floats, gathered and subtracted column-wise (the same float64 values and
+        # IEEE operations as element by element).
+        ptok, gtok = (cp[i] - cp[i0]).tolist(), (cg[i] - cg[i0]).tolist()
+        run_l, wait_l, kv_l = lg["running"][i].tolist(), lg["waiting"][i].tolist(), lg["kv_usage"][i].tolist()
+        for k, (tk, nk, qk, hk) in enumerate(zip(times.tolist(), npre.tolist(), dq.tolist(), dh.tolist())):
+            extra = {"preemptions": int(nk)} if nk > 0 else {}
+            out.append((tk, r, "engine_stats", {**extra,
+                "prompt_tps": round(ptok[k] / 10.0, 1),
+                "gen_tps": round(gtok[k] / 10.0, 1),
+                "running": int(run_l[k]), "waiting": int(wait_l[k]), "swapped": 0,
+                "kv_usage_perc": round(kv_l[k], 4),
+                "prefix_cache_hit_rate": round(hk / qk, 4) if qk > 0 else 0.0,
             }))
     return out
