@@ -483,9 +483,20 @@ class ReplicaEngine:
         ctx = self.A + n * self.D + self.kv_pref
         cpu = (STEP_BASE_S + STEP_PER_SEQ_S * (n + len(in_step)) + STEP_PER_PREFILL_TOKEN_S * tokens) \
             * self.cpu_factor
-        f, gpu, mem, comp, pw = self._step(
-            (self.W + ctx * self.kvb) / self.bw * self.dev,
-            self.flop_tok * (tokens + n) / self.fl * self.dev, cpu * self.inv_share)
+        mem1 = (self.W + ctx * self.kvb) / self.bw * self.dev
+        comp1 = self.flop_tok * (tokens + n) / self.fl * self.dev
+        other = cpu * self.inv_share
+        if self._f_cap < 1.0:  # self._step(mem1, comp1, other), inline (as in _plan_decode)
+            f, gpu, mem, comp, pw = step_capped(self.gpu, self.limit, mem1, comp1, other, self._f_cap)
+        else:
+            launch, idle, pm, bf1, psm, pe1 = self._g1
+            gpu = (mem1 if mem1 > comp1 else comp1) + launch  # noqa: FURB136 - max(comp1, mem1)
+            ms, cs = mem1 / gpu, comp1 / gpu
+            pw = pm * ms * bf1 + psm * (0.35 + 0.65 * cs) * pe1
+            if idle + pw * gpu / (gpu + other) <= self.limit:
+                f, mem, comp = 1.0, mem1, comp1
+            else:
+                f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit, mem1, comp1, other)
         dur = (cpu + gpu) * self.inv_share
         t1 = t + dur
         a = self._acc

@@ -509,8 +509,11 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             r = a if inflight[a] < inflight[b] or (inflight[a] == inflight[b] and route.random() < 0.5) else b
         else:
             lo = min(inflight)
-            best = [k for k in range(R) if inflight[k] == lo]
-            r = best[0] if len(best) == 1 else best[int(route.integers(len(best)))]
+            if inflight.count(lo) == 1:  # the one least-loaded replica (no list of the tied ones to make)
+                r = inflight.index(lo)
+            else:
+                best = [k for k in range(R) if inflight[k] == lo]
+                r = best[int(route.integers(len(best)))]
         inflight[r] += 1
         P.replica[i] = r
         name = names[r]
