@@ -160,3 +160,19 @@ def test_inferred_take_is_what_a_frame_makes_of_the_object_array():
     ids = Pieces("ab" * 8, 4)
     assert pd.DataFrame({"x": inferred_take(ids, codes[:3])}).equals(
         pd.DataFrame({"x": np.asarray(ids.texts(), dtype=object)[codes[:3]]}))
+
+
+def test_uuid_and_request_id_texts_are_what_python_prints():
+    import uuid
+
+    from llmrca.sim.traces import _hex_digits, _row_texts, _uuid4_texts, hex_ids
+
+    got = _uuid4_texts(np.random.default_rng(5), 300)
+    raw = np.frombuffer(np.random.default_rng(5).bytes(16 * 300), dtype=np.uint8).reshape(300, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    assert got == [str(uuid.UUID(bytes=r.tobytes())) for r in raw]
+    assert all(uuid.UUID(x).version == 4 for x in got)
+    digits = _hex_digits(np.frombuffer(np.random.default_rng(6).bytes(16 * 40), dtype=np.uint8).reshape(40, 16))
+    assert _row_texts(digits) == hex_ids(np.random.default_rng(6), 40, 16)
+    assert _uuid4_texts(np.random.default_rng(5), 0) == []

@@ -237,12 +237,34 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stream]))
 
 
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex_digits(raw: np.ndarray) -> np.ndarray:
+    """The ASCII hex digits of each row of bytes, shape (n, 2 k), as ``bytes.hex()`` prints them."""
+    out = np.empty((raw.shape[0], 2 * raw.shape[1]), dtype=np.uint8)
+    out[:, 0::2] = _HEX_DIGITS[raw >> 4]
+    out[:, 1::2] = _HEX_DIGITS[raw & 0x0F]
+    return out
+
+
+def _row_texts(chars: np.ndarray) -> list[str]:
+    """Each row of an (n, w) array of ASCII codes as a string (laid out in numpy, one slice per text)."""
+    text, w = chars.tobytes().decode("ascii"), chars.shape[1]
+    return [text[i: i + w] for i in range(0, len(text), w)]
+
+
 def _uuid4_texts(rng: np.random.Generator, n: int) -> list[str]:
     """``n`` random UUID4s as ``str(uuid.uuid4())`` prints them (version nibble 4, RFC 4122 variant)."""
     raw = np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    return [f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}" for x in _split(raw.tobytes().hex(), 32)]
+    # 8-4-4-4-12 hex digits with dashes between, the characters placed column-wise
+    digits = _hex_digits(raw)
+    chars = np.full((n, 36), ord("-"), dtype=np.uint8)
+    for a, b, at in ((0, 8, 0), (8, 12, 9), (12, 16, 14), (16, 20, 19), (20, 32, 24)):
+        chars[:, at: at + b - a] = digits[:, a:b]
+    return _row_texts(chars)
 
 
 def _pod_addresses(services: list[str], seed: int) -> dict[str, str]:
@@ -259,7 +281,11 @@ def request_identities(record: Any) -> RequestIdentities:
     req = record.requests
     n = len(req)
     rng = _rng(record.seed, _STREAM_REQUEST_IDS)
-    vllm_ids = ["chatcmpl-" + h for h in hex_ids(rng, n, 16)]
+    # "chatcmpl-" and 32 hex digits (hex_ids(rng, n, 16) after the prefix), laid out column-wise
+    chars = np.empty((n, 41), dtype=np.uint8)
+    chars[:, :9] = np.frombuffer(b"chatcmpl-", dtype=np.uint8)
+    chars[:, 9:] = _hex_digits(np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16))
+    vllm_ids = _row_texts(chars)
     serve_ids = _uuid4_texts(rng, n)
     out_tok = req["output_tokens"].to_numpy(dtype=np.int64)
     status = req["http_status"].to_numpy(dtype=np.int64)
