@@ -3,6 +3,7 @@
     python benchmarks/bench_sim.py                 # one case, 10 repetitions each, plus the 160-case suite on 2 cores
     python benchmarks/bench_sim.py --no-suite      # one case only
     python benchmarks/bench_sim.py --no-suite --profile 20   # and where the CPU time of a case goes (cProfile)
+    python benchmarks/bench_sim.py --no-suite --stages 20    # a case's CPU split by stage, and its engine actions
     python benchmarks/bench_sim.py --jobs 4 --suite demo
     python benchmarks/bench_sim.py --no-suite --baseline /tmp/base   # before/after: a case's CPU, this code vs
                                                    # the llmrca under /tmp/base/src (e.g. `git archive 09b922c src`)
@@ -88,6 +89,92 @@ def profile(reps: int, top: int = 25) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
+# The stages of ``simulate`` timed by --stages: (label, module, attribute); a method as "Class.name".
+_STAGES = (
+    ("engine + router (_route_all, drain)", "llmrca.sim.run", "_route_all"),
+    ("engine + router (_route_all, drain)", "llmrca.sim.engine", "ReplicaEngine.drain"),
+    ("metrics (build_metrics)", "llmrca.sim.metrics", "build_metrics"),
+    ("request table (_requests_frame)", "llmrca.sim.run", "_requests_frame"),
+    ("record view (traces.view)", "llmrca.sim.traces", "view"),
+    ("spans (spans_from_record)", "llmrca.sim.traces", "spans_from_record"),
+    ("logs (logs_from_record)", "llmrca.sim.logs", "logs_from_record"),
+)
+# The engine's Python-level actions, counted by --stages (in a separate, untimed pass).
+_ACTIONS = (("mixed steps (admit/prefill)", "llmrca.sim.engine", "ReplicaEngine._mixed_step"),
+            ("decode stretches", "llmrca.sim.engine", "ReplicaEngine._commit"),
+            ("control ticks", "llmrca.sim.engine", "ReplicaEngine._ticks"),
+            ("advance calls", "llmrca.sim.engine", "ReplicaEngine.advance"))
+
+
+def _patch(module: str, attr: str, wrap):  # -> undo
+    import importlib
+
+    mod = importlib.import_module(module)
+    owner, name = (getattr(mod, attr.split(".")[0]), attr.split(".")[1]) if "." in attr else (mod, attr)
+    orig = getattr(owner, name)
+    setattr(owner, name, wrap(orig))
+    return lambda: setattr(owner, name, orig)
+
+
+def stages(reps: int) -> None:
+    """A case's CPU split by stage of ``simulate`` (each stage's function timed by ``time.process_time`` around
+    it, summed per case, median over ``reps`` cases; "rest" is the case minus the stages: workload, environment,
+    events, ground truth, the Case, freeing the run), and the engine's actions per case."""
+    cfg = SimConfig()
+    faults = ["cpu", "memory", "network", "gpu"]
+    spent: dict[str, float] = {}
+
+    def timed(label: str):
+        def wrap(fn):
+            def inner(*a, **k):
+                c = time.process_time()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    spent[label] = spent.get(label, 0.0) + time.process_time() - c
+            return inner
+        return wrap
+
+    undo = [_patch(m, a, timed(label)) for label, m, a in _STAGES]
+    simulate(cfg, Injection("cpu", "ray-replicas-1"), seed=0)
+    per: dict[str, list[float]] = {}
+    total = []
+    for i in range(reps):
+        spent.clear()
+        c = time.process_time()
+        simulate(cfg, Injection(faults[i % 4], "ray-replicas-1"), seed=i)
+        total.append(time.process_time() - c)
+        for label in dict.fromkeys(lb for lb, _, _ in _STAGES):
+            per.setdefault(label, []).append(spent.get(label, 0.0))
+        per.setdefault("rest", []).append(total[-1] - sum(spent.values()))
+    for u in undo:
+        u()
+    case = statistics.median(total)
+    print(f"\na case's CPU by stage (median of {reps} cases; the timers add ~0.1 ms)")
+    for label, xs in per.items():
+        m = statistics.median(xs)
+        print(f"{label:40s} {1000 * m:7.1f} ms  {100 * m / case:5.1f} %")
+    print(f"{'case (simulate)':40s} {1000 * case:7.1f} ms  ({SimConfig().duration / case:,.0f}x real time by CPU)")
+    counts: dict[str, int] = {}
+
+    def counted(label: str):
+        def wrap(fn):
+            def inner(*a, **k):
+                counts[label] = counts.get(label, 0) + 1
+                return fn(*a, **k)
+            return inner
+        return wrap
+
+    undo = [_patch(m, a, counted(label)) for label, m, a in _ACTIONS]
+    n_req = []
+    for i in range(reps):
+        n_req.append(len(run(cfg, Injection(faults[i % 4], "ray-replicas-1"), seed=i).record.requests))
+    for u in undo:
+        u()
+    print(f"engine actions per case (mean of {reps}, 4 replicas): {sum(n_req) / reps:,.0f} requests in the window, "
+          + ", ".join(f"{label} {counts.get(label, 0) / reps:,.0f}" for label, _, _ in _ACTIONS))
+
+
 _CASE_CPU = """
 import statistics, sys, time
 from llmrca.faults import Injection
@@ -140,6 +227,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-suite", action="store_true")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile N cases after the timings")
+    ap.add_argument("--stages", type=int, default=0, metavar="N", help="split N cases' CPU by stage")
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help="also time a case with the llmrca under DIR/src, alternating with this code")
     a = ap.parse_args()
@@ -155,6 +243,8 @@ def main() -> None:
           f"{'met' if case_cpu <= goal else 'not met'} ({case_cpu:.3f} s, {duration / case_cpu:,.0f}x)")
     if a.profile:
         profile(a.profile)
+    if a.stages:
+        stages(a.stages)
     if a.baseline:
         side_by_side(a.baseline, a.reps)
     if not a.no_suite:

@@ -123,3 +123,56 @@ def test_string_array_is_pandas_string_array():
     assert got.dtype == want.dtype
     assert got.equals(want)
     assert string_array([1, "b"]).tolist() == pd.array([1, "b"], dtype="string").tolist()
+
+
+def test_string_take_is_string_array_of_the_taken_texts():
+    from llmrca.sim.strings import Pieces, string_array, string_take
+
+    texts = np.array(["a", None, "ü", "", "bb"], dtype=object)
+    codes = np.array([4, 0, 0, 2, 1, 3, 4])
+    null = np.array([False, False, True, False, False, False, True])
+    want = string_array(texts[codes])
+    got = string_take(texts, codes)
+    assert got.dtype == want.dtype and got.equals(want)
+    masked = texts[codes].copy()
+    masked[null] = None
+    assert string_take(list(texts), codes, null=null).equals(string_array(masked))
+    assert string_take(texts, np.zeros(0, dtype=np.int64)).equals(string_array(np.zeros(0, dtype=object)))
+    hexed = "0123456789abcdef" * 3 + "ffffffffffffffff"
+    ids = Pieces(hexed, 16)
+    assert ids.texts() == [hexed[i:i + 16] for i in range(0, 64, 16)]
+    assert ids.texts(1, 2) == [hexed[16:32], hexed[48:64]]
+    assert string_take(ids, codes[:5] % 4).equals(string_array(np.array(ids.texts(), dtype=object)[codes[:5] % 4]))
+    with pytest.raises(ValueError):
+        Pieces("abc", 2)
+
+
+def test_inferred_take_is_what_a_frame_makes_of_the_object_array():
+    from llmrca.sim.strings import Pieces, inferred_take
+
+    texts = ["OK", "ERROR", ""]
+    codes = np.array([0, 2, 1, 1, 0])
+    want = pd.DataFrame({"x": np.asarray(texts, dtype=object)[codes]})
+    got = pd.DataFrame({"x": inferred_take(texts, codes)})
+    assert got["x"].dtype == want["x"].dtype and got.equals(want)
+    empty = pd.DataFrame({"x": inferred_take(texts, codes[:0])})
+    assert empty["x"].dtype == pd.DataFrame({"x": np.empty(0, dtype=object)})["x"].dtype
+    ids = Pieces("ab" * 8, 4)
+    assert pd.DataFrame({"x": inferred_take(ids, codes[:3])}).equals(
+        pd.DataFrame({"x": np.asarray(ids.texts(), dtype=object)[codes[:3]]}))
+
+
+def test_uuid_and_request_id_texts_are_what_python_prints():
+    import uuid
+
+    from llmrca.sim.traces import _hex_digits, _row_texts, _uuid4_texts, hex_ids
+
+    got = _uuid4_texts(np.random.default_rng(5), 300)
+    raw = np.frombuffer(np.random.default_rng(5).bytes(16 * 300), dtype=np.uint8).reshape(300, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    assert got == [str(uuid.UUID(bytes=r.tobytes())) for r in raw]
+    assert all(uuid.UUID(x).version == 4 for x in got)
+    digits = _hex_digits(np.frombuffer(np.random.default_rng(6).bytes(16 * 40), dtype=np.uint8).reshape(40, 16))
+    assert _row_texts(digits) == hex_ids(np.random.default_rng(6), 40, 16)
+    assert _uuid4_texts(np.random.default_rng(5), 0) == []

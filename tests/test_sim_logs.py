@@ -223,3 +223,21 @@ def test_events_need_their_columns():
     rec.events = rec.events.drop(columns=["fields"])
     with pytest.raises(CaseError, match="fields"):
         logs_from_record(rec)
+
+
+@pytest.mark.parametrize("style", ["vllm", "python", "nginx_access", "nginx_error", "syslog"])
+def test_bulk_clock_prints_every_second_as_the_program_does(style):
+    # The bulk clock prints a second from its minute's text; across a new day, month, year and a leap day, at
+    # random times and with seconds far apart (the sorting path), it must print what clock_text prints.
+    from llmrca.deploy.telemetry import clock_text
+    from llmrca.sim.logs import _Clock
+
+    rng = np.random.default_rng(3)
+    edges = [1_704_067_140.0, 1_709_164_740.0, 1_709_251_140.0, 1_735_689_540.0]  # 2024 new year, 28/29 Feb, 2025
+    times = np.concatenate([e + np.arange(0.0, 130.0, 0.37) for e in edges]
+                           + [rng.uniform(0.0, 2e9, 500), rng.uniform(START, START + 400.0, 700)])
+    pieces = [e + np.arange(0.0, 130.0, 0.37) for e in edges]  # each within two hours: the minute tables
+    for t in (times, np.sort(times)[:900], times[:1], *pieces, rng.permutation(pieces[1])):
+        got = _Clock().python(t) if style == "python" else _Clock()(t, style)
+        want = [clock_text(x, style if style != "python" else "python") for x in t.tolist()]
+        assert got == want

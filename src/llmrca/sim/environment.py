@@ -88,7 +88,9 @@ class Environment:
             parts = self._own_parts[pod] = (self.stress_cores[pod].tolist(), self.hog_cores[pod].tolist(),
                                             self.slow[pod].tolist())
         demand = cores + parts[0][i] + parts[1][i]
-        share = min(1.0, self.pod_cpu / max(demand, 1e-9))
+        # min(1.0, pod_cpu / max(demand, 1e-9)) as compares: it runs once a tick per replica
+        share = self.pod_cpu / (1e-9 if 1e-9 > demand else demand)  # noqa: FURB136
+        share = share if share < 1.0 else 1.0  # noqa: FURB136
         self.cpu_share[pod][i] = share
         self._slowdown[pod][i] = parts[2][i] / share
         return share

@@ -149,7 +149,7 @@ class GpuState:
         g = self.gpu
         self.power_w = g.idle_w + busy_j / dt
         self.energy_j += self.power_w * dt
-        self.power_violation_s += min(clipped_s, dt)
+        self.power_violation_s += dt if dt < clipped_s else clipped_s  # noqa: FURB136 - min(clipped_s, dt), no call
         self.f = clock_s / busy_s if busy_s > 0 else 1.0
         # DCGM's clock-event reason is a sample: the power-cap bit shows when the limit held most of the tick.
         self.capped = clipped_s >= 0.5 * dt

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import string
 import time as _time
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ import pandas as pd
 from llmrca.case.schema import LOG_COLUMNS
 from llmrca.deploy.telemetry import CLOCKS, NGINX_PHASES, ROUTE, VLLM_ENGINE_INDEX, LineKind, line
 from llmrca.errors import CaseError
-from llmrca.sim.strings import bake, compiled, const, string_array, value
+from llmrca.sim.strings import bake, compiled, const, string_take, value
 from llmrca.sim.traces import (
     REPLICA_PORT,
     USER_AGENT,
@@ -77,72 +78,116 @@ _XID_TEXT = {
 
 
 class _Lines:
-    """Collects groups of lines built column-wise; one frame at the end."""
+    """Collects groups of lines built column-wise; one frame at the end. The text columns are kept as codes into
+    one table of distinct texts per column (a group's service, level and template are mostly one text), and the
+    messages in the order they were made; ``frame`` sorts them by time in Arrow (``string_take``)."""
 
     def __init__(self) -> None:
         self.times: list[np.ndarray] = []
-        self.services: list[np.ndarray] = []
-        self.levels: list[np.ndarray] = []
-        self.messages: list[list[str]] = []
-        self.templates: list[np.ndarray] = []
+        self.messages: list[str] = []
+        self._texts: dict[str, tuple[dict[Any, int], list[np.ndarray]]] = {c: ({}, []) for c in _CODED}
 
     def add(self, times: np.ndarray, service: Any, level: Any, messages: list[str], template: Any) -> None:
         n = len(messages)
         if n == 0:
             return
         self.times.append(np.asarray(times, dtype=float))
-        self.services.append(_column(service, n))
-        self.levels.append(_column(level, n))
-        self.messages.append(messages)
-        self.templates.append(_column(template, n))
+        for c, v in zip(_CODED, (service, level, template)):
+            self._code(c, v, n)
+        self.messages.extend(messages)
+
+    def _code(self, column: str, value: Any, n: int) -> None:
+        table, codes = self._texts[column]
+        if isinstance(value, str):
+            codes.append(np.full(n, table.setdefault(value, len(table)), dtype=np.int64))
+            return
+        local, uniq = pd.factorize(np.asarray(value, dtype=object), use_na_sentinel=False)
+        glob = np.array([table.setdefault(u, len(table)) for u in uniq.tolist()], dtype=np.int64)
+        codes.append(glob[local])
+
+    def _column(self, column: str, order: np.ndarray) -> Any:
+        table, codes = self._texts[column]
+        return string_take(list(table), np.concatenate(codes)[order])
 
     def frame(self) -> pd.DataFrame:
         if not self.times:
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in LOG_COLUMNS.items()})
         t = np.concatenate(self.times)
         order = np.argsort(t, kind="stable")
-        msgs = np.empty(len(t), dtype=object)
-        msgs[:] = [m for group in self.messages for m in group]
-
-        def col(parts: list[np.ndarray]) -> Any:
-            return string_array(np.concatenate(parts)[order])
-
         return pd.DataFrame({
             "time": t[order],
-            "service": col(self.services),
-            "level": col(self.levels),
-            "message": string_array(msgs[order]),
-            "template": col(self.templates),
+            "service": self._column("service", order),
+            "level": self._column("level", order),
+            "message": string_take(self.messages, order),
+            "template": self._column("template", order),
         })
 
 
-def _column(value: Any, n: int) -> np.ndarray:
-    if isinstance(value, str):
-        out = np.empty(n, dtype=object)
-        out[:] = value
-        return out
-    return np.asarray(value, dtype=object)
+_CODED = ("service", "level", "template")
 
 
 class _Clock:
-    """Formats unix times the way each program prints them; each distinct second is formatted once per style."""
+    """Formats unix times the way each program prints them. Times within two hours of each other (a case's) are
+    looked up in a table of every second of the minutes they span, made once per minute and style from the
+    minute's text (``_minute``); others are printed once per distinct second."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[str, int], str] = {}
+        self._cache: dict[str, dict[int, str]] = {}
+        self._minutes: dict[tuple[str, int], tuple[str, str] | None] = {}
+        self._tables: dict[tuple[str, int], np.ndarray] = {}
 
     def _seconds(self, times: np.ndarray, style: str) -> tuple[list[str], np.ndarray]:
         t = np.asarray(times, dtype=float)
         secs = np.floor(t).astype(np.int64)
+        if not len(secs):
+            return [], t - secs
+        m0, m1 = int(secs.min()) // 60, int(secs.max()) // 60
+        if m1 - m0 < 120:
+            table = np.concatenate([self._minute_table(style, m) for m in range(m0, m1 + 1)])
+            return table[secs - 60 * m0].tolist(), t - secs
         uniq, inv = np.unique(secs, return_inverse=True)
+        cache = self._cache.setdefault(style, {})
+        tab = np.empty(len(uniq), dtype=object)
+        for j, sec in enumerate(uniq.tolist()):
+            text = cache.get(sec)
+            if text is None:
+                text = cache[sec] = self._text(style, sec)
+            tab[j] = text
+        return tab[inv].tolist(), t - secs
+
+    def _minute_table(self, style: str, minute: int) -> np.ndarray:
+        """The texts of the 60 seconds of ``minute`` (an object array), made once per style and minute."""
+        key = (style, minute)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = np.array([self._text(style, 60 * minute + k) for k in range(60)],
+                                                 dtype=object)
+        return table
+
+    def _text(self, style: str, sec: int) -> str:
+        minute, k = divmod(sec, 60)
+        key = (style, minute)
+        parts = self._minutes.get(key, False)
+        if parts is False:
+            parts = self._minutes[key] = self._minute(style, minute)
+        if parts is None:
+            return getattr(self, "_" + style)(_time.gmtime(sec))
+        return parts[0] + _TWO_DIGITS[k] + parts[1]
+
+    def _minute(self, style: str, minute: int) -> tuple[str, str] | None:
+        """The text of ``minute``'s seconds as (before, after) the two-digit seconds field: every field of the time
+        but ``tm_sec`` is the same within a minute (UTC has no leap seconds in ``gmtime``), so the texts of its
+        second 0 and second 59 differ exactly there when the style prints ``tm_sec`` as ``%02d`` once; None
+        where they do not (then each second is printed on its own)."""
         fmt = getattr(self, "_" + style)
-        cache = self._cache
-        tab = []
-        for s in uniq.tolist():
-            key = (style, s)
-            if key not in cache:
-                cache[key] = fmt(_time.gmtime(s))
-            tab.append(cache[key])
-        return [tab[i] for i in inv.tolist()], t - secs
+        a, b = fmt(_time.gmtime(60 * minute)), fmt(_time.gmtime(60 * minute + 59))
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        if len(a) != len(b) or len(diff) != 2 or diff[1] != diff[0] + 1:
+            return None
+        i = diff[0]
+        if a[i:i + 2] != "00" or b[i:i + 2] != "59":
+            return None
+        return a[:i], a[i + 2:]
 
     def __call__(self, times: np.ndarray, style: str) -> list[str]:
         return self._seconds(times, style)[0]
@@ -151,7 +196,7 @@ class _Clock:
         """Python logging's asctime (used by Ray): "2025-03-12 10:15:32,173"."""
         text, frac = self._seconds(times, "date_time")
         ms = np.minimum((frac * 1000).astype(np.int64), 999).tolist()
-        return [f"{s},{m:03d}" for s, m in zip(text, ms)]
+        return list(map(str.__add__, text, map(_MILLIS.__getitem__, ms)))
 
     @staticmethod
     def _vllm(x: _time.struct_time) -> str:
@@ -172,6 +217,10 @@ class _Clock:
     @staticmethod
     def _syslog(x: _time.struct_time) -> str:
         return CLOCKS["syslog"][0](x)
+
+
+_TWO_DIGITS = tuple(f"{k:02d}" for k in range(60))
+_MILLIS = tuple(f",{m:03d}" for m in range(1000))  # asctime's ",mmm" (f"{s},{m:03d}" as text + _MILLIS[m])
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -299,17 +348,39 @@ class _Context:
 
 
 def _emit(out: _Lines, ctx: _Context, kind: LineKind, times: np.ndarray, services: Any,
-          values: list[tuple], **fixed: Any) -> None:
-    """Lines of one catalogue kind (``llmrca.deploy.telemetry``), one per row of ``values``, at ``times``."""
-    if not len(values):
+          columns: list[Any], **fixed: Any) -> None:
+    """Lines of one catalogue kind (``llmrca.deploy.telemetry``), one at each of ``times``; ``columns``: the
+    values column by column, one sequence per field of the line in order (``repeat(v)``: ``v`` on every line).
+    The lines are made by ``map`` over the columns: no row tuple per line."""
+    if not len(times):
         return
     clocks = ctx.clock.python(times) if kind.clock == "python" else ctx.clock(times, kind.clock)
     fmt = _clock_first(kind, tuple(sorted(fixed.items())))
-    msgs = [fmt(c, *v) for c, v in zip(clocks, values)]
-    out.add(times, services, kind.level, msgs, kind.template(**fixed))
+    msgs = list(map(fmt, clocks, *columns))
+    out.add(times, services, kind.level, msgs, _template(kind, tuple(sorted(fixed.items()))))
+
+
+def _pick(texts: np.ndarray, idx: np.ndarray) -> list[Any]:
+    """``[texts[i] for i in idx]`` (``texts`` an object array)."""
+    return texts[idx].tolist()
+
+
+def _tenths(values: np.ndarray) -> Any:
+    """``f"{v:.1f}"`` of each value, lazily (an argument column of ``_emit``)."""
+    return map(format, values.tolist(), repeat(".1f"))
 
 
 _CLOCK_FIRST: dict[tuple[str, str, tuple], Any] = {}
+_TEMPLATES: dict[tuple[str, str, tuple], str] = {}
+
+
+def _template(kind: LineKind, fixed: tuple[tuple[str, Any], ...]) -> str:
+    """``kind.template(**dict(fixed))``, made once per kind and variant (it parses the line's pattern)."""
+    key = (kind.name, kind.fmt, fixed)
+    text = _TEMPLATES.get(key)
+    if text is None:
+        text = _TEMPLATES[key] = kind.template(**dict(fixed))
+    return text
 
 
 def _clock_first(kind: LineKind, fixed: tuple[tuple[str, Any], ...]) -> Any:
@@ -349,7 +420,7 @@ def _baked(kind: LineKind, fields: list[tuple[bool, str]]) -> Any:
 
 def _add(out: _Lines, kind: LineKind, times: np.ndarray, services: Any, msgs: list[str], **fixed: Any) -> None:
     """Lines of one catalogue kind already printed (as ``_emit`` adds them)."""
-    out.add(times, services, kind.level, msgs, kind.template(**fixed))
+    out.add(times, services, kind.level, msgs, _template(kind, tuple(sorted(fixed.items()))))
 
 
 def _request_lines(ctx: _Context, out: _Lines) -> None:
@@ -362,8 +433,8 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     http = req["http_status"].to_numpy(dtype=np.int64)
     out_tok = req["output_tokens"].to_numpy(dtype=np.int64)
     replica = req["replica"].to_numpy(dtype=object)
-    vids = ctx.ident.vllm_ids
-    sids = ctx.ident.serve_ids
+    vids = np.asarray(ctx.ident.vllm_ids, dtype=object)
+    sids = np.asarray(ctx.ident.serve_ids, dtype=object)
     client = ctx.ip("client")
     timeout, cut = ctx.shared.timeouts  # nginx's read timeout fired; cut: after the header (nginx logs 200)
     # Line times follow the span intervals, so a line and its span agree.
@@ -380,11 +451,11 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
 
     # nginx access line (NGINX_LOG_FORMAT), written when the response is complete; sid/tid are the gateway span's.
     t = g1 + ctx.jitter(n)
-    rt = (g1 - g0).tolist()
-    urt = (np.where(has_p, p1, g1) - np.where(has_p, p0, g0)).clip(0).tolist()
+    rt = g1 - g0
+    urt = (np.where(has_p, p1, g1) - np.where(has_p, p0, g0)).clip(0)
     upstream_addr = f"{ctx.ip(proxy)}:{REPLICA_PORT}"
-    span_ids = ctx.shared.span_ids[0].tolist()  # the gateway span's (traces.gateway_span_ids)
-    traces = req["trace_id"].astype(str).tolist()
+    span_ids = np.asarray(ctx.shared.span_ids.texts(0, 4), dtype=object)  # the gateway span's
+    traces = np.asarray(req["trace_id"].astype(str).tolist(), dtype=object)
     # (client, "-", clock, status, bytes, "-", user agent, rt, uct, urt, upstream, upstream status, msec, "-", sid,
     # tid); without a proxy span nginx had no upstream answer: uct and urt "-", upstream status 502.
     access = line("nginx.access")
@@ -394,11 +465,20 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
                              (v, "")])
     no_p = _baked(access, [(c, client), (c, "-"), (v, ""), (v, ""), (v, ""), (c, "-"), (c, USER_AGENT), (v, ".3f"),
                            (c, "-"), (c, "-"), (c, upstream_addr), (c, "502"), (v, ".3f"), (c, "-"), (v, ""), (v, "")])
-    msgs = [with_p(k, s, b, r, u, s, te, sid, tid) if p else no_p(k, s, b, r, te, sid, tid)
-            for k, s, b, r, u, p, te, sid, tid in zip(ctx.clock(t, access.clock), http.tolist(),
-                                                      ctx.ident.response_bytes.tolist(), rt, urt, has_p.tolist(),
-                                                      t.tolist(), span_ids, traces)]
-    _add(out, access, t, gw, msgs)
+    # Each of the two patterns mapped over its requests' columns, the lines put back in request order.
+    clock = np.asarray(ctx.clock(t, access.clock), dtype=object)
+    nbytes = ctx.ident.response_bytes
+    msgs = np.empty(n, dtype=object)
+    for pattern, sel in ((with_p, np.flatnonzero(has_p)), (no_p, np.flatnonzero(~has_p))):
+        if not len(sel):
+            continue
+        code = http[sel].tolist()
+        cols = [_pick(clock, sel), code, nbytes[sel].tolist(), rt[sel].tolist()]
+        if pattern is with_p:
+            cols += [urt[sel].tolist(), code]
+        cols += [t[sel].tolist(), _pick(span_ids, sel), _pick(traces, sel)]
+        msgs[sel] = list(map(pattern, *cols))
+    _add(out, access, t, gw, msgs.tolist())
 
     # nginx error lines where nginx itself failed the request.
     upstream = f"http://{upstream_addr}{ROUTE}"
@@ -419,9 +499,9 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
                 continue
             fixed = {"phase": NGINX_PHASES[int(in_stream)]} if "{phase}" in kind.fmt else {}
             t = g1[idx] + ctx.jitter(len(idx))
-            rows = [(w, w, 1000 + 3 * i, client, gw, upstream, gw)
-                    for w, i in zip(worker[idx].tolist(), idx.tolist())]
-            _emit(out, ctx, kind, t, gw, rows, **fixed)
+            w = worker[idx].tolist()
+            _emit(out, ctx, kind, t, gw, [w, w, (1000 + 3 * idx).tolist(), repeat(client), repeat(gw),
+                                          repeat(upstream), repeat(gw)], **fixed)
 
     # Serve proxy: client-disconnect line (nginx gave up) and the access line.
     idx = np.nonzero(has_p & (http != 502))[0]
@@ -429,15 +509,14 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
     gone = idx[timeout[idx]]
     t_gone = g1 + ctx.jitter(n)
     if len(gone):
-        _emit(out, ctx, line("serve.proxy_disconnect"), t_gone[gone], proxy,
-              [(proxy_ip, sids[i], sids[i]) for i in gone.tolist()])
+        gone_ids = _pick(sids, gone)
+        _emit(out, ctx, line("serve.proxy_disconnect"), t_gone[gone], proxy, [repeat(proxy_ip), gone_ids, gone_ids])
     if len(idx):
         # After a disconnect the access line follows the disconnect line.
         t = np.where(timeout[idx], t_gone[idx] + 0.0002, p1[idx]) + ctx.jitter(len(idx))
         code = np.where(timeout[idx], 499, http[idx]).tolist()
-        lat = ((p1[idx] - p0[idx]) * 1000).tolist()
         _emit(out, ctx, line("serve.proxy_access"), t, proxy,
-              [(proxy_ip, sids[i], s, f"{m:.1f}") for i, s, m in zip(idx.tolist(), code, lat)])
+              [repeat(proxy_ip), _pick(sids, idx), code, _tenths((p1[idx] - p0[idx]) * 1000)])
 
     # vLLM on the replica: request received and added to the engine.
     idx = np.nonzero(has_e)[0]
@@ -445,9 +524,10 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
         t_recv = ready[idx] + ctx.jitter(len(idx))
         t_add = t_recv + 0.0002 + ctx.jitter(len(idx))
         mx = req["max_tokens"].to_numpy(dtype=np.int64)[idx].tolist()
+        vid = _pick(vids, idx)
         _emit(out, ctx, line("vllm.request_received"), t_recv, replica[idx],
-              [(vids[i], 1, 1.0, 1.0, m) for i, m in zip(idx.tolist(), mx)])
-        _emit(out, ctx, line("vllm.request_added"), t_add, replica[idx], [(vids[i],) for i in idx.tolist()])
+              [vid, repeat(1), repeat(1.0), repeat(1.0), mx])
+        _emit(out, ctx, line("vllm.request_added"), t_add, replica[idx], [vid])
 
         # Finished (the response went out, with its finish reason) or aborted (the caller hung up); a failed
         # engine logs no per-request line.
@@ -456,10 +536,10 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
         if len(done):
             reasons = _finish_reasons(req, done)
             _emit(out, ctx, line("vllm.request_finished"), e1[done] + ctx.jitter(len(done)), replica[done],
-                  [(vids[i], r) for i, r in zip(done.tolist(), reasons)])
+                  [_pick(vids, done), reasons])
         if len(aborted):
             _emit(out, ctx, line("vllm.request_aborted"), e1[aborted] + ctx.jitter(len(aborted)), replica[aborted],
-                  [(vids[i],) for i in aborted.tolist()])
+                  [_pick(vids, aborted)])
 
         # Ray Serve's replica: "Request failed." on an exception, then its access line.
         t_acc = e1[idx] + 0.0005 + ctx.jitter(len(idx))
@@ -467,13 +547,12 @@ def _request_lines(ctx: _Context, out: _Lines) -> None:
         code = np.where(ok[idx], "200", np.where(timeout[idx] | (http[idx] == 502),
                                                  np.where(streaming[idx], "200", "CANCELLED"),
                                                  http[idx].astype(str))).tolist()
-        lat = ((e1[idx] - e0[idx]) * 1000).tolist()
         _emit(out, ctx, line("serve.replica_access"), t_acc, replica[idx],
-              [(g, sids[i], s, f"{m:.1f}") for g, i, s, m in zip(tags, idx.tolist(), code, lat)])
+              [tags, _pick(sids, idx), code, _tenths((e1[idx] - e0[idx]) * 1000)])
         failed = np.nonzero(~ok[idx] & ~timeout[idx] & (http[idx] != 502))[0]
         if len(failed):
             _emit(out, ctx, line("serve.replica_failed"), t_acc[failed] - 0.0001, replica[idx[failed]],
-                  [(tags[j], sids[idx[j]]) for j in failed.tolist()])
+                  [_pick(np.asarray(tags, dtype=object), failed), _pick(sids, idx[failed])])
 
 
 def _finish_reasons(req: pd.DataFrame, rows: np.ndarray) -> list[str]:
@@ -493,14 +572,16 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
     block_size = int((ctx.record.config or {}).get("block_size", 16))
     idle: dict[str, bool] = {}
     crashed: set[str] = set()
-    # time, service, level, clock style, text before the clock, text after it, template; clocks are formatted
-    # in bulk at the end (one call per style, not per line).
-    rows: list[tuple[float, str, str, str, str, str, str]] = []
+    # time, service, level, clock style, the line's pattern taking the clock first (``_clock_first``), its values,
+    # template; clocks are formatted in bulk at the end (one call per style, not per line), then the lines.
+    rows: list[tuple[float, str, str, str, Any, tuple, str]] = []
+
+    def add(t: float, svc: str, kind: LineKind, values: tuple, fixed: dict[str, Any]) -> None:
+        key = tuple(sorted(fixed.items()))
+        rows.append((t, svc, kind.level, kind.clock, _clock_first(kind, key), values, _template(kind, key)))
 
     def emit(t: float, svc: str, name: str, *values: Any, **fixed: Any) -> None:
-        kind = line(name)
-        head, tail = kind.split(*values, **fixed)
-        rows.append((t, svc, kind.level, kind.clock, head, tail, kind.template(**fixed)))
+        add(t, svc, line(name), values, fixed)
 
     def controller(t: float, name: str, *values: Any) -> None:  # the Serve controller runs on the proxy's pod
         emit(t, proxy, name, ctx.pids[_CONTROLLER], *values)
@@ -509,9 +590,7 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
         host = hosts.get(svc)
         if not host:  # no node named for the service: its kernel log is not collected
             return
-        kind = line(name)
-        head, tail = kind.split(host, *values, **fixed)
-        rows.append((t, host, kind.level, kind.clock, head, tail, kind.template(**fixed)))
+        add(t, host, line(name), (host, *values), fixed)
 
     # The driver's own Xid events (gpu_xid); a record without them may still name an Xid fault (its start).
     xid_logged = {s for _, s, k, _ in events if k == "gpu_xid"}
@@ -562,11 +641,10 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
                 uid = ctx.node_ids.get(svc, "0" * 28)
                 uid = f"{uid[:8]}-{uid[8:12]}-{uid[12:16]}-{uid[16:20]}-{uid[20:28]}0000"
                 container = "ray-head" if svc == proxy else "ray-worker"
-                kind_ = line("kubelet.crashloop_backoff")
-                head, tail = kind_.split(host, kpid, f"{x.tm_mon:02d}{x.tm_mday:02d}", usec, f"{kpid:>7}", container,
-                                         f"{float(f.get('backoff_s', 0.0)):g}", container, svc, K8S_NAMESPACE, uid,
-                                         K8S_NAMESPACE, svc, uid)
-                rows.append((t, host, kind_.level, kind_.clock, head, tail, kind_.template()))
+                add(t, host, line("kubelet.crashloop_backoff"),
+                    (host, kpid, f"{x.tm_mon:02d}{x.tm_mday:02d}", usec, f"{kpid:>7}", container,
+                     f"{float(f.get('backoff_s', 0.0)):g}", container, svc, K8S_NAMESPACE, uid, K8S_NAMESPACE, svc,
+                     uid), {})
         elif kind == "engine_dead":
             crashed.add(svc)
             xid = _xid_of(f)
@@ -616,7 +694,7 @@ def _event_lines(ctx: _Context, events: list[tuple[float, str, str, dict[str, An
         else:
             clock = [""] * len(mine)
         out.add(t, np.array([r[1] for r in mine], dtype=object), np.array([r[2] for r in mine], dtype=object),
-                [r[4] + c + r[5] for r, c in zip(mine, clock)], np.array([r[6] for r in mine], dtype=object))
+                [r[4](c, *r[5]) for r, c in zip(mine, clock)], np.array([r[6] for r in mine], dtype=object))
 
 
 def _xid_of(f: dict[str, Any]) -> int:

@@ -74,30 +74,46 @@ class _Grid:
         self.t0 = t_sim0
         self.n_ticks = n_ticks
         self.tick_end = t_sim0 + cfg.tick * (np.arange(n_ticks) + 1)
+        # idx(T - phase) and idx(T - phase - W) per phase: one exporter's phase serves all of its series.
+        self._at: dict[float, np.ndarray] = {}
+        self._before: dict[float, np.ndarray] = {}
 
     def idx(self, s: np.ndarray) -> np.ndarray:
         """Index of the last tick that ended at or before ``s``."""
-        return np.clip(np.searchsorted(self.tick_end, s, side="right") - 1, 0, self.n_ticks - 1)
+        # searchsorted gives 0..n_ticks, so only the lower bound of the clip to [0, n_ticks - 1] can bind.
+        return np.maximum(np.searchsorted(self.tick_end, s, side="right") - 1, 0)
+
+    def at(self, phase: float) -> np.ndarray:
+        """``idx(T - phase)``: the tick each query of a target scraped at ``phase`` sees (made once per phase)."""
+        i = self._at.get(phase)
+        if i is None:
+            i = self._at[phase] = self.idx(self.T - phase)
+        return i
+
+    def before(self, phase: float) -> np.ndarray:
+        """``idx(T - phase - W)``: the tick at the start of each query's rate window (once per phase)."""
+        i = self._before.get(phase)
+        if i is None:
+            i = self._before[phase] = self.idx((self.T - phase) - self.W)
+        return i
 
     def tick_of(self, t: np.ndarray) -> np.ndarray:
         return np.clip(((np.asarray(t) - self.t0) / self.tick).astype(np.int64), 0, self.n_ticks - 1)
 
     def gauge(self, x: np.ndarray, phase: float) -> np.ndarray:
-        return x[self.idx(self.T - phase)]
+        return x[self.at(phase)]
 
     def rate(self, increments: np.ndarray, phase: float) -> np.ndarray:
         c = np.cumsum(increments)
-        s = self.T - phase
-        return (c[self.idx(s)] - c[self.idx(s - self.W)]) / self.W
+        return (c[self.at(phase)] - c[self.before(phase)]) / self.W
 
     def rate_of_cumulative(self, c: np.ndarray, phase: float) -> np.ndarray:
-        s = self.T - phase
-        return (c[self.idx(s)] - c[self.idx(s - self.W)]) / self.W
+        return (c[self.at(phase)] - c[self.before(phase)]) / self.W
 
     def recent_mean(self, x: np.ndarray, phase: float, seconds: float = 1.0) -> np.ndarray:
         k = max(1, round(seconds / self.tick))
         c = np.concatenate([[0.0], np.cumsum(x)])
-        i = self.idx(self.T - phase) + 1
+        i = self.at(phase) + 1
         return (c[i] - c[np.maximum(i - k, 0)]) / k
 
     def per_tick(self, t: np.ndarray, w: np.ndarray | float = 1.0) -> np.ndarray:
@@ -119,20 +135,37 @@ class _Grid:
     def bucket_quantiles(self, t_obs: np.ndarray, values: np.ndarray, weights: np.ndarray | None,
                          bounds: tuple, qs: tuple, phase: float) -> np.ndarray:
         """histogram_quantile over the window, from a classic histogram with ``bounds`` (+Inf appended)."""
-        ok = np.isfinite(t_obs) & np.isfinite(values)
-        t_obs, values = t_obs[ok], values[ok]
-        w = np.ones(len(t_obs)) if weights is None else np.asarray(weights, dtype=float)[ok]
-        rows = self.window_rows(t_obs, phase)
-        keep = (rows >= -self.m) & (rows < self.n)
-        b = np.searchsorted(np.asarray(bounds, dtype=float), values[keep], side="left")
+        return self.bucket_quantiles_of([(t_obs, values, weights)], bounds, qs, phase)[0]
+
+    def bucket_quantiles_of(self, hists: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], bounds: tuple,
+                            qs: tuple, phase: float) -> list[np.ndarray]:
+        """``bucket_quantiles`` of several histograms (``(t_obs, values, weights)`` each) with the same bounds,
+        quantiles and scrape phase, computed together: their buckets side by side in one bincount, one cumsum and
+        one ``histogram_quantile`` over all their rows. Each element is the same sum or arithmetic as alone."""
         nb = len(bounds) + 1
         off = self.m
-        # np.add.at(counts, (row, bucket), w) as one bincount: the same sums, added in the same order
-        flat = (rows[keep] + off) * nb + b
-        counts = np.bincount(flat, weights=w[keep], minlength=(self.n + off) * nb).reshape(self.n + off, nb)
-        c = np.cumsum(counts, axis=0)
-        win = c[off:] - c[off - self.m: self.n + off - self.m]
-        return histogram_quantile(win, np.asarray(bounds, dtype=float), qs)
+        size = (self.n + off) * nb
+        edges = np.asarray(bounds, dtype=float)
+        flats, ws = [], []
+        for s, (t_obs, values, weights) in enumerate(hists):
+            ok = np.isfinite(t_obs) & np.isfinite(values)
+            t_obs, values = t_obs[ok], values[ok]
+            w = np.ones(len(t_obs)) if weights is None else np.asarray(weights, dtype=float)[ok]
+            rows = self.window_rows(t_obs, phase)
+            keep = (rows >= -self.m) & (rows < self.n)
+            b = np.searchsorted(edges, values[keep], side="left")
+            # np.add.at(counts, (row, bucket), w) as one bincount: the same sums, added in the same order (each
+            # histogram's bins are its own block of the bincount)
+            flats.append((rows[keep] + off) * nb + b + s * size)
+            ws.append(w[keep])
+        k = len(hists)
+        flat = flats[0] if k == 1 else np.concatenate(flats)
+        w = ws[0] if k == 1 else np.concatenate(ws)
+        counts = np.bincount(flat, weights=w, minlength=k * size).reshape(k, self.n + off, nb)
+        c = np.cumsum(counts, axis=1)
+        win = c[:, off:] - c[:, off - self.m: self.n + off - self.m]
+        q = histogram_quantile(win.reshape(k * self.n, nb), edges, qs)
+        return [q[s * self.n:(s + 1) * self.n] for s in range(k)]
 
     def exact_quantiles(self, t_obs: np.ndarray, values: np.ndarray, qs: tuple, phase: float) -> np.ndarray:
         ok = np.isfinite(t_obs) & np.isfinite(values)
@@ -159,23 +192,21 @@ class _Grid:
 def histogram_quantile(counts: np.ndarray, bounds: np.ndarray, qs: tuple) -> np.ndarray:
     """Prometheus' ``histogram_quantile``: linear interpolation inside the bucket holding the rank; the lowest
     bucket starts at 0; a rank in the +Inf bucket returns the highest finite bound; no observations → NaN."""
+    # All quantiles at once (axis 0: the quantile): each element is the same arithmetic as one quantile at a time.
     cum = np.cumsum(counts, axis=1)
     total = cum[:, -1]
-    out = np.full((len(counts), len(qs)), np.nan)
     rows = np.arange(len(counts))
     lower_b = np.concatenate([[0.0], bounds])
-    for j, q in enumerate(qs):
-        rank = q * total
-        b = np.argmax(cum >= rank[:, None] - 1e-12, axis=1)
-        before = np.where(b > 0, cum[rows, np.maximum(b - 1, 0)], 0.0)
-        inb = counts[rows, b]
-        finite = b < len(bounds)
-        upper = np.where(finite, bounds[np.minimum(b, len(bounds) - 1)], bounds[-1])
-        lower = lower_b[np.minimum(b, len(bounds))]
-        frac = np.where(inb > 0, (rank - before) / np.where(inb > 0, inb, 1.0), 1.0)
-        val = np.where(finite, lower + (upper - lower) * frac, bounds[-1])
-        out[:, j] = np.where(total > 0, val, np.nan)
-    return out
+    rank = np.multiply.outer(np.asarray(qs, dtype=float), total)  # (quantile, row)
+    b = np.argmax(cum >= rank[:, :, None] - 1e-12, axis=2)
+    before = np.where(b > 0, cum[rows, np.maximum(b - 1, 0)], 0.0)
+    inb = counts[rows, b]
+    finite = b < len(bounds)
+    upper = np.where(finite, bounds[np.minimum(b, len(bounds) - 1)], bounds[-1])
+    lower = lower_b[np.minimum(b, len(bounds))]
+    frac = np.where(inb > 0, (rank - before) / np.where(inb > 0, inb, 1.0), 1.0)
+    val = np.where(finite, lower + (upper - lower) * frac, bounds[-1])
+    return np.where(total > 0, val, np.nan).T
 
 
 def _ar1(rng: np.random.Generator, n: int, sd: float, tau: float, tick: float) -> np.ndarray:
@@ -194,10 +225,27 @@ def _histogram_entries(series: str, scope: str) -> tuple:
 def _histogram_columns(cols: dict[str, np.ndarray], svc: str, series: str, scope: str, G: _Grid, t_obs: np.ndarray,
                        values: np.ndarray, weights: np.ndarray | None, bounds: tuple, phase: float) -> None:
     """The catalogue's quantile columns of one histogram series, from its observations."""
-    entries = _histogram_entries(series, scope)
-    q = G.bucket_quantiles(t_obs, values, weights, bounds, tuple(m.quantile for m in entries), phase)
-    for j, m in enumerate(entries):
-        cols[f"{svc}_{m.metric}"] = q[:, j]
+    _histogram_group(cols, svc, scope, G, [(series, t_obs, values, weights)], bounds, phase)
+
+
+def _histogram_group(cols: dict[str, np.ndarray], svc: str, scope: str, G: _Grid,
+                     hists: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], bounds: tuple,
+                     phase: float) -> None:
+    """``_histogram_columns`` of several series of one exporter with the same bounds (``(series, t_obs, values,
+    weights)`` each), their quantiles computed together where the catalogue asks the same ones of each."""
+    entries = [_histogram_entries(series, scope) for series, *_ in hists]
+    for e in entries:  # the columns in the order of ``hists``, whatever the grouping below
+        for m in e:
+            cols[f"{svc}_{m.metric}"] = None
+    qs = [tuple(m.quantile for m in e) for e in entries]
+    groups: dict[tuple, list[int]] = {}
+    for i, q in enumerate(qs):
+        groups.setdefault(q, []).append(i)
+    for q, members in groups.items():
+        got = G.bucket_quantiles_of([hists[i][1:] for i in members], bounds, q, phase)
+        for i, x in zip(members, got):
+            for j, m in enumerate(entries[i]):
+                cols[f"{svc}_{m.metric}"] = x[:, j]
 
 
 def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env: Environment, wl: Any,
@@ -395,24 +443,24 @@ def build_metrics(cfg: SimConfig, dep: Deployment, engines: dict[str, Any], env:
         cols[f"{r}_request_success"] = G.counter_of_events(t_end[fin], ph)
         cols[f"{r}_prefix_cache_queries"] = G.rate_of_cumulative(lg["prefix_queries"], ph)
         cols[f"{r}_prefix_cache_hits"] = G.rate_of_cumulative(lg["prefix_hits"], ph)
-        hists = (
-            ("time_to_first_token_seconds", t_first[mine], t_first[mine] - t_arr[mine], TTFT_BUCKETS),
-            ("e2e_request_latency_seconds", t_end[fin], t_end[fin] - t_arr[fin], REQUEST_BUCKETS),
-            ("request_queue_time_seconds", t_end[fin], t_sched[fin] - t_arr[fin], REQUEST_BUCKETS),
-            ("request_prefill_time_seconds", t_end[fin], t_first[fin] - t_sched[fin], REQUEST_BUCKETS),
-            ("request_decode_time_seconds", t_end[fin], t_end[fin] - t_first[fin], REQUEST_BUCKETS),
-        )
-        for name, tt, vv, bounds in hists:
-            _histogram_columns(cols, r, f"vllm:{name}", "replica", G, tt, vv, None, bounds, ph)
+        # Each histogram's columns are its own (the same values whether computed alone or with others).
+        _histogram_columns(cols, r, "vllm:time_to_first_token_seconds", "replica", G, t_first[mine],
+                           t_first[mine] - t_arr[mine], None, TTFT_BUCKETS, ph)
+        tf = t_end[fin]
+        _histogram_group(cols, r, "replica", G, [
+            ("vllm:e2e_request_latency_seconds", tf, t_end[fin] - t_arr[fin], None),
+            ("vllm:request_queue_time_seconds", tf, t_sched[fin] - t_arr[fin], None),
+            ("vllm:request_prefill_time_seconds", tf, t_first[fin] - t_sched[fin], None),
+            ("vllm:request_decode_time_seconds", tf, t_end[fin] - t_first[fin], None),
+        ], REQUEST_BUCKETS, ph)
         obs = engines[r].observations()
         _histogram_columns(cols, r, "vllm:inter_token_latency_seconds", "replica", G, obs["itl_t"], obs["itl_v"],
                            obs["itl_w"], ITL_BUCKETS, ph)
-        for name, tt, vv, ww in (
-            ("request_prompt_tokens", t_end[fin], wl.prompt_tokens[fin].astype(float), None),
-            ("request_generation_tokens", t_end[fin], res["generated"][fin].astype(float), None),
-            ("iteration_tokens_total", obs["iter_t"], obs["iter_v"], obs["iter_w"]),
-        ):
-            _histogram_columns(cols, r, f"vllm:{name}", "replica", G, tt, vv, ww, TOKEN_BUCKETS, ph)
+        _histogram_group(cols, r, "replica", G, [
+            ("vllm:request_prompt_tokens", tf, wl.prompt_tokens[fin].astype(float), None),
+            ("vllm:request_generation_tokens", tf, res["generated"][fin].astype(float), None),
+            ("vllm:iteration_tokens_total", obs["iter_t"], obs["iter_v"], obs["iter_w"]),
+        ], TOKEN_BUCKETS, ph)
 
     # ---- the mesh: per destination latency, requests, errors --------------------------------------------
     ph = phase()
@@ -639,13 +687,17 @@ def _frame(dep: Deployment, cols: dict[str, np.ndarray], times: np.ndarray) -> p
     if extra:  # one description of the columns: the simulator may not invent one
         raise AssertionError(f"sim metrics: column(s) not in the metric catalogue: {', '.join(sorted(extra))}")
     order = _column_order(tuple(cols), (*dep.pods, *dep.nodes))
-    data = {TIME: times.astype(float)}
+    names = [TIME]
+    data = [times.astype(float)]
     for c in order:
         x = np.asarray(cols[c], dtype=float)
         if np.isnan(x).all():
             continue  # a histogram that saw nothing in the whole run: Prometheus returns no series for it
-        data[c] = x
-    return pd.DataFrame(data)
+        names.append(c)
+        data.append(x)
+    # One (column, row) block, as pandas would consolidate a dict of these float columns into, without its
+    # per-column checks: the frame (dtypes, values, memory layout) is the same.
+    return pd.DataFrame(np.vstack(data).T, columns=pd.Index(names), copy=False)
 
 
 def engine_stats_events(dep: Deployment, logs: dict[str, dict[str, np.ndarray]],
@@ -666,13 +718,17 @@ def engine_stats_events(dep: Deployment, logs: dict[str, dict[str, np.ndarray]],
         dq = lg["prefix_queries"][i] - lg["prefix_queries"][i0]
         dh = lg["prefix_hits"][i] - lg["prefix_hits"][i0]
         npre = lg["preemptions"][i] - lg["preemptions"][i0]
-        for k in range(len(times)):
-            extra = {"preemptions": int(npre[k])} if npre[k] > 0 else {}
-            out.append((float(times[k]), r, "engine_stats", {**extra,
-                "prompt_tps": round(float(cp[i[k]] - cp[i0[k]]) / 10.0, 1),
-                "gen_tps": round(float(cg[i[k]] - cg[i0[k]]) / 10.0, 1),
-                "running": int(lg["running"][i[k]]), "waiting": int(lg["waiting"][i[k]]), "swapped": 0,
-                "kv_usage_perc": round(float(lg["kv_usage"][i[k]]), 4),
-                "prefix_cache_hit_rate": round(float(dh[k] / dq[k]), 4) if dq[k] > 0 else 0.0,
+        # The per-event values as Python floats, gathered and subtracted column-wise (the same float64 values and
+        # IEEE operations as element by element).
+        ptok, gtok = (cp[i] - cp[i0]).tolist(), (cg[i] - cg[i0]).tolist()
+        run_l, wait_l, kv_l = lg["running"][i].tolist(), lg["waiting"][i].tolist(), lg["kv_usage"][i].tolist()
+        for k, (tk, nk, qk, hk) in enumerate(zip(times.tolist(), npre.tolist(), dq.tolist(), dh.tolist())):
+            extra = {"preemptions": int(nk)} if nk > 0 else {}
+            out.append((tk, r, "engine_stats", {**extra,
+                "prompt_tps": round(ptok[k] / 10.0, 1),
+                "gen_tps": round(gtok[k] / 10.0, 1),
+                "running": int(run_l[k]), "waiting": int(wait_l[k]), "swapped": 0,
+                "kv_usage_perc": round(kv_l[k], 4),
+                "prefix_cache_hit_rate": round(hk / qk, 4) if qk > 0 else 0.0,
             }))
     return out

@@ -27,6 +27,7 @@ from llmrca.sim.engine import ENGINE_CORE_CORES, ReplicaEngine, RequestTable
 from llmrca.sim.gpu import GpuState, busy_power
 from llmrca.sim.hardware import GIB
 from llmrca.sim.record import REQUEST_COLUMNS, UPSTREAM_TIMEOUT, SimRecord, events_frame
+from llmrca.sim.strings import Pieces, inferred_take
 from llmrca.sim.tcploss import request_segments
 
 BASE_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z; runs start at a seeded offset from it
@@ -254,6 +255,10 @@ def _run(config: SimConfig | None, fault: Faults, seed: int) -> SimRun:
     for e in engines.values():
         e.drain(cfg.duration + cfg.step)
     paths.collect_all()
+    # The router's collect() closes over the paths, the engines and the request table: dropping it breaks that
+    # reference cycle, so the run's state is freed by reference counting when the run is dropped, not by the cyclic
+    # collector (whose next pass would otherwise walk every list and tuple of it: ~3 ms after each 360 s case).
+    paths.collect_all = _nothing
 
     res = table.arrays()
     start = var.start
@@ -307,6 +312,10 @@ def _run(config: SimConfig | None, fault: Faults, seed: int) -> SimRun:
     return SimRun(cfg, dep, record, metrics, truth, inject_time, engines, env)
 
 
+def _nothing() -> None:
+    return None
+
+
 class _Paths:
     """Per-request times outside the engine (gateway, proxy, wire), filled while routing and on completion."""
 
@@ -322,7 +331,7 @@ class _Paths:
         self.t_gateway_end = nan.copy()
         self.replica = np.full(n, -1, dtype=np.int64)
         self.names: list[str] = []
-        self.collect_all = lambda: None
+        self.collect_all = _nothing
 
 
 def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines: dict[str, ReplicaEngine],
@@ -368,9 +377,10 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
     e_t0, e_tick, e_last = env.t0, env.tick, env.n_ticks - 1
     sd_proxy = sdl[proxy]
 
+    # (min(e_last, k) written as a compare in the per-request code, as in ``engine.ReplicaEngine._ticks``)
     def sd_at(row: list[float], t: float) -> float:  # env.slowdown(pod, t) with the pod's row given
         k = int((t - e_t0) / e_tick)
-        return row[0 if k < 0 else min(e_last, k)]
+        return row[0 if k < 0 else (k if k < e_last else e_last)]  # noqa: FURB136
 
     inflight = [0] * R
     ends: list[list[float]] = [[] for _ in range(R)]
@@ -405,7 +415,7 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             heappush(ends[r], g_end + hop)
             return
         k = int((te - e_t0) / e_tick)  # sd_at, inline
-        s_end = te + DETOKENIZE_S * sdl[name][0 if k < 0 else min(e_last, k)] * j[8]
+        s_end = te + DETOKENIZE_S * sdl[name][0 if k < 0 else (k if k < e_last else e_last)] * j[8]  # noqa: FURB136
         back = (LOCAL_HOP_S if r == head_idx else hop * j[4])
         pe = s_end + back
         if r != head_idx and proxy in env.delays:
@@ -413,7 +423,7 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
         if r != head_idx and proxy in env.losses:
             pe += _stream_loss(env, proxy, table.t_first[rid], s_end, table.gen[rid])
         k = int((pe - e_t0) / e_tick)
-        pse = pe + PROXY_CHUNK_S * sd_proxy[0 if k < 0 else min(e_last, k)] * j[5]
+        pse = pe + PROXY_CHUNK_S * sd_proxy[0 if k < 0 else (k if k < e_last else e_last)] * j[5]  # noqa: FURB136
         P.t_stream_end[rid] = s_end
         P.t_proxy_end[rid] = pe
         P.t_proxy_server_end[rid] = pse
@@ -499,8 +509,11 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
             r = a if inflight[a] < inflight[b] or (inflight[a] == inflight[b] and route.random() < 0.5) else b
         else:
             lo = min(inflight)
-            best = [k for k in range(R) if inflight[k] == lo]
-            r = best[0] if len(best) == 1 else best[int(route.integers(len(best)))]
+            if inflight.count(lo) == 1:  # the one least-loaded replica (no list of the tied ones to make)
+                r = inflight.index(lo)
+            else:
+                best = [k for k in range(R) if inflight[k] == lo]
+                r = best[int(route.integers(len(best)))]
         inflight[r] += 1
         P.replica[i] = r
         name = names[r]
@@ -516,7 +529,7 @@ def _route_all(cfg: SimConfig, dep: Deployment, env: envmod.Environment, engines
         P.t_arrival[i] = ta
         k = int((ta - e_t0) / e_tick)  # sd_at, inline
         t_ready = ta + (REPLICA_REQUEST_S + TOKENIZE_S * prompt[i]) \
-            * sdl[name][0 if k < 0 else min(e_last, k)] * j[3]
+            * sdl[name][0 if k < 0 else (k if k < e_last else e_last)] * j[3]  # noqa: FURB136
         if t_ready < eng[r].down_until:  # routed to a killed replica before the router knew
             eng[r].refuse(i, t_ready)
         else:
@@ -600,15 +613,20 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
     out_tok = np.where(ok, res["generated"], 0).astype(np.int64)
     cut = (failed == 504) & header_sent(res, P)
     streamed = np.where(ok | cut, res["generated"], 0).astype(np.int64)
-    reason = np.where(~ok, "", np.where(wl.output_tokens >= wl.max_tokens, "length", "stop"))
-    error = np.where(failed == 504, UPSTREAM_TIMEOUT, np.where(failed == 0, "", np.where(
-        failed == 502, "EngineDeadError", "EngineCoreError")))
-    hexed = stream(seed, _S_IDS).bytes(16 * n).hex()  # 16 bytes per request
-    trace_ids = [hexed[i: i + 32] for i in range(0, 32 * n, 32)]
+    # The text columns as codes into their few texts (the trace ids: 32 hex digits each of one hex text), made
+    # by ``inferred_take`` for the rows kept below.
+    reason = np.where(~ok, 0, np.where(wl.output_tokens >= wl.max_tokens, 1, 2))
+    error = np.where(failed == 504, 0, np.where(failed == 0, 1, np.where(failed == 502, 2, 3)))
+    texts = {
+        "trace_id": Pieces(stream(seed, _S_IDS).bytes(16 * n).hex(), 32),  # 16 bytes per request
+        "replica": names.tolist(), "status": ["ERROR", "OK"],
+        "error": [UPSTREAM_TIMEOUT, "", "EngineDeadError", "EngineCoreError"],
+        "finished_reason": ["", "length", "stop"],
+    }
     cols: dict[str, Any] = {
         "request_id": np.arange(n, dtype=np.int64),
-        "trace_id": np.array(trace_ids, dtype=object),
-        "replica": names[P.replica],
+        "trace_id": np.arange(n, dtype=np.int64),
+        "replica": np.where(P.replica < 0, P.replica + len(names), P.replica),  # -1: the last, ""
         "prompt_tokens": wl.prompt_tokens.astype(np.int64),
         "output_tokens": out_tok,
         "max_tokens": wl.max_tokens.astype(np.int64),
@@ -625,16 +643,17 @@ def _requests_frame(wl: wlmod.Workload, res: dict[str, np.ndarray], P: _Paths, s
         "decode_s": np.where(ok, t_end - t_first, np.nan),
         "queue_s": res["t_scheduled"] - P.t_arrival,
         "num_preemptions": res["num_preemptions"],
-        "status": np.where(ok, "OK", "ERROR").astype(object),
+        "status": ok.astype(np.int64),
         "http_status": np.where(ok | cut, 200, failed).astype(np.int64),
-        "error": error.astype(object),
+        "error": error,
         "t_ready": res["t_ready"] + start,
         "t_proxy_server_end": P.t_proxy_server_end + start,
-        "finished_reason": reason.astype(object),
+        "finished_reason": reason,
         "streamed_tokens": streamed,
     }
     keep = cols["t_gateway_start"] >= start  # the rows of requests sent from the window's start on
-    frame = pd.DataFrame({c: cols[c][keep] for c in REQUEST_COLUMNS})
+    frame = pd.DataFrame({c: inferred_take(texts[c], cols[c][keep]) if c in texts else cols[c][keep]
+                          for c in REQUEST_COLUMNS})
     frame["request_id"] = np.arange(len(frame), dtype=np.int64)
     return frame
 

@@ -39,6 +39,79 @@ def string_array(values: Any) -> Any:
     return pd.array(values, dtype="string")
 
 
+def string_take(texts: Any, codes: np.ndarray, null: np.ndarray | None = None) -> Any:
+    """``string_array`` of ``texts[codes]`` (``texts`` a list or object array of ``str``/``None``; where ``null``
+    is given, the rows it marks are missing): the texts are converted once each, in their own order, and Arrow
+    takes them by code. Same array as ``string_array(np.asarray(texts, dtype=object)[codes])``, but a text that
+    repeats (a service name, a template) is converted once, and the conversion walks the strings in the order
+    they were made, which is what costs: converting the same strings in a permuted order is ~3x slower (cache
+    misses on the string objects), and Arrow's take is a C loop over offsets."""
+    codes = np.asarray(codes, dtype=np.int64)
+    if isinstance(texts, Pieces):
+        texts = texts.arrow() if _FAST else texts.texts()
+    if _FAST:
+        try:
+            if isinstance(texts, pa.LargeStringArray):
+                arr = texts
+            else:
+                arr = pa.array(texts.tolist() if isinstance(texts, np.ndarray) else texts, type=pa.large_string())
+            idx = pa.array(codes, mask=None if null is None else np.asarray(null, dtype=bool))
+            out = pd.arrays.ArrowStringArray(pa.chunked_array([arr.take(idx)]))
+        except (pa.ArrowException, TypeError, ValueError):
+            pass
+        else:
+            if out.dtype == _DTYPE:
+                return out
+    picked = np.asarray(texts, dtype=object)[codes] if len(codes) else np.empty(0, dtype=object)
+    if null is not None:
+        picked[np.asarray(null, dtype=bool)] = None
+    return string_array(picked)
+
+
+class Pieces:
+    """The ``width``-character pieces of one ASCII text (ids drawn as one hex text), without a Python string per
+    piece until one is asked for: ``arrow()`` is the Arrow array of all pieces, made from the text's bytes with
+    fixed offsets (what ``string_take`` takes from), ``texts(start, step)`` the Python strings of every
+    ``step``-th piece from ``start``."""
+
+    def __init__(self, text: str, width: int):
+        if not text.isascii() or len(text) % width:
+            raise ValueError("Pieces: an ASCII text whose length is a multiple of the width")
+        self.text, self.width, self.n = text, width, len(text) // width
+
+    def __len__(self) -> int:
+        return self.n
+
+    def texts(self, start: int = 0, step: int = 1) -> list[str]:
+        w, text = self.width, self.text
+        return [text[i: i + w] for i in range(start * w, len(text), step * w)]
+
+    def arrow(self) -> Any:
+        offsets = np.arange(0, (self.n + 1) * self.width, self.width, dtype=np.int64)
+        return pa.LargeStringArray.from_buffers(self.n, pa.py_buffer(offsets), pa.py_buffer(self.text.encode("ascii")))
+
+
+# What pandas makes of an object array of ``str`` in a frame (pandas 3: its pyarrow-backed "str" dtype).
+_INFERRED = pd.DataFrame({"x": np.array(["x"], dtype=object)})["x"].dtype
+_FAST_INFERRED = _FAST and isinstance(_INFERRED, pd.StringDtype) and _INFERRED.storage == "pyarrow"
+
+
+def inferred_take(texts: Any, codes: np.ndarray) -> Any:
+    """A frame column of ``texts[codes]`` (``texts`` a list of ``str``, or ``Pieces``) as ``pd.DataFrame`` would
+    make it from the object array ``np.asarray(texts, dtype=object)[codes]``: where pandas infers its
+    pyarrow-backed string dtype, that array built by Arrow's take (each text converted once, no inference pass
+    over the rows); else that object array."""
+    codes = np.asarray(codes, dtype=np.int64)
+    pieces = isinstance(texts, Pieces)
+    if len(codes) and _FAST_INFERRED and (pieces or all(type(x) is str for x in texts)):
+        arr = (texts.arrow() if pieces else pa.array(texts, type=pa.large_string())).take(pa.array(codes))
+        out = pd.arrays.ArrowStringArray(pa.chunked_array([arr]), dtype=_INFERRED)
+        if out.dtype == _INFERRED:
+            return out
+    texts = texts.texts() if pieces else texts
+    return np.asarray(texts, dtype=object)[codes] if len(codes) else np.empty(0, dtype=object)
+
+
 def const(text: str) -> tuple[str, str]:
     """A ``bake`` field whose text is fixed."""
     return ("const", text)

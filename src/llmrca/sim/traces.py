@@ -39,7 +39,7 @@ from llmrca.deploy.telemetry import (
 )
 from llmrca.errors import CaseError
 from llmrca.sim.record import UPSTREAM_TIMEOUT
-from llmrca.sim.strings import bake, const, string_array, value
+from llmrca.sim.strings import Pieces, bake, const, string_take, value
 
 GATEWAY_OPERATION = GATEWAY_SPAN.operation
 PROXY_OPERATION = PROXY_SPAN.operation
@@ -218,16 +218,15 @@ def hex_ids(rng: np.random.Generator, n: int, nbytes: int) -> list[str]:
     return _split(rng.bytes(n * nbytes).hex(), 2 * nbytes)
 
 
-def _span_ids(seed: int, n: int) -> np.ndarray:
-    """The span ids of ``n`` requests' four candidate spans, shape (4, n): gateway, proxy, call, engine."""
-    ids = np.empty(4 * n, dtype=object)
-    ids[:] = hex_ids(_rng(seed, _STREAM_SPAN_IDS), 4 * n, 8)
-    return ids.reshape(n, 4).T
+def _span_ids(seed: int, n: int) -> Pieces:
+    """The span ids of ``n`` requests' four candidate spans (gateway, proxy, call, engine), 16 hex digits each,
+    request-major: span ``k`` of request ``j`` is piece ``4 j + k`` (the same ids as ``hex_ids(rng, 4 n, 8)``)."""
+    return Pieces(_rng(seed, _STREAM_SPAN_IDS).bytes(4 * n * 8).hex(), 16)
 
 
 def gateway_span_ids(seed: int, n: int) -> list[str]:
     """The gateway span's id of each request (nginx logs it in its access line)."""
-    return _span_ids(seed, n)[0].tolist() if n else []
+    return _span_ids(seed, n).texts(0, 4) if n else []
 
 
 def _split(text: str, width: int) -> list[str]:
@@ -238,12 +237,34 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stream]))
 
 
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex_digits(raw: np.ndarray) -> np.ndarray:
+    """The ASCII hex digits of each row of bytes, shape (n, 2 k), as ``bytes.hex()`` prints them."""
+    out = np.empty((raw.shape[0], 2 * raw.shape[1]), dtype=np.uint8)
+    out[:, 0::2] = _HEX_DIGITS[raw >> 4]
+    out[:, 1::2] = _HEX_DIGITS[raw & 0x0F]
+    return out
+
+
+def _row_texts(chars: np.ndarray) -> list[str]:
+    """Each row of an (n, w) array of ASCII codes as a string (laid out in numpy, one slice per text)."""
+    text, w = chars.tobytes().decode("ascii"), chars.shape[1]
+    return [text[i: i + w] for i in range(0, len(text), w)]
+
+
 def _uuid4_texts(rng: np.random.Generator, n: int) -> list[str]:
     """``n`` random UUID4s as ``str(uuid.uuid4())`` prints them (version nibble 4, RFC 4122 variant)."""
     raw = np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    return [f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}" for x in _split(raw.tobytes().hex(), 32)]
+    # 8-4-4-4-12 hex digits with dashes between, the characters placed column-wise
+    digits = _hex_digits(raw)
+    chars = np.full((n, 36), ord("-"), dtype=np.uint8)
+    for a, b, at in ((0, 8, 0), (8, 12, 9), (12, 16, 14), (16, 20, 19), (20, 32, 24)):
+        chars[:, at: at + b - a] = digits[:, a:b]
+    return _row_texts(chars)
 
 
 def _pod_addresses(services: list[str], seed: int) -> dict[str, str]:
@@ -260,7 +281,11 @@ def request_identities(record: Any) -> RequestIdentities:
     req = record.requests
     n = len(req)
     rng = _rng(record.seed, _STREAM_REQUEST_IDS)
-    vllm_ids = ["chatcmpl-" + h for h in hex_ids(rng, n, 16)]
+    # "chatcmpl-" and 32 hex digits (hex_ids(rng, n, 16) after the prefix), laid out column-wise
+    chars = np.empty((n, 41), dtype=np.uint8)
+    chars[:, :9] = np.frombuffer(b"chatcmpl-", dtype=np.uint8)
+    chars[:, 9:] = _hex_digits(np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16))
+    vllm_ids = _row_texts(chars)
     serve_ids = _uuid4_texts(rng, n)
     out_tok = req["output_tokens"].to_numpy(dtype=np.int64)
     status = req["http_status"].to_numpy(dtype=np.int64)
@@ -314,7 +339,7 @@ class RecordView:
     ident: RequestIdentities
     stages: Stages
     timeouts: tuple[np.ndarray, np.ndarray]
-    span_ids: np.ndarray  # (4, n): gateway, proxy, call, engine
+    span_ids: Pieces  # 4 per request, request-major: gateway, proxy, call, engine (``_span_ids``)
 
 
 def view(record: Any) -> RecordView:
@@ -361,18 +386,19 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
         with_s, without = kind.json_format(True).format, kind.json_format(False).format
         return [without(*v) if math.isnan(h) else with_s(*v, int(h)) for v, h in zip(values, statuses.tolist())]
 
-    def memo(kind: Any, keys: np.ndarray, values: dict[Any, tuple], statuses: np.ndarray) -> np.ndarray:
+    def memo(kind: Any, keys: np.ndarray, values: dict[Any, tuple],
+             statuses: np.ndarray) -> tuple[list[str], np.ndarray]:
         # ``attrs`` for spans whose values are one of a few tuples (by key; ``keys`` an object array): each
-        # distinct (key, status) text is made once, then taken for every span.
+        # distinct (key, status) text is made once; the texts and each span's code into them.
         key_of, kinds = pd.factorize(keys, use_na_sentinel=False)
         nan = np.isnan(statuses)
         code = np.where(nan, -1, np.where(nan, 0, statuses).astype(np.int64))  # int(h) of a status; -1: none
         pairs, which = np.unique(key_of.astype(np.int64) * 1_000_000 + (code + 1), return_inverse=True)
-        texts = np.empty(len(pairs), dtype=object)
-        for j, pc in enumerate(pairs.tolist()):
+        texts = []
+        for pc in pairs.tolist():
             st = pc % 1_000_000 - 1
-            texts[j] = attrs(kind, [values[kinds[pc // 1_000_000]]], np.array([np.nan if st < 0 else float(st)]))[0]
-        return texts[which]
+            texts.append(attrs(kind, [values[kinds[pc // 1_000_000]]], np.array([np.nan if st < 0 else float(st)]))[0])
+        return texts, which
 
     gateway_values = ('"POST"', json.dumps(ROUTE), '"http"', '"1.1"', json.dumps(USER_AGENT), json.dumps(path.gateway),
                       json.dumps(client), upstream)
@@ -382,8 +408,13 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     proxy_fields = [value(before='"', after='"'), *(const(v) for v in proxy_fixed)]
     proxy_with = bake(PROXY_SPAN.json_format(True), [*proxy_fields, value()])
     proxy_without = bake(PROXY_SPAN.json_format(False), proxy_fields)
-    attrs_p = [proxy_without(rid) if math.isnan(h) else proxy_with(rid, int(h))
-               for rid, h in zip(ident.serve_ids, http_p.tolist())]
+    # Each pattern mapped over its spans' columns (int(h) of a status is its int64), put back in request order.
+    attrs_p = np.empty(n, dtype=object)
+    serve_ids = np.asarray(ident.serve_ids, dtype=object)
+    known = np.flatnonzero(~np.isnan(http_p))
+    unknown = np.flatnonzero(np.isnan(http_p))
+    attrs_p[known] = list(map(proxy_with, serve_ids[known].tolist(), http_p[known].astype(np.int64).tolist()))
+    attrs_p[unknown] = list(map(proxy_without, serve_ids[unknown].tolist()))
     backend = {r: (json.dumps(f"http://{r}:{REPLICA_PORT}"), json.dumps(r)) for r in set(replica.tolist())}
     attrs_c = memo(CLIENT_SPAN, replica, backend, http_c)
     model_json = json.dumps(model)
@@ -398,7 +429,7 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     engine_fields = [const(model_json), value(before='"', after='"'), const("1.0"), const("1.0"), const("1"),
                      value(), value(), value(), *(value(".6f") for _ in range(6))]
     engine_fast = bake(ENGINE_SPAN.json_format(False), engine_fields)
-    attrs_e = [engine_fast(vid, *i, *x) for vid, i, x in zip(ident.vllm_ids, ints.T.tolist(), secs.T.tolist())]
+    attrs_e = list(map(engine_fast, ident.vllm_ids, *ints.tolist(), *secs.tolist()))  # column by column
     gaps = np.flatnonzero(np.isnan(secs).any(axis=0))
     if len(gaps):
         slow = attrs(ENGINE_SPAN, [
@@ -407,27 +438,35 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
         for j, text in zip(gaps.tolist(), slow):
             attrs_e[j] = text
 
-    # Four candidate spans per request, laid out request-major so a trace's spans stay together.
+    # Four candidate spans per request, laid out request-major so a trace's spans stay together. The text columns
+    # are codes into their distinct texts (``string_take``): a span's service, operation and status are one of a
+    # few, its trace id its request's, its parent another span's id.
     ids = shared.span_ids
     present = np.vstack([np.ones(n, bool), has_p, has_c, has_e])
-    parent = np.empty((4, n), dtype=object)
-    parent[0] = None
-    nearest = ids[0].astype(object)
+    slot = np.arange(4 * n).reshape(n, 4).T  # a span's piece in ids
+    parent = np.empty((4, n), dtype=np.int64)
+    parent[0] = -1  # none: the root
+    nearest = slot[0]
     for k in (1, 2, 3):
         parent[k] = nearest
-        nearest = np.where(present[k], ids[k], nearest)
+        nearest = np.where(present[k], slot[k], nearest)
     starts = np.vstack([g0, p0, c0, e0])
     ends = np.vstack([g1, p1, c1, e1])
-    services = np.empty((4, n), dtype=object)
-    services[0], services[1], services[2], services[3] = path.gateway, path.proxy, path.proxy, replica
-    ops = np.empty((4, n), dtype=object)
-    ops[0], ops[1], ops[2], ops[3] = GATEWAY_OPERATION, PROXY_OPERATION, CLIENT_OPERATION, ENGINE_OPERATION
+    rep_code, rep_names = pd.factorize(replica, use_na_sentinel=False)
+    services = np.empty((4, n), dtype=np.int64)
+    services[0], services[1], services[2], services[3] = 0, 1, 1, rep_code + 2
+    ops = np.empty((4, n), dtype=np.int64)
+    ops[0], ops[1], ops[2], ops[3] = 0, 1, 2, 3
     https = np.vstack([http, http_p, http_c, np.full(n, np.nan)])
-    attrs = np.empty((4, n), dtype=object)
-    attrs[0], attrs[1], attrs[2], attrs[3] = attrs_g, attrs_p, attrs_c, attrs_e
-    status = np.where(np.broadcast_to(failed, (4, n)), "ERROR", "OK").astype(object)
-    status[0] = np.where(failed & ~cut, "ERROR", "OK")  # nginx's span follows its status: a cut stream is a 200
-    trace = np.broadcast_to(req["trace_id"].to_numpy(dtype=object), (4, n))
+    (texts_g, which_g), (texts_c, which_c) = attrs_g, attrs_c
+    attr_texts = [*texts_g, *attrs_p.tolist(), *texts_c, *attrs_e]
+    a1 = len(texts_g)
+    a2 = a1 + n
+    a3 = a2 + len(texts_c)
+    attr_code = np.vstack([which_g, a1 + np.arange(n), a2 + which_c, a3 + np.arange(n)])
+    status = np.broadcast_to(failed, (4, n)).astype(np.int64)  # 0: OK, 1: ERROR
+    status[0] = failed & ~cut  # nginx's span follows its status: a cut stream is a 200
+    trace = np.broadcast_to(np.arange(n), (4, n))
 
     keep = present.T.ravel()
 
@@ -437,20 +476,22 @@ def spans_from_record(record: Any, shared: RecordView | None = None) -> pd.DataF
     start_us = np.round(flat(starts) * 1e6).astype(np.int64)
     end_us = np.round(flat(ends) * 1e6).astype(np.int64)
     http_flat = flat(https)
+    parents = flat(parent)
     out = pd.DataFrame(
         {
-            "trace_id": string_array(flat(trace)),
-            "span_id": string_array(flat(ids)),
-            "parent_span_id": string_array(flat(parent)),
-            "service": string_array(flat(services)),
-            "operation": string_array(flat(ops)),
+            "trace_id": string_take(req["trace_id"].to_numpy(dtype=object), flat(trace)),
+            "span_id": string_take(ids, flat(slot)),
+            "parent_span_id": string_take(ids, np.maximum(parents, 0), null=parents < 0),
+            "service": string_take([path.gateway, path.proxy, *rep_names.tolist()], flat(services)),
+            "operation": string_take([GATEWAY_OPERATION, PROXY_OPERATION, CLIENT_OPERATION, ENGINE_OPERATION],
+                                     flat(ops)),
             "start_time_us": start_us,
             "duration_us": end_us - start_us,
-            "status": string_array(flat(status)),
+            "status": string_take(["OK", "ERROR"], flat(status)),
             "http_status": pd.arrays.IntegerArray(
                 np.where(np.isfinite(http_flat), http_flat, 0).astype(np.int64), ~np.isfinite(http_flat)
             ),
-            "attributes": string_array(flat(attrs)),
+            "attributes": string_take(attr_texts, flat(attr_code)),
         }
     )
     return out
