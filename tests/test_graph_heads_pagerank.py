@@ -58,3 +58,21 @@ def test_pagerank_dense_reports_non_convergence():
         nx.pagerank(nx.DiGraph([(0, 1), (1, 2)]), max_iter=2, tol=1e-16)
     assert pagerank_dense(A, max_iter=1000, tol=1e-10).tolist() == list(
         nx.pagerank(nx.DiGraph([(0, 1), (1, 2)]), max_iter=1000, tol=1e-10).values())
+
+
+def test_the_size_switch_does_not_change_the_values():
+    # above DENSE_PAGERANK_MAX_NODES the head calls networkx; the dense iteration gives the same bits there too,
+    # so a graph's scores do not depend on which side of the threshold it falls
+    from llmrca.methods import graph_heads
+
+    n = graph_heads.DENSE_PAGERANK_MAX_NODES + 30
+    G = nx.gnp_random_graph(n, 3 / n, directed=True, seed=3)
+    ref = nx.pagerank(G.reverse(copy=True), alpha=0.85, weight=None, max_iter=1000, tol=1e-10)
+    got = pagerank_head(G)
+    assert list(got) == [str(k) for k in ref] and all(got[str(k)] == ref[k] for k in ref)
+    nodes = list(G)
+    A = np.zeros((n, n))
+    for u, v in G.edges():
+        A[nodes.index(v), nodes.index(u)] = 1.0
+    dense = pagerank_dense(A)
+    assert all(dense[i] == ref[k] for i, k in enumerate(nodes))
