@@ -485,18 +485,8 @@ class ReplicaEngine:
             * self.cpu_factor
         mem1 = (self.W + ctx * self.kvb) / self.bw * self.dev
         comp1 = self.flop_tok * (tokens + n) / self.fl * self.dev
-        other = cpu * self.inv_share
-        if self._f_cap < 1.0:  # self._step(mem1, comp1, other), inline (as in _plan_decode)
-            f, gpu, mem, comp, pw = step_capped(self.gpu, self.limit, mem1, comp1, other, self._f_cap)
-        else:
-            launch, idle, pm, bf1, psm, pe1 = self._g1
-            gpu = (mem1 if mem1 > comp1 else comp1) + launch  # noqa: FURB136 - max(comp1, mem1)
-            ms, cs = mem1 / gpu, comp1 / gpu
-            pw = pm * ms * bf1 + psm * (0.35 + 0.65 * cs) * pe1
-            if idle + pw * gpu / (gpu + other) <= self.limit:
-                f, mem, comp = 1.0, mem1, comp1
-            else:
-                f, gpu, mem, comp, pw = step_at_limit(self.gpu, self.limit, mem1, comp1, other)
+        # (one call per request; only the decode stretch, the most frequent action, has the step inline)
+        f, gpu, mem, comp, pw = self._step(mem1, comp1, cpu * self.inv_share)
         dur = (cpu + gpu) * self.inv_share
         t1 = t + dur
         a = self._acc
