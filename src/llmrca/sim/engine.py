@@ -374,10 +374,6 @@ class ReplicaEngine:
             self.waiting = deque(r for r in self.waiting if not R.failed[r])
 
     # -- actions ------------------------------------------------------------------------------------------
-    def _capped(self, gpu: GpuKind, limit: float, mem1: float, comp1: float, other: float
-                ) -> tuple[float, float, float, float, float]:
-        return step_capped(gpu, limit, mem1, comp1, other, self._f_cap)
-
     def _step(self, mem1: float, comp1: float, other: float) -> tuple[float, float, float, float, float]:
         """``step_at_limit`` (or ``step_capped`` under hardware slowdown) at this tick's limit; a step that fits
         under the limit at full clock is computed here, bit for bit as ``step_at_limit`` does it."""
