@@ -101,13 +101,18 @@ def _fault_case(real, fault: str, cols: list[str], baseline_rows: int = BASELINE
     return case, rec
 
 
-def _baro_top2(case) -> list[str]:
+def _baro(case):
     from llmrca.case.views import select_view
     from llmrca.methods import get_method
 
     ranking = get_method("baro").rank(select_view(case.observation, "study"), seed=0)
-    top = ranking.services()[:2]
     print(f"\nbaro on {case.id}: {list(zip(ranking.candidates[:4], [round(x, 1) for x in ranking.scores[:4]]))}")
+    return ranking
+
+
+def _baro_top2(case) -> list[str]:
+    ranking = _baro(case)
+    top = ranking.services()[:2]
     assert TARGET in top, ranking.services()[:5]
     return top
 
@@ -184,12 +189,8 @@ def test_cpu_fault_on_a_real_replica(real, machine_alone):
     # 2: the gateway's and the head's latencies carry every request, so their baselines are steadier than the
     # replica's own, and they can outscore it (a CI run: nginx-proxy 18.9, ray-head 18.9, ray-replicas-0 11.1
     # with the mean inter-token latency 8.8 -> 32.3 ms)
-    from llmrca.case.views import select_view
-    from llmrca.methods import get_method
-
-    ranking = get_method("baro").rank(select_view(case.observation, "study"), seed=0)
+    ranking = _baro(case)
     scores = dict(zip(ranking.candidates, ranking.scores))
-    print(f"\nbaro on {case.id}: {list(zip(ranking.candidates[:4], [round(x, 1) for x in ranking.scores[:4]]))}")
     assert scores[f"{TARGET}_latency"] > 3.0, scores.get(f"{TARGET}_latency")
     assert TARGET in ranking.services()[:3], ranking.services()[:5]
 
